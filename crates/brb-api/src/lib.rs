@@ -1,0 +1,432 @@
+//! The Big Red Button HTTP API, as Rust types.
+//!
+//! Every program that speaks to the control plane (the server itself, the worker SDK, the CLI,
+//! the desktop app, the button daemon) uses these types, so the wire format is defined exactly
+//! once. The crate does no I/O and depends on nothing internal: it is plain data plus the small
+//! pure rules that go with the data (name validation, role ordering, error-code to status
+//! mapping), which is why it can be shared by a tokio server and a Tauri webview bridge alike.
+//! The OpenAPI schema is derived from these same definitions (`utoipa`), never written by hand.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+mod error;
+mod names;
+
+pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
+pub use names::{NameError, validate_switch_name, validate_token_name};
+
+/// The path prefix of every versioned endpoint.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The name of the switch that exists from the first start: the Big Red Button itself.
+pub const PRIMARY_SWITCH: &str = "workers";
+
+/// Longest accepted `reason` text, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// Longest accepted switch description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+
+/// What a switch lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SwitchState {
+    /// Workers take jobs.
+    Running,
+    /// Workers take no new jobs: the brake is pulled.
+    Paused,
+}
+
+impl SwitchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchState::Running => "running",
+            SwitchState::Paused => "paused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(SwitchState::Running),
+            "paused" => Some(SwitchState::Paused),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SwitchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a change was made from. Recorded in the audit log and shown to people, so that
+/// "who pressed it" always comes with "from where".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The desktop app's main window.
+    Desktop,
+    /// The desktop app's tray menu.
+    Tray,
+    /// A physical button (office button daemon or the desktop app's listener).
+    Button,
+    /// The `brb` command line.
+    Cli,
+    /// The Slack slash command.
+    Slack,
+    /// The web console served by `brb server`.
+    Web,
+    /// Any other HTTP client (the default when a request names no source).
+    Api,
+    /// The control plane itself (first start, migrations).
+    System,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Desktop => "desktop",
+            Source::Tray => "tray",
+            Source::Button => "button",
+            Source::Cli => "cli",
+            Source::Slack => "slack",
+            Source::Web => "web",
+            Source::Api => "api",
+            Source::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "desktop" => Source::Desktop,
+            "tray" => Source::Tray,
+            "button" => Source::Button,
+            "cli" => Source::Cli,
+            "slack" => Source::Slack,
+            "web" => Source::Web,
+            "api" => Source::Api,
+            "system" => Source::System,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One switch: the primary one is the Big Red Button, the others are feature kill switches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Switch {
+    pub name: String,
+    pub description: String,
+    /// The Big Red Button. Exactly one switch is primary and it cannot be deleted.
+    pub primary: bool,
+    pub state: SwitchState,
+    /// Increases by one with every change to this switch; never reused, never skipped.
+    pub version: u64,
+    pub changed_at: DateTime<Utc>,
+    /// The token name that made the last change.
+    pub changed_by: String,
+    pub source: Source,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SwitchList {
+    pub switches: Vec<Switch>,
+}
+
+/// `PUT /api/v1/switches/{name}/state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStateRequest {
+    pub state: SwitchState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Defaults to `api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// When given, the change is refused with 409 unless the switch is at this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+/// `POST /api/v1/switches` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSwitchRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// `PATCH /api/v1/switches/{name}` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSwitchRequest {
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// What an audit entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// A switch's state changed (pause or resume).
+    StateChanged,
+    SwitchCreated,
+    SwitchUpdated,
+    SwitchDeleted,
+    TokenCreated,
+    TokenRevoked,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::StateChanged => "state_changed",
+            AuditAction::SwitchCreated => "switch_created",
+            AuditAction::SwitchUpdated => "switch_updated",
+            AuditAction::SwitchDeleted => "switch_deleted",
+            AuditAction::TokenCreated => "token_created",
+            AuditAction::TokenRevoked => "token_revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "state_changed" => AuditAction::StateChanged,
+            "switch_created" => AuditAction::SwitchCreated,
+            "switch_updated" => AuditAction::SwitchUpdated,
+            "switch_deleted" => AuditAction::SwitchDeleted,
+            "token_created" => AuditAction::TokenCreated,
+            "token_revoked" => AuditAction::TokenRevoked,
+            _ => return None,
+        })
+    }
+}
+
+/// One line of the append-only audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Global, strictly increasing across all switches.
+    pub id: u64,
+    pub action: AuditAction,
+    /// The switch concerned (absent for token actions).
+    pub switch: Option<String>,
+    pub from: Option<SwitchState>,
+    pub to: Option<SwitchState>,
+    /// The switch's version after this entry (absent for token actions).
+    pub version: Option<u64>,
+    /// Token name of whoever did it.
+    pub actor: String,
+    pub source: Source,
+    pub reason: Option<String>,
+    /// Network address the request came from, when it came over the network.
+    pub remote_addr: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/audit` answer: newest first. `next_before` pages further back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before=` to get the next (older) page; absent on the last page.
+    pub next_before: Option<u64>,
+}
+
+/// What a token may do. Ordered: each role can do everything the roles below it can.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read state, audit and series; watch events.
+    Viewer,
+    /// Viewer, plus pause and resume.
+    Operator,
+    /// Operator, plus manage switches and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "viewer" => Role::Viewer,
+            "operator" => Role::Operator,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /api/v1/tokens` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A token as listed: never with its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to creating a token: the only time the secret is ever shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenInfo,
+    /// Send as `Authorization: Bearer <secret>`. Stored only as a hash: it cannot be shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// The deployment's name and color, shown large so nobody pauses production thinking it is
+/// staging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Environment {
+    pub name: String,
+    /// A CSS color, e.g. `#d32f2f`.
+    pub color: String,
+}
+
+/// `GET /api/v1/info`: what this control plane is and who is asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    pub server_version: String,
+    pub environment: Environment,
+    pub primary_switch: String,
+    /// The caller's token name and role.
+    pub caller: Caller,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or what is wrong.
+    pub status: String,
+}
+
+/// SSE event names used on the event streams.
+pub mod events {
+    /// Data: a [`crate::Switch`]; sent first with the current state, then on every change.
+    pub const SWITCH: &str = "switch";
+    /// Data: [`crate::DeletedSwitch`].
+    pub const DELETED: &str = "deleted";
+}
+
+/// Data of a `deleted` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeletedSwitch {
+    pub name: String,
+    pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_by_power() {
+        assert!(Role::Viewer < Role::Operator);
+        assert!(Role::Operator < Role::Admin);
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_wire_names() {
+        for s in [SwitchState::Running, SwitchState::Paused] {
+            assert_eq!(SwitchState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        for s in [
+            Source::Desktop,
+            Source::Tray,
+            Source::Button,
+            Source::Cli,
+            Source::Slack,
+            Source::Web,
+            Source::Api,
+            Source::System,
+        ] {
+            assert_eq!(Source::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn set_state_request_rejects_unknown_fields() {
+        // A typo such as "expected_verison" must not silently drop the concurrency check.
+        let err =
+            serde_json::from_str::<SetStateRequest>(r#"{"state":"paused","expected_verison":3}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn set_state_request_minimal() {
+        let r: SetStateRequest = serde_json::from_str(r#"{"state":"paused"}"#).unwrap();
+        assert_eq!(r.state, SwitchState::Paused);
+        assert_eq!(r.reason, None);
+        assert_eq!(r.source, None);
+    }
+
+    #[test]
+    fn created_token_flattens_info() {
+        let t = CreatedToken {
+            token: TokenInfo {
+                id: "abc".into(),
+                name: "ci".into(),
+                role: Role::Operator,
+                created_at: DateTime::from_timestamp(0, 0).unwrap(),
+                revoked_at: None,
+            },
+            secret: "brb_abc_s".into(),
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["name"], "ci");
+        assert_eq!(v["secret"], "brb_abc_s");
+    }
+}

@@ -1,0 +1,402 @@
+//! Talking to the Big Red Button control plane from Rust.
+//!
+//! [`Client`] is a typed wrapper over the HTTP API (the same `brb-api` types the server uses),
+//! shared by the CLI, the desktop app and the button daemon. [`sse`] is the event-stream parser,
+//! kept free of I/O so it can be fuzzed and property-tested. The worker gate of the SDK
+//! builds on both.
+//!
+//! Several base URLs may be given (control-plane replicas): a request that cannot reach one
+//! (connection refused, timeout) is tried on the next; an answer from the server, even an
+//! error, is final.
+
+use std::time::Duration;
+
+use brb_api::{
+    ApiErrorBody, AuditPage, CreateSwitchRequest, CreateTokenRequest, CreatedToken, ErrorCode,
+    ServerInfo, SetStateRequest, Switch, SwitchList, TokenInfo, TokenList, UpdateSwitchRequest,
+};
+use futures_util::{Stream, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod sse;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+        /// With `version_conflict`: the switch as it is now.
+        current: Option<Box<Switch>>,
+    },
+    /// No control plane could be reached.
+    #[error("cannot reach the control plane: {0}")]
+    Unreachable(String),
+    /// The server answered something that is not our API (wrong URL, proxy page...).
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+    #[error("invalid client setting: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Which event stream to open.
+#[derive(Debug, Clone)]
+pub enum EventScope {
+    Switch(String),
+    All,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// For event streams: no overall timeout, TCP keep-alive on.
+    stream_http: reqwest::Client,
+    bases: Vec<String>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Client")
+            .field("bases", &self.bases)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Client {
+    /// `urls`: one or more control-plane base URLs, e.g. `http://127.0.0.1:7070`.
+    pub fn new<S: AsRef<str>>(urls: &[S], token: Option<String>) -> Result<Self> {
+        let bases: Vec<String> = urls
+            .iter()
+            .map(|u| u.as_ref().trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Config("no control-plane URL given".into()));
+        }
+        for b in &bases {
+            if !(b.starts_with("http://") || b.starts_with("https://")) {
+                return Err(ClientError::Config(format!(
+                    "{b:?} is not an http:// or https:// URL"
+                )));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(90))
+            .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_keepalive(Duration::from_secs(15))
+            .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Client {
+            http,
+            stream_http,
+            bases,
+            token,
+        })
+    }
+
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        base: &str,
+        path: &str,
+    ) -> RequestBuilder {
+        let rb = http.request(method, format!("{base}{}{path}", brb_api::API_PREFIX));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Sends to each base in turn until one answers.
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(String, Response)> {
+        let mut last_err = String::new();
+        for base in &self.bases {
+            let mut rb = self.request(&self.http, method.clone(), base, path);
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            match rb.send().await {
+                Ok(res) => return Ok((base.clone(), res)),
+                Err(e) => {
+                    tracing::debug!(url = %base, error = %e, "control plane unreachable; trying next");
+                    last_err = format!("{base}: {}", describe(&e));
+                }
+            }
+        }
+        Err(ClientError::Unreachable(last_err))
+    }
+
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let (base, res) = self.send(method, path, body).await?;
+        decode(&base, res).await
+    }
+
+    pub async fn info(&self) -> Result<ServerInfo> {
+        self.call::<_, ()>(Method::GET, "/info", None).await
+    }
+
+    pub async fn switches(&self) -> Result<Vec<Switch>> {
+        let l: SwitchList = self.call::<_, ()>(Method::GET, "/switches", None).await?;
+        Ok(l.switches)
+    }
+
+    pub async fn switch(&self, name: &str) -> Result<Switch> {
+        self.call::<_, ()>(Method::GET, &format!("/switches/{}", enc(name)), None)
+            .await
+    }
+
+    /// Long-poll: answers when the version passes `after_version`, or after `wait`.
+    pub async fn wait_switch(
+        &self,
+        name: &str,
+        after_version: u64,
+        wait: Duration,
+    ) -> Result<Switch> {
+        let path = format!(
+            "/switches/{}?after_version={after_version}&wait={}",
+            enc(name),
+            wait.as_secs()
+        );
+        self.call::<_, ()>(Method::GET, &path, None).await
+    }
+
+    pub async fn set_state(&self, name: &str, req: &SetStateRequest) -> Result<Switch> {
+        self.call(
+            Method::PUT,
+            &format!("/switches/{}/state", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn create_switch(&self, req: &CreateSwitchRequest) -> Result<Switch> {
+        self.call(Method::POST, "/switches", Some(req)).await
+    }
+
+    pub async fn update_switch(&self, name: &str, req: &UpdateSwitchRequest) -> Result<Switch> {
+        self.call(
+            Method::PATCH,
+            &format!("/switches/{}", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn delete_switch(&self, name: &str) -> Result<()> {
+        let (base, res) = self
+            .send::<()>(Method::DELETE, &format!("/switches/{}", enc(name)), None)
+            .await?;
+        if res.status() == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        decode::<serde_json::Value>(&base, res).await.map(|_| ())
+    }
+
+    pub async fn audit(
+        &self,
+        switch: Option<&str>,
+        limit: u32,
+        before: Option<u64>,
+    ) -> Result<AuditPage> {
+        let mut q = format!("/audit?limit={limit}");
+        if let Some(s) = switch {
+            q.push_str(&format!("&switch={}", enc(s)));
+        }
+        if let Some(b) = before {
+            q.push_str(&format!("&before={b}"));
+        }
+        self.call::<_, ()>(Method::GET, &q, None).await
+    }
+
+    pub async fn create_token(&self, req: &CreateTokenRequest) -> Result<CreatedToken> {
+        self.call(Method::POST, "/tokens", Some(req)).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let l: TokenList = self.call::<_, ()>(Method::GET, "/tokens", None).await?;
+        Ok(l.tokens)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        self.call::<_, ()>(Method::DELETE, &format!("/tokens/{}", enc(id)), None)
+            .await
+    }
+
+    /// Opens one event stream (no reconnecting: callers decide their own retry policy and
+    /// pass the last id they saw). Tries each base until one accepts.
+    pub async fn events(
+        &self,
+        scope: &EventScope,
+        last_event_id: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<sse::Event>> + Send + 'static + use<>> {
+        let path = match scope {
+            EventScope::Switch(name) => format!("/switches/{}/events", enc(name)),
+            EventScope::All => "/events".to_string(),
+        };
+        let mut last_err = String::new();
+        for base in &self.bases {
+            let mut rb = self
+                .request(&self.stream_http, Method::GET, base, &path)
+                .header("accept", "text/event-stream");
+            if let Some(id) = last_event_id {
+                rb = rb.header("last-event-id", id);
+            }
+            let res = match rb.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_err = format!("{base}: {}", describe(&e));
+                    continue;
+                }
+            };
+            if !res.status().is_success() {
+                return Err(decode::<serde_json::Value>(base, res)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| ClientError::Protocol {
+                        url: base.clone(),
+                        message: "event stream refused".into(),
+                    }));
+            }
+            let mut parser = sse::Parser::new();
+            let url = base.clone();
+            let stream = res.bytes_stream().flat_map(move |chunk| {
+                let items: Vec<Result<sse::Event>> = match chunk {
+                    Ok(bytes) => match parser.feed(&bytes) {
+                        Ok(evs) => evs.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(ClientError::Protocol {
+                            url: url.clone(),
+                            message: e.to_string(),
+                        })],
+                    },
+                    Err(e) => vec![Err(ClientError::Unreachable(format!(
+                        "event stream from {url} broke: {}",
+                        describe(&e)
+                    )))],
+                };
+                futures_util::stream::iter(items)
+            });
+            return Ok(stream);
+        }
+        Err(ClientError::Unreachable(last_err))
+    }
+}
+
+/// Percent-encodes a path segment (switch names are restricted, but ids and user input are not
+/// trusted to be).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+async fn decode<T: DeserializeOwned>(base: &str, res: Response) -> Result<T> {
+    let status = res.status();
+    let bytes = res.bytes().await.map_err(|e| {
+        ClientError::Unreachable(format!("{base}: reading the answer: {}", describe(&e)))
+    })?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url: base.to_string(),
+            message: format!("HTTP {status} with an unreadable body: {e}"),
+        });
+    }
+    match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+        Ok(b) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+            current: b.error.current,
+        }),
+        Err(_) => Err(ClientError::Protocol {
+            url: base.to_string(),
+            message: format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_urls_and_redacts_token() {
+        assert!(Client::new::<&str>(&[], None).is_err());
+        assert!(Client::new(&["ftp://x"], None).is_err());
+        let c = Client::new(&["http://127.0.0.1:1/"], Some("brb_x_secret".into())).unwrap();
+        assert_eq!(c.base_urls(), &["http://127.0.0.1:1".to_string()]);
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(enc("workers"), "workers");
+        assert_eq!(enc("a/b c"), "a%2Fb%20c");
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_reported_as_such() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let c = Client::new(&["http://127.0.0.1:1"], None).unwrap();
+        let e = c.switches().await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
+    }
+}

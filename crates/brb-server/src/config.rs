@@ -1,0 +1,289 @@
+//! Server settings: built-in defaults, then the TOML file, then `BRB_*` environment variables,
+//! then command-line flags (applied by the binary), each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `brb server` needs to start. Secrets (the admin token) are not part of it: they
+/// are read from the environment where they are used, so a `Debug` print can never leak one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the database and the generated admin token live.
+    pub data_dir: PathBuf,
+    /// Base URL people reach the web console at (used in links); defaults to `http://{listen}`.
+    pub public_url: Option<String>,
+    /// `human` or `json` log lines.
+    pub log_format: LogFormat,
+    pub environment: EnvironmentConfig,
+    /// The Big Red Button itself.
+    pub primary: PrimaryConfig,
+    /// Further switches (feature kill switches) created on start when missing.
+    pub switches: Vec<SwitchConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentConfig {
+    pub name: String,
+    pub color: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimaryConfig {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Seconds between SSE keep-alive comments.
+    pub keepalive_secs: u64,
+    /// Longest `wait=` a long-poll may ask for.
+    pub max_long_poll_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: default_data_dir(),
+            public_url: None,
+            log_format: LogFormat::Human,
+            environment: EnvironmentConfig::default(),
+            primary: PrimaryConfig::default(),
+            switches: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for EnvironmentConfig {
+    fn default() -> Self {
+        EnvironmentConfig {
+            name: "local".into(),
+            color: "#455a64".into(),
+        }
+    }
+}
+
+impl Default for PrimaryConfig {
+    fn default() -> Self {
+        PrimaryConfig {
+            name: brb_api::PRIMARY_SWITCH.into(),
+            description: "Pause all background workers".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            keepalive_secs: 15,
+            max_long_poll_secs: 60,
+        }
+    }
+}
+
+/// The platform's data directory (`~/.local/share/big-red-button` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("big-red-button")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var} is invalid: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies `BRB_*` overrides; `get` is the environment (a closure so tests need not mutate
+    /// the process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("BRB_LISTEN") {
+            self.listen = v.parse().map_err(|e| ConfigError::Env {
+                var: "BRB_LISTEN",
+                message: format!("{v:?} is not an address:port ({e})"),
+            })?;
+        }
+        if let Some(v) = get("BRB_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("BRB_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = get("BRB_ENVIRONMENT") {
+            self.environment.name = v;
+        }
+        if let Some(v) = get("BRB_ENVIRONMENT_COLOR") {
+            self.environment.color = v;
+        }
+        if let Some(v) = get("BRB_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "BRB_LOG_FORMAT",
+                        message: format!("{v:?}: expected human or json"),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        brb_api::validate_switch_name(&self.primary.name)
+            .map_err(|e| ConfigError::Invalid(format!("primary.name: {e}")))?;
+        for s in &self.switches {
+            brb_api::validate_switch_name(&s.name)
+                .map_err(|e| ConfigError::Invalid(format!("switch {:?}: {e}", s.name)))?;
+            if s.name == self.primary.name {
+                return Err(ConfigError::Invalid(format!(
+                    "switch {:?} is the primary switch; describe it under [primary]",
+                    s.name
+                )));
+            }
+        }
+        if self.limits.keepalive_secs == 0 || self.limits.keepalive_secs > 15 {
+            return Err(ConfigError::Invalid(
+                "limits.keepalive_secs must be between 1 and 15".into(),
+            ));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("brb.db")
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.primary.name, "workers");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env() {
+        let mut c = Config::from_toml(
+            r##"
+listen = "127.0.0.1:9000"
+[environment]
+name = "production"
+color = "#d32f2f"
+[[switches]]
+name = "search-indexing"
+description = "Reindex search"
+"##,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.environment.name, "production");
+        assert_eq!(c.switches[0].name, "search-indexing");
+        c.apply_env(|k| (k == "BRB_LISTEN").then(|| "127.0.0.1:9100".to_string()))
+            .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.environment.name, "production", "env did not set it");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::from_toml("lisen = \"x\"", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let mut c = Config::default();
+        let e = c
+            .apply_env(|k| (k == "BRB_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("BRB_LISTEN"), "{e}");
+        c.switches.push(SwitchConfig {
+            name: "Bad Name".into(),
+            description: String::new(),
+        });
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! The fan-out hub: the in-memory image of every switch and the broadcast of every change.
+//!
+//! The store is the truth; the hub is what it looked like at the last commit. Writers publish
+//! here only after their transaction committed (and while holding the write lock, so events are
+//! broadcast in version order). Each change is encoded once, as ready-to-send SSE frames in
+//! `Bytes`, and every watcher gets a reference-counted handle to the same bytes: no per-watcher
+//! formatting or allocation on the fan-out path.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use brb_api::Switch;
+use brb_store::{StoredEvent, SwitchEvent};
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+
+/// How many changes a slow watcher may fall behind before it re-reads from the store.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// One change, encoded for both kinds of stream.
+#[derive(Debug)]
+pub struct Frame {
+    pub switch: Arc<str>,
+    pub version: u64,
+    pub audit_id: u64,
+    pub deleted: bool,
+    /// For `/switches/{name}/events`: `id:` is the switch version.
+    pub by_version: Bytes,
+    /// For `/events`: `id:` is the global audit id.
+    pub by_id: Bytes,
+}
+
+type Slot = watch::Sender<Option<Arc<Switch>>>;
+
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Frame>>,
+    current: RwLock<HashMap<String, Slot>>,
+    last_audit_id: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Encodes one SSE event. `data` is single-line JSON, so one `data:` line suffices.
+pub fn sse_frame(event: &str, id: u64, data: &str) -> Bytes {
+    let mut s = String::with_capacity(event.len() + data.len() + 32);
+    let _ = write!(s, "event: {event}\nid: {id}\ndata: {data}\n\n");
+    Bytes::from(s)
+}
+
+pub fn encode(ev: &SwitchEvent) -> (&'static str, String) {
+    // serde_json of our own types cannot fail (no maps with non-string keys, no custom
+    // serializers); an empty object keeps the stream well-formed if it ever did.
+    match ev {
+        SwitchEvent::Changed(s) => (
+            brb_api::events::SWITCH,
+            serde_json::to_string(s).unwrap_or_else(|_| "{}".into()),
+        ),
+        SwitchEvent::Deleted(d) => (
+            brb_api::events::DELETED,
+            serde_json::to_string(d).unwrap_or_else(|_| "{}".into()),
+        ),
+    }
+}
+
+impl Frame {
+    pub fn new(ev: &StoredEvent) -> Frame {
+        let (name, json) = encode(&ev.event);
+        Frame {
+            switch: Arc::from(ev.event.name()),
+            version: ev.event.version(),
+            audit_id: ev.audit_id,
+            deleted: matches!(ev.event, SwitchEvent::Deleted(_)),
+            by_version: sse_frame(name, ev.event.version(), &json),
+            by_id: sse_frame(name, ev.audit_id, &json),
+        }
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Hub {
+            tx,
+            current: RwLock::new(HashMap::new()),
+            last_audit_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the image with what the store holds (at start, or after a reconnect).
+    pub fn load(&self, switches: Vec<Switch>, last_audit_id: u64) {
+        let mut map = self.current.write().unwrap_or_else(|e| e.into_inner());
+        for s in switches {
+            let name = s.name.clone();
+            let s = Some(Arc::new(s));
+            match map.get(&name) {
+                Some(slot) => {
+                    slot.send_replace(s);
+                }
+                None => {
+                    map.insert(name, watch::channel(s).0);
+                }
+            }
+        }
+        self.last_audit_id
+            .fetch_max(last_audit_id, Ordering::SeqCst);
+    }
+
+    /// Records a committed change and sends it to every watcher.
+    pub fn publish(&self, ev: StoredEvent) {
+        let frame = Arc::new(Frame::new(&ev));
+        {
+            let mut map = self.current.write().unwrap_or_else(|e| e.into_inner());
+            let value = match ev.event {
+                SwitchEvent::Changed(s) => Some(Arc::new(s)),
+                SwitchEvent::Deleted(_) => None,
+            };
+            match map.get(&*frame.switch) {
+                Some(slot) => {
+                    slot.send_replace(value);
+                }
+                None => {
+                    map.insert(frame.switch.to_string(), watch::channel(value).0);
+                }
+            }
+        }
+        self.last_audit_id.fetch_max(ev.audit_id, Ordering::SeqCst);
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(frame);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.tx.subscribe()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Switch>> {
+        let map = self.current.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name).and_then(|slot| slot.borrow().clone())
+    }
+
+    /// Live switches, primary first, then by name.
+    pub fn list(&self) -> Vec<Arc<Switch>> {
+        let map = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map.values().filter_map(|s| s.borrow().clone()).collect();
+        out.sort_by(|a, b| b.primary.cmp(&a.primary).then_with(|| a.name.cmp(&b.name)));
+        out
+    }
+
+    pub fn primary(&self) -> Option<Arc<Switch>> {
+        self.list().into_iter().find(|s| s.primary)
+    }
+
+    /// A receiver that wakes on every change of one switch (for long-poll).
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<Option<Arc<Switch>>>> {
+        let map = self.current.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name).map(|s| s.subscribe())
+    }
+
+    pub fn last_audit_id(&self) -> u64 {
+        self.last_audit_id.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brb_api::{Source, SwitchState};
+
+    fn sw(name: &str, version: u64, state: SwitchState) -> Switch {
+        Switch {
+            name: name.into(),
+            description: String::new(),
+            primary: name == "workers",
+            state,
+            version,
+            changed_at: chrono::Utc::now(),
+            changed_by: "t".into(),
+            source: Source::Api,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn frame_is_well_formed_sse() {
+        let f = sse_frame("switch", 7, r#"{"a":1}"#);
+        assert_eq!(&f[..], b"event: switch\nid: 7\ndata: {\"a\":1}\n\n");
+    }
+
+    #[tokio::test]
+    async fn publish_updates_image_and_broadcasts_shared_bytes() {
+        let hub = Hub::new();
+        hub.load(vec![sw("workers", 1, SwitchState::Running)], 1);
+        let mut a = hub.subscribe();
+        let mut b = hub.subscribe();
+        let mut w = hub.watch("workers").unwrap();
+        hub.publish(StoredEvent {
+            audit_id: 2,
+            event: SwitchEvent::Changed(sw("workers", 2, SwitchState::Paused)),
+        });
+        let fa = a.recv().await.unwrap();
+        let fb = b.recv().await.unwrap();
+        assert!(
+            Arc::ptr_eq(&fa, &fb),
+            "every watcher shares one encoded frame"
+        );
+        assert_eq!(fa.version, 2);
+        assert!(
+            std::str::from_utf8(&fa.by_id)
+                .unwrap()
+                .starts_with("event: switch\nid: 2\n")
+        );
+        w.changed().await.unwrap();
+        assert_eq!(hub.get("workers").unwrap().state, SwitchState::Paused);
+        assert_eq!(hub.last_audit_id(), 2);
+    }
+
+    #[test]
+    fn list_puts_primary_first() {
+        let hub = Hub::new();
+        hub.load(
+            vec![
+                sw("alpha", 1, SwitchState::Running),
+                sw("workers", 1, SwitchState::Running),
+            ],
+            2,
+        );
+        let names: Vec<_> = hub.list().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, vec!["workers", "alpha"]);
+    }
+}

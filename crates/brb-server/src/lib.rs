@@ -1,0 +1,361 @@
+//! The Big Red Button control plane.
+//!
+//! It owns every switch's state and is shaped around one promise: a change the caller was told
+//! about is committed, audited and on its way to every watcher. So the write path is short and
+//! strictly ordered (auth → one store transaction → publish to the hub → answer), and
+//! everything else (reads, event streams, long-polls) is served from the hub's in-memory image
+//! without touching the database.
+//!
+//! [`app`] builds the router from an [`AppState`] and is tested in process; [`Server`] binds a
+//! real listener and runs it (`brb server` is a thin wrapper over it).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use brb_api::{ErrorCode, Role, Source};
+use brb_store::{Actor, SetOutcome, SqliteStore, StateChange, Store, StoredEvent, SwitchEvent};
+use tokio::sync::{Mutex, watch};
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod openapi;
+mod routes;
+mod sse;
+
+pub use auth::Caller;
+pub use config::Config;
+pub use error::{ApiError, ApiResult};
+
+use auth::TokenBook;
+use hub::Hub;
+use metrics::Metrics;
+
+/// Shared by every request handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    tokens: TokenBook,
+    metrics: Arc<Metrics>,
+    config: Config,
+    /// Serializes commit + publish so the hub broadcasts changes in version order.
+    write_lock: Mutex<()>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// Loads switches and tokens from the store into memory. `env_admin_token` is the value of
+    /// `BRB_ADMIN_TOKEN`, if set.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: Config,
+        env_admin_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        store
+            .ensure_switch(
+                &config.primary.name,
+                &config.primary.description,
+                true,
+                Actor::system(),
+            )
+            .await
+            .context("creating the primary switch")?;
+        for s in &config.switches {
+            store
+                .ensure_switch(&s.name, &s.description, false, Actor::system())
+                .await
+                .with_context(|| format!("creating switch {:?} from the config", s.name))?;
+        }
+        let hub = Hub::new();
+        hub.load(
+            store.list_switches().await.context("reading switches")?,
+            store
+                .last_audit_id()
+                .await
+                .context("reading the audit log")?,
+        );
+        let tokens = TokenBook::new(env_admin_token);
+        tokens.load(&store.list_tokens().await.context("reading tokens")?);
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                store,
+                hub,
+                tokens,
+                metrics: Arc::new(Metrics::default()),
+                config,
+                write_lock: Mutex::new(()),
+                shutdown: watch::channel(false).0,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn tokens(&self) -> &TokenBook {
+        &self.inner.tokens
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Becomes `true` when the server starts shutting down: streams end, long-polls answer.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// The one write path for switch state, used by the HTTP API and (later) Slack and the
+    /// demo. Returns the switch and whether it changed.
+    pub async fn set_state(&self, change: StateChange) -> ApiResult<(brb_api::Switch, bool)> {
+        if let Some(r) = &change.reason
+            && r.chars().count() > brb_api::MAX_REASON_CHARS
+        {
+            return Err(ApiError::invalid(format!(
+                "reason must be at most {} characters",
+                brb_api::MAX_REASON_CHARS
+            )));
+        }
+        let (switch, actor, to) = (change.switch.clone(), change.actor.clone(), change.to);
+        let reason = change.reason.clone();
+        let _g = self.inner.write_lock.lock().await;
+        match self.inner.store.set_state(change).await {
+            Ok(SetOutcome::Changed { switch: s, entry }) => {
+                self.inner.hub.publish(StoredEvent {
+                    audit_id: entry.id,
+                    event: SwitchEvent::Changed(s.clone()),
+                });
+                drop(_g);
+                self.inner.metrics.toggle(&s.name, to);
+                tracing::info!(
+                    switch = %s.name,
+                    actor = %actor.name,
+                    source = %actor.source,
+                    remote = ?actor.remote_addr,
+                    from = ?entry.from,
+                    to = %to,
+                    version = s.version,
+                    reason = ?reason,
+                    "state changed"
+                );
+                Ok((s, true))
+            }
+            Ok(SetOutcome::Unchanged(s)) => {
+                tracing::debug!(switch = %s.name, actor = %actor.name, source = %actor.source,
+                    state = %s.state, "state already set; nothing to do");
+                Ok((s, false))
+            }
+            Err(e) => {
+                tracing::warn!(switch = %switch, actor = %actor.name, source = %actor.source,
+                    error = %e, "state change refused");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Held by the management handlers around commit + publish, so the hub broadcasts every
+    /// kind of change in commit order.
+    pub(crate) async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.write_lock.lock().await
+    }
+}
+
+/// Builds the actor for a change made by `caller`.
+pub fn actor(caller: &Caller, source: Option<Source>) -> Actor {
+    Actor {
+        name: caller.name.clone(),
+        source: source.unwrap_or(Source::Api),
+        remote_addr: caller.remote_addr.map(|a| a.ip().to_string()),
+    }
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> axum::Router {
+    routes::router(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, track))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    axum::response::IntoResponse::into_response(ApiError::new(
+        ErrorCode::Internal,
+        "internal error",
+    ))
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let res = next.run(req).await;
+    state
+        .metrics()
+        .observe_request(&method, &route, res.status().as_u16(), start.elapsed());
+    res
+}
+
+/// A bound, ready-to-run control plane.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Opens the data dir and database, seeds the primary switch, makes sure an admin token
+    /// exists, and binds the listener (port 0 picks a free port).
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        let db = config.db_path();
+        let store = SqliteStore::open(&db)
+            .with_context(|| format!("opening the database {}", db.display()))?;
+        Self::start_with_store(Arc::new(store), config).await
+    }
+
+    pub async fn start_with_store(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Server> {
+        let env_admin = std::env::var("BRB_ADMIN_TOKEN").ok();
+        let state = AppState::new(store, config.clone(), env_admin.as_deref()).await?;
+        bootstrap_admin_token(&state).await?;
+        let listener =
+            bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        Ok(Server {
+            listener,
+            state,
+            addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends event streams, lets
+    /// in-flight requests (and so in-flight writes) finish, and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let router = app(self.state);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing event streams, finishing writes");
+            state.begin_shutdown();
+        };
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await
+        .context("serving HTTP")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A listener with a deep accept backlog: after a restart thousands of workers reconnect at
+/// once, and tokio's default of 1024 drops SYNs and turns a half-second storm into many
+/// seconds.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(16_384)
+}
+
+/// When no token exists and `BRB_ADMIN_TOKEN` is unset, mints an admin token and writes it to
+/// `DATA_DIR/admin-token` (mode 0600), so a fresh install is usable and the secret never
+/// appears in a log.
+async fn bootstrap_admin_token(state: &AppState) -> anyhow::Result<()> {
+    let path = state.config().admin_token_path();
+    if state.tokens().has_env_admin() {
+        tracing::info!("admin token taken from BRB_ADMIN_TOKEN");
+        return Ok(());
+    }
+    let tokens = state.store().list_tokens().await?;
+    if tokens.iter().any(|t| t.revoked_at.is_none()) {
+        if path.exists() {
+            tracing::info!(path = %path.display(), "admin token file");
+        }
+        return Ok(());
+    }
+    let new = auth::mint("admin", Role::Admin);
+    write_secret_file(&path, &new.secret)
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    state
+        .store()
+        .create_token(new.record.clone(), Actor::system())
+        .await
+        .context("storing the admin token")?;
+    state.tokens().upsert(&new.record);
+    tracing::info!(path = %path.display(), "created an admin token; it is in this file");
+    Ok(())
+}
+
+fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,555 @@
+//! HTTP handlers. Each one authenticates (except health and the OpenAPI document), checks the
+//! role, and delegates: reads to the hub, writes to [`AppState`]'s single write path.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use brb_api::{
+    AuditPage, Caller as ApiCaller, CreateSwitchRequest, CreateTokenRequest, CreatedToken,
+    ErrorCode, Health, Role, ServerInfo, SetStateRequest, Switch, SwitchList, TokenList,
+    UpdateSwitchRequest,
+};
+use brb_store::{AuditQuery, StateChange, StoredEvent, SwitchEvent};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, ApiResult};
+use crate::sse::{self, Scope};
+use crate::{AppState, Caller, actor, auth};
+
+pub fn router(state: AppState) -> axum::Router {
+    let max_body = state.config().limits.max_body_bytes;
+    let api = axum::Router::new()
+        .route("/info", get(info))
+        .route("/switches", get(list_switches).post(create_switch))
+        .route(
+            "/switches/{name}",
+            get(get_switch).patch(update_switch).delete(delete_switch),
+        )
+        .route("/switches/{name}/state", put(set_state))
+        .route("/switches/{name}/events", get(switch_events))
+        .route("/events", get(all_events))
+        .route("/audit", get(audit))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", delete(revoke_token))
+        .route("/openapi.json", get(openapi));
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest(brb_api::API_PREFIX, api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// JSON bodies are parsed by hand so that every failure maps onto our error codes: syntax
+/// errors are 400 `malformed_json`, well-formed JSON with wrong values is 422 `invalid_value`,
+/// an oversized body is 413. The Content-Type is not required: curl users forget it.
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::MalformedJson,
+            "request body is empty; expected JSON",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json reports some type errors (a number where an enum goes) as syntax errors;
+        // when the body is valid JSON, the value is what is wrong.
+        if e.is_syntax() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            ApiError::invalid(e.to_string())
+        } else {
+            ApiError::from(e)
+        }
+    })
+}
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body(b: Body) -> ApiResult<Bytes> {
+    b.map_err(ApiError::from)
+}
+
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn query<T>(q: Q<T>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(ApiError::from)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health, description = "The process is up")))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, body = Health, description = "Ready to serve: the store answers"),
+        (status = 503, body = Health, description = "Not ready (store down or shutting down)")))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "shutting down".into(),
+            }),
+        )
+            .into_response();
+    }
+    match state.store().ping().await {
+        Ok(()) => Json(Health {
+            status: "ok".into(),
+        })
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: format!("store: {e}"),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Prometheus text format")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document")))]
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/info", tag = "switches",
+    responses((status = 200, body = ServerInfo), (status = 401, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerInfo> {
+    let cfg = state.config();
+    Json(ServerInfo {
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        environment: brb_api::Environment {
+            name: cfg.environment.name.clone(),
+            color: cfg.environment.color.clone(),
+        },
+        primary_switch: cfg.primary.name.clone(),
+        caller: ApiCaller {
+            name: caller.name,
+            role: caller.role,
+        },
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/switches", tag = "switches",
+    responses((status = 200, body = SwitchList), (status = 401, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_switches(State(state): State<AppState>, _c: Caller) -> Json<SwitchList> {
+    Json(SwitchList {
+        switches: state.hub().list().iter().map(|s| (**s).clone()).collect(),
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LongPoll {
+    /// Answer as soon as the switch's version is greater than this.
+    after_version: Option<u64>,
+    /// Seconds to wait for that (default 30, capped by the server's limit).
+    wait: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/switches/{name}", tag = "switches",
+    params(("name" = String, Path, description = "Switch name"), LongPoll),
+    responses(
+        (status = 200, body = Switch, description = "The switch (after a change, or at timeout)"),
+        (status = 401, body = brb_api::ApiErrorBody),
+        (status = 404, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_switch(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+    q: Q<LongPoll>,
+) -> ApiResult<Json<Switch>> {
+    let q = query(q)?;
+    let Some(after) = q.after_version else {
+        let s = state
+            .hub()
+            .get(&name)
+            .ok_or_else(|| ApiError::switch_not_found(&name))?;
+        return Ok(Json((*s).clone()));
+    };
+    let mut rx = state
+        .hub()
+        .watch(&name)
+        .ok_or_else(|| ApiError::switch_not_found(&name))?;
+    let limit = state.config().limits.max_long_poll_secs;
+    let wait = Duration::from_secs(q.wait.unwrap_or(30).min(limit));
+    let _gauge = state.metrics().long_poll();
+    let mut shutdown = state.shutdown_signal();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let Some(s) = current else {
+            return Err(ApiError::switch_not_found(&name));
+        };
+        if s.version > after || *shutdown.borrow() {
+            return Ok(Json((*s).clone()));
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Ok(Json((*s).clone())) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json((*s).clone())),
+            _ = shutdown.changed() => return Ok(Json((*s).clone())),
+        }
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/switches/{name}/state", tag = "switches",
+    params(("name" = String, Path, description = "Switch name")),
+    request_body = SetStateRequest,
+    responses(
+        (status = 200, body = Switch, description = "Committed (or already in that state)"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
+        (status = 409, body = brb_api::ApiErrorBody, description = "expected_version is stale; carries the current switch"),
+        (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
+        (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
+    security(("bearer" = [])))]
+pub(crate) async fn set_state(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    b: Body,
+) -> ApiResult<Json<Switch>> {
+    caller.require(Role::Operator)?;
+    let req: SetStateRequest = parse_json(&body(b)?)?;
+    let reason = req
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let (switch, _changed) = state
+        .set_state(StateChange {
+            switch: name,
+            to: req.state,
+            reason,
+            expected_version: req.expected_version,
+            actor: actor(&caller, req.source),
+        })
+        .await?;
+    Ok(Json(switch))
+}
+
+fn check_description(d: &str) -> ApiResult<()> {
+    if d.chars().count() > brb_api::MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::invalid(format!(
+            "description must be at most {} characters",
+            brb_api::MAX_DESCRIPTION_CHARS
+        )));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/api/v1/switches", tag = "switches",
+    request_body = CreateSwitchRequest,
+    responses(
+        (status = 201, body = Switch),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 409, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create_switch(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Body,
+) -> ApiResult<(StatusCode, Json<Switch>)> {
+    caller.require(Role::Admin)?;
+    let req: CreateSwitchRequest = parse_json(&body(b)?)?;
+    brb_api::validate_switch_name(&req.name)
+        .map_err(|e| ApiError::invalid(format!("switch name {:?}: {e}", req.name)))?;
+    check_description(&req.description)?;
+    let _g = state.write_lock().await;
+    let (s, entry) = state
+        .store()
+        .create_switch(&req.name, &req.description, actor(&caller, req.source))
+        .await?;
+    state.hub().publish(StoredEvent {
+        audit_id: entry.id,
+        event: SwitchEvent::Changed(s.clone()),
+    });
+    tracing::info!(switch = %s.name, actor = %caller.name, "switch created");
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/switches/{name}", tag = "switches",
+    params(("name" = String, Path, description = "Switch name")),
+    request_body = UpdateSwitchRequest,
+    responses(
+        (status = 200, body = Switch),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn update_switch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    b: Body,
+) -> ApiResult<Json<Switch>> {
+    caller.require(Role::Admin)?;
+    let req: UpdateSwitchRequest = parse_json(&body(b)?)?;
+    check_description(&req.description)?;
+    let _g = state.write_lock().await;
+    let (s, entry) = state
+        .store()
+        .update_description(&name, &req.description, actor(&caller, req.source))
+        .await?;
+    state.hub().publish(StoredEvent {
+        audit_id: entry.id,
+        event: SwitchEvent::Changed(s.clone()),
+    });
+    tracing::info!(switch = %s.name, actor = %caller.name, "switch description updated");
+    Ok(Json(s))
+}
+
+#[utoipa::path(delete, path = "/api/v1/switches/{name}", tag = "switches",
+    params(("name" = String, Path, description = "Switch name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 403, body = brb_api::ApiErrorBody),
+        (status = 404, body = brb_api::ApiErrorBody),
+        (status = 409, body = brb_api::ApiErrorBody, description = "The primary switch cannot be deleted")),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_switch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let _g = state.write_lock().await;
+    let entry = state
+        .store()
+        .delete_switch(&name, actor(&caller, None))
+        .await?;
+    state.hub().publish(StoredEvent {
+        audit_id: entry.id,
+        event: SwitchEvent::Deleted(brb_api::DeletedSwitch {
+            name: name.clone(),
+            version: entry.version.unwrap_or_default(),
+        }),
+    });
+    tracing::info!(switch = %name, actor = %caller.name, "switch deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    /// Resume after this event id, for clients that cannot send the `Last-Event-ID` header.
+    last_event_id: Option<u64>,
+}
+
+fn last_event_id(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<Option<u64>> {
+    if let Some(v) = headers.get("last-event-id") {
+        let s = v
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "Last-Event-ID is not ASCII"))?;
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(q.last_event_id);
+        }
+        return s.parse().map(Some).map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "Last-Event-ID must be a non-negative integer",
+            )
+        });
+    }
+    Ok(q.last_event_id)
+}
+
+#[utoipa::path(get, path = "/api/v1/switches/{name}/events", tag = "events",
+    params(("name" = String, Path, description = "Switch name"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this version")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "`switch` events (data: Switch, id: version), `deleted` when the switch is deleted, a keep-alive comment at least every 15 s"),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn switch_events(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: Q<EventsQuery>,
+) -> ApiResult<Response> {
+    let q = query(q)?;
+    let last = last_event_id(&headers, &q)?;
+    sse::open(state, Scope::One(name.into()), last).await
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this audit id")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "`switch` and `deleted` events of every switch; id is the global audit id"),
+        (status = 401, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn all_events(
+    State(state): State<AppState>,
+    _c: Caller,
+    headers: HeaderMap,
+    q: Q<EventsQuery>,
+) -> ApiResult<Response> {
+    let q = query(q)?;
+    let last = last_event_id(&headers, &q)?;
+    sse::open(state, Scope::All, last).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    /// Only this switch's entries.
+    switch: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// Only entries older than this id (from `next_before`).
+    before: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditParams),
+    responses(
+        (status = 200, body = AuditPage, description = "Newest first"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    _c: Caller,
+    q: Q<AuditParams>,
+) -> ApiResult<Json<AuditPage>> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 500"));
+    }
+    let entries = state
+        .store()
+        .audit(AuditQuery {
+            switch: q.switch,
+            before: q.before,
+            limit,
+        })
+        .await?;
+    let next_before = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(AuditPage {
+        entries,
+        next_before,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
+    responses(
+        (status = 201, body = CreatedToken, description = "The secret is shown this once"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 409, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Body,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    caller.require(Role::Admin)?;
+    let req: CreateTokenRequest = parse_json(&body(b)?)?;
+    brb_api::validate_token_name(&req.name)
+        .map_err(|e| ApiError::invalid(format!("token name {:?}: {e}", req.name)))?;
+    let new = auth::mint(&req.name, req.role);
+    state
+        .store()
+        .create_token(new.record.clone(), actor(&caller, None))
+        .await?;
+    state.tokens().upsert(&new.record);
+    tracing::info!(token = %req.name, role = %req.role, actor = %caller.name, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token: new.record.info(),
+            secret: new.secret,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
+    responses(
+        (status = 200, body = TokenList, description = "Never with secrets"),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 403, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<TokenList>> {
+    caller.require(Role::Admin)?;
+    let tokens = state.store().list_tokens().await?;
+    Ok(Json(TokenList {
+        tokens: tokens.iter().map(|t| t.info()).collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses(
+        (status = 200, body = brb_api::TokenInfo, description = "Revoked (at once)"),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 403, body = brb_api::ApiErrorBody),
+        (status = 404, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<brb_api::TokenInfo>> {
+    caller.require(Role::Admin)?;
+    let (rec, _) = state
+        .store()
+        .revoke_token(&id, actor(&caller, None))
+        .await?;
+    state.tokens().upsert(&rec);
+    tracing::info!(token = %rec.name, actor = %caller.name, "token revoked");
+    Ok(Json(rec.info()))
+}

@@ -1,0 +1,227 @@
+//! Durable state of the Big Red Button.
+//!
+//! The control plane's promise is that an acknowledged press is never lost, so everything that
+//! must survive a `kill -9` goes through the [`Store`] trait: switches with their versions, the
+//! append-only audit log, and API tokens (hashed). A change is committed before any method
+//! returns, and the HTTP layer acknowledges only after that.
+//!
+//! The trait is async and object-safe so the server can hold an `Arc<dyn Store>` and choose the
+//! backend at start: [`SqliteStore`] (embedded default, WAL with `synchronous=FULL`) now, a
+//! PostgreSQL store for several replicas later. Each backend guarantees the same invariants,
+//! checked by the shared suite in `tests/`:
+//!
+//! - a switch's `version` increases by exactly one per change, and every version has exactly one
+//!   audit entry (no gaps, no duplicates), even across delete and re-create;
+//! - the audit log is append-only (the SQLite schema rejects `UPDATE` and `DELETE` on it);
+//! - setting the state a switch already has changes nothing and writes no audit entry;
+//! - exactly one live switch is primary, and it cannot be deleted.
+
+use async_trait::async_trait;
+use brb_api::{AuditEntry, DeletedSwitch, Role, Source, Switch, SwitchState, TokenInfo};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no switch named {0:?}")]
+    SwitchNotFound(String),
+    #[error("no token with id {0:?}")]
+    TokenNotFound(String),
+    #[error("version conflict: the switch is at version {}", current.version)]
+    Conflict { current: Box<Switch> },
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("the primary switch cannot be deleted")]
+    Protected,
+    /// The store cannot take writes now (disk full, read-only, database down). Nothing was
+    /// written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Who made a change and from where: recorded with it in the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actor {
+    /// Token name.
+    pub name: String,
+    pub source: Source,
+    pub remote_addr: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Self {
+        Actor {
+            name: "system".into(),
+            source: Source::System,
+            remote_addr: None,
+        }
+    }
+}
+
+/// A request to change a switch's state.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub switch: String,
+    pub to: SwitchState,
+    pub reason: Option<String>,
+    pub expected_version: Option<u64>,
+    pub actor: Actor,
+}
+
+/// What [`Store::set_state`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetOutcome {
+    /// The state changed: committed, with its audit entry.
+    Changed { switch: Switch, entry: AuditEntry },
+    /// The switch already had that state: nothing written.
+    Unchanged(Switch),
+}
+
+/// A token as stored: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the secret part.
+    pub secret_hash: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenRecord {
+    pub fn info(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
+/// What a switch looked like right after one change: the payload of an event-stream event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SwitchEvent {
+    Changed(Switch),
+    Deleted(DeletedSwitch),
+}
+
+impl SwitchEvent {
+    pub fn name(&self) -> &str {
+        match self {
+            SwitchEvent::Changed(s) => &s.name,
+            SwitchEvent::Deleted(d) => &d.name,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            SwitchEvent::Changed(s) => s.version,
+            SwitchEvent::Deleted(d) => d.version,
+        }
+    }
+}
+
+/// A [`SwitchEvent`] read back from the audit log, with the audit id that orders it among all
+/// switches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub audit_id: u64,
+    pub event: SwitchEvent,
+}
+
+/// Which audit entries to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub switch: Option<String>,
+    /// Only entries with `id < before`.
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the switch if no live switch has that name; does nothing otherwise. Used to seed
+    /// the primary switch and switches declared in the config file. Returns whether it created.
+    async fn ensure_switch(
+        &self,
+        name: &str,
+        description: &str,
+        primary: bool,
+        actor: Actor,
+    ) -> Result<bool>;
+
+    async fn list_switches(&self) -> Result<Vec<Switch>>;
+
+    async fn get_switch(&self, name: &str) -> Result<Option<Switch>>;
+
+    async fn create_switch(
+        &self,
+        name: &str,
+        description: &str,
+        actor: Actor,
+    ) -> Result<(Switch, AuditEntry)>;
+
+    async fn update_description(
+        &self,
+        name: &str,
+        description: &str,
+        actor: Actor,
+    ) -> Result<(Switch, AuditEntry)>;
+
+    /// Deletes a non-primary switch. Its audit history stays; re-creating the name continues
+    /// its version sequence.
+    async fn delete_switch(&self, name: &str, actor: Actor) -> Result<AuditEntry>;
+
+    /// Changes a switch's state, committed durably before it returns.
+    async fn set_state(&self, change: StateChange) -> Result<SetOutcome>;
+
+    /// Newest first.
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Entries of one switch with `version > after_version`, oldest first: what a watcher that
+    /// reconnects with `Last-Event-ID` missed.
+    async fn switch_history_after(
+        &self,
+        switch: &str,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>>;
+
+    /// The events of one switch with `version > after_version`, oldest first: exactly what a
+    /// watcher that reconnects with `Last-Event-ID` missed.
+    async fn events_after_version(
+        &self,
+        switch: &str,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>>;
+
+    /// Switch events of all switches with audit `id > after_id`, oldest first.
+    async fn events_after_id(&self, after_id: u64, limit: u32) -> Result<Vec<StoredEvent>>;
+
+    /// The id of the newest audit entry (0 when empty).
+    async fn last_audit_id(&self) -> Result<u64>;
+
+    async fn create_token(&self, token: TokenRecord, actor: Actor) -> Result<AuditEntry>;
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
+
+    async fn revoke_token(&self, id: &str, actor: Actor) -> Result<(TokenRecord, AuditEntry)>;
+
+    /// A cheap round trip that proves the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,351 @@
+//! Backend-independent store contract. Every function takes a fresh, empty store.
+
+use std::sync::Arc;
+
+use brb_api::{AuditAction, Role, Source, SwitchState};
+use brb_store::{
+    Actor, AuditQuery, SetOutcome, StateChange, Store, StoreError, SwitchEvent, TokenRecord,
+};
+
+pub type S = Arc<dyn Store>;
+
+pub fn alice() -> Actor {
+    Actor {
+        name: "alice".into(),
+        source: Source::Cli,
+        remote_addr: Some("127.0.0.1".into()),
+    }
+}
+
+pub fn change(switch: &str, to: SwitchState) -> StateChange {
+    StateChange {
+        switch: switch.into(),
+        to,
+        reason: Some("db on fire".into()),
+        expected_version: None,
+        actor: alice(),
+    }
+}
+
+async fn seed(store: &S) {
+    store
+        .ensure_switch(
+            "workers",
+            "Pause all background workers",
+            true,
+            Actor::system(),
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn seeds_primary_once(store: &S) {
+    assert!(
+        store
+            .ensure_switch("workers", "d", true, Actor::system())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .ensure_switch("workers", "d", true, Actor::system())
+            .await
+            .unwrap()
+    );
+    // A second primary is never created.
+    assert!(
+        !store
+            .ensure_switch("other", "d", true, Actor::system())
+            .await
+            .unwrap()
+    );
+    let all = store.list_switches().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].primary);
+    assert_eq!(all[0].version, 1);
+    assert_eq!(all[0].state, SwitchState::Running);
+}
+
+pub async fn pause_primary(store: &S) {
+    seed(store).await;
+    let out = store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    assert!(matches!(out, SetOutcome::Changed { .. }));
+}
+
+pub async fn primary_is_paused(store: &S) {
+    let s = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(s.state, SwitchState::Paused);
+    assert_eq!(s.version, 2);
+    let audit = store
+        .audit(AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit[0].action, AuditAction::StateChanged);
+    assert_eq!(audit[0].version, Some(2));
+}
+
+pub async fn state_changes_bump_version_and_audit(store: &S) {
+    seed(store).await;
+    let SetOutcome::Changed { switch, entry } = store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a change")
+    };
+    assert_eq!(switch.state, SwitchState::Paused);
+    assert_eq!(switch.version, 2);
+    assert_eq!(switch.changed_by, "alice");
+    assert_eq!(switch.source, Source::Cli);
+    assert_eq!(switch.reason.as_deref(), Some("db on fire"));
+    assert_eq!(entry.from, Some(SwitchState::Running));
+    assert_eq!(entry.to, Some(SwitchState::Paused));
+    assert_eq!(entry.version, Some(2));
+    assert_eq!(entry.remote_addr.as_deref(), Some("127.0.0.1"));
+    let got = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(got, switch);
+}
+
+pub async fn idempotent_set_writes_nothing(store: &S) {
+    seed(store).await;
+    let before = store.last_audit_id().await.unwrap();
+    let out = store
+        .set_state(change("workers", SwitchState::Running))
+        .await
+        .unwrap();
+    let SetOutcome::Unchanged(s) = out else {
+        panic!("expected no change")
+    };
+    assert_eq!(s.version, 1);
+    assert_eq!(store.last_audit_id().await.unwrap(), before);
+}
+
+pub async fn expected_version_conflict(store: &S) {
+    seed(store).await;
+    let mut c = change("workers", SwitchState::Paused);
+    c.expected_version = Some(7);
+    match store.set_state(c).await {
+        Err(StoreError::Conflict { current }) => assert_eq!(current.version, 1),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    let mut c = change("workers", SwitchState::Paused);
+    c.expected_version = Some(1);
+    assert!(matches!(
+        store.set_state(c).await.unwrap(),
+        SetOutcome::Changed { .. }
+    ));
+}
+
+pub async fn unknown_switch(store: &S) {
+    assert!(store.get_switch("nope").await.unwrap().is_none());
+    assert!(matches!(
+        store.set_state(change("nope", SwitchState::Paused)).await,
+        Err(StoreError::SwitchNotFound(_))
+    ));
+}
+
+pub async fn switch_lifecycle_keeps_versions_monotonic(store: &S) {
+    seed(store).await;
+    let (s, _) = store
+        .create_switch("search", "Search indexing", alice())
+        .await
+        .unwrap();
+    assert_eq!((s.version, s.primary), (1, false));
+    assert!(matches!(
+        store.create_switch("search", "again", alice()).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let (s, _) = store
+        .update_description("search", "Search re-indexing", alice())
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.version, s.description.as_str()),
+        (2, "Search re-indexing")
+    );
+    store
+        .set_state(change("search", SwitchState::Paused))
+        .await
+        .unwrap();
+    let del = store.delete_switch("search", alice()).await.unwrap();
+    assert_eq!(del.version, Some(4));
+    assert!(store.get_switch("search").await.unwrap().is_none());
+    let (s, _) = store
+        .create_switch("search", "back", alice())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.version, 5,
+        "re-created switch continues its version sequence"
+    );
+    assert_eq!(s.state, SwitchState::Running);
+    let hist = store.switch_history_after("search", 0, 100).await.unwrap();
+    let versions: Vec<_> = hist.iter().map(|e| e.version.unwrap()).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+}
+
+pub async fn primary_cannot_be_deleted(store: &S) {
+    seed(store).await;
+    assert!(matches!(
+        store.delete_switch("workers", alice()).await,
+        Err(StoreError::Protected)
+    ));
+    assert!(store.get_switch("workers").await.unwrap().is_some());
+}
+
+pub async fn audit_pages_newest_first(store: &S) {
+    seed(store).await;
+    for i in 0..6 {
+        let to = if i % 2 == 0 {
+            SwitchState::Paused
+        } else {
+            SwitchState::Running
+        };
+        store.set_state(change("workers", to)).await.unwrap();
+    }
+    let page = store
+        .audit(AuditQuery {
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 4);
+    assert!(page.windows(2).all(|w| w[0].id > w[1].id));
+    let older = store
+        .audit(AuditQuery {
+            limit: 4,
+            before: Some(page[3].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 3, "6 changes + creation = 7 entries");
+    assert!(older[0].id < page[3].id);
+    let only = store
+        .audit(AuditQuery {
+            switch: Some("other".into()),
+            limit: 10,
+            before: None,
+        })
+        .await
+        .unwrap();
+    assert!(only.is_empty());
+}
+
+pub async fn history_after_version(store: &S) {
+    seed(store).await;
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    store
+        .set_state(change("workers", SwitchState::Running))
+        .await
+        .unwrap();
+    let h = store.switch_history_after("workers", 1, 100).await.unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.version.unwrap()).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    let ev = store.events_after_version("workers", 1, 100).await.unwrap();
+    let states: Vec<_> = ev
+        .iter()
+        .map(|e| match &e.event {
+            SwitchEvent::Changed(s) => (s.version, s.state),
+            SwitchEvent::Deleted(_) => panic!("not deleted"),
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![(2, SwitchState::Paused), (3, SwitchState::Running)]
+    );
+    let all = store.events_after_id(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].audit_id < w[1].audit_id));
+    let tail = store.events_after_id(all[1].audit_id, 100).await.unwrap();
+    assert_eq!(tail, all[2..].to_vec());
+}
+
+pub async fn tokens_create_list_revoke(store: &S) {
+    let rec = TokenRecord {
+        id: "abc123".into(),
+        name: "ci".into(),
+        role: Role::Operator,
+        secret_hash: vec![7; 32],
+        created_at: chrono::Utc::now(),
+        revoked_at: None,
+    };
+    store.create_token(rec.clone(), alice()).await.unwrap();
+    let mut dup = rec.clone();
+    dup.id = "other".into();
+    assert!(matches!(
+        store.create_token(dup, alice()).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let list = store.list_tokens().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].secret_hash, vec![7; 32]);
+    let (revoked, entry) = store.revoke_token("abc123", alice()).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(entry.action, AuditAction::TokenRevoked);
+    // The name is free again once revoked.
+    let mut again = rec.clone();
+    again.id = "def456".into();
+    store.create_token(again, alice()).await.unwrap();
+    assert!(matches!(
+        store.revoke_token("missing", alice()).await,
+        Err(StoreError::TokenNotFound(_))
+    ));
+}
+
+pub async fn concurrent_toggles_are_gapless(store: &S) {
+    seed(store).await;
+    // Many tasks share the store: every acknowledged change must appear in the audit log, and
+    // the acknowledged versions are exactly 2..=n+1.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let (store, acked) = (Arc::clone(store), Arc::clone(&acked));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25u32 {
+                let to = if (t + i) % 2 == 0 {
+                    SwitchState::Paused
+                } else {
+                    SwitchState::Running
+                };
+                if let SetOutcome::Changed { switch, .. } =
+                    store.set_state(change("workers", to)).await.unwrap()
+                {
+                    acked.lock().unwrap().push(switch.version);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut acked = acked.lock().unwrap().clone();
+    acked.sort_unstable();
+    let n = acked.len() as u64;
+    assert!(n > 0);
+    assert_eq!(
+        acked,
+        (2..n + 2).collect::<Vec<_>>(),
+        "acknowledged versions are gapless"
+    );
+    let hist = store
+        .switch_history_after("workers", 1, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        hist.iter().map(|e| e.version.unwrap()).collect::<Vec<_>>(),
+        acked
+    );
+}

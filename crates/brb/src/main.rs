@@ -1,0 +1,152 @@
+//! `brb`: the control plane (`brb server`) and the command line for people and scripts.
+//!
+//! Deliberately thin: argument parsing, output formatting and exit codes live here; everything
+//! else is `brb-server` and `brb-client`. Tokens are read from `BRB_TOKEN` or a file, never
+//! from argv, where any user on the machine could read them in the process list.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+mod cli;
+mod server;
+
+#[derive(Parser)]
+#[command(
+    name = "brb",
+    version,
+    about = "Big Red Button: pause every background worker with one press"
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where the control plane is and who we are.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Control-plane URL(s), comma-separated for replicas.
+    #[arg(
+        long,
+        env = "BRB_URL",
+        global = true,
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub url: String,
+    /// File holding the API token (default: $BRB_TOKEN, else the local server's admin-token
+    /// file when it exists and is readable).
+    #[arg(long, env = "BRB_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane.
+    Server(server::ServerArgs),
+    /// Show the switches.
+    Status {
+        /// Only this switch.
+        switch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull the brake: pause a switch (default: the primary one).
+    Pause(cli::ChangeArgs),
+    /// Release the brake: resume a switch (default: the primary one).
+    Resume(cli::ChangeArgs),
+    /// Print one line per change as it happens (Ctrl-C to stop).
+    Watch {
+        /// Only this switch (default: all).
+        switch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log, newest first.
+    Audit {
+        #[arg(long)]
+        switch: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(cli::TokenCmd),
+    /// Manage switches (admin).
+    #[command(subcommand)]
+    Switch(cli::SwitchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("brb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("brb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Server(args) => server::run(args).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Status { switch, json } => cli::status(&connect(&cli.conn)?, switch, json).await,
+        Cmd::Pause(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Paused, a).await,
+        Cmd::Resume(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Running, a).await,
+        Cmd::Watch { switch, json } => cli::watch(&connect(&cli.conn)?, switch, json).await,
+        Cmd::Audit {
+            switch,
+            limit,
+            json,
+        } => cli::audit(&connect(&cli.conn)?, switch, limit, json).await,
+        Cmd::Token(t) => cli::token(&connect(&cli.conn)?, t).await,
+        Cmd::Switch(s) => cli::switch(&connect(&cli.conn)?, s).await,
+    }
+}
+
+fn connect(conn: &Conn) -> Result<brb_client::Client> {
+    let urls: Vec<&str> = conn.url.split(',').map(str::trim).collect();
+    let token = token(conn)?;
+    brb_client::Client::new(&urls, token).context("configuring the client")
+}
+
+/// `--token-file`, else `BRB_TOKEN`, else the default local admin-token file (so that on the
+/// machine running `make run` the CLI just works).
+fn token(conn: &Conn) -> Result<Option<String>> {
+    if let Some(path) = &conn.token_file {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let t = t.trim().to_string();
+        if t.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        return Ok(Some(t));
+    }
+    if let Ok(t) = std::env::var("BRB_TOKEN") {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(Some(t));
+        }
+    }
+    let local = brb_server::config::default_data_dir().join("admin-token");
+    Ok(std::fs::read_to_string(local)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}

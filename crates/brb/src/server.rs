@@ -1,0 +1,104 @@
+//! `brb server`: settings from defaults, file, environment and flags; logging; signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use brb_server::config::{Config, LogFormat};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:7070, or BRB_LISTEN].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: the platform data dir, or BRB_DATA_DIR].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML config file.
+    #[arg(long, env = "BRB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: human or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(f) = args.log_format {
+        config.log_format = match f.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("--log-format {other:?}: expected human or json"),
+        };
+    }
+    init_tracing(config.log_format);
+
+    let server = brb_server::Server::start(config.clone())
+        .await
+        .context("starting the control plane")?;
+    let addr = server.local_addr();
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    // Plain stdout lines (not log records) so `make run` and people see at once where to go.
+    println!("Big Red Button control plane listening on http://{addr}");
+    println!("  environment: {}", config.environment.name);
+    println!("  data dir:    {}", config.data_dir.display());
+    if std::env::var_os("BRB_ADMIN_TOKEN").is_some() {
+        println!("  admin token: from BRB_ADMIN_TOKEN");
+    } else if config.admin_token_path().exists() {
+        println!("  admin token: {}", config.admin_token_path().display());
+    }
+    println!("  API:         {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    server.serve(shutdown_signal()).await
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BRB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+    if let Err(e) = res {
+        eprintln!("brb: logging not initialised: {e}");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages a make target needs, only those missing. Idempotent: when every
+# package is present it does nothing and needs no network.
+#   scripts/ensure-packages.sh GROUP...
+set -euo pipefail
+
+declare -A PKG_GROUPS=(
+  [base]="build-essential pkg-config curl ca-certificates"
+)
+
+want=()
+for g in "$@"; do
+  pkgs=${PKG_GROUPS[$g]:-}
+  if [ -z "$pkgs" ]; then
+    echo "ensure-packages: unknown group '$g'" >&2
+    exit 2
+  fi
+  for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      want+=("$p")
+    fi
+  done
+done
+
+if [ ${#want[@]} -gt 0 ]; then
+  echo "ensure-packages: installing ${want[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq
+  $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${want[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "ensure-packages: cargo is not on PATH; install Rust (rustup, stable >= 1.85) first" >&2
+  exit 1
+fi

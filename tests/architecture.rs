@@ -1,0 +1,86 @@
+//! The dependency rules of ARCHITECTURE.md, checked with `cargo tree` so they stay true.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+/// Every package `krate` depends on for normal (non-dev, non-build) use, transitively.
+fn deps(krate: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-f",
+            "{p}",
+            "-p",
+            krate,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn assert_none(krate: &str, forbidden: &[&str]) {
+    let d = deps(krate);
+    assert!(
+        d.iter().any(|n| n == krate),
+        "cargo tree listed {krate} itself: {d:?}"
+    );
+    for f in forbidden {
+        assert!(!d.iter().any(|n| n == f), "{krate} must not depend on {f}");
+    }
+}
+
+#[test]
+fn api_types_know_nothing_of_io_or_other_crates() {
+    assert_none(
+        "brb-api",
+        &[
+            "tokio",
+            "reqwest",
+            "axum",
+            "hyper",
+            "rusqlite",
+            "brb-store",
+            "brb-server",
+            "brb-client",
+        ],
+    );
+}
+
+#[test]
+fn store_knows_nothing_of_http() {
+    assert_none(
+        "brb-store",
+        &["axum", "hyper", "reqwest", "brb-server", "brb-client"],
+    );
+}
+
+#[test]
+fn server_does_not_use_the_client_sdk() {
+    assert_none("brb-server", &["brb-client", "reqwest"]);
+}
+
+#[test]
+fn client_sdk_has_no_server_or_database_inside() {
+    assert_none(
+        "brb-client",
+        &["brb-server", "brb-store", "axum", "rusqlite"],
+    );
+}

@@ -1,0 +1,155 @@
+//! Helpers for end-to-end tests: the real `brb` binary as a child process, on a loopback port,
+//! with a temporary data dir.
+//!
+//! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `brb` binary under test.
+pub fn brb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BRB_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("brb");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p brb` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `brb server` child process.
+pub struct ServerProc {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts `brb server` on an ephemeral port and waits until it prints where it listens.
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> ServerProc {
+        let stderr_log = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .expect("stderr log");
+        let mut cmd = Command::new(brb_bin());
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("BRB_ADMIN_TOKEN")
+            .env_remove("BRB_CONFIG")
+            .env("BRB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn brb server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "brb server did not start; its log:\n{}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        ServerProc {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("admin-token file")
+            .trim()
+            .to_string()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit status and how long it took.
+    pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id() as libc::pid_t;
+        let rc = unsafe_kill(pid, libc::SIGTERM);
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return (st, t.elapsed());
+            }
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("server did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) }
+}
+
+/// Runs the `brb` CLI with a clean environment (no token, no URL, a private HOME so the
+/// default admin-token file of a developer's machine is never picked up).
+pub fn cli(home: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(brb_bin());
+    cmd.args(args)
+        .env_remove("BRB_TOKEN")
+        .env_remove("BRB_TOKEN_FILE")
+        .env_remove("BRB_URL")
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run brb")
+}
