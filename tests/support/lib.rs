@@ -153,3 +153,87 @@ pub fn cli(home: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Ou
     }
     cmd.output().expect("run brb")
 }
+
+/// A control plane running inside the test process, on a loopback port.
+pub struct InProcess {
+    pub url: String,
+    pub admin: String,
+    pub state: brb_server::AppState,
+    pub config: brb_server::Config,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl InProcess {
+    pub async fn start(data_dir: &Path, tweak: impl FnOnce(&mut brb_server::Config)) -> InProcess {
+        let mut config = brb_server::Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data_dir.to_path_buf(),
+            ..brb_server::Config::default()
+        };
+        tweak(&mut config);
+        let server = brb_server::Server::start(config.clone())
+            .await
+            .expect("server starts");
+        let addr = server.local_addr();
+        config.listen = addr;
+        let state = server.state().clone();
+        let admin = std::fs::read_to_string(config.admin_token_path())
+            .expect("admin token")
+            .trim()
+            .to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(|e| format!("{e:#}"))
+        });
+        InProcess {
+            url: format!("http://{addr}"),
+            admin,
+            state,
+            config,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops it (streams end, the port is released).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    pub fn client(&self) -> brb_client::Client {
+        brb_client::Client::new(&[self.url.as_str()], Some(self.admin.clone())).expect("client")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes; returns whether it became true.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

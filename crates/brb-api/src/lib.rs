@@ -13,9 +13,18 @@ use utoipa::ToSchema;
 
 mod error;
 mod names;
+mod ramp;
+mod series;
+mod workers;
 
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use names::{NameError, validate_switch_name, validate_token_name};
+pub use ramp::{MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampError, RampShape, RampSpec};
+pub use series::{
+    Accepted, MAX_SAMPLES_PER_POST, MAX_SERIES_NAME, Sample, SampleBatch, SampleKind, SampleTick,
+    Series, SeriesList, TickValue,
+};
+pub use workers::{ChangeAck, MAX_WORKER_ID, WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus};
 
 /// The path prefix of every versioned endpoint.
 pub const API_PREFIX: &str = "/api/v1";
@@ -135,6 +144,21 @@ pub struct Switch {
     pub changed_by: String,
     pub source: Source,
     pub reason: Option<String>,
+    /// A gradual release in progress (only while running, after a resume that asked for one).
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+}
+
+impl Switch {
+    /// The fraction of normal work this switch admits at `now`: 0 when paused, the ramp's
+    /// fraction while it ramps, else 1.
+    pub fn admitted_fraction(&self, now: DateTime<Utc>) -> f64 {
+        match (self.state, &self.ramp) {
+            (SwitchState::Paused, _) => 0.0,
+            (SwitchState::Running, Some(r)) => r.fraction_at(now),
+            (SwitchState::Running, None) => 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -155,6 +179,9 @@ pub struct SetStateRequest {
     /// When given, the change is refused with 409 unless the switch is at this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<u64>,
+    /// With `running`: release gradually instead of all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampSpec>,
 }
 
 /// `POST /api/v1/switches` (admin).
@@ -353,6 +380,10 @@ pub mod events {
     pub const SWITCH: &str = "switch";
     /// Data: [`crate::DeletedSwitch`].
     pub const DELETED: &str = "deleted";
+    /// Data: [`crate::WorkerCounts`] (without the worker list); only on `/api/v1/events`.
+    pub const WORKERS: &str = "workers";
+    /// Data: [`crate::SampleTick`], once a second; only on `/api/v1/events`.
+    pub const SAMPLES: &str = "samples";
 }
 
 /// Data of a `deleted` event.

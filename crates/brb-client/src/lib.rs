@@ -20,7 +20,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod gate;
 pub mod sse;
+
+pub use gate::{FailurePolicy, Gate, GateConfig, Permit, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -53,6 +56,14 @@ impl ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What an event stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    Event(sse::Event),
+    /// Bytes arrived that completed no event (a keep-alive): the connection is alive.
+    Alive,
+}
 
 /// Which event stream to open.
 #[derive(Debug, Clone)]
@@ -120,6 +131,59 @@ impl Client {
 
     pub fn base_urls(&self) -> &[String] {
         &self.bases
+    }
+
+    /// The same client, trying the base URLs starting from the `n`th: spreads many workers
+    /// over several replicas.
+    pub fn rotated(&self, n: usize) -> Client {
+        let mut c = self.clone();
+        let len = c.bases.len();
+        c.bases.rotate_left(n % len);
+        c
+    }
+
+    /// Tells the control plane what this worker does; answers with the switch as it is now.
+    pub async fn report(&self, r: &brb_api::WorkerReport) -> Result<Switch> {
+        self.call(Method::POST, "/workers/report", Some(r)).await
+    }
+
+    /// The fleet's acknowledgement of a switch.
+    pub async fn workers(&self, switch: &str) -> Result<brb_api::WorkerCounts> {
+        self.call::<_, ()>(
+            Method::GET,
+            &format!("/switches/{}/workers", enc(switch)),
+            None,
+        )
+        .await
+    }
+
+    /// Sends utilization samples.
+    pub async fn push_samples(&self, samples: Vec<brb_api::Sample>) -> Result<usize> {
+        let a: brb_api::Accepted = self
+            .call(
+                Method::POST,
+                "/metrics",
+                Some(&brb_api::SampleBatch { samples }),
+            )
+            .await?;
+        Ok(a.accepted)
+    }
+
+    /// Series from `since` (unix seconds); `name` `None` means all.
+    pub async fn series(
+        &self,
+        name: Option<&str>,
+        since: Option<i64>,
+    ) -> Result<brb_api::SeriesList> {
+        let mut q = "/metrics/series?".to_string();
+        if let Some(n) = name {
+            q.push_str(&format!("name={}&", enc(n)));
+        }
+        if let Some(s) = since {
+            q.push_str(&format!("since={s}"));
+        }
+        self.call::<_, ()>(Method::GET, q.trim_end_matches(['&', '?']), None)
+            .await
     }
 
     fn request(
@@ -267,7 +331,7 @@ impl Client {
         &self,
         scope: &EventScope,
         last_event_id: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<sse::Event>> + Send + 'static + use<>> {
+    ) -> Result<impl Stream<Item = Result<StreamItem>> + Send + 'static + use<>> {
         let path = match scope {
             EventScope::Switch(name) => format!("/switches/{}/events", enc(name)),
             EventScope::All => "/events".to_string(),
@@ -299,9 +363,11 @@ impl Client {
             let mut parser = sse::Parser::new();
             let url = base.clone();
             let stream = res.bytes_stream().flat_map(move |chunk| {
-                let items: Vec<Result<sse::Event>> = match chunk {
+                let items: Vec<Result<StreamItem>> = match chunk {
                     Ok(bytes) => match parser.feed(&bytes) {
-                        Ok(evs) => evs.into_iter().map(Ok).collect(),
+                        // Bytes but no event: a keep-alive comment, proof the line is alive.
+                        Ok(evs) if evs.is_empty() => vec![Ok(StreamItem::Alive)],
+                        Ok(evs) => evs.into_iter().map(|e| Ok(StreamItem::Event(e))).collect(),
                         Err(e) => vec![Err(ClientError::Protocol {
                             url: url.clone(),
                             message: e.to_string(),

@@ -141,6 +141,14 @@ impl TokenBook {
         );
     }
 
+    /// Adds a token that lives only in this process (never stored): used by the in-process
+    /// demo workload, which must authenticate like any external worker.
+    pub fn add_ephemeral(&self, name: &str, role: Role) -> String {
+        let t = mint(name, role);
+        self.upsert(&t.record);
+        t.secret
+    }
+
     /// Checks a bearer token. The error message never repeats the token.
     pub fn verify(&self, token: &str) -> Result<(String, Role, Option<String>), ApiError> {
         if let Some(env) = &self.env_admin_hash

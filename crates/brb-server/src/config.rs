@@ -65,6 +65,12 @@ pub struct Limits {
     pub keepalive_secs: u64,
     /// Longest `wait=` a long-poll may ask for.
     pub max_long_poll_secs: u64,
+    /// A worker with no report for this long counts as stale.
+    pub worker_stale_secs: u64,
+    /// A worker with no report for this long is forgotten.
+    pub worker_forget_secs: u64,
+    /// Most utilization series kept (each takes 28 KiB).
+    pub max_series: usize,
 }
 
 impl Default for Config {
@@ -106,6 +112,9 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             keepalive_secs: 15,
             max_long_poll_secs: 60,
+            worker_stale_secs: 15,
+            worker_forget_secs: 300,
+            max_series: 256,
         }
     }
 }
@@ -210,6 +219,18 @@ impl Config {
         if self.limits.keepalive_secs == 0 || self.limits.keepalive_secs > 15 {
             return Err(ConfigError::Invalid(
                 "limits.keepalive_secs must be between 1 and 15".into(),
+            ));
+        }
+        if self.limits.worker_stale_secs == 0
+            || self.limits.worker_forget_secs < self.limits.worker_stale_secs
+        {
+            return Err(ConfigError::Invalid(
+                "limits.worker_forget_secs must be at least limits.worker_stale_secs (> 0)".into(),
+            ));
+        }
+        if self.limits.max_series == 0 || self.limits.max_series > 10_000 {
+            return Err(ConfigError::Invalid(
+                "limits.max_series must be between 1 and 10000".into(),
             ));
         }
         if self.limits.max_body_bytes < 1024 {

@@ -26,6 +26,9 @@ pub struct Frame {
     pub version: u64,
     pub audit_id: u64,
     pub deleted: bool,
+    /// Not a change: worker counts or samples, sent only on `/events`, without an `id:` (so a
+    /// resumed stream never replays it and `Last-Event-ID` keeps pointing at changes).
+    pub ephemeral: bool,
     /// For `/switches/{name}/events`: `id:` is the switch version.
     pub by_version: Bytes,
     /// For `/events`: `id:` is the global audit id.
@@ -76,6 +79,7 @@ impl Frame {
             version: ev.event.version(),
             audit_id: ev.audit_id,
             deleted: matches!(ev.event, SwitchEvent::Deleted(_)),
+            ephemeral: false,
             by_version: sse_frame(name, ev.event.version(), &json),
             by_id: sse_frame(name, ev.audit_id, &json),
         }
@@ -134,6 +138,21 @@ impl Hub {
         let _ = self.tx.send(frame);
     }
 
+    /// Sends a non-change event (`workers`, `samples`) to `/events` watchers.
+    pub fn publish_ephemeral(&self, switch: &str, event: &str, json: &str) {
+        let mut s = String::with_capacity(event.len() + json.len() + 16);
+        let _ = write!(s, "event: {event}\ndata: {json}\n\n");
+        let _ = self.tx.send(Arc::new(Frame {
+            switch: Arc::from(switch),
+            version: 0,
+            audit_id: 0,
+            deleted: false,
+            ephemeral: true,
+            by_version: Bytes::new(),
+            by_id: Bytes::from(s),
+        }));
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
         self.tx.subscribe()
     }
@@ -182,6 +201,7 @@ mod tests {
             changed_by: "t".into(),
             source: Source::Api,
             reason: None,
+            ramp: None,
         }
     }
 

@@ -29,7 +29,9 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+pub mod series;
 mod sse;
+pub mod workers;
 
 pub use auth::Caller;
 pub use config::Config;
@@ -50,6 +52,8 @@ struct Inner {
     hub: Hub,
     tokens: TokenBook,
     metrics: Arc<Metrics>,
+    workers: workers::Workers,
+    series: series::SeriesStore,
     config: Config,
     /// Serializes commit + publish so the hub broadcasts changes in version order.
     write_lock: Mutex<()>,
@@ -95,6 +99,11 @@ impl AppState {
                 hub,
                 tokens,
                 metrics: Arc::new(Metrics::default()),
+                workers: workers::Workers::new(
+                    std::time::Duration::from_secs(config.limits.worker_stale_secs),
+                    std::time::Duration::from_secs(config.limits.worker_forget_secs),
+                ),
+                series: series::SeriesStore::new(config.limits.max_series),
                 config,
                 write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
@@ -122,6 +131,106 @@ impl AppState {
         &self.inner.config
     }
 
+    pub fn workers(&self) -> &workers::Workers {
+        &self.inner.workers
+    }
+
+    pub fn series(&self) -> &series::SeriesStore {
+        &self.inner.series
+    }
+
+    /// Starts the periodic work: worker-count events (at most ten a second per switch), the
+    /// stale-worker sweep and the once-a-second `samples` event. Ends at shutdown.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = state.shutdown_signal();
+            let mut fast = tokio::time::interval(std::time::Duration::from_millis(100));
+            fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_tick_sec = chrono::Utc::now().timestamp();
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = fast.tick() => {}
+                }
+                let now = chrono::Utc::now();
+                if now.timestamp() != last_tick_sec {
+                    last_tick_sec = now.timestamp();
+                    state.workers().sweep(now);
+                    state.record_fleet_series(last_tick_sec);
+                    state.publish_samples(last_tick_sec - 1);
+                }
+                state.publish_worker_counts();
+            }
+        })
+    }
+
+    fn publish_worker_counts(&self) {
+        for name in self.workers().take_dirty() {
+            let Some(sw) = self.hub().get(&name) else {
+                continue;
+            };
+            let counts = self.workers().counts(&sw, false);
+            match serde_json::to_string(&counts) {
+                Ok(json) => self
+                    .hub()
+                    .publish_ephemeral(&name, brb_api::events::WORKERS, &json),
+                Err(e) => tracing::error!(error = %e, "encoding worker counts"),
+            }
+        }
+    }
+
+    /// The fleet as series: in-flight jobs and paused workers per switch, from the reports.
+    fn record_fleet_series(&self, sec: i64) {
+        let mut rows = Vec::new();
+        for sw in self.hub().list() {
+            let c = self.workers().counts(&sw, true);
+            if c.total == 0 {
+                continue;
+            }
+            let labels: std::collections::BTreeMap<String, String> =
+                [("switch".to_string(), sw.name.clone())].into();
+            let in_flight: u32 = c
+                .workers
+                .iter()
+                .filter(|w| !w.stale)
+                .map(|w| w.in_flight)
+                .sum();
+            for (name, v) in [
+                ("fleet_in_flight", f64::from(in_flight)),
+                ("fleet_paused", f64::from(c.paused)),
+                ("fleet_running", f64::from(c.running)),
+            ] {
+                rows.push((
+                    name.to_string(),
+                    labels.clone(),
+                    brb_api::SampleKind::Gauge,
+                    sec,
+                    v,
+                ));
+            }
+        }
+        if !rows.is_empty()
+            && let Err(e) = self.series().record_all(rows)
+        {
+            tracing::warn!(error = %e, "recording fleet series");
+        }
+    }
+
+    fn publish_samples(&self, sec: i64) {
+        let values = self.series().tick(sec);
+        if values.is_empty() {
+            return;
+        }
+        let tick = brb_api::SampleTick { ts: sec, values };
+        match serde_json::to_string(&tick) {
+            Ok(json) => self
+                .hub()
+                .publish_ephemeral("", brb_api::events::SAMPLES, &json),
+            Err(e) => tracing::error!(error = %e, "encoding samples"),
+        }
+    }
+
     /// Becomes `true` when the server starts shutting down: streams end, long-polls answer.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
@@ -146,6 +255,15 @@ impl AppState {
                 brb_api::MAX_REASON_CHARS
             )));
         }
+        if let Some(ramp) = &change.ramp {
+            if change.to != brb_api::SwitchState::Running {
+                return Err(ApiError::invalid(
+                    "a ramp applies only to a resume (state running)",
+                ));
+            }
+            ramp.validate()
+                .map_err(|e| ApiError::invalid(format!("ramp: {e}")))?;
+        }
         let (switch, actor, to) = (change.switch.clone(), change.actor.clone(), change.to);
         let reason = change.reason.clone();
         let _g = self.inner.write_lock.lock().await;
@@ -156,6 +274,7 @@ impl AppState {
                     event: SwitchEvent::Changed(s.clone()),
                 });
                 drop(_g);
+                self.inner.workers.on_change(&s);
                 self.inner.metrics.toggle(&s.name, to);
                 tracing::info!(
                     switch = %s.name,
@@ -256,6 +375,7 @@ impl Server {
         let listener =
             bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        state.spawn_background();
         Ok(Server {
             listener,
             state,

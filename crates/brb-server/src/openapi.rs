@@ -33,8 +33,12 @@ use crate::routes;
         routes::create_token,
         routes::list_tokens,
         routes::revoke_token,
+        routes::worker_report,
+        routes::switch_workers,
+        routes::post_samples,
+        routes::get_series,
     ),
-    components(schemas(brb_api::DeletedSwitch)),
+    components(schemas(brb_api::DeletedSwitch, brb_api::SampleTick)),
     modifiers(&Bearer),
 )]
 pub struct ApiDoc;

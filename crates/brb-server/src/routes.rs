@@ -34,6 +34,10 @@ pub fn router(state: AppState) -> axum::Router {
         )
         .route("/switches/{name}/state", put(set_state))
         .route("/switches/{name}/events", get(switch_events))
+        .route("/switches/{name}/workers", get(switch_workers))
+        .route("/workers/report", axum::routing::post(worker_report))
+        .route("/metrics", axum::routing::post(post_samples))
+        .route("/metrics/series", get(get_series))
         .route("/events", get(all_events))
         .route("/audit", get(audit))
         .route("/tokens", get(list_tokens).post(create_token))
@@ -265,6 +269,7 @@ pub(crate) async fn set_state(
             to: req.state,
             reason,
             expected_version: req.expected_version,
+            ramp: req.ramp,
             actor: actor(&caller, req.source),
         })
         .await?;
@@ -552,4 +557,169 @@ pub(crate) async fn revoke_token(
     state.tokens().upsert(&rec);
     tracing::info!(token = %rec.name, actor = %caller.name, "token revoked");
     Ok(Json(rec.info()))
+}
+
+#[utoipa::path(post, path = "/api/v1/workers/report", tag = "workers",
+    request_body = brb_api::WorkerReport,
+    responses(
+        (status = 200, body = Switch, description = "Recorded; the answer is the switch as it is now"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 404, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn worker_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Body,
+) -> ApiResult<Json<Switch>> {
+    let r: brb_api::WorkerReport = parse_json(&body(b)?)?;
+    let id_ok = !r.worker_id.is_empty()
+        && r.worker_id.chars().count() <= brb_api::MAX_WORKER_ID
+        && !r.worker_id.chars().any(char::is_control);
+    if !id_ok {
+        return Err(ApiError::invalid(format!(
+            "worker_id must be 1 to {} printable characters",
+            brb_api::MAX_WORKER_ID
+        )));
+    }
+    let sw = state
+        .hub()
+        .get(&r.switch)
+        .ok_or_else(|| ApiError::switch_not_found(&r.switch))?;
+    if r.observed_version > sw.version {
+        return Err(ApiError::invalid(format!(
+            "observed_version {} is ahead of the switch (version {})",
+            r.observed_version, sw.version
+        )));
+    }
+    tracing::debug!(switch = %r.switch, worker = %r.worker_id, actor = %caller.name,
+        status = r.status.as_str(), version = r.observed_version, "worker report");
+    state.workers().report(
+        r,
+        caller.remote_addr.map(|a| a.ip().to_string()),
+        chrono::Utc::now(),
+    );
+    Ok(Json((*sw).clone()))
+}
+
+#[utoipa::path(get, path = "/api/v1/switches/{name}/workers", tag = "workers",
+    params(("name" = String, Path, description = "Switch name")),
+    responses(
+        (status = 200, body = brb_api::WorkerCounts),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn switch_workers(
+    State(state): State<AppState>,
+    _c: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<brb_api::WorkerCounts>> {
+    let sw = state
+        .hub()
+        .get(&name)
+        .ok_or_else(|| ApiError::switch_not_found(&name))?;
+    Ok(Json(state.workers().counts(&sw, true)))
+}
+
+fn check_series_name(what: &str, s: &str, max: usize) -> ApiResult<()> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_:.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} {s:?} must be 1 to {max} characters of [A-Za-z0-9_:.-]"
+        )))
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/metrics", tag = "metrics",
+    request_body = brb_api::SampleBatch,
+    responses(
+        (status = 200, body = brb_api::Accepted),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 413, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody, description = "A bad sample: nothing of the batch was recorded")),
+    security(("bearer" = [])))]
+pub(crate) async fn post_samples(
+    State(state): State<AppState>,
+    _c: Caller,
+    b: Body,
+) -> ApiResult<Json<brb_api::Accepted>> {
+    let batch: brb_api::SampleBatch = parse_json(&body(b)?)?;
+    if batch.samples.len() > brb_api::MAX_SAMPLES_PER_POST {
+        return Err(ApiError::invalid(format!(
+            "at most {} samples per request",
+            brb_api::MAX_SAMPLES_PER_POST
+        )));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let retention = crate::series::RETENTION_SECS;
+    let mut rows = Vec::with_capacity(batch.samples.len());
+    for (i, smp) in batch.samples.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError::invalid(format!("sample {i}: {}", e.message));
+        check_series_name("name", &smp.name, brb_api::MAX_SERIES_NAME).map_err(at)?;
+        if smp.labels.len() > 8 {
+            return Err(ApiError::invalid(format!("sample {i}: at most 8 labels")));
+        }
+        for (k, v) in &smp.labels {
+            check_series_name("label", k, 64).map_err(at)?;
+            if v.chars().count() > 128 || v.chars().any(char::is_control) {
+                return Err(ApiError::invalid(format!(
+                    "sample {i}: label values are at most 128 printable characters"
+                )));
+            }
+        }
+        if !smp.value.is_finite() {
+            return Err(ApiError::invalid(format!(
+                "sample {i}: value must be finite"
+            )));
+        }
+        let sec = match smp.ts {
+            None => now,
+            Some(ts) if ts.is_finite() => ts.floor() as i64,
+            Some(_) => return Err(ApiError::invalid(format!("sample {i}: bad ts"))),
+        };
+        if sec < now - retention + 1 || sec > now + 60 {
+            return Err(ApiError::invalid(format!(
+                "sample {i}: ts must be within the last hour and at most a minute ahead"
+            )));
+        }
+        rows.push((smp.name, smp.labels, smp.kind, sec, smp.value));
+    }
+    let n = rows.len();
+    state
+        .series()
+        .record_all(rows)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(Json(brb_api::Accepted { accepted: n }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SeriesParams {
+    /// Only series with this name (all label sets); default: every series.
+    name: Option<String>,
+    /// Unix seconds; default: an hour ago.
+    since: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/metrics/series", tag = "metrics", params(SeriesParams),
+    responses(
+        (status = 200, body = brb_api::SeriesList),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_series(
+    State(state): State<AppState>,
+    _c: Caller,
+    q: Q<SeriesParams>,
+) -> ApiResult<Json<brb_api::SeriesList>> {
+    let q = query(q)?;
+    let now = chrono::Utc::now().timestamp();
+    let since = q.since.unwrap_or(now - crate::series::RETENTION_SECS);
+    Ok(Json(brb_api::SeriesList {
+        series: state.series().query(q.name.as_deref(), since, now),
+        retention_secs: crate::series::RETENTION_SECS as u64,
+    }))
 }

@@ -171,6 +171,8 @@ async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
 impl Stream {
     fn accept(&mut self, f: &Frame) {
         match &self.scope {
+            Scope::One(_) if f.ephemeral => {}
+            Scope::All if f.ephemeral => self.pending.push_back(f.by_id.clone()),
             Scope::One(name) => {
                 if *f.switch != **name || f.version <= self.last {
                     return;

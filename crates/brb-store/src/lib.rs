@@ -73,6 +73,8 @@ pub struct StateChange {
     pub to: SwitchState,
     pub reason: Option<String>,
     pub expected_version: Option<u64>,
+    /// With `to: Running`: release gradually. Validated by the caller.
+    pub ramp: Option<brb_api::RampSpec>,
     pub actor: Actor,
 }
 

@@ -19,9 +19,10 @@ use crate::{
 
 /// Schema migrations, applied in order, each in its own transaction. Append only: a released
 /// migration is never edited.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE switches (
     name        TEXT PRIMARY KEY,
     description TEXT NOT NULL,
@@ -69,7 +70,15 @@ CREATE TABLE tokens (
 );
 CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- The gradual release in progress (JSON of brb_api::Ramp), NULL when none.
+ALTER TABLE switches ADD COLUMN ramp TEXT;
+"#,
+    ),
+];
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -263,7 +272,7 @@ fn parse_source(s: &str) -> Result<Source> {
 }
 
 const SWITCH_COLUMNS: &str =
-    "name, description, is_primary, state, version, changed_at, changed_by, source, reason";
+    "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp";
 
 struct RawSwitch {
     name: String,
@@ -275,6 +284,7 @@ struct RawSwitch {
     changed_by: String,
     source: String,
     reason: Option<String>,
+    ramp: Option<String>,
 }
 
 fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
@@ -288,6 +298,7 @@ fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
         changed_by: r.get(6)?,
         source: r.get(7)?,
         reason: r.get(8)?,
+        ramp: r.get(9)?,
     })
 }
 
@@ -303,6 +314,12 @@ impl RawSwitch {
             primary: self.primary,
             changed_by: self.changed_by,
             reason: self.reason,
+            ramp: self
+                .ramp
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt(format!("ramp: {e}")))?,
         })
     }
 }
@@ -378,7 +395,9 @@ fn collect_audit(
 fn row_any(tx: &Connection, name: &str) -> Result<Option<(Switch, bool)>> {
     let sql = format!("SELECT {SWITCH_COLUMNS}, deleted FROM switches WHERE name = ?1");
     let raw = tx
-        .query_row(&sql, [name], |r| Ok((raw_switch(r)?, r.get::<_, bool>(9)?)))
+        .query_row(&sql, [name], |r| {
+            Ok((raw_switch(r)?, r.get::<_, bool>(10)?))
+        })
         .optional()
         .map_err(map_err)?;
     raw.map(|(s, deleted)| Ok((s.into_switch()?, deleted)))
@@ -457,7 +476,7 @@ fn insert_switch(
             tx.execute(
                 "UPDATE switches SET description = ?2, is_primary = ?3, state = 'running',
                     version = ?4, changed_at = ?5, changed_by = ?6, source = ?7, reason = NULL,
-                    deleted = 0
+                    ramp = NULL, deleted = 0
                  WHERE name = ?1",
                 params![
                     name,
@@ -659,14 +678,25 @@ impl Store for SqliteStore {
                     current: Box::new(cur),
                 });
             }
-            if cur.state == change.to {
+            let now = Utc::now();
+            let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
+            let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
+            if cur.state == change.to && !ends_ramp {
                 return Ok(SetOutcome::Unchanged(cur));
             }
+            let ramp = match change.to {
+                SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
+                SwitchState::Paused => None,
+            };
+            let ramp_json = ramp
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| StoreError::Internal(format!("encode ramp: {e}")))?;
             let version = cur.version + 1;
-            let now = Utc::now();
             tx.execute(
                 "UPDATE switches SET state = ?2, version = ?3, changed_at = ?4, changed_by = ?5,
-                    source = ?6, reason = ?7
+                    source = ?6, reason = ?7, ramp = ?9
                  WHERE name = ?1 AND version = ?8",
                 params![
                     change.switch,
@@ -677,6 +707,7 @@ impl Store for SqliteStore {
                     change.actor.source.as_str(),
                     change.reason,
                     cur.version as i64,
+                    ramp_json,
                 ],
             )
             .map_err(map_err)?;

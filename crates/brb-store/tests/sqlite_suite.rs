@@ -36,6 +36,7 @@ sqlite_suite!(
     history_after_version,
     tokens_create_list_revoke,
     concurrent_toggles_are_gapless,
+    ramps_start_with_resume_and_end_with_pause,
 );
 
 #[tokio::test]

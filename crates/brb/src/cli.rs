@@ -24,8 +24,18 @@ pub struct ChangeArgs {
     /// Refuse unless the switch is at this version (optimistic concurrency).
     #[arg(long)]
     expected_version: Option<u64>,
+    /// Resume gradually: PRESET:DURATION, e.g. steps:10m (10%→25%→50%→100%) or linear:5m.
+    #[arg(long, value_parser = parse_ramp)]
+    ramp: Option<brb_api::RampSpec>,
+    /// Seconds to wait for the workers to acknowledge (0: do not wait).
+    #[arg(long, default_value_t = 10.0)]
+    wait: f64,
     #[arg(long)]
     json: bool,
+}
+
+fn parse_ramp(s: &str) -> Result<brb_api::RampSpec, String> {
+    brb_api::RampSpec::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -121,6 +131,13 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
     if let Some(r) = &s.reason {
         out.push_str(&format!(": {r:?}"));
     }
+    if let Some(r) = s.ramp.as_ref().filter(|r| !r.is_over(now)) {
+        out.push_str(&format!(
+            " [ramping: {:.0}% admitted, 100% in {}s]",
+            s.admitted_fraction(now) * 100.0,
+            (r.ends_at() - now).num_seconds().max(0)
+        ));
+    }
     out
 }
 
@@ -144,7 +161,11 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
         reason: a.reason,
         source: Some(Source::Cli),
         expected_version: a.expected_version,
+        ramp: a.ramp.clone(),
     };
+    if a.ramp.is_some() && to == SwitchState::Paused {
+        bail!("--ramp applies to resume only");
+    }
     let s = match client.set_state(&name, &req).await {
         Ok(s) => s,
         Err(ClientError::Api {
@@ -170,8 +191,13 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
             SwitchState::Paused => "PAUSED",
             SwitchState::Running => "running",
         };
+        let ramp = s
+            .ramp
+            .as_ref()
+            .map(|r| format!(", ramping up over {}s", r.duration_secs))
+            .unwrap_or_default();
         println!(
-            "{} is {verb} (v{}, changed by {} via {} {})",
+            "{} is {verb} (v{}, changed by {} via {} {}{ramp})",
             s.name,
             s.version,
             s.changed_by,
@@ -179,7 +205,76 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
             ago(s.changed_at, Utc::now())
         );
     }
+    if a.wait > 0.0 && a.wait.is_finite() {
+        wait_for_proof(client, &s, Duration::from_secs_f64(a.wait), a.json).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every live worker has acknowledged the switch's version, and says so: the
+/// proof that the press worked, not just that it was recorded.
+async fn wait_for_proof(client: &Client, s: &Switch, timeout: Duration, json: bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let c = client.workers(&s.name).await.map_err(explain)?;
+        let cur = c
+            .changes
+            .iter()
+            .find(|ch| ch.version == s.version)
+            .cloned()
+            .or(c.current.clone().filter(|ch| ch.version == s.version));
+        let done = cur
+            .as_ref()
+            .is_some_and(|ch| ch.total > 0 && ch.acknowledged == ch.total);
+        let out_of_time = tokio::time::Instant::now() >= deadline;
+        if c.total == 0 {
+            if !json {
+                println!("{} · no workers are reporting for {}", s.state, s.name);
+            }
+            return Ok(());
+        }
+        if done || out_of_time {
+            let (acked, total) = cur
+                .as_ref()
+                .map(|ch| (ch.acknowledged, ch.total))
+                .unwrap_or((0, c.total - c.stale));
+            if json {
+                eprintln!("{}", serde_json::to_string(&c)?);
+                return Ok(());
+            }
+            let mut line = format!("{} · {acked}/{total} workers acknowledged", s.state);
+            match cur.as_ref().and_then(|ch| ch.last_ack_ms) {
+                Some(ms) if done => line.push_str(&format!(" in {ms} ms")),
+                _ => line.push_str(&format!(" after {:.1} s", timeout.as_secs_f64())),
+            }
+            if c.draining > 0 {
+                line.push_str(&format!(" ({} still draining)", c.draining));
+            }
+            if c.stale > 0 {
+                line.push_str(&format!(" ({} stale, not counted)", c.stale));
+            }
+            println!("{line}");
+            if !done {
+                let stragglers: Vec<String> = c
+                    .workers
+                    .iter()
+                    .filter(|w| !w.stale && w.observed_version < s.version)
+                    .take(10)
+                    .map(|w| {
+                        format!(
+                            "{} ({}, v{})",
+                            w.worker_id,
+                            w.status.as_str(),
+                            w.observed_version
+                        )
+                    })
+                    .collect();
+                eprintln!("brb: not acknowledged yet: {}", stragglers.join(", "));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 pub async fn watch(client: &Client, switch: Option<String>, json: bool) -> Result<ExitCode> {
@@ -196,7 +291,8 @@ pub async fn watch(client: &Client, switch: Option<String>, json: bool) -> Resul
                 let mut stream = std::pin::pin!(stream);
                 while let Some(item) = stream.next().await {
                     match item {
-                        Ok(ev) => {
+                        Ok(brb_client::StreamItem::Alive) => {}
+                        Ok(brb_client::StreamItem::Event(ev)) => {
                             if ev.id.is_some() {
                                 last_id = ev.id.clone();
                             }

@@ -21,6 +21,10 @@ pub struct ServerArgs {
     /// Log format: human or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Also run the demo workload: bursty producers, SDK workers over real HTTP, a simulated
+    /// database, publishing jobs_per_second, queue_depth and db_load.
+    #[arg(long)]
+    demo: bool,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -58,6 +62,25 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         println!("  admin token: {}", config.admin_token_path().display());
     }
     println!("  API:         {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    if args.demo {
+        // The demo authenticates like any external worker, with a token that exists only in
+        // this process.
+        let token = server
+            .state()
+            .tokens()
+            .add_ephemeral("demo", brb_api::Role::Viewer);
+        let local = if addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        };
+        let cfg = brb_demo::DemoConfig::new(&local, &token, &config.primary.name);
+        println!(
+            "  demo:        {} workers on switch {:?}; press the button and watch the graphs",
+            cfg.workers, cfg.switch
+        );
+        tokio::spawn(brb_demo::run(cfg, server.state().shutdown_signal()));
+    }
     server.serve(shutdown_signal()).await
 }
 

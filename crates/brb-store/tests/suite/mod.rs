@@ -23,6 +23,7 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         to,
         reason: Some("db on fire".into()),
         expected_version: None,
+        ramp: None,
         actor: alice(),
     }
 }
@@ -348,4 +349,58 @@ pub async fn concurrent_toggles_are_gapless(store: &S) {
         hist.iter().map(|e| e.version.unwrap()).collect::<Vec<_>>(),
         acked
     );
+}
+
+pub async fn ramps_start_with_resume_and_end_with_pause(store: &S) {
+    seed(store).await;
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    let mut resume = change("workers", SwitchState::Running);
+    resume.ramp = Some(brb_api::RampSpec::preset("steps", 600).unwrap());
+    let SetOutcome::Changed { switch, .. } = store.set_state(resume.clone()).await.unwrap() else {
+        panic!("expected a change")
+    };
+    let ramp = switch.ramp.clone().expect("ramp stored");
+    assert_eq!(ramp.duration_secs, 600);
+    assert!((switch.admitted_fraction(ramp.started_at) - 0.1).abs() < 1e-9);
+    assert_eq!(
+        store.get_switch("workers").await.unwrap().unwrap().ramp,
+        Some(ramp.clone())
+    );
+    // The replayed event carries the ramp too.
+    let ev = store
+        .events_after_version("workers", switch.version - 1, 10)
+        .await
+        .unwrap();
+    assert!(matches!(&ev[0].event, SwitchEvent::Changed(s) if s.ramp == Some(ramp.clone())));
+    // Resuming again with a ramp while running: nothing.
+    assert!(matches!(
+        store.set_state(resume).await.unwrap(),
+        SetOutcome::Unchanged(_)
+    ));
+    // Resuming without a ramp while ramping: release everything now.
+    let SetOutcome::Changed { switch, .. } = store
+        .set_state(change("workers", SwitchState::Running))
+        .await
+        .unwrap()
+    else {
+        panic!("ending a ramp is a change")
+    };
+    assert_eq!(switch.ramp, None);
+    assert!(matches!(
+        store
+            .set_state(change("workers", SwitchState::Running))
+            .await
+            .unwrap(),
+        SetOutcome::Unchanged(_)
+    ));
+    // A pause clears any ramp.
+    let mut resume = change("workers", SwitchState::Paused);
+    resume.ramp = None;
+    let SetOutcome::Changed { switch, .. } = store.set_state(resume).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(switch.ramp, None);
 }

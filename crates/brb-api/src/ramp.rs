@@ -1,0 +1,265 @@
+//! Gradual release. A resume may carry a ramp: the fraction of normal work admitted grows from
+//! a small start to 100% over a duration, so a fleet released after a pause does not hit the
+//! database with the whole backlog at once.
+//!
+//! The ramp is part of the switch state (with the instant it started), and every gate computes
+//! the current fraction locally with [`Ramp::fraction_at`]: no extra round trips, and every
+//! gate agrees because they all evaluate the same pure function of the same data.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Longest ramp accepted: a day.
+pub const MAX_RAMP_SECS: u64 = 86_400;
+/// Most steps in a stepped ramp.
+pub const MAX_RAMP_STEPS: usize = 20;
+
+/// The shape of a ramp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RampShape {
+    /// From `from` (e.g. 0.05) straight up to 1.0 at the end.
+    Linear { from: f64 },
+    /// Holds each fraction for an equal share of the duration; the last one is reached at the
+    /// end (e.g. `[0.1, 0.25, 0.5, 1.0]` over 9 minutes: 10% at 0, 25% at 3 min, 50% at 6 min,
+    /// 100% at 9 min).
+    Steps { fractions: Vec<f64> },
+}
+
+/// What a resume request asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RampSpec {
+    pub duration_secs: u64,
+    #[serde(flatten)]
+    pub shape: RampShape,
+}
+
+/// A ramp in progress, as carried by the switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Ramp {
+    pub started_at: DateTime<Utc>,
+    pub duration_secs: u64,
+    #[serde(flatten)]
+    pub shape: RampShape,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RampError {
+    #[error("ramp duration must be between 1 and {MAX_RAMP_SECS} seconds")]
+    Duration,
+    #[error("ramp fractions must be numbers in (0, 1]")]
+    Fraction,
+    #[error("ramp steps must not decrease")]
+    Decreasing,
+    #[error("a stepped ramp needs 2 to {MAX_RAMP_STEPS} steps")]
+    StepCount,
+    #[error("unknown ramp preset {0:?}: expected steps or linear")]
+    Preset(String),
+    #[error("cannot read ramp {0:?}: expected e.g. steps:10m, linear:5m or linear:90s")]
+    Syntax(String),
+}
+
+impl RampSpec {
+    /// The presets offered by the CLI and the UI: `steps` (10% → 25% → 50% → 100%) and
+    /// `linear` (5% → 100%).
+    pub fn preset(name: &str, duration_secs: u64) -> Result<Self, RampError> {
+        let shape = match name {
+            "steps" => RampShape::Steps {
+                fractions: vec![0.1, 0.25, 0.5, 1.0],
+            },
+            "linear" => RampShape::Linear { from: 0.05 },
+            other => return Err(RampError::Preset(other.to_string())),
+        };
+        let spec = RampSpec {
+            duration_secs,
+            shape,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parses `PRESET:DURATION` with a duration like `90s`, `10m` or `1h`.
+    pub fn parse(s: &str) -> Result<Self, RampError> {
+        let (name, dur) = s
+            .split_once(':')
+            .ok_or_else(|| RampError::Syntax(s.to_string()))?;
+        let secs = parse_duration(dur).ok_or_else(|| RampError::Syntax(s.to_string()))?;
+        Self::preset(name, secs)
+    }
+
+    pub fn validate(&self) -> Result<(), RampError> {
+        if self.duration_secs == 0 || self.duration_secs > MAX_RAMP_SECS {
+            return Err(RampError::Duration);
+        }
+        let ok = |f: f64| f.is_finite() && f > 0.0 && f <= 1.0;
+        match &self.shape {
+            RampShape::Linear { from } => {
+                if !ok(*from) {
+                    return Err(RampError::Fraction);
+                }
+            }
+            RampShape::Steps { fractions } => {
+                if fractions.len() < 2 || fractions.len() > MAX_RAMP_STEPS {
+                    return Err(RampError::StepCount);
+                }
+                if !fractions.iter().all(|f| ok(*f)) {
+                    return Err(RampError::Fraction);
+                }
+                if fractions.windows(2).any(|w| w[1] < w[0]) {
+                    return Err(RampError::Decreasing);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start(self, at: DateTime<Utc>) -> Ramp {
+        Ramp {
+            started_at: at,
+            duration_secs: self.duration_secs,
+            shape: self.shape,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        c if c.is_ascii_digit() => (s, 1),
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl Ramp {
+    /// The fraction of normal work admitted at `now`: in (0, 1], and exactly 1 once the ramp
+    /// is over. Before the start (clock skew between a gate and the server) it is the first
+    /// fraction.
+    pub fn fraction_at(&self, now: DateTime<Utc>) -> f64 {
+        let elapsed = (now - self.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let total = self.duration_secs.max(1) as f64;
+        if elapsed >= total {
+            return 1.0;
+        }
+        let f = match &self.shape {
+            RampShape::Linear { from } => from + (1.0 - from) * (elapsed / total),
+            RampShape::Steps { fractions } => {
+                let n = fractions.len();
+                if n < 2 {
+                    return 1.0;
+                }
+                let step = total / (n - 1) as f64;
+                let i = ((elapsed / step).floor() as usize).min(n - 1);
+                fractions[i]
+            }
+        };
+        f.clamp(0.0, 1.0)
+    }
+
+    pub fn ends_at(&self) -> DateTime<Utc> {
+        self.started_at + chrono::Duration::seconds(self.duration_secs as i64)
+    }
+
+    pub fn is_over(&self, now: DateTime<Utc>) -> bool {
+        now >= self.ends_at()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn at(s: f64) -> DateTime<Utc> {
+        t0() + chrono::Duration::milliseconds((s * 1000.0) as i64)
+    }
+
+    #[test]
+    fn steps_hold_each_fraction_for_an_equal_share() {
+        let r = RampSpec::preset("steps", 90).unwrap().start(t0());
+        assert_eq!(r.fraction_at(at(-5.0)), 0.1, "clock skew: the first step");
+        assert_eq!(r.fraction_at(at(0.0)), 0.1);
+        assert_eq!(r.fraction_at(at(29.9)), 0.1);
+        assert_eq!(r.fraction_at(at(30.0)), 0.25);
+        assert_eq!(r.fraction_at(at(60.0)), 0.5);
+        assert_eq!(r.fraction_at(at(89.9)), 0.5);
+        assert_eq!(r.fraction_at(at(90.0)), 1.0);
+        assert_eq!(r.fraction_at(at(1e6)), 1.0);
+        assert!(r.is_over(at(90.0)));
+    }
+
+    #[test]
+    fn linear_climbs_straight() {
+        let r = RampSpec {
+            duration_secs: 100,
+            shape: RampShape::Linear { from: 0.0 + 0.2 },
+        }
+        .start(t0());
+        assert!((r.fraction_at(at(0.0)) - 0.2).abs() < 1e-9);
+        assert!((r.fraction_at(at(50.0)) - 0.6).abs() < 1e-9);
+        assert!((r.fraction_at(at(99.0)) - 0.992).abs() < 1e-9);
+        assert_eq!(r.fraction_at(at(100.0)), 1.0);
+    }
+
+    #[test]
+    fn parse_and_validate() {
+        assert_eq!(RampSpec::parse("steps:10m").unwrap().duration_secs, 600);
+        assert_eq!(RampSpec::parse("linear:90s").unwrap().duration_secs, 90);
+        assert_eq!(RampSpec::parse("linear:2h").unwrap().duration_secs, 7200);
+        assert!(RampSpec::parse("steps").is_err());
+        assert!(RampSpec::parse("wave:10m").is_err());
+        assert!(RampSpec::parse("steps:0s").is_err());
+        assert!(RampSpec::parse("steps:99999999999999999999h").is_err());
+        let bad = |shape| RampSpec {
+            duration_secs: 10,
+            shape,
+        };
+        assert_eq!(
+            bad(RampShape::Steps {
+                fractions: vec![0.5, 0.2]
+            })
+            .validate(),
+            Err(RampError::Decreasing)
+        );
+        assert_eq!(
+            bad(RampShape::Steps {
+                fractions: vec![0.5, f64::NAN]
+            })
+            .validate(),
+            Err(RampError::Fraction)
+        );
+        assert_eq!(
+            bad(RampShape::Linear { from: 0.0 }).validate(),
+            Err(RampError::Fraction)
+        );
+        assert_eq!(
+            bad(RampShape::Steps {
+                fractions: vec![1.0]
+            })
+            .validate(),
+            Err(RampError::StepCount)
+        );
+    }
+
+    #[test]
+    fn wire_format() {
+        let spec: RampSpec =
+            serde_json::from_str(r#"{"kind":"steps","fractions":[0.1,1.0],"duration_secs":60}"#)
+                .unwrap();
+        assert_eq!(spec.duration_secs, 60);
+        let r = spec.start(t0());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "steps");
+        assert_eq!(v["duration_secs"], 60);
+        assert!(v["started_at"].is_string());
+        let back: Ramp = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+}

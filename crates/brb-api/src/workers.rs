@@ -1,0 +1,98 @@
+//! What workers tell the control plane, and what it makes of it: how many workers obey a
+//! switch, and how long the last one took to acknowledge a change.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::SwitchState;
+
+/// Longest accepted worker id.
+pub const MAX_WORKER_ID: usize = 128;
+
+/// What a worker is doing about its switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Taking jobs.
+    Running,
+    /// Paused, but jobs started before the pause are still in flight.
+    Draining,
+    /// Paused, nothing in flight.
+    Paused,
+}
+
+impl WorkerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Running => "running",
+            WorkerStatus::Draining => "draining",
+            WorkerStatus::Paused => "paused",
+        }
+    }
+}
+
+/// `POST /api/v1/workers/report`: sent by each worker's gate at once when it observes a change
+/// (or finishes draining), and every few seconds otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerReport {
+    pub worker_id: String,
+    pub switch: String,
+    /// The switch version the worker acts on.
+    pub observed_version: u64,
+    pub status: WorkerStatus,
+    pub in_flight: u32,
+    pub processed_total: u64,
+}
+
+/// One worker as the control plane last heard of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    pub status: WorkerStatus,
+    pub observed_version: u64,
+    pub in_flight: u32,
+    pub processed_total: u64,
+    pub last_seen: DateTime<Utc>,
+    /// No report for longer than the stale threshold.
+    pub stale: bool,
+    /// Network address the last report came from.
+    pub remote_addr: Option<String>,
+}
+
+/// How one change was acknowledged by the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeAck {
+    pub version: u64,
+    pub state: SwitchState,
+    pub changed_at: DateTime<Utc>,
+    /// Live (non-stale) workers that have observed this version or a later one.
+    pub acknowledged: u32,
+    /// Live workers.
+    pub total: u32,
+    /// Milliseconds from the change to the last live worker's acknowledgement, once all have
+    /// acknowledged.
+    pub last_ack_ms: Option<u64>,
+}
+
+/// `GET /api/v1/switches/{name}/workers`, and the data of the `workers` SSE event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerCounts {
+    pub switch: String,
+    /// The switch's current version.
+    pub version: u64,
+    /// Every worker known (running + draining + paused + stale).
+    pub total: u32,
+    pub running: u32,
+    pub draining: u32,
+    pub paused: u32,
+    pub stale: u32,
+    /// The current version's acknowledgement.
+    pub current: Option<ChangeAck>,
+    /// Recent changes, newest first.
+    pub changes: Vec<ChangeAck>,
+    /// Every known worker (only in the HTTP answer, not in SSE events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerInfo>,
+}

@@ -1,0 +1,235 @@
+//! The demo workload that `brb server --demo` (and so `make run`) starts, so a new user sees
+//! the whole story on one laptop: press the button and watch the database breathe.
+//!
+//! - **Producers** add jobs to a queue in bursts (a slow swell plus random spikes).
+//! - **Workers** take jobs through the real SDK: each one is a [`brb_client::Gate`] with its
+//!   own event stream and reports over real HTTP, exactly as an external worker would. They
+//!   are the only code path that touches the queue, so pausing the switch really stops work.
+//! - **The database** is simulated: each job holds a connection for a latency that grows
+//!   steeply once concurrency passes its capacity, so a full fleet drowns it and a ramped
+//!   release does not.
+//!
+//! Once a second the demo publishes `jobs_per_second`, `queue_depth`, `db_load` (percent of
+//! capacity) and `db_latency_ms` through the metrics API. It lives in its own crate because it
+//! is a client of the control plane, not part of it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use brb_api::{Sample, SampleKind};
+use brb_client::{Client, Gate, GateConfig};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub url: String,
+    pub token: String,
+    pub switch: String,
+    /// Worker gates (each with its own connection).
+    pub workers: usize,
+    /// Concurrent jobs the simulated database takes at 100% load.
+    pub db_capacity: f64,
+    /// Job latency on an idle database.
+    pub base_latency: Duration,
+    /// Average jobs produced per second.
+    pub arrival_rate: f64,
+}
+
+impl DemoConfig {
+    pub fn new(url: &str, token: &str, switch: &str) -> Self {
+        DemoConfig {
+            url: url.to_string(),
+            token: token.to_string(),
+            switch: switch.to_string(),
+            workers: 40,
+            db_capacity: 24.0,
+            base_latency: Duration::from_millis(25),
+            arrival_rate: 220.0,
+        }
+    }
+}
+
+/// Shared counters of the simulation.
+#[derive(Default)]
+pub struct Sim {
+    pub queue: AtomicU64,
+    pub active: AtomicUsize,
+    pub done: AtomicU64,
+    /// Sum of job latencies in µs since the last publish, and how many.
+    lat_sum_us: AtomicU64,
+    lat_n: AtomicU64,
+}
+
+impl Sim {
+    fn take_job(&self) -> bool {
+        self.queue
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Latency of a job started now: flat up to half of capacity, then climbing steeply, so
+    /// that past capacity more concurrency buys less throughput (about 650 jobs/s at best,
+    /// 430 with all 40 workers piling in).
+    pub fn latency(&self, cfg: &DemoConfig) -> Duration {
+        let load = self.active.load(Ordering::Acquire) as f64 / cfg.db_capacity;
+        let factor = 1.0 + 2.0 * (load - 0.5).max(0.0).powi(2);
+        cfg.base_latency.mul_f64(factor)
+    }
+}
+
+/// Runs until `shutdown` turns true. Returns the simulation's counters for inspection.
+pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) -> Arc<Sim> {
+    let sim = Arc::new(Sim::default());
+    let client = match Client::new(&[cfg.url.as_str()], Some(cfg.token.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "demo cannot start");
+            return sim;
+        }
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(produce(cfg.clone(), Arc::clone(&sim))));
+    for i in 0..cfg.workers {
+        let mut gc = GateConfig::new(&[cfg.url.as_str()], Some(cfg.token.clone()), &cfg.switch);
+        gc.worker_id = format!("demo-worker-{i:02}");
+        // The demo publishes its own jobs_per_second; the SDK's per-gate samples would be
+        // forty extra requests a second for the same information.
+        gc.send_samples = false;
+        gc.report_interval = Duration::from_secs(3);
+        match Gate::start(gc) {
+            Ok(gate) => tasks.push(tokio::spawn(work(cfg.clone(), gate, Arc::clone(&sim)))),
+            Err(e) => tracing::error!(error = %e, "demo worker cannot start"),
+        }
+    }
+    tasks.push(tokio::spawn(publish(cfg.clone(), client, Arc::clone(&sim))));
+    tracing::info!(workers = cfg.workers, switch = %cfg.switch, "demo workload running");
+    let _ = shutdown.wait_for(|s| *s).await;
+    for t in tasks {
+        t.abort();
+    }
+    sim
+}
+
+async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
+    let tick = Duration::from_millis(100);
+    let start = tokio::time::Instant::now();
+    let mut burst_left = 0u32;
+    loop {
+        tokio::time::sleep(tick).await;
+        let t = start.elapsed().as_secs_f64();
+        // A slow swell (period ~2 min) between 60% and 140% of the average rate...
+        let mut rate = cfg.arrival_rate * (1.0 + 0.4 * (t / 20.0).sin());
+        // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
+        if burst_left == 0 && rand::random::<f64>() < 0.002 {
+            burst_left = 50;
+        }
+        if burst_left > 0 {
+            burst_left -= 1;
+            rate *= 2.5;
+        }
+        let expected = rate * tick.as_secs_f64();
+        let jitter = 0.8 + 0.4 * rand::random::<f64>();
+        sim.queue
+            .fetch_add((expected * jitter).round() as u64, Ordering::AcqRel);
+    }
+}
+
+async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
+    loop {
+        let permit = gate.acquire().await;
+        if !sim.take_job() {
+            permit.abandon();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        sim.active.fetch_add(1, Ordering::AcqRel);
+        let lat = sim.latency(&cfg);
+        tokio::time::sleep(lat).await;
+        sim.active.fetch_sub(1, Ordering::AcqRel);
+        sim.done.fetch_add(1, Ordering::AcqRel);
+        sim.lat_sum_us
+            .fetch_add(lat.as_micros() as u64, Ordering::Relaxed);
+        sim.lat_n.fetch_add(1, Ordering::Relaxed);
+        drop(permit);
+    }
+}
+
+async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
+    let mut done_sent = sim.done.load(Ordering::Acquire);
+    let mut load_sum = 0.0;
+    let mut load_n = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        load_sum += sim.active.load(Ordering::Acquire) as f64 / cfg.db_capacity * 100.0;
+        load_n += 1;
+        if load_n < 10 {
+            continue;
+        }
+        let done = sim.done.load(Ordering::Acquire);
+        let lat_n = sim.lat_n.swap(0, Ordering::AcqRel);
+        let lat_sum = sim.lat_sum_us.swap(0, Ordering::AcqRel);
+        let mut samples = vec![
+            gauge("queue_depth", sim.queue.load(Ordering::Acquire) as f64),
+            gauge(
+                "db_load",
+                (load_sum / f64::from(load_n) * 10.0).round() / 10.0,
+            ),
+            Sample {
+                name: "jobs_per_second".into(),
+                value: (done - done_sent) as f64,
+                kind: SampleKind::Counter,
+                labels: Default::default(),
+                ts: None,
+            },
+        ];
+        if lat_n > 0 {
+            samples.push(gauge(
+                "db_latency_ms",
+                (lat_sum as f64 / lat_n as f64 / 100.0).round() / 10.0,
+            ));
+        }
+        load_sum = 0.0;
+        load_n = 0;
+        match client.push_samples(samples).await {
+            Ok(_) => done_sent = done,
+            Err(e) => tracing::warn!(error = %e, "demo could not publish samples"),
+        }
+    }
+}
+
+fn gauge(name: &str, value: f64) -> Sample {
+    Sample {
+        name: name.into(),
+        value,
+        kind: SampleKind::Gauge,
+        labels: Default::default(),
+        ts: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_climbs_past_half_capacity() {
+        let cfg = DemoConfig::new("http://x", "t", "workers");
+        let sim = Sim::default();
+        let idle = sim.latency(&cfg);
+        sim.active.store(12, Ordering::Release);
+        assert_eq!(sim.latency(&cfg), idle, "flat up to half capacity");
+        sim.active.store(40, Ordering::Release);
+        assert!(sim.latency(&cfg) > idle * 3, "drowning past capacity");
+    }
+
+    #[test]
+    fn queue_never_goes_negative() {
+        let sim = Sim::default();
+        assert!(!sim.take_job());
+        sim.queue.store(1, Ordering::Release);
+        assert!(sim.take_job());
+        assert!(!sim.take_job());
+    }
+}

@@ -1,0 +1,318 @@
+//! Who obeys: the registry of worker reports, per switch.
+//!
+//! Workers report what they observed (switch version) and what they do (running, draining,
+//! paused). From that the control plane answers "38/40 workers paused · 85 ms": how many live
+//! workers there are per status, and for each recent change how long until the last live
+//! worker acknowledged it. Workers that stop reporting become stale, then are forgotten.
+//!
+//! The registry is in memory: it is rebuilt within one report interval after a restart, and
+//! losing it loses no decision, only a few seconds of the picture.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use brb_api::{
+    ChangeAck, Switch, SwitchState, WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus,
+};
+use chrono::{DateTime, Utc};
+
+/// Changes remembered per switch for acknowledgement timing.
+const TRACKED_CHANGES: usize = 20;
+
+struct Worker {
+    status: WorkerStatus,
+    observed_version: u64,
+    in_flight: u32,
+    processed_total: u64,
+    last_seen: DateTime<Utc>,
+    remote_addr: Option<String>,
+    stale: bool,
+}
+
+struct Track {
+    version: u64,
+    state: SwitchState,
+    changed_at: DateTime<Utc>,
+    /// worker id → milliseconds from the change to its first report at or past this version.
+    acks: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+struct PerSwitch {
+    workers: HashMap<String, Worker>,
+    changes: VecDeque<Track>,
+    dirty: bool,
+}
+
+pub struct Workers {
+    inner: Mutex<HashMap<String, PerSwitch>>,
+    stale_after: chrono::Duration,
+    forget_after: chrono::Duration,
+}
+
+impl Workers {
+    pub fn new(stale_after: Duration, forget_after: Duration) -> Self {
+        Workers {
+            inner: Mutex::new(HashMap::new()),
+            stale_after: chrono::Duration::from_std(stale_after)
+                .unwrap_or(chrono::Duration::seconds(15)),
+            forget_after: chrono::Duration::from_std(forget_after)
+                .unwrap_or(chrono::Duration::seconds(300)),
+        }
+    }
+
+    /// A state change was committed: start timing its acknowledgements.
+    pub fn on_change(&self, s: &Switch) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let per = map.entry(s.name.clone()).or_default();
+        let mut track = Track {
+            version: s.version,
+            state: s.state,
+            changed_at: s.changed_at,
+            acks: HashMap::new(),
+        };
+        // Workers already at or past it (they raced ahead through another replica) count at 0.
+        for (id, w) in &per.workers {
+            if w.observed_version >= s.version {
+                track.acks.insert(id.clone(), 0);
+            }
+        }
+        per.changes.push_front(track);
+        per.changes.truncate(TRACKED_CHANGES);
+        per.dirty = true;
+    }
+
+    pub fn report(&self, r: WorkerReport, remote_addr: Option<String>, now: DateTime<Utc>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let per = map.entry(r.switch.clone()).or_default();
+        let changed = match per.workers.get(&r.worker_id) {
+            Some(w) => w.status != r.status || w.observed_version != r.observed_version || w.stale,
+            None => true,
+        };
+        for t in per.changes.iter_mut() {
+            if r.observed_version >= t.version && !t.acks.contains_key(&r.worker_id) {
+                let ms = (now - t.changed_at).num_milliseconds().max(0) as u64;
+                t.acks.insert(r.worker_id.clone(), ms);
+            }
+        }
+        per.workers.insert(
+            r.worker_id,
+            Worker {
+                status: r.status,
+                observed_version: r.observed_version,
+                in_flight: r.in_flight,
+                processed_total: r.processed_total,
+                last_seen: now,
+                remote_addr,
+                stale: false,
+            },
+        );
+        if changed {
+            per.dirty = true;
+        }
+    }
+
+    /// Marks workers stale and forgets long-silent ones; flags switches whose picture changed.
+    pub fn sweep(&self, now: DateTime<Utc>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for per in map.values_mut() {
+            let before = per.workers.len();
+            per.workers
+                .retain(|_, w| now - w.last_seen <= self.forget_after);
+            let mut dirty = before != per.workers.len();
+            for w in per.workers.values_mut() {
+                let stale = now - w.last_seen > self.stale_after;
+                if stale != w.stale {
+                    w.stale = stale;
+                    dirty = true;
+                }
+            }
+            per.dirty |= dirty;
+        }
+    }
+
+    /// Switches whose counts changed since the last call.
+    pub fn take_dirty(&self) -> Vec<String> {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter_mut()
+            .filter_map(|(name, per)| std::mem::take(&mut per.dirty).then(|| name.clone()))
+            .collect()
+    }
+
+    pub fn counts(&self, switch: &Switch, with_workers: bool) -> WorkerCounts {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = WorkerCounts {
+            switch: switch.name.clone(),
+            version: switch.version,
+            total: 0,
+            running: 0,
+            draining: 0,
+            paused: 0,
+            stale: 0,
+            current: None,
+            changes: Vec::new(),
+            workers: Vec::new(),
+        };
+        let Some(per) = map.get(&switch.name) else {
+            return out;
+        };
+        for w in per.workers.values() {
+            out.total += 1;
+            if w.stale {
+                out.stale += 1;
+                continue;
+            }
+            match w.status {
+                WorkerStatus::Running => out.running += 1,
+                WorkerStatus::Draining => out.draining += 1,
+                WorkerStatus::Paused => out.paused += 1,
+            }
+        }
+        let live: Vec<(&String, &Worker)> = per.workers.iter().filter(|(_, w)| !w.stale).collect();
+        let ack_of = |t: &Track| {
+            let acked: Vec<u64> = live
+                .iter()
+                .filter(|(_, w)| w.observed_version >= t.version)
+                .map(|(id, _)| t.acks.get(*id).copied().unwrap_or(0))
+                .collect();
+            let total = live.len() as u32;
+            let acknowledged = acked.len() as u32;
+            ChangeAck {
+                version: t.version,
+                state: t.state,
+                changed_at: t.changed_at,
+                acknowledged,
+                total,
+                last_ack_ms: (total > 0 && acknowledged == total)
+                    .then(|| acked.iter().copied().max().unwrap_or(0)),
+            }
+        };
+        out.changes = per.changes.iter().map(ack_of).collect();
+        out.current = match out.changes.iter().find(|c| c.version == switch.version) {
+            Some(c) => Some(c.clone()),
+            // No state change since this server started (or a description edit): count who
+            // is at the current version, without timing.
+            None => {
+                let acknowledged = live
+                    .iter()
+                    .filter(|(_, w)| w.observed_version >= switch.version)
+                    .count() as u32;
+                Some(ChangeAck {
+                    version: switch.version,
+                    state: switch.state,
+                    changed_at: switch.changed_at,
+                    acknowledged,
+                    total: live.len() as u32,
+                    last_ack_ms: None,
+                })
+            }
+        };
+        if with_workers {
+            let mut ws: Vec<WorkerInfo> = per
+                .workers
+                .iter()
+                .map(|(id, w)| WorkerInfo {
+                    worker_id: id.clone(),
+                    status: w.status,
+                    observed_version: w.observed_version,
+                    in_flight: w.in_flight,
+                    processed_total: w.processed_total,
+                    last_seen: w.last_seen,
+                    stale: w.stale,
+                    remote_addr: w.remote_addr.clone(),
+                })
+                .collect();
+            ws.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+            out.workers = ws;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brb_api::Source;
+
+    fn sw(version: u64, state: SwitchState, at: DateTime<Utc>) -> Switch {
+        Switch {
+            name: "workers".into(),
+            description: String::new(),
+            primary: true,
+            state,
+            version,
+            changed_at: at,
+            changed_by: "t".into(),
+            source: Source::Api,
+            reason: None,
+            ramp: None,
+        }
+    }
+
+    fn rep(id: &str, v: u64, status: WorkerStatus) -> WorkerReport {
+        WorkerReport {
+            worker_id: id.into(),
+            switch: "workers".into(),
+            observed_version: v,
+            status,
+            in_flight: 0,
+            processed_total: 0,
+        }
+    }
+
+    #[test]
+    fn counts_and_ack_latency() {
+        let reg = Workers::new(Duration::from_secs(15), Duration::from_secs(300));
+        let t0 = Utc::now();
+        reg.report(rep("a", 1, WorkerStatus::Running), None, t0);
+        reg.report(rep("b", 1, WorkerStatus::Running), None, t0);
+        let s2 = sw(2, SwitchState::Paused, t0);
+        reg.on_change(&s2);
+        reg.report(
+            rep("a", 2, WorkerStatus::Paused),
+            None,
+            t0 + chrono::Duration::milliseconds(40),
+        );
+        let c = reg.counts(&s2, false);
+        assert_eq!((c.total, c.running, c.paused), (2, 1, 1));
+        let cur = c.current.unwrap();
+        assert_eq!((cur.acknowledged, cur.total, cur.last_ack_ms), (1, 2, None));
+        reg.report(
+            rep("b", 2, WorkerStatus::Draining),
+            None,
+            t0 + chrono::Duration::milliseconds(85),
+        );
+        let c = reg.counts(&s2, true);
+        assert_eq!((c.draining, c.paused), (1, 1));
+        assert_eq!(c.current.unwrap().last_ack_ms, Some(85));
+        assert_eq!(c.workers.len(), 2);
+        assert!(reg.take_dirty().contains(&"workers".to_string()));
+        assert!(reg.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn silent_workers_go_stale_then_away() {
+        let reg = Workers::new(Duration::from_secs(15), Duration::from_secs(60));
+        let t0 = Utc::now();
+        reg.report(rep("a", 1, WorkerStatus::Running), None, t0);
+        reg.report(rep("b", 1, WorkerStatus::Running), None, t0);
+        reg.take_dirty();
+        reg.report(
+            rep("b", 1, WorkerStatus::Running),
+            None,
+            t0 + chrono::Duration::seconds(14),
+        );
+        reg.sweep(t0 + chrono::Duration::seconds(16));
+        let s = sw(1, SwitchState::Running, t0);
+        let c = reg.counts(&s, false);
+        assert_eq!((c.total, c.running, c.stale), (2, 1, 1));
+        assert_eq!(reg.take_dirty(), vec!["workers".to_string()]);
+        // Stale workers do not hold up "all acknowledged".
+        assert_eq!(c.current.unwrap().total, 1);
+        reg.sweep(t0 + chrono::Duration::seconds(61));
+        assert_eq!(reg.counts(&s, false).total, 1);
+        reg.sweep(t0 + chrono::Duration::seconds(80));
+        assert_eq!(reg.counts(&s, false).total, 0);
+    }
+}
