@@ -6,6 +6,8 @@ set -euo pipefail
 
 declare -A PKG_GROUPS=(
   [base]="build-essential pkg-config curl ca-certificates"
+  # Real peers the tests talk to: Prometheus scraping the control plane.
+  [test]="prometheus"
 )
 
 want=()

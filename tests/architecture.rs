@@ -74,7 +74,7 @@ fn store_knows_nothing_of_http() {
 
 #[test]
 fn server_does_not_use_the_client_sdk() {
-    assert_none("brb-server", &["brb-client", "reqwest"]);
+    assert_none("brb-server", &["brb-client", "brb-demo"]);
 }
 
 #[test]

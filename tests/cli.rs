@@ -227,3 +227,56 @@ fn sigterm_shuts_down_gracefully_with_open_streams() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+#[test]
+fn example_worker_obeys_the_button() {
+    let bin = brb_bin().parent().unwrap().join("examples").join("worker");
+    assert!(
+        bin.exists(),
+        "{} missing: `cargo build -p brb-client --examples` (make test does)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let token = server.admin_token();
+    let mut worker = Command::new(bin)
+        .env("BRB_URL", &server.url)
+        .env("BRB_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = worker.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200))
+                && l.contains(needle)
+            {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("open: true, admitting 100%"));
+    let home = dir.path().join("home");
+    let env = [
+        ("BRB_URL", server.url.as_str()),
+        ("BRB_TOKEN", token.as_str()),
+    ];
+    let o = cli(&home, &env, &["pause", "--reason", "example"]);
+    let (out, _) = text(&o);
+    assert!(out.contains("1/1 workers acknowledged"), "{out}");
+    assert!(wait_for("open: false"));
+    let o = cli(&home, &env, &["resume", "--ramp", "linear:60s"]);
+    assert!(o.status.success());
+    assert!(wait_for("open: true, admitting"));
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

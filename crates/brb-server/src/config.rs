@@ -25,6 +25,32 @@ pub struct Config {
     /// Further switches (feature kill switches) created on start when missing.
     pub switches: Vec<SwitchConfig>,
     pub limits: Limits,
+    /// Optional: PromQL queries pulled into the utilization series.
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the Prometheus server, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// Seconds between pulls.
+    #[serde(default = "default_prom_interval")]
+    pub interval_secs: u64,
+    pub queries: Vec<PromQuery>,
+}
+
+fn default_prom_interval() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromQuery {
+    /// The series name it appears under.
+    pub name: String,
+    /// PromQL.
+    pub query: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,6 +110,7 @@ impl Default for Config {
             primary: PrimaryConfig::default(),
             switches: Vec::new(),
             limits: Limits::default(),
+            prometheus: None,
         }
     }
 }
@@ -214,6 +241,27 @@ impl Config {
                     "switch {:?} is the primary switch; describe it under [primary]",
                     s.name
                 )));
+            }
+        }
+        if let Some(p) = &self.prometheus {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "prometheus.url {:?} must be an http(s) URL",
+                    p.url
+                )));
+            }
+            for q in &p.queries {
+                let ok = !q.name.is_empty()
+                    && q.name.len() <= brb_api::MAX_SERIES_NAME
+                    && q.name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_:.-".contains(c));
+                if !ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "prometheus query name {:?} must be [A-Za-z0-9_:.-]",
+                        q.name
+                    )));
+                }
             }
         }
         if self.limits.keepalive_secs == 0 || self.limits.keepalive_secs > 15 {

@@ -28,6 +28,7 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+mod prom;
 mod routes;
 pub mod series;
 mod sse;
@@ -376,6 +377,10 @@ impl Server {
             bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         state.spawn_background();
+        if let Some(p) = config.prometheus.clone() {
+            tracing::info!(url = %p.url, queries = p.queries.len(), "pulling Prometheus queries");
+            tokio::spawn(prom::run(state.clone(), p));
+        }
         Ok(Server {
             listener,
             state,
