@@ -111,6 +111,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
         c.switches.push(brb_server::config::SwitchConfig {
             name: "feature".into(),
             description: String::new(),
+            remind: false,
         });
     })
     .await;
@@ -202,6 +203,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
         c.switches.push(brb_server::config::SwitchConfig {
             name: "feature".into(),
             description: String::new(),
+            remind: false,
         });
     })
     .await;

@@ -19,7 +19,9 @@ mod workers;
 
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use names::{NameError, validate_switch_name, validate_token_name};
-pub use ramp::{MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampError, RampShape, RampSpec};
+pub use ramp::{
+    MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampError, RampShape, RampSpec, parse_duration,
+};
 pub use series::{
     Accepted, MAX_SAMPLES_PER_POST, MAX_SERIES_NAME, Sample, SampleBatch, SampleKind, SampleTick,
     Series, SeriesList, TickValue,
@@ -372,6 +374,41 @@ pub struct Caller {
 pub struct Health {
     /// `ok`, or what is wrong.
     pub status: String,
+}
+
+/// Delivery state of one notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Not delivered yet; will be tried (again).
+    Pending,
+    Delivered,
+    /// Gave up after retrying for a day.
+    Failed,
+}
+
+/// One notification in the outbox, as `GET /api/v1/notifications` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    pub id: u64,
+    /// `slack` or `webhook:<name>`.
+    pub channel: String,
+    /// `change` or `reminder`.
+    pub kind: String,
+    pub switch: String,
+    /// The switch version the notification is about.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationList {
+    pub notifications: Vec<Notification>,
 }
 
 /// SSE event names used on the event streams.

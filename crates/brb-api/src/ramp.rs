@@ -123,7 +123,8 @@ impl RampSpec {
     }
 }
 
-fn parse_duration(s: &str) -> Option<u64> {
+/// Parses `90s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last()? {
         's' => (&s[..s.len() - 1], 1),

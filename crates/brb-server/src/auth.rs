@@ -200,6 +200,22 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The peer's address, when the request came over a socket (not in in-process tests).
+pub struct RemoteAddr(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RemoteAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers

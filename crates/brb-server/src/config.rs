@@ -27,6 +27,75 @@ pub struct Config {
     pub limits: Limits,
     /// Optional: PromQL queries pulled into the utilization series.
     pub prometheus: Option<PrometheusConfig>,
+    /// Slack, webhooks, reminders.
+    pub notify: NotifyConfig,
+}
+
+/// A secret setting: never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Where the office button is, for the chat bot ("next to the coffee machine, 3rd floor").
+    pub office_button_location: Option<String>,
+    /// How often a reminder goes out while a switch stays paused, e.g. `15m`.
+    pub remind_every: String,
+    pub slack: Option<SlackConfig>,
+    pub webhooks: Vec<WebhookConfig>,
+    /// Longest wait between delivery attempts, in seconds.
+    pub retry_max_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            office_button_location: None,
+            retry_max_secs: 300,
+            remind_every: "15m".into(),
+            slack: None,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Incoming webhook URL (`BRB_SLACK_WEBHOOK_URL`).
+    pub webhook_url: Option<Secret>,
+    /// Add `<!here>` to pause messages.
+    pub here_on_pause: bool,
+    /// Signing secret of the Slack app, for the slash command (`BRB_SLACK_SIGNING_SECRET`).
+    pub signing_secret: Option<Secret>,
+    /// Slack user id → the name recorded as actor. Only these users may pause and resume
+    /// from Slack; everyone may ask for the status.
+    pub operators: std::collections::BTreeMap<String, String>,
+    /// The slash command's name, for help texts.
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    /// HMAC-SHA256 key for the `X-BRB-Signature` header.
+    pub secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +141,8 @@ pub struct EnvironmentConfig {
 pub struct PrimaryConfig {
     pub name: String,
     pub description: String,
+    /// Remind while paused (default on for the primary switch).
+    pub remind: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +151,9 @@ pub struct SwitchConfig {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Remind while paused (default off for feature switches).
+    #[serde(default)]
+    pub remind: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +185,7 @@ impl Default for Config {
             switches: Vec::new(),
             limits: Limits::default(),
             prometheus: None,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -129,6 +204,7 @@ impl Default for PrimaryConfig {
         PrimaryConfig {
             name: brb_api::PRIMARY_SWITCH.into(),
             description: "Pause all background workers".into(),
+            remind: true,
         }
     }
 }
@@ -215,6 +291,24 @@ impl Config {
         if let Some(v) = get("BRB_ENVIRONMENT_COLOR") {
             self.environment.color = v;
         }
+        if let Some(v) = get("BRB_SLACK_WEBHOOK_URL") {
+            self.notify
+                .slack
+                .get_or_insert_with(Default::default)
+                .webhook_url = Some(Secret(v));
+        }
+        if let Some(v) = get("BRB_SLACK_SIGNING_SECRET") {
+            self.notify
+                .slack
+                .get_or_insert_with(Default::default)
+                .signing_secret = Some(Secret(v));
+        }
+        if let Some(v) = get("BRB_OFFICE_BUTTON_LOCATION") {
+            self.notify.office_button_location = Some(v);
+        }
+        if let Some(v) = get("BRB_REMIND_EVERY") {
+            self.notify.remind_every = v;
+        }
         if let Some(v) = get("BRB_LOG_FORMAT") {
             self.log_format = match v.as_str() {
                 "human" => LogFormat::Human,
@@ -240,6 +334,27 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "switch {:?} is the primary switch; describe it under [primary]",
                     s.name
+                )));
+            }
+        }
+        if self.remind_every().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "notify.remind_every {:?}: expected e.g. 15m, 90s or 1h",
+                self.notify.remind_every
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for w in &self.notify.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook {:?}: url must be http(s)",
+                    w.name
+                )));
+            }
+            if brb_api::validate_switch_name(&w.name).is_err() || !names.insert(&w.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook name {:?} must be unique and [a-z0-9_-]",
+                    w.name
                 )));
             }
         }
@@ -287,6 +402,38 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The reminder interval, or `None` when the setting is unreadable (or zero).
+    pub fn remind_every(&self) -> Option<std::time::Duration> {
+        brb_api::parse_duration(&self.notify.remind_every)
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs)
+    }
+
+    /// Whether reminders go out for this switch while it is paused.
+    pub fn reminds(&self, switch: &str) -> bool {
+        if switch == self.primary.name {
+            return self.primary.remind;
+        }
+        self.switches.iter().any(|s| s.name == switch && s.remind)
+    }
+
+    /// The notification channels configured: `slack` and `webhook:<name>`.
+    pub fn channels(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self
+            .notify
+            .slack
+            .as_ref()
+            .is_some_and(|s| s.webhook_url.is_some())
+        {
+            out.push("slack".to_string());
+        }
+        for w in &self.notify.webhooks {
+            out.push(format!("webhook:{}", w.name));
+        }
+        out
     }
 
     pub fn public_url(&self) -> String {
@@ -352,7 +499,47 @@ description = "Reindex search"
         c.switches.push(SwitchConfig {
             name: "Bad Name".into(),
             description: String::new(),
+            remind: false,
         });
+        assert!(c.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::from_toml(
+            r#"
+[notify.slack]
+webhook_url = "https://hooks.example/T000/B000/XXXXSECRET"
+signing_secret = "s3cr3t"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("XXXXSECRET") && !dbg.contains("s3cr3t"),
+            "{dbg}"
+        );
+        assert_eq!(c.channels(), vec!["slack".to_string()]);
+    }
+
+    #[test]
+    fn reminders_default_on_for_primary_only() {
+        let mut c = Config::default();
+        c.switches.push(SwitchConfig {
+            name: "search".into(),
+            description: String::new(),
+            remind: false,
+        });
+        assert!(c.reminds("workers"));
+        assert!(!c.reminds("search"));
+        assert_eq!(c.remind_every(), Some(std::time::Duration::from_secs(900)));
+        c.notify.remind_every = "soon".into();
         assert!(c.validate().is_err());
     }
 }

@@ -27,16 +27,20 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+mod notify;
 pub mod openapi;
 mod prom;
 mod routes;
 pub mod series;
+pub mod slack;
 mod sse;
+pub mod templates;
 pub mod workers;
 
 pub use auth::Caller;
 pub use config::Config;
 pub use error::{ApiError, ApiResult};
+pub use notify::webhook_signature as notify_signature;
 
 use auth::TokenBook;
 use hub::Hub;
@@ -55,6 +59,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     workers: workers::Workers,
     series: series::SeriesStore,
+    /// Wakes the notification loop after a commit.
+    notify_wakeup: tokio::sync::Notify,
     config: Config,
     /// Serializes commit + publish so the hub broadcasts changes in version order.
     write_lock: Mutex<()>,
@@ -105,6 +111,7 @@ impl AppState {
                     std::time::Duration::from_secs(config.limits.worker_forget_secs),
                 ),
                 series: series::SeriesStore::new(config.limits.max_series),
+                notify_wakeup: tokio::sync::Notify::new(),
                 config,
                 write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
@@ -138,6 +145,10 @@ impl AppState {
 
     pub fn series(&self) -> &series::SeriesStore {
         &self.inner.series
+    }
+
+    pub fn notify_wakeup(&self) -> &tokio::sync::Notify {
+        &self.inner.notify_wakeup
     }
 
     /// Starts the periodic work: worker-count events (at most ten a second per switch), the
@@ -247,7 +258,8 @@ impl AppState {
 
     /// The one write path for switch state, used by the HTTP API and (later) Slack and the
     /// demo. Returns the switch and whether it changed.
-    pub async fn set_state(&self, change: StateChange) -> ApiResult<(brb_api::Switch, bool)> {
+    pub async fn set_state(&self, mut change: StateChange) -> ApiResult<(brb_api::Switch, bool)> {
+        change.notify = self.inner.config.channels();
         if let Some(r) = &change.reason
             && r.chars().count() > brb_api::MAX_REASON_CHARS
         {
@@ -275,6 +287,7 @@ impl AppState {
                     event: SwitchEvent::Changed(s.clone()),
                 });
                 drop(_g);
+                self.inner.notify_wakeup.notify_one();
                 self.inner.workers.on_change(&s);
                 self.inner.metrics.toggle(&s.name, to);
                 tracing::info!(
@@ -377,6 +390,8 @@ impl Server {
             bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         state.spawn_background();
+        tokio::spawn(notify::run(state.clone()));
+        tokio::spawn(notify::reminders(state.clone()));
         if let Some(p) = config.prometheus.clone() {
             tracing::info!(url = %p.url, queries = p.queries.len(), "pulling Prometheus queries");
             tokio::spawn(prom::run(state.clone(), p));

@@ -37,6 +37,8 @@ use crate::routes;
         routes::switch_workers,
         routes::post_samples,
         routes::get_series,
+        routes::notifications,
+        crate::slack::command,
     ),
     components(schemas(brb_api::DeletedSwitch, brb_api::SampleTick)),
     modifiers(&Bearer),

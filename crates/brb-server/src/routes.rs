@@ -38,6 +38,11 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/workers/report", axum::routing::post(worker_report))
         .route("/metrics", axum::routing::post(post_samples))
         .route("/metrics/series", get(get_series))
+        .route("/notifications", get(notifications))
+        .route(
+            "/slack/commands",
+            axum::routing::post(crate::slack::command),
+        )
         .route("/events", get(all_events))
         .route("/audit", get(audit))
         .route("/tokens", get(list_tokens).post(create_token))
@@ -271,6 +276,7 @@ pub(crate) async fn set_state(
             expected_version: req.expected_version,
             ramp: req.ramp,
             actor: actor(&caller, req.source),
+            notify: Vec::new(),
         })
         .await?;
     Ok(Json(switch))
@@ -721,5 +727,41 @@ pub(crate) async fn get_series(
     Ok(Json(brb_api::SeriesList {
         series: state.series().query(q.name.as_deref(), since, now),
         retention_secs: crate::series::RETENTION_SECS as u64,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications",
+    responses(
+        (status = 200, body = brb_api::NotificationList, description = "The 100 most recent, newest first"),
+        (status = 401, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn notifications(
+    State(state): State<AppState>,
+    _c: Caller,
+) -> ApiResult<Json<brb_api::NotificationList>> {
+    let items = state.store().outbox_recent(100).await?;
+    Ok(Json(brb_api::NotificationList {
+        notifications: items
+            .into_iter()
+            .map(|i| brb_api::Notification {
+                id: i.id,
+                status: if i.delivered_at.is_some() {
+                    brb_api::DeliveryStatus::Delivered
+                } else if i.failed {
+                    brb_api::DeliveryStatus::Failed
+                } else {
+                    brb_api::DeliveryStatus::Pending
+                },
+                channel: i.channel,
+                kind: i.kind,
+                switch: i.event.name,
+                version: i.event.version,
+                created_at: i.created_at,
+                attempts: i.attempts,
+                last_attempt_at: i.last_attempt_at,
+                delivered_at: i.delivered_at,
+                last_error: i.last_error,
+            })
+            .collect(),
     }))
 }

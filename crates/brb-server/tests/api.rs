@@ -478,6 +478,7 @@ async fn config_declared_switches_exist_on_start() {
         c.switches.push(brb_server::config::SwitchConfig {
             name: "kill-search".into(),
             description: "Search".into(),
+            remind: false,
         });
         c.environment.name = "production".into();
     })

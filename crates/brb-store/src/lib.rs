@@ -76,6 +76,38 @@ pub struct StateChange {
     /// With `to: Running`: release gradually. Validated by the caller.
     pub ramp: Option<brb_api::RampSpec>,
     pub actor: Actor,
+    /// Channels to notify of this change (`slack`, `webhook:<name>`): written to the outbox in
+    /// the same transaction as the change, so a committed change is never left unannounced.
+    pub notify: Vec<String>,
+}
+
+/// A notification waiting in (or delivered from) the outbox. The message is rendered at
+/// delivery time from `event`, the switch as it was right after the change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    pub id: u64,
+    pub channel: String,
+    /// `change` or `reminder`.
+    pub kind: String,
+    pub event: Switch,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub failed: bool,
+    pub last_error: Option<String>,
+}
+
+/// A notification to enqueue outside a state change (reminders).
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub channel: String,
+    pub kind: String,
+    pub event: Switch,
+    /// Enqueuing the same key twice is a no-op: several replicas (or a restart) may decide to
+    /// send the same reminder, and it must go out once.
+    pub dedupe_key: String,
 }
 
 /// What [`Store::set_state`] did.
@@ -226,4 +258,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip that proves the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
+
+    /// Enqueues notifications; returns how many were new (duplicates by key are skipped).
+    async fn outbox_enqueue(&self, items: Vec<NewNotification>) -> Result<usize>;
+
+    /// Claims up to `limit` undelivered notifications that are due, leasing them for `lease`
+    /// (their next attempt moves past the lease, so another claimer skips them; if the claimer
+    /// dies, they come due again when the lease ends).
+    async fn outbox_claim(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>>;
+
+    async fn outbox_delivered(&self, id: u64, at: DateTime<Utc>) -> Result<()>;
+
+    /// Records a failed attempt; `next` `None` means give up.
+    async fn outbox_failed(
+        &self,
+        id: u64,
+        at: DateTime<Utc>,
+        error: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<()>;
+
+    /// The most recent notifications, newest first.
+    async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>>;
 }

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::{
-    Actor, AuditQuery, Result, SetOutcome, StateChange, Store, StoreError, StoredEvent,
-    SwitchEvent, TokenRecord,
+    Actor, AuditQuery, NewNotification, OutboxItem, Result, SetOutcome, StateChange, Store,
+    StoreError, StoredEvent, SwitchEvent, TokenRecord,
 };
 
 /// Schema migrations, applied in order, each in its own transaction. Append only: a released
@@ -76,6 +76,27 @@ CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
         r#"
 -- The gradual release in progress (JSON of brb_api::Ramp), NULL when none.
 ALTER TABLE switches ADD COLUMN ramp TEXT;
+"#,
+    ),
+    (
+        3,
+        r#"
+-- Notifications to deliver, written in the same transaction as the change they announce.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    dedupe_key      TEXT NOT NULL UNIQUE,
+    channel         TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_attempt_at INTEGER,
+    delivered_at    INTEGER,
+    failed          INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL AND failed = 0;
 "#,
     ),
 ];
@@ -726,6 +747,22 @@ impl Store for SqliteStore {
                     snapshot: Some(&SwitchEvent::Changed(switch.clone())),
                 },
             )?;
+            let event = serde_json::to_string(&switch)
+                .map_err(|e| StoreError::Internal(format!("encode event: {e}")))?;
+            for channel in &change.notify {
+                tx.execute(
+                    "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                         next_attempt_at)
+                     VALUES (?1, ?2, 'change', ?3, ?4, ?4)",
+                    params![
+                        format!("change:{}:{channel}", entry.id),
+                        channel,
+                        event,
+                        micros(now)
+                    ],
+                )
+                .map_err(map_err)?;
+            }
             Ok(SetOutcome::Changed { switch, entry })
         })
         .await
@@ -930,6 +967,158 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn outbox_enqueue(&self, items: Vec<NewNotification>) -> Result<usize> {
+        self.write(move |tx| {
+            let now = micros(Utc::now());
+            let mut added = 0;
+            for it in &items {
+                let event = serde_json::to_string(&it.event)
+                    .map_err(|e| StoreError::Internal(format!("encode event: {e}")))?;
+                added += tx
+                    .execute(
+                        "INSERT OR IGNORE INTO outbox (dedupe_key, channel, kind, event,
+                                                       created_at, next_attempt_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                        params![it.dedupe_key, it.channel, it.kind, event, now],
+                    )
+                    .map_err(map_err)?;
+            }
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn outbox_claim(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboxItem>> {
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE outbox SET next_attempt_at = ?1
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE delivered_at IS NULL AND failed = 0 AND next_attempt_at <= ?2
+                              ORDER BY id LIMIT ?3)
+                 RETURNING {OUTBOX_COLUMNS}"
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+            let mut items = collect_outbox(
+                &mut stmt,
+                params![micros(until), micros(now), i64::from(limit)],
+            )?;
+            items.sort_by_key(|i| i.id);
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn outbox_delivered(&self, id: u64, at: DateTime<Utc>) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE outbox SET delivered_at = ?2, last_attempt_at = ?2,
+                    attempts = attempts + 1, last_error = NULL
+                 WHERE id = ?1",
+                params![id as i64, micros(at)],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_failed(
+        &self,
+        id: u64,
+        at: DateTime<Utc>,
+        error: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let error = error.chars().take(500).collect::<String>();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?2, last_error = ?3,
+                    next_attempt_at = COALESCE(?4, next_attempt_at),
+                    failed = CASE WHEN ?4 IS NULL THEN 1 ELSE 0 END
+                 WHERE id = ?1 AND delivered_at IS NULL",
+                params![id as i64, micros(at), error, next.map(micros)],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>> {
+        self.read(move |c| {
+            let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?1");
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            collect_outbox(&mut stmt, params![i64::from(limit)])
+        })
+        .await
+    }
+}
+
+const OUTBOX_COLUMNS: &str = "id, channel, kind, event, created_at, attempts, next_attempt_at, \
+     last_attempt_at, delivered_at, failed, last_error";
+
+fn collect_outbox(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<OutboxItem>> {
+    type Raw = (
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        bool,
+        Option<String>,
+    );
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok::<Raw, rusqlite::Error>((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
+        })
+        .map_err(map_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, channel, kind, event, created, attempts, next, last, delivered, failed, err) =
+            row.map_err(map_err)?;
+        out.push(OutboxItem {
+            id: id as u64,
+            channel,
+            kind,
+            event: serde_json::from_str(&event)
+                .map_err(|e| corrupt(format!("outbox {id} event: {e}")))?,
+            created_at: from_micros(created)?,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            next_attempt_at: from_micros(next)?,
+            last_attempt_at: last.map(from_micros).transpose()?,
+            delivered_at: delivered.map(from_micros).transpose()?,
+            failed,
+            last_error: err,
+        });
+    }
+    Ok(out)
 }
 
 struct RawToken {

@@ -37,6 +37,8 @@ sqlite_suite!(
     tokens_create_list_revoke,
     concurrent_toggles_are_gapless,
     ramps_start_with_resume_and_end_with_pause,
+    outbox_is_written_with_the_change_and_claimed_once,
+    outbox_dedupes_by_key,
 );
 
 #[tokio::test]

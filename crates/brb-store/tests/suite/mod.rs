@@ -25,6 +25,7 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         expected_version: None,
         ramp: None,
         actor: alice(),
+        notify: Vec::new(),
     }
 }
 
@@ -403,4 +404,98 @@ pub async fn ramps_start_with_resume_and_end_with_pause(store: &S) {
         panic!()
     };
     assert_eq!(switch.ramp, None);
+}
+
+pub async fn outbox_is_written_with_the_change_and_claimed_once(store: &S) {
+    use std::time::Duration;
+    seed(store).await;
+    let mut c = change("workers", SwitchState::Paused);
+    c.notify = vec!["slack".into(), "webhook:ops".into()];
+    let SetOutcome::Changed { switch, .. } = store.set_state(c).await.unwrap() else {
+        panic!()
+    };
+    // An idempotent set writes no notification.
+    let mut again = change("workers", SwitchState::Paused);
+    again.notify = vec!["slack".into()];
+    store.set_state(again).await.unwrap();
+    let now = chrono::Utc::now();
+    let claimed = store
+        .outbox_claim(now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].channel, "slack");
+    assert_eq!(claimed[0].kind, "change");
+    assert_eq!(claimed[0].event, switch);
+    // Leased: a second claimer gets nothing until the lease ends.
+    assert!(
+        store
+            .outbox_claim(now, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = now + chrono::Duration::seconds(31);
+    assert_eq!(
+        store
+            .outbox_claim(later, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store.outbox_delivered(claimed[0].id, later).await.unwrap();
+    store
+        .outbox_failed(
+            claimed[1].id,
+            later,
+            "HTTP 500",
+            Some(later + chrono::Duration::seconds(2)),
+        )
+        .await
+        .unwrap();
+    let far = later + chrono::Duration::seconds(100);
+    let again = store
+        .outbox_claim(far, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "delivered ones are never claimed again");
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].last_error.as_deref(), Some("HTTP 500"));
+    store
+        .outbox_failed(again[0].id, far, "gave up", None)
+        .await
+        .unwrap();
+    let farther = far + chrono::Duration::days(2);
+    assert!(
+        store
+            .outbox_claim(farther, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let recent = store.outbox_recent(10).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(recent.iter().any(|i| i.delivered_at.is_some()));
+    assert!(recent.iter().any(|i| i.failed));
+}
+
+pub async fn outbox_dedupes_by_key(store: &S) {
+    seed(store).await;
+    let sw = store.get_switch("workers").await.unwrap().unwrap();
+    let n = |key: &str| brb_store::NewNotification {
+        channel: "slack".into(),
+        kind: "reminder".into(),
+        event: sw.clone(),
+        dedupe_key: key.into(),
+    };
+    assert_eq!(
+        store
+            .outbox_enqueue(vec![n("r:1"), n("r:2")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.outbox_enqueue(vec![n("r:1")]).await.unwrap(), 0);
+    assert_eq!(store.outbox_recent(10).await.unwrap().len(), 2);
 }
