@@ -5,15 +5,19 @@ CARGO ?= cargo
 # on the same machine finds the admin token without being told.
 BRB_RUN_ARGS ?=
 
-.PHONY: run test deps test-deps build check fmt clean
+.PHONY: run test deps test-deps build ui check fmt clean
 
 deps:
-	@scripts/ensure-packages.sh base
+	@scripts/ensure-packages.sh base ui
 
 test-deps:
-	@scripts/ensure-packages.sh base test
+	@scripts/ensure-packages.sh base test ui
 
-build: deps
+## The UI (ui/dist), embedded into the binary by crates/brb-console.
+ui: deps
+	cd ui && npm ci --no-audit --no-fund && npm run build
+
+build: ui
 	$(CARGO) build -p brb
 
 ## Starts the control plane on the embedded SQLite store with the demo workload and prints
@@ -23,10 +27,12 @@ run: build
 
 ## Every test: formatting, lints, unit, integration and end-to-end suites.
 test: test-deps
+	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client --bins --examples --locked
 	$(CARGO) test --workspace --all-targets --locked
+	cd ui && node --test tests/
 
 check:
 	$(CARGO) check --workspace --all-targets

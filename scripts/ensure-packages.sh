@@ -8,6 +8,8 @@ declare -A PKG_GROUPS=(
   [base]="build-essential pkg-config curl ca-certificates"
   # Real peers the tests talk to: Prometheus scraping the control plane.
   [test]="prometheus"
+  # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
+  [ui]="chromium fonts-dejavu-core"
 )
 
 want=()
@@ -31,6 +33,11 @@ if [ ${#want[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get -o DPkg::Lock::Timeout=900 update -qq
   $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${want[@]}"
+fi
+
+if [[ " $* " == *" ui "* ]] && ! command -v npm >/dev/null 2>&1; then
+  echo "ensure-packages: node and npm (Node.js >= 20.19) are needed for the UI; install them first" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -53,6 +53,8 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest(brb_api::API_PREFIX, api)
+        .route("/", get(console))
+        .route("/{*path}", get(console))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -90,6 +92,41 @@ type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 fn query<T>(q: Q<T>) -> ApiResult<T> {
     q.map(|Query(t)| t).map_err(ApiError::from)
+}
+
+/// The web console: the embedded UI, with headers that keep it from being framed (no
+/// click-jacking of the giant button) or running anything but its own scripts.
+async fn console(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/api/") {
+        return ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response();
+    }
+    let Some((bytes, content_type)) = brb_console::get(path) else {
+        return ApiError::new(ErrorCode::NotFound, "no such file").into_response();
+    };
+    let cache = if path.starts_with("/assets/") {
+        // Vite puts a content hash in asset names.
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                 connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -62,6 +62,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         println!("  admin token: {}", config.admin_token_path().display());
     }
     println!("  API:         {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    // On loopback only, the console link carries the generated admin token in the URL
+    // fragment (never sent to the server, removed from the address bar by the page), so a new
+    // user lands straight on the button.
+    let token_file = config.admin_token_path();
+    match std::fs::read_to_string(&token_file) {
+        Ok(t) if addr.ip().is_loopback() && std::env::var_os("BRB_ADMIN_TOKEN").is_none() => {
+            println!("  web console: {url}/#token={}", t.trim());
+        }
+        _ => println!("  web console: {url}/"),
+    }
     if args.demo {
         // The demo authenticates like any external worker, with a token that exists only in
         // this process.

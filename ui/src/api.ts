@@ -1,0 +1,109 @@
+// The control plane's API types, as the UI sees them (the wire format of crates/brb-api).
+
+export type SwitchState = "running" | "paused";
+export type Source = "desktop" | "tray" | "button" | "cli" | "slack" | "web" | "api" | "system";
+
+export interface Ramp {
+  started_at: string;
+  duration_secs: number;
+  kind: "steps" | "linear";
+  fractions?: number[];
+  from?: number;
+}
+
+export interface RampSpec {
+  duration_secs: number;
+  kind: "steps" | "linear";
+  fractions?: number[];
+  from?: number;
+}
+
+export interface Switch {
+  name: string;
+  description: string;
+  primary: boolean;
+  state: SwitchState;
+  version: number;
+  changed_at: string;
+  changed_by: string;
+  source: Source;
+  reason: string | null;
+  ramp: Ramp | null;
+}
+
+export interface SetStateRequest {
+  state: SwitchState;
+  reason?: string;
+  source?: Source;
+  expected_version?: number;
+  ramp?: RampSpec;
+}
+
+export interface AuditEntry {
+  id: number;
+  action: string;
+  switch: string | null;
+  from: SwitchState | null;
+  to: SwitchState | null;
+  version: number | null;
+  actor: string;
+  source: Source;
+  reason: string | null;
+  remote_addr: string | null;
+  at: string;
+}
+
+export interface ChangeAck {
+  version: number;
+  state: SwitchState;
+  changed_at: string;
+  acknowledged: number;
+  total: number;
+  last_ack_ms: number | null;
+}
+
+export interface WorkerCounts {
+  switch: string;
+  version: number;
+  total: number;
+  running: number;
+  draining: number;
+  paused: number;
+  stale: number;
+  current: ChangeAck | null;
+  changes: ChangeAck[];
+}
+
+export interface Series {
+  name: string;
+  labels?: Record<string, string>;
+  kind: "gauge" | "counter";
+  points: [number, number][];
+}
+
+export interface SampleTick {
+  ts: number;
+  values: { name: string; labels?: Record<string, string>; value: number }[];
+}
+
+export interface ServerInfo {
+  server_version: string;
+  environment: { name: string; color: string };
+  primary_switch: string;
+  caller: { name: string; role: "viewer" | "operator" | "admin" };
+}
+
+export interface ApiErrorBody {
+  error: { code: string; message: string; current?: Switch };
+}
+
+/** An error from the control plane (or from reaching it), with a code the UI can branch on. */
+export class BackendError extends Error {
+  constructor(
+    public code: string,
+    message: string,
+    public current?: Switch,
+  ) {
+    super(message);
+  }
+}

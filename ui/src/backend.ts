@@ -1,0 +1,33 @@
+// The one interface components talk to. Two implementations: HTTP + SSE for the web console
+// (same origin), and Tauri commands + events for the desktop app. Components never know which.
+
+import type {
+  AuditEntry,
+  SampleTick,
+  Series,
+  ServerInfo,
+  SetStateRequest,
+  Switch,
+  WorkerCounts,
+} from "./api";
+
+export type LiveEvent =
+  | { kind: "switch"; data: Switch }
+  | { kind: "deleted"; data: { name: string; version: number } }
+  | { kind: "workers"; data: WorkerCounts }
+  | { kind: "samples"; data: SampleTick };
+
+export type ConnectionStatus = "connecting" | "open" | "lost";
+
+export interface Backend {
+  /** Where the changes come from: `web` in a browser, `desktop` in the app. */
+  readonly source: "web" | "desktop";
+  info(): Promise<ServerInfo>;
+  switches(): Promise<Switch[]>;
+  setState(name: string, req: SetStateRequest): Promise<Switch>;
+  audit(limit: number, switchName?: string): Promise<AuditEntry[]>;
+  workers(name: string): Promise<WorkerCounts>;
+  series(sinceUnix: number): Promise<Series[]>;
+  /** Live events; calls `onStatus` as the connection comes and goes. Returns a stop function. */
+  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus) => void): () => void;
+}

@@ -1,0 +1,136 @@
+// The UI's state and the pure functions that update it from API answers and live events.
+
+import type { AuditEntry, Series, ServerInfo, Switch, WorkerCounts } from "./api";
+import type { ConnectionStatus, LiveEvent } from "./backend";
+
+/** One series at one-second resolution, at most an hour. */
+export interface SeriesBuf {
+  name: string;
+  key: string;
+  ts: number[];
+  values: number[];
+}
+
+export const RETENTION_SECS = 3600;
+
+export interface Model {
+  info: ServerInfo | null;
+  switches: Map<string, Switch>;
+  counts: Map<string, WorkerCounts>;
+  audit: AuditEntry[];
+  series: Map<string, SeriesBuf>;
+  connection: ConnectionStatus;
+  /** When the connection was lost (ms), while it is. */
+  lostSince: number | null;
+  /** A change sent and not yet acknowledged. */
+  pending: { switch: string; to: "paused" | "running" } | null;
+  error: { code: string; message: string } | null;
+}
+
+export function emptyModel(): Model {
+  return {
+    info: null,
+    switches: new Map(),
+    counts: new Map(),
+    audit: [],
+    series: new Map(),
+    connection: "connecting",
+    lostSince: null,
+    pending: null,
+    error: null,
+  };
+}
+
+export function seriesKey(name: string, labels?: Record<string, string>): string {
+  const l = Object.entries(labels ?? {})
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `${k}=${v}`)
+    .join(",");
+  return l ? `${name}{${l}}` : name;
+}
+
+export function loadSeries(m: Model, list: Series[]) {
+  for (const s of list) {
+    const key = seriesKey(s.name, s.labels);
+    m.series.set(key, {
+      name: s.name,
+      key,
+      ts: s.points.map((p) => p[0]),
+      values: s.points.map((p) => p[1]),
+    });
+  }
+}
+
+export function appendSample(m: Model, key: string, name: string, ts: number, value: number) {
+  let b = m.series.get(key);
+  if (!b) {
+    b = { name, key, ts: [], values: [] };
+    m.series.set(key, b);
+  }
+  const last = b.ts.length ? b.ts[b.ts.length - 1] : -Infinity;
+  if (ts > last) {
+    b.ts.push(ts);
+    b.values.push(value);
+  } else if (ts === last) {
+    b.values[b.values.length - 1] = value;
+  } else {
+    return; // older than what we have: the full load already covered it
+  }
+  const cut = ts - RETENTION_SECS;
+  let drop = 0;
+  while (drop < b.ts.length && b.ts[drop] <= cut) drop++;
+  if (drop) {
+    b.ts.splice(0, drop);
+    b.values.splice(0, drop);
+  }
+}
+
+/** Applies a live event. Returns true if the primary switch changed (to refresh the audit). */
+export function applyEvent(m: Model, e: LiveEvent): boolean {
+  switch (e.kind) {
+    case "switch": {
+      const prev = m.switches.get(e.data.name);
+      if (prev && prev.version > e.data.version) return false; // stale replay
+      m.switches.set(e.data.name, e.data);
+      if (m.pending && m.pending.switch === e.data.name && e.data.state === m.pending.to) {
+        m.pending = null;
+      }
+      return !prev || prev.version !== e.data.version;
+    }
+    case "deleted":
+      m.switches.delete(e.data.name);
+      return true;
+    case "workers":
+      m.counts.set(e.data.switch, e.data);
+      return false;
+    case "samples":
+      for (const v of e.data.values) {
+        appendSample(m, seriesKey(v.name, v.labels), v.name, e.data.ts, v.value);
+      }
+      return false;
+  }
+}
+
+export function setConnection(m: Model, s: ConnectionStatus, now: number) {
+  if (s === "lost" && m.lostSince === null) m.lostSince = now;
+  if (s === "open") m.lostSince = null;
+  m.connection = s;
+}
+
+export function primary(m: Model): Switch | undefined {
+  const name = m.info?.primary_switch;
+  if (name && m.switches.has(name)) return m.switches.get(name);
+  return [...m.switches.values()].find((s) => s.primary);
+}
+
+/** The time (unix s) of the last resume of the primary switch, from the audit log. */
+export function lastResume(m: Model): number | null {
+  const p = primary(m);
+  if (!p) return null;
+  if (p.state === "running" && p.version > 1) {
+    const e = m.audit.find((a) => a.switch === p.name && a.action === "state_changed" && a.to === "running");
+    if (e) return Date.parse(e.at) / 1000;
+    return Date.parse(p.changed_at) / 1000;
+  }
+  return null;
+}

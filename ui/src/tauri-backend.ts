@@ -1,0 +1,63 @@
+// The desktop app's backend: the Rust side (src-tauri) holds the token and talks to the control
+// plane; the webview only calls commands and listens to events. Errors arrive as {code, message}.
+
+import { invoke } from "@tauri-apps/api/core";
+import { listen } from "@tauri-apps/api/event";
+import {
+  BackendError,
+  type AuditEntry,
+  type Series,
+  type ServerInfo,
+  type SetStateRequest,
+  type Switch,
+  type WorkerCounts,
+} from "./api";
+import type { Backend, ConnectionStatus, LiveEvent } from "./backend";
+import { dispatch } from "./http-backend";
+
+async function call<T>(cmd: string, args: Record<string, unknown> = {}): Promise<T> {
+  try {
+    return await invoke<T>(cmd, args);
+  } catch (e) {
+    const err = e as { code?: string; message?: string; current?: Switch };
+    throw new BackendError(err.code ?? "internal", err.message ?? String(e), err.current);
+  }
+}
+
+export class TauriBackend implements Backend {
+  readonly source = "desktop" as const;
+
+  info() {
+    return call<ServerInfo>("brb_info");
+  }
+  switches() {
+    return call<Switch[]>("brb_switches");
+  }
+  setState(name: string, req: SetStateRequest) {
+    return call<Switch>("brb_set_state", { name, req });
+  }
+  audit(limit: number, switchName?: string) {
+    return call<AuditEntry[]>("brb_audit", { limit, switch: switchName ?? null });
+  }
+  workers(name: string) {
+    return call<WorkerCounts>("brb_workers", { name });
+  }
+  series(sinceUnix: number) {
+    return call<Series[]>("brb_series", { since: sinceUnix });
+  }
+  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus) => void) {
+    const unlisten: (() => void)[] = [];
+    void listen<{ event: string; data: string }>("brb://event", (e) =>
+      dispatch(e.payload.event, e.payload.data, onEvent),
+    ).then((u) => unlisten.push(u));
+    void listen<ConnectionStatus>("brb://status", (e) => onStatus(e.payload)).then((u) =>
+      unlisten.push(u),
+    );
+    void call<ConnectionStatus>("brb_connection").then(onStatus).catch(() => onStatus("lost"));
+    return () => unlisten.forEach((u) => u());
+  }
+}
+
+export function inTauri(): boolean {
+  return typeof window !== "undefined" && "__TAURI_INTERNALS__" in window;
+}

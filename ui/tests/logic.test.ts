@@ -1,0 +1,160 @@
+import { describe, expect, it } from "vitest";
+import type { AuditEntry, Switch, WorkerCounts } from "../src/api";
+import { ackLine, admittedFraction, changeLine, duration } from "../src/format";
+import { appendSample, applyEvent, emptyModel, lastResume, loadSeries, seriesKey, setConnection } from "../src/model";
+import { markers, pausedIntervals, visibleRange } from "../src/pauses";
+import { SseParser } from "../src/sse";
+
+const T0 = Date.parse("2026-11-28T12:00:00Z");
+
+function sw(over: Partial<Switch> = {}): Switch {
+  return {
+    name: "workers",
+    description: "Pause all background workers",
+    primary: true,
+    state: "running",
+    version: 1,
+    changed_at: new Date(T0).toISOString(),
+    changed_by: "system",
+    source: "system",
+    reason: null,
+    ramp: null,
+    ...over,
+  };
+}
+
+function entry(id: number, to: "paused" | "running", atSecs: number): AuditEntry {
+  return {
+    id,
+    action: "state_changed",
+    switch: "workers",
+    from: to === "paused" ? "running" : "paused",
+    to,
+    version: id + 1,
+    actor: "alice",
+    source: "cli",
+    reason: null,
+    remote_addr: null,
+    at: new Date(T0 + atSecs * 1000).toISOString(),
+  };
+}
+
+function counts(over: Partial<WorkerCounts> = {}): WorkerCounts {
+  return { switch: "workers", version: 2, total: 40, running: 0, draining: 0, paused: 40, stale: 0, current: null, changes: [], ...over };
+}
+
+describe("SSE parser", () => {
+  it("parses events split anywhere, with CRLF and comments", () => {
+    const text = "retry: 1000\r\n\r\n: keep-alive\n\nevent: switch\r\nid: 7\r\ndata: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\n";
+    for (let cut = 0; cut <= text.length; cut++) {
+      const p = new SseParser();
+      const ev = [...p.feed(text.slice(0, cut)), ...p.feed(text.slice(cut))];
+      expect(ev).toEqual([
+        { event: "switch", id: "7", data: '{"a":1}' },
+        { event: "message", id: "7", data: "x\ny" },
+      ]);
+      expect(p.lastId).toBe("7");
+    }
+  });
+});
+
+describe("format", () => {
+  it("says durations the way people do", () => {
+    expect(duration(4_000)).toBe("4 s");
+    expect(duration(12 * 60_000)).toBe("12 min");
+    expect(duration(125 * 60_000)).toBe("2 h 5 min");
+  });
+
+  it("shows acknowledgement progress with draining and stale called out", () => {
+    const p = sw({ state: "paused", version: 2 });
+    expect(ackLine(p, counts({ current: { version: 2, state: "paused", changed_at: "", acknowledged: 40, total: 40, last_ack_ms: 85 } }))).toBe(
+      "40/40 workers paused · 85 ms",
+    );
+    expect(
+      ackLine(p, counts({ paused: 36, draining: 2, stale: 2, current: { version: 2, state: "paused", changed_at: "", acknowledged: 37, total: 38, last_ack_ms: null } })),
+    ).toBe("36/38 workers paused · 37/38 acknowledged · 2 draining · 2 stale");
+    expect(ackLine(p, counts({ total: 0, paused: 0 }))).toBe("no workers are reporting");
+  });
+
+  it("says who changed it, from where and why", () => {
+    const line = changeLine(sw({ state: "paused", changed_by: "alice", source: "button", reason: "db on fire" }), T0 + 5 * 60_000);
+    expect(line).toBe("Paused for 5 min · changed by alice from the office button: db on fire");
+  });
+
+  it("computes the ramp fraction like the server", () => {
+    const r = sw({ ramp: { started_at: new Date(T0).toISOString(), duration_secs: 90, kind: "steps", fractions: [0.1, 0.25, 0.5, 1] } });
+    expect(admittedFraction(r, T0)).toBe(0.1);
+    expect(admittedFraction(r, T0 + 30_000)).toBe(0.25);
+    expect(admittedFraction(r, T0 + 60_000)).toBe(0.5);
+    expect(admittedFraction(r, T0 + 90_000)).toBe(1);
+    const l = sw({ ramp: { started_at: new Date(T0).toISOString(), duration_secs: 100, kind: "linear", from: 0.2 } });
+    expect(admittedFraction(l, T0 + 50_000)).toBeCloseTo(0.6);
+    expect(admittedFraction(sw({ state: "paused" }), T0)).toBe(0);
+  });
+});
+
+describe("pauses", () => {
+  const audit = [entry(3, "running", 300), entry(2, "paused", 100)];
+
+  it("shades paused periods within the window", () => {
+    const cur = sw({ state: "running", version: 4, changed_at: new Date(T0 + 300_000).toISOString() });
+    const base = T0 / 1000;
+    expect(pausedIntervals(audit, cur, base, base + 600)).toEqual([[base + 100, base + 300]]);
+    expect(pausedIntervals(audit, cur, base + 200, base + 600)).toEqual([[base + 200, base + 300]]);
+  });
+
+  it("a pause still going runs to the right edge", () => {
+    const a = [entry(4, "paused", 500), ...audit];
+    const cur = sw({ state: "paused", version: 5, changed_at: new Date(T0 + 500_000).toISOString() });
+    const base = T0 / 1000;
+    expect(pausedIntervals(a, cur, base, base + 600)).toEqual([
+      [base + 100, base + 300],
+      [base + 500, base + 600],
+    ]);
+    expect(markers(a, "workers").map((m) => m.to)).toEqual(["paused", "running", "paused"]);
+  });
+
+  it("watch after release keeps the last resume in frame", () => {
+    expect(visibleRange(300, false, 1000, 2000)).toEqual([1700, 2000]);
+    expect(visibleRange(300, true, 1000, 2000)).toEqual([970, 2000]);
+    expect(visibleRange(300, true, 1900, 2000)).toEqual([1700, 2000]);
+  });
+});
+
+describe("model", () => {
+  it("applies switch events in version order and clears a pending change", () => {
+    const m = emptyModel();
+    m.switches.set("workers", sw());
+    m.pending = { switch: "workers", to: "paused" };
+    expect(applyEvent(m, { kind: "switch", data: sw({ state: "paused", version: 2 }) })).toBe(true);
+    expect(m.pending).toBeNull();
+    expect(applyEvent(m, { kind: "switch", data: sw({ version: 1 }) })).toBe(false);
+    expect(m.switches.get("workers")?.state).toBe("paused");
+  });
+
+  it("appends samples and keeps at most an hour", () => {
+    const m = emptyModel();
+    loadSeries(m, [{ name: "queue_depth", kind: "gauge", points: [[100, 1], [101, 2]] }]);
+    applyEvent(m, { kind: "samples", data: { ts: 102, values: [{ name: "queue_depth", value: 3 }, { name: "fleet_paused", labels: { switch: "workers" }, value: 0 }] } });
+    expect(m.series.get("queue_depth")?.values).toEqual([1, 2, 3]);
+    expect(m.series.has(seriesKey("fleet_paused", { switch: "workers" }))).toBe(true);
+    appendSample(m, "queue_depth", "queue_depth", 102 + 3600, 9);
+    expect(m.series.get("queue_depth")?.ts).toEqual([102 + 3600]);
+  });
+
+  it("tracks when the connection was lost", () => {
+    const m = emptyModel();
+    setConnection(m, "lost", 1000);
+    setConnection(m, "connecting", 2000);
+    expect(m.lostSince).toBe(1000);
+    setConnection(m, "open", 3000);
+    expect(m.lostSince).toBeNull();
+  });
+
+  it("finds the last release", () => {
+    const m = emptyModel();
+    m.switches.set("workers", sw({ version: 4 }));
+    m.audit = [entry(3, "running", 300), entry(2, "paused", 100)];
+    expect(lastResume(m)).toBe(T0 / 1000 + 300);
+  });
+});
