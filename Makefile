@@ -8,31 +8,33 @@ BRB_RUN_ARGS ?=
 .PHONY: run test deps test-deps build ui check fmt clean
 
 deps:
-	@scripts/ensure-packages.sh base ui
+	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui
+	@scripts/ensure-packages.sh base test ui desktop
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
 	cd ui && npm ci --no-audit --no-fund && npm run build
 
 build: ui
-	$(CARGO) build -p brb
+	$(CARGO) build -p brb -p brb-desktop-app
 
-## Starts the control plane on the embedded SQLite store with the demo workload and prints
-## where it is.
+## Starts the control plane on the embedded SQLite store with the demo workload, and the
+## desktop app where a display exists (else prints the web console's URL).
 run: build
-	./target/debug/brb server --demo $(BRB_RUN_ARGS)
+	scripts/run.sh $(BRB_RUN_ARGS)
 
 ## Every test: formatting, lints, unit, integration and end-to-end suites.
 test: test-deps
 	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) build -p brb -p brb-client --bins --examples --locked
+	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
 	$(CARGO) test --workspace --all-targets --locked
-	cd ui && node --test tests/
+	cd ui && node --test tests/console.e2e.mjs
+	command -v tauri-driver >/dev/null || $(CARGO) install tauri-driver --version '^2' --locked
+	cd ui && xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
 
 check:
 	$(CARGO) check --workspace --all-targets

@@ -10,6 +10,8 @@ declare -A PKG_GROUPS=(
   [test]="prometheus"
   # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
   [ui]="chromium fonts-dejavu-core"
+  # The desktop app (Tauri 2) and its WebDriver tests under Xvfb.
+  [desktop]="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev webkit2gtk-driver xvfb xauth imagemagick"
 )
 
 want=()

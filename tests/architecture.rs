@@ -84,3 +84,25 @@ fn client_sdk_has_no_server_or_database_inside() {
         &["brb-server", "brb-store", "axum", "rusqlite"],
     );
 }
+
+#[test]
+fn desktop_logic_has_no_tauri_server_or_store() {
+    assert_none(
+        "brb-desktop",
+        &["tauri", "brb-server", "brb-store", "rusqlite", "axum"],
+    );
+}
+
+#[test]
+fn only_the_app_crate_uses_tauri() {
+    for krate in [
+        "brb",
+        "brb-server",
+        "brb-client",
+        "brb-api",
+        "brb-store",
+        "brb-console",
+    ] {
+        assert_none(krate, &["tauri", "wry", "webkit2gtk"]);
+    }
+}

@@ -1,5 +1,7 @@
 // Entry point: pick the backend (Tauri or HTTP), load the state, follow live events.
 
+// Must stay the first import: see locale-guard.ts.
+import "./locale-guard";
 import "./style.css";
 import type { Backend } from "./backend";
 import { HttpBackend } from "./http-backend";
@@ -111,4 +113,14 @@ async function start() {
   setInterval(() => app.render(), 1000);
 }
 
-void start();
+start().catch((e: unknown) => {
+  // Never a blank screen: say what went wrong and try again.
+  const mount = document.getElementById("app");
+  const err = e as { code?: string; message?: string };
+  if (mount) {
+    mount.textContent = `The console could not start: ${err.message ?? String(e)}${err.code ? ` (${err.code})` : ""}. Retrying in 5 s…`;
+    mount.className = "fatal";
+  }
+  console.error(e);
+  setTimeout(() => location.reload(), 5000);
+});

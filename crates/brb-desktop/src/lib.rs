@@ -1,0 +1,363 @@
+//! The desktop app's logic, kept out of the Tauri crate so it is tested without a display and
+//! compiled without webkit: where the settings live and how they are protected, what the tray's
+//! quick toggle does, what an OS notification says, and how control-plane events are forwarded
+//! to the webview. `src-tauri` only wires these to windows, menus and plugins.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brb_api::{SetStateRequest, Source, Switch, SwitchState};
+use brb_client::{Client, ClientError, EventScope, StreamItem};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    #[error("cannot read settings {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write settings {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("no control plane is configured")]
+    NoProfile,
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// One control plane the app can talk to.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    /// Base URLs (replicas).
+    pub urls: Vec<String>,
+    /// Kept here, never sent to the webview.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name", &self.name)
+            .field("urls", &self.urls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What a global shortcut does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShortcutAction {
+    /// Pause at once (an off-the-shelf USB button that types a key combination). Never resumes.
+    #[default]
+    Pause,
+    /// Bring the window to the front.
+    Show,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    pub profiles: Vec<Profile>,
+    pub active: usize,
+    /// e.g. `CommandOrControl+Shift+F12`; `None` disables it.
+    pub shortcut: Option<String>,
+    pub shortcut_action: ShortcutAction,
+    pub notifications: bool,
+    pub start_at_login: bool,
+    /// Run the physical button listener inside the app.
+    pub button_listener: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            profiles: Vec::new(),
+            active: 0,
+            shortcut: Some("CommandOrControl+Shift+F12".into()),
+            shortcut_action: ShortcutAction::Pause,
+            notifications: true,
+            start_at_login: false,
+            button_listener: false,
+        }
+    }
+}
+
+impl Settings {
+    pub fn default_path() -> PathBuf {
+        dirs::config_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("big-red-button")
+            .join("desktop.json")
+    }
+
+    /// Reads the settings; a missing file is the defaults.
+    pub fn load(path: &Path) -> Result<Settings, DesktopError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DesktopError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+            Err(e) => Err(DesktopError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes atomically (temp file, then rename) with mode 0600: it holds tokens.
+    pub fn save(&self, path: &Path) -> Result<(), DesktopError> {
+        let err = |e: std::io::Error| DesktopError::Write {
+            path: path.into(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| DesktopError::Write {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        {
+            use std::io::Write as _;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp).map_err(err)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .map_err(err)?;
+            }
+            f.write_all(&bytes).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Adds a profile from `BRB_URL` and `BRB_TOKEN`/`BRB_TOKEN_FILE` when none is configured
+    /// (how `make run` and the tests point the app at a control plane).
+    pub fn with_env(mut self, get: impl Fn(&str) -> Option<String>) -> Settings {
+        if !self.profiles.is_empty() {
+            return self;
+        }
+        let Some(url) = get("BRB_URL") else {
+            return self;
+        };
+        let token = get("BRB_TOKEN").or_else(|| {
+            get("BRB_TOKEN_FILE")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|t| t.trim().to_string())
+        });
+        self.profiles.push(Profile {
+            name: "default".into(),
+            urls: url.split(',').map(|u| u.trim().to_string()).collect(),
+            token,
+        });
+        self.active = 0;
+        self
+    }
+
+    pub fn client(&self) -> Result<Client, DesktopError> {
+        let p = self
+            .profiles
+            .get(self.active)
+            .ok_or(DesktopError::NoProfile)?;
+        Ok(Client::new(&p.urls, p.token.clone())?)
+    }
+}
+
+/// The tray's quick toggle: flips the primary switch, recorded with source `tray`. The same
+/// function the tray menu calls; tested against a real control plane.
+pub async fn quick_toggle(client: &Client, primary: &str) -> Result<Switch, DesktopError> {
+    let current = client.switch(primary).await?;
+    let to = match current.state {
+        SwitchState::Running => SwitchState::Paused,
+        SwitchState::Paused => SwitchState::Running,
+    };
+    let reason = match to {
+        SwitchState::Paused => Some("paused from the tray".to_string()),
+        SwitchState::Running => None,
+    };
+    Ok(client
+        .set_state(
+            primary,
+            &SetStateRequest {
+                state: to,
+                reason,
+                source: Some(Source::Tray),
+                // Flip exactly what we saw: if someone changed it meanwhile, do not undo them.
+                expected_version: Some(current.version),
+                ramp: None,
+            },
+        )
+        .await?)
+}
+
+/// The shortcut's pause: never resumes, so a stuck key cannot toggle back and forth.
+pub async fn shortcut_pause(client: &Client, primary: &str) -> Result<Switch, DesktopError> {
+    Ok(client
+        .set_state(
+            primary,
+            &SetStateRequest {
+                state: SwitchState::Paused,
+                reason: Some("paused with the keyboard shortcut".into()),
+                source: Some(Source::Desktop),
+                expected_version: None,
+                ramp: None,
+            },
+        )
+        .await?)
+}
+
+/// The OS notification for a change, if it is one worth showing.
+pub fn notification(
+    prev: Option<&Switch>,
+    new: &Switch,
+    environment: &str,
+) -> Option<(String, String)> {
+    if prev.is_some_and(|p| p.version >= new.version || p.state == new.state) {
+        return None;
+    }
+    prev?; // the first state seen is not a change
+    let what = if new.primary {
+        "Workers".to_string()
+    } else {
+        format!("Switch {}", new.name)
+    };
+    let title = match new.state {
+        SwitchState::Paused => format!("[{environment}] {what} PAUSED"),
+        SwitchState::Running => format!("[{environment}] {what} resumed"),
+    };
+    let body = format!(
+        "by {} from {}{}",
+        new.changed_by,
+        new.source,
+        new.reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    Some((title, body))
+}
+
+/// What the forwarding loop reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Forwarded {
+    Status(&'static str),
+    /// An SSE event, passed on as is: `(event name, JSON data)`.
+    Event(String, String),
+}
+
+/// Follows `/api/v1/events` for as long as the future is polled, reconnecting with backoff and
+/// resuming from the last event id, and hands everything to `sink`.
+pub async fn forward_events(client: Client, sink: impl Fn(Forwarded) + Send + Sync) {
+    let mut last: Option<String> = None;
+    let mut attempt = 0u32;
+    loop {
+        sink(Forwarded::Status("connecting"));
+        match client.events(&EventScope::All, last.as_deref()).await {
+            Ok(stream) => {
+                sink(Forwarded::Status("open"));
+                attempt = 0;
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(35), stream.next()).await {
+                        Ok(Some(Ok(StreamItem::Event(ev)))) => {
+                            if ev.id.is_some() {
+                                last = ev.id.clone();
+                            }
+                            sink(Forwarded::Event(ev.event, ev.data));
+                        }
+                        Ok(Some(Ok(StreamItem::Alive))) => {}
+                        _ => break,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "event stream unavailable"),
+        }
+        sink(Forwarded::Status("lost"));
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(brb_client::gate::backoff(
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            attempt,
+        ))
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sw(version: u64, state: SwitchState) -> Switch {
+        Switch {
+            name: "workers".into(),
+            description: String::new(),
+            primary: true,
+            state,
+            version,
+            changed_at: chrono::Utc::now(),
+            changed_by: "alice".into(),
+            source: Source::Button,
+            reason: Some("db".into()),
+            ramp: None,
+        }
+    }
+
+    #[test]
+    fn settings_are_private_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/desktop.json");
+        let mut s = Settings::default();
+        s.profiles.push(Profile {
+            name: "prod".into(),
+            urls: vec!["http://127.0.0.1:7070".into()],
+            token: Some("brb_x_secret".into()),
+        });
+        s.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        assert!(!format!("{s:?}").contains("secret"));
+        assert_eq!(
+            Settings::load(&dir.path().join("none.json")).unwrap(),
+            Settings::default()
+        );
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(Settings::load(&path).is_err());
+    }
+
+    #[test]
+    fn env_fills_an_empty_profile_list() {
+        let s = Settings::default().with_env(|k| match k {
+            "BRB_URL" => Some("http://a:1, http://b:2".into()),
+            "BRB_TOKEN" => Some("t".into()),
+            _ => None,
+        });
+        assert_eq!(s.profiles[0].urls, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(s.profiles[0].token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn notifications_only_for_changes() {
+        let a = sw(1, SwitchState::Running);
+        let b = sw(2, SwitchState::Paused);
+        assert_eq!(notification(None, &a, "prod"), None);
+        let (title, body) = notification(Some(&a), &b, "prod").unwrap();
+        assert_eq!(title, "[prod] Workers PAUSED");
+        assert_eq!(body, "by alice from button: db");
+        assert_eq!(notification(Some(&b), &b, "prod"), None);
+    }
+}

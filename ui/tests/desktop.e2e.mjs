@@ -1,0 +1,130 @@
+// Desktop end-to-end: the real Tauri binary under Xvfb, driven through tauri-driver and
+// WebKitWebDriver, against a real `brb server --demo`. Run under xvfb-run (make test does).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync } from "node:fs";
+import { tmpdir, homedir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Builder, By, until } from "selenium-webdriver";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, "..", "..");
+const brb = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
+const app = process.env.BRB_DESKTOP_BIN ?? join(root, "target", "debug", "brb-desktop");
+const driverBin = process.env.TAURI_DRIVER ?? join(homedir(), ".cargo", "bin", "tauri-driver");
+const docs = join(root, "docs");
+const dataDir = mkdtempSync(join(tmpdir(), "brb-desktop-e2e-"));
+
+let server;
+let url;
+let token;
+let tauriDriver;
+let driver;
+
+async function api(path, init = {}) {
+  const res = await fetch(`${url}/api/v1${path}`, {
+    ...init,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+async function eventually(f, ms = 15000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+before(async () => {
+  statSync(app); // fails clearly if the desktop binary was not built
+  server = spawn(brb, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    env: { ...process.env, BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c", BRB_LOG: "warn" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  url = await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("server did not start")), 30000);
+    server.stdout.on("data", (d) => {
+      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
+      if (m) {
+        clearTimeout(t);
+        resolve(m[1]);
+      }
+    });
+  });
+  token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
+  const settings = join(dataDir, "desktop.json");
+  writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true }));
+  tauriDriver = spawn(driverBin, ["--port", "4444", "--native-port", "4445"], {
+    env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  await new Promise((r) => setTimeout(r, 1000));
+  driver = await new Builder()
+    .usingServer("http://127.0.0.1:4444/")
+    .withCapabilities({ browserName: "wry", "tauri:options": { application: app } })
+    .build();
+  mkdirSync(docs, { recursive: true });
+});
+
+after(async () => {
+  await driver?.quit().catch(() => {});
+  tauriDriver?.kill("SIGKILL");
+  server?.kill("SIGKILL");
+});
+
+async function toggleText() {
+  return (await driver.findElement(By.css('[data-testid="toggle"]'))).getText();
+}
+
+async function shot(name) {
+  // A WebDriver screenshot can lag a frame behind the DOM: wait two frames.
+  await driver.executeAsyncScript("const d = arguments[arguments.length - 1]; requestAnimationFrame(() => requestAnimationFrame(d));");
+  writeFileSync(join(docs, name), await driver.takeScreenshot(), "base64");
+}
+
+test("the desktop app shows the switch and pauses it through the confirm step", async () => {
+  await driver.wait(until.elementLocated(By.css('[data-testid="toggle"]')), 20000);
+  await eventually(async () => /WORKERS RUNNING/.test(await toggleText()));
+  assert.match(await (await driver.findElement(By.css('[data-testid="environment"]'))).getText(), /PRODUCTION/);
+  await eventually(async () => /workers running/.test(await (await driver.findElement(By.css('[data-testid="acks"]'))).getText()));
+  await shot("desktop-running.png");
+  await (await driver.findElement(By.css('[data-testid="toggle"]'))).click();
+  const reason = await driver.wait(until.elementLocated(By.css('[data-testid="reason"]')), 5000);
+  await driver.wait(until.elementIsVisible(reason), 5000);
+  await reason.sendKeys("desktop e2e");
+  await (await driver.findElement(By.css('[data-testid="confirm-pause"]'))).click();
+  await eventually(async () => /WORKERS PAUSED/.test(await toggleText()));
+  const sw = (await api("/switches/workers")).body;
+  assert.equal(sw.state, "paused");
+  assert.equal(sw.source, "desktop");
+  assert.equal(sw.reason, "desktop e2e");
+  await eventually(async () => /40\/40 workers paused/.test(await (await driver.findElement(By.css('[data-testid="acks"]'))).getText()));
+  await new Promise((r) => setTimeout(r, 3000));
+  await shot("desktop-paused.png");
+});
+
+test("the tray's quick toggle (the same Rust function the tray menu calls) flips the switch", async () => {
+  const before = (await api("/switches/workers")).body;
+  const result = await driver.executeAsyncScript(
+    "const done = arguments[arguments.length - 1]; window.__TAURI_INTERNALS__.invoke('brb_tray_toggle').then((s) => done(s), (e) => done({ error: e }));",
+  );
+  assert.equal(result.error, undefined, JSON.stringify(result));
+  assert.equal(result.state, before.state === "paused" ? "running" : "paused");
+  const after = (await api("/switches/workers")).body;
+  assert.equal(after.source, "tray");
+  assert.equal(after.version, before.version + 1);
+  await eventually(async () => new RegExp(after.state === "paused" ? "WORKERS PAUSED" : "WORKERS RUNNING").test(await toggleText()));
+});
+
+test("a change made elsewhere shows up live in the app", async () => {
+  const cur = (await api("/switches/workers")).body;
+  const to = cur.state === "paused" ? "running" : "paused";
+  await api("/switches/workers/state", { method: "PUT", body: JSON.stringify({ state: to, source: "cli", reason: "from the CLI" }) });
+  await eventually(async () => new RegExp(to === "paused" ? "WORKERS PAUSED" : "WORKERS RUNNING").test(await toggleText()));
+});
