@@ -1,4 +1,5 @@
 //! The shared test vectors (`docs/protocol-vectors.txt`), also run by the firmware's host tests.
+#![allow(clippy::unwrap_used)]
 
 use brb_protocol::{DeviceMsg, HostMsg, hid, line};
 
