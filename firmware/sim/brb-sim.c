@@ -10,8 +10,8 @@
  *
  * stdin, one command per line:
  *   press | release | arm | disarm
- *   garbage-host TEXT   bytes "from the device" straight onto the pty (the host must survive)
- *   garbage-dev TEXT    bytes into the firmware's UART (the firmware must survive)
+ *   garbage-host TEXT   TEXT and a newline "from the device" onto the pty (the host must survive)
+ *   garbage-dev TEXT    TEXT and a newline into the firmware's UART (the firmware must survive)
  *   quit
  * stdout: "ready PTY", then "led 0|1 SIM_MS" on every LED pin change.
  *
@@ -107,8 +107,10 @@ static int command(char *line) {
     avr_raise_irq(arm, 0);
   } else if (strncmp(line, "garbage-host ", 13) == 0) {
     queue(to_host, &to_host_len, sizeof to_host, line + 13, strlen(line + 13));
+    queue(to_host, &to_host_len, sizeof to_host, "\n", 1);
   } else if (strncmp(line, "garbage-dev ", 12) == 0) {
     queue(to_dev, &to_dev_len, sizeof to_dev, line + 12, strlen(line + 12));
+    queue(to_dev, &to_dev_len, sizeof to_dev, "\n", 1);
   } else if (strcmp(line, "quit") == 0) {
     return 0;
   } else if (line[0]) {
