@@ -5,13 +5,13 @@ CARGO ?= cargo
 # on the same machine finds the admin token without being told.
 BRB_RUN_ARGS ?=
 
-.PHONY: run test deps test-deps build check fmt clean
+.PHONY: run test deps test-deps build check fmt clean firmware
 
 deps:
 	@scripts/ensure-packages.sh base
 
 test-deps:
-	@scripts/ensure-packages.sh base test
+	@scripts/ensure-packages.sh base test firmware
 
 build: deps
 	$(CARGO) build -p brb
@@ -24,9 +24,15 @@ run: build
 ## Every test: formatting, lints, unit, integration and end-to-end suites.
 test: test-deps
 	$(CARGO) fmt --all -- --check
+	$(MAKE) -C firmware all test sim
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client --bins --examples --locked
 	$(CARGO) test --workspace --all-targets --locked
+
+## The office-button firmware for every board, with flash and RAM use (see firmware/README.md).
+firmware:
+	@scripts/ensure-packages.sh firmware
+	$(MAKE) -C firmware all test
 
 check:
 	$(CARGO) check --workspace --all-targets
@@ -36,3 +42,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
+	$(MAKE) -C firmware clean
