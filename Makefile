@@ -4,14 +4,16 @@ CARGO ?= cargo
 # Where `make run` keeps its state: the platform data dir unless overridden, so the `brb` CLI
 # on the same machine finds the admin token without being told.
 BRB_RUN_ARGS ?=
+# WebDriver bridge for the desktop app's end-to-end test (installed with cargo when missing).
+TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 
-.PHONY: run test deps test-deps build ui check fmt clean
+.PHONY: run test deps test-deps build ui check fmt clean firmware
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop
+	@scripts/ensure-packages.sh base test ui desktop firmware
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
@@ -29,12 +31,18 @@ run: build
 test: test-deps
 	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
 	$(CARGO) fmt --all -- --check
+	$(MAKE) -C firmware all test sim
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
 	$(CARGO) test --workspace --all-targets --locked
 	cd ui && node --test tests/console.e2e.mjs
-	command -v tauri-driver >/dev/null || $(CARGO) install tauri-driver --version '^2' --locked
-	cd ui && xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
+	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
+	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
+
+## The office-button firmware for every board, with flash and RAM use (see firmware/README.md).
+firmware:
+	@scripts/ensure-packages.sh firmware
+	$(MAKE) -C firmware all test
 
 check:
 	$(CARGO) check --workspace --all-targets
@@ -44,3 +52,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
+	$(MAKE) -C firmware clean

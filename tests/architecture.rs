@@ -106,3 +106,30 @@ fn only_the_app_crate_uses_tauri() {
         assert_none(krate, &["tauri", "wry", "webkit2gtk"]);
     }
 }
+
+#[test]
+fn button_protocol_knows_nothing_of_io_or_other_crates() {
+    assert_none(
+        "brb-protocol",
+        &[
+            "tokio",
+            "reqwest",
+            "hidapi",
+            "serialport",
+            "serde",
+            "brb-api",
+            "brb-client",
+            "brb-server",
+            "brb-store",
+            "brb-button",
+        ],
+    );
+}
+
+#[test]
+fn button_listener_is_a_client_not_a_server() {
+    assert_none(
+        "brb-button",
+        &["brb-server", "brb-store", "brb-demo", "axum", "rusqlite"],
+    );
+}

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod button;
 mod cli;
 mod server;
 
@@ -80,6 +81,8 @@ enum Cmd {
     /// Manage switches (admin).
     #[command(subcommand)]
     Switch(cli::SwitchCmd),
+    /// Run the office button daemon: presses pause, the light shows the fleet's state.
+    Button(button::ButtonArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +120,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => cli::audit(&connect(&cli.conn)?, switch, limit, json).await,
         Cmd::Token(t) => cli::token(&connect(&cli.conn)?, t).await,
         Cmd::Switch(s) => cli::switch(&connect(&cli.conn)?, s).await,
+        Cmd::Button(b) => button::run(connect(&cli.conn)?, b)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
