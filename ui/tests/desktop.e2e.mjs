@@ -60,9 +60,11 @@ before(async () => {
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
   const settings = join(dataDir, "desktop.json");
   writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true }));
+  // Its own process group, so that WebKitWebDriver and the app go with it at the end.
   tauriDriver = spawn(driverBin, ["--port", "4444", "--native-port", "4445"], {
     env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
-    stdio: ["ignore", "inherit", "inherit"],
+    stdio: ["ignore", "ignore", "inherit"],
+    detached: true,
   });
   await new Promise((r) => setTimeout(r, 1000));
   driver = await new Builder()
@@ -74,7 +76,11 @@ before(async () => {
 
 after(async () => {
   await driver?.quit().catch(() => {});
-  tauriDriver?.kill("SIGKILL");
+  try {
+    process.kill(-tauriDriver.pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
   server?.kill("SIGKILL");
 });
 
