@@ -84,6 +84,8 @@ struct AppState {
     primary: Mutex<Option<String>>,
     environment: Mutex<String>,
     tray: Mutex<Option<Tray>>,
+    /// The office button listener's status text, when it runs.
+    button: Mutex<Option<String>>,
 }
 
 type S<'a> = State<'a, Arc<AppState>>;
@@ -282,6 +284,56 @@ fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
     Ok(())
 }
 
+/// The same listener as `brb button`, inside the app (when `button_listener` is on): presses
+/// are recorded with source `button`, and the device's status is shown in the window.
+fn start_button_listener(app: AppHandle, state: Arc<AppState>, client: Client) {
+    let (tx, mut rx) = tokio::sync::watch::channel(brb_button::DeviceStatus::Searching);
+    let shown = Arc::clone(&state);
+    tauri::async_runtime::spawn(async move {
+        let primary = match primary_name(&state).await {
+            Ok(p) => p,
+            Err(_) => brb_api::PRIMARY_SWITCH.to_string(),
+        };
+        let cfg = brb_button::Config {
+            switch: primary,
+            device: match &state.settings.button_serial {
+                Some(port) => brb_button::DeviceSpec::Serial { port: port.clone() },
+                None => brb_button::DeviceSpec::Auto,
+            },
+            policy: brb_button::PolicyConfig::default(),
+        };
+        if let Err(e) = brb_button::run_with_status(client, cfg, std::future::pending(), tx).await {
+            tracing::error!(error = %e, source = "button", "button listener stopped");
+        }
+    });
+    tauri::async_runtime::spawn(async move {
+        loop {
+            let text = match &*rx.borrow_and_update() {
+                brb_button::DeviceStatus::Searching => "Office button: looking for it…".to_string(),
+                brb_button::DeviceStatus::Connected(d) => format!("Office button: connected ({d})"),
+                brb_button::DeviceStatus::Disconnected { device, reason } => {
+                    format!("Office button: {device} disconnected ({reason}); looking for it again")
+                }
+            };
+            *shown.button.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+            let _ = app.emit("brb://button", text);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The office button's status text (`None` when the listener is off).
+#[tauri::command]
+fn brb_button_status(state: S<'_>) -> Option<String> {
+    state
+        .button
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
 fn main() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -316,6 +368,7 @@ fn main() {
         primary: Mutex::new(None),
         environment: Mutex::new(String::new()),
         tray: Mutex::new(None),
+        button: Mutex::new(None),
     });
 
     let shortcut_state = Arc::clone(&state);
@@ -360,7 +413,8 @@ fn main() {
             brb_workers,
             brb_series,
             brb_connection,
-            brb_tray_toggle
+            brb_tray_toggle,
+            brb_button_status
         ])
         .on_window_event(|window, event| {
             // Closing the window keeps the app in the tray: the brake stays one click away.
@@ -390,6 +444,11 @@ fn main() {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "start at login not changed");
                 }
+            }
+            if state.settings.button_listener
+                && let Some(c) = state.client.clone()
+            {
+                start_button_listener(app.handle().clone(), Arc::clone(&state), c);
             }
             if let Some(c) = state.client.clone() {
                 let st = Arc::clone(&state);

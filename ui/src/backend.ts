@@ -15,7 +15,9 @@ export type LiveEvent =
   | { kind: "switch"; data: Switch }
   | { kind: "deleted"; data: { name: string; version: number } }
   | { kind: "workers"; data: WorkerCounts }
-  | { kind: "samples"; data: SampleTick };
+  | { kind: "samples"; data: SampleTick }
+  /** Desktop only: the office button listener's device status, as text. */
+  | { kind: "button"; data: string };
 
 export type ConnectionStatus = "connecting" | "open" | "lost";
 

@@ -25,6 +25,8 @@ export interface Model {
   /** A change sent and not yet acknowledged. */
   pending: { switch: string; to: "paused" | "running" } | null;
   error: { code: string; message: string } | null;
+  /** Desktop only: the office button's status, when its listener runs in the app. */
+  button: string | null;
 }
 
 export function emptyModel(): Model {
@@ -38,6 +40,7 @@ export function emptyModel(): Model {
     lostSince: null,
     pending: null,
     error: null,
+    button: null,
   };
 }
 
@@ -107,6 +110,9 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
       for (const v of e.data.values) {
         appendSample(m, seriesKey(v.name, v.labels), v.name, e.data.ts, v.value);
       }
+      return false;
+    case "button":
+      m.button = e.data;
       return false;
   }
 }

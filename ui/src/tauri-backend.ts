@@ -53,7 +53,14 @@ export class TauriBackend implements Backend {
     void listen<ConnectionStatus>("brb://status", (e) => onStatus(e.payload)).then((u) =>
       unlisten.push(u),
     );
+    void listen<string>("brb://button", (e) => onEvent({ kind: "button", data: e.payload })).then((u) =>
+      unlisten.push(u),
+    );
     void call<ConnectionStatus>("brb_connection").then(onStatus).catch(() => onStatus("lost"));
+    // Events sent before this window listened are not replayed: ask for the current status.
+    void call<string | null>("brb_button_status")
+      .then((text) => text && onEvent({ kind: "button", data: text }))
+      .catch(() => {});
     return () => unlisten.forEach((u) => u());
   }
 }

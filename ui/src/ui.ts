@@ -39,6 +39,7 @@ export class App {
   private stateLine = h("p", { class: "state-line", "data-testid": "state-line" });
   private ackEl = h("p", { class: "acks", "data-testid": "acks" });
   private rampEl = h("div", { class: "ramp hidden", "data-testid": "ramp" });
+  private buttonEl = h("p", { class: "device hidden", "data-testid": "device" });
   private graphsEl = h("div", { class: "graphs", "data-testid": "graphs" });
   private others = h("ul", { class: "others", "data-testid": "others" });
   private auditEl = h("tbody", { "data-testid": "audit" });
@@ -89,6 +90,7 @@ export class App {
           this.stateLine,
           this.ackEl,
           this.rampEl,
+          this.buttonEl,
           this.errorBox,
         ),
         h("section", { class: "graphs-panel", "aria-label": "Utilization" }, h("div", { class: "graphs-head" }, h("h2", {}, "Utilization"), windows), this.graphsEl),
@@ -206,6 +208,10 @@ export class App {
       this.errorBox.classList.add("hidden");
     }
     if (p) this.renderToggle(p, now);
+    if (m.button) {
+      this.buttonEl.textContent = m.button;
+      this.buttonEl.classList.remove("hidden");
+    }
     this.renderGraphs(now);
     this.renderOthers();
     this.renderAudit();

@@ -59,7 +59,7 @@ before(async () => {
   });
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
   const settings = join(dataDir, "desktop.json");
-  writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true }));
+  writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true, button_listener: true }));
   // Its own process group, so that WebKitWebDriver and the app go with it at the end.
   tauriDriver = spawn(driverBin, ["--port", "4444", "--native-port", "4445"], {
     env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
@@ -99,6 +99,9 @@ test("the desktop app shows the switch and pauses it through the confirm step", 
   await eventually(async () => /WORKERS RUNNING/.test(await toggleText()));
   assert.match(await (await driver.findElement(By.css('[data-testid="environment"]'))).getText(), /PRODUCTION/);
   await eventually(async () => /workers running/.test(await (await driver.findElement(By.css('[data-testid="acks"]'))).getText()));
+  // The office button listener runs inside the app and says where the device stands (there
+  // is none on this machine).
+  await eventually(async () => /Office button: looking for it/.test(await (await driver.findElement(By.css('[data-testid="device"]'))).getText()));
   await shot("desktop-running.png");
   await (await driver.findElement(By.css('[data-testid="toggle"]'))).click();
   const reason = await driver.wait(until.elementLocated(By.css('[data-testid="reason"]')), 5000);

@@ -266,12 +266,36 @@ struct Pending {
     until: Instant,
 }
 
+/// Where the button stands, for a UI that shows it (the desktop app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Searching,
+    Connected(String),
+    Disconnected { device: String, reason: String },
+}
+
 /// The daemon: device thread, control-plane watcher, and the decisions between them, until
 /// `shutdown` resolves.
 pub async fn run(
     client: Client,
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ButtonError> {
+    run_with_status(
+        client,
+        cfg,
+        shutdown,
+        watch::channel(DeviceStatus::Searching).0,
+    )
+    .await
+}
+
+/// [`run`], also publishing the device's status.
+pub async fn run_with_status(
+    client: Client,
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    status: watch::Sender<DeviceStatus>,
 ) -> Result<(), ButtonError> {
     let (view_tx, mut view_rx) = watch::channel(ControlView::default());
     let (show_tx, show_rx) = watch::channel(ShowState::NoConnection);
@@ -314,9 +338,11 @@ pub async fn run(
                 match ev {
                     DeviceEvent::Connected(d) => {
                         tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", device = %d, "button connected");
+                        status.send_replace(DeviceStatus::Connected(d));
                     }
                     DeviceEvent::Disconnected { device, reason } => {
                         tracing::warn!(switch = %cfg.switch, actor = %actor, source = "button", device = %device, reason = %reason, "button disconnected; looking for it again");
+                        status.send_replace(DeviceStatus::Disconnected { device, reason });
                     }
                     DeviceEvent::Message(m) => {
                         let now_ms = started.elapsed().as_millis() as u64;

@@ -66,6 +66,9 @@ pub struct Settings {
     pub start_at_login: bool,
     /// Run the physical button listener inside the app.
     pub button_listener: bool,
+    /// With the listener: the serial port of an Uno/Nano-style button; `None` looks for one
+    /// (HID, Dream Cheeky, known USB serial adapters).
+    pub button_serial: Option<String>,
 }
 
 impl Default for Settings {
@@ -78,6 +81,7 @@ impl Default for Settings {
             notifications: true,
             start_at_login: false,
             button_listener: false,
+            button_serial: None,
         }
     }
 }
