@@ -303,7 +303,7 @@ async fn scenario() {
     );
 
     // A long hold resumes.
-    sim.press_for(Duration::from_millis(2600));
+    sim.press_for(Duration::from_millis(3500));
     wait_state(&admin, SwitchState::Running, Duration::from_secs(5)).await;
     let audit = admin.audit(Some("workers"), 1, None).await.unwrap();
     let reason = audit.entries[0].reason.clone().unwrap_or_default();
@@ -339,7 +339,19 @@ async fn scenario() {
     sim.wait_light("paused", Duration::from_secs(5));
 
     // The control plane goes away: the light says so, the daemon stays.
+    let listen = server.url.trim_start_matches("http://").to_string();
     server.kill9();
     sim.wait_light("no-connection", Duration::from_secs(10));
+    daemon.assert_alive();
+
+    // It comes back (same address, same data): the daemon reconnects by itself, the light
+    // shows the real state again, and the button works.
+    let server = ServerProc::start_at(&dir.path().join("data"), &listen, &[]);
+    let admin =
+        brb_client::Client::new(&[server.url.as_str()], Some(server.admin_token())).unwrap();
+    sim.wait_light("paused", Duration::from_secs(20));
+    sim.press_for(Duration::from_millis(3500));
+    wait_state(&admin, SwitchState::Running, Duration::from_secs(5)).await;
+    sim.wait_light("running", Duration::from_secs(5));
     daemon.assert_alive();
 }

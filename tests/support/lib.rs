@@ -40,6 +40,11 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts `brb server` on an ephemeral port and waits until it prints where it listens.
     pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> ServerProc {
+        Self::start_at(data_dir, "127.0.0.1:0", extra_env)
+    }
+
+    /// Starts `brb server` listening on `listen` (e.g. the port of a server that was killed).
+    pub fn start_at(data_dir: &Path, listen: &str, extra_env: &[(&str, &str)]) -> ServerProc {
         let stderr_log = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -47,7 +52,7 @@ impl ServerProc {
             .open(&stderr_log)
             .expect("stderr log");
         let mut cmd = Command::new(brb_bin());
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("BRB_ADMIN_TOKEN")
             .env_remove("BRB_CONFIG")
