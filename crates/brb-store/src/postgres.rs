@@ -230,7 +230,10 @@ impl PgStore {
             migrate(&mut c).await?;
         }
         let (feed, _) = broadcast::channel(1024);
-        let listener = tokio::spawn(listen(cfg, feed.clone(), shown.clone()));
+        // Its own name, so operators can tell the listener from pooled connections.
+        let mut listener_cfg = cfg;
+        listener_cfg.application_name("brb-listener");
+        let listener = tokio::spawn(listen(listener_cfg, feed.clone(), shown.clone()));
         tracing::info!(database = %shown, "connected to PostgreSQL");
         Ok(PgStore {
             pool,
