@@ -11,7 +11,7 @@ deps:
 	@scripts/ensure-packages.sh base
 
 test-deps:
-	@scripts/ensure-packages.sh base test
+	@scripts/ensure-packages.sh base test postgres
 
 build: deps
 	$(CARGO) build -p brb

@@ -8,6 +8,10 @@ declare -A PKG_GROUPS=(
   [base]="build-essential pkg-config curl ca-certificates"
   # Real peers the tests talk to: Prometheus scraping the control plane.
   [test]="prometheus"
+  # A real PostgreSQL for the store suite and the multi-replica tests. Only the server binaries
+  # are needed: the tests run a private cluster (initdb + pg_ctl on a loopback port in a temp
+  # dir), never the system service.
+  [postgres]="postgresql"
 )
 
 want=()

@@ -94,9 +94,15 @@ impl PgCluster {
     pub fn start() -> PgCluster {
         let bin = bin_dir().unwrap_or_else(|e| panic!("{e}"));
         let run_as = is_root().then(|| "postgres".to_string());
+        // As root, under /tmp: the postgres user must be able to reach the directory, and a
+        // TMPDIR inside root's home would not let it.
+        let parent = match run_as {
+            Some(_) => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("brb-pg-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let root = dir.path().to_path_buf();
         let data = root.join("data");
@@ -170,7 +176,7 @@ impl PgCluster {
             data = self.data.display(),
             root = self.root.display(),
         );
-        Command::new("sh")
+        let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -178,6 +184,8 @@ impl PgCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the cluster watchdog");
+        // It normally outlives this process; reap it if it ever ends first.
+        std::thread::spawn(move || child.wait());
     }
 
     fn cmd_line(&self, name: &str) -> String {

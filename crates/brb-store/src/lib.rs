@@ -351,3 +351,32 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:p@h:5432/brb"),
+            DatabaseUrl::Postgres("postgres://u:p@h:5432/brb".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://h/brb"),
+            DatabaseUrl::Postgres("postgresql://h/brb".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:/var/lib/brb/brb.db"),
+            DatabaseUrl::Sqlite("/var/lib/brb/brb.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/brb/brb.db"),
+            DatabaseUrl::Sqlite("/var/lib/brb/brb.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("data/brb.db"),
+            DatabaseUrl::Sqlite("data/brb.db".into())
+        );
+    }
+}
