@@ -117,6 +117,35 @@ fn watch(c: Client, seen: Arc<Mutex<Vec<u64>>>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A watcher of the all-switches stream (`/events`): records `(audit id, version)` of every
+/// change event.
+fn watch_all(c: Client, seen: Arc<Mutex<Vec<(u64, u64)>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<String> = None;
+        loop {
+            if let Ok(stream) = c.events(&EventScope::All, last.as_deref()).await {
+                let mut stream = Box::pin(stream);
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(StreamItem::Event(ev)) if ev.event == "switch" => {
+                            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+                            if let Some(id) = ev.id.clone() {
+                                seen.lock()
+                                    .unwrap()
+                                    .push((id.parse().unwrap(), v["version"].as_u64().unwrap()));
+                                last = Some(id);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 fn gate(urls: &[&str], id: String) -> Gate {
     let mut c = GateConfig::new(urls, Some(ADMIN.to_string()), "workers");
     c.worker_id = id;
@@ -171,6 +200,10 @@ async fn three_replicas_body() {
     let wb = watch(client(&[&ub]), seen_b.clone());
     let wc = watch(client(&[&uc]), seen_c.clone());
     let wa = watch(client(&[&ua, &ub, &uc]), seen_a.clone());
+    let all_b = Arc::new(Mutex::new(Vec::new()));
+    let all_c = Arc::new(Mutex::new(Vec::new()));
+    let wab = watch_all(client(&[&ub]), all_b.clone());
+    let wac = watch_all(client(&[&uc]), all_c.clone());
     for s in [&seen_a, &seen_b, &seen_c] {
         assert!(wait_version(s, 1, Duration::from_secs(10)).await);
     }
@@ -232,6 +265,41 @@ async fn three_replicas_body() {
         assert!(ok, "replica {u} counts all six workers");
     }
 
+    // Tokens: created on A, accepted on C; revoked on B, refused on C at once.
+    let created = client(&[&ua])
+        .create_token(&brb_api::CreateTokenRequest {
+            name: "ops-bot".into(),
+            role: brb_api::Role::Operator,
+        })
+        .await
+        .unwrap();
+    let ops_on_c = Client::new(&[uc.as_str()], Some(created.secret.clone())).unwrap();
+    let mut accepted = false;
+    for _ in 0..100 {
+        if ops_on_c.switches().await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "a token created on A works on C");
+    client(&[&ub])
+        .revoke_token(&created.token.id)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut refused = false;
+    while t.elapsed() < Duration::from_secs(2) {
+        if let Err(e) = ops_on_c.switches().await {
+            assert_eq!(e.code(), Some(brb_api::ErrorCode::Unauthorized));
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a token revoked on B is refused on C");
+    eprintln!("revocation on B effective on C after {:?}", t.elapsed());
+
     // 2. Concurrent toggles on all three: one gapless history, every replica agrees.
     let mut tasks = Vec::new();
     for (i, u) in all.iter().enumerate() {
@@ -278,6 +346,25 @@ async fn three_replicas_body() {
             "watcher on {name} saw every version once, in order: {:?}",
             s.lock().unwrap()
         );
+    }
+    // The all-switches streams of two replicas carry the same changes with the same ids.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            all_b.lock().unwrap().last().map(|l| l.1) == Some(newest)
+                && all_c.lock().unwrap().last().map(|l| l.1) == Some(newest)
+        })
+        .await
+    );
+    {
+        let (b, c) = (all_b.lock().unwrap(), all_c.lock().unwrap());
+        let changes = |v: &[(u64, u64)]| v.iter().filter(|e| e.1 >= 2).copied().collect::<Vec<_>>();
+        assert_eq!(changes(&b), changes(&c), "same global order on B and C");
+        assert!(
+            changes(&b)
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 + 1 == w[1].1)
+        );
+        assert_eq!(changes(&b).len() as u64, newest - 1);
     }
     // Watchers saw v{newest}, so every hub has it: all replicas serve the same switch.
     let cur = client(&[&ua]).switch("workers").await.unwrap();
@@ -354,6 +441,19 @@ async fn three_replicas_body() {
         );
     }
 
+    // The CLI, given the dead replica first, moves on to the next.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let cli_url = format!("{ua},{ub}");
+    let o = brb_e2e::cli(
+        &home,
+        &[("BRB_URL", &cli_url), ("BRB_TOKEN", ADMIN)],
+        &["status", "--json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["version"].as_u64(), Some(last));
+
     // 5. Each Slack message went out exactly once, though three replicas deliver.
     let changes = client(&[&ub])
         .audit(Some("workers"), 500, None)
@@ -372,9 +472,9 @@ async fn three_replicas_body() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(slack.count("/slack"), changes, "no change announced twice");
 
-    wa.abort();
-    wb.abort();
-    wc.abort();
+    for w in [wa, wb, wc, wab, wac] {
+        w.abort();
+    }
     drop(gates);
 }
 

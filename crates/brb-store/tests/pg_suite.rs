@@ -186,3 +186,59 @@ async fn audit_is_append_only() {
     let tr = client.batch_execute("TRUNCATE audit").await;
     assert!(format!("{:?}", tr.unwrap_err()).contains("append-only"));
 }
+
+/// Three processes claiming the same outbox at once: every notification is claimed by exactly
+/// one of them (`FOR UPDATE SKIP LOCKED` + lease); one that claimed and died leaves its rows to
+/// the others once the lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_claims_are_exclusive_across_processes() {
+    let (url, a) = open("outbox_exclusive").await;
+    suite::seeds_primary_once(&a).await;
+    let sw = a.get_switch("workers").await.unwrap().unwrap();
+    let items = (0..60)
+        .map(|i| brb_store::NewNotification {
+            channel: "slack".into(),
+            kind: "reminder".into(),
+            event: sw.clone(),
+            dedupe_key: format!("k{i}"),
+        })
+        .collect();
+    assert_eq!(a.outbox_enqueue(items).await.unwrap(), 60);
+    let mut stores = vec![a];
+    for _ in 0..2 {
+        stores.push(Arc::new(PgStore::connect(&url).await.unwrap()) as Arc<dyn Store>);
+    }
+    let now = chrono::Utc::now();
+    let mut tasks = Vec::new();
+    for s in stores.clone() {
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s
+                    .outbox_claim(now, Duration::from_secs(30), 4)
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|i| i.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(n, 60, "no notification claimed twice");
+    assert_eq!(all.len(), 60, "every notification claimed");
+    // The claimers "died" without recording anything: after the lease, all are due again.
+    let later = now + chrono::Duration::seconds(31);
+    let again = stores[2]
+        .outbox_claim(later, Duration::from_secs(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 60);
+}
