@@ -2,7 +2,8 @@
 //!
 //! The store is the truth; the hub is what it looked like at the last commit. Writers publish
 //! here only after their transaction committed (and while holding the write lock, so events are
-//! broadcast in version order). Each change is encoded once, as ready-to-send SSE frames in
+//! broadcast in version order). With replicas, changes committed elsewhere arrive through the
+//! same lock from `propagate.rs`, in audit-id order; publishing is idempotent by audit id. Each change is encoded once, as ready-to-send SSE frames in
 //! `Bytes`, and every watcher gets a reference-counted handle to the same bytes: no per-watcher
 //! formatting or allocation on the fan-out path.
 

@@ -6,6 +6,10 @@
 //! everything else (reads, event streams, long-polls) is served from the hub's in-memory image
 //! without touching the database.
 //!
+//! Several replicas may share one PostgreSQL store: then each replica's hub also receives the
+//! changes committed through the others (`propagate.rs`), always in the store's commit order,
+//! and serves them the same way.
+//!
 //! [`app`] builds the router from an [`AppState`] and is tested in process; [`Server`] binds a
 //! real listener and runs it (`brb server` is a thin wrapper over it).
 
@@ -214,8 +218,10 @@ impl AppState {
         if !self.inner.hub.publish(ev) {
             return false;
         }
+        // A state change (or a ramp ended) of an existing switch starts acknowledgement
+        // timing, as `set_state` does locally; creations and description edits do not.
         if let Some(s) = changed
-            && prev.is_none_or(|p| p.state != s.state || p.ramp != s.ramp)
+            && prev.is_some_and(|p| p.state != s.state || p.ramp != s.ramp)
         {
             self.inner.workers.on_change(&s);
         }
