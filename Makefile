@@ -13,7 +13,7 @@ deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware
+	@scripts/ensure-packages.sh base test ui desktop firmware postgres
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps

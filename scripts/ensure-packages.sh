@@ -15,6 +15,10 @@ declare -A PKG_GROUPS=(
   [ui]="chromium fonts-dejavu-core"
   # The desktop app (Tauri 2) and its WebDriver tests under Xvfb.
   [desktop]="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev webkit2gtk-driver xvfb xauth imagemagick"
+  # A real PostgreSQL for the store suite and the multi-replica tests. Only the server binaries
+  # are needed: the tests run a private cluster (initdb + pg_ctl on a loopback port in a temp
+  # dir), never the system service.
+  [postgres]="postgresql"
 )
 
 want=()

@@ -81,7 +81,29 @@ fn server_does_not_use_the_client_sdk() {
 fn client_sdk_has_no_server_or_database_inside() {
     assert_none(
         "brb-client",
-        &["brb-server", "brb-store", "axum", "rusqlite"],
+        &[
+            "brb-server",
+            "brb-store",
+            "axum",
+            "rusqlite",
+            "tokio-postgres",
+        ],
+    );
+}
+
+#[test]
+fn test_cluster_harness_is_for_tests_only() {
+    for krate in ["brb-store", "brb-server", "brb"] {
+        assert_none(krate, &["brb-pgtest", "tempfile"]);
+    }
+}
+
+#[test]
+fn pgtest_harness_stays_small() {
+    // It starts processes; it must not pull a database driver or the product in.
+    assert_none(
+        "brb-pgtest",
+        &["brb-store", "brb-server", "tokio", "tokio-postgres"],
     );
 }
 

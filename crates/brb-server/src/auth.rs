@@ -54,6 +54,8 @@ struct Cached {
     role: Role,
     hash: [u8; 32],
     revoked: bool,
+    /// Lives only in this process (never stored): survives a reload from the store.
+    ephemeral: bool,
 }
 
 /// The in-memory view of the token table, plus the optional environment admin token.
@@ -112,20 +114,22 @@ impl TokenBook {
         self.env_admin_hash.is_some()
     }
 
+    /// Replaces the stored tokens with `records` (at start, and when another replica created
+    /// or revoked one), keeping this process's ephemeral tokens.
     pub fn load(&self, records: &[TokenRecord]) {
         let mut map = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        map.clear();
+        map.retain(|_, c| c.ephemeral);
         for r in records {
-            self.insert_locked(&mut map, r);
+            self.insert_locked(&mut map, r, false);
         }
     }
 
     pub fn upsert(&self, record: &TokenRecord) {
         let mut map = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        self.insert_locked(&mut map, record);
+        self.insert_locked(&mut map, record, false);
     }
 
-    fn insert_locked(&self, map: &mut HashMap<String, Cached>, r: &TokenRecord) {
+    fn insert_locked(&self, map: &mut HashMap<String, Cached>, r: &TokenRecord, ephemeral: bool) {
         let Ok(hash) = <[u8; 32]>::try_from(r.secret_hash.as_slice()) else {
             tracing::warn!(token_id = %r.id, "stored token hash has the wrong length; ignoring");
             return;
@@ -137,6 +141,7 @@ impl TokenBook {
                 role: r.role,
                 hash,
                 revoked: r.revoked_at.is_some(),
+                ephemeral,
             },
         );
     }
@@ -145,7 +150,8 @@ impl TokenBook {
     /// demo workload, which must authenticate like any external worker.
     pub fn add_ephemeral(&self, name: &str, role: Role) -> String {
         let t = mint(name, role);
-        self.upsert(&t.record);
+        let mut map = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        self.insert_locked(&mut map, &t.record, true);
         t.secret
     }
 

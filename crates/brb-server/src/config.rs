@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use brb_store::DatabaseUrl;
+
 /// Everything `brb server` needs to start. Secrets (the admin token) are not part of it: they
 /// are read from the environment where they are used, so a `Debug` print can never leak one.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +17,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the database and the generated admin token live.
     pub data_dir: PathBuf,
+    /// The store: unset for the embedded SQLite file in `data_dir`; a path or `sqlite:PATH`
+    /// for another file; `postgres://user:password@host:port/db` for PostgreSQL shared by
+    /// several replicas (`BRB_DATABASE_URL`, `--database-url`). A secret: it may hold a
+    /// password.
+    pub database_url: Option<Secret>,
     /// Base URL people reach the web console at (used in links); defaults to `http://{listen}`.
     pub public_url: Option<String>,
     /// `human` or `json` log lines.
@@ -178,6 +185,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: default_data_dir(),
+            database_url: None,
             public_url: None,
             log_format: LogFormat::Human,
             environment: EnvironmentConfig::default(),
@@ -281,6 +289,9 @@ impl Config {
         }
         if let Some(v) = get("BRB_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("BRB_DATABASE_URL").filter(|v| !v.is_empty()) {
+            self.database_url = Some(Secret(v));
         }
         if let Some(v) = get("BRB_PUBLIC_URL") {
             self.public_url = Some(v);
@@ -446,6 +457,14 @@ impl Config {
         self.data_dir.join("brb.db")
     }
 
+    /// Which store to open: `database_url` if set, else the SQLite file in the data dir.
+    pub fn database(&self) -> brb_store::DatabaseUrl {
+        match &self.database_url {
+            Some(u) => brb_store::DatabaseUrl::parse(u.expose()),
+            None => brb_store::DatabaseUrl::Sqlite(self.db_path()),
+        }
+    }
+
     pub fn admin_token_path(&self) -> PathBuf {
         self.data_dir.join("admin-token")
     }
@@ -481,6 +500,27 @@ description = "Reindex search"
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.environment.name, "production");
         assert_eq!(c.switches[0].name, "search-indexing");
+        assert_eq!(
+            c.database(),
+            brb_store::DatabaseUrl::Sqlite(c.data_dir.join("brb.db"))
+        );
+        c.apply_env(|k| {
+            (k == "BRB_DATABASE_URL").then(|| "postgres://brb:pw@db:5432/brb".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            c.database(),
+            brb_store::DatabaseUrl::Postgres("postgres://brb:pw@db:5432/brb".into())
+        );
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the URL's password is never printed"
+        );
+        c.database_url = Some(Secret("sqlite:/var/lib/brb/x.db".into()));
+        assert_eq!(
+            c.database(),
+            brb_store::DatabaseUrl::Sqlite("/var/lib/brb/x.db".into())
+        );
         c.apply_env(|k| (k == "BRB_LISTEN").then(|| "127.0.0.1:9100".to_string()))
             .unwrap();
         assert_eq!(c.listen.port(), 9100);

@@ -2,7 +2,8 @@
 //!
 //! The store is the truth; the hub is what it looked like at the last commit. Writers publish
 //! here only after their transaction committed (and while holding the write lock, so events are
-//! broadcast in version order). Each change is encoded once, as ready-to-send SSE frames in
+//! broadcast in version order). With replicas, changes committed elsewhere arrive through the
+//! same lock from `propagate.rs`, in audit-id order; publishing is idempotent by audit id. Each change is encoded once, as ready-to-send SSE frames in
 //! `Bytes`, and every watcher gets a reference-counted handle to the same bytes: no per-watcher
 //! formatting or allocation on the fan-out path.
 
@@ -115,27 +116,34 @@ impl Hub {
             .fetch_max(last_audit_id, Ordering::SeqCst);
     }
 
-    /// Records a committed change and sends it to every watcher.
-    pub fn publish(&self, ev: StoredEvent) {
+    /// Records a committed change and sends it to every watcher. Idempotent: a change at or
+    /// below the last published audit id is dropped (with several replicas the same change can
+    /// arrive twice, from the local write path and from the store's feed), and returns false.
+    /// Callers publish in audit-id order, which is commit order.
+    pub fn publish(&self, ev: StoredEvent) -> bool {
         let frame = Arc::new(Frame::new(&ev));
-        {
-            let mut map = self.current.write().unwrap_or_else(|e| e.into_inner());
-            let value = match ev.event {
-                SwitchEvent::Changed(s) => Some(Arc::new(s)),
-                SwitchEvent::Deleted(_) => None,
-            };
-            match map.get(&*frame.switch) {
-                Some(slot) => {
-                    slot.send_replace(value);
-                }
-                None => {
-                    map.insert(frame.switch.to_string(), watch::channel(value).0);
-                }
-            }
+        // Everything under the map lock, so two publishers can neither both pass the check
+        // nor broadcast out of order.
+        let mut map = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if ev.audit_id <= self.last_audit_id.load(Ordering::SeqCst) {
+            return false;
         }
         self.last_audit_id.fetch_max(ev.audit_id, Ordering::SeqCst);
+        let value = match ev.event {
+            SwitchEvent::Changed(s) => Some(Arc::new(s)),
+            SwitchEvent::Deleted(_) => None,
+        };
+        match map.get(&*frame.switch) {
+            Some(slot) => {
+                slot.send_replace(value);
+            }
+            None => {
+                map.insert(frame.switch.to_string(), watch::channel(value).0);
+            }
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(frame);
+        true
     }
 
     /// Sends a non-change event (`workers`, `samples`) to `/events` watchers.
@@ -237,6 +245,12 @@ mod tests {
         w.changed().await.unwrap();
         assert_eq!(hub.get("workers").unwrap().state, SwitchState::Paused);
         assert_eq!(hub.last_audit_id(), 2);
+        // The same change again (from another path) is dropped.
+        assert!(!hub.publish(StoredEvent {
+            audit_id: 2,
+            event: SwitchEvent::Changed(sw("workers", 2, SwitchState::Paused)),
+        }));
+        assert!(a.try_recv().is_err());
     }
 
     #[test]

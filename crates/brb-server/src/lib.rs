@@ -6,6 +6,10 @@
 //! everything else (reads, event streams, long-polls) is served from the hub's in-memory image
 //! without touching the database.
 //!
+//! Several replicas may share one PostgreSQL store: then each replica's hub also receives the
+//! changes committed through the others (`propagate.rs`), always in the store's commit order,
+//! and serves them the same way.
+//!
 //! [`app`] builds the router from an [`AppState`] and is tested in process; [`Server`] binds a
 //! real listener and runs it (`brb server` is a thin wrapper over it).
 
@@ -19,7 +23,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use brb_api::{ErrorCode, Role, Source};
-use brb_store::{Actor, SetOutcome, SqliteStore, StateChange, Store, StoredEvent, SwitchEvent};
+use brb_store::{
+    Actor, DatabaseUrl, FeedEvent, SetOutcome, StateChange, Store, StoreError, StoredEvent,
+    SwitchEvent,
+};
 use tokio::sync::{Mutex, watch};
 
 pub mod auth;
@@ -30,6 +37,7 @@ pub mod metrics;
 mod notify;
 pub mod openapi;
 mod prom;
+mod propagate;
 mod routes;
 pub mod series;
 pub mod slack;
@@ -65,6 +73,15 @@ struct Inner {
     /// Serializes commit + publish so the hub broadcasts changes in version order.
     write_lock: Mutex<()>,
     shutdown: watch::Sender<bool>,
+    /// The store's change feed when several replicas share it (PostgreSQL); taken by the
+    /// propagation task. `None` for SQLite, where this process makes every change.
+    feed: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<FeedEvent>>>,
+    /// Whether other processes write to the store too.
+    shared: bool,
+    /// Asks the propagation task to catch up (a local publish could not read back).
+    resync: tokio::sync::Notify,
+    /// This process among the replicas (for the shared worker picture).
+    replica_id: String,
 }
 
 impl AppState {
@@ -90,13 +107,19 @@ impl AppState {
                 .await
                 .with_context(|| format!("creating switch {:?} from the config", s.name))?;
         }
+        // Subscribe before loading, and read the audit position before the switches: a change
+        // committed meanwhile by another replica is then both in the image and replayed by
+        // the first catch-up (the hub drops the duplicate), never in neither.
+        let feed = store.feed();
+        let shared = feed.is_some();
+        let last_audit_id = store
+            .last_audit_id()
+            .await
+            .context("reading the audit log")?;
         let hub = Hub::new();
         hub.load(
             store.list_switches().await.context("reading switches")?,
-            store
-                .last_audit_id()
-                .await
-                .context("reading the audit log")?,
+            last_audit_id,
         );
         let tokens = TokenBook::new(env_admin_token);
         tokens.load(&store.list_tokens().await.context("reading tokens")?);
@@ -115,6 +138,10 @@ impl AppState {
                 config,
                 write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
+                feed: std::sync::Mutex::new(feed),
+                shared,
+                resync: tokio::sync::Notify::new(),
+                replica_id: format!("{:016x}", rand::random::<u64>()),
             }),
         })
     }
@@ -149,6 +176,86 @@ impl AppState {
 
     pub fn notify_wakeup(&self) -> &tokio::sync::Notify {
         &self.inner.notify_wakeup
+    }
+
+    /// Whether other replicas share the store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
+    /// Publishes a change this process just committed; the caller holds the write lock.
+    ///
+    /// Alone on the store (SQLite), the change is the next one, published as is. With
+    /// replicas, other changes may have committed just before it that this replica has not
+    /// heard of yet, so it publishes everything after what the hub has, read back from the
+    /// store in audit-id (commit) order, which includes this change. If that read fails the
+    /// change is still committed and acknowledged; the propagation task catches up when the
+    /// store answers again.
+    pub(crate) async fn publish_committed(&self, ev: StoredEvent) {
+        if !self.inner.shared {
+            self.apply(ev);
+            return;
+        }
+        if let Err(e) = self.catch_up_locked().await {
+            tracing::warn!(error = %e, switch = %ev.event.name(), version = ev.event.version(),
+                "committed, but cannot read the change back yet; will catch up");
+            propagate::request_catch_up(self);
+        }
+    }
+
+    /// Publishes one committed change to the hub, with its side effects (acknowledgement
+    /// timing for state changes). Returns false if the hub already had it.
+    fn apply(&self, ev: StoredEvent) -> bool {
+        let prev = self.inner.hub.get(ev.event.name());
+        let changed = match &ev.event {
+            SwitchEvent::Changed(s) => Some(s.clone()),
+            SwitchEvent::Deleted(_) => None,
+        };
+        if !self.inner.hub.publish(ev) {
+            return false;
+        }
+        // A state change (or a ramp ended) of an existing switch starts acknowledgement
+        // timing, as `set_state` does locally; creations and description edits do not.
+        if let Some(s) = changed
+            && prev.is_some_and(|p| p.state != s.state || p.ramp != s.ramp)
+        {
+            self.inner.workers.on_change(&s);
+        }
+        true
+    }
+
+    /// Reads every change after what the hub has and publishes them in order. Takes the write
+    /// lock, so it interleaves correctly with local writes.
+    pub(crate) async fn catch_up(&self) -> Result<usize, StoreError> {
+        let _g = self.inner.write_lock.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<usize, StoreError> {
+        const BATCH: u32 = 1000;
+        let mut published = 0;
+        loop {
+            let events = self
+                .inner
+                .store
+                .events_after_id(self.inner.hub.last_audit_id(), BATCH)
+                .await?;
+            let n = events.len();
+            for ev in events {
+                let (name, version) = (ev.event.name().to_string(), ev.event.version());
+                if self.apply(ev) {
+                    published += 1;
+                    tracing::debug!(switch = %name, version, "published a committed change");
+                }
+            }
+            if n < BATCH as usize {
+                return Ok(published);
+            }
+        }
     }
 
     /// Starts the periodic work: worker-count events (at most ten a second per switch), the
@@ -282,12 +389,14 @@ impl AppState {
         let _g = self.inner.write_lock.lock().await;
         match self.inner.store.set_state(change).await {
             Ok(SetOutcome::Changed { switch: s, entry }) => {
-                self.inner.hub.publish(StoredEvent {
+                self.publish_committed(StoredEvent {
                     audit_id: entry.id,
                     event: SwitchEvent::Changed(s.clone()),
-                });
+                })
+                .await;
                 drop(_g);
                 self.inner.notify_wakeup.notify_one();
+                // Idempotent: publishing may have started the timing already.
                 self.inner.workers.on_change(&s);
                 self.inner.metrics.toggle(&s.name, to);
                 tracing::info!(
@@ -370,16 +479,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data dir and database, seeds the primary switch, makes sure an admin token
-    /// exists, and binds the listener (port 0 picks a free port).
+    /// Opens the data dir and the database (`config.database_url`: the embedded SQLite file
+    /// by default, or PostgreSQL shared with other replicas), seeds the primary switch, makes
+    /// sure an admin token exists, and binds the listener (port 0 picks a free port).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        let db = config.db_path();
-        let store = SqliteStore::open(&db)
-            .with_context(|| format!("opening the database {}", db.display()))?;
-        Self::start_with_store(Arc::new(store), config).await
+        let url = config.database();
+        let store = brb_store::open(&url).await.with_context(|| match &url {
+            DatabaseUrl::Sqlite(p) => format!("opening the database {}", p.display()),
+            DatabaseUrl::Postgres(_) => "connecting to PostgreSQL (BRB_DATABASE_URL)".to_string(),
+        })?;
+        Self::start_with_store(store, config).await
     }
 
     pub async fn start_with_store(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Server> {
@@ -390,6 +502,7 @@ impl Server {
             bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         state.spawn_background();
+        propagate::spawn(&state);
         tokio::spawn(notify::run(state.clone()));
         tokio::spawn(notify::reminders(state.clone()));
         if let Some(p) = config.prometheus.clone() {
@@ -470,11 +583,20 @@ async fn bootstrap_admin_token(state: &AppState) -> anyhow::Result<()> {
     let new = auth::mint("admin", Role::Admin);
     write_secret_file(&path, &new.secret)
         .with_context(|| format!("writing the admin token to {}", path.display()))?;
-    state
+    match state
         .store()
         .create_token(new.record.clone(), Actor::system())
         .await
-        .context("storing the admin token")?;
+    {
+        Ok(_) => {}
+        // Replicas starting together on an empty database: another one minted it first.
+        Err(StoreError::AlreadyExists(_)) => {
+            let _ = std::fs::remove_file(&path);
+            tracing::info!("another replica created the admin token; use its token file");
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("storing the admin token"),
+    }
     state.tokens().upsert(&new.record);
     tracing::info!(path = %path.display(), "created an admin token; it is in this file");
     Ok(())

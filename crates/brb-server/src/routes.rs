@@ -352,10 +352,12 @@ pub(crate) async fn create_switch(
         .store()
         .create_switch(&req.name, &req.description, actor(&caller, req.source))
         .await?;
-    state.hub().publish(StoredEvent {
-        audit_id: entry.id,
-        event: SwitchEvent::Changed(s.clone()),
-    });
+    state
+        .publish_committed(StoredEvent {
+            audit_id: entry.id,
+            event: SwitchEvent::Changed(s.clone()),
+        })
+        .await;
     tracing::info!(switch = %s.name, actor = %caller.name, "switch created");
     Ok((StatusCode::CREATED, Json(s)))
 }
@@ -383,10 +385,12 @@ pub(crate) async fn update_switch(
         .store()
         .update_description(&name, &req.description, actor(&caller, req.source))
         .await?;
-    state.hub().publish(StoredEvent {
-        audit_id: entry.id,
-        event: SwitchEvent::Changed(s.clone()),
-    });
+    state
+        .publish_committed(StoredEvent {
+            audit_id: entry.id,
+            event: SwitchEvent::Changed(s.clone()),
+        })
+        .await;
     tracing::info!(switch = %s.name, actor = %caller.name, "switch description updated");
     Ok(Json(s))
 }
@@ -410,13 +414,15 @@ pub(crate) async fn delete_switch(
         .store()
         .delete_switch(&name, actor(&caller, None))
         .await?;
-    state.hub().publish(StoredEvent {
-        audit_id: entry.id,
-        event: SwitchEvent::Deleted(brb_api::DeletedSwitch {
-            name: name.clone(),
-            version: entry.version.unwrap_or_default(),
-        }),
-    });
+    state
+        .publish_committed(StoredEvent {
+            audit_id: entry.id,
+            event: SwitchEvent::Deleted(brb_api::DeletedSwitch {
+                name: name.clone(),
+                version: entry.version.unwrap_or_default(),
+            }),
+        })
+        .await;
     tracing::info!(switch = %name, actor = %caller.name, "switch deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -76,6 +76,10 @@ pub async fn open(
                     events.last().map_or(v, |e| e.event.version())
                 }
                 Some(v) if v == current.version => v,
+                // Ahead of this replica's image: the watcher saw the change on another replica
+                // a moment before this one heard of it. If the store has that version, the hub
+                // will publish what follows; resending an older state would step it back.
+                Some(v) if ahead_is_real(&state, name, v).await => v,
                 _ => {
                     let (ev, json) = encode(&brb_store::SwitchEvent::Changed((*current).clone()));
                     pending.push_back(sse_frame(ev, current.version, &json));
@@ -92,6 +96,7 @@ pub async fn open(
                     events.last().map_or(id, |e| e.audit_id)
                 }
                 Some(id) if id == now => id,
+                Some(id) if state.is_shared() && state.store().last_audit_id().await? >= id => id,
                 _ => {
                     for s in state.hub().list() {
                         let (ev, json) = encode(&brb_store::SwitchEvent::Changed((*s).clone()));
@@ -129,6 +134,18 @@ pub async fn open(
     // Ask reverse proxies (nginx) not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
+}
+
+/// Whether a `Last-Event-ID` ahead of the hub names a version the store has (only possible
+/// with replicas; otherwise the id is bogus and the watcher gets the current state).
+async fn ahead_is_real(state: &AppState, name: &str, v: u64) -> bool {
+    if !state.is_shared() {
+        return false;
+    }
+    match state.store().get_switch(name).await {
+        Ok(Some(s)) => s.version >= v,
+        _ => false,
+    }
 }
 
 fn push_events(pending: &mut VecDeque<Bytes>, events: &[StoredEvent], scope: &Scope) {

@@ -7,6 +7,11 @@
 //!
 //! The registry is in memory: it is rebuilt within one report interval after a restart, and
 //! losing it loses no decision, only a few seconds of the picture.
+//!
+//! With several replicas, each keeps the workers that report to it and, about once a second,
+//! exchanges an [`export`](Workers::export) of them through the store (`propagate.rs`); the
+//! others' workers are held as a remote set and merged into [`counts`](Workers::counts), the
+//! fresher report winning when a worker moved between replicas.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,6 +21,7 @@ use brb_api::{
     ChangeAck, Switch, SwitchState, WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus,
 };
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 /// Changes remembered per switch for acknowledgement timing.
 const TRACKED_CHANGES: usize = 20;
@@ -45,8 +51,25 @@ struct PerSwitch {
     dirty: bool,
 }
 
+/// One worker as a replica shares it with the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedWorker {
+    pub switch: String,
+    pub worker_id: String,
+    pub status: WorkerStatus,
+    pub observed_version: u64,
+    pub in_flight: u32,
+    pub processed_total: u64,
+    pub last_seen: DateTime<Utc>,
+    pub remote_addr: Option<String>,
+    /// `(version, ms)`: how long after each tracked change this worker acknowledged it.
+    pub acks: Vec<(u64, u64)>,
+}
+
 pub struct Workers {
     inner: Mutex<HashMap<String, PerSwitch>>,
+    /// Workers reporting to other replicas, by switch then id.
+    remote: Mutex<HashMap<String, HashMap<String, SharedWorker>>>,
     stale_after: chrono::Duration,
     forget_after: chrono::Duration,
 }
@@ -55,6 +78,7 @@ impl Workers {
     pub fn new(stale_after: Duration, forget_after: Duration) -> Self {
         Workers {
             inner: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
             stale_after: chrono::Duration::from_std(stale_after)
                 .unwrap_or(chrono::Duration::seconds(15)),
             forget_after: chrono::Duration::from_std(forget_after)
@@ -66,6 +90,10 @@ impl Workers {
     pub fn on_change(&self, s: &Switch) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let per = map.entry(s.name.clone()).or_default();
+        // Idempotent: the local write path and the replica catch-up may both announce it.
+        if per.changes.front().is_some_and(|t| t.version >= s.version) {
+            return;
+        }
         let mut track = Track {
             version: s.version,
             state: s.state,
@@ -132,6 +160,70 @@ impl Workers {
         }
     }
 
+    /// This replica's own workers, for the others.
+    pub fn export(&self) -> Vec<SharedWorker> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (switch, per) in map.iter() {
+            for (id, w) in &per.workers {
+                out.push(SharedWorker {
+                    switch: switch.clone(),
+                    worker_id: id.clone(),
+                    status: w.status,
+                    observed_version: w.observed_version,
+                    in_flight: w.in_flight,
+                    processed_total: w.processed_total,
+                    last_seen: w.last_seen,
+                    remote_addr: w.remote_addr.clone(),
+                    acks: per
+                        .changes
+                        .iter()
+                        .filter_map(|t| t.acks.get(id).map(|ms| (t.version, *ms)))
+                        .collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Replaces the picture of the workers reporting to other replicas.
+    pub fn set_remote(&self, workers: Vec<SharedWorker>) {
+        let mut next: HashMap<String, HashMap<String, SharedWorker>> = HashMap::new();
+        for w in workers {
+            let slot = next.entry(w.switch.clone()).or_default();
+            match slot.get(&w.worker_id) {
+                Some(have) if have.last_seen >= w.last_seen => {}
+                _ => {
+                    slot.insert(w.worker_id.clone(), w);
+                }
+            }
+        }
+        let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed: Vec<String> = Vec::new();
+        for (switch, ws) in &next {
+            let differs = remote.get(switch).is_none_or(|old| {
+                old.len() != ws.len()
+                    || ws.iter().any(|(id, w)| {
+                        old.get(id).is_none_or(|o| {
+                            o.status != w.status || o.observed_version != w.observed_version
+                        })
+                    })
+            });
+            if differs {
+                changed.push(switch.clone());
+            }
+        }
+        changed.extend(remote.keys().filter(|k| !next.contains_key(*k)).cloned());
+        *remote = next;
+        drop(remote);
+        if !changed.is_empty() {
+            let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            for name in changed {
+                map.entry(name).or_default().dirty = true;
+            }
+        }
+    }
+
     /// Switches whose counts changed since the last call.
     pub fn take_dirty(&self) -> Vec<String> {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,6 +234,7 @@ impl Workers {
 
     pub fn counts(&self, switch: &Switch, with_workers: bool) -> WorkerCounts {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = WorkerCounts {
             switch: switch.name.clone(),
             version: switch.version,
@@ -154,10 +247,53 @@ impl Workers {
             changes: Vec::new(),
             workers: Vec::new(),
         };
-        let Some(per) = map.get(&switch.name) else {
+        let empty = PerSwitch::default();
+        let per = map.get(&switch.name).unwrap_or(&empty);
+        let now = Utc::now();
+        // Every worker once: this replica's, then the others' unless this one heard from the
+        // same worker more recently (it moved here).
+        let mut views: Vec<View<'_>> = per
+            .workers
+            .iter()
+            .map(|(id, w)| View {
+                id,
+                status: w.status,
+                observed_version: w.observed_version,
+                in_flight: w.in_flight,
+                processed_total: w.processed_total,
+                last_seen: w.last_seen,
+                remote_addr: w.remote_addr.as_deref(),
+                stale: w.stale,
+                remote_acks: None,
+            })
+            .collect();
+        if let Some(rs) = remote.get(&switch.name) {
+            for (id, w) in rs {
+                if per
+                    .workers
+                    .get(id)
+                    .is_some_and(|l| l.last_seen >= w.last_seen)
+                {
+                    continue;
+                }
+                views.retain(|v| v.id != id);
+                views.push(View {
+                    id,
+                    status: w.status,
+                    observed_version: w.observed_version,
+                    in_flight: w.in_flight,
+                    processed_total: w.processed_total,
+                    last_seen: w.last_seen,
+                    remote_addr: w.remote_addr.as_deref(),
+                    stale: now - w.last_seen > self.stale_after,
+                    remote_acks: Some(&w.acks),
+                });
+            }
+        }
+        if views.is_empty() && !map.contains_key(&switch.name) {
             return out;
-        };
-        for w in per.workers.values() {
+        }
+        for w in &views {
             out.total += 1;
             if w.stale {
                 out.stale += 1;
@@ -169,12 +305,18 @@ impl Workers {
                 WorkerStatus::Paused => out.paused += 1,
             }
         }
-        let live: Vec<(&String, &Worker)> = per.workers.iter().filter(|(_, w)| !w.stale).collect();
+        let live: Vec<&View<'_>> = views.iter().filter(|w| !w.stale).collect();
         let ack_of = |t: &Track| {
             let acked: Vec<u64> = live
                 .iter()
-                .filter(|(_, w)| w.observed_version >= t.version)
-                .map(|(id, _)| t.acks.get(*id).copied().unwrap_or(0))
+                .filter(|w| w.observed_version >= t.version)
+                .map(|w| match w.remote_acks {
+                    Some(acks) => acks
+                        .iter()
+                        .find(|(v, _)| *v == t.version)
+                        .map_or(0, |(_, ms)| *ms),
+                    None => t.acks.get(w.id).copied().unwrap_or(0),
+                })
                 .collect();
             let total = live.len() as u32;
             let acknowledged = acked.len() as u32;
@@ -196,7 +338,7 @@ impl Workers {
             None => {
                 let acknowledged = live
                     .iter()
-                    .filter(|(_, w)| w.observed_version >= switch.version)
+                    .filter(|w| w.observed_version >= switch.version)
                     .count() as u32;
                 Some(ChangeAck {
                     version: switch.version,
@@ -209,18 +351,17 @@ impl Workers {
             }
         };
         if with_workers {
-            let mut ws: Vec<WorkerInfo> = per
-                .workers
+            let mut ws: Vec<WorkerInfo> = views
                 .iter()
-                .map(|(id, w)| WorkerInfo {
-                    worker_id: id.clone(),
+                .map(|w| WorkerInfo {
+                    worker_id: w.id.clone(),
                     status: w.status,
                     observed_version: w.observed_version,
                     in_flight: w.in_flight,
                     processed_total: w.processed_total,
                     last_seen: w.last_seen,
                     stale: w.stale,
-                    remote_addr: w.remote_addr.clone(),
+                    remote_addr: w.remote_addr.map(str::to_string),
                 })
                 .collect();
             ws.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -228,6 +369,20 @@ impl Workers {
         }
         out
     }
+}
+
+/// One worker as counted, whichever replica it reports to.
+struct View<'a> {
+    id: &'a String,
+    status: WorkerStatus,
+    observed_version: u64,
+    in_flight: u32,
+    processed_total: u64,
+    last_seen: DateTime<Utc>,
+    remote_addr: Option<&'a str>,
+    stale: bool,
+    /// For a worker of another replica: its acknowledgement times.
+    remote_acks: Option<&'a Vec<(u64, u64)>>,
 }
 
 #[cfg(test)]
@@ -289,6 +444,39 @@ mod tests {
         assert_eq!(c.workers.len(), 2);
         assert!(reg.take_dirty().contains(&"workers".to_string()));
         assert!(reg.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn workers_of_other_replicas_are_counted_once() {
+        let here = Workers::new(Duration::from_secs(15), Duration::from_secs(300));
+        let there = Workers::new(Duration::from_secs(15), Duration::from_secs(300));
+        let t0 = Utc::now();
+        let s2 = sw(2, SwitchState::Paused, t0);
+        here.on_change(&s2);
+        there.on_change(&s2);
+        here.on_change(&s2); // announced twice: still one tracked change
+        here.report(rep("a", 2, WorkerStatus::Paused), None, t0);
+        there.report(
+            rep("b", 2, WorkerStatus::Paused),
+            None,
+            t0 + chrono::Duration::milliseconds(70),
+        );
+        // "a" moved: the older report on the other replica does not count twice.
+        there.report(
+            rep("a", 1, WorkerStatus::Running),
+            None,
+            t0 - chrono::Duration::seconds(1),
+        );
+        here.take_dirty();
+        here.set_remote(there.export());
+        assert_eq!(here.take_dirty(), vec!["workers".to_string()]);
+        let c = here.counts(&s2, true);
+        assert_eq!((c.total, c.paused, c.running), (2, 2, 0));
+        assert_eq!(c.changes.len(), 1);
+        let cur = c.current.unwrap();
+        assert_eq!((cur.acknowledged, cur.total), (2, 2));
+        assert_eq!(cur.last_ack_ms, Some(70));
+        assert_eq!(c.workers.len(), 2);
     }
 
     #[test]

@@ -684,7 +684,9 @@ async fn sse_watcher_sees_every_change_in_order_and_resumes_without_gaps() {
         let sw: brb_api::Switch = serde_json::from_str(&e.data).unwrap();
         assert_eq!(sw.version.to_string(), *e.id.as_ref().unwrap());
     }
-    let all_evs = read_events(all, N as usize + 1, Duration::from_secs(10)).await;
+    let all_evs =
+        common::read_events_named(all, Some("switch"), N as usize + 1, Duration::from_secs(10))
+            .await;
     assert_eq!(all_evs.len(), N as usize + 1);
     let ids: Vec<u64> = all_evs
         .iter()

@@ -6,9 +6,10 @@
 //! returns, and the HTTP layer acknowledges only after that.
 //!
 //! The trait is async and object-safe so the server can hold an `Arc<dyn Store>` and choose the
-//! backend at start: [`SqliteStore`] (embedded default, WAL with `synchronous=FULL`) now, a
-//! PostgreSQL store for several replicas later. Each backend guarantees the same invariants,
-//! checked by the shared suite in `tests/`:
+//! backend at start ([`open`] picks it from a URL): [`SqliteStore`] (embedded default, WAL with
+//! `synchronous=FULL`, one process) or [`PgStore`] (PostgreSQL, shared by several replicas,
+//! which hear of each other's commits through [`Store::feed`]). Each backend guarantees the
+//! same invariants, checked by the shared suite in `tests/`, run against both:
 //!
 //! - a switch's `version` increases by exactly one per change, and every version has exactly one
 //!   audit entry (no gaps, no duplicates), even across delete and re-create;
@@ -21,9 +22,55 @@ use brb_api::{AuditEntry, DeletedSwitch, Role, Source, Switch, SwitchState, Toke
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Where the data lives, parsed from `--database-url` / `BRB_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatabaseUrl {
+    /// The embedded file (a path, or `sqlite:PATH`).
+    Sqlite(std::path::PathBuf),
+    /// `postgres://…` or `postgresql://…`, shared by every replica.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(s: &str) -> DatabaseUrl {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return DatabaseUrl::Postgres(s.to_string());
+        }
+        let path = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+            .unwrap_or(s);
+        DatabaseUrl::Sqlite(path.into())
+    }
+}
+
+/// Opens the store a URL names: SQLite for a path, PostgreSQL for a `postgres://` URL.
+pub async fn open(url: &DatabaseUrl) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path)?),
+        DatabaseUrl::Postgres(url) => std::sync::Arc::new(PgStore::connect(url).await?),
+    })
+}
+
+/// What a shared store tells every process about commits (its own and other replicas').
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedEvent {
+    /// The change listener is (again) connected: anything before may have been missed, so
+    /// re-read everything.
+    Connected,
+    /// The change listener lost its database connection and is reconnecting.
+    Disconnected,
+    /// A switch changed. Only a hint: the receiver reads the committed rows.
+    Switch { name: String, version: u64 },
+    /// A token was created or revoked.
+    Tokens,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -285,4 +332,51 @@ pub trait Store: Send + Sync + 'static {
 
     /// The most recent notifications, newest first.
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>>;
+
+    /// Commits made by any process sharing this store, as they happen. `None` for a store only
+    /// one process uses (SQLite): that process already knows every change it made.
+    fn feed(&self) -> Option<tokio::sync::broadcast::Receiver<FeedEvent>> {
+        None
+    }
+
+    /// Publishes one replica's worker picture (an opaque JSON document) for the others. A
+    /// no-op where one process holds every worker.
+    async fn workers_share(&self, _replica: &str, _doc: String, _at: DateTime<Utc>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The worker pictures of every replica that shared one at or after `since`:
+    /// `(replica, doc)`.
+    async fn workers_shared(&self, _since: DateTime<Utc>) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:p@h:5432/brb"),
+            DatabaseUrl::Postgres("postgres://u:p@h:5432/brb".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://h/brb"),
+            DatabaseUrl::Postgres("postgresql://h/brb".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:/var/lib/brb/brb.db"),
+            DatabaseUrl::Sqlite("/var/lib/brb/brb.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/brb/brb.db"),
+            DatabaseUrl::Sqlite("/var/lib/brb/brb.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("data/brb.db"),
+            DatabaseUrl::Sqlite("data/brb.db".into())
+        );
+    }
 }

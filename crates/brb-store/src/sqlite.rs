@@ -245,7 +245,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
-fn encode_event(e: &SwitchEvent) -> Result<String> {
+pub(crate) fn encode_event(e: &SwitchEvent) -> Result<String> {
     serde_json::to_string(e).map_err(|e| StoreError::Internal(format!("encode snapshot: {e}")))
 }
 
@@ -272,40 +272,40 @@ fn collect_events(
     Ok(out)
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: i64) -> Result<DateTime<Utc>> {
+pub(crate) fn from_micros(v: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
 }
 
-fn corrupt(what: String) -> StoreError {
+pub(crate) fn corrupt(what: String) -> StoreError {
     StoreError::Internal(format!("unreadable value in the database: {what}"))
 }
 
-fn parse_state(s: &str) -> Result<SwitchState> {
+pub(crate) fn parse_state(s: &str) -> Result<SwitchState> {
     SwitchState::parse(s).ok_or_else(|| corrupt(format!("state {s:?}")))
 }
 
-fn parse_source(s: &str) -> Result<Source> {
+pub(crate) fn parse_source(s: &str) -> Result<Source> {
     Source::parse(s).ok_or_else(|| corrupt(format!("source {s:?}")))
 }
 
-const SWITCH_COLUMNS: &str =
+pub(crate) const SWITCH_COLUMNS: &str =
     "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp";
 
-struct RawSwitch {
-    name: String,
-    description: String,
-    primary: bool,
-    state: String,
-    version: i64,
-    changed_at: i64,
-    changed_by: String,
-    source: String,
-    reason: Option<String>,
-    ramp: Option<String>,
+pub(crate) struct RawSwitch {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) primary: bool,
+    pub(crate) state: String,
+    pub(crate) version: i64,
+    pub(crate) changed_at: i64,
+    pub(crate) changed_by: String,
+    pub(crate) source: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) ramp: Option<String>,
 }
 
 fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
@@ -324,7 +324,7 @@ fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
 }
 
 impl RawSwitch {
-    fn into_switch(self) -> Result<Switch> {
+    pub(crate) fn into_switch(self) -> Result<Switch> {
         Ok(Switch {
             state: parse_state(&self.state)?,
             version: u64::try_from(self.version).map_err(|_| corrupt("version".into()))?,
@@ -345,21 +345,21 @@ impl RawSwitch {
     }
 }
 
-const AUDIT_COLUMNS: &str =
+pub(crate) const AUDIT_COLUMNS: &str =
     "id, action, switch, from_state, to_state, version, actor, source, reason, remote_addr, at";
 
-struct RawAudit {
-    id: i64,
-    action: String,
-    switch: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    version: Option<i64>,
-    actor: String,
-    source: String,
-    reason: Option<String>,
-    remote_addr: Option<String>,
-    at: i64,
+pub(crate) struct RawAudit {
+    pub(crate) id: i64,
+    pub(crate) action: String,
+    pub(crate) switch: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) version: Option<i64>,
+    pub(crate) actor: String,
+    pub(crate) source: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) remote_addr: Option<String>,
+    pub(crate) at: i64,
 }
 
 fn raw_audit(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
@@ -379,7 +379,7 @@ fn raw_audit(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
 }
 
 impl RawAudit {
-    fn into_entry(self) -> Result<AuditEntry> {
+    pub(crate) fn into_entry(self) -> Result<AuditEntry> {
         Ok(AuditEntry {
             id: u64::try_from(self.id).map_err(|_| corrupt("audit id".into()))?,
             action: AuditAction::parse(&self.action)
@@ -1062,7 +1062,7 @@ impl Store for SqliteStore {
     }
 }
 
-const OUTBOX_COLUMNS: &str = "id, channel, kind, event, created_at, attempts, next_attempt_at, \
+pub(crate) const OUTBOX_COLUMNS: &str = "id, channel, kind, event, created_at, attempts, next_attempt_at, \
      last_attempt_at, delivered_at, failed, last_error";
 
 fn collect_outbox(
@@ -1121,13 +1121,13 @@ fn collect_outbox(
     Ok(out)
 }
 
-struct RawToken {
-    id: String,
-    name: String,
-    role: String,
-    secret_hash: Vec<u8>,
-    created_at: i64,
-    revoked_at: Option<i64>,
+pub(crate) struct RawToken {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) secret_hash: Vec<u8>,
+    pub(crate) created_at: i64,
+    pub(crate) revoked_at: Option<i64>,
 }
 
 fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
@@ -1142,7 +1142,7 @@ fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
 }
 
 impl RawToken {
-    fn into_record(self) -> Result<TokenRecord> {
+    pub(crate) fn into_record(self) -> Result<TokenRecord> {
         Ok(TokenRecord {
             role: Role::parse(&self.role)
                 .ok_or_else(|| corrupt(format!("role {:?}", self.role)))?,

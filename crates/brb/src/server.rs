@@ -15,6 +15,11 @@ pub struct ServerArgs {
     /// Data directory [default: the platform data dir, or BRB_DATA_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The store: a path or `sqlite:PATH` (embedded, one process), or
+    /// `postgres://user:password@host:port/db` to share PostgreSQL with other replicas
+    /// [default: brb.db in the data dir, or BRB_DATABASE_URL].
+    #[arg(long)]
+    database_url: Option<String>,
     /// TOML config file.
     #[arg(long, env = "BRB_CONFIG")]
     config: Option<PathBuf>,
@@ -34,6 +39,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let Some(u) = args.database_url {
+        config.database_url = Some(brb_server::config::Secret(u));
     }
     if let Some(f) = args.log_format {
         config.log_format = match f.as_str() {
@@ -56,6 +64,17 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     println!("Big Red Button control plane listening on http://{addr}");
     println!("  environment: {}", config.environment.name);
     println!("  data dir:    {}", config.data_dir.display());
+    match config.database() {
+        brb_server::config::DatabaseUrl::Sqlite(p) => {
+            println!("  database:    {} (SQLite)", p.display())
+        }
+        brb_server::config::DatabaseUrl::Postgres(_) => {
+            println!(
+                "  database:    PostgreSQL (shared; replica {})",
+                server.state().replica_id()
+            )
+        }
+    }
     if std::env::var_os("BRB_ADMIN_TOKEN").is_some() {
         println!("  admin token: from BRB_ADMIN_TOKEN");
     } else if config.admin_token_path().exists() {

@@ -135,6 +135,18 @@ pub async fn read_events(
     n: usize,
     timeout: Duration,
 ) -> Vec<brb_client::sse::Event> {
+    read_events_named(res, None, n, timeout).await
+}
+
+/// Like [`read_events`], keeping only events named `name` (when given): the all-switches
+/// stream also carries ephemeral `workers`/`samples` events whenever the background tick
+/// lands between changes, which depends on the machine's load.
+pub async fn read_events_named(
+    res: reqwest::Response,
+    name: Option<&str>,
+    n: usize,
+    timeout: Duration,
+) -> Vec<brb_client::sse::Event> {
     use futures_util::StreamExt;
     let mut parser = brb_client::sse::Parser::new();
     let mut out = Vec::new();
@@ -142,7 +154,13 @@ pub async fn read_events(
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(chunk))) => out.extend(parser.feed(&chunk).unwrap()),
+            Ok(Some(Ok(chunk))) => out.extend(
+                parser
+                    .feed(&chunk)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| name.is_none_or(|n| e.event == n)),
+            ),
             _ => break,
         }
     }
