@@ -174,7 +174,9 @@ impl Shared {
         let prev = self.known.swap(k, Ordering::AcqRel);
         self.contact();
         self.recompute();
-        if prev != k {
+        if prev == KNOWN_NONE {
+            tracing::debug!(switch = %s.name, state = %s.state, version = s.version, "gate learned the state");
+        } else if prev != k {
             tracing::info!(switch = %s.name, state = %s.state, version = s.version,
                 changed_by = %s.changed_by, source = %s.source, "gate observed a change");
         }
