@@ -352,6 +352,42 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// What a backend does with a state change, decided on the current row (read under the write
+/// lock): refuse it (stale `expected_version`), change nothing (the state it already has), or
+/// write it with this ramp. One function, so SQLite and PostgreSQL cannot disagree.
+pub(crate) enum Plan {
+    Unchanged,
+    /// The ramp to store (JSON), if the change is a resume that asked for one.
+    Write {
+        ramp_json: Option<String>,
+    },
+}
+
+pub(crate) fn plan(cur: &Switch, change: &StateChange, now: DateTime<Utc>) -> Result<Plan> {
+    if let Some(expected) = change.expected_version
+        && expected != cur.version
+    {
+        return Err(StoreError::Conflict {
+            current: Box::new(cur.clone()),
+        });
+    }
+    let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
+    let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
+    if cur.state == change.to && !ends_ramp {
+        return Ok(Plan::Unchanged);
+    }
+    let ramp = match change.to {
+        SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
+        SwitchState::Paused => None,
+    };
+    let ramp_json = ramp
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(format!("encode ramp: {e}")))?;
+    Ok(Plan::Write { ramp_json })
+}
+
 #[cfg(test)]
 mod tests {
     use super::DatabaseUrl;

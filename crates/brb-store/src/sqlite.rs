@@ -692,28 +692,11 @@ impl Store for SqliteStore {
     async fn set_state(&self, change: StateChange) -> Result<SetOutcome> {
         self.write(move |tx| {
             let cur = live(tx, &change.switch)?;
-            if let Some(expected) = change.expected_version
-                && expected != cur.version
-            {
-                return Err(StoreError::Conflict {
-                    current: Box::new(cur),
-                });
-            }
             let now = Utc::now();
-            let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
-            let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
-            if cur.state == change.to && !ends_ramp {
-                return Ok(SetOutcome::Unchanged(cur));
-            }
-            let ramp = match change.to {
-                SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
-                SwitchState::Paused => None,
+            let ramp_json = match crate::plan(&cur, &change, now)? {
+                crate::Plan::Unchanged => return Ok(SetOutcome::Unchanged(cur)),
+                crate::Plan::Write { ramp_json } => ramp_json,
             };
-            let ramp_json = ramp
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| StoreError::Internal(format!("encode ramp: {e}")))?;
             let version = cur.version + 1;
             tx.execute(
                 "UPDATE switches SET state = ?2, version = ?3, changed_at = ?4, changed_by = ?5,
