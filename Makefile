@@ -7,7 +7,7 @@ BRB_RUN_ARGS ?=
 # WebDriver bridge for the desktop app's end-to-end test (installed with cargo when missing).
 TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
@@ -43,6 +43,14 @@ test: test-deps
 firmware:
 	@scripts/ensure-packages.sh firmware
 	$(MAKE) -C firmware all test
+
+## A short run of every fuzz target (cargo fuzz on the nightly toolchain; FUZZ_SECS each).
+FUZZ_SECS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in button_decoder sse_parser config; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 check:
 	$(CARGO) check --workspace --all-targets

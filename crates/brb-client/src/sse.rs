@@ -173,4 +173,36 @@ mod tests {
         let big = vec![b'a'; MAX_LINE + 1];
         assert_eq!(p.feed(&big), Err(SseError::LineTooLong));
     }
+
+    proptest::proptest! {
+        // The same property as the `sse_parser` fuzz target (make fuzz), in make test.
+        #[test]
+        fn any_bytes_cut_anywhere_parse_the_same(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), cut in 0usize..400) {
+            let mut whole = Parser::new();
+            let a = whole.feed(&data);
+            let at = cut.min(data.len());
+            let mut split = Parser::new();
+            let b = split.feed(&data[..at]).and_then(|mut first| {
+                first.extend(split.feed(&data[at..])?);
+                Ok(first)
+            });
+            proptest::prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn well_formed_events_come_back(events in proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,40}", 0u64..1000), 0..10)) {
+            let mut text = String::new();
+            for (ev, data, id) in &events {
+                text.push_str(&format!("event: {ev}\nid: {id}\ndata: {data}\n\n"));
+            }
+            let mut p = Parser::new();
+            let got = p.feed(text.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(got.len(), events.len());
+            for (g, (ev, data, id)) in got.iter().zip(&events) {
+                proptest::prop_assert_eq!(&g.event, ev);
+                proptest::prop_assert_eq!(g.id.clone(), Some(id.to_string()));
+                proptest::prop_assert_eq!(&g.data, data);
+            }
+        }
+    }
 }

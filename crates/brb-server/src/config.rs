@@ -582,4 +582,26 @@ signing_secret = "s3cr3t"
         c.notify.remind_every = "soon".into();
         assert!(c.validate().is_err());
     }
+
+    proptest::proptest! {
+        // The `config` fuzz target's property (make fuzz), in make test: any text is a config
+        // or an error, never a panic.
+        #[test]
+        fn any_text_parses_or_errors(text in "\\PC{0,300}") {
+            if let Ok(c) = Config::from_toml(&text, Path::new("p.toml")) {
+                let _ = c.validate();
+            }
+        }
+
+        #[test]
+        fn toml_shaped_text_parses_or_errors(
+            key in "(listen|data_dir|log_format|public_url|limits\\.max_series|notify\\.remind_every)",
+            value in "(\"[ -~]{0,30}\"|[0-9]{1,6}|true|\\[\\])",
+        ) {
+            let text = format!("{key} = {value}\n");
+            if let Ok(c) = Config::from_toml(&text, Path::new("p.toml")) {
+                let _ = c.validate();
+            }
+        }
+    }
 }
