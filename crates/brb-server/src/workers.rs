@@ -252,19 +252,23 @@ impl Workers {
         let now = Utc::now();
         // Every worker once: this replica's, then the others' unless this one heard from the
         // same worker more recently (it moved here).
-        let mut views: Vec<View<'_>> = per
+        // Keyed by worker id, so merging the other replicas' reports stays linear in the fleet.
+        let mut by_id: HashMap<&String, View<'_>> = per
             .workers
             .iter()
-            .map(|(id, w)| View {
-                id,
-                status: w.status,
-                observed_version: w.observed_version,
-                in_flight: w.in_flight,
-                processed_total: w.processed_total,
-                last_seen: w.last_seen,
-                remote_addr: w.remote_addr.as_deref(),
-                stale: w.stale,
-                remote_acks: None,
+            .map(|(id, w)| {
+                let v = View {
+                    id,
+                    status: w.status,
+                    observed_version: w.observed_version,
+                    in_flight: w.in_flight,
+                    processed_total: w.processed_total,
+                    last_seen: w.last_seen,
+                    remote_addr: w.remote_addr.as_deref(),
+                    stale: w.stale,
+                    remote_acks: None,
+                };
+                (id, v)
             })
             .collect();
         if let Some(rs) = remote.get(&switch.name) {
@@ -276,20 +280,23 @@ impl Workers {
                 {
                     continue;
                 }
-                views.retain(|v| v.id != id);
-                views.push(View {
+                by_id.insert(
                     id,
-                    status: w.status,
-                    observed_version: w.observed_version,
-                    in_flight: w.in_flight,
-                    processed_total: w.processed_total,
-                    last_seen: w.last_seen,
-                    remote_addr: w.remote_addr.as_deref(),
-                    stale: now - w.last_seen > self.stale_after,
-                    remote_acks: Some(&w.acks),
-                });
+                    View {
+                        id,
+                        status: w.status,
+                        observed_version: w.observed_version,
+                        in_flight: w.in_flight,
+                        processed_total: w.processed_total,
+                        last_seen: w.last_seen,
+                        remote_addr: w.remote_addr.as_deref(),
+                        stale: now - w.last_seen > self.stale_after,
+                        remote_acks: Some(&w.acks),
+                    },
+                );
             }
         }
+        let views: Vec<View<'_>> = by_id.into_values().collect();
         if views.is_empty() && !map.contains_key(&switch.name) {
             return out;
         }

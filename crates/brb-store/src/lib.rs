@@ -388,6 +388,20 @@ pub(crate) fn plan(cur: &Switch, change: &StateChange, now: DateTime<Utc>) -> Re
     Ok(Plan::Write { ramp_json })
 }
 
+/// An audit entry about to be appended, as both backends write it.
+pub(crate) struct NewAudit<'a> {
+    pub action: brb_api::AuditAction,
+    pub switch: Option<&'a str>,
+    pub from: Option<SwitchState>,
+    pub to: Option<SwitchState>,
+    pub version: Option<u64>,
+    pub actor: &'a Actor,
+    pub reason: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    /// The switch right after the change (token entries have none).
+    pub snapshot: Option<&'a SwitchEvent>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::DatabaseUrl;

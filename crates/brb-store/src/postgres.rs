@@ -39,8 +39,8 @@ use crate::sqlite::{
     encode_event, from_micros, micros,
 };
 use crate::{
-    Actor, AuditQuery, FeedEvent, NewNotification, OutboxItem, Result, SetOutcome, StateChange,
-    Store, StoreError, StoredEvent, SwitchEvent, TokenRecord,
+    Actor, AuditQuery, FeedEvent, NewAudit, NewNotification, OutboxItem, Result, SetOutcome,
+    StateChange, Store, StoreError, StoredEvent, SwitchEvent, TokenRecord,
 };
 
 /// Advisory lock key held by every write transaction: serializes writers across replicas so
@@ -542,18 +542,6 @@ async fn live<C: GenericClient>(c: &C, name: &str, lock: bool) -> Result<Switch>
         Some((s, false)) => Ok(s),
         _ => Err(StoreError::SwitchNotFound(name.to_string())),
     }
-}
-
-struct NewAudit<'a> {
-    action: AuditAction,
-    switch: Option<&'a str>,
-    from: Option<SwitchState>,
-    to: Option<SwitchState>,
-    version: Option<u64>,
-    actor: &'a Actor,
-    reason: Option<&'a str>,
-    at: DateTime<Utc>,
-    snapshot: Option<&'a SwitchEvent>,
 }
 
 async fn append_audit<C: GenericClient>(c: &C, a: NewAudit<'_>) -> Result<AuditEntry> {

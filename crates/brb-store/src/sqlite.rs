@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::{
-    Actor, AuditQuery, NewNotification, OutboxItem, Result, SetOutcome, StateChange, Store,
-    StoreError, StoredEvent, SwitchEvent, TokenRecord,
+    Actor, AuditQuery, NewAudit, NewNotification, OutboxItem, Result, SetOutcome, StateChange,
+    Store, StoreError, StoredEvent, SwitchEvent, TokenRecord,
 };
 
 /// Schema migrations, applied in order, each in its own transaction. Append only: a released
@@ -430,18 +430,6 @@ fn live(tx: &Connection, name: &str) -> Result<Switch> {
         Some((s, false)) => Ok(s),
         _ => Err(StoreError::SwitchNotFound(name.to_string())),
     }
-}
-
-struct NewAudit<'a> {
-    action: AuditAction,
-    switch: Option<&'a str>,
-    from: Option<SwitchState>,
-    to: Option<SwitchState>,
-    version: Option<u64>,
-    actor: &'a Actor,
-    reason: Option<&'a str>,
-    at: DateTime<Utc>,
-    snapshot: Option<&'a SwitchEvent>,
 }
 
 fn append_audit(tx: &Connection, a: NewAudit<'_>) -> Result<AuditEntry> {
