@@ -6,8 +6,12 @@ CARGO ?= cargo
 BRB_RUN_ARGS ?=
 # WebDriver bridge for the desktop app's end-to-end test (installed with cargo when missing).
 TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
+# cargo deny for the supply-chain checks (installed with cargo when missing; pinned so the
+# check's behaviour only changes when we change it).
+CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
+CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
@@ -31,6 +35,7 @@ run: build
 test: test-deps
 	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
 	$(CARGO) fmt --all -- --check
+	$(MAKE) supply-chain
 	$(MAKE) -C firmware all test sim
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
@@ -51,6 +56,16 @@ fuzz:
 	cd fuzz && for t in button_decoder sse_parser config; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
 	done
+
+## Licenses, advisories (vendored RustSec database), duplicates, bans, sources; npm lockfile
+## policy. No network needed (see SECURITY.md).
+supply-chain:
+	test -x "$(CARGO_DENY)" || $(CARGO) install cargo-deny --version '=$(CARGO_DENY_VERSION)' --locked
+	CARGO_DENY="$(CARGO_DENY)" scripts/supply-chain.sh
+
+## Where the package registry's audit endpoint is reachable: npm's own advisory lookup.
+audit-online:
+	cd ui && npm audit --omit=dev && npm audit
 
 check:
 	$(CARGO) check --workspace --all-targets

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 declare -A PKG_GROUPS=(
-  [base]="build-essential pkg-config curl ca-certificates libudev-dev"
+  [base]="build-essential pkg-config curl ca-certificates git libudev-dev"
   # The office button: AVR toolchain and Arduino core (firmware/), simavr for the end-to-end
   # test of the real firmware. (libudev-dev, for hidapi and serialport, is in base.)
   [firmware]="gcc-avr avr-libc binutils-avr arduino-core-avr simavr libsimavr-dev libelf-dev"
