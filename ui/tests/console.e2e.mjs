@@ -83,6 +83,29 @@ test("the console is served with strict browser-safety headers", async () => {
   assert.doesNotMatch(html, /<script>(?!<\/script>)/, "no inline script");
 });
 
+test("no other origin may use the API or frame the console", async () => {
+  // A cross-origin preflight and a cross-origin request get no CORS grant, and no cookie is ever set.
+  const pre = await fetch(`${url}/api/v1/switches/workers/state`, {
+    method: "OPTIONS",
+    headers: { origin: "https://evil.example", "access-control-request-method": "POST", "access-control-request-headers": "authorization" },
+  });
+  assert.equal(pre.headers.get("access-control-allow-origin"), null);
+  assert.equal(pre.headers.get("access-control-allow-headers"), null);
+  const res = await fetch(`${url}/api/v1/switches`, { headers: { authorization: `Bearer ${token}`, origin: "https://evil.example" } });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("access-control-allow-origin"), null);
+  assert.equal(res.headers.get("set-cookie"), null);
+  // A page on another origin that frames the console gets an empty, blocked frame in a real
+  // browser: the giant button cannot be click-jacked.
+  const attacker = await browser.newPage();
+  await attacker.setContent(`<iframe id="f" src="${url}/" width="800" height="600"></iframe>`);
+  await attacker.waitForTimeout(1500);
+  const frame = attacker.frames().find((f) => f !== attacker.mainFrame());
+  const toggles = frame ? await frame.locator("[data-testid=toggle]").count().catch(() => 0) : 0;
+  assert.equal(toggles, 0, "the console rendered inside a foreign frame");
+  await attacker.close();
+});
+
 test("the token arrives in the fragment, is kept, and leaves the address bar", async () => {
   await page.goto(`${url}/#token=${token}`);
   await page.getByTestId("toggle").getByText("WORKERS RUNNING").waitFor({ timeout: 15000 });
