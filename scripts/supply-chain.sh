@@ -35,5 +35,7 @@ if [ ! -f "$DB/.vendored" ] || [ "$(cat "$DB/.vendored")" != "$stamp" ]; then
 fi
 
 echo "cargo deny (advisory database: RustSec $upstream_commit of $upstream_date)"
+# cargo deny reads the metadata of every target platform in deny.toml: fetch those crates too.
+cargo fetch --locked --quiet
 "$CARGO_DENY" --frozen --workspace check advisories bans licenses sources
 node scripts/npm-supply-chain.mjs

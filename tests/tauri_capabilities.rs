@@ -12,7 +12,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn read(rel: &str) -> String {
@@ -21,7 +24,9 @@ fn read(rel: &str) -> String {
 
 /// Identifiers shaped like the app's commands (`brb_…`) between `start` and the next `end`.
 fn commands_between(text: &str, start: &str, end: &str) -> BTreeSet<String> {
-    let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not found"));
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not found"));
     let rest = &text[from + start.len()..];
     let body = &rest[..rest.find(end).unwrap()];
     body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -36,7 +41,9 @@ fn ui_commands() -> BTreeSet<String> {
     ts.split('"')
         .skip(1)
         .step_by(2)
-        .filter(|s| s.starts_with("brb_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|s| {
+            s.starts_with("brb_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
         .map(str::to_string)
         .collect()
 }
@@ -72,7 +79,10 @@ fn registered_declared_and_granted_commands_agree() {
         .collect();
     assert!(!registered.is_empty());
     assert_eq!(registered, declared, "main.rs handler vs build.rs COMMANDS");
-    assert_eq!(declared, granted, "build.rs COMMANDS vs capability allow-… permissions");
+    assert_eq!(
+        declared, granted,
+        "build.rs COMMANDS vs capability allow-… permissions"
+    );
 }
 
 #[test]
@@ -86,7 +96,10 @@ fn every_granted_command_is_used_by_the_ui() {
         if cmd == "brb_tray_toggle" {
             continue;
         }
-        assert!(used.contains(&cmd), "{cmd} is granted but the UI never calls it");
+        assert!(
+            used.contains(&cmd),
+            "{cmd} is granted but the UI never calls it"
+        );
     }
 }
 
@@ -103,20 +116,27 @@ fn no_plugin_or_core_permission_beyond_event_listening() {
             "unexpected permission {p}: plugins are driven from Rust, not the webview"
         );
     }
-    assert!(ui.contains("listen<"), "event permissions granted but the UI never listens");
+    assert!(
+        ui.contains("listen<"),
+        "event permissions granted but the UI never listens"
+    );
     for cap in caps {
         assert_eq!(cap["windows"], serde_json::json!(["main"]));
-        assert!(cap.get("remote").is_none(), "no remote origin may reach the IPC");
+        assert!(
+            cap.get("remote").is_none(),
+            "no remote origin may reach the IPC"
+        );
         assert!(cap.get("webviews").is_none());
     }
 }
 
 #[test]
 fn desktop_csp_is_strict() {
-    let conf: serde_json::Value =
-        serde_json::from_str(&read("src-tauri/tauri.conf.json")).unwrap();
+    let conf: serde_json::Value = serde_json::from_str(&read("src-tauri/tauri.conf.json")).unwrap();
     let security = &conf["app"]["security"];
-    let csp = security["csp"].as_str().expect("tauri.conf.json sets a CSP");
+    let csp = security["csp"]
+        .as_str()
+        .expect("tauri.conf.json sets a CSP");
     for directive in [
         "default-src 'self'",
         "script-src 'self'",
@@ -125,7 +145,18 @@ fn desktop_csp_is_strict() {
     ] {
         assert!(csp.contains(directive), "CSP lacks {directive}: {csp}");
     }
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
-    assert!(security.get("dangerousDisableAssetCspModification").is_none());
-    assert!(conf["app"].get("withGlobalTauri").is_none_or(|v| v == false));
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(
+        security
+            .get("dangerousDisableAssetCspModification")
+            .is_none()
+    );
+    assert!(
+        conf["app"]
+            .get("withGlobalTauri")
+            .is_none_or(|v| v == false)
+    );
 }

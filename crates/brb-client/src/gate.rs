@@ -73,6 +73,8 @@ pub struct GateConfig {
     pub idle_timeout: Duration,
     /// Send `jobs_processed` samples (a fleet-wide jobs-per-second series) once a second.
     pub send_samples: bool,
+    /// CA bundle, client certificate, plain-HTTP policy.
+    pub tls: crate::TlsOptions,
 }
 
 impl GateConfig {
@@ -91,6 +93,7 @@ impl GateConfig {
             backoff_cap: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(45),
             send_samples: true,
+            tls: crate::TlsOptions::default(),
         }
     }
 }
@@ -317,7 +320,7 @@ impl Gate {
                 "max_concurrency must be at least 1".into(),
             ));
         }
-        let client = Client::new(&cfg.urls, cfg.token.clone())?;
+        let client = Client::with_tls(&cfg.urls, cfg.token.clone(), &cfg.tls)?;
         let client = client.rotated(rand::random::<u32>() as usize);
         let now = Instant::now();
         let shared = Arc::new(Shared {

@@ -91,9 +91,115 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How the client does TLS. Certificates are always verified, against the operating system's
+/// store plus `ca_file`; there is no switch to skip verification, and no fallback from
+/// `https://` to `http://` (redirects are not followed either).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// A PEM bundle of extra CA certificates to trust (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS, with `client_key`.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<std::path::PathBuf>,
+    /// Allow `http://` URLs to hosts other than loopback. Only for a control plane behind a
+    /// TLS-terminating proxy on a trusted hop (the server's `--insecure-http`).
+    pub allow_insecure_http: bool,
+}
+
+impl TlsOptions {
+    fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
+        b = b
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| ClientError::Config(format!("CA file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientError::Config(format!("CA file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(ClientError::Config(format!(
+                    "CA file {}: no PEM certificate in it",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = std::fs::read(cert).map_err(|e| {
+                    ClientError::Config(format!("client certificate {}: {e}", cert.display()))
+                })?;
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| {
+                    ClientError::Config(format!("client key {}: {e}", key.display()))
+                })?);
+                let id = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| ClientError::Config(format!("client certificate/key: {e}")))?;
+                b = b.identity(id);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Config(
+                    "a client certificate needs both the certificate and the key".into(),
+                ));
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Plain HTTP is for loopback (or explicitly allowed): anything else would send the token in
+/// clear text.
+fn check_scheme(base: &str, tls: &TlsOptions) -> Result<()> {
+    if base.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Err(ClientError::Config(format!(
+            "{base:?} is not an http:// or https:// URL"
+        )));
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => h,
+        None => authority,
+    };
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or(v6)
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || tls.allow_insecure_http {
+        Ok(())
+    } else {
+        Err(ClientError::Config(format!(
+            "{base:?}: refusing plain HTTP to a host that is not loopback (the token would \
+             cross the network in clear text); use https://, or allow it explicitly \
+             (--insecure-http / allow_insecure_http) when a TLS proxy on a trusted hop is in \
+             front"
+        )))
+    }
+}
+
 impl Client {
-    /// `urls`: one or more control-plane base URLs, e.g. `http://127.0.0.1:7070`.
+    /// `urls`: one or more control-plane base URLs, e.g. `http://127.0.0.1:7070`, with
+    /// default TLS options (system CAs; plain HTTP only to loopback).
     pub fn new<S: AsRef<str>>(urls: &[S], token: Option<String>) -> Result<Self> {
+        Self::with_tls(urls, token, &TlsOptions::default())
+    }
+
+    pub fn with_tls<S: AsRef<str>>(
+        urls: &[S],
+        token: Option<String>,
+        tls: &TlsOptions,
+    ) -> Result<Self> {
         let bases: Vec<String> = urls
             .iter()
             .map(|u| u.as_ref().trim().trim_end_matches('/').to_string())
@@ -103,19 +209,17 @@ impl Client {
             return Err(ClientError::Config("no control-plane URL given".into()));
         }
         for b in &bases {
-            if !(b.starts_with("http://") || b.starts_with("https://")) {
-                return Err(ClientError::Config(format!(
-                    "{b:?} is not an http:// or https:// URL"
-                )));
-            }
+            check_scheme(b, tls)?;
         }
-        let http = reqwest::Client::builder()
+        let http = tls
+            .apply(reqwest::Client::builder())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
             .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        let stream_http = reqwest::Client::builder()
+        let stream_http = tls
+            .apply(reqwest::Client::builder())?
             .connect_timeout(Duration::from_secs(3))
             .tcp_keepalive(Duration::from_secs(15))
             .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
@@ -408,6 +512,17 @@ fn describe(e: &reqwest::Error) -> String {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
+    if s.contains("UnknownIssuer") || s.contains("certificate") && s.contains("invalid peer") {
+        s.push_str(
+            " (the server's TLS certificate is not trusted: give the CA that signed it with \
+             --ca-file / BRB_CA_FILE, or TlsOptions::ca_file in the SDK)",
+        );
+    } else if s.contains("CertificateRequired") || s.contains("certificate required") {
+        s.push_str(
+            " (the server requires a client certificate: --client-cert/--client-key, or \
+             TlsOptions::client_cert/client_key in the SDK)",
+        );
+    }
     s
 }
 
@@ -441,6 +556,51 @@ async fn decode<T: DeserializeOwned>(base: &str, res: Response) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let d = TlsOptions::default();
+        for ok in [
+            "http://127.0.0.1:7070",
+            "http://localhost:7070/x",
+            "http://[::1]:7070",
+            "https://brb.example.com",
+            "https://10.0.0.5:7070",
+        ] {
+            assert!(check_scheme(ok, &d).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:7070",
+            "http://brb.example.com",
+            "http://127.0.0.1.evil.example",
+            "http://user@10.0.0.5",
+        ] {
+            let e = check_scheme(bad, &d).unwrap_err();
+            assert!(e.to_string().contains("refusing plain HTTP"), "{bad}: {e}");
+        }
+        let allow = TlsOptions {
+            allow_insecure_http: true,
+            ..TlsOptions::default()
+        };
+        assert!(check_scheme("http://10.0.0.5:7070", &allow).is_ok());
+        assert!(Client::new(&["http://10.0.0.5:7070"], None).is_err());
+    }
+
+    #[test]
+    fn a_missing_ca_file_or_half_an_identity_is_a_config_error() {
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        let e = Client::with_tls(&["https://127.0.0.1:1"], None, &missing).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        let half = TlsOptions {
+            client_cert: Some("/tmp/x.pem".into()),
+            ..TlsOptions::default()
+        };
+        let e = Client::with_tls(&["https://127.0.0.1:1"], None, &half).unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -31,6 +31,28 @@ pub struct Profile {
     pub urls: Vec<String>,
     /// Kept here, never sent to the webview.
     pub token: Option<String>,
+    /// A PEM bundle of extra CAs to trust (a private CA for the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) when the control plane asks for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<std::path::PathBuf>,
+    /// Allow http:// to a host other than loopback (a TLS proxy on a trusted hop in front).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+}
+
+impl Profile {
+    pub fn tls(&self) -> brb_client::TlsOptions {
+        brb_client::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            allow_insecure_http: self.insecure_http,
+        }
+    }
 }
 
 impl std::fmt::Debug for Profile {
@@ -39,6 +61,7 @@ impl std::fmt::Debug for Profile {
             .field("name", &self.name)
             .field("urls", &self.urls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -163,6 +186,11 @@ impl Settings {
             name: "default".into(),
             urls: url.split(',').map(|u| u.trim().to_string()).collect(),
             token,
+            ca_file: get("BRB_CA_FILE").map(Into::into),
+            client_cert: get("BRB_CLIENT_CERT").map(Into::into),
+            client_key: get("BRB_CLIENT_KEY").map(Into::into),
+            insecure_http: get("BRB_INSECURE_HTTP")
+                .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes")),
         });
         self.active = 0;
         self
@@ -173,7 +201,7 @@ impl Settings {
             .profiles
             .get(self.active)
             .ok_or(DesktopError::NoProfile)?;
-        Ok(Client::new(&p.urls, p.token.clone())?)
+        Ok(Client::with_tls(&p.urls, p.token.clone(), &p.tls())?)
     }
 }
 
@@ -325,6 +353,10 @@ mod tests {
             name: "prod".into(),
             urls: vec!["http://127.0.0.1:7070".into()],
             token: Some("brb_x_secret".into()),
+            ca_file: Some("/etc/brb/ca.pem".into()),
+            client_cert: None,
+            client_key: None,
+            insecure_http: false,
         });
         s.save(&path).unwrap();
         #[cfg(unix)]

@@ -31,9 +31,21 @@ pub struct Caller {
     /// The record id, or `None` for the `BRB_ADMIN_TOKEN` environment token.
     pub token_id: Option<String>,
     pub remote_addr: Option<SocketAddr>,
+    /// Fingerprint of the verified TLS client certificate (mutual TLS), if one was presented.
+    pub client_cert: Option<String>,
 }
 
 impl Caller {
+    /// Where the call came from, for the audit: the address, and the client certificate when
+    /// mutual TLS identified the machine too.
+    pub fn origin(&self) -> Option<String> {
+        let ip = self.remote_addr.map(|a| a.ip().to_string());
+        match (ip, &self.client_cert) {
+            (Some(ip), Some(c)) => Some(format!("{ip} cert:{c}")),
+            (None, Some(c)) => Some(format!("cert:{c}")),
+            (ip, None) => ip,
+        }
+    }
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {
             Ok(())
@@ -196,6 +208,10 @@ impl FromRequestParts<AppState> for Caller {
                 role,
                 token_id,
                 remote_addr,
+                client_cert: parts
+                    .extensions
+                    .get::<crate::tls::ClientCert>()
+                    .map(|c| c.0.clone()),
             }),
             Err(e) => {
                 state.metrics().auth_failure();

@@ -36,6 +36,74 @@ pub struct Config {
     pub prometheus: Option<PrometheusConfig>,
     /// Slack, webhooks, reminders.
     pub notify: NotifyConfig,
+    /// HTTPS (and optionally client certificates). Required to listen beyond loopback.
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on a non-loopback address anyway (`--insecure-http`,
+    /// `BRB_INSECURE_HTTP=1`): only behind a TLS-terminating proxy on a trusted hop.
+    pub insecure_http: bool,
+    /// Rate limits and caps against abuse.
+    pub abuse: AbuseConfig,
+}
+
+/// `[tls]`: PEM files, re-read on SIGHUP and whenever they change on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (`BRB_TLS_CERT`, `--tls-cert`).
+    pub cert: PathBuf,
+    /// Private key: PKCS#8, PKCS#1 or SEC1 (`BRB_TLS_KEY`, `--tls-key`).
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to (`BRB_TLS_CLIENT_CA`,
+    /// `--tls-client-ca`). Enables mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `required` (default; a handshake without a valid client certificate
+    /// fails) or `optional` (verified when presented). Tokens are checked either way.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+/// `[abuse]`: limits that keep one misbehaving client (or attacker) from hurting the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseConfig {
+    /// State changes per second allowed per token, sustained.
+    pub changes_per_sec: f64,
+    /// Burst of state changes allowed per token (and per address) above the sustained rate.
+    pub changes_burst: f64,
+    /// Failed authentications allowed per address before further requests from it get 429.
+    pub auth_failures_burst: f64,
+    /// Sustained failed authentications per address per second (the refill rate).
+    pub auth_failures_per_sec: f64,
+    /// Open event streams (SSE and long-polls) allowed per token.
+    pub max_streams_per_token: usize,
+    /// Seconds a client may take to send a request's headers (slowloris guard; streams that
+    /// are already answering are not affected).
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        AbuseConfig {
+            changes_per_sec: 5.0,
+            changes_burst: 30.0,
+            auth_failures_burst: 20.0,
+            auth_failures_per_sec: 0.5,
+            // A fleet often shares one worker token: the cap is about runaway clients.
+            max_streams_per_token: 50_000,
+            header_read_timeout_secs: 10,
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// A secret setting: never printed by `Debug`.
@@ -194,6 +262,9 @@ impl Default for Config {
             limits: Limits::default(),
             prometheus: None,
             notify: NotifyConfig::default(),
+            tls: None,
+            insecure_http: false,
+            abuse: AbuseConfig::default(),
         }
     }
 }
@@ -320,6 +391,39 @@ impl Config {
         if let Some(v) = get("BRB_REMIND_EVERY") {
             self.notify.remind_every = v;
         }
+        match (get("BRB_TLS_CERT"), get("BRB_TLS_KEY")) {
+            (Some(cert), Some(key)) => {
+                let prev = self.tls.take();
+                self.tls = Some(TlsConfig {
+                    cert: cert.into(),
+                    key: key.into(),
+                    client_ca: prev.as_ref().and_then(|t| t.client_ca.clone()),
+                    client_auth: prev.map(|t| t.client_auth).unwrap_or_default(),
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Env {
+                    var: "BRB_TLS_CERT",
+                    message: "BRB_TLS_CERT and BRB_TLS_KEY go together".into(),
+                });
+            }
+        }
+        if let Some(v) = get("BRB_TLS_CLIENT_CA") {
+            match self.tls.as_mut() {
+                Some(t) => t.client_ca = Some(v.into()),
+                None => {
+                    return Err(ConfigError::Env {
+                        var: "BRB_TLS_CLIENT_CA",
+                        message: "client certificates need TLS: set BRB_TLS_CERT and BRB_TLS_KEY"
+                            .into(),
+                    });
+                }
+            }
+        }
+        if let Some(v) = get("BRB_INSECURE_HTTP") {
+            self.insecure_http = matches!(v.as_str(), "1" | "true" | "yes");
+        }
         if let Some(v) = get("BRB_LOG_FORMAT") {
             self.log_format = match v.as_str() {
                 "human" => LogFormat::Human,
@@ -412,6 +516,40 @@ impl Config {
                 "limits.max_body_bytes must be at least 1024".into(),
             ));
         }
+        let a = &self.abuse;
+        let sane = a.changes_per_sec > 0.0
+            && a.changes_burst >= 1.0
+            && a.auth_failures_per_sec > 0.0
+            && a.auth_failures_burst >= 1.0;
+        if !sane {
+            return Err(ConfigError::Invalid(
+                "abuse: rates must be > 0 and bursts at least 1".into(),
+            ));
+        }
+        if a.max_streams_per_token == 0 || a.header_read_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "abuse.max_streams_per_token and abuse.header_read_timeout_secs must be > 0".into(),
+            ));
+        }
+        if a.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(
+                "abuse.max_header_bytes must be at least 8192".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Plain HTTP beyond loopback would hand every token and every press to anyone on the
+    /// network path: refused unless TLS is configured or `insecure_http` says a proxy does it.
+    pub fn check_listen(&self) -> Result<(), ConfigError> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without TLS: tokens and presses would cross the \
+                 network in clear text. Set [tls] cert and key (--tls-cert/--tls-key), or pass \
+                 --insecure-http if a TLS-terminating proxy on a trusted hop sits in front",
+                self.listen
+            )));
+        }
         Ok(())
     }
 
@@ -472,6 +610,48 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tls_from_environment_and_the_listen_rule() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "BRB_TLS_CERT" => Some("/etc/brb/cert.pem".into()),
+            "BRB_TLS_KEY" => Some("/etc/brb/key.pem".into()),
+            "BRB_TLS_CLIENT_CA" => Some("/etc/brb/clients.pem".into()),
+            _ => None,
+        })
+        .unwrap();
+        let t = c.tls.clone().unwrap();
+        assert_eq!(t.client_ca, Some(PathBuf::from("/etc/brb/clients.pem")));
+        assert_eq!(t.client_auth, ClientAuth::Required);
+        let mut half = Config::default();
+        let e = half
+            .apply_env(|k| (k == "BRB_TLS_CERT").then(|| "/x.pem".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("BRB_TLS_KEY"), "{e}");
+
+        let mut open = Config {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = open.check_listen().unwrap_err();
+        assert!(e.to_string().contains("without TLS"), "{e}");
+        open.insecure_http = true;
+        assert!(open.check_listen().is_ok());
+        open.insecure_http = false;
+        open.tls = Some(t);
+        assert!(open.check_listen().is_ok());
+        assert!(
+            Config::default().check_listen().is_ok(),
+            "loopback needs no TLS"
+        );
+        let parsed = Config::from_toml(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(parsed.tls.unwrap().client_auth, ClientAuth::Optional);
+    }
+
     use super::*;
 
     #[test]

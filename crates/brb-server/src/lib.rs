@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::{MatchedPath, Request, State};
@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+mod net;
 mod notify;
 pub mod openapi;
 mod prom;
@@ -43,6 +44,7 @@ pub mod series;
 pub mod slack;
 mod sse;
 pub mod templates;
+pub mod tls;
 pub mod workers;
 
 pub use auth::Caller;
@@ -437,7 +439,7 @@ pub fn actor(caller: &Caller, source: Option<Source>) -> Actor {
     Actor {
         name: caller.name.clone(),
         source: source.unwrap_or(Source::Api),
-        remote_addr: caller.remote_addr.map(|a| a.ip().to_string()),
+        remote_addr: caller.origin(),
     }
 }
 
@@ -476,6 +478,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: AppState,
     addr: SocketAddr,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Server {
@@ -495,6 +498,18 @@ impl Server {
     }
 
     pub async fn start_with_store(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Server> {
+        config.check_listen()?;
+        let tls = match config.tls.clone() {
+            Some(t) => Some(tls::Tls::load(t).context("loading the TLS certificate")?),
+            None => None,
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() {
+            // check_listen passed, so --insecure-http was given: say it loudly, every start.
+            tracing::warn!(listen = %config.listen,
+                "INSECURE: serving plain HTTP beyond loopback (--insecure-http). Tokens and \
+                 presses cross the network in clear text unless a TLS-terminating proxy on a \
+                 trusted hop sits in front. Configure [tls] to fix this.");
+        }
         let env_admin = std::env::var("BRB_ADMIN_TOKEN").ok();
         let state = AppState::new(store, config.clone(), env_admin.as_deref()).await?;
         bootstrap_admin_token(&state).await?;
@@ -509,10 +524,14 @@ impl Server {
             tracing::info!(url = %p.url, queries = p.queries.len(), "pulling Prometheus queries");
             tokio::spawn(prom::run(state.clone(), p));
         }
+        if let Some(t) = &tls {
+            t.spawn_watcher();
+        }
         Ok(Server {
             listener,
             state,
             addr,
+            tls,
         })
     }
 
@@ -524,6 +543,11 @@ impl Server {
         &self.state
     }
 
+    /// `https` when TLS is configured.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, ends event streams, lets
     /// in-flight requests (and so in-flight writes) finish, and returns.
     pub async fn serve(
@@ -532,18 +556,17 @@ impl Server {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let router = app(self.state);
+        let abuse = &state.config().abuse;
+        let settings = net::ConnSettings {
+            header_read_timeout: Duration::from_secs(abuse.header_read_timeout_secs),
+            max_header_bytes: abuse.max_header_bytes,
+        };
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: closing event streams, finishing writes");
             state.begin_shutdown();
         };
-        axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .await
-        .context("serving HTTP")?;
+        net::serve(self.listener, router, self.tls, settings, signal).await;
         tracing::info!("stopped");
         Ok(())
     }

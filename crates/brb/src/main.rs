@@ -42,6 +42,19 @@ pub struct Conn {
     /// file when it exists and is readable).
     #[arg(long, env = "BRB_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates to trust besides the system's (a private CA).
+    #[arg(long, env = "BRB_CA_FILE", global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a control plane that asks for mutual TLS.
+    #[arg(long, env = "BRB_CLIENT_CERT", global = true, value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "BRB_CLIENT_KEY", global = true, value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
+    /// Allow http:// to a host other than loopback (only behind a TLS-terminating proxy).
+    #[arg(long = "insecure-http", env = "BRB_INSECURE_HTTP", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_http: bool,
 }
 
 #[derive(Subcommand)]
@@ -108,7 +121,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Server(args) => server::run(args).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Server(args) => server::run(args, cli.conn.insecure_http)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Status { switch, json } => cli::status(&connect(&cli.conn)?, switch, json).await,
         Cmd::Pause(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Paused, a).await,
         Cmd::Resume(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Running, a).await,
@@ -129,7 +144,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 fn connect(conn: &Conn) -> Result<brb_client::Client> {
     let urls: Vec<&str> = conn.url.split(',').map(str::trim).collect();
     let token = token(conn)?;
-    brb_client::Client::new(&urls, token).context("configuring the client")
+    let tls = brb_client::TlsOptions {
+        ca_file: conn.ca_file.clone(),
+        client_cert: conn.client_cert.clone(),
+        client_key: conn.client_key.clone(),
+        allow_insecure_http: conn.insecure_http,
+    };
+    brb_client::Client::with_tls(&urls, token, &tls).context("configuring the client")
 }
 
 /// `--token-file`, else `BRB_TOKEN`, else the default local admin-token file (so that on the

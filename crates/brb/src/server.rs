@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use brb_server::config::{Config, LogFormat};
+use brb_server::config::{ClientAuth, Config, LogFormat, TlsConfig};
 use clap::Args;
 
 #[derive(Args)]
@@ -26,13 +26,27 @@ pub struct ServerArgs {
     /// Log format: human or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// TLS certificate chain, PEM, leaf first (with --tls-key) [or BRB_TLS_CERT]. Re-read on
+    /// SIGHUP and when the file changes.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM [or BRB_TLS_KEY].
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates (mutual TLS) [or BRB_TLS_CLIENT_CA].
+    #[arg(long, value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` (default) or `optional`.
+    #[arg(long, value_name = "MODE")]
+    tls_client_auth: Option<String>,
     /// Also run the demo workload: bursty producers, SDK workers over real HTTP, a simulated
     /// database, publishing jobs_per_second, queue_depth and db_load.
     #[arg(long)]
     demo: bool,
 }
 
-pub async fn run(args: ServerArgs) -> Result<()> {
+/// `insecure_http`: the global `--insecure-http` flag (plain HTTP beyond loopback allowed).
+pub async fn run(args: ServerArgs, insecure_http: bool) -> Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         config.listen = l;
@@ -42,6 +56,36 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     if let Some(u) = args.database_url {
         config.database_url = Some(brb_server::config::Secret(u));
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        let prev = config.tls.take();
+        config.tls = Some(TlsConfig {
+            cert,
+            key,
+            client_ca: prev.as_ref().and_then(|t| t.client_ca.clone()),
+            client_auth: prev.map(|t| t.client_auth).unwrap_or_default(),
+        });
+    }
+    if let Some(ca) = args.tls_client_ca {
+        let tls = config
+            .tls
+            .as_mut()
+            .context("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")?;
+        tls.client_ca = Some(ca);
+    }
+    if let Some(mode) = args.tls_client_auth {
+        let tls = config
+            .tls
+            .as_mut()
+            .context("--tls-client-auth needs TLS: give --tls-cert and --tls-key too")?;
+        tls.client_auth = match mode.as_str() {
+            "required" => ClientAuth::Required,
+            "optional" => ClientAuth::Optional,
+            other => anyhow::bail!("--tls-client-auth {other:?}: expected required or optional"),
+        };
+    }
+    if insecure_http {
+        config.insecure_http = true;
     }
     if let Some(f) = args.log_format {
         config.log_format = match f.as_str() {
@@ -59,9 +103,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{}://{addr}", server.scheme()));
     // Plain stdout lines (not log records) so `make run` and people see at once where to go.
-    println!("Big Red Button control plane listening on http://{addr}");
+    println!(
+        "Big Red Button control plane listening on {}://{addr}",
+        server.scheme()
+    );
     println!("  environment: {}", config.environment.name);
     println!("  data dir:    {}", config.data_dir.display());
     match config.database() {
@@ -90,6 +137,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             println!("  web console: {url}/#token={}", t.trim());
         }
         _ => println!("  web console: {url}/"),
+    }
+    if args.demo && config.tls.is_some() {
+        anyhow::bail!("--demo runs its workers over plain loopback HTTP: start it without TLS");
     }
     if args.demo {
         // The demo authenticates like any external worker, with a token that exists only in
