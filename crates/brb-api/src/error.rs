@@ -17,8 +17,12 @@ pub enum ErrorCode {
     BadRequest,
     /// No token, or a token that is unknown, revoked or malformed.
     Unauthorized,
+    /// The token's expiry date has passed (or its rotation grace period ended).
+    TokenExpired,
     /// The token's role is too low for this endpoint.
     Forbidden,
+    /// The token is limited to other switches, or to pausing only.
+    OutOfScope,
     NotFound,
     MethodNotAllowed,
     /// `expected_version` did not match; the body carries the current switch.
@@ -32,6 +36,8 @@ pub enum ErrorCode {
     InvalidValue,
     UnsupportedMediaType,
     RateLimited,
+    /// The token already holds as many event streams as it may.
+    TooManyStreams,
     /// The store cannot take writes right now (database down, disk full, read-only).
     Unavailable,
     Internal,
@@ -42,15 +48,15 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::MalformedJson | ErrorCode::BadRequest => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
+            ErrorCode::Forbidden | ErrorCode::OutOfScope => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::VersionConflict | ErrorCode::AlreadyExists | ErrorCode::Protected => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidValue => 422,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::TooManyStreams => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -62,6 +68,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::OutOfScope => "out_of_scope",
+            ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::VersionConflict => "version_conflict",

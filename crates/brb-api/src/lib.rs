@@ -217,6 +217,8 @@ pub enum AuditAction {
     SwitchDeleted,
     TokenCreated,
     TokenRevoked,
+    /// A token got a new secret; the old one works until the grace period ends.
+    TokenRotated,
 }
 
 impl AuditAction {
@@ -228,6 +230,7 @@ impl AuditAction {
             AuditAction::SwitchDeleted => "switch_deleted",
             AuditAction::TokenCreated => "token_created",
             AuditAction::TokenRevoked => "token_revoked",
+            AuditAction::TokenRotated => "token_rotated",
         }
     }
 
@@ -239,6 +242,7 @@ impl AuditAction {
             "switch_deleted" => AuditAction::SwitchDeleted,
             "token_created" => AuditAction::TokenCreated,
             "token_revoked" => AuditAction::TokenRevoked,
+            "token_rotated" => AuditAction::TokenRotated,
             _ => return None,
         })
     }
@@ -318,7 +322,47 @@ impl std::fmt::Display for Role {
 pub struct CreateTokenRequest {
     pub name: String,
     pub role: Role,
+    /// After this instant the token is refused (`token_expired`). None: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Limit the token to these switches and/or to pausing. None: everything its role allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
 }
+
+/// What a scoped token may touch. An office button's token, for instance: `switches =
+/// ["workers"]`, `pause_only = true`: it can pause `workers` and read it, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenScope {
+    /// The switches the token may see and change (its role still applies).
+    pub switches: Vec<String>,
+    /// Only pausing: resuming is refused (`out_of_scope`).
+    #[serde(default)]
+    pub pause_only: bool,
+}
+
+impl TokenScope {
+    pub fn allows_switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+/// `POST /api/v1/tokens/{id}/rotate` (admin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenRequest {
+    /// How long the old secret keeps working, in seconds (0: not at all). Default one hour.
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+}
+
+fn default_grace_secs() -> u64 {
+    3600
+}
+
+/// Longest rotation grace period: a week.
+pub const MAX_GRACE_SECS: u64 = 7 * 24 * 3600;
 
 /// A token as listed: never with its secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -328,6 +372,18 @@ pub struct TokenInfo {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+    /// Until when the secret before the last rotation still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_valid_until: Option<DateTime<Utc>>,
+    /// Last successful use (recorded in memory, written out every few seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_addr: Option<String>,
 }
 
 /// The answer to creating a token: the only time the secret is ever shown.

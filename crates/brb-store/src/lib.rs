@@ -176,6 +176,51 @@ pub struct TokenRecord {
     pub secret_hash: Vec<u8>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Expiry, scope and the previous secret (stored together as one JSON column).
+    pub policy: TokenPolicy,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_addr: Option<String>,
+}
+
+/// The parts of a token that change rarely and are read together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<brb_api::TokenScope>,
+    /// The secret before the last rotation, accepted until `valid_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousSecret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// SHA-256 of the old secret, hex.
+    pub secret_hash: String,
+    pub valid_until: DateTime<Utc>,
+}
+
+impl TokenPolicy {
+    pub(crate) fn to_json(&self) -> Option<String> {
+        (*self != TokenPolicy::default()).then(|| serde_json::to_string(self).unwrap_or_default())
+    }
+
+    pub(crate) fn from_json(s: Option<&str>) -> Result<TokenPolicy> {
+        match s {
+            None => Ok(TokenPolicy::default()),
+            Some(s) => serde_json::from_str(s)
+                .map_err(|e| StoreError::Internal(format!("token policy {s:?}: {e}"))),
+        }
+    }
+}
+
+/// One successful use of a token, flushed in batches.
+#[derive(Debug, Clone)]
+pub struct TokenUse {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub addr: Option<String>,
 }
 
 impl TokenRecord {
@@ -186,6 +231,11 @@ impl TokenRecord {
             role: self.role,
             created_at: self.created_at,
             revoked_at: self.revoked_at,
+            expires_at: self.policy.expires_at,
+            scope: self.policy.scope.clone(),
+            previous_secret_valid_until: self.policy.previous.as_ref().map(|p| p.valid_until),
+            last_used_at: self.last_used_at,
+            last_used_addr: self.last_used_addr.clone(),
         }
     }
 }
@@ -302,6 +352,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
 
     async fn revoke_token(&self, id: &str, actor: Actor) -> Result<(TokenRecord, AuditEntry)>;
+    /// Gives a live token a new secret (hash); the old one stays valid until `grace_until`.
+    async fn rotate_token(
+        &self,
+        id: &str,
+        new_secret_hash: Vec<u8>,
+        grace_until: DateTime<Utc>,
+        actor: Actor,
+    ) -> Result<(TokenRecord, AuditEntry)>;
+    /// Records last-use times and addresses (only moving them forward).
+    async fn touch_tokens(&self, uses: Vec<TokenUse>) -> Result<()>;
 
     /// A cheap round trip that proves the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

@@ -35,7 +35,8 @@ use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 
 use crate::sqlite::{
-    AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawSwitch, RawToken, SWITCH_COLUMNS, corrupt,
+    AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawSwitch, RawToken, SWITCH_COLUMNS, TOKEN_COLUMNS,
+    corrupt, hex_encode,
     encode_event, from_micros, micros,
 };
 use crate::{
@@ -151,6 +152,16 @@ CREATE TABLE replica_workers (
     doc        TEXT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+"#,
+    ),
+    (
+        5,
+        r#"
+-- Token lifecycle: expiry, scope and the previous secret during a rotation (JSON of
+-- brb_store::TokenPolicy, NULL when none), and the last successful use.
+ALTER TABLE tokens ADD COLUMN policy TEXT;
+ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;
+ALTER TABLE tokens ADD COLUMN last_used_addr TEXT;
 "#,
     ),
 ];
@@ -470,6 +481,9 @@ fn raw_token(r: &Row) -> Result<RawToken> {
         secret_hash: r.try_get(3).map_err(map_pg)?,
         created_at: r.try_get(4).map_err(map_pg)?,
         revoked_at: r.try_get(5).map_err(map_pg)?,
+        policy: r.try_get(6).map_err(map_pg)?,
+        last_used_at: r.try_get(7).map_err(map_pg)?,
+        last_used_addr: r.try_get(8).map_err(map_pg)?,
     })
 }
 
@@ -658,7 +672,7 @@ async fn insert_switch<C: GenericClient>(
 
 async fn token_by_id<C: GenericClient>(c: &C, id: &str) -> Result<Option<TokenRecord>> {
     c.query_opt(
-        "SELECT id, name, role, secret_hash, created_at, revoked_at FROM tokens WHERE id = $1",
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"),
         &[&id],
     )
     .await
@@ -980,14 +994,15 @@ impl Store for PgStore {
             return Err(StoreError::AlreadyExists(format!("token {:?}", token.name)));
         }
         tx.execute(
-            "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, NULL)",
+            "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
+             VALUES ($1, $2, $3, $4, $5, NULL, $6)",
             &[
                 &token.id,
                 &token.name,
                 &token.role.as_str(),
                 &token.secret_hash,
                 &micros(token.created_at),
+                &token.policy.to_json(),
             ],
         )
         .await
@@ -1016,8 +1031,7 @@ impl Store for PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT id, name, role, secret_hash, created_at, revoked_at FROM tokens
-                 ORDER BY created_at, id",
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"),
                 &[],
             )
             .await
@@ -1067,6 +1081,81 @@ impl Store for PgStore {
         notify_tokens(&*tx).await?;
         tx.commit().await.map_err(map_pg)?;
         Ok((tok, entry))
+    }
+
+    async fn rotate_token(
+        &self,
+        id: &str,
+        new_secret_hash: Vec<u8>,
+        grace_until: DateTime<Utc>,
+        actor: Actor,
+    ) -> Result<(TokenRecord, AuditEntry)> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_pg)?;
+        write_lock(&*tx).await?;
+        let Some(tok) = token_by_id(&*tx, id).await? else {
+            return Err(StoreError::TokenNotFound(id.to_string()));
+        };
+        if tok.revoked_at.is_some() {
+            return Err(StoreError::TokenNotFound(id.to_string()));
+        }
+        let now = Utc::now();
+        let mut policy = tok.policy.clone();
+        policy.previous = (grace_until > now).then(|| crate::PreviousSecret {
+            secret_hash: hex_encode(&tok.secret_hash),
+            valid_until: grace_until,
+        });
+        tx.execute(
+            "UPDATE tokens SET secret_hash = $2, policy = $3 WHERE id = $1",
+            &[&id, &new_secret_hash, &policy.to_json()],
+        )
+        .await
+        .map_err(map_pg)?;
+        let entry = append_audit(
+            &*tx,
+            NewAudit {
+                action: AuditAction::TokenRotated,
+                switch: None,
+                from: None,
+                to: None,
+                version: None,
+                actor: &actor,
+                reason: Some(&format!(
+                    "{} ({}); old secret valid until {}",
+                    tok.name,
+                    tok.role,
+                    grace_until.format("%Y-%m-%dT%H:%M:%SZ")
+                )),
+                at: now,
+                snapshot: None,
+            },
+        )
+        .await?;
+        let tok = token_by_id(&*tx, id)
+            .await?
+            .ok_or_else(|| StoreError::TokenNotFound(id.to_string()))?;
+        notify_tokens(&*tx).await?;
+        tx.commit().await.map_err(map_pg)?;
+        Ok((tok, entry))
+    }
+
+    async fn touch_tokens(&self, uses: Vec<crate::TokenUse>) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        for u in &uses {
+            // Not under the write lock and without NOTIFY: last-use is informational, and
+            // other replicas read it when they list tokens.
+            c.execute(
+                "UPDATE tokens SET last_used_at = $2, last_used_addr = $3
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                &[&u.id, &micros(u.at), &u.addr],
+            )
+            .await
+            .map_err(map_pg)?;
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

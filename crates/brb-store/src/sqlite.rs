@@ -99,6 +99,16 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL AND failed = 0;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Token lifecycle: expiry, scope and the previous secret during a rotation (JSON of
+-- brb_store::TokenPolicy, NULL when none), and the last successful use.
+ALTER TABLE tokens ADD COLUMN policy TEXT;
+ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
+ALTER TABLE tokens ADD COLUMN last_used_addr TEXT;
+"#,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -844,14 +854,15 @@ impl Store for SqliteStore {
                 return Err(StoreError::AlreadyExists(format!("token {:?}", token.name)));
             }
             tx.execute(
-                "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+                "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
                 params![
                     token.id,
                     token.name,
                     token.role.as_str(),
                     token.secret_hash,
-                    micros(token.created_at)
+                    micros(token.created_at),
+                    token.policy.to_json()
                 ],
             )
             .map_err(map_err)?;
@@ -876,10 +887,9 @@ impl Store for SqliteStore {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read(|c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, name, role, secret_hash, created_at, revoked_at FROM tokens
-                     ORDER BY created_at, id",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+                ))
                 .map_err(map_err)?;
             let rows = stmt.query_map([], raw_token).map_err(map_err)?;
             let mut out = Vec::new();
@@ -926,6 +936,75 @@ impl Store for SqliteStore {
             )?;
             let tok = token_by_id(tx, &id)?.ok_or(StoreError::TokenNotFound(id))?;
             Ok((tok, entry))
+        })
+        .await
+    }
+
+    async fn rotate_token(
+        &self,
+        id: &str,
+        new_secret_hash: Vec<u8>,
+        grace_until: DateTime<Utc>,
+        actor: Actor,
+    ) -> Result<(TokenRecord, AuditEntry)> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let Some(tok) = token_by_id(tx, &id)? else {
+                return Err(StoreError::TokenNotFound(id));
+            };
+            if tok.revoked_at.is_some() {
+                return Err(StoreError::TokenNotFound(id));
+            }
+            let now = Utc::now();
+            let mut policy = tok.policy.clone();
+            policy.previous = (grace_until > now).then(|| crate::PreviousSecret {
+                secret_hash: hex_encode(&tok.secret_hash),
+                valid_until: grace_until,
+            });
+            tx.execute(
+                "UPDATE tokens SET secret_hash = ?2, policy = ?3 WHERE id = ?1",
+                params![id, new_secret_hash, policy.to_json()],
+            )
+            .map_err(map_err)?;
+            let entry = append_audit(
+                tx,
+                NewAudit {
+                    action: AuditAction::TokenRotated,
+                    switch: None,
+                    from: None,
+                    to: None,
+                    version: None,
+                    actor: &actor,
+                    reason: Some(&format!(
+                        "{} ({}); old secret valid until {}",
+                        tok.name,
+                        tok.role,
+                        grace_until.format("%Y-%m-%dT%H:%M:%SZ")
+                    )),
+                    at: now,
+                    snapshot: None,
+                },
+            )?;
+            let tok = token_by_id(tx, &id)?.ok_or(StoreError::TokenNotFound(id))?;
+            Ok((tok, entry))
+        })
+        .await
+    }
+
+    async fn touch_tokens(&self, uses: Vec<crate::TokenUse>) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        self.write(move |tx| {
+            for u in &uses {
+                tx.execute(
+                    "UPDATE tokens SET last_used_at = ?2, last_used_addr = ?3
+                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    params![u.id, micros(u.at), u.addr],
+                )
+                .map_err(map_err)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1099,7 +1178,14 @@ pub(crate) struct RawToken {
     pub(crate) secret_hash: Vec<u8>,
     pub(crate) created_at: i64,
     pub(crate) revoked_at: Option<i64>,
+    pub(crate) policy: Option<String>,
+    pub(crate) last_used_at: Option<i64>,
+    pub(crate) last_used_addr: Option<String>,
 }
+
+/// The token columns, in the order `RawToken` reads them (both backends).
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, name, role, secret_hash, created_at, revoked_at, policy, last_used_at, last_used_addr";
 
 fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
     Ok(RawToken {
@@ -1109,7 +1195,14 @@ fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
         secret_hash: r.get(3)?,
         created_at: r.get(4)?,
         revoked_at: r.get(5)?,
+        policy: r.get(6)?,
+        last_used_at: r.get(7)?,
+        last_used_addr: r.get(8)?,
     })
+}
+
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl RawToken {
@@ -1119,6 +1212,9 @@ impl RawToken {
                 .ok_or_else(|| corrupt(format!("role {:?}", self.role)))?,
             created_at: from_micros(self.created_at)?,
             revoked_at: self.revoked_at.map(from_micros).transpose()?,
+            policy: crate::TokenPolicy::from_json(self.policy.as_deref())?,
+            last_used_at: self.last_used_at.map(from_micros).transpose()?,
+            last_used_addr: self.last_used_addr,
             id: self.id,
             name: self.name,
             secret_hash: self.secret_hash,
@@ -1128,7 +1224,7 @@ impl RawToken {
 
 fn token_by_id(c: &Connection, id: &str) -> Result<Option<TokenRecord>> {
     c.query_row(
-        "SELECT id, name, role, secret_hash, created_at, revoked_at FROM tokens WHERE id = ?1",
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
         [id],
         raw_token,
     )

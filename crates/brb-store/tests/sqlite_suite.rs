@@ -35,6 +35,7 @@ sqlite_suite!(
     audit_pages_newest_first,
     history_after_version,
     tokens_create_list_revoke,
+    token_policy_rotation_and_last_use,
     concurrent_toggles_are_gapless,
     ramps_start_with_resume_and_end_with_pause,
     outbox_is_written_with_the_change_and_claimed_once,

@@ -283,6 +283,9 @@ pub async fn tokens_create_list_revoke(store: &S) {
         secret_hash: vec![7; 32],
         created_at: chrono::Utc::now(),
         revoked_at: None,
+        policy: Default::default(),
+        last_used_at: None,
+        last_used_addr: None,
     };
     store.create_token(rec.clone(), alice()).await.unwrap();
     let mut dup = rec.clone();
@@ -303,6 +306,87 @@ pub async fn tokens_create_list_revoke(store: &S) {
     store.create_token(again, alice()).await.unwrap();
     assert!(matches!(
         store.revoke_token("missing", alice()).await,
+        Err(StoreError::TokenNotFound(_))
+    ));
+}
+
+pub async fn token_policy_rotation_and_last_use(store: &S) {
+    let now = chrono::Utc::now();
+    let expires = now + chrono::Duration::days(30);
+    let rec = TokenRecord {
+        id: "btn1".into(),
+        name: "office-button".into(),
+        role: Role::Operator,
+        secret_hash: vec![1; 32],
+        created_at: now,
+        revoked_at: None,
+        policy: brb_store::TokenPolicy {
+            expires_at: Some(expires),
+            scope: Some(brb_api::TokenScope {
+                switches: vec!["workers".into()],
+                pause_only: true,
+            }),
+            previous: None,
+        },
+        last_used_at: None,
+        last_used_addr: None,
+    };
+    store.create_token(rec.clone(), alice()).await.unwrap();
+    let got = store.get_token("btn1").await.unwrap().unwrap();
+    assert_eq!(got.policy, rec.policy);
+    // Stored with microsecond precision.
+    assert_eq!(
+        got.policy.expires_at.map(|t| t.timestamp_micros()),
+        Some(expires.timestamp_micros())
+    );
+
+    let grace = now + chrono::Duration::hours(1);
+    let (rotated, entry) = store
+        .rotate_token("btn1", vec![2; 32], grace, alice())
+        .await
+        .unwrap();
+    assert_eq!(entry.action, AuditAction::TokenRotated);
+    assert_eq!(rotated.secret_hash, vec![2; 32]);
+    let prev = rotated.policy.previous.clone().unwrap();
+    assert_eq!(prev.secret_hash, "01".repeat(32));
+    assert_eq!(prev.valid_until.timestamp_micros(), grace.timestamp_micros());
+    assert_eq!(rotated.policy.scope, rec.policy.scope, "rotation keeps the scope");
+    assert!(
+        !entry.reason.unwrap_or_default().contains("0101"),
+        "no hash in the audit"
+    );
+    // A rotation without grace drops the previous secret.
+    let (again, _) = store
+        .rotate_token("btn1", vec![3; 32], now, alice())
+        .await
+        .unwrap();
+    assert!(again.policy.previous.is_none());
+
+    let t1 = now + chrono::Duration::seconds(5);
+    store
+        .touch_tokens(vec![brb_store::TokenUse {
+            id: "btn1".into(),
+            at: t1,
+            addr: Some("10.0.0.7".into()),
+        }])
+        .await
+        .unwrap();
+    // An older use never moves the record back.
+    store
+        .touch_tokens(vec![brb_store::TokenUse {
+            id: "btn1".into(),
+            at: now,
+            addr: Some("10.0.0.8".into()),
+        }])
+        .await
+        .unwrap();
+    let got = store.get_token("btn1").await.unwrap().unwrap();
+    assert_eq!(got.last_used_at.map(|t| t.timestamp_micros()), Some(t1.timestamp_micros()));
+    assert_eq!(got.last_used_addr.as_deref(), Some("10.0.0.7"));
+
+    store.revoke_token("btn1", alice()).await.unwrap();
+    assert!(matches!(
+        store.rotate_token("btn1", vec![4; 32], grace, alice()).await,
         Err(StoreError::TokenNotFound(_))
     ));
 }
