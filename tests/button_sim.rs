@@ -234,6 +234,8 @@ async fn scenario() {
         .create_token(&CreateTokenRequest {
             name: "office-button".into(),
             role: Role::Operator,
+            expires_at: None,
+            scope: None,
         })
         .await
         .unwrap()

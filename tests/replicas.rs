@@ -270,6 +270,8 @@ async fn three_replicas_body() {
         .create_token(&brb_api::CreateTokenRequest {
             name: "ops-bot".into(),
             role: brb_api::Role::Operator,
+            expires_at: None,
+            scope: None,
         })
         .await
         .unwrap();
@@ -283,10 +285,26 @@ async fn three_replicas_body() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(accepted, "a token created on A works on C");
+    // A stream held on C with that token is cut when B revokes it.
+    let mut c_stream = ops_on_c
+        .events(&EventScope::Switch("workers".into()), None)
+        .await
+        .unwrap();
+    assert!(matches!(c_stream.next().await, Some(Ok(_))));
     client(&[&ub])
         .revoke_token(&created.token.id)
         .await
         .unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match c_stream.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "revocation on B did not end the stream on C");
     let t = Instant::now();
     let mut refused = false;
     while t.elapsed() < Duration::from_secs(2) {

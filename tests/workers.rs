@@ -127,6 +127,8 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
         .create_token(&brb_api::CreateTokenRequest {
             name: "fleet-stored".into(),
             role: brb_api::Role::Viewer,
+            expires_at: None,
+            scope: None,
         })
         .await
         .unwrap()

@@ -57,6 +57,10 @@ impl ServerProc {
             .env_remove("BRB_ADMIN_TOKEN")
             .env_remove("BRB_CONFIG")
             .env("BRB_LOG", "info")
+            // Most suites storm the switch on purpose; the limits have their own test
+            // (tests/tokens.rs), which sets these back.
+            .env("BRB_CHANGES_PER_SEC", "100000")
+            .env("BRB_CHANGES_BURST", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -98,6 +102,11 @@ impl ServerProc {
             .expect("admin-token file")
             .trim()
             .to_string()
+    }
+
+    /// An SDK client with the admin token.
+    pub fn client(&self) -> brb_client::Client {
+        brb_client::Client::new(&[self.url.as_str()], Some(self.admin_token())).expect("client")
     }
 
     /// `kill -9`: no chance to flush anything.
@@ -176,6 +185,8 @@ impl InProcess {
             data_dir: data_dir.to_path_buf(),
             ..brb_server::Config::default()
         };
+        config.abuse.changes_per_sec = 100_000.0;
+        config.abuse.changes_burst = 100_000.0;
         tweak(&mut config);
         let server = brb_server::Server::start(config.clone())
             .await

@@ -546,6 +546,11 @@ mod tests {
                 role: Role::Operator,
                 created_at: DateTime::from_timestamp(0, 0).unwrap(),
                 revoked_at: None,
+                expires_at: None,
+                scope: None,
+                previous_secret_valid_until: None,
+                last_used_at: None,
+                last_used_addr: None,
             },
             secret: "brb_abc_s".into(),
         };

@@ -130,6 +130,7 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         's' => (&s[..s.len() - 1], 1),
         'm' => (&s[..s.len() - 1], 60),
         'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86_400),
         c if c.is_ascii_digit() => (s, 1),
         _ => return None,
     };

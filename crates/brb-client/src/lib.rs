@@ -424,6 +424,16 @@ impl Client {
         Ok(l.tokens)
     }
 
+    /// A new secret for token `id`; the old one keeps working for `grace_secs`.
+    pub async fn rotate_token(&self, id: &str, grace_secs: u64) -> Result<CreatedToken> {
+        self.call(
+            Method::POST,
+            &format!("/tokens/{}/rotate", enc(id)),
+            Some(&brb_api::RotateTokenRequest { grace_secs }),
+        )
+        .await
+    }
+
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
         self.call::<_, ()>(Method::DELETE, &format!("/tokens/{}", enc(id)), None)
             .await

@@ -421,6 +421,17 @@ impl Config {
                 }
             }
         }
+        for (var, slot) in [
+            ("BRB_CHANGES_PER_SEC", &mut self.abuse.changes_per_sec),
+            ("BRB_CHANGES_BURST", &mut self.abuse.changes_burst),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = v.parse().map_err(|_| ConfigError::Env {
+                    var,
+                    message: format!("{v:?}: expected a number"),
+                })?;
+            }
+        }
         if let Some(v) = get("BRB_INSECURE_HTTP") {
             self.insecure_http = matches!(v.as_str(), "1" | "true" | "yes");
         }

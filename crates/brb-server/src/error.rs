@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub current: Option<Box<Switch>>,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,14 @@ impl ApiError {
             code,
             message: message.into(),
             current: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn rate_limited(code: ErrorCode, message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(code, message)
         }
     }
 
@@ -58,6 +68,7 @@ impl From<StoreError> for ApiError {
                     current.version
                 ),
                 current: Some(current),
+                retry_after: None,
             },
             StoreError::AlreadyExists(what) => {
                 ApiError::new(ErrorCode::AlreadyExists, format!("{what} already exists"))
@@ -123,7 +134,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut res = (status, Json(body)).into_response();
-        if self.code == ErrorCode::Unauthorized {
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if matches!(self.code, ErrorCode::Unauthorized | ErrorCode::TokenExpired) {
             res.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer realm=\"brb\""),

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hub;
+mod limits;
 pub mod metrics;
 mod net;
 mod notify;
@@ -84,6 +85,7 @@ struct Inner {
     resync: tokio::sync::Notify,
     /// This process among the replicas (for the shared worker picture).
     replica_id: String,
+    limits: limits::Limiter,
 }
 
 impl AppState {
@@ -125,6 +127,7 @@ impl AppState {
         );
         let tokens = TokenBook::new(env_admin_token);
         tokens.load(&store.list_tokens().await.context("reading tokens")?);
+        let config_abuse = config.abuse.clone();
         Ok(AppState {
             inner: Arc::new(Inner {
                 store,
@@ -144,6 +147,7 @@ impl AppState {
                 shared,
                 resync: tokio::sync::Notify::new(),
                 replica_id: format!("{:016x}", rand::random::<u64>()),
+                limits: limits::Limiter::new(&config_abuse),
             }),
         })
     }
@@ -154,6 +158,18 @@ impl AppState {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub fn limits(&self) -> &limits::Limiter {
+        &self.inner.limits
+    }
+
+    /// Writes the token uses noted since the last call (last-used time and address).
+    pub async fn flush_token_uses(&self) {
+        let uses = self.tokens().take_uses();
+        if let Err(e) = self.store().touch_tokens(uses).await {
+            tracing::warn!(error = %e, "cannot record token last-use times");
+        }
     }
 
     pub fn tokens(&self) -> &TokenBook {
@@ -277,6 +293,11 @@ impl AppState {
                 let now = chrono::Utc::now();
                 if now.timestamp() != last_tick_sec {
                     last_tick_sec = now.timestamp();
+                    if last_tick_sec % 5 == 0 {
+                        // Off the hot path: a write at most every 5 s, whatever the traffic.
+                        let s = state.clone();
+                        tokio::spawn(async move { s.flush_token_uses().await });
+                    }
                     state.workers().sweep(now);
                     state.record_fleet_series(last_tick_sec);
                     state.publish_samples(last_tick_sec - 1);

@@ -33,6 +33,7 @@ use crate::routes;
         routes::create_token,
         routes::list_tokens,
         routes::revoke_token,
+        routes::rotate_token,
         routes::worker_report,
         routes::switch_workers,
         routes::post_samples,

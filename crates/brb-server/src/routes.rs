@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/audit", get(audit))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", delete(revoke_token))
+        .route("/tokens/{id}/rotate", axum::routing::post(rotate_token))
         .route("/openapi.json", get(openapi));
     axum::Router::new()
         .route("/healthz", get(healthz))
@@ -220,9 +221,15 @@ pub(crate) async fn info(State(state): State<AppState>, caller: Caller) -> Json<
 #[utoipa::path(get, path = "/api/v1/switches", tag = "switches",
     responses((status = 200, body = SwitchList), (status = 401, body = brb_api::ApiErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn list_switches(State(state): State<AppState>, _c: Caller) -> Json<SwitchList> {
+pub(crate) async fn list_switches(State(state): State<AppState>, c: Caller) -> Json<SwitchList> {
     Json(SwitchList {
-        switches: state.hub().list().iter().map(|s| (**s).clone()).collect(),
+        switches: state
+            .hub()
+            .list()
+            .iter()
+            .filter(|s| c.check_switch(&s.name).is_ok())
+            .map(|s| (**s).clone())
+            .collect(),
     })
 }
 
@@ -245,11 +252,12 @@ pub(crate) struct LongPoll {
     security(("bearer" = [])))]
 pub(crate) async fn get_switch(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Path(name): Path<String>,
     q: Q<LongPoll>,
 ) -> ApiResult<Json<Switch>> {
     let q = query(q)?;
+    c.check_switch(&name)?;
     let Some(after) = q.after_version else {
         let s = state
             .hub()
@@ -261,6 +269,7 @@ pub(crate) async fn get_switch(
         .hub()
         .watch(&name)
         .ok_or_else(|| ApiError::switch_not_found(&name))?;
+    let mut lease = auth::StreamLease::acquire(&state, &c)?;
     let limit = state.config().limits.max_long_poll_secs;
     let wait = Duration::from_secs(q.wait.unwrap_or(30).min(limit));
     let _gauge = state.metrics().long_poll();
@@ -278,6 +287,8 @@ pub(crate) async fn get_switch(
             r = rx.changed() => if r.is_err() { return Ok(Json((*s).clone())) },
             _ = tokio::time::sleep_until(deadline) => return Ok(Json((*s).clone())),
             _ = shutdown.changed() => return Ok(Json((*s).clone())),
+            _ = lease.ended() => return Err(ApiError::unauthorized(
+                "this token was revoked or expired while waiting")),
         }
     }
 }
@@ -301,6 +312,19 @@ pub(crate) async fn set_state(
 ) -> ApiResult<Json<Switch>> {
     caller.require(Role::Operator)?;
     let req: SetStateRequest = parse_json(&body(b)?)?;
+    caller.check_change(&name, req.state)?;
+    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
+    if let Some(wait) = state
+        .limits()
+        .change(who, caller.remote_addr.map(|a| a.ip()))
+    {
+        tracing::warn!(switch = %name, actor = %caller.name, "state change rate limit hit");
+        return Err(ApiError::rate_limited(
+            ErrorCode::RateLimited,
+            format!("too many state changes from this token or address; retry in {wait} s"),
+            wait,
+        ));
+    }
     let reason = req
         .reason
         .map(|r| r.trim().to_string())
@@ -343,6 +367,7 @@ pub(crate) async fn create_switch(
     b: Body,
 ) -> ApiResult<(StatusCode, Json<Switch>)> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
     let req: CreateSwitchRequest = parse_json(&body(b)?)?;
     brb_api::validate_switch_name(&req.name)
         .map_err(|e| ApiError::invalid(format!("switch name {:?}: {e}", req.name)))?;
@@ -378,6 +403,7 @@ pub(crate) async fn update_switch(
     b: Body,
 ) -> ApiResult<Json<Switch>> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
     let req: UpdateSwitchRequest = parse_json(&body(b)?)?;
     check_description(&req.description)?;
     let _g = state.write_lock().await;
@@ -409,6 +435,7 @@ pub(crate) async fn delete_switch(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
     let _g = state.write_lock().await;
     let entry = state
         .store()
@@ -464,14 +491,16 @@ fn last_event_id(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<Option<u64>>
     security(("bearer" = [])))]
 pub(crate) async fn switch_events(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     q: Q<EventsQuery>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let last = last_event_id(&headers, &q)?;
-    sse::open(state, Scope::One(name.into()), last).await
+    c.check_switch(&name)?;
+    let lease = auth::StreamLease::acquire(&state, &c)?;
+    sse::open(state, Scope::One(name.into()), last, lease).await
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
@@ -484,13 +513,15 @@ pub(crate) async fn switch_events(
     security(("bearer" = [])))]
 pub(crate) async fn all_events(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
     headers: HeaderMap,
     q: Q<EventsQuery>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let last = last_event_id(&headers, &q)?;
-    sse::open(state, Scope::All, last).await
+    c.require_unscoped()?;
+    let lease = auth::StreamLease::acquire(&state, &c)?;
+    sse::open(state, Scope::All, last, lease).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -513,10 +544,15 @@ pub(crate) struct AuditParams {
     security(("bearer" = [])))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
     q: Q<AuditParams>,
 ) -> ApiResult<Json<AuditPage>> {
     let q = query(q)?;
+    // A scoped token reads the history of its own switches, one at a time.
+    match &q.switch {
+        Some(name) => c.check_switch(name)?,
+        None => c.require_unscoped()?,
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 500"));
@@ -551,10 +587,29 @@ pub(crate) async fn create_token(
     b: Body,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
     let req: CreateTokenRequest = parse_json(&body(b)?)?;
     brb_api::validate_token_name(&req.name)
         .map_err(|e| ApiError::invalid(format!("token name {:?}: {e}", req.name)))?;
-    let new = auth::mint(&req.name, req.role);
+    let mut new = auth::mint(&req.name, req.role);
+    if let Some(exp) = req.expires_at
+        && exp <= chrono::Utc::now()
+    {
+        return Err(ApiError::invalid("expires_at must be in the future"));
+    }
+    if let Some(sc) = &req.scope {
+        if sc.switches.is_empty() {
+            return Err(ApiError::invalid(
+                "scope.switches must name at least one switch",
+            ));
+        }
+        for n in &sc.switches {
+            brb_api::validate_switch_name(n)
+                .map_err(|e| ApiError::invalid(format!("scope switch {n:?}: {e}")))?;
+        }
+    }
+    new.record.policy.expires_at = req.expires_at;
+    new.record.policy.scope = req.scope.clone();
     state
         .store()
         .create_token(new.record.clone(), actor(&caller, None))
@@ -580,6 +635,9 @@ pub(crate) async fn list_tokens(
     caller: Caller,
 ) -> ApiResult<Json<TokenList>> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
+    // Fresh last-use figures, not those of up to 5 s ago.
+    state.flush_token_uses().await;
     let tokens = state.store().list_tokens().await?;
     Ok(Json(TokenList {
         tokens: tokens.iter().map(|t| t.info()).collect(),
@@ -599,6 +657,7 @@ pub(crate) async fn revoke_token(
     Path(id): Path<String>,
 ) -> ApiResult<Json<brb_api::TokenInfo>> {
     caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
     let (rec, _) = state
         .store()
         .revoke_token(&id, actor(&caller, None))
@@ -606,6 +665,50 @@ pub(crate) async fn revoke_token(
     state.tokens().upsert(&rec);
     tracing::info!(token = %rec.name, actor = %caller.name, "token revoked");
     Ok(Json(rec.info()))
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/rotate", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    request_body = brb_api::RotateTokenRequest,
+    responses(
+        (status = 200, body = CreatedToken, description = "The new secret, shown this once; the old one works until the grace period ends"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rotate_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Body,
+) -> ApiResult<Json<CreatedToken>> {
+    caller.require(Role::Admin)?;
+    caller.require_unscoped()?;
+    let bytes = body(b)?;
+    let req: brb_api::RotateTokenRequest = if bytes.is_empty() {
+        parse_json(&bytes::Bytes::from_static(b"{}"))?
+    } else {
+        parse_json(&bytes)?
+    };
+    if req.grace_secs > brb_api::MAX_GRACE_SECS {
+        return Err(ApiError::invalid(format!(
+            "grace_secs must be at most {} (a week)",
+            brb_api::MAX_GRACE_SECS
+        )));
+    }
+    let (secret, hash) = auth::mint_secret(&id);
+    let grace_until = chrono::Utc::now() + chrono::Duration::seconds(req.grace_secs as i64);
+    let (rec, _) = state
+        .store()
+        .rotate_token(&id, hash, grace_until, actor(&caller, None))
+        .await?;
+    state.tokens().upsert(&rec);
+    tracing::info!(token = %rec.name, grace_secs = req.grace_secs, actor = %caller.name,
+        "token rotated");
+    Ok(Json(CreatedToken {
+        token: rec.info(),
+        secret,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/workers/report", tag = "workers",
@@ -630,6 +733,7 @@ pub(crate) async fn worker_report(
             brb_api::MAX_WORKER_ID
         )));
     }
+    caller.check_switch(&r.switch)?;
     let sw = state
         .hub()
         .get(&r.switch)
@@ -658,9 +762,10 @@ pub(crate) async fn worker_report(
     security(("bearer" = [])))]
 pub(crate) async fn switch_workers(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<brb_api::WorkerCounts>> {
+    c.check_switch(&name)?;
     let sw = state
         .hub()
         .get(&name)
@@ -780,8 +885,9 @@ pub(crate) async fn get_series(
     security(("bearer" = [])))]
 pub(crate) async fn notifications(
     State(state): State<AppState>,
-    _c: Caller,
+    c: Caller,
 ) -> ApiResult<Json<brb_api::NotificationList>> {
+    c.require_unscoped()?;
     let items = state.store().outbox_recent(100).await?;
     Ok(Json(brb_api::NotificationList {
         notifications: items

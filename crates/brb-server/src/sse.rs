@@ -47,6 +47,8 @@ struct Stream {
     keepalive: Interval,
     shutdown: tokio::sync::watch::Receiver<bool>,
     finished: bool,
+    /// Ends the stream when its token is revoked or expires; counts it against the cap.
+    lease: crate::auth::StreamLease,
     _gauge: crate::metrics::GaugeGuard,
 }
 
@@ -54,6 +56,7 @@ pub async fn open(
     state: AppState,
     scope: Scope,
     last_event_id: Option<u64>,
+    lease: crate::auth::StreamLease,
 ) -> Result<Response, ApiError> {
     // Subscribe before reading the current state: a change committed in between then arrives
     // both ways, and the `last` filter drops the duplicate; the other order could lose it.
@@ -122,6 +125,7 @@ pub async fn open(
         pending,
         keepalive,
         finished: false,
+        lease,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, next));
     let mut res = Response::new(body);
@@ -170,6 +174,7 @@ async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
         tokio::select! {
             biased;
             _ = s.shutdown.changed() => return None,
+            _ = s.lease.ended() => return None,
             r = s.rx.recv() => match r {
                 Ok(frame) => s.accept(&frame),
                 Err(RecvError::Lagged(n)) => {

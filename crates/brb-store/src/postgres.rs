@@ -36,8 +36,7 @@ use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 
 use crate::sqlite::{
     AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawSwitch, RawToken, SWITCH_COLUMNS, TOKEN_COLUMNS,
-    corrupt, hex_encode,
-    encode_event, from_micros, micros,
+    corrupt, encode_event, from_micros, hex_encode, micros,
 };
 use crate::{
     Actor, AuditQuery, FeedEvent, NewAudit, NewNotification, OutboxItem, Result, SetOutcome,

@@ -45,6 +45,24 @@ pub enum TokenCmd {
         name: String,
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Expiry: a duration from now (30d, 12h) or an instant (2027-01-31T00:00:00Z).
+        #[arg(long, value_parser = parse_expiry)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// Limit the token to these switches (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        switches: Vec<String>,
+        /// With --switches: the token may pause but never resume (an office button).
+        #[arg(long, requires = "switches")]
+        pause_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a token a new secret (printed once); the old one works for the grace period.
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working: 0, 30m, 1h, up to 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_secs)]
+        grace: u64,
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +87,19 @@ pub enum SwitchCmd {
     Describe { name: String, description: String },
     /// Delete a switch (not the primary one). Its audit history stays.
     Delete { name: String },
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    brb_api::parse_duration(s).ok_or_else(|| format!("{s:?}: expected e.g. 0, 30m, 1h or 7d"))
+}
+
+fn parse_expiry(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Some(secs) = brb_api::parse_duration(s) {
+        return Ok(chrono::Utc::now() + chrono::Duration::seconds(secs as i64));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("{s:?}: expected a duration (30d, 12h) or an RFC 3339 instant"))
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -389,9 +420,25 @@ pub async fn audit(
 
 pub async fn token(client: &Client, cmd: TokenCmd) -> Result<ExitCode> {
     match cmd {
-        TokenCmd::Create { name, role, json } => {
+        TokenCmd::Create {
+            name,
+            role,
+            expires,
+            switches,
+            pause_only,
+            json,
+        } => {
+            let scope = (!switches.is_empty()).then_some(brb_api::TokenScope {
+                switches,
+                pause_only,
+            });
             let t = client
-                .create_token(&CreateTokenRequest { name, role })
+                .create_token(&CreateTokenRequest {
+                    name,
+                    role,
+                    expires_at: expires,
+                    scope,
+                })
                 .await
                 .map_err(explain)?;
             if json {
@@ -411,17 +458,62 @@ pub async fn token(client: &Client, cmd: TokenCmd) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for t in list {
+                    let mut notes = Vec::new();
+                    if let Some(r) = t.revoked_at {
+                        notes.push(format!("REVOKED {}", r.format("%Y-%m-%d %H:%M")));
+                    }
+                    if let Some(e) = t.expires_at {
+                        let word = if e <= chrono::Utc::now() {
+                            "EXPIRED"
+                        } else {
+                            "expires"
+                        };
+                        notes.push(format!("{word} {}", e.format("%Y-%m-%d %H:%M")));
+                    }
+                    if let Some(sc) = &t.scope {
+                        notes.push(format!(
+                            "only {}{}",
+                            sc.switches.join(","),
+                            if sc.pause_only { " (pause only)" } else { "" }
+                        ));
+                    }
+                    if let Some(u) = t.previous_secret_valid_until {
+                        notes.push(format!("old secret until {}", u.format("%Y-%m-%d %H:%M")));
+                    }
+                    match (t.last_used_at, &t.last_used_addr) {
+                        (Some(at), addr) => notes.push(format!(
+                            "last used {}{}",
+                            at.format("%Y-%m-%d %H:%M:%S"),
+                            addr.as_deref()
+                                .map(|a| format!(" from {a}"))
+                                .unwrap_or_default()
+                        )),
+                        (None, _) => notes.push("never used".into()),
+                    }
                     println!(
-                        "{:<12} {:<24} {:<9} created {}{}",
+                        "{:<12} {:<24} {:<9} created {}; {}",
                         t.id,
                         t.name,
                         t.role,
                         t.created_at.format("%Y-%m-%d %H:%M"),
-                        t.revoked_at
-                            .map(|r| format!(", REVOKED {}", r.format("%Y-%m-%d %H:%M")))
-                            .unwrap_or_default()
+                        notes.join("; ")
                     );
                 }
+            }
+        }
+        TokenCmd::Rotate { id, grace, json } => {
+            let t = client.rotate_token(&id, grace).await.map_err(explain)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!(
+                    "rotated token {} ({}) id {}",
+                    t.token.name, t.token.role, t.token.id
+                );
+                println!("{}", t.secret);
+                eprintln!(
+                    "(the new secret above is shown once; the old one works for {grace} s more)"
+                );
             }
         }
         TokenCmd::Revoke { id } => {

@@ -18,11 +18,17 @@ pub struct TestServer {
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
-    Config {
+    let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..Config::default()
-    }
+    };
+    // These suites send bursts of changes and of forged tokens on purpose; the limits are
+    // tested on their own (limits.rs unit tests, tests/tokens.rs end to end).
+    c.abuse.changes_per_sec = 1e6;
+    c.abuse.changes_burst = 1e6;
+    c.abuse.auth_failures_burst = 1e6;
+    c
 }
 
 impl TestServer {

@@ -349,8 +349,14 @@ pub async fn token_policy_rotation_and_last_use(store: &S) {
     assert_eq!(rotated.secret_hash, vec![2; 32]);
     let prev = rotated.policy.previous.clone().unwrap();
     assert_eq!(prev.secret_hash, "01".repeat(32));
-    assert_eq!(prev.valid_until.timestamp_micros(), grace.timestamp_micros());
-    assert_eq!(rotated.policy.scope, rec.policy.scope, "rotation keeps the scope");
+    assert_eq!(
+        prev.valid_until.timestamp_micros(),
+        grace.timestamp_micros()
+    );
+    assert_eq!(
+        rotated.policy.scope, rec.policy.scope,
+        "rotation keeps the scope"
+    );
     assert!(
         !entry.reason.unwrap_or_default().contains("0101"),
         "no hash in the audit"
@@ -381,12 +387,17 @@ pub async fn token_policy_rotation_and_last_use(store: &S) {
         .await
         .unwrap();
     let got = store.get_token("btn1").await.unwrap().unwrap();
-    assert_eq!(got.last_used_at.map(|t| t.timestamp_micros()), Some(t1.timestamp_micros()));
+    assert_eq!(
+        got.last_used_at.map(|t| t.timestamp_micros()),
+        Some(t1.timestamp_micros())
+    );
     assert_eq!(got.last_used_addr.as_deref(), Some("10.0.0.7"));
 
     store.revoke_token("btn1", alice()).await.unwrap();
     assert!(matches!(
-        store.rotate_token("btn1", vec![4; 32], grace, alice()).await,
+        store
+            .rotate_token("btn1", vec![4; 32], grace, alice())
+            .await,
         Err(StoreError::TokenNotFound(_))
     ));
 }
