@@ -321,7 +321,10 @@ async fn scoped_tokens_reach_only_their_switches_and_direction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let server = ServerProc::start(
+        &dir.path().join("data"),
+        &[("BRB_AUTH_FAILURES_BURST", "20")],
+    );
     let api = Api::new(&server);
     let admin = server.admin_token();
     let mut statuses = Vec::new();

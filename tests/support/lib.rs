@@ -61,6 +61,7 @@ impl ServerProc {
             // (tests/tokens.rs), which sets these back.
             .env("BRB_CHANGES_PER_SEC", "100000")
             .env("BRB_CHANGES_BURST", "100000")
+            .env("BRB_AUTH_FAILURES_BURST", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);

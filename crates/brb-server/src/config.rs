@@ -424,6 +424,10 @@ impl Config {
         for (var, slot) in [
             ("BRB_CHANGES_PER_SEC", &mut self.abuse.changes_per_sec),
             ("BRB_CHANGES_BURST", &mut self.abuse.changes_burst),
+            (
+                "BRB_AUTH_FAILURES_BURST",
+                &mut self.abuse.auth_failures_burst,
+            ),
         ] {
             if let Some(v) = get(var) {
                 *slot = v.parse().map_err(|_| ConfigError::Env {
