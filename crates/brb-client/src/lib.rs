@@ -215,6 +215,9 @@ impl Client {
             .apply(reqwest::Client::builder())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
+            // The server closes idle keep-alive connections after its header-read timeout
+            // (10 s by default): drop them first rather than race it.
+            .pool_idle_timeout(Duration::from_secs(8))
             .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
