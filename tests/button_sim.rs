@@ -319,6 +319,20 @@ async fn scenario() {
     // Unplug: the pty goes away. Plug back in: found again within two seconds.
     drop(sim);
     let _ = std::fs::remove_file(&link);
+    // A change made while the cable is out: the light must show it once plugged back in.
+    let unplugged = admin
+        .set_state(
+            "workers",
+            &brb_api::SetStateRequest {
+                state: SwitchState::Paused,
+                reason: Some("paused while the button was unplugged".into()),
+                source: None,
+                expected_version: None,
+                ramp: None,
+            },
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     daemon.assert_alive();
     let connects = daemon.log().matches("button connected").count();
@@ -335,6 +349,34 @@ async fn scenario() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Resynced to the change made while unplugged, and no phantom press on replug.
+    sim.wait_light("paused", Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let s = admin.switch("workers").await.unwrap();
+    assert_eq!(
+        s.version, unplugged.version,
+        "the replug acted on the switch"
+    );
+    let last = admin.audit(Some("workers"), 1, None).await.unwrap();
+    assert_eq!(
+        last.entries[0].source,
+        Source::Api,
+        "a phantom button entry"
+    );
+    let resumed = admin
+        .set_state(
+            "workers",
+            &brb_api::SetStateRequest {
+                state: SwitchState::Running,
+                reason: None,
+                source: None,
+                expected_version: None,
+                ramp: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(resumed.state, SwitchState::Running);
     sim.wait_light("running", Duration::from_secs(5));
     sim.press_for(Duration::from_millis(150));
     wait_state(&admin, SwitchState::Paused, Duration::from_secs(5)).await;

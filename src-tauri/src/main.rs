@@ -341,6 +341,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
     let path = std::env::var_os("BRB_DESKTOP_SETTINGS")
         .map(std::path::PathBuf::from)

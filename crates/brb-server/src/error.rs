@@ -78,9 +78,21 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Unavailable(msg) => {
                 tracing::error!(error = %msg, "store unavailable");
+                // Name the cause when it is one an operator can fix on the spot; never pass
+                // the driver's text through (it may name hosts or paths).
+                let lower = msg.to_ascii_lowercase();
+                let cause = if lower.contains("disk is full") || lower.contains("no space") {
+                    "the disk holding the database is full"
+                } else if lower.contains("readonly") || lower.contains("read-only") {
+                    "the database is on a read-only file system"
+                } else if lower.contains("disk i/o error") {
+                    "the disk holding the database refuses writes (read-only or I/O error)"
+                } else {
+                    "the store cannot take writes right now"
+                };
                 ApiError::new(
                     ErrorCode::Unavailable,
-                    "the store cannot take writes right now; nothing was changed",
+                    format!("{cause}; nothing was changed (reads keep working)"),
                 )
             }
             StoreError::Internal(msg) => {

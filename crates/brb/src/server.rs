@@ -7,6 +7,15 @@ use anyhow::{Context as _, Result};
 use brb_server::config::{ClientAuth, Config, LogFormat, TlsConfig};
 use clap::Args;
 
+/// `println!` that never panics: the startup lines are for people, and a closed or full stdout
+/// (a daemon, a full disk) must not stop the control plane.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Args)]
 pub struct ServerArgs {
     /// Address to listen on [default: 127.0.0.1:7070, or BRB_LISTEN].
@@ -105,38 +114,38 @@ pub async fn run(args: ServerArgs, insecure_http: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{}://{addr}", server.scheme()));
     // Plain stdout lines (not log records) so `make run` and people see at once where to go.
-    println!(
+    say!(
         "Big Red Button control plane listening on {}://{addr}",
         server.scheme()
     );
-    println!("  environment: {}", config.environment.name);
-    println!("  data dir:    {}", config.data_dir.display());
+    say!("  environment: {}", config.environment.name);
+    say!("  data dir:    {}", config.data_dir.display());
     match config.database() {
         brb_server::config::DatabaseUrl::Sqlite(p) => {
-            println!("  database:    {} (SQLite)", p.display())
+            say!("  database:    {} (SQLite)", p.display())
         }
         brb_server::config::DatabaseUrl::Postgres(_) => {
-            println!(
+            say!(
                 "  database:    PostgreSQL (shared; replica {})",
                 server.state().replica_id()
             )
         }
     }
     if std::env::var_os("BRB_ADMIN_TOKEN").is_some() {
-        println!("  admin token: from BRB_ADMIN_TOKEN");
+        say!("  admin token: from BRB_ADMIN_TOKEN");
     } else if config.admin_token_path().exists() {
-        println!("  admin token: {}", config.admin_token_path().display());
+        say!("  admin token: {}", config.admin_token_path().display());
     }
-    println!("  API:         {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
+    say!("  API:         {url}/api/v1   (OpenAPI: {url}/api/v1/openapi.json)");
     // On loopback only, the console link carries the generated admin token in the URL
     // fragment (never sent to the server, removed from the address bar by the page), so a new
     // user lands straight on the button.
     let token_file = config.admin_token_path();
     match std::fs::read_to_string(&token_file) {
         Ok(t) if addr.ip().is_loopback() && std::env::var_os("BRB_ADMIN_TOKEN").is_none() => {
-            println!("  web console: {url}/#token={}", t.trim());
+            say!("  web console: {url}/#token={}", t.trim());
         }
-        _ => println!("  web console: {url}/"),
+        _ => say!("  web console: {url}/"),
     }
     if args.demo && config.tls.is_some() {
         anyhow::bail!("--demo runs its workers over plain loopback HTTP: start it without TLS");
@@ -154,9 +163,10 @@ pub async fn run(args: ServerArgs, insecure_http: bool) -> Result<()> {
             format!("http://{addr}")
         };
         let cfg = brb_demo::DemoConfig::new(&local, &token, &config.primary.name);
-        println!(
+        say!(
             "  demo:        {} workers on switch {:?}; press the button and watch the graphs",
-            cfg.workers, cfg.switch
+            cfg.workers,
+            cfg.switch
         );
         tokio::spawn(brb_demo::run(cfg, server.state().shutdown_signal()));
     }
@@ -168,13 +178,19 @@ pub(crate) fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("BRB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When the log's disk is full, a failed write must cost a log line, not the request:
+        // the internal error report uses eprintln!, which panics on a write error.
+        .log_internal_errors(false);
     let res = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
     };
     if let Err(e) = res {
-        eprintln!("brb: logging not initialised: {e}");
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("brb: logging not initialised: {e}\n"),
+        );
     }
 }
 
