@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
@@ -90,6 +90,24 @@ fn body(b: Body) -> ApiResult<Bytes> {
 }
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// A path segment (`{name}`, `{id}`); a segment that is not valid UTF-8 is a JSON 400 like
+/// every other error, not axum's plain-text rejection.
+pub(crate) struct PathParam(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathParam(p))
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+    }
+}
 
 fn query<T>(q: Q<T>) -> ApiResult<T> {
     q.map(|Query(t)| t).map_err(ApiError::from)
@@ -253,7 +271,7 @@ pub(crate) struct LongPoll {
 pub(crate) async fn get_switch(
     State(state): State<AppState>,
     c: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     q: Q<LongPoll>,
 ) -> ApiResult<Json<Switch>> {
     let q = query(q)?;
@@ -307,7 +325,7 @@ pub(crate) async fn get_switch(
 pub(crate) async fn set_state(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     b: Body,
 ) -> ApiResult<Json<Switch>> {
     caller.require(Role::Operator)?;
@@ -399,7 +417,7 @@ pub(crate) async fn create_switch(
 pub(crate) async fn update_switch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     b: Body,
 ) -> ApiResult<Json<Switch>> {
     caller.require(Role::Admin)?;
@@ -432,7 +450,7 @@ pub(crate) async fn update_switch(
 pub(crate) async fn delete_switch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     caller.require_unscoped()?;
@@ -492,7 +510,7 @@ fn last_event_id(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<Option<u64>>
 pub(crate) async fn switch_events(
     State(state): State<AppState>,
     c: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     headers: HeaderMap,
     q: Q<EventsQuery>,
 ) -> ApiResult<Response> {
@@ -654,7 +672,7 @@ pub(crate) async fn list_tokens(
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<brb_api::TokenInfo>> {
     caller.require(Role::Admin)?;
     caller.require_unscoped()?;
@@ -679,7 +697,7 @@ pub(crate) async fn revoke_token(
 pub(crate) async fn rotate_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     b: Body,
 ) -> ApiResult<Json<CreatedToken>> {
     caller.require(Role::Admin)?;
@@ -763,7 +781,7 @@ pub(crate) async fn worker_report(
 pub(crate) async fn switch_workers(
     State(state): State<AppState>,
     c: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<Json<brb_api::WorkerCounts>> {
     c.check_switch(&name)?;
     let sw = state
