@@ -167,6 +167,21 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
     assert!(!keep_paused.is_open() && !open_paused.is_open());
     assert!(keep_running.is_open() && closed_running.is_open());
 
+    // Workers of the paused fleet keep asking for work through the whole outage: not one job
+    // may be admitted while the control plane is down.
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let askers: Vec<_> = fleet
+        .iter()
+        .take(5)
+        .map(|g| {
+            let (g, admitted) = (g.clone(), admitted.clone());
+            tokio::spawn(async move {
+                let _permit = g.acquire().await;
+                admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+
     // The control plane goes away.
     let down_at = Instant::now();
     s.stop().await;
@@ -192,6 +207,14 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
         fleet.iter().all(|g| !g.is_open()),
         "no fleet gate resumed work it should not"
     );
+    assert_eq!(
+        admitted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a paused gate admitted a job during the outage"
+    );
+    for a in askers {
+        a.abort();
+    }
     let stale = keep_paused.staleness().unwrap();
     assert!(
         stale >= Duration::from_millis(1000),
