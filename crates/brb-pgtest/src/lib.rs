@@ -145,7 +145,18 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         c.spawn_watchdog();
-        c.start_server();
+        // The port was free a moment ago; on a busy machine (thousands of client sockets take
+        // ephemeral ports) another socket may have taken it since. Try a few fresh ones.
+        let mut c = c;
+        for attempt in 1.. {
+            match c.try_start_server() {
+                Ok(()) => break,
+                Err(e) if attempt < 5 && e.contains("Address already in use") => {
+                    c.port = free_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         c
     }
 
@@ -197,6 +208,12 @@ impl PgCluster {
     }
 
     fn start_server(&self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start_server(&self) -> Result<(), String> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
              -c max_connections=300 -c fsync=off -c synchronous_commit=on",
@@ -218,13 +235,15 @@ impl PgCluster {
             .stderr(Stdio::piped())
             .output()
             .expect("run pg_ctl start");
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
             "pg_ctl start failed: {}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.log()
-        );
+        ))
     }
 
     /// Stops the server (fast shutdown: sessions are cut, commits are kept).
