@@ -215,6 +215,27 @@ impl TokenPolicy {
     }
 }
 
+/// A rotation, decided once for both backends: the policy to store (the old secret kept until
+/// `grace_until`, unless that is already past) and the audit entry's text (no hash in it).
+pub(crate) fn rotation(
+    tok: &TokenRecord,
+    grace_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (TokenPolicy, String) {
+    let mut policy = tok.policy.clone();
+    policy.previous = (grace_until > now).then(|| PreviousSecret {
+        secret_hash: tok.secret_hash.iter().map(|b| format!("{b:02x}")).collect(),
+        valid_until: grace_until,
+    });
+    let reason = format!(
+        "{} ({}); old secret valid until {}",
+        tok.name,
+        tok.role,
+        grace_until.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    (policy, reason)
+}
+
 /// One successful use of a token, flushed in batches.
 #[derive(Debug, Clone)]
 pub struct TokenUse {

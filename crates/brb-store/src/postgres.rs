@@ -36,7 +36,7 @@ use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 
 use crate::sqlite::{
     AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawSwitch, RawToken, SWITCH_COLUMNS, TOKEN_COLUMNS,
-    corrupt, encode_event, from_micros, hex_encode, micros,
+    corrupt, encode_event, from_micros, micros,
 };
 use crate::{
     Actor, AuditQuery, FeedEvent, NewAudit, NewNotification, OutboxItem, Result, SetOutcome,
@@ -1099,11 +1099,7 @@ impl Store for PgStore {
             return Err(StoreError::TokenNotFound(id.to_string()));
         }
         let now = Utc::now();
-        let mut policy = tok.policy.clone();
-        policy.previous = (grace_until > now).then(|| crate::PreviousSecret {
-            secret_hash: hex_encode(&tok.secret_hash),
-            valid_until: grace_until,
-        });
+        let (policy, reason) = crate::rotation(&tok, grace_until, now);
         tx.execute(
             "UPDATE tokens SET secret_hash = $2, policy = $3 WHERE id = $1",
             &[&id, &new_secret_hash, &policy.to_json()],
@@ -1119,12 +1115,7 @@ impl Store for PgStore {
                 to: None,
                 version: None,
                 actor: &actor,
-                reason: Some(&format!(
-                    "{} ({}); old secret valid until {}",
-                    tok.name,
-                    tok.role,
-                    grace_until.format("%Y-%m-%dT%H:%M:%SZ")
-                )),
+                reason: Some(&reason),
                 at: now,
                 snapshot: None,
             },

@@ -956,11 +956,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::TokenNotFound(id));
             }
             let now = Utc::now();
-            let mut policy = tok.policy.clone();
-            policy.previous = (grace_until > now).then(|| crate::PreviousSecret {
-                secret_hash: hex_encode(&tok.secret_hash),
-                valid_until: grace_until,
-            });
+            let (policy, reason) = crate::rotation(&tok, grace_until, now);
             tx.execute(
                 "UPDATE tokens SET secret_hash = ?2, policy = ?3 WHERE id = ?1",
                 params![id, new_secret_hash, policy.to_json()],
@@ -975,12 +971,7 @@ impl Store for SqliteStore {
                     to: None,
                     version: None,
                     actor: &actor,
-                    reason: Some(&format!(
-                        "{} ({}); old secret valid until {}",
-                        tok.name,
-                        tok.role,
-                        grace_until.format("%Y-%m-%dT%H:%M:%SZ")
-                    )),
+                    reason: Some(&reason),
                     at: now,
                     snapshot: None,
                 },
@@ -1199,10 +1190,6 @@ fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
         last_used_at: r.get(7)?,
         last_used_addr: r.get(8)?,
     })
-}
-
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl RawToken {
