@@ -73,6 +73,10 @@ pub struct GateConfig {
     pub idle_timeout: Duration,
     /// Send `jobs_processed` samples (a fleet-wide jobs-per-second series) once a second.
     pub send_samples: bool,
+    /// Report to the control plane (on every change and every `report_interval`). Off only
+    /// where nobody reads the acknowledgements (`brb bench` measuring pure fan-out): each
+    /// reporting gate holds a second connection to the control plane.
+    pub reports: bool,
 }
 
 impl GateConfig {
@@ -91,6 +95,7 @@ impl GateConfig {
             backoff_cap: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(45),
             send_samples: true,
+            reports: true,
         }
     }
 }
@@ -337,11 +342,15 @@ impl Gate {
             connects: AtomicU64::new(0),
             connect_log: Mutex::new(Vec::new()),
         });
-        let mut tasks = vec![
-            tokio::spawn(watch(Arc::clone(&shared), client.clone())),
-            tokio::spawn(report(Arc::clone(&shared), client.clone())),
-            tokio::spawn(policy_clock(Arc::clone(&shared))),
-        ];
+        let mut tasks = vec![tokio::spawn(watch(Arc::clone(&shared), client.clone()))];
+        if shared.cfg.reports {
+            tasks.push(tokio::spawn(report(Arc::clone(&shared), client.clone())));
+        }
+        // Keeping the last known state does not depend on time: no clock to tick (ten
+        // thousand gates ticking four times a second cost CPU on the machine they run on).
+        if shared.cfg.policy != FailurePolicy::KeepLastKnown {
+            tasks.push(tokio::spawn(policy_clock(Arc::clone(&shared))));
+        }
         if shared.cfg.send_samples {
             tasks.push(tokio::spawn(samples(Arc::clone(&shared), client)));
         }
@@ -473,6 +482,17 @@ impl Gate {
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default()
+    }
+
+    /// Waits until the gate acts on version `v` of the switch or a later one.
+    pub async fn wait_version(&self, v: u64) {
+        loop {
+            let notified = self.shared.changed.notified();
+            if self.shared.known() != KNOWN_NONE && self.version() >= v {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until the gate has heard from the control plane once (or the timeout).
