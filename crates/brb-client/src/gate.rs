@@ -15,7 +15,8 @@
 //! ([`FailurePolicy::KeepLastKnown`], the default: a pause is never silently undone by a network
 //! problem), or fails open or closed after a grace period, as configured. Reconnects use
 //! exponential backoff with full jitter, so a fleet does not reconnect in the same millisecond
-//! after a control-plane restart.
+//! after a control-plane restart (the first few attempts stay within one base period, so a
+//! quick restart has the whole fleet back within about a second).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -519,6 +520,9 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
+/// Failed reconnects retried within `backoff_base` before the bound starts doubling.
+const FLAT_ATTEMPTS: u32 = 2;
+
 /// Consecutive SSE failures before `Auto` falls back to long-poll.
 const SSE_FAILURES_BEFORE_FALLBACK: u32 = 3;
 /// How long `Auto` stays on long-poll before trying SSE again.
@@ -574,7 +578,14 @@ async fn watch(s: Arc<Shared>, client: Client) {
             long_poll_until = None;
         }
         attempt = if ok { 0 } else { attempt.saturating_add(1) };
-        let delay = backoff(s.cfg.backoff_base, s.cfg.backoff_cap, attempt);
+        // The first attempts after losing a stream all retry within one base period: a
+        // restarting control plane is usually back well within it, and doubling at once
+        // would leave the unlucky few who came too early seconds behind the fleet.
+        let delay = backoff(
+            s.cfg.backoff_base,
+            s.cfg.backoff_cap,
+            attempt.saturating_sub(FLAT_ATTEMPTS),
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -587,15 +598,29 @@ async fn read_stream(
 ) -> bool {
     let mut stream = std::pin::pin!(stream);
     let mut heard = false;
+    // One timer for the whole connection, re-armed only when it fires: a timeout per event
+    // would insert and remove a timer for every event of every gate.
+    let idle = s.cfg.idle_timeout;
+    let mut last = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(idle);
+    let mut silence = std::pin::pin!(silence);
     loop {
-        let item = match tokio::time::timeout(s.cfg.idle_timeout, stream.next()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => return heard,
-            Err(_) => {
-                tracing::warn!(switch = %s.cfg.switch, "event stream silent too long; reconnecting");
-                return heard;
+        let item = tokio::select! {
+            biased;
+            item = stream.next() => match item {
+                Some(item) => item,
+                None => return heard,
+            },
+            () = &mut silence => {
+                if last.elapsed() >= idle {
+                    tracing::warn!(switch = %s.cfg.switch, "event stream silent too long; reconnecting");
+                    return heard;
+                }
+                silence.as_mut().reset(last + idle);
+                continue;
             }
         };
+        last = tokio::time::Instant::now();
         if item.is_ok() && !heard {
             heard = true;
             s.set_connected(true);

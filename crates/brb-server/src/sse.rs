@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +47,10 @@ struct Stream {
     last: u64,
     pending: VecDeque<Bytes>,
     keepalive: Interval,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Completes at shutdown. One future for the stream's life, registered once: a fresh
+    /// `changed()` per event would lock the shutdown channel's waiter list twice per event
+    /// per watcher, ten thousand watchers contending for one lock on every change.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     finished: bool,
     _gauge: crate::metrics::GaugeGuard,
 }
@@ -114,7 +119,7 @@ pub async fn open(
 
     let stream = Stream {
         _gauge: state.metrics().sse_watcher(),
-        shutdown: state.shutdown_signal(),
+        shutdown: Box::pin(shut_down(state.shutdown_signal())),
         state,
         scope,
         rx,
@@ -159,17 +164,26 @@ fn push_events(pending: &mut VecDeque<Bytes>, events: &[StoredEvent], scope: &Sc
     }
 }
 
+/// Completes once shutdown began (or the signal is gone).
+async fn shut_down(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
     loop {
         if let Some(b) = s.pending.pop_front() {
             return Some((Ok(b), s));
         }
-        if s.finished || *s.shutdown.borrow() {
+        if s.finished {
             return None;
         }
         tokio::select! {
             biased;
-            _ = s.shutdown.changed() => return None,
+            () = &mut s.shutdown => return None,
             r = s.rx.recv() => match r {
                 Ok(frame) => s.accept(&frame),
                 Err(RecvError::Lagged(n)) => {
