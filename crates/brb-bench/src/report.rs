@@ -54,6 +54,7 @@ pub struct Run {
     pub memory: Memory,
     /// Every (toggle, watcher) delivery: POST sent → gate saw the new state.
     pub fanout: Summary,
+    pub cpu: Cpu,
     pub per_toggle_p99_ms: Vec<f64>,
     /// Deliveries that did not arrive within the timeout (should be 0).
     pub missing: usize,
@@ -86,7 +87,18 @@ pub struct Storm {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Baseline {
     pub fanout: Summary,
+    pub cpu: Cpu,
     pub missing: usize,
+}
+
+/// CPU time spent per delivery during the toggles (user + system, from `/proc/PID/stat`):
+/// unlike latency, it hardly depends on what else the machine is doing, so it is the figure
+/// to compare before and after a change on a busy machine. The server's share includes the
+/// kernel's loopback delivery, which runs in the sender's context.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Cpu {
+    pub server_us_per_delivery: f64,
+    pub watchers_us_per_delivery: f64,
 }
 
 /// One target of the issue, judged.
@@ -209,6 +221,23 @@ impl Report {
                     Some(x) => format!("p99 ratio {x:.2}; {} missing", r.missing),
                     None => format!("{} missing", r.missing),
                 },
+            ]);
+            rows.push([
+                format!("CPU per delivery, {n}"),
+                format!(
+                    "server {:.1} µs · watchers {:.1} µs",
+                    r.cpu.server_us_per_delivery, r.cpu.watchers_us_per_delivery
+                ),
+                r.redis
+                    .as_ref()
+                    .map(|b| {
+                        format!(
+                            "server {:.1} µs · watchers {:.1} µs",
+                            b.cpu.server_us_per_delivery, b.cpu.watchers_us_per_delivery
+                        )
+                    })
+                    .unwrap_or_default(),
+                "user + system, /proc/PID/stat".into(),
             ]);
             rows.push([
                 format!("memory per idle watcher, {n}"),

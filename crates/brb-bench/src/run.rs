@@ -14,7 +14,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::clock::{mono_ns, raise_nofile};
 use crate::proto::{FromChild, ToChild};
-use crate::report::{Baseline, Machine, Memory, Reads, Report, Run, Storm};
+use crate::report::{Baseline, Cpu, Machine, Memory, Reads, Report, Run, Storm};
 use crate::stats::{spread, summarize};
 use crate::{BenchArgs, BenchError, resp};
 
@@ -303,6 +303,7 @@ async fn fanout(
     let rss_after_kib = fleet.rss_kib();
 
     let mut state = fleet.admin.switch(PRIMARY_SWITCH).await?.state;
+    let cpu0 = (fleet.cpu_us(), children_cpu_us(&children));
     let mut all = Vec::new();
     let mut per_toggle_p99_ms = Vec::new();
     let mut missing = 0;
@@ -317,6 +318,12 @@ async fn fanout(
         all.extend(lat);
         tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
     }
+    let deliveries = all.len().max(1) as f64;
+    let cpu = Cpu {
+        server_us_per_delivery: fleet.cpu_us().saturating_sub(cpu0.0) as f64 / deliveries,
+        watchers_us_per_delivery: children_cpu_us(&children).saturating_sub(cpu0.1) as f64
+            / deliveries,
+    };
     let fanout = summarize(&mut all);
     eprintln!(
         "brb bench:   fan-out p50 {:.1} p99 {:.1} max {:.1} ms ({missing} missing)",
@@ -341,6 +348,7 @@ async fn fanout(
             per_watcher_kib: rss_after_kib.saturating_sub(rss_before_kib) as f64 / n.max(1) as f64,
         },
         fanout,
+        cpu,
         per_toggle_p99_ms,
         missing,
         storm,
@@ -661,6 +669,10 @@ impl Fleet {
         self.servers.iter().map(ServerProc::rss_kib).sum()
     }
 
+    fn cpu_us(&self) -> u64 {
+        self.servers.iter().map(|s| cpu_us(s.child.id())).sum()
+    }
+
     async fn kill9(&mut self) {
         for s in &mut self.servers {
             let _ = s.child.kill().await;
@@ -804,6 +816,7 @@ impl Redis {
             .await
             .map_err(|e| BenchError::io("connecting to redis", e))?;
         let _ = publisher.set_nodelay(true);
+        let cpu0 = (cpu_us(self.child.id()), children_cpu_us(&children));
         let mut all = Vec::new();
         let mut missing = 0;
         for k in 0..args.toggles {
@@ -822,6 +835,13 @@ impl Redis {
             missing += m;
             tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
         }
+        let deliveries = all.len().max(1) as f64;
+        let cpu = Cpu {
+            server_us_per_delivery: cpu_us(self.child.id()).saturating_sub(cpu0.0) as f64
+                / deliveries,
+            watchers_us_per_delivery: children_cpu_us(&children).saturating_sub(cpu0.1) as f64
+                / deliveries,
+        };
         for c in children {
             c.quit().await;
         }
@@ -830,7 +850,11 @@ impl Redis {
             "brb bench:   redis fan-out p50 {:.1} p99 {:.1} max {:.1} ms ({missing} missing)",
             fanout.p50_ms, fanout.p99_ms, fanout.max_ms
         );
-        Ok(Baseline { fanout, missing })
+        Ok(Baseline {
+            fanout,
+            cpu,
+            missing,
+        })
     }
 }
 
@@ -852,6 +876,28 @@ async fn command(c: &mut TcpStream, args: &[&[u8]]) -> Result<resp::Value> {
             return Err(BenchError::Failed("redis closed the connection".into()));
         }
     }
+}
+
+/// CPU time (user + system) a process used so far, in microseconds (`/proc/PID/stat`).
+fn cpu_us(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces) end with ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks * 10_000
+}
+
+fn children_cpu_us(children: &[ChildProc]) -> u64 {
+    children.iter().map(|c| cpu_us(c.child.id())).sum()
 }
 
 fn loadavg() -> String {

@@ -357,6 +357,8 @@ impl AppState {
 
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Event streams check `is_shutting_down` whenever they wake; this wakes them all.
+        self.hub().wake_all();
     }
 
     pub fn is_shutting_down(&self) -> bool {

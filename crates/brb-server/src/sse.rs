@@ -9,8 +9,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,10 +45,6 @@ struct Stream {
     last: u64,
     pending: VecDeque<Bytes>,
     keepalive: Interval,
-    /// Completes at shutdown. One future for the stream's life, registered once: a fresh
-    /// `changed()` per event would lock the shutdown channel's waiter list twice per event
-    /// per watcher, ten thousand watchers contending for one lock on every change.
-    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     finished: bool,
     _gauge: crate::metrics::GaugeGuard,
 }
@@ -119,7 +113,6 @@ pub async fn open(
 
     let stream = Stream {
         _gauge: state.metrics().sse_watcher(),
-        shutdown: Box::pin(shut_down(state.shutdown_signal())),
         state,
         scope,
         rx,
@@ -164,26 +157,18 @@ fn push_events(pending: &mut VecDeque<Bytes>, events: &[StoredEvent], scope: &Sc
     }
 }
 
-/// Completes once shutdown began (or the signal is gone).
-async fn shut_down(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
     loop {
         if let Some(b) = s.pending.pop_front() {
             return Some((Ok(b), s));
         }
-        if s.finished {
+        // No shutdown future in the select: one per stream would lock a waiter list shared by
+        // every stream on every event. `begin_shutdown` wakes all streams through the hub.
+        if s.finished || s.state.is_shutting_down() {
             return None;
         }
         tokio::select! {
             biased;
-            () = &mut s.shutdown => return None,
             r = s.rx.recv() => match r {
                 Ok(frame) => s.accept(&frame),
                 Err(RecvError::Lagged(n)) => {
@@ -203,7 +188,12 @@ impl Stream {
     fn accept(&mut self, f: &Frame) {
         match &self.scope {
             Scope::One(_) if f.ephemeral => {}
-            Scope::All if f.ephemeral => self.pending.push_back(f.by_id.clone()),
+            Scope::All if f.ephemeral => {
+                // An empty frame only wakes the stream (see `Hub::wake_all`).
+                if !f.by_id.is_empty() {
+                    self.pending.push_back(f.by_id.clone());
+                }
+            }
             Scope::One(name) => {
                 if *f.switch != **name || f.version <= self.last {
                     return;
