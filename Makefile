@@ -7,13 +7,13 @@ BRB_RUN_ARGS ?=
 # WebDriver bridge for the desktop app's end-to-end test (installed with cargo when missing).
 TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz bench
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware postgres
+	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
@@ -51,6 +51,16 @@ fuzz:
 	cd fuzz && for t in button_decoder sse_parser config; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
 	done
+
+## The benchmark (release build): fan-out to 1,000 and 10,000 SDK gates with Redis pub/sub as
+## the baseline, acknowledged toggles, status reads, memory per watcher, a reconnect storm.
+## BENCH_ARGS adds options, e.g. BENCH_ARGS="--postgres --replicas 3 --watchers 50000".
+BENCH_ARGS ?=
+bench:
+	@scripts/ensure-packages.sh base bench
+	$(CARGO) build --release -p brb --locked
+	ulimit -n "$$(ulimit -Hn)"; target/release/brb bench --json target/bench.json \
+	  --markdown target/bench.md $(BENCH_ARGS)
 
 check:
 	$(CARGO) check --workspace --all-targets
