@@ -102,7 +102,10 @@ fn test_cluster_harness_is_for_tests_and_the_benchmark_only() {
 #[test]
 fn benchmark_drives_the_binary_not_the_server() {
     // It measures what ships: the `brb` executable as a child process.
-    assert_none("brb-bench", &["brb-server", "brb-store", "axum", "rusqlite"]);
+    assert_none(
+        "brb-bench",
+        &["brb-server", "brb-store", "axum", "rusqlite"],
+    );
 }
 
 #[test]

@@ -50,7 +50,10 @@ fn bench_runs_end_to_end_and_reports_every_measure() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "brb bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "brb bench failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("fan-out, 50 watchers"), "{stdout}");
     assert!(stdout.contains("targets:"), "{stdout}");
 
