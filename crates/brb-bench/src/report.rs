@@ -158,7 +158,7 @@ impl Report {
             }
         }
         if let Some(a) = &self.ack
-            && !self.store.starts_with("postgres")
+            && !self.store.starts_with("PostgreSQL")
         {
             t(
                 "acknowledged toggle p50 (SQLite, synchronous=FULL)",
