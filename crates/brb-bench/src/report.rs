@@ -340,8 +340,11 @@ impl Report {
                 if t.met { "met" } else { "**missed**" }
             );
         }
+        if !self.notes.is_empty() {
+            let _ = writeln!(out);
+        }
         for n in &self.notes {
-            let _ = writeln!(out, "\n- {n}");
+            let _ = writeln!(out, "- {n}");
         }
         out
     }
