@@ -1,10 +1,10 @@
 //! The child side of `brb bench` (`brb bench-child`): holds watchers (SDK gates or Redis
 //! subscribers) or drives status reads, and answers the coordinator over stdin/stdout lines.
 //!
-//! Each watcher records when it saw each delivery with [`mono_ns`], in a task of its own that
-//! the gate wakes (as a worker's job loop would be woken), so the figure includes getting the
-//! news to the code that acts on it. The recording is a push under a mutex; collecting polls
-//! every few milliseconds, which delays the answer but not the timestamps.
+//! Each watcher records when it saw each delivery, on the delivery path itself: a gate keeps
+//! the instant it applied each change (`Gate::last_change`, the moment `is_open` answers
+//! accordingly), a Redis subscriber reads [`mono_ns`] once it decoded the message. Collecting
+//! polls every few milliseconds, which delays the answer but not the timestamps.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -112,7 +112,7 @@ pub async fn child_main() -> Result<(), BenchError> {
                 conns,
                 secs,
             } => reads(&addr, &path, &token, conns, secs).await,
-            ToChild::Collect { key, timeout_ms } => child.collect(key, timeout_ms).await,
+            ToChild::Collect { key, timeout_ms } => child.collect(&anchor, key, timeout_ms).await,
             ToChild::Reconnected {
                 since_ns,
                 timeout_ms,
@@ -154,23 +154,7 @@ impl Child {
                 cfg.transport = Transport::Sse;
                 cfg.send_samples = false;
                 cfg.reports = false;
-                let gate = Gate::start(cfg)?;
-                let g = gate.clone();
-                let rec = Arc::clone(&self.rec);
-                self.tasks.push(tokio::spawn(async move {
-                    // The first state learned is not a delivery; every later version is.
-                    let mut seen = 0;
-                    loop {
-                        g.wait_version(seen + 1).await;
-                        let t = mono_ns();
-                        let v = g.version();
-                        if seen != 0 {
-                            rec.record(v, t);
-                        }
-                        seen = v;
-                    }
-                }));
-                batch.push(gate);
+                batch.push(Gate::start(cfg)?);
             }
             for g in &batch {
                 if !g.ready(Duration::from_secs(60)).await {
@@ -224,8 +208,36 @@ impl Child {
         })
     }
 
-    async fn collect(&self, key: u64, timeout_ms: u64) -> Result<FromChild, BenchError> {
+    async fn collect(
+        &self,
+        anchor: &Anchor,
+        key: u64,
+        timeout_ms: u64,
+    ) -> Result<FromChild, BenchError> {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        if !self.gates.is_empty() {
+            // Gates record when they applied each change; reading that wakes nothing on the
+            // delivery path (the Redis subscribers record inline too).
+            let mut pending: Vec<&Gate> = self.gates.iter().collect();
+            let mut t_ns = Vec::with_capacity(pending.len());
+            while !pending.is_empty() && Instant::now() < deadline {
+                pending.retain(|g| match g.last_change() {
+                    Some((v, t)) if v >= key => {
+                        if v == key {
+                            t_ns.push(anchor.to_ns(t));
+                        }
+                        false
+                    }
+                    _ => true,
+                });
+                tokio::time::sleep(POLL).await;
+            }
+            return Ok(FromChild::Seen {
+                key,
+                missing: self.watchers.saturating_sub(t_ns.len()),
+                t_ns,
+            });
+        }
         while self.rec.count(key) < self.watchers && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
         }

@@ -142,6 +142,8 @@ struct Shared {
     connects: AtomicU64,
     /// Instants at which the stream (re)connected, for observing reconnect spread.
     connect_log: Mutex<Vec<Instant>>,
+    /// The last version applied and when, for measuring propagation.
+    last_change: Mutex<Option<(u64, Instant)>>,
 }
 
 fn now_ms() -> i64 {
@@ -172,7 +174,10 @@ impl Shared {
             return; // an older event (another replica lagging): ignore
         }
         *self.ramp.lock().unwrap_or_else(|e| e.into_inner()) = s.ramp.clone();
-        self.version.store(s.version, Ordering::Release);
+        if self.version.swap(s.version, Ordering::AcqRel) != s.version {
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((s.version, Instant::now()));
+        }
         let k = match s.state {
             SwitchState::Running => KNOWN_RUNNING,
             SwitchState::Paused => KNOWN_PAUSED,
@@ -342,6 +347,7 @@ impl Gate {
             report_now: Notify::new(),
             connects: AtomicU64::new(0),
             connect_log: Mutex::new(Vec::new()),
+            last_change: Mutex::new(None),
         });
         let mut tasks = vec![tokio::spawn(watch(Arc::clone(&shared), client.clone()))];
         if shared.cfg.reports {
@@ -485,15 +491,14 @@ impl Gate {
             .unwrap_or_default()
     }
 
-    /// Waits until the gate acts on version `v` of the switch or a later one.
-    pub async fn wait_version(&self, v: u64) {
-        loop {
-            let notified = self.shared.changed.notified();
-            if self.shared.known() != KNOWN_NONE && self.version() >= v {
-                return;
-            }
-            notified.await;
-        }
+    /// The last version this gate applied and when it did (`is_open` answered accordingly
+    /// from that instant): how `brb bench` measures propagation without waking a task.
+    pub fn last_change(&self) -> Option<(u64, Instant)> {
+        *self
+            .shared
+            .last_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until the gate has heard from the control plane once (or the timeout).
