@@ -11,13 +11,13 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware postgres
+	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
@@ -66,6 +66,16 @@ supply-chain:
 ## Where the package registry's audit endpoint is reachable: npm's own advisory lookup.
 audit-online:
 	cd ui && npm audit --omit=dev && npm audit
+
+## The benchmark (release build): fan-out to 1,000 and 10,000 SDK gates with Redis pub/sub as
+## the baseline, acknowledged toggles, status reads, memory per watcher, a reconnect storm.
+## BENCH_ARGS adds options, e.g. BENCH_ARGS="--postgres --replicas 3 --watchers 50000".
+BENCH_ARGS ?=
+bench:
+	@scripts/ensure-packages.sh base bench
+	$(CARGO) build --release -p brb --locked
+	ulimit -n "$$(ulimit -Hn)"; target/release/brb bench --json target/bench.json \
+	  --markdown target/bench.md $(BENCH_ARGS)
 
 check:
 	$(CARGO) check --workspace --all-targets

@@ -20,6 +20,10 @@ declare -A PKG_GROUPS=(
   # are needed: the tests run a private cluster (initdb + pg_ctl on a loopback port in a temp
   # dir), never the system service.
   [postgres]="postgresql"
+  # `make bench` and its end-to-end test: the Redis pub/sub baseline.
+  [bench]="redis-server"
+  # Profilers for the fan-out path (BENCHMARKS.md): perf, valgrind --tool=callgrind.
+  [profile]="linux-perf valgrind"
 )
 
 want=()

@@ -92,10 +92,20 @@ fn client_sdk_has_no_server_or_database_inside() {
 }
 
 #[test]
-fn test_cluster_harness_is_for_tests_only() {
-    for krate in ["brb-store", "brb-server", "brb"] {
+fn test_cluster_harness_is_for_tests_and_the_benchmark_only() {
+    // `brb` reaches it only through `brb-bench` (`brb bench --postgres`).
+    for krate in ["brb-store", "brb-server", "brb-client"] {
         assert_none(krate, &["brb-pgtest", "tempfile"]);
     }
+}
+
+#[test]
+fn benchmark_drives_the_binary_not_the_server() {
+    // It measures what ships: the `brb` executable as a child process.
+    assert_none(
+        "brb-bench",
+        &["brb-server", "brb-store", "axum", "rusqlite"],
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //! ([`FailurePolicy::KeepLastKnown`], the default: a pause is never silently undone by a network
 //! problem), or fails open or closed after a grace period, as configured. Reconnects use
 //! exponential backoff with full jitter, so a fleet does not reconnect in the same millisecond
-//! after a control-plane restart.
+//! after a control-plane restart (the first few attempts stay within one base period, so a
+//! quick restart has the whole fleet back within about a second).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,10 @@ pub struct GateConfig {
     pub send_samples: bool,
     /// CA bundle, client certificate, plain-HTTP policy.
     pub tls: crate::TlsOptions,
+    /// Report to the control plane (on every change and every `report_interval`). Off only
+    /// where nobody reads the acknowledgements (`brb bench` measuring pure fan-out): each
+    /// reporting gate holds a second connection to the control plane.
+    pub reports: bool,
 }
 
 impl GateConfig {
@@ -94,6 +99,7 @@ impl GateConfig {
             idle_timeout: Duration::from_secs(45),
             send_samples: true,
             tls: crate::TlsOptions::default(),
+            reports: true,
         }
     }
 }
@@ -139,6 +145,8 @@ struct Shared {
     connects: AtomicU64,
     /// Instants at which the stream (re)connected, for observing reconnect spread.
     connect_log: Mutex<Vec<Instant>>,
+    /// The last version applied and when, for measuring propagation.
+    last_change: Mutex<Option<(u64, Instant)>>,
 }
 
 fn now_ms() -> i64 {
@@ -169,7 +177,10 @@ impl Shared {
             return; // an older event (another replica lagging): ignore
         }
         *self.ramp.lock().unwrap_or_else(|e| e.into_inner()) = s.ramp.clone();
-        self.version.store(s.version, Ordering::Release);
+        if self.version.swap(s.version, Ordering::AcqRel) != s.version {
+            *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((s.version, Instant::now()));
+        }
         let k = match s.state {
             SwitchState::Running => KNOWN_RUNNING,
             SwitchState::Paused => KNOWN_PAUSED,
@@ -339,12 +350,17 @@ impl Gate {
             report_now: Notify::new(),
             connects: AtomicU64::new(0),
             connect_log: Mutex::new(Vec::new()),
+            last_change: Mutex::new(None),
         });
-        let mut tasks = vec![
-            tokio::spawn(watch(Arc::clone(&shared), client.clone())),
-            tokio::spawn(report(Arc::clone(&shared), client.clone())),
-            tokio::spawn(policy_clock(Arc::clone(&shared))),
-        ];
+        let mut tasks = vec![tokio::spawn(watch(Arc::clone(&shared), client.clone()))];
+        if shared.cfg.reports {
+            tasks.push(tokio::spawn(report(Arc::clone(&shared), client.clone())));
+        }
+        // Keeping the last known state does not depend on time: no clock to tick (ten
+        // thousand gates ticking four times a second cost CPU on the machine they run on).
+        if shared.cfg.policy != FailurePolicy::KeepLastKnown {
+            tasks.push(tokio::spawn(policy_clock(Arc::clone(&shared))));
+        }
         if shared.cfg.send_samples {
             tasks.push(tokio::spawn(samples(Arc::clone(&shared), client)));
         }
@@ -478,6 +494,16 @@ impl Gate {
             .unwrap_or_default()
     }
 
+    /// The last version this gate applied and when it did (`is_open` answered accordingly
+    /// from that instant): how `brb bench` measures propagation without waking a task.
+    pub fn last_change(&self) -> Option<(u64, Instant)> {
+        *self
+            .shared
+            .last_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until the gate has heard from the control plane once (or the timeout).
     pub async fn ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -501,6 +527,9 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
         .min(cap);
     ceiling.mul_f64(rand::random::<f64>())
 }
+
+/// Failed reconnects retried within `backoff_base` before the bound starts doubling.
+const FLAT_ATTEMPTS: u32 = 2;
 
 /// Consecutive SSE failures before `Auto` falls back to long-poll.
 const SSE_FAILURES_BEFORE_FALLBACK: u32 = 3;
@@ -557,7 +586,14 @@ async fn watch(s: Arc<Shared>, client: Client) {
             long_poll_until = None;
         }
         attempt = if ok { 0 } else { attempt.saturating_add(1) };
-        let delay = backoff(s.cfg.backoff_base, s.cfg.backoff_cap, attempt);
+        // The first attempts after losing a stream all retry within one base period: a
+        // restarting control plane is usually back well within it, and doubling at once
+        // would leave the unlucky few who came too early seconds behind the fleet.
+        let delay = backoff(
+            s.cfg.backoff_base,
+            s.cfg.backoff_cap,
+            attempt.saturating_sub(FLAT_ATTEMPTS),
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -570,15 +606,29 @@ async fn read_stream(
 ) -> bool {
     let mut stream = std::pin::pin!(stream);
     let mut heard = false;
+    // One timer for the whole connection, re-armed only when it fires: a timeout per event
+    // would insert and remove a timer for every event of every gate.
+    let idle = s.cfg.idle_timeout;
+    let mut last = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(idle);
+    let mut silence = std::pin::pin!(silence);
     loop {
-        let item = match tokio::time::timeout(s.cfg.idle_timeout, stream.next()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => return heard,
-            Err(_) => {
-                tracing::warn!(switch = %s.cfg.switch, "event stream silent too long; reconnecting");
-                return heard;
+        let item = tokio::select! {
+            biased;
+            item = stream.next() => match item {
+                Some(item) => item,
+                None => return heard,
+            },
+            () = &mut silence => {
+                if last.elapsed() >= idle {
+                    tracing::warn!(switch = %s.cfg.switch, "event stream silent too long; reconnecting");
+                    return heard;
+                }
+                silence.as_mut().reset(last + idle);
+                continue;
             }
         };
+        last = tokio::time::Instant::now();
         if item.is_ok() && !heard {
             heard = true;
             s.set_connected(true);

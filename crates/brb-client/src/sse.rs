@@ -48,29 +48,38 @@ impl Parser {
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
         let mut out = Vec::new();
-        for &b in chunk {
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
-                    continue;
-                }
+        let mut rest = chunk;
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(r) = rest.strip_prefix(b"\n") {
+                rest = r;
             }
-            match b {
-                b'\n' => self.end_line(&mut out),
-                b'\r' => {
-                    self.after_cr = true;
-                    self.end_line(&mut out);
-                }
-                _ => {
-                    if self.line.len() >= MAX_LINE {
-                        self.line.clear();
-                        return Err(SseError::LineTooLong);
-                    }
-                    self.line.push(b);
+        }
+        // Whole runs of line bytes at a time: a chunk is usually one or two complete frames.
+        while let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.push(&rest[..i])?;
+            self.end_line(&mut out);
+            let cr = rest[i] == b'\r';
+            rest = &rest[i + 1..];
+            if cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
                 }
             }
         }
+        self.push(rest)?;
         Ok(out)
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+        if self.line.len() + bytes.len() > MAX_LINE {
+            self.line.clear();
+            return Err(SseError::LineTooLong);
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn end_line(&mut self, out: &mut Vec<Event>) {

@@ -361,6 +361,17 @@ impl TokenBook {
         self.generation.subscribe()
     }
 
+    /// The next instant after `now` at which some token expires or a rotation grace ends.
+    pub fn next_deadline(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let map = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|c| !c.revoked)
+            .flat_map(|c| [c.expires_at, c.previous.map(|(_, u)| u)])
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+    }
+
     /// Notes a successful use; written to the store in batches by [`TokenBook::flush_uses`].
     pub fn record_use(&self, id: &str, addr: Option<String>) {
         let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
@@ -405,6 +416,30 @@ pub struct StreamLease {
     via_previous: bool,
     valid_until: Option<DateTime<Utc>>,
     changes: watch::Receiver<u64>,
+}
+
+impl StreamLease {
+    /// For event streams, checked whenever the stream wakes (no future of its own: one per
+    /// stream would cost a lock on every event; see `sse.rs`). A token-table change, and each
+    /// expiry or grace deadline, wakes every stream through the hub (`AppState::
+    /// spawn_token_watch`), so this runs at the right moments.
+    pub fn is_over(&mut self) -> bool {
+        let Some(id) = &self.token_id else {
+            return false;
+        };
+        if self.valid_until.is_some_and(|u| u <= Utc::now()) {
+            tracing::info!(token_id = %id, "token expired; ending its stream");
+            return true;
+        }
+        if self.changes.has_changed().unwrap_or(false) {
+            self.changes.mark_unchanged();
+            if !self.state.tokens().still_valid(id, self.via_previous) {
+                tracing::info!(token_id = %id, "token no longer valid; ending its stream");
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl StreamLease {

@@ -101,7 +101,9 @@ impl Default for AbuseConfig {
             // A fleet often shares one worker token: the cap is about runaway clients.
             max_streams_per_token: 50_000,
             header_read_timeout_secs: 10,
-            max_header_bytes: 16 * 1024,
+            // hyper's read buffer is capped by this too: 8 KiB keeps an idle stream near 12 KiB
+            // (BENCHMARKS.md, "Memory per idle watcher").
+            max_header_bytes: 8 * 1024,
         }
     }
 }

@@ -161,6 +161,21 @@ impl Hub {
         }));
     }
 
+    /// Wakes every event stream with an empty frame (at shutdown: streams then see the flag).
+    /// Cheaper than each stream also waiting on a shutdown signal: that would lock one shared
+    /// waiter list on every event of every stream.
+    pub fn wake_all(&self) {
+        let _ = self.tx.send(Arc::new(Frame {
+            switch: Arc::from(""),
+            version: 0,
+            audit_id: 0,
+            deleted: false,
+            ephemeral: true,
+            by_version: Bytes::new(),
+            by_id: Bytes::new(),
+        }));
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
         self.tx.subscribe()
     }

@@ -278,6 +278,35 @@ impl AppState {
 
     /// Starts the periodic work: worker-count events (at most ten a second per switch), the
     /// stale-worker sweep and the once-a-second `samples` event. Ends at shutdown.
+    /// Wakes every event stream when the token table changes (here or on another replica) and
+    /// when a token expires or a rotation grace ends, so each stream re-checks its lease.
+    pub fn spawn_token_watch(&self) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut changes = state.tokens().changes();
+            let mut shutdown = state.shutdown_signal();
+            loop {
+                let next = state.tokens().next_deadline(chrono::Utc::now());
+                let sleep = async {
+                    match next {
+                        Some(t) => {
+                            let left = (t - chrono::Utc::now()).to_std().unwrap_or_default();
+                            // A hair late, so the deadline has passed when streams look.
+                            tokio::time::sleep(left + std::time::Duration::from_millis(5)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = sleep => {}
+                    _ = shutdown.changed() => return,
+                }
+                state.hub().wake_all();
+            }
+        });
+    }
+
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
@@ -380,6 +409,8 @@ impl AppState {
 
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Event streams check `is_shutting_down` whenever they wake; this wakes them all.
+        self.hub().wake_all();
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -538,6 +569,7 @@ impl Server {
             bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         state.spawn_background();
+        state.spawn_token_watch();
         propagate::spawn(&state);
         tokio::spawn(notify::run(state.clone()));
         tokio::spawn(notify::reminders(state.clone()));

@@ -45,7 +45,6 @@ struct Stream {
     last: u64,
     pending: VecDeque<Bytes>,
     keepalive: Interval,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     finished: bool,
     /// Ends the stream when its token is revoked or expires; counts it against the cap.
     lease: crate::auth::StreamLease,
@@ -117,7 +116,6 @@ pub async fn open(
 
     let stream = Stream {
         _gauge: state.metrics().sse_watcher(),
-        shutdown: state.shutdown_signal(),
         state,
         scope,
         rx,
@@ -168,13 +166,13 @@ async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
         if let Some(b) = s.pending.pop_front() {
             return Some((Ok(b), s));
         }
-        if s.finished || *s.shutdown.borrow() {
+        // No shutdown future in the select: one per stream would lock a waiter list shared by
+        // every stream on every event. `begin_shutdown` wakes all streams through the hub.
+        if s.finished || s.state.is_shutting_down() || s.lease.is_over() {
             return None;
         }
         tokio::select! {
             biased;
-            _ = s.shutdown.changed() => return None,
-            _ = s.lease.ended() => return None,
             r = s.rx.recv() => match r {
                 Ok(frame) => s.accept(&frame),
                 Err(RecvError::Lagged(n)) => {
@@ -194,7 +192,12 @@ impl Stream {
     fn accept(&mut self, f: &Frame) {
         match &self.scope {
             Scope::One(_) if f.ephemeral => {}
-            Scope::All if f.ephemeral => self.pending.push_back(f.by_id.clone()),
+            Scope::All if f.ephemeral => {
+                // An empty frame only wakes the stream (see `Hub::wake_all`).
+                if !f.by_id.is_empty() {
+                    self.pending.push_back(f.by_id.clone());
+                }
+            }
             Scope::One(name) => {
                 if *f.switch != **name || f.version <= self.last {
                     return;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod button;
 mod cli;
 mod server;
@@ -96,6 +97,12 @@ enum Cmd {
     Switch(cli::SwitchCmd),
     /// Run the office button daemon: presses pause, the light shows the fleet's state.
     Button(button::ButtonArgs),
+    /// Measure the control plane: fan-out to N gates, acknowledged toggles, status reads,
+    /// memory per watcher, a reconnect storm, and Redis pub/sub as a baseline (release build).
+    Bench(brb_bench::BenchArgs),
+    /// Watchers or readers for a running `brb bench` (orders on stdin, answers on stdout).
+    #[command(hide = true)]
+    BenchChild,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +145,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Button(b) => button::run(connect(&cli.conn)?, b)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Cmd::Bench(a) => bench::run(a).await,
+        Cmd::BenchChild => bench::child().await,
     }
 }
 

@@ -1,0 +1,99 @@
+//! `brb bench`: how fast a press reaches every worker, measured against a real control plane.
+//!
+//! The coordinator ([`run`]) starts `brb server` from the same executable as a child process
+//! (SQLite in a temporary data dir, or several replicas on a private PostgreSQL cluster), and
+//! puts the watchers in other child processes (`brb bench-child`, [`child_main`]): this
+//! machine allows 20,000 open files per process, so no single process can hold both ends of
+//! ten thousand connections. Each watcher is a real SDK [`brb_client::Gate`] with its own
+//! HTTP connection. The coordinator and its children talk in JSON lines over stdin/stdout and
+//! time across processes with `CLOCK_MONOTONIC` ([`clock`]).
+//!
+//! The same run measures the baseline teams otherwise build by hand: the same number of
+//! subscribers on Redis pub/sub (`redis-server` started on a loopback port, no persistence),
+//! the same number of publishes, the same JSON payload decoded by each subscriber.
+//!
+//! This crate never links the server: it drives the `brb` binary, so it measures exactly what
+//! ships.
+
+pub mod child;
+pub mod clock;
+pub mod http;
+pub mod proto;
+pub mod report;
+pub mod resp;
+mod run;
+pub mod stats;
+
+use std::path::PathBuf;
+
+pub use child::child_main;
+pub use run::run;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] brb_client::ClientError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BenchError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// `brb bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Watcher counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub watchers: Vec<usize>,
+    /// Toggles per watcher count (fan-out samples = watchers × toggles).
+    #[arg(long, default_value_t = 20)]
+    pub toggles: usize,
+    /// Sequential toggles with no watchers, for the acknowledged-toggle latency.
+    #[arg(long, default_value_t = 200)]
+    pub ack_toggles: usize,
+    /// Client connections for the status-read throughput (0 skips it).
+    #[arg(long, default_value_t = 64)]
+    pub read_conns: usize,
+    /// How long the status reads run, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub read_secs: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the results table as Markdown to this file (for BENCHMARKS.md).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Run the control plane on a private PostgreSQL cluster (needs Debian's postgresql).
+    #[arg(long)]
+    pub postgres: bool,
+    /// Control-plane replicas (more than one needs --postgres); watchers spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Skip the Redis pub/sub baseline.
+    #[arg(long)]
+    pub skip_redis: bool,
+    /// Skip the reconnect storm (kill -9 and restart of the control plane).
+    #[arg(long)]
+    pub skip_storm: bool,
+    /// At most this many watchers per child process (the open-files limit is per process).
+    #[arg(long, default_value_t = 8000)]
+    pub per_process: usize,
+    /// Pause between toggles, in milliseconds (lets the previous one settle everywhere).
+    #[arg(long, default_value_t = 200)]
+    pub pause_ms: u64,
+    /// The redis-server binary.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
+}
