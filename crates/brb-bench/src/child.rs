@@ -275,6 +275,7 @@ impl Child {
         }
         Ok(FromChild::Reconnected {
             missing: pending.len(),
+            stale: pending.iter().filter(|g| g.is_connected()).count(),
             t_ns,
         })
     }

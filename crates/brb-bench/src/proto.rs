@@ -58,6 +58,9 @@ pub enum FromChild {
     Reconnected {
         t_ns: Vec<u64>,
         missing: usize,
+        /// Of the missing: gates that still count themselves connected on a stream opened
+        /// before the kill (they never noticed it).
+        stale: usize,
     },
     Reads {
         requests: u64,

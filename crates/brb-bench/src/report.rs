@@ -75,6 +75,8 @@ pub struct Memory {
 pub struct Storm {
     pub reconnected: usize,
     pub missing: usize,
+    /// Of the missing: gates still on a stream opened before the kill (never noticed it).
+    pub stale: usize,
     /// From starting the new server process to the last gate connected.
     pub all_back_ms: f64,
     /// From the new server listening to the last gate connected.

@@ -374,14 +374,17 @@ async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
     ];
     let mut t_ns = Vec::new();
     let mut missing = 0;
+    let mut stale = 0;
     for a in ask_all(children, orders, Duration::from_secs(120)).await? {
         match a {
             FromChild::Reconnected {
                 t_ns: t,
                 missing: m,
+                stale: st,
             } => {
                 t_ns.extend(t);
                 missing += m;
+                stale += st;
             }
             other => return Err(unexpected(&other)),
         }
@@ -391,13 +394,15 @@ async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
     let s = Storm {
         reconnected: t_ns.len(),
         missing,
+        stale,
         all_back_ms: ms(t_restart),
         after_listening_ms: ms(t_listening),
         since_kill_ms: ms(t_kill),
         spread: spread(&t_ns),
     };
     eprintln!(
-        "brb bench:   reconnect storm: all back {:.0} ms after restart ({missing} missing)",
+        "brb bench:   reconnect storm: all back {:.0} ms after restart ({missing} missing, \
+         {stale} of them on a stream from before the kill)",
         s.all_back_ms
     );
     Ok(s)
@@ -679,13 +684,21 @@ impl Fleet {
         }
     }
 
-    /// Starts every server again on its address (after `kill9` or `terminate`).
+    /// Starts every server again on its address (after `kill9` or `terminate`), all at once:
+    /// started one after another, the first one up would take every watcher's next attempt.
     async fn start_again(&mut self) -> Result<()> {
-        for i in 0..self.servers.len() {
-            let listen = self.servers[i].listen.to_string();
-            self.servers[i] =
-                ServerProc::start(&self.exe, &listen, &self.data_dirs[i], &self.env, &self.log)
-                    .await?;
+        let mut starting = Vec::new();
+        for (s, d) in self.servers.iter().zip(&self.data_dirs) {
+            let (exe, listen, dir) = (self.exe.clone(), s.listen.to_string(), d.clone());
+            let (env, log) = (self.env.clone(), self.log.clone());
+            starting.push(tokio::spawn(async move {
+                ServerProc::start(&exe, &listen, &dir, &env, &log).await
+            }));
+        }
+        for (i, t) in starting.into_iter().enumerate() {
+            self.servers[i] = t
+                .await
+                .map_err(|e| BenchError::Failed(format!("starting a server: {e}")))??;
         }
         Ok(())
     }

@@ -57,6 +57,9 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// How long an event-stream request may wait for the answer's headers.
+const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What an event stream yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
@@ -461,10 +464,20 @@ impl Client {
             if let Some(id) = last_event_id {
                 rb = rb.header("last-event-id", id);
             }
-            let res = match rb.send().await {
-                Ok(r) => r,
-                Err(e) => {
+            // No overall timeout on a stream, but its answer must start: a server that took
+            // the connection into its accept queue and never accepted it (out of file
+            // descriptors) would otherwise hold the watcher forever.
+            let res = match tokio::time::timeout(STREAM_ANSWER_TIMEOUT, rb.send()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     last_err = format!("{base}: {}", describe(&e));
+                    continue;
+                }
+                Err(_) => {
+                    last_err = format!(
+                        "{base}: no answer to the event-stream request within {}s",
+                        STREAM_ANSWER_TIMEOUT.as_secs()
+                    );
                     continue;
                 }
             };
@@ -637,5 +650,26 @@ mod tests {
         let c = Client::new(&["http://127.0.0.1:1"], None).unwrap();
         let e = c.switches().await.unwrap_err();
         assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_never_answered_gives_up_and_tries_the_next_url() {
+        // A listener that never accepts: the kernel completes the handshake and queues the
+        // connection, the request is sent, no answer ever comes (a server out of files).
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", mute.local_addr().unwrap());
+        let c = Client::new(&[url.as_str(), "http://127.0.0.1:1"], None).unwrap();
+        let t = std::time::Instant::now();
+        let e = c
+            .events(&EventScope::All, None)
+            .await
+            .err()
+            .expect("no stream from a mute server");
+        assert!(t.elapsed() >= STREAM_ANSWER_TIMEOUT);
+        assert!(t.elapsed() < STREAM_ANSWER_TIMEOUT * 2);
+        // Both URLs were tried; the last error is the refused one.
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
+        assert!(e.to_string().contains("127.0.0.1:1:"), "{e}");
+        drop(mute);
     }
 }
