@@ -520,6 +520,10 @@ impl ServerProc {
             .env_remove("BRB_DATABASE_URL")
             .env_remove("BRB_ADMIN_TOKEN")
             .env("BRB_LOG", "warn")
+            // The benchmark toggles as fast as the server commits; the abuse limits (5 changes
+            // a second per token by default) would measure themselves instead.
+            .env("BRB_CHANGES_PER_SEC", "1000000")
+            .env("BRB_CHANGES_BURST", "1000000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
