@@ -265,6 +265,36 @@ async fn three_replicas_body() {
         assert!(ok, "replica {u} counts all six workers");
     }
 
+    // Rotation: rotated on A without grace, the new secret works on C and the old one stops.
+    let rot = client(&[&ua])
+        .create_token(&brb_api::CreateTokenRequest {
+            name: "rotating-bot".into(),
+            role: brb_api::Role::Viewer,
+            expires_at: None,
+            scope: None,
+        })
+        .await
+        .unwrap();
+    let old_on_c = Client::new(&[uc.as_str()], Some(rot.secret.clone())).unwrap();
+    let t = Instant::now();
+    while old_on_c.switches().await.is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a token created on A works on C"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rotated = client(&[&ua]).rotate_token(&rot.token.id, 0).await.unwrap();
+    let new_on_c = Client::new(&[uc.as_str()], Some(rotated.secret.clone())).unwrap();
+    let t = Instant::now();
+    while new_on_c.switches().await.is_err() || old_on_c.switches().await.is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the rotation on A took effect on C"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Tokens: created on A, accepted on C; revoked on B, refused on C at once.
     let created = client(&[&ua])
         .create_token(&brb_api::CreateTokenRequest {
