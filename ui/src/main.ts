@@ -5,7 +5,7 @@ import "./locale-guard";
 import "./style.css";
 import type { Backend } from "./backend";
 import { HttpBackend } from "./http-backend";
-import { applyEvent, emptyModel, loadSeries, setConnection } from "./model";
+import { applyEvent, applySnapshot, emptyModel, loadSeries, setConnection } from "./model";
 import { TauriBackend, inTauri } from "./tauri-backend";
 import { App } from "./ui";
 
@@ -63,14 +63,13 @@ async function start() {
   const model = emptyModel();
   const refresh = async () => {
     const p = model.info?.primary_switch;
+    const startedAt = model.eventSeq;
     const [switches, audit, counts] = await Promise.all([
       backend.switches(),
       backend.audit(200),
       p ? backend.workers(p) : Promise.resolve(null),
     ]);
-    model.switches = new Map(switches.map((s) => [s.name, s]));
-    model.audit = audit;
-    if (counts) model.counts.set(counts.switch, counts);
+    applySnapshot(model, { switches, audit, counts }, startedAt);
   };
   try {
     model.info = await backend.info();

@@ -27,6 +27,13 @@ export interface Model {
   error: { code: string; message: string } | null;
   /** Desktop only: the office button's status, when its listener runs in the app. */
   button: string | null;
+  /**
+   * How many live events have been applied. A full refresh notes it when it starts: counts
+   * pushed by an event after that are newer than what the refresh fetched, and win.
+   */
+  eventSeq: number;
+  /** Per switch, the `eventSeq` of the last `workers` event. */
+  countsSeq: Map<string, number>;
 }
 
 export function emptyModel(): Model {
@@ -41,7 +48,34 @@ export function emptyModel(): Model {
     pending: null,
     error: null,
     button: null,
+    eventSeq: 0,
+    countsSeq: new Map(),
   };
+}
+
+/** What a full refresh fetched. */
+export interface Snapshot {
+  switches: Switch[];
+  audit: AuditEntry[];
+  counts: WorkerCounts | null;
+}
+
+/**
+ * Applies a full refresh that started when `m.eventSeq` was `startedAt`. Requests race live
+ * events: an answer may arrive after an event that is newer than it, and must not undo it
+ * (a stale "0/40 workers paused" would otherwise stay on screen until the next change).
+ */
+export function applySnapshot(m: Model, s: Snapshot, startedAt: number) {
+  const next = new Map<string, Switch>();
+  for (const sw of s.switches) {
+    const cur = m.switches.get(sw.name);
+    next.set(sw.name, cur && cur.version > sw.version ? cur : sw);
+  }
+  m.switches = next;
+  m.audit = s.audit;
+  if (s.counts && (m.countsSeq.get(s.counts.switch) ?? -1) < startedAt) {
+    m.counts.set(s.counts.switch, s.counts);
+  }
 }
 
 export function seriesKey(name: string, labels?: Record<string, string>): string {
@@ -90,6 +124,7 @@ export function appendSample(m: Model, key: string, name: string, ts: number, va
 
 /** Applies a live event. Returns true if the primary switch changed (to refresh the audit). */
 export function applyEvent(m: Model, e: LiveEvent): boolean {
+  m.eventSeq += 1;
   switch (e.kind) {
     case "switch": {
       const prev = m.switches.get(e.data.name);
@@ -105,6 +140,7 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
       return true;
     case "workers":
       m.counts.set(e.data.switch, e.data);
+      m.countsSeq.set(e.data.switch, m.eventSeq);
       return false;
     case "samples":
       for (const v of e.data.values) {

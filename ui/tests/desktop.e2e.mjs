@@ -31,12 +31,15 @@ async function api(path, init = {}) {
   return { status: res.status, body: await res.json() };
 }
 
+// The last text read from the app, so that a timeout says what the app showed instead.
+let lastText = null;
+
 async function eventually(f, ms = 15000) {
   const end = Date.now() + ms;
   for (;;) {
     const v = await f();
     if (v) return v;
-    if (Date.now() > end) throw new Error("timed out");
+    if (Date.now() > end) throw new Error(`timed out; the app last showed ${JSON.stringify(lastText)}`);
     await new Promise((r) => setTimeout(r, 200));
   }
 }
@@ -84,8 +87,13 @@ after(async () => {
   server?.kill("SIGKILL");
 });
 
+async function textOf(testid) {
+  lastText = await (await driver.findElement(By.css(`[data-testid="${testid}"]`))).getText();
+  return lastText;
+}
+
 async function toggleText() {
-  return (await driver.findElement(By.css('[data-testid="toggle"]'))).getText();
+  return textOf("toggle");
 }
 
 async function shot(name) {
@@ -98,10 +106,10 @@ test("the desktop app shows the switch and pauses it through the confirm step", 
   await driver.wait(until.elementLocated(By.css('[data-testid="toggle"]')), 20000);
   await eventually(async () => /WORKERS RUNNING/.test(await toggleText()));
   assert.match(await (await driver.findElement(By.css('[data-testid="environment"]'))).getText(), /PRODUCTION/);
-  await eventually(async () => /workers running/.test(await (await driver.findElement(By.css('[data-testid="acks"]'))).getText()));
+  await eventually(async () => /workers running/.test(await textOf("acks")));
   // The office button listener runs inside the app and says where the device stands (there
   // is none on this machine).
-  await eventually(async () => /Office button: looking for it/.test(await (await driver.findElement(By.css('[data-testid="device"]'))).getText()));
+  await eventually(async () => /Office button: looking for it/.test(await textOf("device")));
   await shot("desktop-running.png");
   await (await driver.findElement(By.css('[data-testid="toggle"]'))).click();
   const reason = await driver.wait(until.elementLocated(By.css('[data-testid="reason"]')), 5000);
@@ -113,7 +121,7 @@ test("the desktop app shows the switch and pauses it through the confirm step", 
   assert.equal(sw.state, "paused");
   assert.equal(sw.source, "desktop");
   assert.equal(sw.reason, "desktop e2e");
-  await eventually(async () => /40\/40 workers paused/.test(await (await driver.findElement(By.css('[data-testid="acks"]'))).getText()));
+  await eventually(async () => /40\/40 workers paused/.test(await textOf("acks")));
   await new Promise((r) => setTimeout(r, 3000));
   await shot("desktop-paused.png");
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { AuditEntry, Switch, WorkerCounts } from "../src/api";
 import { ackLine, admittedFraction, changeLine, duration } from "../src/format";
-import { appendSample, applyEvent, emptyModel, lastResume, loadSeries, seriesKey, setConnection } from "../src/model";
+import { appendSample, applyEvent, applySnapshot, emptyModel, lastResume, loadSeries, seriesKey, setConnection } from "../src/model";
 import { markers, pausedIntervals, visibleRange } from "../src/pauses";
 import { SseParser } from "../src/sse";
 
@@ -140,6 +140,26 @@ describe("model", () => {
     expect(m.series.has(seriesKey("fleet_paused", { switch: "workers" }))).toBe(true);
     appendSample(m, "queue_depth", "queue_depth", 102 + 3600, 9);
     expect(m.series.get("queue_depth")?.ts).toEqual([102 + 3600]);
+  });
+
+  it("a refresh answered after newer live events does not undo them", () => {
+    // The CI failure this guards against: a pause triggers a refresh; the workers' "40/40
+    // paused" arrives by event; then the refresh's older answer ("0/40") landed on top and
+    // stayed until the next change.
+    const m = emptyModel();
+    m.switches.set("workers", sw());
+    applyEvent(m, { kind: "switch", data: sw({ state: "paused", version: 2 }) });
+    const startedAt = m.eventSeq;
+    applyEvent(m, { kind: "workers", data: counts({ version: 2, paused: 40, running: 0 }) });
+    applyEvent(m, { kind: "switch", data: sw({ state: "running", version: 3 }) });
+    applySnapshot(m, { switches: [sw({ state: "paused", version: 2 })], audit: [entry(1, "paused", 1)], counts: counts({ version: 2, paused: 0, running: 40 }) }, startedAt);
+    expect(m.counts.get("workers")?.paused).toBe(40);
+    expect(m.switches.get("workers")?.version).toBe(3);
+    expect(m.audit).toHaveLength(1);
+    // A refresh started after the last event is the newest picture and replaces it.
+    applySnapshot(m, { switches: [sw({ state: "running", version: 3 })], audit: [], counts: counts({ version: 3, paused: 0, running: 40 }) }, m.eventSeq);
+    expect(m.counts.get("workers")?.running).toBe(40);
+    expect(m.counts.get("workers")?.paused).toBe(0);
   });
 
   it("tracks when the connection was lost", () => {
