@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, O
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brb_api::{Ramp, Sample, SampleKind, Switch, SwitchState, WorkerReport, WorkerStatus};
+use std::borrow::Cow;
+
+use brb_api::{Ramp, Sample, SampleKind, Source, Switch, SwitchState, WorkerReport, WorkerStatus};
 use chrono::Utc;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -119,6 +121,34 @@ pub fn default_worker_id() -> String {
     )
 }
 
+/// What a gate needs of a switch. A `switch` event is decoded into this rather than a whole
+/// [`Switch`]: it skips the timestamp parse and most strings, on every delivery to every gate.
+#[derive(Debug, serde::Deserialize)]
+struct SwitchView<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    state: SwitchState,
+    version: u64,
+    #[serde(borrow)]
+    changed_by: Cow<'a, str>,
+    source: Source,
+    #[serde(default)]
+    ramp: Option<Ramp>,
+}
+
+impl<'a> From<&'a Switch> for SwitchView<'a> {
+    fn from(s: &'a Switch) -> Self {
+        SwitchView {
+            name: Cow::Borrowed(&s.name),
+            state: s.state,
+            version: s.version,
+            changed_by: Cow::Borrowed(&s.changed_by),
+            source: s.source,
+            ramp: s.ramp.clone(),
+        }
+    }
+}
+
 const KNOWN_NONE: u8 = 0;
 const KNOWN_RUNNING: u8 = 1;
 const KNOWN_PAUSED: u8 = 2;
@@ -154,8 +184,9 @@ fn now_ms() -> i64 {
 }
 
 impl Shared {
-    /// Recomputes the effective decision from what is known and how long ago.
-    fn recompute(&self) {
+    /// Recomputes the effective decision from what is known and how long ago. True when it
+    /// changed (waiters and the reporter were woken).
+    fn recompute(&self) -> bool {
         let known = self.known.load(Ordering::Acquire);
         let lost = self.lost_at_ms.load(Ordering::Acquire);
         let beyond_grace = lost != 0 && now_ms() - lost >= self.cfg.grace.as_millis() as i64;
@@ -170,9 +201,10 @@ impl Shared {
             self.changed.notify_waiters();
             self.report_now.notify_one();
         }
+        was != open
     }
 
-    fn apply(&self, s: &Switch) {
+    fn apply(&self, s: &SwitchView<'_>) {
         if s.version < self.version.load(Ordering::Acquire) && self.known() != KNOWN_NONE {
             return; // an older event (another replica lagging): ignore
         }
@@ -187,15 +219,18 @@ impl Shared {
         };
         let prev = self.known.swap(k, Ordering::AcqRel);
         self.contact();
-        self.recompute();
+        let notified = self.recompute();
         if prev == KNOWN_NONE {
             tracing::debug!(switch = %s.name, state = %s.state, version = s.version, "gate learned the state");
         } else if prev != k {
             tracing::info!(switch = %s.name, state = %s.state, version = s.version,
                 changed_by = %s.changed_by, source = %s.source, "gate observed a change");
         }
-        self.changed.notify_waiters();
-        self.report_now.notify_one();
+        // Waiters also learn of a new version or ramp with the same decision.
+        if !notified {
+            self.changed.notify_waiters();
+            self.report_now.notify_one();
+        }
     }
 
     fn known(&self) -> u8 {
@@ -636,7 +671,7 @@ async fn read_stream(
         match item {
             Ok(StreamItem::Alive) => s.contact(),
             Ok(StreamItem::Event(ev)) if ev.event == brb_api::events::SWITCH => {
-                match serde_json::from_str::<Switch>(&ev.data) {
+                match serde_json::from_str::<SwitchView<'_>>(&ev.data) {
                     Ok(sw) => s.apply(&sw),
                     Err(e) => {
                         tracing::warn!(switch = %s.cfg.switch, error = %e, "unreadable switch event");
@@ -672,7 +707,7 @@ async fn long_poll(s: &Shared, client: &Client) -> bool {
             Ok(sw) => {
                 heard = true;
                 s.set_connected(true);
-                s.apply(&sw);
+                s.apply(&SwitchView::from(&sw));
             }
             Err(e) => {
                 tracing::debug!(switch = %s.cfg.switch, error = %e, "long-poll failed");
@@ -735,6 +770,55 @@ async fn samples(s: Arc<Shared>, client: Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gate's partial view decodes what the server sends: a whole `Switch`, with a ramp
+    /// and with escaped strings (which cannot be borrowed).
+    #[test]
+    fn switch_view_decodes_a_serialized_switch() {
+        let mut sw = Switch {
+            name: "workers".into(),
+            description: "Pause \"all\" workers".into(),
+            primary: true,
+            state: SwitchState::Running,
+            version: 7,
+            changed_at: Utc::now(),
+            changed_by: "al\nice".into(),
+            source: Source::Button,
+            reason: Some("db on fire".into()),
+            ramp: None,
+        };
+        for ramp in [
+            None,
+            Some(Ramp {
+                started_at: Utc::now(),
+                duration_secs: 60,
+                shape: brb_api::RampShape::Steps {
+                    fractions: vec![0.25, 1.0],
+                },
+            }),
+        ] {
+            sw.ramp = ramp;
+            let json = serde_json::to_string(&sw).unwrap();
+            let v: SwitchView<'_> = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                (
+                    v.name.as_ref(),
+                    v.state,
+                    v.version,
+                    v.changed_by.as_ref(),
+                    v.source
+                ),
+                (
+                    "workers",
+                    SwitchState::Running,
+                    7,
+                    "al\nice",
+                    Source::Button
+                )
+            );
+            assert_eq!(v.ramp, sw.ramp);
+        }
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {

@@ -20,6 +20,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod direct;
 pub mod gate;
 pub mod sse;
 
@@ -458,6 +459,41 @@ impl Client {
         };
         let mut last_err = String::new();
         for base in &self.bases {
+            // Plain HTTP without a proxy: read in the caller's task (see `direct.rs`).
+            if let Some(t) = direct::target(base) {
+                let full = format!("{}{path}", brb_api::API_PREFIX);
+                let opened = tokio::time::timeout(
+                    STREAM_ANSWER_TIMEOUT,
+                    direct::open(&t, &full, self.token.as_deref(), last_event_id),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(direct::Opened::Stream(s))) => {
+                        // Boxed so that the stream stays `Unpin`, as callers may rely on.
+                        let stream =
+                            Box::pin(futures_util::stream::unfold(s, |mut s| async move {
+                                let item = s.next_item().await?;
+                                Some((item, s))
+                            }));
+                        return Ok(futures_util::future::Either::Left(stream));
+                    }
+                    Ok(Ok(direct::Opened::Refused(status, body))) => {
+                        return Err(error_from(base, status, &body));
+                    }
+                    Ok(Err(e @ ClientError::Config(_))) => return Err(e),
+                    Ok(Err(e)) => {
+                        last_err = e.to_string();
+                        continue;
+                    }
+                    Err(_) => {
+                        last_err = format!(
+                            "{base}: no answer to the event-stream request within {}s",
+                            STREAM_ANSWER_TIMEOUT.as_secs()
+                        );
+                        continue;
+                    }
+                }
+            }
             let mut rb = self
                 .request(&self.stream_http, Method::GET, base, &path)
                 .header("accept", "text/event-stream");
@@ -510,7 +546,7 @@ impl Client {
                 };
                 futures_util::stream::iter(items)
             });
-            return Ok(stream);
+            return Ok(futures_util::future::Either::Right(stream));
         }
         Err(ClientError::Unreachable(last_err))
     }
@@ -563,20 +599,26 @@ async fn decode<T: DeserializeOwned>(base: &str, res: Response) -> Result<T> {
             message: format!("HTTP {status} with an unreadable body: {e}"),
         });
     }
-    match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-        Ok(b) => Err(ClientError::Api {
-            status: status.as_u16(),
+    Err(error_from(base, status.as_u16(), &bytes))
+}
+
+/// The error an answer with a non-success status stands for: the API's `{code, message}`
+/// when the body is one, else the status and the start of the body.
+fn error_from(base: &str, status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ApiErrorBody>(bytes) {
+        Ok(b) => ClientError::Api {
+            status,
             code: b.error.code,
             message: b.error.message,
             current: b.error.current,
-        }),
-        Err(_) => Err(ClientError::Protocol {
+        },
+        Err(_) => ClientError::Protocol {
             url: base.to_string(),
             message: format!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
             ),
-        }),
+        },
     }
 }
 

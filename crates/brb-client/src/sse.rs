@@ -98,7 +98,12 @@ impl Parser {
             }
             None => (&line[..], &[][..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Valid UTF-8 (always, from our server) takes the fast check; only invalid input
+        // pays for the lossy, replacing path.
+        let value = match std::str::from_utf8(value) {
+            Ok(v) => std::borrow::Cow::Borrowed(v),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"event" => self.event = value.into_owned(),
             b"data" => {

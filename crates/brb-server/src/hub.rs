@@ -34,6 +34,10 @@ pub struct Frame {
     pub by_version: Bytes,
     /// For `/events`: `id:` is the global audit id.
     pub by_id: Bytes,
+    /// The same two, framed as HTTP/1.1 chunks for streams that write their socket directly
+    /// (`net.rs`): one `write` per delivery, no per-watcher framing.
+    pub by_version_chunk: Bytes,
+    pub by_id_chunk: Bytes,
 }
 
 type Slot = watch::Sender<Option<Arc<Switch>>>;
@@ -57,6 +61,19 @@ pub fn sse_frame(event: &str, id: u64, data: &str) -> Bytes {
     Bytes::from(s)
 }
 
+/// `bytes` as one HTTP/1.1 chunk (`{len:x}\r\n{bytes}\r\n`); empty input stays empty (an
+/// empty chunk would end the body).
+pub fn chunk(bytes: &[u8]) -> Bytes {
+    if bytes.is_empty() {
+        return Bytes::new();
+    }
+    let mut s = Vec::with_capacity(bytes.len() + 12);
+    s.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+    s.extend_from_slice(bytes);
+    s.extend_from_slice(b"\r\n");
+    Bytes::from(s)
+}
+
 pub fn encode(ev: &SwitchEvent) -> (&'static str, String) {
     // serde_json of our own types cannot fail (no maps with non-string keys, no custom
     // serializers); an empty object keeps the stream well-formed if it ever did.
@@ -75,14 +92,18 @@ pub fn encode(ev: &SwitchEvent) -> (&'static str, String) {
 impl Frame {
     pub fn new(ev: &StoredEvent) -> Frame {
         let (name, json) = encode(&ev.event);
+        let by_version = sse_frame(name, ev.event.version(), &json);
+        let by_id = sse_frame(name, ev.audit_id, &json);
         Frame {
             switch: Arc::from(ev.event.name()),
             version: ev.event.version(),
             audit_id: ev.audit_id,
             deleted: matches!(ev.event, SwitchEvent::Deleted(_)),
             ephemeral: false,
-            by_version: sse_frame(name, ev.event.version(), &json),
-            by_id: sse_frame(name, ev.audit_id, &json),
+            by_version_chunk: chunk(&by_version),
+            by_id_chunk: chunk(&by_id),
+            by_version,
+            by_id,
         }
     }
 }
@@ -157,6 +178,8 @@ impl Hub {
             deleted: false,
             ephemeral: true,
             by_version: Bytes::new(),
+            by_version_chunk: Bytes::new(),
+            by_id_chunk: chunk(s.as_bytes()),
             by_id: Bytes::from(s),
         }));
     }
@@ -173,6 +196,8 @@ impl Hub {
             ephemeral: true,
             by_version: Bytes::new(),
             by_id: Bytes::new(),
+            by_version_chunk: Bytes::new(),
+            by_id_chunk: Bytes::new(),
         }));
     }
 
@@ -266,6 +291,17 @@ mod tests {
             event: SwitchEvent::Changed(sw("workers", 2, SwitchState::Paused)),
         }));
         assert!(a.try_recv().is_err());
+    }
+
+    #[test]
+    fn chunks_are_http11_chunked_framing() {
+        assert_eq!(&chunk(b"hello")[..], b"5\r\nhello\r\n");
+        let big = vec![b'a'; 300];
+        let c = chunk(&big);
+        assert!(c.starts_with(b"12c\r\n"));
+        assert!(c.ends_with(b"a\r\n"));
+        assert_eq!(c.len(), 5 + 300 + 2);
+        assert!(chunk(b"").is_empty(), "an empty chunk would end the body");
     }
 
     #[test]

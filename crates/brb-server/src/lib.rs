@@ -76,6 +76,9 @@ struct Inner {
     /// Serializes commit + publish so the hub broadcasts changes in version order.
     write_lock: Mutex<()>,
     shutdown: watch::Sender<bool>,
+    /// The same as a plain flag: every event stream checks it on every wake-up, and the watch
+    /// channel's read lock, shared by ten thousand streams, is a contended cache line.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// The store's change feed when several replicas share it (PostgreSQL); taken by the
     /// propagation task. `None` for SQLite, where this process makes every change.
     feed: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<FeedEvent>>>,
@@ -143,6 +146,7 @@ impl AppState {
                 config,
                 write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
                 feed: std::sync::Mutex::new(feed),
                 shared,
                 resync: tokio::sync::Notify::new(),
@@ -408,13 +412,18 @@ impl AppState {
     }
 
     pub fn begin_shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
         self.inner.shutdown.send_replace(true);
         // Event streams check `is_shutting_down` whenever they wake; this wakes them all.
         self.hub().wake_all();
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.inner.shutdown.borrow()
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The one write path for switch state, used by the HTTP API and (later) Slack and the

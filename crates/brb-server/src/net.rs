@@ -1,28 +1,56 @@
-//! The accept loop: plain TCP or TLS, HTTP/1.1 by hyper, the axum router per request.
+//! The accept loop: plain TCP or TLS, HTTP/1.1, the axum router per request.
 //!
 //! Why not `axum::serve`: we need the TLS handshake off the accept path (one slow or hostile
 //! client must not hold up the thousands reconnecting after a restart), a header-read timeout
 //! and a cap on the request head (slowloris), and the client certificate of the connection
-//! next to its address. The timeout covers reading a request's head only: once a response is
-//! streaming (an SSE watcher), hyper reads nothing more, so legitimate streams live on.
+//! next to its address.
+//!
+//! Why the first request head is read here and not by hyper: most connections to the control
+//! plane are workers' event streams, one long response each. Served through hyper, every
+//! delivery goes through its per-connection dispatcher, three body layers and its buffers
+//! (~8 KiB each); that was most of the server's CPU per delivery and memory per watcher. So
+//! the loop reads and parses the first head itself (within the header-read timeout and the
+//! head cap). An event-stream `GET` is answered by the router as usual (auth, token lease,
+//! replay), but the stream comes back as a [`sse::Takeover`] and is written straight to the
+//! socket ([`sse::write_direct`]); its other answers (401, 404, 429) are written here and the
+//! connection closes. Everything else — other requests, a head that does not parse, pipelined
+//! bytes — goes to hyper with the bytes already read put back in front ([`Rewind`]), and
+//! hyper's own header-read timer guards the connection's later requests.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use bytes::{Buf as _, Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::mpsc;
 use tower::ServiceExt as _;
 
+use crate::sse;
 use crate::tls::{ClientCert, Tls, fingerprint};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown starts, how long open connections get to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// First read buffer for a request head: enough for any head our clients send.
+const HEAD_BUF: usize = 1024;
+/// Most headers a head read here may have; a head with more goes to hyper (which has its own
+/// limit and answers).
+const MAX_HEADERS: usize = 48;
+/// An error answer on a directly served request is small JSON; this bounds collecting it.
+const MAX_DIRECT_BODY: usize = 64 * 1024;
 
+#[derive(Clone, Copy)]
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
@@ -42,6 +70,8 @@ pub async fn serve(
         .keep_alive(true);
     let http = Arc::new(http);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a sender; when all are dropped, every connection is done.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -57,15 +87,17 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let http = Arc::clone(&http);
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            router: router.clone(),
+            http: Arc::clone(&http),
+            graceful: graceful.watcher(),
+            settings,
+            peer,
+            _alive: alive.clone(),
+        };
         match &tls {
             None => {
-                let conn = http.serve_connection(TokioIo::new(tcp), service(router, peer, None));
-                tokio::spawn(async move {
-                    let _ = watcher.watch(conn).await;
-                });
+                tokio::spawn(conn.run(tcp, None));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
@@ -88,20 +120,212 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| ClientCert(fingerprint(c.as_ref())));
-                    let conn =
-                        http.serve_connection(TokioIo::new(stream), service(router, peer, cert));
-                    let _ = watcher.watch(conn).await;
+                    conn.run(stream, cert).await;
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(alive);
+    // Hyper's connections finish their in-flight requests; event streams (both kinds) end
+    // themselves, woken by `begin_shutdown`.
+    let drain = async {
+        graceful.shutdown().await;
+        let _ = all_done.recv().await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
+}
+
+/// One accepted connection, before we know what it asks for.
+struct Conn {
+    router: axum::Router,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    graceful: hyper_util::server::graceful::Watcher,
+    settings: ConnSettings,
+    peer: SocketAddr,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Conn {
+    async fn run<IO>(self, mut io: IO, cert: Option<ClientCert>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut buf = BytesMut::with_capacity(HEAD_BUF);
+        let limit = self.settings.max_header_bytes.max(1024);
+        let head = tokio::time::timeout(
+            self.settings.header_read_timeout,
+            read_head(&mut io, &mut buf, limit),
+        )
+        .await;
+        match head {
+            // Slowloris, or a client that connected and said nothing: close, as hyper did.
+            Err(_) => return,
+            // Closed or failed before a head: nothing to answer.
+            Ok(Err(_)) => return,
+            Ok(Ok(complete)) => {
+                if complete && let Some(req) = direct_request(&buf) {
+                    return self.serve_direct(io, req, cert).await;
+                }
+            }
+        }
+        // Hyper, with what was read put back in front.
+        let io = Rewind {
+            pre: Some(buf.freeze()),
+            inner: io,
+        };
+        let conn = self
+            .http
+            .serve_connection(TokioIo::new(io), service(self.router, self.peer, cert));
+        let _ = self.graceful.watch(conn).await;
+    }
+
+    /// Answers an event-stream request on this connection's socket.
+    async fn serve_direct<IO>(self, mut io: IO, mut req: Request<Body>, cert: Option<ClientCert>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(sse::Direct);
+        if let Some(c) = cert {
+            req.extensions_mut().insert(c);
+        }
+        let Ok(mut res) = self.router.oneshot(req).await;
+        let takeover = res.extensions_mut().remove::<sse::Takeover>();
+        match takeover.and_then(|t| t.take()) {
+            Some(stream) => {
+                let head = response_head(&res, None);
+                drop(res);
+                if io.write_all(&head).await.is_ok() {
+                    sse::write_direct(stream, &mut io).await;
+                }
+            }
+            None => {
+                // Not a stream (an error, mostly): the whole answer, then close. A client that
+                // asked for a stream reconnects anyway.
+                let (parts, body) = res.into_parts();
+                let body = match tokio::time::timeout(
+                    DRAIN_TIMEOUT,
+                    axum::body::to_bytes(body, MAX_DIRECT_BODY),
+                )
+                .await
+                {
+                    Ok(Ok(b)) => b,
+                    _ => Bytes::new(),
+                };
+                let res = Response::from_parts(parts, ());
+                let mut out = response_head(&res, Some(body.len()));
+                out.extend_from_slice(&body);
+                if io.write_all(&out).await.is_ok() {
+                    let _ = io.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds a complete request head (true), or `limit` bytes without one
+/// (false: hyper gets it and answers 431). An error when the peer closes before any head.
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<bool> {
+    loop {
+        if buf.len() >= limit {
+            return Ok(false);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(HEAD_BUF.min(limit - buf.len()));
+        }
+        let n = io.read_buf(buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if head_complete(buf) {
+            return Ok(true);
+        }
+    }
+}
+
+/// Whether `buf` holds the end of a head (also when it is not a valid one: hyper says why).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The request, if this head is one we serve directly: an HTTP/1.1 `GET` of an event stream,
+/// without a body, with nothing pipelined after it.
+fn direct_request(buf: &[u8]) -> Option<Request<Body>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(len) = parsed.parse(buf).ok()? else {
+        return None;
+    };
+    if len != buf.len() || parsed.method? != "GET" || parsed.version? != 1 {
+        return None;
+    }
+    let target = parsed.path?;
+    if !is_event_stream_path(target.split('?').next().unwrap_or(target)) {
+        return None;
+    }
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .version(Version::HTTP_11);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if name == header::CONTENT_LENGTH && h.value != b"0" {
+            return None;
+        }
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+            return None;
+        }
+        req = req.header(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    req.body(Body::empty()).ok()
+}
+
+/// `/api/v1/events` and `/api/v1/switches/{name}/events`.
+fn is_event_stream_path(path: &str) -> bool {
+    if path == "/api/v1/events" {
+        return true;
+    }
+    path.strip_prefix("/api/v1/switches/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Status line and headers. `Some(len)`: a complete body of that length follows and the
+/// connection closes after it; `None`: a chunked stream follows.
+fn response_head<B>(res: &Response<B>, body_len: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let status = res.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in res.headers() {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body_len {
+        Some(n) => out
+            .extend_from_slice(format!("content-length: {n}\r\nconnection: close\r\n").as_bytes()),
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 fn service(
@@ -121,4 +345,143 @@ fn service(
         }
         router.clone().oneshot(req.map(axum::body::Body::new))
     })
+}
+
+/// An I/O object that first yields bytes already read from it.
+struct Rewind<IO> {
+    pre: Option<Bytes>,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(pre) = self.pre.as_mut() {
+            let n = pre.len().min(buf.remaining());
+            buf.put_slice(&pre[..n]);
+            pre.advance(n);
+            if pre.is_empty() {
+                self.pre = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_paths() {
+        assert!(is_event_stream_path("/api/v1/events"));
+        assert!(is_event_stream_path("/api/v1/switches/workers/events"));
+        assert!(!is_event_stream_path("/api/v1/switches//events"));
+        assert!(!is_event_stream_path("/api/v1/switches/a/b/events"));
+        assert!(!is_event_stream_path("/api/v1/switches/workers"));
+        assert!(!is_event_stream_path("/api/v1/eventsx"));
+    }
+
+    #[test]
+    fn only_plain_event_stream_gets_are_served_directly() {
+        let ok = b"GET /api/v1/switches/workers/events?x=1 HTTP/1.1\r\nhost: a\r\nauthorization: Bearer t\r\nlast-event-id: 4\r\n\r\n";
+        let req = direct_request(ok).expect("a plain stream request");
+        assert_eq!(req.uri().path(), "/api/v1/switches/workers/events");
+        assert_eq!(req.uri().query(), Some("x=1"));
+        assert_eq!(req.headers()["last-event-id"], "4");
+        for no in [
+            &b"GET /api/v1/switches HTTP/1.1\r\nhost: a\r\n\r\n"[..],
+            b"POST /api/v1/events HTTP/1.1\r\nhost: a\r\n\r\n",
+            b"GET /api/v1/events HTTP/1.0\r\nhost: a\r\n\r\n",
+            b"GET /api/v1/events HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+            b"GET /api/v1/events HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            // Pipelined: hyper answers both.
+            b"GET /api/v1/events HTTP/1.1\r\nhost: a\r\n\r\nGET /api/v1/events HTTP/1.1\r\n\r\n",
+            b"GET /api/v1/events HTTP/1.1\r\nbad header\r\n\r\n",
+            b"\x00\x01\x02garbage\r\n\r\n",
+        ] {
+            assert!(
+                direct_request(no).is_none(),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
+    #[test]
+    fn heads_are_complete_at_the_blank_line() {
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nhost: a\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\nhost: a\n\n"));
+    }
+
+    #[test]
+    fn response_heads_frame_the_body() {
+        let mut res = Response::new(());
+        *res.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let head = String::from_utf8(response_head(&res, Some(12))).unwrap();
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json\r\n"));
+        assert!(head.contains("content-length: 12\r\nconnection: close\r\n\r\n"));
+        assert!(!head.contains("999"));
+        let head = String::from_utf8(response_head(&Response::new(()), None)).unwrap();
+        assert!(
+            head.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rewind_yields_the_prefix_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = Rewind {
+            pre: Some(Bytes::from_static(b"hello")),
+            inner: b,
+        };
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "hello world");
+    }
 }

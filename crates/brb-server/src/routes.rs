@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
+use axum::{Extension, Json};
 use brb_api::{
     AuditPage, Caller as ApiCaller, CreateSwitchRequest, CreateTokenRequest, CreatedToken,
     ErrorCode, Health, Role, ServerInfo, SetStateRequest, Switch, SwitchList, TokenList,
@@ -512,13 +512,21 @@ pub(crate) async fn switch_events(
     c: Caller,
     PathParam(name): PathParam,
     headers: HeaderMap,
+    direct: Option<Extension<sse::Direct>>,
     q: Q<EventsQuery>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let last = last_event_id(&headers, &q)?;
     c.check_switch(&name)?;
     let lease = auth::StreamLease::acquire(&state, &c)?;
-    sse::open(state, Scope::One(name.into()), last, lease).await
+    sse::open(
+        state,
+        Scope::One(name.into()),
+        last,
+        lease,
+        direct.is_some(),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
@@ -533,13 +541,14 @@ pub(crate) async fn all_events(
     State(state): State<AppState>,
     c: Caller,
     headers: HeaderMap,
+    direct: Option<Extension<sse::Direct>>,
     q: Q<EventsQuery>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let last = last_event_id(&headers, &q)?;
     c.require_unscoped()?;
     let lease = auth::StreamLease::acquire(&state, &c)?;
-    sse::open(state, Scope::All, last, lease).await
+    sse::open(state, Scope::All, last, lease, direct.is_some()).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

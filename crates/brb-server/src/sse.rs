@@ -6,10 +6,20 @@
 //! pre-encoded from the hub; a stream only decides which ones to pass on. A watcher that falls
 //! too far behind the broadcast re-reads what it missed from the store, so a slow client never
 //! loses an event and never slows the others.
+//!
+//! Two ways to the wire. Normally the stream is a hyper response body. When the accept loop
+//! read the request head itself (`net.rs`, the first request of a connection), the handler
+//! hands the stream back instead ([`Takeover`]) and [`write_direct`] owns the socket: frames
+//! come pre-framed as chunks from the hub and each delivery is one `write`, without hyper's
+//! per-connection dispatcher, body layers and buffers (about half the server's CPU per
+//! delivery, and a quarter of its memory per idle watcher, in BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,17 +27,39 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use brb_store::StoredEvent;
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::hub::{Frame, encode, sse_frame};
+use crate::hub::{Frame, chunk, encode, sse_frame};
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+/// The same as one HTTP/1.1 chunk (14 bytes).
+const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Tells `EventSource` clients to retry after one second when the stream drops.
 const PREAMBLE: &[u8] = b"retry: 1000\n\n";
 const REPLAY_BATCH: u32 = 1000;
+/// A watcher that takes nothing from its socket for this long while a frame waits is
+/// dropped; it reconnects with its `Last-Event-ID` and loses nothing.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Request extension set by the accept loop when it can write this request's answer itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct;
+
+/// Response extension: the stream, for the accept loop to run with [`write_direct`].
+#[derive(Clone)]
+pub struct Takeover(Arc<Mutex<Option<Stream>>>);
+
+impl Takeover {
+    pub fn take(&self) -> Option<Stream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -37,15 +69,17 @@ pub enum Scope {
     All,
 }
 
-struct Stream {
+pub struct Stream {
     state: AppState,
     scope: Scope,
     rx: broadcast::Receiver<Arc<Frame>>,
     /// Version (one switch) or audit id (all) of the last event sent.
     last: u64,
+    /// Ready to send: SSE frames, or HTTP/1.1 chunks of them when `direct`.
     pending: VecDeque<Bytes>,
     keepalive: Interval,
     finished: bool,
+    direct: bool,
     /// Ends the stream when its token is revoked or expires; counts it against the cap.
     lease: crate::auth::StreamLease,
     _gauge: crate::metrics::GaugeGuard,
@@ -56,6 +90,7 @@ pub async fn open(
     scope: Scope,
     last_event_id: Option<u64>,
     lease: crate::auth::StreamLease,
+    direct: bool,
 ) -> Result<Response, ApiError> {
     // Subscribe before reading the current state: a change committed in between then arrives
     // both ways, and the `last` filter drops the duplicate; the other order could lose it.
@@ -114,6 +149,11 @@ pub async fn open(
     let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+    if direct {
+        for b in pending.iter_mut() {
+            *b = chunk(b);
+        }
+    }
     let stream = Stream {
         _gauge: state.metrics().sse_watcher(),
         state,
@@ -123,10 +163,19 @@ pub async fn open(
         pending,
         keepalive,
         finished: false,
+        direct,
         lease,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, next));
-    let mut res = Response::new(body);
+    let mut res = if direct {
+        let mut res = Response::new(Body::empty());
+        res.extensions_mut()
+            .insert(Takeover(Arc::new(Mutex::new(Some(stream)))));
+        res
+    } else {
+        Response::new(Body::from_stream(futures_util::stream::unfold(
+            stream, next,
+        )))
+    };
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -151,6 +200,7 @@ async fn ahead_is_real(state: &AppState, name: &str, v: u64) -> bool {
 }
 
 fn push_events(pending: &mut VecDeque<Bytes>, events: &[StoredEvent], scope: &Scope) {
+    // (Framed as chunks afterwards by `open` when the stream is written directly.)
     for ev in events {
         let (name, json) = encode(&ev.event);
         let id = match scope {
@@ -166,36 +216,93 @@ async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
         if let Some(b) = s.pending.pop_front() {
             return Some((Ok(b), s));
         }
-        // No shutdown future in the select: one per stream would lock a waiter list shared by
-        // every stream on every event. `begin_shutdown` wakes all streams through the hub.
-        if s.finished || s.state.is_shutting_down() || s.lease.is_over() {
+        if !s.wait().await {
             return None;
-        }
-        tokio::select! {
-            biased;
-            r = s.rx.recv() => match r {
-                Ok(frame) => s.accept(&frame),
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event stream fell behind; replaying from the store");
-                    if !s.replay().await {
-                        return None;
-                    }
-                }
-                Err(RecvError::Closed) => return None,
-            },
-            _ = s.keepalive.tick() => return Some((Ok(Bytes::from_static(KEEPALIVE)), s)),
         }
     }
 }
 
+/// Runs a stream on a socket the accept loop handed over, after it wrote the response head.
+/// Ends when the stream ends (then closes the body properly), when the client closes or
+/// sends anything (an event stream expects nothing more), or when a write stalls for
+/// [`WRITE_TIMEOUT`].
+pub async fn write_direct<IO: AsyncRead + AsyncWrite + Unpin>(mut s: Stream, io: &mut IO) {
+    let mut probe = [0u8; 64];
+    loop {
+        while let Some(b) = s.pending.pop_front() {
+            if send(io, &b).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            biased;
+            more = s.wait() => if !more {
+                let _ = send(io, LAST_CHUNK).await;
+                let _ = io.shutdown().await;
+                return;
+            },
+            // Cancelling `wait` is safe here: the stream ends either way.
+            _ = io.read(&mut probe) => return,
+        }
+    }
+}
+
+/// Writes `b` and flushes (TLS). The usual case completes at once, without a timer; only a
+/// write that has to wait for the client gets a deadline.
+async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, b: &[u8]) -> std::io::Result<()> {
+    let mut fut = pin!(async {
+        io.write_all(b).await?;
+        io.flush().await
+    });
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return r;
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 impl Stream {
+    /// Waits for something to send (queued in `pending`). False when the stream should end.
+    async fn wait(&mut self) -> bool {
+        // No shutdown future in the select: one per stream would lock a waiter list shared by
+        // every stream on every event. `begin_shutdown` wakes all streams through the hub.
+        if self.finished || self.state.is_shutting_down() || self.lease.is_over() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            r = self.rx.recv() => match r {
+                Ok(frame) => {
+                    self.accept(&frame);
+                    true
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event stream fell behind; replaying from the store");
+                    self.replay().await
+                }
+                Err(RecvError::Closed) => false,
+            },
+            _ = self.keepalive.tick() => {
+                self.pending.push_back(Bytes::from_static(if self.direct { KEEPALIVE_CHUNK } else { KEEPALIVE }));
+                true
+            }
+        }
+    }
+
     fn accept(&mut self, f: &Frame) {
+        let (by_version, by_id) = if self.direct {
+            (&f.by_version_chunk, &f.by_id_chunk)
+        } else {
+            (&f.by_version, &f.by_id)
+        };
         match &self.scope {
             Scope::One(_) if f.ephemeral => {}
             Scope::All if f.ephemeral => {
                 // An empty frame only wakes the stream (see `Hub::wake_all`).
-                if !f.by_id.is_empty() {
-                    self.pending.push_back(f.by_id.clone());
+                if !by_id.is_empty() {
+                    self.pending.push_back(by_id.clone());
                 }
             }
             Scope::One(name) => {
@@ -203,7 +310,7 @@ impl Stream {
                     return;
                 }
                 self.last = f.version;
-                self.pending.push_back(f.by_version.clone());
+                self.pending.push_back(by_version.clone());
                 if f.deleted {
                     self.finished = true;
                 }
@@ -213,7 +320,7 @@ impl Stream {
                     return;
                 }
                 self.last = f.audit_id;
-                self.pending.push_back(f.by_id.clone());
+                self.pending.push_back(by_id.clone());
             }
         }
     }
