@@ -24,6 +24,9 @@ use crate::{BenchError, http, resp};
 /// server's accept backlog and turns into SYN retries a second later.
 const START_BATCH: usize = 250;
 const POLL: Duration = Duration::from_millis(5);
+/// When collecting gate timestamps: the first sweep, then the interval between sweeps.
+const GATE_FIRST_SWEEP: Duration = Duration::from_millis(60);
+const GATE_SWEEP: Duration = Duration::from_millis(25);
 
 #[derive(Default)]
 struct Recorder {
@@ -218,19 +221,30 @@ impl Child {
         if !self.gates.is_empty() {
             // Gates record when they applied each change; reading that wakes nothing on the
             // delivery path (the Redis subscribers record inline too).
+            // Sweeping thousands of gates touches thousands of cache lines in the process
+            // that is receiving the fan-out: sweep rarely while it is in flight (the first
+            // sweep after GATE_FIRST_SWEEP), and check the version (an atomic) before taking
+            // the gate's timestamp (a lock shared with the delivery path).
             let mut pending: Vec<&Gate> = self.gates.iter().collect();
             let mut t_ns = Vec::with_capacity(pending.len());
+            let mut wait = GATE_FIRST_SWEEP;
             while !pending.is_empty() && Instant::now() < deadline {
-                pending.retain(|g| match g.last_change() {
-                    Some((v, t)) if v >= key => {
-                        if v == key {
-                            t_ns.push(anchor.to_ns(t));
-                        }
-                        false
+                tokio::time::sleep(wait).await;
+                wait = GATE_SWEEP;
+                pending.retain(|g| {
+                    if g.version() < key {
+                        return true;
                     }
-                    _ => true,
+                    match g.last_change() {
+                        Some((v, t)) if v >= key => {
+                            if v == key {
+                                t_ns.push(anchor.to_ns(t));
+                            }
+                            false
+                        }
+                        _ => true,
+                    }
                 });
-                tokio::time::sleep(POLL).await;
             }
             return Ok(FromChild::Seen {
                 key,

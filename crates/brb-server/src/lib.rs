@@ -32,6 +32,7 @@ use tokio::sync::{Mutex, watch};
 pub mod auth;
 pub mod config;
 pub mod error;
+mod fanout;
 pub mod hub;
 mod limits;
 pub mod metrics;
@@ -79,6 +80,8 @@ struct Inner {
     /// The same as a plain flag: every event stream checks it on every wake-up, and the watch
     /// channel's read lock, shared by ten thousand streams, is a contended cache line.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The writer thread for plain-TCP switch streams, started with the first one.
+    fanout: std::sync::OnceLock<Option<fanout::Fanout>>,
     /// The store's change feed when several replicas share it (PostgreSQL); taken by the
     /// propagation task. `None` for SQLite, where this process makes every change.
     feed: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<FeedEvent>>>,
@@ -147,6 +150,7 @@ impl AppState {
                 write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
+                fanout: std::sync::OnceLock::new(),
                 feed: std::sync::Mutex::new(feed),
                 shared,
                 resync: tokio::sync::Notify::new(),
@@ -418,6 +422,21 @@ impl AppState {
         self.inner.shutdown.send_replace(true);
         // Event streams check `is_shutting_down` whenever they wake; this wakes them all.
         self.hub().wake_all();
+    }
+
+    /// The fan-out writer (`fanout.rs`), started on first use; `None` if its thread could not
+    /// be started (streams then keep a task each, as over TLS).
+    pub(crate) fn fanout(&self) -> Option<&fanout::Fanout> {
+        self.inner
+            .fanout
+            .get_or_init(|| match fanout::Fanout::start(|| self.hub().subscribe()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the fan-out writer thread");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     pub fn is_shutting_down(&self) -> bool {

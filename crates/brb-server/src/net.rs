@@ -35,8 +35,26 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::mpsc;
 use tower::ServiceExt as _;
 
-use crate::sse;
 use crate::tls::{ClientCert, Tls, fingerprint};
+use crate::{fanout, sse};
+
+/// The plain TCP socket under a connection, when there is no TLS in between (the fan-out
+/// writer sends to sockets directly).
+pub trait MaybeTcp: Sized {
+    fn into_tcp(self) -> Result<tokio::net::TcpStream, Self>;
+}
+
+impl MaybeTcp for tokio::net::TcpStream {
+    fn into_tcp(self) -> Result<tokio::net::TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+impl MaybeTcp for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn into_tcp(self) -> Result<tokio::net::TcpStream, Self> {
+        Err(self)
+    }
+}
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,7 +169,7 @@ struct Conn {
 impl Conn {
     async fn run<IO>(self, mut io: IO, cert: Option<ClientCert>)
     where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + MaybeTcp + Unpin + Send + 'static,
     {
         let mut buf = BytesMut::with_capacity(HEAD_BUF);
         let limit = self.settings.max_header_bytes.max(1024);
@@ -185,7 +203,7 @@ impl Conn {
     /// Answers an event-stream request on this connection's socket.
     async fn serve_direct<IO>(self, mut io: IO, mut req: Request<Body>, cert: Option<ClientCert>)
     where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + MaybeTcp + Unpin + Send + 'static,
     {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         req.extensions_mut().insert(sse::Direct);
@@ -198,8 +216,19 @@ impl Conn {
             Some(stream) => {
                 let head = response_head(&res, None);
                 drop(res);
-                if io.write_all(&head).await.is_ok() {
-                    sse::write_direct(stream, &mut io).await;
+                if io.write_all(&head).await.is_err() {
+                    return;
+                }
+                // A switch stream on plain TCP: the fan-out thread writes its deliveries.
+                let state = stream.state.clone();
+                let fan = match stream.scope {
+                    sse::Scope::One(_) => state.fanout(),
+                    sse::Scope::All => None,
+                };
+                match (fan, io.into_tcp()) {
+                    (Some(fan), Ok(tcp)) => fanout::serve(fan, stream, tcp).await,
+                    (None, Ok(mut tcp)) => sse::write_direct(stream, &mut tcp).await,
+                    (_, Err(mut io)) => sse::write_direct(stream, &mut io).await,
                 }
             }
             None => {

@@ -70,19 +70,19 @@ pub enum Scope {
 }
 
 pub struct Stream {
-    state: AppState,
-    scope: Scope,
-    rx: broadcast::Receiver<Arc<Frame>>,
+    pub(crate) state: AppState,
+    pub(crate) scope: Scope,
+    pub(crate) rx: broadcast::Receiver<Arc<Frame>>,
     /// Version (one switch) or audit id (all) of the last event sent.
-    last: u64,
+    pub(crate) last: u64,
     /// Ready to send: SSE frames, or HTTP/1.1 chunks of them when `direct`.
-    pending: VecDeque<Bytes>,
-    keepalive: Interval,
-    finished: bool,
-    direct: bool,
+    pub(crate) pending: VecDeque<Bytes>,
+    pub(crate) keepalive: Interval,
+    pub(crate) finished: bool,
+    pub(crate) direct: bool,
     /// Ends the stream when its token is revoked or expires; counts it against the cap.
-    lease: crate::auth::StreamLease,
-    _gauge: crate::metrics::GaugeGuard,
+    pub(crate) lease: crate::auth::StreamLease,
+    pub(crate) _gauge: crate::metrics::GaugeGuard,
 }
 
 pub async fn open(
