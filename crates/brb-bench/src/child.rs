@@ -4,7 +4,8 @@
 //! Each watcher records when it saw each delivery, on the delivery path itself: a gate keeps
 //! the instant it applied each change (`Gate::last_change`, the moment `is_open` answers
 //! accordingly), a Redis subscriber reads [`mono_ns`] once it decoded the message. Collecting
-//! polls every few milliseconds, which delays the answer but not the timestamps.
+//! sweeps the gates now and then (rarely while a fan-out is in flight, so as not to compete with
+//! it), which delays the answer but not the timestamps.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
