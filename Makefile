@@ -53,7 +53,7 @@ firmware:
 FUZZ_SECS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in button_decoder sse_parser config; do \
+	cd fuzz && for t in button_decoder sse_parser chunked config; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
 	done
 

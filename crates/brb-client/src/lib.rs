@@ -20,6 +20,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod chunked;
 mod direct;
 pub mod gate;
 pub mod sse;
