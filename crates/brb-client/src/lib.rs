@@ -487,10 +487,7 @@ impl Client {
                         continue;
                     }
                     Err(_) => {
-                        last_err = format!(
-                            "{base}: no answer to the event-stream request within {}s",
-                            STREAM_ANSWER_TIMEOUT.as_secs()
-                        );
+                        last_err = no_stream_answer(base);
                         continue;
                     }
                 }
@@ -511,10 +508,7 @@ impl Client {
                     continue;
                 }
                 Err(_) => {
-                    last_err = format!(
-                        "{base}: no answer to the event-stream request within {}s",
-                        STREAM_ANSWER_TIMEOUT.as_secs()
-                    );
+                    last_err = no_stream_answer(base);
                     continue;
                 }
             };
@@ -551,6 +545,13 @@ impl Client {
         }
         Err(ClientError::Unreachable(last_err))
     }
+}
+
+fn no_stream_answer(base: &str) -> String {
+    format!(
+        "{base}: no answer to the event-stream request within {}s",
+        STREAM_ANSWER_TIMEOUT.as_secs()
+    )
 }
 
 /// Percent-encodes a path segment (switch names are restricted, but ids and user input are not

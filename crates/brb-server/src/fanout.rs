@@ -23,7 +23,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use tokio::net::TcpStream;
@@ -31,16 +30,12 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::hub::Frame;
-use crate::sse::Stream;
+use crate::sse::{KEEPALIVE_CHUNK, LAST_CHUNK, Stream, WRITE_TIMEOUT};
 
 /// Most writer threads.
 const MAX_THREADS: usize = 4;
 /// Frames a stream may have waiting before it is ended.
 const MAX_BACKLOG: usize = 1024;
-/// How long a socket may stay full while frames wait.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// The handle to the writer threads.
 pub struct Fanout {

@@ -37,15 +37,15 @@ use crate::hub::{Frame, chunk, encode, sse_frame};
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 /// The same as one HTTP/1.1 chunk (14 bytes).
-const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
+pub(crate) const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
 /// The end of a chunked body.
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Tells `EventSource` clients to retry after one second when the stream drops.
 const PREAMBLE: &[u8] = b"retry: 1000\n\n";
 const REPLAY_BATCH: u32 = 1000;
 /// A watcher that takes nothing from its socket for this long while a frame waits is
 /// dropped; it reconnects with its `Last-Event-ID` and loses nothing.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Request extension set by the accept loop when it can write this request's answer itself.
 #[derive(Debug, Clone, Copy)]
