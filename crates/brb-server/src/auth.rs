@@ -372,7 +372,8 @@ impl TokenBook {
             .min()
     }
 
-    /// Notes a successful use; written to the store in batches by [`TokenBook::flush_uses`].
+    /// Notes a successful use; written to the store in batches (`AppState::flush_token_uses`,
+    /// through [`TokenBook::take_uses`]).
     pub fn record_use(&self, id: &str, addr: Option<String>) {
         let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
         uses.insert(id.to_string(), (Utc::now(), addr));

@@ -279,11 +279,15 @@ pub async fn serve(fanout: &Fanout, stream: Stream, sock: TcpStream) {
         } || state.is_shutting_down()
             || lease.is_over();
         if ending {
-            if !entry.lock().closed {
-                entry
-                    .lock()
-                    .backlog
-                    .push_back(Bytes::from_static(LAST_CHUNK));
+            // End the body properly unless the socket is already given up on.
+            let open = {
+                let mut st = entry.lock();
+                if !st.closed {
+                    st.backlog.push_back(Bytes::from_static(LAST_CHUNK));
+                }
+                !st.closed
+            };
+            if open {
                 let _ = flush(&entry, &sock).await;
             }
             break;

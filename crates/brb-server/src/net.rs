@@ -12,7 +12,9 @@
 //! the loop reads and parses the first head itself (within the header-read timeout and the
 //! head cap). An event-stream `GET` is answered by the router as usual (auth, token lease,
 //! replay), but the stream comes back as a [`sse::Takeover`] and is written straight to the
-//! socket ([`sse::write_direct`]); its other answers (401, 404, 429) are written here and the
+//! socket: by the fan-out writer threads for a switch stream on plain TCP ([`fanout::serve`]),
+//! else by the stream's own task ([`sse::write_direct`]); its other answers (401, 404, 429) are
+//! written here and the
 //! connection closes. Everything else — other requests, a head that does not parse, pipelined
 //! bytes — goes to hyper with the bytes already read put back in front ([`Rewind`]), and
 //! hyper's own header-read timer guards the connection's later requests.

@@ -7,12 +7,13 @@
 //! too far behind the broadcast re-reads what it missed from the store, so a slow client never
 //! loses an event and never slows the others.
 //!
-//! Two ways to the wire. Normally the stream is a hyper response body. When the accept loop
-//! read the request head itself (`net.rs`, the first request of a connection), the handler
-//! hands the stream back instead ([`Takeover`]) and [`write_direct`] owns the socket: frames
-//! come pre-framed as chunks from the hub and each delivery is one `write`, without hyper's
-//! per-connection dispatcher, body layers and buffers (about half the server's CPU per
-//! delivery, and a quarter of its memory per idle watcher, in BENCHMARKS.md).
+//! Three ways to the wire, one filtering logic. Normally the stream is a hyper response body.
+//! When the accept loop read the request head itself (`net.rs`, the first request of a
+//! connection), the handler hands the stream back instead ([`Takeover`]): a switch stream on
+//! plain TCP goes to the fan-out writer threads (`fanout.rs`), any other to [`write_direct`],
+//! which owns the socket. Either way frames come pre-framed as chunks from the hub and each
+//! delivery is one `write`, without hyper's per-connection dispatcher, body layers and buffers
+//! (BENCHMARKS.md, "Second round").
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
