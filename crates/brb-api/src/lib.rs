@@ -477,6 +477,35 @@ pub mod events {
     pub const WORKERS: &str = "workers";
     /// Data: [`crate::SampleTick`], once a second; only on `/api/v1/events`.
     pub const SAMPLES: &str = "samples";
+    /// Data: [`crate::Resync`]. The stream skipped changes (the watcher was too far behind to
+    /// replay every step, the history could not be read, or it fell behind the broadcast): the
+    /// events that follow at once are the current state, not each step. Has no `id:`. A watcher
+    /// that keeps a picture of every switch (from `/api/v1/events`) should reload it, since a
+    /// deletion among the skipped changes is not repeated.
+    pub const RESYNC: &str = "resync";
+}
+
+/// Data of a `resync` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Resync {
+    /// The id the watcher had (a version, or an audit id on `/api/v1/events`).
+    pub after: u64,
+    /// The id of the current state sent next.
+    pub current: u64,
+    pub reason: ResyncReason,
+}
+
+/// Why a stream sent the current state instead of every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResyncReason {
+    /// More changes behind than a stream replays one by one.
+    TooFarBehind,
+    /// The change history could not be read (the database is down); the replica's current
+    /// state is sent.
+    HistoryUnavailable,
+    /// The watcher fell behind the live broadcast.
+    Lagged,
 }
 
 /// Data of a `deleted` event.

@@ -8,29 +8,37 @@
 //! them) takes each frame from the hub and writes the pre-framed chunk to each of its sockets
 //! with a non-blocking `send`, in order, under the stream's own small lock.
 //!
+//! This is an adapter: which frames a stream takes, when it ends and what it gets after
+//! falling behind are decided by its core (`subscription.rs`), kept in the stream's entry and
+//! asked under the entry's lock, so the thread and the stream's task see one sequence. The
+//! core's last bytes (the terminating chunk) are written through the same path as every
+//! frame, and after them the core answers nothing more: no byte can follow the end of a body.
+//!
 //! Each stream keeps a task for what is not a delivery: noticing the client hang up, the
-//! keep-alive, its token lease and shutdown (woken through the hub's wake-up frame), and
-//! writing a backlog when a socket is full. A write that would block moves the frame to the
-//! stream's backlog and the task writes it when the socket drains; while a backlog exists the
-//! thread appends to it, so order holds. A backlog past [`MAX_BACKLOG`] frames ends the stream:
-//! the client reconnects with its `Last-Event-ID` and loses nothing.
+//! keep-alive deadline, and writing a backlog when a socket is full. A write that would block
+//! moves the frame to the stream's backlog and the task writes it when the socket drains;
+//! while a backlog exists the thread appends to it, so order holds. A backlog past
+//! [`MAX_BACKLOG`] frames ends the stream: the client reconnects with its `Last-Event-ID` and
+//! loses nothing.
 //!
 //! Registration goes through the thread, between two frames: the new stream's own broadcast
-//! receiver (subscribed before its `last` version was read) is drained there, so no change
+//! receiver (subscribed before the hub's image was read) is drained there, so no change
 //! committed in between is lost or sent twice (versions only move forward).
 //! `/events` streams (ephemeral events, audit ids) and TLS streams keep a task each
 //! (`sse::write_direct`).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::{Buf as _, Bytes};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::time::Instant;
 
-use crate::hub::Frame;
-use crate::sse::{KEEPALIVE_CHUNK, LAST_CHUNK, Stream, WRITE_TIMEOUT};
+use crate::hub::Hub;
+use crate::sse::{Live, Opened, WRITE_TIMEOUT};
+use crate::subscription::{Frame, Liveness, Offer, Subscription};
 
 /// Most writer threads.
 const MAX_THREADS: usize = 4;
@@ -40,18 +48,16 @@ const MAX_BACKLOG: usize = 1024;
 /// The handle to the writer threads.
 pub struct Fanout {
     /// One registration channel per writer thread; streams are spread round-robin.
-    shards: Vec<mpsc::UnboundedSender<Arc<Entry>>>,
+    shards: Vec<mpsc::UnboundedSender<Arc<Entry<Live>>>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl Fanout {
     /// Starts one writer thread per core (at most [`MAX_THREADS`]), each on its own receiver
-    /// of the hub's broadcast (`subscribe`). They end when the hub is dropped. Several threads
-    /// because a send costs microseconds in the kernel: ten thousand of them in one thread
-    /// would be the whole latency, on one core.
-    pub fn start(
-        subscribe: impl Fn() -> broadcast::Receiver<Arc<Frame>>,
-    ) -> std::io::Result<Fanout> {
+    /// of the hub's broadcast. They end when the hub is dropped (they hold it weakly, to read
+    /// its image when they fall behind). Several threads because a send costs microseconds in
+    /// the kernel: ten thousand of them in one thread would be the whole latency, on one core.
+    pub fn start(hub: &Arc<Hub>) -> std::io::Result<Fanout> {
         let n = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, MAX_THREADS);
@@ -59,10 +65,11 @@ impl Fanout {
         for i in 0..n {
             let (register, registrations) = mpsc::unbounded_channel();
             let rt = tokio::runtime::Builder::new_current_thread().build()?;
-            let frames = subscribe();
+            let frames = hub.subscribe();
+            let hub = Arc::downgrade(hub);
             std::thread::Builder::new()
                 .name(format!("brb-fanout-{i}"))
-                .spawn(move || rt.block_on(run(frames, registrations)))?;
+                .spawn(move || rt.block_on(run(frames, registrations, hub)))?;
             shards.push(register);
         }
         Ok(Fanout {
@@ -71,147 +78,172 @@ impl Fanout {
         })
     }
 
-    fn register(&self, e: Arc<Entry>) -> bool {
+    fn register(&self, e: Arc<Entry<Live>>) -> bool {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shards.len();
         self.shards[i].send(e).is_ok()
     }
 }
 
 /// One stream, shared by the writer thread and the stream's task.
-struct Entry {
-    switch: Arc<str>,
-    st: Mutex<EntryState>,
+struct Entry<L> {
+    st: Mutex<EntryState<L>>,
     /// Wakes the stream's task: a backlog to write, an end, or a flag to check.
     wake: Notify,
 }
 
-struct EntryState {
-    /// `None` once the stream ended (closes the socket with the task's handle).
+struct EntryState<L> {
+    sub: Subscription<L>,
+    /// `None` once the task let go of the socket.
     sock: Option<Arc<TcpStream>>,
-    /// Version of the last frame taken (written or queued).
-    last: u64,
     /// Bytes to write before anything else, in order.
     backlog: VecDeque<Bytes>,
-    /// The stream must end: a write failed, the backlog overflowed, or the stream ended.
-    closed: bool,
-    /// The switch was deleted: end after the backlog.
-    finish: bool,
+    /// The socket is given up on (a write failed, the backlog overflowed, the task ended):
+    /// nothing more is written.
+    dead: bool,
     /// The stream's own receiver until the writer thread adopts it.
     rx: Option<broadcast::Receiver<Arc<Frame>>>,
 }
 
-impl Entry {
-    fn lock(&self) -> MutexGuard<'_, EntryState> {
+impl<L: Liveness> EntryState<L> {
+    /// Writes `b` now if nothing waits before it and the socket takes it, else queues it.
+    /// True when the task must look (a backlog to write, or the socket is given up).
+    fn write(&mut self, b: &Bytes) -> bool {
+        if self.dead {
+            return true;
+        }
+        match (&self.sock, self.backlog.is_empty()) {
+            (None, _) => self.die(),
+            (Some(sock), true) => match sock.try_write(b) {
+                Ok(n) if n == b.len() => return false,
+                Ok(n) => self.backlog.push_back(b.slice(n..)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.backlog.push_back(b.clone())
+                }
+                Err(_) => self.die(),
+            },
+            (Some(_), false) if self.backlog.len() >= MAX_BACKLOG => {
+                tracing::warn!(
+                    "event stream too far behind; ending it (it resumes from its last id)"
+                );
+                self.die();
+            }
+            (Some(_), false) => self.backlog.push_back(b.clone()),
+        }
+        true
+    }
+
+    /// Writes what an offer says; true when the task must look.
+    fn apply(&mut self, offer: Offer<'_>) -> bool {
+        let terminator = Bytes::from_static(self.sub.terminator());
+        match offer {
+            Offer::Skip | Offer::Gone => false,
+            Offer::Deliver(b) => self.write(b),
+            Offer::Last(b) => {
+                self.write(b);
+                self.write(&terminator);
+                true
+            }
+            Offer::End => {
+                self.write(&terminator);
+                true
+            }
+        }
+    }
+
+    fn die(&mut self) {
+        self.dead = true;
+        self.sub.abandon();
+    }
+
+    /// Whether the writer thread still has business with this stream.
+    fn open(&self) -> bool {
+        !self.dead && self.sub.ended().is_none()
+    }
+}
+
+impl<L: Liveness> Entry<L> {
+    fn lock(&self) -> MutexGuard<'_, EntryState<L>> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Offers a frame (writer thread). False when the stream is gone for good.
+    /// Offers a frame (writer thread). False when the thread is done with the stream.
     fn offer(&self, f: &Frame) -> bool {
         let mut st = self.lock();
-        if st.closed {
+        if !st.open() {
             return false;
         }
-        if f.ephemeral {
-            // Only the hub's wake-up concerns switch streams: shutdown, tokens.
-            if f.by_id.is_empty() {
-                self.wake.notify_one();
-            }
-            return true;
-        }
-        if *f.switch != *self.switch || f.version <= st.last {
-            return true;
-        }
-        st.last = f.version;
-        if f.deleted {
-            st.finish = true;
-        }
-        let wake = match (st.backlog.is_empty(), &st.sock) {
-            (true, Some(sock)) => match sock.try_write(&f.by_version_chunk) {
-                Ok(n) if n == f.by_version_chunk.len() => f.deleted,
-                Ok(n) => {
-                    st.backlog.push_back(f.by_version_chunk.slice(n..));
-                    true
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    st.backlog.push_back(f.by_version_chunk.clone());
-                    true
-                }
-                Err(_) => {
-                    st.closed = true;
-                    true
-                }
-            },
-            (_, None) => {
-                st.closed = true;
-                true
-            }
-            (false, Some(_)) if st.backlog.len() >= MAX_BACKLOG => {
-                tracing::warn!(switch = %self.switch, "event stream too far behind; ending it (it resumes from its last id)");
-                st.closed = true;
-                true
-            }
-            (false, Some(_)) => {
-                st.backlog.push_back(f.by_version_chunk.clone());
-                true
-            }
-        };
-        let keep = !st.closed;
+        let offer = st.sub.offer(f);
+        let wake = st.apply(offer);
+        let keep = st.open();
         drop(st);
-        if wake {
+        if wake || !keep {
             self.wake.notify_one();
         }
         keep
     }
 
-    /// Ends the stream (writer thread or task).
+    /// The stream missed frames (writer thread): its core decides what it gets instead.
+    fn lagged(&self, hub: &Hub) -> bool {
+        let mut st = self.lock();
+        if !st.open() {
+            return false;
+        }
+        let image = hub.image(st.sub.scope());
+        let mut out = Vec::new();
+        st.sub.lagged(&image, &mut out);
+        for b in &out {
+            st.write(b);
+        }
+        let keep = st.open();
+        drop(st);
+        self.wake.notify_one();
+        keep
+    }
+
+    /// Lets go of the stream (its task, at the end).
     fn close(&self) {
         let mut st = self.lock();
-        st.closed = true;
+        st.die();
         st.sock = None;
         st.backlog.clear();
         st.rx = None;
-        drop(st);
-        self.wake.notify_one();
     }
 }
 
 async fn run(
     mut frames: broadcast::Receiver<Arc<Frame>>,
-    mut registrations: mpsc::UnboundedReceiver<Arc<Entry>>,
+    mut registrations: mpsc::UnboundedReceiver<Arc<Entry<Live>>>,
+    hub: Weak<Hub>,
 ) {
-    let mut entries: Vec<Arc<Entry>> = Vec::new();
+    let mut entries: Vec<Arc<Entry<Live>>> = Vec::new();
     loop {
         tokio::select! {
             biased;
             e = registrations.recv() => {
                 let Some(e) = e else { return };
-                if adopt(&e) {
+                if adopt(&e, &hub) {
                     entries.push(e);
                 }
             }
             f = frames.recv() => match f {
                 Ok(f) => entries.retain(|e| e.offer(&f)),
-                Err(RecvError::Lagged(n)) => {
+                Err(RecvError::Lagged(missed)) => {
                     // Cannot happen while the thread keeps up; if it does, every stream may
-                    // have missed frames: end them all, they resume from their last ids.
-                    tracing::error!(missed = n, "fan-out writer fell behind; ending its streams");
-                    for e in entries.drain(..) {
-                        e.close();
+                    // have missed frames: each gets what its core gives a stream that lagged.
+                    tracing::error!(missed, "fan-out writer fell behind; sending its streams the current state");
+                    match hub.upgrade() {
+                        Some(hub) => entries.retain(|e| e.lagged(&hub)),
+                        None => return,
                     }
                 }
-                Err(RecvError::Closed) => {
-                    for e in entries.drain(..) {
-                        e.close();
-                    }
-                    return;
-                }
+                Err(RecvError::Closed) => return,
             },
         }
     }
 }
 
 /// Takes over a stream (writer thread): everything its own receiver holds, then the thread's.
-fn adopt(e: &Arc<Entry>) -> bool {
+fn adopt<L: Liveness>(e: &Entry<L>, hub: &Weak<Hub>) -> bool {
     let rx = e.lock().rx.take();
     let Some(mut rx) = rx else {
         return false;
@@ -224,43 +256,31 @@ fn adopt(e: &Arc<Entry>) -> bool {
                 }
             }
             Err(TryRecvError::Empty) => return true,
-            Err(TryRecvError::Lagged(_)) => {
-                e.close();
-                return false;
-            }
+            Err(TryRecvError::Lagged(_)) => match hub.upgrade() {
+                Some(hub) => {
+                    if !e.lagged(&hub) {
+                        return false;
+                    }
+                }
+                None => return false,
+            },
             Err(TryRecvError::Closed) => return false,
         }
     }
 }
 
 /// Serves a switch stream whose response head is already written: registers it with the
-/// writer thread and does the rest until it ends.
-pub async fn serve(fanout: &Fanout, stream: Stream, sock: TcpStream) {
-    let Stream {
-        state,
-        scope,
-        rx,
-        last,
-        pending,
-        mut keepalive,
-        finished,
-        direct: _,
-        mut lease,
-        _gauge,
-    } = stream;
-    let crate::sse::Scope::One(switch) = scope else {
-        return;
-    };
+/// writer threads and does the rest until it ends.
+pub async fn serve(fanout: &Fanout, o: Opened, sock: TcpStream) {
+    let Opened { sub, rx, first, .. } = o;
     let sock = Arc::new(sock);
+    let deadline = sub.deadline();
     let entry = Arc::new(Entry {
-        switch,
         st: Mutex::new(EntryState {
+            sub,
             sock: Some(Arc::clone(&sock)),
-            last,
-            backlog: pending,
-            closed: false,
-            finish: finished,
-            // Subscribed before `last` was read: holds every change since.
+            backlog: first.into(),
+            dead: false,
             rx: Some(rx),
         }),
         wake: Notify::new(),
@@ -268,58 +288,56 @@ pub async fn serve(fanout: &Fanout, stream: Stream, sock: TcpStream) {
     if !fanout.register(Arc::clone(&entry)) {
         return;
     }
+    run_task(&entry, &sock, deadline).await;
+    entry.close();
+}
+
+/// A stream's task: writes the backlog, notices the client leave, keeps the keep-alive
+/// deadline; returns when the stream is over (its last bytes written) or the socket is lost.
+async fn run_task<L: Liveness>(entry: &Entry<L>, sock: &TcpStream, deadline: std::time::Instant) {
+    let timer = tokio::time::sleep_until(Instant::from_std(deadline));
+    tokio::pin!(timer);
     let mut probe = [0u8; 64];
     loop {
-        if flush(&entry, &sock).await.is_err() {
-            break;
+        if flush(entry, sock).await.is_err() {
+            return;
         }
-        let ending = {
+        {
             let st = entry.lock();
-            st.closed || st.finish
-        } || state.is_shutting_down()
-            || lease.is_over();
-        if ending {
-            // End the body properly unless the socket is already given up on.
-            let open = {
-                let mut st = entry.lock();
-                if !st.closed {
-                    st.backlog.push_back(Bytes::from_static(LAST_CHUNK));
-                }
-                !st.closed
-            };
-            if open {
-                let _ = flush(&entry, &sock).await;
+            if st.dead || (st.sub.ended().is_some() && st.backlog.is_empty()) {
+                return;
             }
-            break;
         }
         tokio::select! {
             biased;
             () = entry.wake.notified() => {}
             r = sock.readable() => {
                 if r.is_err() {
-                    break;
+                    return;
                 }
                 match sock.try_read(&mut probe) {
                     // The client hung up, or sent something an event stream does not expect.
-                    Ok(_) => break,
+                    Ok(_) => return,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
+                    Err(_) => return,
                 }
             }
-            _ = keepalive.tick() => {
-                entry.lock().backlog.push_back(Bytes::from_static(KEEPALIVE_CHUNK));
+            () = &mut timer => {
+                let mut st = entry.lock();
+                let offer = st.sub.tick(Instant::now().into_std());
+                st.apply(offer);
+                timer.as_mut().reset(Instant::from_std(st.sub.deadline()));
             }
         }
     }
-    entry.close();
 }
 
 /// Writes the backlog (task). Err when the stream must end.
-async fn flush(entry: &Entry, sock: &TcpStream) -> Result<(), ()> {
+async fn flush<L: Liveness>(entry: &Entry<L>, sock: &TcpStream) -> Result<(), ()> {
     loop {
         {
             let mut st = entry.lock();
-            if st.closed {
+            if st.dead {
                 return Err(());
             }
             loop {
@@ -336,7 +354,7 @@ async fn flush(entry: &Entry, sock: &TcpStream) -> Result<(), ()> {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
-                        st.closed = true;
+                        st.die();
                         return Err(());
                     }
                 }
@@ -352,25 +370,40 @@ async fn flush(entry: &Entry, sock: &TcpStream) -> Result<(), ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subscription::{End, Fetched, Framing, Image, LAST_CHUNK, Scope};
     use brb_api::{Source, Switch, SwitchState};
     use brb_store::{StoredEvent, SwitchEvent};
+    use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
 
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<Option<End>>>);
+
+    impl Liveness for Fake {
+        fn check(&mut self) -> Option<End> {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn switch(name: &str, version: u64) -> Switch {
+        Switch {
+            name: name.into(),
+            description: String::new(),
+            primary: true,
+            state: SwitchState::Paused,
+            version,
+            changed_at: chrono::Utc::now(),
+            changed_by: "t".into(),
+            source: Source::Api,
+            reason: Some("x".repeat(200)),
+            ramp: None,
+        }
+    }
+
     fn frame(name: &str, version: u64) -> Frame {
-        Frame::new(&StoredEvent {
+        Frame::change(&StoredEvent {
             audit_id: version,
-            event: SwitchEvent::Changed(Switch {
-                name: name.into(),
-                description: String::new(),
-                primary: true,
-                state: SwitchState::Paused,
-                version,
-                changed_at: chrono::Utc::now(),
-                changed_by: "t".into(),
-                source: Source::Api,
-                reason: Some("x".repeat(200)),
-                ramp: None,
-            }),
+            event: SwitchEvent::Changed(switch(name, version)),
         })
     }
 
@@ -381,15 +414,30 @@ mod tests {
         (s, c)
     }
 
-    fn entry(sock: &Arc<TcpStream>) -> Entry {
+    /// An entry for a stream of `workers` that has sent version `last` (its first bytes are
+    /// dropped: the tests look at what comes after).
+    fn entry(sock: &Arc<TcpStream>, last: u64, live: Fake) -> Entry<Fake> {
+        let image = Image {
+            switches: vec![Arc::new(switch("workers", last))],
+            last_audit_id: last,
+        };
+        let (sub, _first) = Subscription::open(
+            Scope::One(Arc::from("workers")),
+            Framing::Chunked,
+            Some(last),
+            &image,
+            false,
+            Fetched::Nothing,
+            std::time::Instant::now(),
+            Duration::from_secs(15),
+            live,
+        );
         Entry {
-            switch: Arc::from("workers"),
             st: Mutex::new(EntryState {
+                sub,
                 sock: Some(Arc::clone(sock)),
-                last: 0,
                 backlog: VecDeque::new(),
-                closed: false,
-                finish: false,
+                dead: false,
                 rx: None,
             }),
             wake: Notify::new(),
@@ -407,18 +455,30 @@ mod tests {
             .collect()
     }
 
+    fn read_all(mut client: TcpStream) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut wire = Vec::new();
+            client.read_to_end(&mut wire).await.unwrap();
+            wire
+        })
+    }
+
+    /// Offers versions from `v + 1` on until a write would block and frames queue up.
+    fn fill(e: &Entry<Fake>, v: &mut u64) {
+        while e.lock().backlog.is_empty() {
+            *v += 1;
+            assert!(e.offer(&frame("workers", *v)));
+            assert!(*v < 200_000, "the socket never filled");
+        }
+    }
+
     #[tokio::test]
     async fn a_full_socket_queues_in_order_and_the_task_drains_it() {
-        let (server, mut client) = pair().await;
+        let (server, client) = pair().await;
         let sock = Arc::new(server);
-        let e = entry(&sock);
-        // Offer until a write would block and frames queue up.
+        let e = entry(&sock, 0, Fake::default());
         let mut v = 0;
-        while e.lock().backlog.is_empty() {
-            v += 1;
-            assert!(e.offer(&frame("workers", v)));
-            assert!(v < 200_000, "the socket never filled");
-        }
+        fill(&e, &mut v);
         // A few more go behind the backlog, never around it; other switches and old versions
         // are skipped.
         for _ in 0..5 {
@@ -427,17 +487,7 @@ mod tests {
         }
         assert!(e.offer(&frame("other", v + 1)));
         assert!(e.offer(&frame("workers", 1)));
-        let reader = tokio::spawn(async move {
-            let mut wire = Vec::new();
-            let mut b = vec![0u8; 1 << 16];
-            loop {
-                let n = client.read(&mut b).await.unwrap();
-                if n == 0 {
-                    return wire;
-                }
-                wire.extend_from_slice(&b[..n]);
-            }
-        });
+        let reader = read_all(client);
         flush(&e, &sock).await.unwrap();
         assert!(e.lock().backlog.is_empty());
         e.close();
@@ -450,7 +500,7 @@ mod tests {
     async fn a_client_that_never_reads_is_cut_off_not_buffered_forever() {
         let (server, _client) = pair().await;
         let sock = Arc::new(server);
-        let e = entry(&sock);
+        let e = entry(&sock, 0, Fake::default());
         let mut v = 0;
         loop {
             v += 1;
@@ -460,7 +510,8 @@ mod tests {
             assert!(v < 300_000, "never cut off");
         }
         let st = e.lock();
-        assert!(st.closed);
+        assert!(st.dead);
+        assert_eq!(st.sub.ended(), Some(End::Abandoned));
         assert!(st.backlog.len() >= MAX_BACKLOG);
     }
 
@@ -468,22 +519,116 @@ mod tests {
     async fn adoption_replays_what_the_stream_missed_once() {
         let (tx, _) = broadcast::channel(16);
         let rx = tx.subscribe();
-        let (server, mut client) = pair().await;
+        let (server, client) = pair().await;
         let sock = Arc::new(server);
-        let e = Arc::new(entry(&sock));
-        e.lock().last = 2;
+        let e = Arc::new(entry(&sock, 2, Fake::default()));
         e.lock().rx = Some(rx);
-        // Published before adoption: 2 (already sent, as `last` says) and 3.
+        // Published before adoption: 2 (already sent, as the stream's `last` says) and 3.
         tx.send(Arc::new(frame("workers", 2))).unwrap();
         tx.send(Arc::new(frame("workers", 3))).unwrap();
-        assert!(adopt(&e));
+        assert!(adopt(&e, &Weak::new()));
         // The writer's own receiver then offers 3 again and 4.
         assert!(e.offer(&frame("workers", 3)));
         assert!(e.offer(&frame("workers", 4)));
         e.close();
         drop(sock);
-        let mut wire = Vec::new();
-        client.read_to_end(&mut wire).await.unwrap();
+        let wire = read_all(client).await.unwrap();
         assert_eq!(versions(&wire), vec![3, 4]);
+    }
+
+    /// The end of a body is its last bytes: a frame offered after the stream ended (while the
+    /// terminating chunk still waits in the backlog of a full socket) is refused, never
+    /// written after it. Over a raw socket, with the real task draining it.
+    #[tokio::test]
+    async fn nothing_is_written_after_the_terminating_chunk() {
+        let (server, client) = pair().await;
+        let sock = Arc::new(server);
+        let live = Fake::default();
+        let e = entry(&sock, 0, live.clone());
+        let mut v = 0;
+        fill(&e, &mut v);
+        *live.0.lock().unwrap() = Some(End::Shutdown);
+        assert!(!e.offer(&Frame::Wake), "the stream ends");
+        assert_eq!(
+            e.lock().backlog.back().map(|b| b.to_vec()),
+            Some(LAST_CHUNK.to_vec()),
+            "the terminator waits behind the backlog"
+        );
+        for later in v + 1..v + 10 {
+            assert!(!e.offer(&frame("workers", later)));
+        }
+        let reader = read_all(client);
+        run_task(
+            &e,
+            &sock,
+            std::time::Instant::now() + Duration::from_secs(60),
+        )
+        .await;
+        e.close();
+        drop(sock);
+        let wire = reader.await.unwrap();
+        assert!(
+            wire.ends_with(LAST_CHUNK),
+            "the body ends with the last chunk"
+        );
+        assert_eq!(versions(&wire), (1..=v).collect::<Vec<_>>());
+    }
+
+    /// The same with a writer thread offering frames as fast as it can while the stream ends:
+    /// whatever the interleaving, the last chunk is the last thing on the wire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_end_racing_the_writer_thread_still_ends_the_body_last() {
+        for _ in 0..20 {
+            let (server, client) = pair().await;
+            let sock = Arc::new(server);
+            let live = Fake::default();
+            let e = Arc::new(entry(&sock, 0, live.clone()));
+            let writer = {
+                let e = Arc::clone(&e);
+                std::thread::spawn(move || {
+                    let mut v = 0;
+                    loop {
+                        // Stay under the backlog cap (the reader is slower than this loop).
+                        while e.lock().backlog.len() > 64 {
+                            std::thread::yield_now();
+                        }
+                        v += 1;
+                        if !e.offer(&frame("workers", v)) {
+                            return v;
+                        }
+                    }
+                })
+            };
+            let reader = read_all(client);
+            let task = {
+                let (e, sock) = (Arc::clone(&e), Arc::clone(&sock));
+                tokio::spawn(async move {
+                    run_task(
+                        &e,
+                        &sock,
+                        std::time::Instant::now() + Duration::from_secs(60),
+                    )
+                    .await
+                })
+            };
+            // End it once some frames went out.
+            while e.lock().sub.last() < 50 {
+                tokio::task::yield_now().await;
+            }
+            *live.0.lock().unwrap() = Some(End::Shutdown);
+            e.offer(&Frame::Wake);
+            let offered = writer.join().unwrap();
+            task.await.unwrap();
+            e.close();
+            drop(sock);
+            let wire = reader.await.unwrap();
+            assert!(
+                wire.ends_with(LAST_CHUNK),
+                "{} bytes, offered {offered}",
+                wire.len()
+            );
+            let vs = versions(&wire);
+            assert_eq!(vs, (1..=vs.len() as u64).collect::<Vec<_>>());
+        }
     }
 }

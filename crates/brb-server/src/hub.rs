@@ -8,37 +8,17 @@
 //! formatting or allocation on the fan-out path.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use brb_api::Switch;
 use brb_store::{StoredEvent, SwitchEvent};
-use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
-/// How many changes a slow watcher may fall behind before it re-reads from the store.
-const BROADCAST_CAPACITY: usize = 1024;
+use crate::subscription::{Frame, Image, Scope};
 
-/// One change, encoded for both kinds of stream.
-#[derive(Debug)]
-pub struct Frame {
-    pub switch: Arc<str>,
-    pub version: u64,
-    pub audit_id: u64,
-    pub deleted: bool,
-    /// Not a change: worker counts or samples, sent only on `/events`, without an `id:` (so a
-    /// resumed stream never replays it and `Last-Event-ID` keeps pointing at changes).
-    pub ephemeral: bool,
-    /// For `/switches/{name}/events`: `id:` is the switch version.
-    pub by_version: Bytes,
-    /// For `/events`: `id:` is the global audit id.
-    pub by_id: Bytes,
-    /// The same two, framed as HTTP/1.1 chunks for streams that write their socket directly
-    /// (`net.rs`): one `write` per delivery, no per-watcher framing.
-    pub by_version_chunk: Bytes,
-    pub by_id_chunk: Bytes,
-}
+/// How many changes a slow watcher may fall behind before it is sent the current state.
+const BROADCAST_CAPACITY: usize = 1024;
 
 type Slot = watch::Sender<Option<Arc<Switch>>>;
 
@@ -51,60 +31,6 @@ pub struct Hub {
 impl Default for Hub {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Encodes one SSE event. `data` is single-line JSON, so one `data:` line suffices.
-pub fn sse_frame(event: &str, id: u64, data: &str) -> Bytes {
-    let mut s = String::with_capacity(event.len() + data.len() + 32);
-    let _ = write!(s, "event: {event}\nid: {id}\ndata: {data}\n\n");
-    Bytes::from(s)
-}
-
-/// `bytes` as one HTTP/1.1 chunk (`{len:x}\r\n{bytes}\r\n`); empty input stays empty (an
-/// empty chunk would end the body).
-pub fn chunk(bytes: &[u8]) -> Bytes {
-    if bytes.is_empty() {
-        return Bytes::new();
-    }
-    let mut s = Vec::with_capacity(bytes.len() + 12);
-    s.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
-    s.extend_from_slice(bytes);
-    s.extend_from_slice(b"\r\n");
-    Bytes::from(s)
-}
-
-pub fn encode(ev: &SwitchEvent) -> (&'static str, String) {
-    // serde_json of our own types cannot fail (no maps with non-string keys, no custom
-    // serializers); an empty object keeps the stream well-formed if it ever did.
-    match ev {
-        SwitchEvent::Changed(s) => (
-            brb_api::events::SWITCH,
-            serde_json::to_string(s).unwrap_or_else(|_| "{}".into()),
-        ),
-        SwitchEvent::Deleted(d) => (
-            brb_api::events::DELETED,
-            serde_json::to_string(d).unwrap_or_else(|_| "{}".into()),
-        ),
-    }
-}
-
-impl Frame {
-    pub fn new(ev: &StoredEvent) -> Frame {
-        let (name, json) = encode(&ev.event);
-        let by_version = sse_frame(name, ev.event.version(), &json);
-        let by_id = sse_frame(name, ev.audit_id, &json);
-        Frame {
-            switch: Arc::from(ev.event.name()),
-            version: ev.event.version(),
-            audit_id: ev.audit_id,
-            deleted: matches!(ev.event, SwitchEvent::Deleted(_)),
-            ephemeral: false,
-            by_version_chunk: chunk(&by_version),
-            by_id_chunk: chunk(&by_id),
-            by_version,
-            by_id,
-        }
     }
 }
 
@@ -142,7 +68,7 @@ impl Hub {
     /// arrive twice, from the local write path and from the store's feed), and returns false.
     /// Callers publish in audit-id order, which is commit order.
     pub fn publish(&self, ev: StoredEvent) -> bool {
-        let frame = Arc::new(Frame::new(&ev));
+        let frame = Arc::new(Frame::change(&ev));
         // Everything under the map lock, so two publishers can neither both pass the check
         // nor broadcast out of order.
         let mut map = self.current.write().unwrap_or_else(|e| e.into_inner());
@@ -150,16 +76,17 @@ impl Hub {
             return false;
         }
         self.last_audit_id.fetch_max(ev.audit_id, Ordering::SeqCst);
-        let value = match ev.event {
-            SwitchEvent::Changed(s) => Some(Arc::new(s)),
+        let value = match &ev.event {
+            SwitchEvent::Changed(s) => Some(Arc::new(s.clone())),
             SwitchEvent::Deleted(_) => None,
         };
-        match map.get(&*frame.switch) {
+        let name = ev.event.name();
+        match map.get(name) {
             Some(slot) => {
                 slot.send_replace(value);
             }
             None => {
-                map.insert(frame.switch.to_string(), watch::channel(value).0);
+                map.insert(name.to_string(), watch::channel(value).0);
             }
         }
         // No receivers is fine: nobody is watching.
@@ -168,37 +95,33 @@ impl Hub {
     }
 
     /// Sends a non-change event (`workers`, `samples`) to `/events` watchers.
-    pub fn publish_ephemeral(&self, switch: &str, event: &str, json: &str) {
-        let mut s = String::with_capacity(event.len() + json.len() + 16);
-        let _ = write!(s, "event: {event}\ndata: {json}\n\n");
-        let _ = self.tx.send(Arc::new(Frame {
-            switch: Arc::from(switch),
-            version: 0,
-            audit_id: 0,
-            deleted: false,
-            ephemeral: true,
-            by_version: Bytes::new(),
-            by_version_chunk: Bytes::new(),
-            by_id_chunk: chunk(s.as_bytes()),
-            by_id: Bytes::from(s),
-        }));
+    pub fn publish_ephemeral(&self, event: &str, json: &str) {
+        let _ = self.tx.send(Arc::new(Frame::ephemeral(event, json)));
     }
 
-    /// Wakes every event stream with an empty frame (at shutdown: streams then see the flag).
-    /// Cheaper than each stream also waiting on a shutdown signal: that would lock one shared
-    /// waiter list on every event of every stream.
+    /// Wakes every event stream (at shutdown, and when tokens change): each asks its liveness
+    /// whether it must end. Cheaper than each stream also waiting on a shutdown signal: that
+    /// would lock one shared waiter list on every event of every stream.
     pub fn wake_all(&self) {
-        let _ = self.tx.send(Arc::new(Frame {
-            switch: Arc::from(""),
-            version: 0,
-            audit_id: 0,
-            deleted: false,
-            ephemeral: true,
-            by_version: Bytes::new(),
-            by_id: Bytes::new(),
-            by_version_chunk: Bytes::new(),
-            by_id_chunk: Bytes::new(),
-        }));
+        let _ = self.tx.send(Arc::new(Frame::Wake));
+    }
+
+    /// The live switches in `scope` and the last audit id, read at one instant (under the
+    /// lock `publish` takes), for a stream to start or catch up from.
+    pub fn image(&self, scope: &Scope) -> Image {
+        let map = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let switches = match scope {
+            Scope::One(name) => map
+                .get(&**name)
+                .and_then(|slot| slot.borrow().clone())
+                .into_iter()
+                .collect(),
+            Scope::All => map.values().filter_map(|s| s.borrow().clone()).collect(),
+        };
+        Image {
+            switches,
+            last_audit_id: self.last_audit_id.load(Ordering::SeqCst),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
@@ -253,12 +176,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frame_is_well_formed_sse() {
-        let f = sse_frame("switch", 7, r#"{"a":1}"#);
-        assert_eq!(&f[..], b"event: switch\nid: 7\ndata: {\"a\":1}\n\n");
-    }
-
     #[tokio::test]
     async fn publish_updates_image_and_broadcasts_shared_bytes() {
         let hub = Hub::new();
@@ -276,12 +193,10 @@ mod tests {
             Arc::ptr_eq(&fa, &fb),
             "every watcher shares one encoded frame"
         );
-        assert_eq!(fa.version, 2);
-        assert!(
-            std::str::from_utf8(&fa.by_id)
-                .unwrap()
-                .starts_with("event: switch\nid: 2\n")
-        );
+        let Frame::Change(c) = &*fa else {
+            panic!("a change frame")
+        };
+        assert_eq!((c.version, c.audit_id), (2, 2));
         w.changed().await.unwrap();
         assert_eq!(hub.get("workers").unwrap().state, SwitchState::Paused);
         assert_eq!(hub.last_audit_id(), 2);
@@ -291,17 +206,6 @@ mod tests {
             event: SwitchEvent::Changed(sw("workers", 2, SwitchState::Paused)),
         }));
         assert!(a.try_recv().is_err());
-    }
-
-    #[test]
-    fn chunks_are_http11_chunked_framing() {
-        assert_eq!(&chunk(b"hello")[..], b"5\r\nhello\r\n");
-        let big = vec![b'a'; 300];
-        let c = chunk(&big);
-        assert!(c.starts_with(b"12c\r\n"));
-        assert!(c.ends_with(b"a\r\n"));
-        assert_eq!(c.len(), 5 + 300 + 2);
-        assert!(chunk(b"").is_empty(), "an empty chunk would end the body");
     }
 
     #[test]

@@ -23,13 +23,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use brb_api::{ErrorCode, Role, Source};
-use brb_store::{
-    Actor, DatabaseUrl, FeedEvent, SetOutcome, StateChange, Store, StoreError, StoredEvent,
-    SwitchEvent,
-};
-use tokio::sync::{Mutex, watch};
+use brb_store::{Actor, DatabaseUrl, FeedEvent, Store};
+use tokio::sync::watch;
 
 pub mod auth;
+mod commit;
 pub mod config;
 pub mod error;
 mod fanout;
@@ -45,6 +43,7 @@ mod routes;
 pub mod series;
 pub mod slack;
 mod sse;
+pub mod subscription;
 pub mod templates;
 pub mod tls;
 pub mod workers;
@@ -65,8 +64,11 @@ pub struct AppState {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
-    hub: Hub,
+    /// The only way to write the store (`commit.rs`).
+    writer: commit::Writer,
+    reads: commit::Reads,
+    bookkeeping: commit::Bookkeeping,
+    hub: Arc<Hub>,
     tokens: TokenBook,
     metrics: Arc<Metrics>,
     workers: workers::Workers,
@@ -74,8 +76,6 @@ struct Inner {
     /// Wakes the notification loop after a commit.
     notify_wakeup: tokio::sync::Notify,
     config: Config,
-    /// Serializes commit + publish so the hub broadcasts changes in version order.
-    write_lock: Mutex<()>,
     shutdown: watch::Sender<bool>,
     /// The same as a plain flag: every event stream checks it on every wake-up, and the watch
     /// channel's read lock, shared by ten thousand streams, is a contended cache line.
@@ -102,42 +102,31 @@ impl AppState {
         config: Config,
         env_admin_token: Option<&str>,
     ) -> anyhow::Result<Self> {
-        store
-            .ensure_switch(
-                &config.primary.name,
-                &config.primary.description,
-                true,
-                Actor::system(),
-            )
-            .await
-            .context("creating the primary switch")?;
-        for s in &config.switches {
-            store
-                .ensure_switch(&s.name, &s.description, false, Actor::system())
-                .await
-                .with_context(|| format!("creating switch {:?} from the config", s.name))?;
-        }
         // Subscribe before loading, and read the audit position before the switches: a change
         // committed meanwhile by another replica is then both in the image and replayed by
         // the first catch-up (the hub drops the duplicate), never in neither.
         let feed = store.feed();
         let shared = feed.is_some();
-        let last_audit_id = store
+        let (writer, reads, bookkeeping) = commit::Writer::new(store);
+        writer.seed(&config).await?;
+        let last_audit_id = reads
             .last_audit_id()
             .await
             .context("reading the audit log")?;
         let hub = Hub::new();
         hub.load(
-            store.list_switches().await.context("reading switches")?,
+            reads.list_switches().await.context("reading switches")?,
             last_audit_id,
         );
         let tokens = TokenBook::new(env_admin_token);
-        tokens.load(&store.list_tokens().await.context("reading tokens")?);
+        tokens.load(&reads.list_tokens().await.context("reading tokens")?);
         let config_abuse = config.abuse.clone();
         Ok(AppState {
             inner: Arc::new(Inner {
-                store,
-                hub,
+                writer,
+                reads,
+                bookkeeping,
+                hub: Arc::new(hub),
                 tokens,
                 metrics: Arc::new(Metrics::default()),
                 workers: workers::Workers::new(
@@ -147,7 +136,6 @@ impl AppState {
                 series: series::SeriesStore::new(config.limits.max_series),
                 notify_wakeup: tokio::sync::Notify::new(),
                 config,
-                write_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
                 fanout: std::sync::OnceLock::new(),
@@ -160,8 +148,13 @@ impl AppState {
         })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// The store, read-only: writes go through [`AppState::commit`] (`commit.rs`).
+    pub fn reads(&self) -> &commit::Reads {
+        &self.inner.reads
+    }
+
+    pub(crate) fn bookkeeping(&self) -> &commit::Bookkeeping {
+        &self.inner.bookkeeping
     }
 
     pub fn hub(&self) -> &Hub {
@@ -175,7 +168,7 @@ impl AppState {
     /// Writes the token uses noted since the last call (last-used time and address).
     pub async fn flush_token_uses(&self) {
         let uses = self.tokens().take_uses();
-        if let Err(e) = self.store().touch_tokens(uses).await {
+        if let Err(e) = self.bookkeeping().touch_tokens(uses).await {
             tracing::warn!(error = %e, "cannot record token last-use times");
         }
     }
@@ -211,77 +204,6 @@ impl AppState {
 
     pub fn replica_id(&self) -> &str {
         &self.inner.replica_id
-    }
-
-    /// Publishes a change this process just committed; the caller holds the write lock.
-    ///
-    /// Alone on the store (SQLite), the change is the next one, published as is. With
-    /// replicas, other changes may have committed just before it that this replica has not
-    /// heard of yet, so it publishes everything after what the hub has, read back from the
-    /// store in audit-id (commit) order, which includes this change. If that read fails the
-    /// change is still committed and acknowledged; the propagation task catches up when the
-    /// store answers again.
-    pub(crate) async fn publish_committed(&self, ev: StoredEvent) {
-        if !self.inner.shared {
-            self.apply(ev);
-            return;
-        }
-        if let Err(e) = self.catch_up_locked().await {
-            tracing::warn!(error = %e, switch = %ev.event.name(), version = ev.event.version(),
-                "committed, but cannot read the change back yet; will catch up");
-            propagate::request_catch_up(self);
-        }
-    }
-
-    /// Publishes one committed change to the hub, with its side effects (acknowledgement
-    /// timing for state changes). Returns false if the hub already had it.
-    fn apply(&self, ev: StoredEvent) -> bool {
-        let prev = self.inner.hub.get(ev.event.name());
-        let changed = match &ev.event {
-            SwitchEvent::Changed(s) => Some(s.clone()),
-            SwitchEvent::Deleted(_) => None,
-        };
-        if !self.inner.hub.publish(ev) {
-            return false;
-        }
-        // A state change (or a ramp ended) of an existing switch starts acknowledgement
-        // timing, as `set_state` does locally; creations and description edits do not.
-        if let Some(s) = changed
-            && prev.is_some_and(|p| p.state != s.state || p.ramp != s.ramp)
-        {
-            self.inner.workers.on_change(&s);
-        }
-        true
-    }
-
-    /// Reads every change after what the hub has and publishes them in order. Takes the write
-    /// lock, so it interleaves correctly with local writes.
-    pub(crate) async fn catch_up(&self) -> Result<usize, StoreError> {
-        let _g = self.inner.write_lock.lock().await;
-        self.catch_up_locked().await
-    }
-
-    async fn catch_up_locked(&self) -> Result<usize, StoreError> {
-        const BATCH: u32 = 1000;
-        let mut published = 0;
-        loop {
-            let events = self
-                .inner
-                .store
-                .events_after_id(self.inner.hub.last_audit_id(), BATCH)
-                .await?;
-            let n = events.len();
-            for ev in events {
-                let (name, version) = (ev.event.name().to_string(), ev.event.version());
-                if self.apply(ev) {
-                    published += 1;
-                    tracing::debug!(switch = %name, version, "published a committed change");
-                }
-            }
-            if n < BATCH as usize {
-                return Ok(published);
-            }
-        }
     }
 
     /// Starts the periodic work: worker-count events (at most ten a second per switch), the
@@ -353,7 +275,7 @@ impl AppState {
             match serde_json::to_string(&counts) {
                 Ok(json) => self
                     .hub()
-                    .publish_ephemeral(&name, brb_api::events::WORKERS, &json),
+                    .publish_ephemeral(brb_api::events::WORKERS, &json),
                 Err(e) => tracing::error!(error = %e, "encoding worker counts"),
             }
         }
@@ -405,7 +327,7 @@ impl AppState {
         match serde_json::to_string(&tick) {
             Ok(json) => self
                 .hub()
-                .publish_ephemeral("", brb_api::events::SAMPLES, &json),
+                .publish_ephemeral(brb_api::events::SAMPLES, &json),
             Err(e) => tracing::error!(error = %e, "encoding samples"),
         }
     }
@@ -429,7 +351,7 @@ impl AppState {
     pub(crate) fn fanout(&self) -> Option<&fanout::Fanout> {
         self.inner
             .fanout
-            .get_or_init(|| match fanout::Fanout::start(|| self.hub().subscribe()) {
+            .get_or_init(|| match fanout::Fanout::start(&self.inner.hub) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the fan-out writer thread");
@@ -443,74 +365,6 @@ impl AppState {
         self.inner
             .shutting_down
             .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The one write path for switch state, used by the HTTP API and (later) Slack and the
-    /// demo. Returns the switch and whether it changed.
-    pub async fn set_state(&self, mut change: StateChange) -> ApiResult<(brb_api::Switch, bool)> {
-        change.notify = self.inner.config.channels();
-        if let Some(r) = &change.reason
-            && r.chars().count() > brb_api::MAX_REASON_CHARS
-        {
-            return Err(ApiError::invalid(format!(
-                "reason must be at most {} characters",
-                brb_api::MAX_REASON_CHARS
-            )));
-        }
-        if let Some(ramp) = &change.ramp {
-            if change.to != brb_api::SwitchState::Running {
-                return Err(ApiError::invalid(
-                    "a ramp applies only to a resume (state running)",
-                ));
-            }
-            ramp.validate()
-                .map_err(|e| ApiError::invalid(format!("ramp: {e}")))?;
-        }
-        let (switch, actor, to) = (change.switch.clone(), change.actor.clone(), change.to);
-        let reason = change.reason.clone();
-        let _g = self.inner.write_lock.lock().await;
-        match self.inner.store.set_state(change).await {
-            Ok(SetOutcome::Changed { switch: s, entry }) => {
-                self.publish_committed(StoredEvent {
-                    audit_id: entry.id,
-                    event: SwitchEvent::Changed(s.clone()),
-                })
-                .await;
-                drop(_g);
-                self.inner.notify_wakeup.notify_one();
-                // Idempotent: publishing may have started the timing already.
-                self.inner.workers.on_change(&s);
-                self.inner.metrics.toggle(&s.name, to);
-                tracing::info!(
-                    switch = %s.name,
-                    actor = %actor.name,
-                    source = %actor.source,
-                    remote = ?actor.remote_addr,
-                    from = ?entry.from,
-                    to = %to,
-                    version = s.version,
-                    reason = ?reason,
-                    "state changed"
-                );
-                Ok((s, true))
-            }
-            Ok(SetOutcome::Unchanged(s)) => {
-                tracing::debug!(switch = %s.name, actor = %actor.name, source = %actor.source,
-                    state = %s.state, "state already set; nothing to do");
-                Ok((s, false))
-            }
-            Err(e) => {
-                tracing::warn!(switch = %switch, actor = %actor.name, source = %actor.source,
-                    error = %e, "state change refused");
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Held by the management handlers around commit + publish, so the hub broadcasts every
-    /// kind of change in commit order.
-    pub(crate) async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.write_lock.lock().await
     }
 }
 
@@ -677,7 +531,7 @@ async fn bootstrap_admin_token(state: &AppState) -> anyhow::Result<()> {
         tracing::info!("admin token taken from BRB_ADMIN_TOKEN");
         return Ok(());
     }
-    let tokens = state.store().list_tokens().await?;
+    let tokens = state.reads().list_tokens().await?;
     if tokens.iter().any(|t| t.revoked_at.is_none()) {
         if path.exists() {
             tracing::info!(path = %path.display(), "admin token file");
@@ -687,21 +541,20 @@ async fn bootstrap_admin_token(state: &AppState) -> anyhow::Result<()> {
     let new = auth::mint("admin", Role::Admin);
     write_secret_file(&path, &new.secret)
         .with_context(|| format!("writing the admin token to {}", path.display()))?;
-    match state
-        .store()
-        .create_token(new.record.clone(), Actor::system())
-        .await
-    {
+    let create = commit::CreateToken {
+        record: new.record.clone(),
+        actor: Actor::system(),
+    };
+    match state.commit(create).await {
         Ok(_) => {}
         // Replicas starting together on an empty database: another one minted it first.
-        Err(StoreError::AlreadyExists(_)) => {
+        Err(e) if e.code == ErrorCode::AlreadyExists => {
             let _ = std::fs::remove_file(&path);
             tracing::info!("another replica created the admin token; use its token file");
             return Ok(());
         }
-        Err(e) => return Err(e).context("storing the admin token"),
+        Err(e) => return Err(anyhow::anyhow!(e.message)).context("storing the admin token"),
     }
-    state.tokens().upsert(&new.record);
     tracing::info!(path = %path.display(), "created an admin token; it is in this file");
     Ok(())
 }

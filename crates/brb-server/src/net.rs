@@ -223,7 +223,7 @@ impl Conn {
                 }
                 // A switch stream on plain TCP: the fan-out thread writes its deliveries.
                 let state = stream.state.clone();
-                let fan = match stream.scope {
+                let fan = match stream.sub.scope() {
                     sse::Scope::One(_) => state.fanout(),
                     sse::Scope::All => None,
                 };

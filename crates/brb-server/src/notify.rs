@@ -170,7 +170,7 @@ pub async fn run(state: AppState) {
     let mut shutdown = state.shutdown_signal();
     loop {
         let now = Utc::now();
-        match state.store().outbox_claim(now, LEASE, 20).await {
+        match state.bookkeeping().outbox_claim(now, LEASE, 20).await {
             Ok(items) if !items.is_empty() => {
                 let results = futures_util::future::join_all(
                     items.iter().map(|it| deliver(&state, &http, it)),
@@ -195,7 +195,7 @@ pub async fn run(state: AppState) {
 
 async fn record(state: &AppState, it: &OutboxItem, res: Result<(), String>) {
     let now = Utc::now();
-    let store = state.store();
+    let store = state.bookkeeping();
     let outcome = match &res {
         Ok(()) => {
             tracing::info!(switch = %it.event.name, channel = %it.channel, kind = %it.kind,
@@ -258,7 +258,7 @@ pub async fn reminders(state: AppState) {
                     dedupe_key: format!("remind:{}:{}:{n}:{ch}", sw.name, sw.version),
                 })
                 .collect();
-            match state.store().outbox_enqueue(items).await {
+            match state.bookkeeping().outbox_enqueue(items).await {
                 Ok(added) => {
                     sent.insert(key, n);
                     if added > 0 {

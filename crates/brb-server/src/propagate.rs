@@ -93,7 +93,7 @@ async fn run(state: AppState, mut feed: tokio::sync::broadcast::Receiver<FeedEve
             }
         }
         if tokens {
-            match state.store().list_tokens().await {
+            match state.reads().list_tokens().await {
                 Ok(list) => {
                     state.tokens().load(&list);
                     tokens = false;
@@ -124,14 +124,14 @@ async fn share_workers(state: AppState) {
             }
         };
         if let Err(e) = state
-            .store()
+            .bookkeeping()
             .workers_share(state.replica_id(), doc, now)
             .await
         {
             tracing::debug!(error = %e, "cannot share the worker picture");
             continue;
         }
-        match state.store().workers_shared(now - fresh).await {
+        match state.reads().workers_shared(now - fresh).await {
             Ok(docs) => {
                 let mut remote = Vec::new();
                 for (replica, doc) in docs {

@@ -14,11 +14,14 @@ use brb_api::{
     ErrorCode, Health, Role, ServerInfo, SetStateRequest, Switch, SwitchList, TokenList,
     UpdateSwitchRequest,
 };
-use brb_store::{AuditQuery, StateChange, StoredEvent, SwitchEvent};
+use brb_store::{AuditQuery, StateChange};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
+use crate::commit::{
+    CreateSwitch, CreateToken, DeleteSwitch, RevokeToken, RotateToken, SetState, UpdateDescription,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::sse::{self, Scope};
 use crate::{AppState, Caller, actor, auth};
@@ -181,7 +184,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    match state.store().ping().await {
+    match state.reads().ping().await {
         Ok(()) => Json(Health {
             status: "ok".into(),
         })
@@ -348,7 +351,7 @@ pub(crate) async fn set_state(
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
     let (switch, _changed) = state
-        .set_state(StateChange {
+        .commit(SetState(StateChange {
             switch: name,
             to: req.state,
             reason,
@@ -356,7 +359,7 @@ pub(crate) async fn set_state(
             ramp: req.ramp,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
-        })
+        }))
         .await?;
     Ok(Json(switch))
 }
@@ -390,18 +393,13 @@ pub(crate) async fn create_switch(
     brb_api::validate_switch_name(&req.name)
         .map_err(|e| ApiError::invalid(format!("switch name {:?}: {e}", req.name)))?;
     check_description(&req.description)?;
-    let _g = state.write_lock().await;
-    let (s, entry) = state
-        .store()
-        .create_switch(&req.name, &req.description, actor(&caller, req.source))
-        .await?;
-    state
-        .publish_committed(StoredEvent {
-            audit_id: entry.id,
-            event: SwitchEvent::Changed(s.clone()),
+    let s = state
+        .commit(CreateSwitch {
+            name: req.name,
+            description: req.description,
+            actor: actor(&caller, req.source),
         })
-        .await;
-    tracing::info!(switch = %s.name, actor = %caller.name, "switch created");
+        .await?;
     Ok((StatusCode::CREATED, Json(s)))
 }
 
@@ -424,18 +422,13 @@ pub(crate) async fn update_switch(
     caller.require_unscoped()?;
     let req: UpdateSwitchRequest = parse_json(&body(b)?)?;
     check_description(&req.description)?;
-    let _g = state.write_lock().await;
-    let (s, entry) = state
-        .store()
-        .update_description(&name, &req.description, actor(&caller, req.source))
-        .await?;
-    state
-        .publish_committed(StoredEvent {
-            audit_id: entry.id,
-            event: SwitchEvent::Changed(s.clone()),
+    let s = state
+        .commit(UpdateDescription {
+            name,
+            description: req.description,
+            actor: actor(&caller, req.source),
         })
-        .await;
-    tracing::info!(switch = %s.name, actor = %caller.name, "switch description updated");
+        .await?;
     Ok(Json(s))
 }
 
@@ -454,21 +447,12 @@ pub(crate) async fn delete_switch(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     caller.require_unscoped()?;
-    let _g = state.write_lock().await;
-    let entry = state
-        .store()
-        .delete_switch(&name, actor(&caller, None))
-        .await?;
     state
-        .publish_committed(StoredEvent {
-            audit_id: entry.id,
-            event: SwitchEvent::Deleted(brb_api::DeletedSwitch {
-                name: name.clone(),
-                version: entry.version.unwrap_or_default(),
-            }),
+        .commit(DeleteSwitch {
+            name,
+            actor: actor(&caller, None),
         })
-        .await;
-    tracing::info!(switch = %name, actor = %caller.name, "switch deleted");
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -585,7 +569,7 @@ pub(crate) async fn audit(
         return Err(ApiError::invalid("limit must be between 1 and 500"));
     }
     let entries = state
-        .store()
+        .reads()
         .audit(AuditQuery {
             switch: q.switch,
             before: q.before,
@@ -638,11 +622,11 @@ pub(crate) async fn create_token(
     new.record.policy.expires_at = req.expires_at;
     new.record.policy.scope = req.scope.clone();
     state
-        .store()
-        .create_token(new.record.clone(), actor(&caller, None))
+        .commit(CreateToken {
+            record: new.record.clone(),
+            actor: actor(&caller, None),
+        })
         .await?;
-    state.tokens().upsert(&new.record);
-    tracing::info!(token = %req.name, role = %req.role, actor = %caller.name, "token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -665,7 +649,7 @@ pub(crate) async fn list_tokens(
     caller.require_unscoped()?;
     // Fresh last-use figures, not those of up to 5 s ago.
     state.flush_token_uses().await;
-    let tokens = state.store().list_tokens().await?;
+    let tokens = state.reads().list_tokens().await?;
     Ok(Json(TokenList {
         tokens: tokens.iter().map(|t| t.info()).collect(),
     }))
@@ -685,12 +669,12 @@ pub(crate) async fn revoke_token(
 ) -> ApiResult<Json<brb_api::TokenInfo>> {
     caller.require(Role::Admin)?;
     caller.require_unscoped()?;
-    let (rec, _) = state
-        .store()
-        .revoke_token(&id, actor(&caller, None))
+    let rec = state
+        .commit(RevokeToken {
+            id,
+            actor: actor(&caller, None),
+        })
         .await?;
-    state.tokens().upsert(&rec);
-    tracing::info!(token = %rec.name, actor = %caller.name, "token revoked");
     Ok(Json(rec.info()))
 }
 
@@ -725,13 +709,14 @@ pub(crate) async fn rotate_token(
     }
     let (secret, hash) = auth::mint_secret(&id);
     let grace_until = chrono::Utc::now() + chrono::Duration::seconds(req.grace_secs as i64);
-    let (rec, _) = state
-        .store()
-        .rotate_token(&id, hash, grace_until, actor(&caller, None))
+    let rec = state
+        .commit(RotateToken {
+            id,
+            secret_hash: hash,
+            grace_until,
+            actor: actor(&caller, None),
+        })
         .await?;
-    state.tokens().upsert(&rec);
-    tracing::info!(token = %rec.name, grace_secs = req.grace_secs, actor = %caller.name,
-        "token rotated");
     Ok(Json(CreatedToken {
         token: rec.info(),
         secret,
@@ -915,7 +900,7 @@ pub(crate) async fn notifications(
     c: Caller,
 ) -> ApiResult<Json<brb_api::NotificationList>> {
     c.require_unscoped()?;
-    let items = state.store().outbox_recent(100).await?;
+    let items = state.reads().outbox_recent(100).await?;
     Ok(Json(brb_api::NotificationList {
         notifications: items
             .into_iter()

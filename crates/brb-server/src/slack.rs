@@ -183,7 +183,7 @@ pub(crate) async fn command(
                 },
                 notify: Vec::new(),
             };
-            match state.set_state(change).await {
+            match state.commit(crate::commit::SetState(change)).await {
                 Ok((s, changed)) => Ok(Json(templates::slash_changed(&s, changed, &ctx))),
                 Err(e) => Ok(Json(templates::slash_error(&e.message))),
             }

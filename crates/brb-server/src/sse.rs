@@ -1,13 +1,10 @@
-//! Server-Sent Event streams.
+//! Server-Sent Event streams: opening one, and the two adapters that run it in a task.
 //!
-//! A stream first sends what the watcher lacks (the current state, or the changes after its
-//! `Last-Event-ID` replayed from the audit log), then each change as the hub broadcasts it,
-//! and a comment every few seconds so proxies and clients know the line is alive. Frames come
-//! pre-encoded from the hub; a stream only decides which ones to pass on. A watcher that falls
-//! too far behind the broadcast re-reads what it missed from the store, so a slow client never
-//! loses an event and never slows the others.
-//!
-//! Three ways to the wire, one filtering logic. Normally the stream is a hyper response body.
+//! Every rule of a stream (what a resumed stream replays, which frames pass, when it ends,
+//! keep-alives, lag) lives in the I/O-free core (`subscription.rs`). Here is what needs I/O:
+//! [`open`] subscribes to the hub, reads the hub's image and whatever the core asks of the
+//! store, and starts the core; then the stream runs in one of three adapters that only move
+//! bytes. Normally it is a hyper response body ([`TaskStream`] behind `Body::from_stream`).
 //! When the accept loop read the request head itself (`net.rs`, the first request of a
 //! connection), the handler hands the stream back instead ([`Takeover`]): a switch stream on
 //! plain TCP goes to the fan-out writer threads (`fanout.rs`), any other to [`write_direct`],
@@ -15,10 +12,9 @@
 //! delivery is one `write`, without hyper's per-connection dispatcher, body layers and buffers
 //! (BENCHMARKS.md, "Second round").
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -26,24 +22,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use brb_store::StoredEvent;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::hub::{Frame, chunk, encode, sse_frame};
+pub use crate::subscription::Scope;
+use crate::subscription::{End, Fetched, Frame, Framing, Liveness, Need, Offer, Subscription};
 
-const KEEPALIVE: &[u8] = b": keep-alive\n\n";
-/// The same as one HTTP/1.1 chunk (14 bytes).
-pub(crate) const KEEPALIVE_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
-/// The end of a chunked body.
-pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-/// Tells `EventSource` clients to retry after one second when the stream drops.
-const PREAMBLE: &[u8] = b"retry: 1000\n\n";
-const REPLAY_BATCH: u32 = 1000;
 /// A watcher that takes nothing from its socket for this long while a frame waits is
 /// dropped; it reconnects with its `Last-Event-ID` and loses nothing.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,38 +40,44 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy)]
 pub struct Direct;
 
-/// Response extension: the stream, for the accept loop to run with [`write_direct`].
+/// Response extension: the opened stream, for the accept loop to run on its socket.
 #[derive(Clone)]
-pub struct Takeover(Arc<Mutex<Option<Stream>>>);
+pub struct Takeover(Arc<Mutex<Option<Opened>>>);
 
 impl Takeover {
-    pub fn take(&self) -> Option<Stream> {
+    pub fn take(&self) -> Option<Opened> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Scope {
-    /// One switch; event ids are its versions.
-    One(Arc<str>),
-    /// All switches; event ids are global audit ids.
-    All,
+/// A stream's answer to "must I end?": the server's shutdown flag and the token's lease.
+pub struct Live {
+    state: AppState,
+    lease: crate::auth::StreamLease,
+    /// Counts the stream in `brb_watchers` for as long as it lives.
+    _gauge: crate::metrics::GaugeGuard,
 }
 
-pub struct Stream {
+impl Liveness for Live {
+    fn check(&mut self) -> Option<End> {
+        if self.state.is_shutting_down() {
+            Some(End::Shutdown)
+        } else if self.lease.is_over() {
+            Some(End::TokenEnded)
+        } else {
+            None
+        }
+    }
+}
+
+/// A started stream, before an adapter runs it.
+pub struct Opened {
     pub(crate) state: AppState,
-    pub(crate) scope: Scope,
+    pub(crate) sub: Subscription<Live>,
+    /// Subscribed before the image was read: holds every change since.
     pub(crate) rx: broadcast::Receiver<Arc<Frame>>,
-    /// Version (one switch) or audit id (all) of the last event sent.
-    pub(crate) last: u64,
-    /// Ready to send: SSE frames, or HTTP/1.1 chunks of them when `direct`.
-    pub(crate) pending: VecDeque<Bytes>,
-    pub(crate) keepalive: Interval,
-    pub(crate) finished: bool,
-    pub(crate) direct: bool,
-    /// Ends the stream when its token is revoked or expires; counts it against the cap.
-    pub(crate) lease: crate::auth::StreamLease,
-    pub(crate) _gauge: crate::metrics::GaugeGuard,
+    /// The first bytes (preamble, replay or current state), in the stream's framing.
+    pub(crate) first: Vec<Bytes>,
 }
 
 pub async fn open(
@@ -93,88 +87,81 @@ pub async fn open(
     lease: crate::auth::StreamLease,
     direct: bool,
 ) -> Result<Response, ApiError> {
-    // Subscribe before reading the current state: a change committed in between then arrives
-    // both ways, and the `last` filter drops the duplicate; the other order could lose it.
+    // Subscribe before reading the image: a change committed in between then arrives both
+    // ways, and the core's `last` filter drops the duplicate; the other order could lose it.
     let rx = state.hub().subscribe();
-    let mut pending = VecDeque::new();
-    pending.push_back(Bytes::from_static(PREAMBLE));
-    let last = match &scope {
-        Scope::One(name) => {
-            let current = state
-                .hub()
-                .get(name)
-                .ok_or_else(|| ApiError::switch_not_found(name))?;
-            match last_event_id {
-                Some(v) if v < current.version => {
-                    let events = state
-                        .store()
-                        .events_after_version(name, v, REPLAY_BATCH)
-                        .await?;
-                    push_events(&mut pending, &events, &scope);
-                    events.last().map_or(v, |e| e.event.version())
-                }
-                Some(v) if v == current.version => v,
-                // Ahead of this replica's image: the watcher saw the change on another replica
-                // a moment before this one heard of it. If the store has that version, the hub
-                // will publish what follows; resending an older state would step it back.
-                Some(v) if ahead_is_real(&state, name, v).await => v,
-                _ => {
-                    let (ev, json) = encode(&brb_store::SwitchEvent::Changed((*current).clone()));
-                    pending.push_back(sse_frame(ev, current.version, &json));
-                    current.version
+    let image = state.hub().image(&scope);
+    if let Scope::One(name) = &scope
+        && image.switches.is_empty()
+    {
+        return Err(ApiError::switch_not_found(name));
+    }
+    let shared = state.is_shared();
+    let fetched = match crate::subscription::need(&scope, last_event_id, &image, shared) {
+        Need::Nothing => Fetched::Nothing,
+        Need::History { after, limit } => {
+            let store = state.reads();
+            let res = match &scope {
+                Scope::One(name) => store.events_after_version(name, after, limit).await,
+                Scope::All => store.events_after_id(after, limit).await,
+            };
+            match res {
+                Ok(events) => Fetched::History(events),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the history to replay; sending the current state");
+                    Fetched::Failed
                 }
             }
         }
-        Scope::All => {
-            let now = state.hub().last_audit_id();
-            match last_event_id {
-                Some(id) if id < now => {
-                    let events = state.store().events_after_id(id, REPLAY_BATCH).await?;
-                    push_events(&mut pending, &events, &scope);
-                    events.last().map_or(id, |e| e.audit_id)
-                }
-                Some(id) if id == now => id,
-                Some(id) if state.is_shared() && state.store().last_audit_id().await? >= id => id,
-                _ => {
-                    for s in state.hub().list() {
-                        let (ev, json) = encode(&brb_store::SwitchEvent::Changed((*s).clone()));
-                        pending.push_back(sse_frame(ev, now, &json));
-                    }
-                    now
-                }
-            }
+        Need::Ahead(id) => {
+            let store = state.reads();
+            let res = match &scope {
+                Scope::One(name) => store
+                    .get_switch(name)
+                    .await
+                    .map(|s| s.is_some_and(|s| s.version >= id)),
+                Scope::All => store.last_audit_id().await.map(|last| last >= id),
+            };
+            res.map_or(Fetched::Failed, Fetched::Ahead)
         }
     };
-
-    let period = Duration::from_secs(state.config().limits.keepalive_secs);
-    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
-    if direct {
-        for b in pending.iter_mut() {
-            *b = chunk(b);
-        }
-    }
-    let stream = Stream {
+    let framing = if direct {
+        Framing::Chunked
+    } else {
+        Framing::Sse
+    };
+    let live = Live {
         _gauge: state.metrics().sse_watcher(),
-        state,
-        scope,
-        rx,
-        last,
-        pending,
-        keepalive,
-        finished: false,
-        direct,
+        state: state.clone(),
         lease,
+    };
+    let (sub, first) = Subscription::open(
+        scope,
+        framing,
+        last_event_id,
+        &image,
+        shared,
+        fetched,
+        Instant::now().into_std(),
+        Duration::from_secs(state.config().limits.keepalive_secs),
+        live,
+    );
+    let opened = Opened {
+        state,
+        sub,
+        rx,
+        first,
     };
     let mut res = if direct {
         let mut res = Response::new(Body::empty());
         res.extensions_mut()
-            .insert(Takeover(Arc::new(Mutex::new(Some(stream)))));
+            .insert(Takeover(Arc::new(Mutex::new(Some(opened)))));
         res
     } else {
+        let stream = TaskStream::new(opened);
         Response::new(Body::from_stream(futures_util::stream::unfold(
-            stream, next,
+            stream,
+            |mut s| async move { s.next().await.map(|b| (Ok::<_, Infallible>(b), s)) },
         )))
     };
     let h = res.headers_mut();
@@ -188,61 +175,105 @@ pub async fn open(
     Ok(res)
 }
 
-/// Whether a `Last-Event-ID` ahead of the hub names a version the store has (only possible
-/// with replicas; otherwise the id is bogus and the watcher gets the current state).
-async fn ahead_is_real(state: &AppState, name: &str, v: u64) -> bool {
-    if !state.is_shared() {
-        return false;
+/// A stream run by its own task: it waits on the broadcast and the core's keep-alive deadline
+/// and yields what the core says to write, in order, ending after the core's terminator.
+pub struct TaskStream {
+    state: AppState,
+    sub: Subscription<Live>,
+    rx: broadcast::Receiver<Arc<Frame>>,
+    pending: std::collections::VecDeque<Bytes>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl TaskStream {
+    pub fn new(o: Opened) -> TaskStream {
+        let deadline = Instant::from_std(o.sub.deadline());
+        TaskStream {
+            state: o.state,
+            sub: o.sub,
+            rx: o.rx,
+            pending: o.first.into(),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        }
     }
-    match state.store().get_switch(name).await {
-        Ok(Some(s)) => s.version >= v,
-        _ => false,
+
+    /// The next bytes to write; `None` when the stream is over.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some(b);
+            }
+            if self.sub.ended().is_some() {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                r = self.rx.recv() => match r {
+                    Ok(frame) => {
+                        let offer = self.sub.offer(&frame);
+                        push(&mut self.pending, offer, self.sub.terminator());
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event stream fell behind; sending the current state");
+                        let image = self.state.hub().image(self.sub.scope());
+                        let mut out = Vec::new();
+                        self.sub.lagged(&image, &mut out);
+                        self.pending.extend(out);
+                    }
+                    Err(RecvError::Closed) => self.sub.abandon(),
+                },
+                () = self.timer.as_mut() => {
+                    let offer = self.sub.tick(Instant::now().into_std());
+                    push(&mut self.pending, offer, self.sub.terminator());
+                    self.timer.as_mut().reset(Instant::from_std(self.sub.deadline()));
+                }
+            }
+        }
     }
 }
 
-fn push_events(pending: &mut VecDeque<Bytes>, events: &[StoredEvent], scope: &Scope) {
-    // (Framed as chunks afterwards by `open` when the stream is written directly.)
-    for ev in events {
-        let (name, json) = encode(&ev.event);
-        let id = match scope {
-            Scope::One(_) => ev.event.version(),
-            Scope::All => ev.audit_id,
-        };
-        pending.push_back(sse_frame(name, id, &json));
-    }
-}
-
-async fn next(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
-    loop {
-        if let Some(b) = s.pending.pop_front() {
-            return Some((Ok(b), s));
+/// Queues what an offer says to write.
+fn push(
+    pending: &mut std::collections::VecDeque<Bytes>,
+    offer: Offer<'_>,
+    terminator: &'static [u8],
+) {
+    let end = match offer {
+        Offer::Skip | Offer::Gone => return,
+        Offer::Deliver(b) => {
+            pending.push_back(b.clone());
+            return;
         }
-        if !s.wait().await {
-            return None;
+        Offer::Last(b) => {
+            pending.push_back(b.clone());
+            true
         }
+        Offer::End => true,
+    };
+    if end && !terminator.is_empty() {
+        pending.push_back(Bytes::from_static(terminator));
     }
 }
 
 /// Runs a stream on a socket the accept loop handed over, after it wrote the response head.
-/// Ends when the stream ends (then closes the body properly), when the client closes or
-/// sends anything (an event stream expects nothing more), or when a write stalls for
-/// [`WRITE_TIMEOUT`].
-pub async fn write_direct<IO: AsyncRead + AsyncWrite + Unpin>(mut s: Stream, io: &mut IO) {
+/// Ends after the core's last bytes, when the client closes or sends anything (an event
+/// stream expects nothing more), or when a write stalls for [`WRITE_TIMEOUT`].
+pub async fn write_direct<IO: AsyncRead + AsyncWrite + Unpin>(o: Opened, io: &mut IO) {
+    let mut s = TaskStream::new(o);
     let mut probe = [0u8; 64];
     loop {
-        while let Some(b) = s.pending.pop_front() {
-            if send(io, &b).await.is_err() {
-                return;
-            }
-        }
         tokio::select! {
             biased;
-            more = s.wait() => if !more {
-                let _ = send(io, LAST_CHUNK).await;
-                let _ = io.shutdown().await;
-                return;
+            b = s.next() => match b {
+                Some(b) => if send(io, &b).await.is_err() {
+                    return;
+                },
+                None => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
             },
-            // Cancelling `wait` is safe here: the stream ends either way.
+            // Cancelling `next` is safe here: the stream ends either way.
             _ = io.read(&mut probe) => return,
         }
     }
@@ -261,95 +292,5 @@ async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, b: &[u8]) -> std::io::Result<
     match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
-impl Stream {
-    /// Waits for something to send (queued in `pending`). False when the stream should end.
-    async fn wait(&mut self) -> bool {
-        // No shutdown future in the select: one per stream would lock a waiter list shared by
-        // every stream on every event. `begin_shutdown` wakes all streams through the hub.
-        if self.finished || self.state.is_shutting_down() || self.lease.is_over() {
-            return false;
-        }
-        tokio::select! {
-            biased;
-            r = self.rx.recv() => match r {
-                Ok(frame) => {
-                    self.accept(&frame);
-                    true
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event stream fell behind; replaying from the store");
-                    self.replay().await
-                }
-                Err(RecvError::Closed) => false,
-            },
-            _ = self.keepalive.tick() => {
-                self.pending.push_back(Bytes::from_static(if self.direct { KEEPALIVE_CHUNK } else { KEEPALIVE }));
-                true
-            }
-        }
-    }
-
-    fn accept(&mut self, f: &Frame) {
-        let (by_version, by_id) = if self.direct {
-            (&f.by_version_chunk, &f.by_id_chunk)
-        } else {
-            (&f.by_version, &f.by_id)
-        };
-        match &self.scope {
-            Scope::One(_) if f.ephemeral => {}
-            Scope::All if f.ephemeral => {
-                // An empty frame only wakes the stream (see `Hub::wake_all`).
-                if !by_id.is_empty() {
-                    self.pending.push_back(by_id.clone());
-                }
-            }
-            Scope::One(name) => {
-                if *f.switch != **name || f.version <= self.last {
-                    return;
-                }
-                self.last = f.version;
-                self.pending.push_back(by_version.clone());
-                if f.deleted {
-                    self.finished = true;
-                }
-            }
-            Scope::All => {
-                if f.audit_id <= self.last {
-                    return;
-                }
-                self.last = f.audit_id;
-                self.pending.push_back(by_id.clone());
-            }
-        }
-    }
-
-    /// Re-reads from the store everything after `last`. False if the store failed: the stream
-    /// ends and the client reconnects with its `Last-Event-ID`, losing nothing.
-    async fn replay(&mut self) -> bool {
-        let store = self.state.store();
-        let res = match &self.scope {
-            Scope::One(name) => {
-                store
-                    .events_after_version(name, self.last, REPLAY_BATCH)
-                    .await
-            }
-            Scope::All => store.events_after_id(self.last, REPLAY_BATCH).await,
-        };
-        match res {
-            Ok(events) => {
-                for ev in &events {
-                    let f = Frame::new(ev);
-                    self.accept(&f);
-                }
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "replay after lag failed; closing the stream");
-                false
-            }
-        }
     }
 }
