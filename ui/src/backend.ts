@@ -16,6 +16,12 @@ export type LiveEvent =
   | { kind: "deleted"; data: { name: string; version: number } }
   | { kind: "workers"; data: WorkerCounts }
   | { kind: "samples"; data: SampleTick }
+  /**
+   * The stream skipped changes (too far behind, or it fell behind the broadcast): the events
+   * that follow are the current state, and a deletion among the skipped ones is not repeated,
+   * so the picture must be reloaded.
+   */
+  | { kind: "resync"; data: { after: number; current: number; reason: string } }
   /** Desktop only: the office button listener's device status, as text. */
   | { kind: "button"; data: string };
 

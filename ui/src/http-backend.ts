@@ -134,7 +134,13 @@ export class HttpBackend implements Backend {
 export function dispatch(event: string, data: string, onEvent: (e: LiveEvent) => void) {
   try {
     const parsed = JSON.parse(data);
-    if (event === "switch" || event === "deleted" || event === "workers" || event === "samples") {
+    if (
+      event === "switch" ||
+      event === "deleted" ||
+      event === "workers" ||
+      event === "samples" ||
+      event === "resync"
+    ) {
       onEvent({ kind: event, data: parsed } as LiveEvent);
     }
   } catch {

@@ -122,7 +122,10 @@ export function appendSample(m: Model, key: string, name: string, ts: number, va
   }
 }
 
-/** Applies a live event. Returns true if the primary switch changed (to refresh the audit). */
+/**
+ * Applies a live event. Returns true when the picture must be re-read: the primary switch
+ * changed (to refresh the audit), or the stream skipped changes (`resync`).
+ */
 export function applyEvent(m: Model, e: LiveEvent): boolean {
   m.eventSeq += 1;
   switch (e.kind) {
@@ -150,6 +153,8 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
     case "button":
       m.button = e.data;
       return false;
+    case "resync":
+      return true;
   }
 }
 

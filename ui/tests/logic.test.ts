@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { AuditEntry, Switch, WorkerCounts } from "../src/api";
 import { ackLine, admittedFraction, changeLine, duration } from "../src/format";
 import { appendSample, applyEvent, applySnapshot, emptyModel, lastResume, loadSeries, seriesKey, setConnection } from "../src/model";
+import { dispatch } from "../src/http-backend";
 import { markers, pausedIntervals, visibleRange } from "../src/pauses";
 import { SseParser } from "../src/sse";
 
@@ -129,6 +130,8 @@ describe("model", () => {
     expect(applyEvent(m, { kind: "switch", data: sw({ state: "paused", version: 2 }) })).toBe(true);
     expect(m.pending).toBeNull();
     expect(applyEvent(m, { kind: "switch", data: sw({ version: 1 }) })).toBe(false);
+    // A resync says changes were skipped: the caller must re-read the whole picture.
+    expect(applyEvent(m, { kind: "resync", data: { after: 1, current: 1502, reason: "too_far_behind" } })).toBe(true);
     expect(m.switches.get("workers")?.state).toBe("paused");
   });
 
@@ -176,5 +179,15 @@ describe("model", () => {
     m.switches.set("workers", sw({ version: 4 }));
     m.audit = [entry(3, "running", 300), entry(2, "paused", 100)];
     expect(lastResume(m)).toBe(T0 / 1000 + 300);
+  });
+});
+
+describe("dispatch", () => {
+  it("passes on the events the UI knows, resync included, and drops the rest", () => {
+    const got: unknown[] = [];
+    dispatch("resync", '{"after":1,"current":2,"reason":"lagged"}', (e) => got.push(e));
+    dispatch("nonsense", "{}", (e) => got.push(e));
+    dispatch("switch", "{not json", (e) => got.push(e));
+    expect(got).toEqual([{ kind: "resync", data: { after: 1, current: 2, reason: "lagged" } }]);
   });
 });
