@@ -586,7 +586,7 @@ impl Config {
     }
 
     /// The notification channels configured: `slack` and `webhook:<name>`.
-    pub fn channels(&self) -> Vec<String> {
+    pub fn channels(&self) -> Vec<brb_store::Channel> {
         let mut out = Vec::new();
         if self
             .notify
@@ -594,10 +594,10 @@ impl Config {
             .as_ref()
             .is_some_and(|s| s.webhook_url.is_some())
         {
-            out.push("slack".to_string());
+            out.push(brb_store::Channel::Slack);
         }
         for w in &self.notify.webhooks {
-            out.push(format!("webhook:{}", w.name));
+            out.push(brb_store::Channel::Webhook(w.name.clone()));
         }
         out
     }
@@ -762,7 +762,7 @@ signing_secret = "s3cr3t"
             !dbg.contains("XXXXSECRET") && !dbg.contains("s3cr3t"),
             "{dbg}"
         );
-        assert_eq!(c.channels(), vec!["slack".to_string()]);
+        assert_eq!(c.channels(), vec![brb_store::Channel::Slack]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use brb_api::{ApiErrorBody, ErrorCode, ErrorDetail, Switch};
-use brb_store::StoreError;
+use brb_store::{Outage, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -76,19 +76,17 @@ impl From<StoreError> for ApiError {
             StoreError::Protected => {
                 ApiError::new(ErrorCode::Protected, "the primary switch cannot be deleted")
             }
-            StoreError::Unavailable(msg) => {
-                tracing::error!(error = %msg, "store unavailable");
+            StoreError::Unavailable { outage, detail } => {
+                tracing::error!(%outage, error = %detail, "store unavailable");
                 // Name the cause when it is one an operator can fix on the spot; never pass
                 // the driver's text through (it may name hosts or paths).
-                let lower = msg.to_ascii_lowercase();
-                let cause = if lower.contains("disk is full") || lower.contains("no space") {
-                    "the disk holding the database is full"
-                } else if lower.contains("readonly") || lower.contains("read-only") {
-                    "the database is on a read-only file system"
-                } else if lower.contains("disk i/o error") {
-                    "the disk holding the database refuses writes (read-only or I/O error)"
-                } else {
-                    "the store cannot take writes right now"
+                let cause = match outage {
+                    Outage::DiskFull => "the disk holding the database is full",
+                    Outage::ReadOnly => "the database is on a read-only file system",
+                    Outage::DiskFailing => {
+                        "the disk holding the database refuses writes (read-only or I/O error)"
+                    }
+                    Outage::Busy | Outage::Unreachable => "the store cannot take writes right now",
                 };
                 ApiError::new(
                     ErrorCode::Unavailable,

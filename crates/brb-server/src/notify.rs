@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use brb_api::SwitchState;
-use brb_store::{NewNotification, OutboxItem};
+use brb_store::{Channel, NewNotification, NotificationKind, OutboxItem};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -70,34 +70,38 @@ async fn deliver(
     let ctx = ctx(state);
     let now = Utc::now();
     let cfg = state.config();
-    if item.channel == "slack" {
-        let url = cfg
-            .notify
-            .slack
-            .as_ref()
-            .and_then(|s| s.webhook_url.as_ref())
-            .ok_or("Slack is no longer configured")?;
-        let body = if item.kind == "reminder" {
-            templates::slack_reminder(&item.event, &ctx, now)
-        } else {
-            templates::slack_change(&item.event, &ctx)
-        };
-        let res = http
-            .post(url.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| short_error(&e))?;
-        return check(res).await;
-    }
-    if let Some(name) = item.channel.strip_prefix("webhook:") {
+    let reminder = item.kind == NotificationKind::Reminder;
+    let name = match &item.channel {
+        Channel::Slack => {
+            let url = cfg
+                .notify
+                .slack
+                .as_ref()
+                .and_then(|s| s.webhook_url.as_ref())
+                .ok_or("Slack is no longer configured")?;
+            let body = if reminder {
+                templates::slack_reminder(&item.event, &ctx, now)
+            } else {
+                templates::slack_change(&item.event, &ctx)
+            };
+            let res = http
+                .post(url.expose())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| short_error(&e))?;
+            return check(res).await;
+        }
+        Channel::Webhook(name) => name,
+    };
+    {
         let hook = cfg
             .notify
             .webhooks
             .iter()
-            .find(|w| w.name == name)
+            .find(|w| &w.name == name)
             .ok_or_else(|| format!("webhook {name:?} is no longer configured"))?;
-        let body = serde_json::to_vec(&templates::webhook_body(&item.kind, &item.event, &ctx, now))
+        let body = serde_json::to_vec(&templates::webhook_body(reminder, &item.event, &ctx, now))
             .map_err(|e| e.to_string())?;
         let ts = now.timestamp();
         let mut rb = http
@@ -105,7 +109,7 @@ async fn deliver(
             .header("content-type", "application/json")
             .header(
                 "x-brb-event",
-                if item.kind == "reminder" {
+                if reminder {
                     "switch.reminder"
                 } else {
                     "switch.changed"
@@ -120,9 +124,8 @@ async fn deliver(
             );
         }
         let res = rb.body(body).send().await.map_err(|e| short_error(&e))?;
-        return check(res).await;
+        check(res).await
     }
-    Err(format!("unknown channel {:?}", item.channel))
 }
 
 fn short_error(e: &reqwest::Error) -> String {
@@ -253,7 +256,7 @@ pub async fn reminders(state: AppState) {
                 .iter()
                 .map(|ch| NewNotification {
                     channel: ch.clone(),
-                    kind: "reminder".into(),
+                    kind: NotificationKind::Reminder,
                     event: (*sw).clone(),
                     dedupe_key: format!("remind:{}:{}:{n}:{ch}", sw.name, sw.version),
                 })

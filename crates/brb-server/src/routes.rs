@@ -913,8 +913,8 @@ pub(crate) async fn notifications(
                 } else {
                     brb_api::DeliveryStatus::Pending
                 },
-                channel: i.channel,
-                kind: i.kind,
+                channel: i.channel.to_string(),
+                kind: i.kind.to_string(),
                 switch: i.event.name,
                 version: i.event.version,
                 created_at: i.created_at,

@@ -159,14 +159,14 @@ pub fn slack_reminder(s: &Switch, ctx: &Ctx, now: DateTime<Utc>) -> Value {
 }
 
 /// The generic webhook body: the change as data.
-pub fn webhook_body(kind: &str, s: &Switch, ctx: &Ctx, now: DateTime<Utc>) -> Value {
+pub fn webhook_body(reminder: bool, s: &Switch, ctx: &Ctx, now: DateTime<Utc>) -> Value {
     let mut v = json!({
-        "type": if kind == "reminder" { "switch.reminder" } else { "switch.changed" },
+        "type": if reminder { "switch.reminder" } else { "switch.changed" },
         "environment": ctx.environment,
         "console_url": ctx.console_url,
         "switch": s,
     });
-    if kind == "reminder" {
+    if reminder {
         v["text"] = json!(reminder_text(s, now));
         v["paused_for_secs"] = json!((now - s.changed_at).num_seconds().max(0));
     } else {

@@ -22,7 +22,10 @@ use brb_api::{AuditEntry, DeletedSwitch, Role, Source, Switch, SwitchState, Toke
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod migrations;
 mod postgres;
+mod rows;
+mod rules;
 mod sqlite;
 
 pub use postgres::PgStore;
@@ -85,14 +88,105 @@ pub enum StoreError {
     #[error("the primary switch cannot be deleted")]
     Protected,
     /// The store cannot take writes now (disk full, read-only, database down). Nothing was
-    /// written.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// written. `detail` is the driver's text, for logs only (it may name hosts or paths).
+    #[error("store unavailable ({outage}): {detail}")]
+    Unavailable { outage: Outage, detail: String },
     #[error("store error: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Why a store cannot take writes, as the driver's typed error code says (never its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The disk holding the database is full.
+    DiskFull,
+    /// The database is read-only: the file system, its permissions, or a standby database.
+    ReadOnly,
+    /// The disk fails reads or writes (which also happens when a file system turns read-only
+    /// under open files).
+    DiskFailing,
+    /// The database is locked or out of memory: a later try may work.
+    Busy,
+    /// No connection to the database server (refused, lost, shutting down, pool exhausted).
+    Unreachable,
+}
+
+impl std::fmt::Display for Outage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outage::DiskFull => "disk full",
+            Outage::ReadOnly => "read-only",
+            Outage::DiskFailing => "disk failing",
+            Outage::Busy => "busy",
+            Outage::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// Where a notification goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// The Slack incoming webhook.
+    Slack,
+    /// A configured webhook, by name.
+    Webhook(String),
+}
+
+impl Channel {
+    /// `slack` or `webhook:<name>`, as stored and shown.
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "slack" => Some(Channel::Slack),
+            _ => s
+                .strip_prefix("webhook:")
+                .filter(|n| !n.is_empty())
+                .map(|n| Channel::Webhook(n.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Slack => f.write_str("slack"),
+            Channel::Webhook(n) => write!(f, "webhook:{n}"),
+        }
+    }
+}
+
+/// What a notification says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotificationKind {
+    /// A switch changed.
+    Change,
+    /// A switch is still paused.
+    Reminder,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Change => "change",
+            NotificationKind::Reminder => "reminder",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NotificationKind> {
+        match s {
+            "change" => Some(NotificationKind::Change),
+            "reminder" => Some(NotificationKind::Reminder),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NotificationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Who made a change and from where: recorded with it in the audit log.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,9 +217,9 @@ pub struct StateChange {
     /// With `to: Running`: release gradually. Validated by the caller.
     pub ramp: Option<brb_api::RampSpec>,
     pub actor: Actor,
-    /// Channels to notify of this change (`slack`, `webhook:<name>`): written to the outbox in
-    /// the same transaction as the change, so a committed change is never left unannounced.
-    pub notify: Vec<String>,
+    /// Channels to notify of this change: written to the outbox in the same transaction as
+    /// the change, so a committed change is never left unannounced.
+    pub notify: Vec<Channel>,
 }
 
 /// A notification waiting in (or delivered from) the outbox. The message is rendered at
@@ -133,9 +227,8 @@ pub struct StateChange {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxItem {
     pub id: u64,
-    pub channel: String,
-    /// `change` or `reminder`.
-    pub kind: String,
+    pub channel: Channel,
+    pub kind: NotificationKind,
     pub event: Switch,
     pub created_at: DateTime<Utc>,
     pub attempts: u32,
@@ -149,8 +242,8 @@ pub struct OutboxItem {
 /// A notification to enqueue outside a state change (reminders).
 #[derive(Debug, Clone)]
 pub struct NewNotification {
-    pub channel: String,
-    pub kind: String,
+    pub channel: Channel,
+    pub kind: NotificationKind,
     pub event: Switch,
     /// Enqueuing the same key twice is a no-op: several replicas (or a restart) may decide to
     /// send the same reminder, and it must go out once.
@@ -213,27 +306,6 @@ impl TokenPolicy {
                 .map_err(|e| StoreError::Internal(format!("token policy {s:?}: {e}"))),
         }
     }
-}
-
-/// A rotation, decided once for both backends: the policy to store (the old secret kept until
-/// `grace_until`, unless that is already past) and the audit entry's text (no hash in it).
-pub(crate) fn rotation(
-    tok: &TokenRecord,
-    grace_until: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> (TokenPolicy, String) {
-    let mut policy = tok.policy.clone();
-    policy.previous = (grace_until > now).then(|| PreviousSecret {
-        secret_hash: tok.secret_hash.iter().map(|b| format!("{b:02x}")).collect(),
-        valid_until: grace_until,
-    });
-    let reason = format!(
-        "{} ({}); old secret valid until {}",
-        tok.name,
-        tok.role,
-        grace_until.format("%Y-%m-%dT%H:%M:%SZ")
-    );
-    (policy, reason)
 }
 
 /// One successful use of a token, flushed in batches.
@@ -433,59 +505,22 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// What a backend does with a state change, decided on the current row (read under the write
-/// lock): refuse it (stale `expected_version`), change nothing (the state it already has), or
-/// write it with this ramp. One function, so SQLite and PostgreSQL cannot disagree.
-pub(crate) enum Plan {
-    Unchanged,
-    /// The ramp to store (JSON), if the change is a resume that asked for one.
-    Write {
-        ramp_json: Option<String>,
-    },
-}
-
-pub(crate) fn plan(cur: &Switch, change: &StateChange, now: DateTime<Utc>) -> Result<Plan> {
-    if let Some(expected) = change.expected_version
-        && expected != cur.version
-    {
-        return Err(StoreError::Conflict {
-            current: Box::new(cur.clone()),
-        });
-    }
-    let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
-    let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
-    if cur.state == change.to && !ends_ramp {
-        return Ok(Plan::Unchanged);
-    }
-    let ramp = match change.to {
-        SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
-        SwitchState::Paused => None,
-    };
-    let ramp_json = ramp
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Internal(format!("encode ramp: {e}")))?;
-    Ok(Plan::Write { ramp_json })
-}
-
-/// An audit entry about to be appended, as both backends write it.
-pub(crate) struct NewAudit<'a> {
-    pub action: brb_api::AuditAction,
-    pub switch: Option<&'a str>,
-    pub from: Option<SwitchState>,
-    pub to: Option<SwitchState>,
-    pub version: Option<u64>,
-    pub actor: &'a Actor,
-    pub reason: Option<&'a str>,
-    pub at: DateTime<Utc>,
-    /// The switch right after the change (token entries have none).
-    pub snapshot: Option<&'a SwitchEvent>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::DatabaseUrl;
+
+    #[test]
+    fn channels_and_kinds_round_trip_through_their_stored_text() {
+        use super::{Channel, NotificationKind};
+        for c in [Channel::Slack, Channel::Webhook("ops:eu".into())] {
+            assert_eq!(Channel::parse(&c.to_string()), Some(c));
+        }
+        assert_eq!(Channel::parse("webhook:"), None);
+        assert_eq!(Channel::parse("email"), None);
+        for k in [NotificationKind::Change, NotificationKind::Reminder] {
+            assert_eq!(NotificationKind::parse(k.as_str()), Some(k));
+        }
+    }
 
     #[test]
     fn database_urls() {

@@ -1,7 +1,9 @@
 //! The shared backend: PostgreSQL, for several control-plane replicas behind a load balancer.
 //!
 //! Same schema semantics as SQLite (timestamps as microseconds, an append-only audit log with
-//! per-version snapshots, tokens, the outbox), plus what several processes need:
+//! per-version snapshots, tokens, the outbox; one migration numbering, `migrations.rs`), and
+//! the same write rules (`rules.rs`: this file reads rows and applies what they say), plus
+//! what several processes need:
 //!
 //! - **One global write order.** Every write transaction that appends to the audit log first
 //!   takes one transaction-scoped advisory lock ([`WRITE_LOCK`]). Audit ids are drawn from the
@@ -27,20 +29,22 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use brb_api::{AuditAction, AuditEntry, DeletedSwitch, Switch, SwitchState};
+use brb_api::{AuditEntry, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt as _;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 
-use crate::sqlite::{
-    AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawSwitch, RawToken, SWITCH_COLUMNS, TOKEN_COLUMNS,
-    corrupt, encode_event, from_micros, micros,
+use crate::migrations::MIGRATIONS;
+use crate::rows::{
+    AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawOutbox, RawSwitch, RawToken, SWITCH_COLUMNS,
+    TOKEN_COLUMNS, decode_event, encode_event, micros,
 };
+use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
-    Actor, AuditQuery, FeedEvent, NewAudit, NewNotification, OutboxItem, Result, SetOutcome,
-    StateChange, Store, StoreError, StoredEvent, SwitchEvent, TokenRecord,
+    Actor, AuditQuery, FeedEvent, NewNotification, NotificationKind, Outage, OutboxItem, Result,
+    SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
 
 /// Advisory lock key held by every write transaction: serializes writers across replicas so
@@ -56,114 +60,6 @@ const POOL_WAIT: Duration = Duration::from_secs(3);
 /// How often the listener proves its connection is alive (a dead peer can leave a TCP
 /// connection silently open).
 const LISTENER_PING: Duration = Duration::from_secs(2);
-
-/// Schema migrations for PostgreSQL, the counterparts of SQLite's (same numbers, same
-/// meaning). Append only: a released migration is never edited.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        r#"
-CREATE TABLE switches (
-    name        TEXT PRIMARY KEY,
-    description TEXT NOT NULL,
-    is_primary  BOOLEAN NOT NULL DEFAULT FALSE,
-    state       TEXT NOT NULL CHECK (state IN ('running', 'paused')),
-    version     BIGINT NOT NULL CHECK (version >= 1),
-    changed_at  BIGINT NOT NULL,
-    changed_by  TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    reason      TEXT,
-    deleted     BOOLEAN NOT NULL DEFAULT FALSE
-);
-CREATE UNIQUE INDEX switches_one_primary ON switches (is_primary)
-    WHERE is_primary AND NOT deleted;
-
-CREATE TABLE audit (
-    id          BIGSERIAL PRIMARY KEY,
-    action      TEXT NOT NULL,
-    switch      TEXT,
-    from_state  TEXT,
-    to_state    TEXT,
-    version     BIGINT,
-    actor       TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    reason      TEXT,
-    remote_addr TEXT,
-    at          BIGINT NOT NULL,
-    -- The switch as it was right after this entry (JSON); NULL for token entries.
-    snapshot    TEXT
-);
-CREATE UNIQUE INDEX audit_switch_version ON audit (switch, version) WHERE switch IS NOT NULL;
-CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'the audit log is append-only';
-END
-$$;
-CREATE TRIGGER audit_no_update BEFORE UPDATE OR DELETE ON audit
-    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
-CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
-
-CREATE TABLE tokens (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
-    secret_hash BYTEA NOT NULL,
-    created_at  BIGINT NOT NULL,
-    revoked_at  BIGINT
-);
-CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
-"#,
-    ),
-    (
-        2,
-        r#"
-ALTER TABLE switches ADD COLUMN ramp TEXT;
-"#,
-    ),
-    (
-        3,
-        r#"
-CREATE TABLE outbox (
-    id              BIGSERIAL PRIMARY KEY,
-    dedupe_key      TEXT NOT NULL UNIQUE,
-    channel         TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    event           TEXT NOT NULL,
-    created_at      BIGINT NOT NULL,
-    attempts        BIGINT NOT NULL DEFAULT 0,
-    next_attempt_at BIGINT NOT NULL,
-    last_attempt_at BIGINT,
-    delivered_at    BIGINT,
-    failed          BOOLEAN NOT NULL DEFAULT FALSE,
-    last_error      TEXT
-);
-CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL AND NOT failed;
-"#,
-    ),
-    (
-        4,
-        r#"
--- Worker acknowledgements are soft state kept by the replica a worker reports to; each replica
--- publishes its picture here about once a second so every replica can count all workers.
-CREATE TABLE replica_workers (
-    replica    TEXT PRIMARY KEY,
-    doc        TEXT NOT NULL,
-    updated_at BIGINT NOT NULL
-);
-"#,
-    ),
-    (
-        5,
-        r#"
--- Token lifecycle: expiry, scope and the previous secret during a rotation (JSON of
--- brb_store::TokenPolicy, NULL when none), and the last successful use.
-ALTER TABLE tokens ADD COLUMN policy TEXT;
-ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;
-ALTER TABLE tokens ADD COLUMN last_used_addr TEXT;
-"#,
-    ),
-];
 
 pub struct PgStore {
     pool: Pool,
@@ -269,23 +165,29 @@ async fn migrate(c: &mut deadpool_postgres::Client) -> Result<()> {
     )
     .await
     .map_err(map_pg)?;
-    for (version, sql) in MIGRATIONS {
+    for m in MIGRATIONS {
         let applied = tx
             .query_opt(
                 "SELECT version FROM schema_migrations WHERE version = $1",
-                &[version],
+                &[&m.number],
             )
             .await
             .map_err(map_pg)?;
         if applied.is_none() {
-            tx.batch_execute(sql).await.map_err(map_pg)?;
+            if !m.postgres.trim().is_empty() {
+                tx.batch_execute(m.postgres).await.map_err(map_pg)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[version, &micros(Utc::now())],
+                &[&m.number, &micros(Utc::now())],
             )
             .await
             .map_err(map_pg)?;
-            tracing::info!(migration = version, "applied schema migration (PostgreSQL)");
+            tracing::info!(
+                migration = m.number,
+                what = m.what,
+                "applied schema migration (PostgreSQL)"
+            );
         }
     }
     tx.commit().await.map_err(map_pg)
@@ -412,32 +314,44 @@ async fn write_lock<C: GenericClient>(c: &C) -> Result<()> {
     Ok(())
 }
 
-/// Maps PostgreSQL failures to the two kinds callers act on: "cannot write now" (503, retry,
-/// nothing changed) and everything else.
+/// Maps PostgreSQL failures by SQLSTATE to what callers act on: "cannot write now, and why"
+/// (503, nothing changed) and everything else.
 fn map_pg(e: tokio_postgres::Error) -> StoreError {
+    let unavailable = |outage| StoreError::Unavailable {
+        outage,
+        detail: e.to_string(),
+    };
     if e.is_closed() {
-        return StoreError::Unavailable(e.to_string());
+        return unavailable(Outage::Unreachable);
     }
-    match e.code() {
-        Some(code) => {
-            let c = code.code();
-            // 08: connection exception; 53: insufficient resources; 57P: shutdown / cannot
-            // connect now; 25006: read-only transaction (a standby after failover).
-            if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "25006" {
-                StoreError::Unavailable(e.to_string())
-            } else {
-                StoreError::Internal(e.to_string())
-            }
-        }
+    let Some(code) = e.code() else {
         // No SQLSTATE: an I/O or protocol failure on the way to the server.
-        None => StoreError::Unavailable(e.to_string()),
-    }
+        return unavailable(Outage::Unreachable);
+    };
+    let c = code.code();
+    // 53100: disk full; 25006: read-only transaction (a standby after failover); 08:
+    // connection exception; 57P: shutdown, cannot connect now; 53: other resources.
+    let outage = if c == "53100" {
+        Outage::DiskFull
+    } else if c == "25006" {
+        Outage::ReadOnly
+    } else if c.starts_with("08") || c.starts_with("57P") {
+        Outage::Unreachable
+    } else if c.starts_with("53") {
+        Outage::Busy
+    } else {
+        return StoreError::Internal(e.to_string());
+    };
+    unavailable(outage)
 }
 
 fn map_pool(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => map_pg(e),
-        other => StoreError::Unavailable(format!("no database connection: {other}")),
+        other => StoreError::Unavailable {
+            outage: Outage::Unreachable,
+            detail: format!("no database connection: {other}"),
+        },
     }
 }
 
@@ -486,59 +400,38 @@ fn raw_token(r: &Row) -> Result<RawToken> {
     })
 }
 
+fn raw_outbox(r: &Row) -> Result<RawOutbox> {
+    Ok(RawOutbox {
+        id: r.try_get(0).map_err(map_pg)?,
+        channel: r.try_get(1).map_err(map_pg)?,
+        kind: r.try_get(2).map_err(map_pg)?,
+        event: r.try_get(3).map_err(map_pg)?,
+        created_at: r.try_get(4).map_err(map_pg)?,
+        attempts: r.try_get(5).map_err(map_pg)?,
+        next_attempt_at: r.try_get(6).map_err(map_pg)?,
+        last_attempt_at: r.try_get(7).map_err(map_pg)?,
+        delivered_at: r.try_get(8).map_err(map_pg)?,
+        failed: r.try_get(9).map_err(map_pg)?,
+        last_error: r.try_get(10).map_err(map_pg)?,
+    })
+}
+
 fn audit_rows(rows: &[Row]) -> Result<Vec<AuditEntry>> {
     rows.iter().map(|r| raw_audit(r)?.into_entry()).collect()
 }
 
 fn event_rows(rows: &[Row]) -> Result<Vec<StoredEvent>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let id: i64 = r.try_get(0).map_err(map_pg)?;
-        let snapshot: Option<String> = r.try_get(1).map_err(map_pg)?;
-        let snapshot = snapshot.ok_or_else(|| corrupt(format!("audit {id} has no snapshot")))?;
-        let event = serde_json::from_str(&snapshot)
-            .map_err(|e| corrupt(format!("audit {id} snapshot: {e}")))?;
-        out.push(StoredEvent {
-            audit_id: id as u64,
-            event,
-        });
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| decode_event(r.try_get(0).map_err(map_pg)?, r.try_get(1).map_err(map_pg)?))
+        .collect()
 }
 
 fn outbox_rows(rows: &[Row]) -> Result<Vec<OutboxItem>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let g = |e| map_pg(e);
-        let id: i64 = r.try_get(0).map_err(g)?;
-        let event: String = r.try_get(3).map_err(g)?;
-        let attempts: i64 = r.try_get(5).map_err(g)?;
-        let last: Option<i64> = r.try_get(7).map_err(g)?;
-        let delivered: Option<i64> = r.try_get(8).map_err(g)?;
-        out.push(OutboxItem {
-            id: id as u64,
-            channel: r.try_get(1).map_err(g)?,
-            kind: r.try_get(2).map_err(g)?,
-            event: serde_json::from_str(&event)
-                .map_err(|e| corrupt(format!("outbox {id} event: {e}")))?,
-            created_at: from_micros(r.try_get(4).map_err(g)?)?,
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            next_attempt_at: from_micros(r.try_get(6).map_err(g)?)?,
-            last_attempt_at: last.map(from_micros).transpose()?,
-            delivered_at: delivered.map(from_micros).transpose()?,
-            failed: r.try_get(9).map_err(g)?,
-            last_error: r.try_get(10).map_err(g)?,
-        });
-    }
-    Ok(out)
+    rows.iter().map(|r| raw_outbox(r)?.into_item()).collect()
 }
 
 /// Reads a switch row, deleted or not; `lock` takes its row lock for the transaction.
-async fn row_any<C: GenericClient>(
-    c: &C,
-    name: &str,
-    lock: bool,
-) -> Result<Option<(Switch, bool)>> {
+async fn row_any<C: GenericClient>(c: &C, name: &str, lock: bool) -> Result<rules::Row> {
     let sql = format!(
         "SELECT {SWITCH_COLUMNS}, deleted FROM switches WHERE name = $1{}",
         if lock { " FOR UPDATE" } else { "" }
@@ -550,15 +443,31 @@ async fn row_any<C: GenericClient>(
     Ok(Some((raw_switch(&row)?.into_switch()?, deleted)))
 }
 
-async fn live<C: GenericClient>(c: &C, name: &str, lock: bool) -> Result<Switch> {
-    match row_any(c, name, lock).await? {
-        Some((s, false)) => Ok(s),
-        _ => Err(StoreError::SwitchNotFound(name.to_string())),
-    }
+/// Whether a live switch is primary.
+async fn primary_taken<C: GenericClient>(c: &C) -> Result<bool> {
+    let row = c
+        .query_one(
+            "SELECT COUNT(*) > 0 FROM switches WHERE is_primary AND NOT deleted",
+            &[],
+        )
+        .await
+        .map_err(map_pg)?;
+    row.try_get(0).map_err(map_pg)
+}
+
+async fn token_by_id<C: GenericClient>(c: &C, id: &str) -> Result<Option<TokenRecord>> {
+    c.query_opt(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"),
+        &[&id],
+    )
+    .await
+    .map_err(map_pg)?
+    .map(|r| raw_token(&r)?.into_record())
+    .transpose()
 }
 
 async fn append_audit<C: GenericClient>(c: &C, a: NewAudit<'_>) -> Result<AuditEntry> {
-    let snapshot = a.snapshot.map(encode_event).transpose()?;
+    let snapshot = a.snapshot.as_ref().map(encode_event).transpose()?;
     let row = c
         .query_one(
             "INSERT INTO audit (action, switch, from_state, to_state, version, actor, source,
@@ -597,87 +506,131 @@ async fn append_audit<C: GenericClient>(c: &C, a: NewAudit<'_>) -> Result<AuditE
     })
 }
 
-/// Inserts or revives a switch row (see the SQLite counterpart: versions continue after a
-/// delete). The caller holds [`WRITE_LOCK`].
-async fn insert_switch<C: GenericClient>(
-    c: &C,
-    name: &str,
-    description: &str,
-    primary: bool,
-    actor: &Actor,
-) -> Result<(Switch, AuditEntry)> {
-    let now = Utc::now();
-    let version = match row_any(c, name, true).await? {
-        Some((_, false)) => return Err(StoreError::AlreadyExists(format!("switch {name:?}"))),
-        Some((prev, true)) => {
-            let v = prev.version + 1;
-            c.execute(
-                "UPDATE switches SET description = $2, is_primary = $3, state = 'running',
-                    version = $4, changed_at = $5, changed_by = $6, source = $7, reason = NULL,
-                    ramp = NULL, deleted = FALSE
-                 WHERE name = $1",
-                &[
-                    &name,
-                    &description,
-                    &primary,
-                    &(v as i64),
-                    &micros(now),
-                    &actor.name,
-                    &actor.source.as_str(),
-                ],
-            )
-            .await
-            .map_err(map_pg)?;
-            v
-        }
+/// Applies a switch change the rules decided: the row, its audit entry, its notifications,
+/// and the hint to other replicas (delivered on commit). The caller holds [`WRITE_LOCK`].
+async fn write_switch<C: GenericClient>(c: &C, w: &SwitchWrite) -> Result<AuditEntry> {
+    let s = &w.switch;
+    let ramp = w.ramp_json()?;
+    let version = s.version as i64;
+    let changed_at = micros(s.changed_at);
+    match w.replaces {
         None => {
             c.execute(
                 "INSERT INTO switches (name, description, is_primary, state, version, changed_at,
-                                       changed_by, source, reason)
-                 VALUES ($1, $2, $3, 'running', 1, $4, $5, $6, NULL)",
+                                       changed_by, source, reason, ramp, deleted)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
-                    &name,
-                    &description,
-                    &primary,
-                    &micros(now),
-                    &actor.name,
-                    &actor.source.as_str(),
+                    &s.name,
+                    &s.description,
+                    &s.primary,
+                    &s.state.as_str(),
+                    &version,
+                    &changed_at,
+                    &s.changed_by,
+                    &s.source.as_str(),
+                    &s.reason,
+                    &ramp,
+                    &w.deleted,
                 ],
             )
             .await
             .map_err(map_pg)?;
-            1
         }
-    };
-    let switch = live(c, name, false).await?;
-    let entry = append_audit(
-        c,
-        NewAudit {
-            action: AuditAction::SwitchCreated,
-            switch: Some(name),
-            from: None,
-            to: Some(SwitchState::Running),
-            version: Some(version),
-            actor,
-            reason: None,
-            at: now,
-            snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-        },
-    )
-    .await?;
-    notify_switch(c, name, version).await?;
-    Ok((switch, entry))
+        Some(was) => {
+            let n = c
+                .execute(
+                    "UPDATE switches SET description = $2, is_primary = $3, state = $4,
+                        version = $5, changed_at = $6, changed_by = $7, source = $8,
+                        reason = $9, ramp = $10, deleted = $11
+                     WHERE name = $1 AND version = $12",
+                    &[
+                        &s.name,
+                        &s.description,
+                        &s.primary,
+                        &s.state.as_str(),
+                        &version,
+                        &changed_at,
+                        &s.changed_by,
+                        &s.source.as_str(),
+                        &s.reason,
+                        &ramp,
+                        &w.deleted,
+                        &(was as i64),
+                    ],
+                )
+                .await
+                .map_err(map_pg)?;
+            rules::one_row(n, &format!("switch {:?}", s.name))?;
+        }
+    }
+    let entry = append_audit(c, w.audit()).await?;
+    if !w.notify.is_empty() {
+        let event = w.notification_event()?;
+        for channel in &w.notify {
+            c.execute(
+                "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                     next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+                &[
+                    &rules::change_key(entry.id, channel),
+                    &channel.to_string(),
+                    &NotificationKind::Change.as_str(),
+                    &event,
+                    &micros(w.at),
+                ],
+            )
+            .await
+            .map_err(map_pg)?;
+        }
+    }
+    notify_switch(c, &s.name, s.version).await?;
+    Ok(entry)
 }
 
-async fn token_by_id<C: GenericClient>(c: &C, id: &str) -> Result<Option<TokenRecord>> {
-    c.query_opt(
-        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"),
-        &[&id],
-    )
-    .await
-    .map_err(map_pg)?
-    .map(|r| raw_token(&r)?.into_record())
-    .transpose()
+/// Applies a token change the rules decided: the row, its audit entry, and the hint to other
+/// replicas to reload tokens. The caller holds [`WRITE_LOCK`].
+async fn write_token<C: GenericClient>(c: &C, w: &TokenWrite) -> Result<AuditEntry> {
+    let t = &w.token;
+    let revoked_at = t.revoked_at.map(micros);
+    let policy = t.policy.to_json();
+    if w.insert {
+        c.execute(
+            "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &t.id,
+                &t.name,
+                &t.role.as_str(),
+                &t.secret_hash,
+                &micros(t.created_at),
+                &revoked_at,
+                &policy,
+            ],
+        )
+        .await
+        .map_err(map_pg)?;
+    } else {
+        let n = c
+            .execute(
+                "UPDATE tokens SET secret_hash = $2, revoked_at = $3, policy = $4 WHERE id = $1",
+                &[&t.id, &t.secret_hash, &revoked_at, &policy],
+            )
+            .await
+            .map_err(map_pg)?;
+        rules::one_row(n, &format!("token {:?}", t.id))?;
+    }
+    let entry = append_audit(c, w.audit()).await?;
+    notify_tokens(c).await?;
+    Ok(entry)
+}
+
+/// A write transaction: the global write order first (see the module doc).
+macro_rules! write_tx {
+    ($self:ident, $c:ident, $tx:ident) => {
+        let mut $c = $self.client().await?;
+        let $tx = $c.transaction().await.map_err(map_pg)?;
+        write_lock(&*$tx).await?;
+    };
 }
 
 #[async_trait]
@@ -689,26 +642,14 @@ impl Store for PgStore {
         primary: bool,
         actor: Actor,
     ) -> Result<bool> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        if let Some((_, false)) = row_any(&*tx, name, true).await? {
+        write_tx!(self, c, tx);
+        let row = row_any(&*tx, name, true).await?;
+        let taken = primary_taken(&*tx).await?;
+        let Some(w) = rules::ensure(row, taken, name, description, primary, &actor, Utc::now())?
+        else {
             return Ok(false);
-        }
-        if primary {
-            let existing = tx
-                .query_opt(
-                    "SELECT name FROM switches WHERE is_primary AND NOT deleted",
-                    &[],
-                )
-                .await
-                .map_err(map_pg)?;
-            if existing.is_some() {
-                // Another switch is already the primary one; do not create a second.
-                return Ok(false);
-            }
-        }
-        insert_switch(&*tx, name, description, primary, &actor).await?;
+        };
+        write_switch(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
         Ok(true)
     }
@@ -736,12 +677,12 @@ impl Store for PgStore {
         description: &str,
         actor: Actor,
     ) -> Result<(Switch, AuditEntry)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let out = insert_switch(&*tx, name, description, false, &actor).await?;
+        write_tx!(self, c, tx);
+        let row = row_any(&*tx, name, true).await?;
+        let w = rules::create(row, name, description, false, &actor, Utc::now())?;
+        let entry = write_switch(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
-        Ok(out)
+        Ok((w.switch, entry))
     }
 
     async fn update_description(
@@ -750,150 +691,39 @@ impl Store for PgStore {
         description: &str,
         actor: Actor,
     ) -> Result<(Switch, AuditEntry)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let cur = live(&*tx, name, true).await?;
-        let version = cur.version + 1;
-        tx.execute(
-            "UPDATE switches SET description = $2, version = $3 WHERE name = $1",
-            &[&name, &description, &(version as i64)],
-        )
-        .await
-        .map_err(map_pg)?;
-        let switch = live(&*tx, name, false).await?;
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::SwitchUpdated,
-                switch: Some(name),
-                from: Some(cur.state),
-                to: Some(cur.state),
-                version: Some(version),
-                actor: &actor,
-                reason: None,
-                at: Utc::now(),
-                snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-            },
-        )
-        .await?;
-        notify_switch(&*tx, name, version).await?;
+        write_tx!(self, c, tx);
+        let row = row_any(&*tx, name, true).await?;
+        let w = rules::describe(row, name, description, &actor, Utc::now())?;
+        let entry = write_switch(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
-        Ok((switch, entry))
+        Ok((w.switch, entry))
     }
 
     async fn delete_switch(&self, name: &str, actor: Actor) -> Result<AuditEntry> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let cur = live(&*tx, name, true).await?;
-        if cur.primary {
-            return Err(StoreError::Protected);
-        }
-        let version = cur.version + 1;
-        tx.execute(
-            "UPDATE switches SET deleted = TRUE, version = $2 WHERE name = $1",
-            &[&name, &(version as i64)],
-        )
-        .await
-        .map_err(map_pg)?;
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::SwitchDeleted,
-                switch: Some(name),
-                from: Some(cur.state),
-                to: None,
-                version: Some(version),
-                actor: &actor,
-                reason: None,
-                at: Utc::now(),
-                snapshot: Some(&SwitchEvent::Deleted(DeletedSwitch {
-                    name: name.to_string(),
-                    version,
-                })),
-            },
-        )
-        .await?;
-        notify_switch(&*tx, name, version).await?;
+        write_tx!(self, c, tx);
+        let row = row_any(&*tx, name, true).await?;
+        let w = rules::delete(row, name, &actor, Utc::now())?;
+        let entry = write_switch(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
         Ok(entry)
     }
 
     async fn set_state(&self, change: StateChange) -> Result<SetOutcome> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
+        write_tx!(self, c, tx);
         // Under the write lock this reads the latest committed version, whichever replica
         // wrote it: `expected_version` is checked against the truth, not a cache.
-        let cur = live(&*tx, &change.switch, true).await?;
-        let now = Utc::now();
-        let ramp_json = match crate::plan(&cur, &change, now)? {
-            crate::Plan::Unchanged => return Ok(SetOutcome::Unchanged(cur)),
-            crate::Plan::Write { ramp_json } => ramp_json,
-        };
-        let version = cur.version + 1;
-        let n = tx
-            .execute(
-                "UPDATE switches SET state = $2, version = $3, changed_at = $4, changed_by = $5,
-                    source = $6, reason = $7, ramp = $9
-                 WHERE name = $1 AND version = $8",
-                &[
-                    &change.switch,
-                    &change.to.as_str(),
-                    &(version as i64),
-                    &micros(now),
-                    &change.actor.name,
-                    &change.actor.source.as_str(),
-                    &change.reason,
-                    &(cur.version as i64),
-                    &ramp_json,
-                ],
-            )
-            .await
-            .map_err(map_pg)?;
-        if n != 1 {
-            return Err(StoreError::Internal(format!(
-                "switch {:?} changed under its row lock",
-                change.switch
-            )));
+        let row = row_any(&*tx, &change.switch, true).await?;
+        match rules::set_state(row, &change, Utc::now())? {
+            StateDecision::Unchanged(s) => Ok(SetOutcome::Unchanged(s)),
+            StateDecision::Write(w) => {
+                let entry = write_switch(&*tx, &w).await?;
+                tx.commit().await.map_err(map_pg)?;
+                Ok(SetOutcome::Changed {
+                    switch: w.switch,
+                    entry,
+                })
+            }
         }
-        let switch = live(&*tx, &change.switch, false).await?;
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::StateChanged,
-                switch: Some(&change.switch),
-                from: Some(cur.state),
-                to: Some(change.to),
-                version: Some(version),
-                actor: &change.actor,
-                reason: change.reason.as_deref(),
-                at: now,
-                snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-            },
-        )
-        .await?;
-        let event = serde_json::to_string(&switch)
-            .map_err(|e| StoreError::Internal(format!("encode event: {e}")))?;
-        for channel in &change.notify {
-            tx.execute(
-                "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
-                                     next_attempt_at)
-                 VALUES ($1, $2, 'change', $3, $4, $4)",
-                &[
-                    &format!("change:{}:{channel}", entry.id),
-                    channel,
-                    &event,
-                    &micros(now),
-                ],
-            )
-            .await
-            .map_err(map_pg)?;
-        }
-        notify_switch(&*tx, &change.switch, version).await?;
-        tx.commit().await.map_err(map_pg)?;
-        Ok(SetOutcome::Changed { switch, entry })
     }
 
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
@@ -979,49 +809,17 @@ impl Store for PgStore {
     }
 
     async fn create_token(&self, token: TokenRecord, actor: Actor) -> Result<AuditEntry> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let taken = tx
-            .query_opt(
-                "SELECT id FROM tokens WHERE name = $1 AND revoked_at IS NULL",
+        write_tx!(self, c, tx);
+        let taken: bool = tx
+            .query_one(
+                "SELECT COUNT(*) > 0 FROM tokens WHERE name = $1 AND revoked_at IS NULL",
                 &[&token.name],
             )
             .await
+            .map_err(map_pg)?
+            .try_get(0)
             .map_err(map_pg)?;
-        if taken.is_some() {
-            return Err(StoreError::AlreadyExists(format!("token {:?}", token.name)));
-        }
-        tx.execute(
-            "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
-             VALUES ($1, $2, $3, $4, $5, NULL, $6)",
-            &[
-                &token.id,
-                &token.name,
-                &token.role.as_str(),
-                &token.secret_hash,
-                &micros(token.created_at),
-                &token.policy.to_json(),
-            ],
-        )
-        .await
-        .map_err(map_pg)?;
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::TokenCreated,
-                switch: None,
-                from: None,
-                to: None,
-                version: None,
-                actor: &actor,
-                reason: Some(&format!("{} ({})", token.name, token.role)),
-                at: token.created_at,
-                snapshot: None,
-            },
-        )
-        .await?;
-        notify_tokens(&*tx).await?;
+        let entry = write_token(&*tx, &rules::create_token(taken, &token, &actor)?).await?;
         tx.commit().await.map_err(map_pg)?;
         Ok(entry)
     }
@@ -1044,42 +842,12 @@ impl Store for PgStore {
     }
 
     async fn revoke_token(&self, id: &str, actor: Actor) -> Result<(TokenRecord, AuditEntry)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let Some(tok) = token_by_id(&*tx, id).await? else {
-            return Err(StoreError::TokenNotFound(id.to_string()));
-        };
-        let now = Utc::now();
-        if tok.revoked_at.is_none() {
-            tx.execute(
-                "UPDATE tokens SET revoked_at = $2 WHERE id = $1",
-                &[&id, &micros(now)],
-            )
-            .await
-            .map_err(map_pg)?;
-        }
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::TokenRevoked,
-                switch: None,
-                from: None,
-                to: None,
-                version: None,
-                actor: &actor,
-                reason: Some(&format!("{} ({})", tok.name, tok.role)),
-                at: now,
-                snapshot: None,
-            },
-        )
-        .await?;
-        let tok = token_by_id(&*tx, id)
-            .await?
-            .ok_or_else(|| StoreError::TokenNotFound(id.to_string()))?;
-        notify_tokens(&*tx).await?;
+        write_tx!(self, c, tx);
+        let row = token_by_id(&*tx, id).await?;
+        let w = rules::revoke_token(row, id, &actor, Utc::now())?;
+        let entry = write_token(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
-        Ok((tok, entry))
+        Ok((w.token, entry))
     }
 
     async fn rotate_token(
@@ -1089,44 +857,12 @@ impl Store for PgStore {
         grace_until: DateTime<Utc>,
         actor: Actor,
     ) -> Result<(TokenRecord, AuditEntry)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_pg)?;
-        write_lock(&*tx).await?;
-        let Some(tok) = token_by_id(&*tx, id).await? else {
-            return Err(StoreError::TokenNotFound(id.to_string()));
-        };
-        if tok.revoked_at.is_some() {
-            return Err(StoreError::TokenNotFound(id.to_string()));
-        }
-        let now = Utc::now();
-        let (policy, reason) = crate::rotation(&tok, grace_until, now);
-        tx.execute(
-            "UPDATE tokens SET secret_hash = $2, policy = $3 WHERE id = $1",
-            &[&id, &new_secret_hash, &policy.to_json()],
-        )
-        .await
-        .map_err(map_pg)?;
-        let entry = append_audit(
-            &*tx,
-            NewAudit {
-                action: AuditAction::TokenRotated,
-                switch: None,
-                from: None,
-                to: None,
-                version: None,
-                actor: &actor,
-                reason: Some(&reason),
-                at: now,
-                snapshot: None,
-            },
-        )
-        .await?;
-        let tok = token_by_id(&*tx, id)
-            .await?
-            .ok_or_else(|| StoreError::TokenNotFound(id.to_string()))?;
-        notify_tokens(&*tx).await?;
+        write_tx!(self, c, tx);
+        let row = token_by_id(&*tx, id).await?;
+        let w = rules::rotate_token(row, id, new_secret_hash, grace_until, &actor, Utc::now())?;
+        let entry = write_token(&*tx, &w).await?;
         tx.commit().await.map_err(map_pg)?;
-        Ok((tok, entry))
+        Ok((w.token, entry))
     }
 
     async fn touch_tokens(&self, uses: Vec<crate::TokenUse>) -> Result<()> {
@@ -1168,7 +904,13 @@ impl Store for PgStore {
                                          next_attempt_at)
                      VALUES ($1, $2, $3, $4, $5, $5)
                      ON CONFLICT (dedupe_key) DO NOTHING",
-                    &[&it.dedupe_key, &it.channel, &it.kind, &event, &now],
+                    &[
+                        &it.dedupe_key,
+                        &it.channel.to_string(),
+                        &it.kind.as_str(),
+                        &event,
+                        &now,
+                    ],
                 )
                 .await
                 .map_err(map_pg)? as usize;

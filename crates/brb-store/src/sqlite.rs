@@ -2,114 +2,28 @@
 //! reached the disk before the caller hears about it.
 //!
 //! One connection writes (behind a mutex: SQLite allows one writer anyway) and one reads, so a
-//! slow audit page never waits behind a commit. Both run on tokio's blocking pool.
+//! slow audit page never waits behind a commit. Both run on tokio's blocking pool. What a
+//! write means is decided in `rules.rs`, shared with PostgreSQL; this file reads rows and
+//! applies what the rules say.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use brb_api::{AuditAction, AuditEntry, DeletedSwitch, Role, Source, Switch, SwitchState};
+use brb_api::{AuditEntry, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::{
-    Actor, AuditQuery, NewAudit, NewNotification, OutboxItem, Result, SetOutcome, StateChange,
-    Store, StoreError, StoredEvent, SwitchEvent, TokenRecord,
+use crate::migrations::{MIGRATIONS, sqlite_renumbered};
+use crate::rows::{
+    AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawOutbox, RawSwitch, RawToken, SWITCH_COLUMNS,
+    TOKEN_COLUMNS, decode_event, encode_event, micros,
 };
-
-/// Schema migrations, applied in order, each in its own transaction. Append only: a released
-/// migration is never edited.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        r#"
-CREATE TABLE switches (
-    name        TEXT PRIMARY KEY,
-    description TEXT NOT NULL,
-    is_primary  INTEGER NOT NULL DEFAULT 0,
-    state       TEXT NOT NULL CHECK (state IN ('running', 'paused')),
-    version     INTEGER NOT NULL CHECK (version >= 1),
-    changed_at  INTEGER NOT NULL,
-    changed_by  TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    reason      TEXT,
-    deleted     INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX switches_one_primary ON switches (is_primary)
-    WHERE is_primary = 1 AND deleted = 0;
-
-CREATE TABLE audit (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    action      TEXT NOT NULL,
-    switch      TEXT,
-    from_state  TEXT,
-    to_state    TEXT,
-    version     INTEGER,
-    actor       TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    reason      TEXT,
-    remote_addr TEXT,
-    at          INTEGER NOT NULL,
-    -- The switch as it was right after this entry (JSON), so a watcher that reconnects with
-    -- Last-Event-ID is replayed exactly what it missed. NULL for token entries.
-    snapshot    TEXT
-);
-CREATE UNIQUE INDEX audit_switch_version ON audit (switch, version) WHERE switch IS NOT NULL;
-CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-
-CREATE TABLE tokens (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
-    secret_hash BLOB NOT NULL,
-    created_at  INTEGER NOT NULL,
-    revoked_at  INTEGER
-);
-CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
-"#,
-    ),
-    (
-        2,
-        r#"
--- The gradual release in progress (JSON of brb_api::Ramp), NULL when none.
-ALTER TABLE switches ADD COLUMN ramp TEXT;
-"#,
-    ),
-    (
-        3,
-        r#"
--- Notifications to deliver, written in the same transaction as the change they announce.
-CREATE TABLE outbox (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    dedupe_key      TEXT NOT NULL UNIQUE,
-    channel         TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    event           TEXT NOT NULL,
-    created_at      INTEGER NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER NOT NULL,
-    last_attempt_at INTEGER,
-    delivered_at    INTEGER,
-    failed          INTEGER NOT NULL DEFAULT 0,
-    last_error      TEXT
-);
-CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL AND failed = 0;
-"#,
-    ),
-    (
-        4,
-        r#"
--- Token lifecycle: expiry, scope and the previous secret during a rotation (JSON of
--- brb_store::TokenPolicy, NULL when none), and the last successful use.
-ALTER TABLE tokens ADD COLUMN policy TEXT;
-ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
-ALTER TABLE tokens ADD COLUMN last_used_addr TEXT;
-"#,
-    ),
-];
+use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
+use crate::{
+    Actor, AuditQuery, NewNotification, NotificationKind, Outage, OutboxItem, Result, SetOutcome,
+    StateChange, Store, StoreError, StoredEvent, TokenRecord,
+};
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -211,111 +125,78 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )
     .map_err(map_err)?;
-    for (version, sql) in MIGRATIONS {
+    let recorded: Vec<i64> = {
+        let mut stmt = conn
+            .prepare("SELECT version FROM schema_migrations")
+            .map_err(map_err)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(map_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(map_err)?
+    };
+    let has_policy: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('tokens') WHERE name = 'policy'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    if sqlite_renumbered(&recorded, has_policy) {
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (5, ?1)",
+            params![micros(Utc::now())],
+        )
+        .map_err(map_err)?;
+        tracing::info!("recorded the token lifecycle migration under its shared number (5)");
+    }
+    for m in MIGRATIONS {
         let tx = conn.transaction().map_err(map_err)?;
         let applied: Option<i64> = tx
             .query_row(
                 "SELECT version FROM schema_migrations WHERE version = ?1",
-                [version],
+                [m.number],
                 |r| r.get(0),
             )
             .optional()
             .map_err(map_err)?;
         if applied.is_none() {
-            tx.execute_batch(sql).map_err(map_err)?;
+            if !m.sqlite.trim().is_empty() {
+                tx.execute_batch(m.sqlite).map_err(map_err)?;
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                params![version, micros(Utc::now())],
+                params![m.number, micros(Utc::now())],
             )
             .map_err(map_err)?;
-            tracing::info!(migration = version, "applied schema migration");
+            tracing::info!(
+                migration = m.number,
+                what = m.what,
+                "applied schema migration"
+            );
         }
         tx.commit().map_err(map_err)?;
     }
     Ok(())
 }
 
-/// Maps SQLite failures to the two kinds callers act on: "cannot write now" (503, retry later,
-/// nothing changed) and everything else.
+/// Maps SQLite failures by their typed code to what callers act on: "cannot write now, and
+/// why" (503, nothing changed) and everything else.
 fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        match f.code {
-            C::DiskFull
-            | C::ReadOnly
-            | C::CannotOpen
-            | C::SystemIoFailure
-            | C::DatabaseBusy
-            | C::DatabaseLocked
-            | C::PermissionDenied
-            | C::OutOfMemory => return StoreError::Unavailable(e.to_string()),
-            _ => {}
+        let outage = match f.code {
+            C::DiskFull => Some(Outage::DiskFull),
+            C::ReadOnly | C::PermissionDenied => Some(Outage::ReadOnly),
+            C::SystemIoFailure | C::CannotOpen => Some(Outage::DiskFailing),
+            C::DatabaseBusy | C::DatabaseLocked | C::OutOfMemory => Some(Outage::Busy),
+            _ => None,
+        };
+        if let Some(outage) = outage {
+            return StoreError::Unavailable {
+                outage,
+                detail: e.to_string(),
+            };
         }
     }
     StoreError::Internal(e.to_string())
-}
-
-pub(crate) fn encode_event(e: &SwitchEvent) -> Result<String> {
-    serde_json::to_string(e).map_err(|e| StoreError::Internal(format!("encode snapshot: {e}")))
-}
-
-fn collect_events(
-    stmt: &mut rusqlite::Statement<'_>,
-    params: impl rusqlite::Params,
-) -> Result<Vec<StoredEvent>> {
-    let rows = stmt
-        .query_map(params, |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
-        })
-        .map_err(map_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, snapshot) = row.map_err(map_err)?;
-        let snapshot = snapshot.ok_or_else(|| corrupt(format!("audit {id} has no snapshot")))?;
-        let event = serde_json::from_str(&snapshot)
-            .map_err(|e| corrupt(format!("audit {id} snapshot: {e}")))?;
-        out.push(StoredEvent {
-            audit_id: id as u64,
-            event,
-        });
-    }
-    Ok(out)
-}
-
-pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub(crate) fn from_micros(v: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
-}
-
-pub(crate) fn corrupt(what: String) -> StoreError {
-    StoreError::Internal(format!("unreadable value in the database: {what}"))
-}
-
-pub(crate) fn parse_state(s: &str) -> Result<SwitchState> {
-    SwitchState::parse(s).ok_or_else(|| corrupt(format!("state {s:?}")))
-}
-
-pub(crate) fn parse_source(s: &str) -> Result<Source> {
-    Source::parse(s).ok_or_else(|| corrupt(format!("source {s:?}")))
-}
-
-pub(crate) const SWITCH_COLUMNS: &str =
-    "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp";
-
-pub(crate) struct RawSwitch {
-    pub(crate) name: String,
-    pub(crate) description: String,
-    pub(crate) primary: bool,
-    pub(crate) state: String,
-    pub(crate) version: i64,
-    pub(crate) changed_at: i64,
-    pub(crate) changed_by: String,
-    pub(crate) source: String,
-    pub(crate) reason: Option<String>,
-    pub(crate) ramp: Option<String>,
 }
 
 fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
@@ -331,45 +212,6 @@ fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
         reason: r.get(8)?,
         ramp: r.get(9)?,
     })
-}
-
-impl RawSwitch {
-    pub(crate) fn into_switch(self) -> Result<Switch> {
-        Ok(Switch {
-            state: parse_state(&self.state)?,
-            version: u64::try_from(self.version).map_err(|_| corrupt("version".into()))?,
-            changed_at: from_micros(self.changed_at)?,
-            source: parse_source(&self.source)?,
-            name: self.name,
-            description: self.description,
-            primary: self.primary,
-            changed_by: self.changed_by,
-            reason: self.reason,
-            ramp: self
-                .ramp
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| corrupt(format!("ramp: {e}")))?,
-        })
-    }
-}
-
-pub(crate) const AUDIT_COLUMNS: &str =
-    "id, action, switch, from_state, to_state, version, actor, source, reason, remote_addr, at";
-
-pub(crate) struct RawAudit {
-    pub(crate) id: i64,
-    pub(crate) action: String,
-    pub(crate) switch: Option<String>,
-    pub(crate) from: Option<String>,
-    pub(crate) to: Option<String>,
-    pub(crate) version: Option<i64>,
-    pub(crate) actor: String,
-    pub(crate) source: String,
-    pub(crate) reason: Option<String>,
-    pub(crate) remote_addr: Option<String>,
-    pub(crate) at: i64,
 }
 
 fn raw_audit(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
@@ -388,26 +230,34 @@ fn raw_audit(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
     })
 }
 
-impl RawAudit {
-    pub(crate) fn into_entry(self) -> Result<AuditEntry> {
-        Ok(AuditEntry {
-            id: u64::try_from(self.id).map_err(|_| corrupt("audit id".into()))?,
-            action: AuditAction::parse(&self.action)
-                .ok_or_else(|| corrupt(format!("action {:?}", self.action)))?,
-            switch: self.switch,
-            from: self.from.as_deref().map(parse_state).transpose()?,
-            to: self.to.as_deref().map(parse_state).transpose()?,
-            version: self
-                .version
-                .map(|v| u64::try_from(v).map_err(|_| corrupt("audit version".into())))
-                .transpose()?,
-            actor: self.actor,
-            source: parse_source(&self.source)?,
-            reason: self.reason,
-            remote_addr: self.remote_addr,
-            at: from_micros(self.at)?,
-        })
-    }
+fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
+    Ok(RawToken {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        secret_hash: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        policy: r.get(6)?,
+        last_used_at: r.get(7)?,
+        last_used_addr: r.get(8)?,
+    })
+}
+
+fn raw_outbox(r: &Row<'_>) -> rusqlite::Result<RawOutbox> {
+    Ok(RawOutbox {
+        id: r.get(0)?,
+        channel: r.get(1)?,
+        kind: r.get(2)?,
+        event: r.get(3)?,
+        created_at: r.get(4)?,
+        attempts: r.get(5)?,
+        next_attempt_at: r.get(6)?,
+        last_attempt_at: r.get(7)?,
+        delivered_at: r.get(8)?,
+        failed: r.get(9)?,
+        last_error: r.get(10)?,
+    })
 }
 
 fn collect_audit(
@@ -422,10 +272,39 @@ fn collect_audit(
     Ok(out)
 }
 
-/// Reads a switch row, deleted or not, inside a transaction.
-fn row_any(tx: &Connection, name: &str) -> Result<Option<(Switch, bool)>> {
+fn collect_events(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StoredEvent>> {
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .map_err(map_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, snapshot) = row.map_err(map_err)?;
+        out.push(decode_event(id, snapshot)?);
+    }
+    Ok(out)
+}
+
+fn collect_outbox(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<OutboxItem>> {
+    let rows = stmt.query_map(params, raw_outbox).map_err(map_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(map_err)?.into_item()?);
+    }
+    Ok(out)
+}
+
+/// Reads a switch row, deleted or not.
+fn row_any(c: &Connection, name: &str) -> Result<rules::Row> {
     let sql = format!("SELECT {SWITCH_COLUMNS}, deleted FROM switches WHERE name = ?1");
-    let raw = tx
+    let raw = c
         .query_row(&sql, [name], |r| {
             Ok((raw_switch(r)?, r.get::<_, bool>(10)?))
         })
@@ -435,11 +314,26 @@ fn row_any(tx: &Connection, name: &str) -> Result<Option<(Switch, bool)>> {
         .transpose()
 }
 
-fn live(tx: &Connection, name: &str) -> Result<Switch> {
-    match row_any(tx, name)? {
-        Some((s, false)) => Ok(s),
-        _ => Err(StoreError::SwitchNotFound(name.to_string())),
-    }
+/// Whether a live switch is primary.
+fn primary_taken(c: &Connection) -> Result<bool> {
+    c.query_row(
+        "SELECT COUNT(*) > 0 FROM switches WHERE is_primary = 1 AND deleted = 0",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(map_err)
+}
+
+fn token_by_id(c: &Connection, id: &str) -> Result<Option<TokenRecord>> {
+    c.query_row(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+        [id],
+        raw_token,
+    )
+    .optional()
+    .map_err(map_err)?
+    .map(RawToken::into_record)
+    .transpose()
 }
 
 fn append_audit(tx: &Connection, a: NewAudit<'_>) -> Result<AuditEntry> {
@@ -458,7 +352,7 @@ fn append_audit(tx: &Connection, a: NewAudit<'_>) -> Result<AuditEntry> {
             a.reason,
             a.actor.remote_addr,
             micros(a.at),
-            a.snapshot.map(encode_event).transpose()?,
+            a.snapshot.as_ref().map(encode_event).transpose()?,
         ],
     )
     .map_err(map_err)?;
@@ -478,72 +372,113 @@ fn append_audit(tx: &Connection, a: NewAudit<'_>) -> Result<AuditEntry> {
     })
 }
 
-/// Inserts or revives a switch row. A deleted switch's row is kept so that a re-created switch
-/// continues its version sequence: a watcher's `Last-Event-ID` never points into a reused range.
-fn insert_switch(
-    tx: &Connection,
-    name: &str,
-    description: &str,
-    primary: bool,
-    actor: &Actor,
-) -> Result<(Switch, AuditEntry)> {
-    let now = Utc::now();
-    let version = match row_any(tx, name)? {
-        Some((_, false)) => return Err(StoreError::AlreadyExists(format!("switch {name:?}"))),
-        Some((prev, true)) => {
-            let v = prev.version + 1;
-            tx.execute(
-                "UPDATE switches SET description = ?2, is_primary = ?3, state = 'running',
-                    version = ?4, changed_at = ?5, changed_by = ?6, source = ?7, reason = NULL,
-                    ramp = NULL, deleted = 0
-                 WHERE name = ?1",
-                params![
-                    name,
-                    description,
-                    primary,
-                    v as i64,
-                    micros(now),
-                    actor.name,
-                    actor.source.as_str()
-                ],
-            )
-            .map_err(map_err)?;
-            v
-        }
+/// Applies a switch change the rules decided: the row, its audit entry, its notifications.
+fn write_switch(tx: &Connection, w: &SwitchWrite) -> Result<AuditEntry> {
+    let s = &w.switch;
+    let ramp = w.ramp_json()?;
+    match w.replaces {
         None => {
             tx.execute(
                 "INSERT INTO switches (name, description, is_primary, state, version, changed_at,
-                                       changed_by, source, reason)
-                 VALUES (?1, ?2, ?3, 'running', 1, ?4, ?5, ?6, NULL)",
+                                       changed_by, source, reason, ramp, deleted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
-                    name,
-                    description,
-                    primary,
-                    micros(now),
-                    actor.name,
-                    actor.source.as_str()
+                    s.name,
+                    s.description,
+                    s.primary,
+                    s.state.as_str(),
+                    s.version as i64,
+                    micros(s.changed_at),
+                    s.changed_by,
+                    s.source.as_str(),
+                    s.reason,
+                    ramp,
+                    w.deleted,
                 ],
             )
             .map_err(map_err)?;
-            1
         }
-    };
-    let switch = live(tx, name)?;
-    let entry = append_audit(
-        tx,
-        NewAudit {
-            action: AuditAction::SwitchCreated,
-            switch: Some(name),
-            from: None,
-            to: Some(SwitchState::Running),
-            version: Some(version),
-            actor,
-            reason: None,
-            at: now,
-            snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-        },
-    )?;
-    Ok((switch, entry))
+        Some(was) => {
+            let n = tx
+                .execute(
+                    "UPDATE switches SET description = ?2, is_primary = ?3, state = ?4,
+                        version = ?5, changed_at = ?6, changed_by = ?7, source = ?8,
+                        reason = ?9, ramp = ?10, deleted = ?11
+                     WHERE name = ?1 AND version = ?12",
+                    params![
+                        s.name,
+                        s.description,
+                        s.primary,
+                        s.state.as_str(),
+                        s.version as i64,
+                        micros(s.changed_at),
+                        s.changed_by,
+                        s.source.as_str(),
+                        s.reason,
+                        ramp,
+                        w.deleted,
+                        was as i64,
+                    ],
+                )
+                .map_err(map_err)?;
+            rules::one_row(n as u64, &format!("switch {:?}", s.name))?;
+        }
+    }
+    let entry = append_audit(tx, w.audit())?;
+    if !w.notify.is_empty() {
+        let event = w.notification_event()?;
+        for channel in &w.notify {
+            tx.execute(
+                "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                     next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![
+                    rules::change_key(entry.id, channel),
+                    channel.to_string(),
+                    NotificationKind::Change.as_str(),
+                    event,
+                    micros(w.at)
+                ],
+            )
+            .map_err(map_err)?;
+        }
+    }
+    Ok(entry)
+}
+
+/// Applies a token change the rules decided: the row and its audit entry.
+fn write_token(tx: &Connection, w: &TokenWrite) -> Result<AuditEntry> {
+    let t = &w.token;
+    if w.insert {
+        tx.execute(
+            "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                t.id,
+                t.name,
+                t.role.as_str(),
+                t.secret_hash,
+                micros(t.created_at),
+                t.revoked_at.map(micros),
+                t.policy.to_json()
+            ],
+        )
+        .map_err(map_err)?;
+    } else {
+        let n = tx
+            .execute(
+                "UPDATE tokens SET secret_hash = ?2, revoked_at = ?3, policy = ?4 WHERE id = ?1",
+                params![
+                    t.id,
+                    t.secret_hash,
+                    t.revoked_at.map(micros),
+                    t.policy.to_json()
+                ],
+            )
+            .map_err(map_err)?;
+        rules::one_row(n as u64, &format!("token {:?}", t.id))?;
+    }
+    append_audit(tx, w.audit())
 }
 
 #[async_trait]
@@ -557,25 +492,12 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let (name, description) = (name.to_string(), description.to_string());
         self.write(move |tx| {
-            if let Some((_, false)) = row_any(tx, &name)? {
-                return Ok(false);
+            let row = row_any(tx, &name)?;
+            let taken = primary_taken(tx)?;
+            match rules::ensure(row, taken, &name, &description, primary, &actor, Utc::now())? {
+                Some(w) => write_switch(tx, &w).map(|_| true),
+                None => Ok(false),
             }
-            if primary {
-                let existing: Option<String> = tx
-                    .query_row(
-                        "SELECT name FROM switches WHERE is_primary = 1 AND deleted = 0",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(map_err)?;
-                if existing.is_some() {
-                    // Another switch is already the primary one; do not create a second.
-                    return Ok(false);
-                }
-            }
-            insert_switch(tx, &name, &description, primary, &actor)?;
-            Ok(true)
         })
         .await
     }
@@ -613,8 +535,19 @@ impl Store for SqliteStore {
         actor: Actor,
     ) -> Result<(Switch, AuditEntry)> {
         let (name, description) = (name.to_string(), description.to_string());
-        self.write(move |tx| insert_switch(tx, &name, &description, false, &actor))
-            .await
+        self.write(move |tx| {
+            let w = rules::create(
+                row_any(tx, &name)?,
+                &name,
+                &description,
+                false,
+                &actor,
+                Utc::now(),
+            )?;
+            let entry = write_switch(tx, &w)?;
+            Ok((w.switch, entry))
+        })
+        .await
     }
 
     async fn update_description(
@@ -625,30 +558,9 @@ impl Store for SqliteStore {
     ) -> Result<(Switch, AuditEntry)> {
         let (name, description) = (name.to_string(), description.to_string());
         self.write(move |tx| {
-            let cur = live(tx, &name)?;
-            let version = cur.version + 1;
-            let now = Utc::now();
-            tx.execute(
-                "UPDATE switches SET description = ?2, version = ?3 WHERE name = ?1",
-                params![name, description, version as i64],
-            )
-            .map_err(map_err)?;
-            let switch = live(tx, &name)?;
-            let entry = append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::SwitchUpdated,
-                    switch: Some(&name),
-                    from: Some(cur.state),
-                    to: Some(cur.state),
-                    version: Some(version),
-                    actor: &actor,
-                    reason: None,
-                    at: now,
-                    snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-                },
-            )?;
-            Ok((switch, entry))
+            let w = rules::describe(row_any(tx, &name)?, &name, &description, &actor, Utc::now())?;
+            let entry = write_switch(tx, &w)?;
+            Ok((w.switch, entry))
         })
         .await
     }
@@ -656,95 +568,24 @@ impl Store for SqliteStore {
     async fn delete_switch(&self, name: &str, actor: Actor) -> Result<AuditEntry> {
         let name = name.to_string();
         self.write(move |tx| {
-            let cur = live(tx, &name)?;
-            if cur.primary {
-                return Err(StoreError::Protected);
-            }
-            let version = cur.version + 1;
-            tx.execute(
-                "UPDATE switches SET deleted = 1, version = ?2 WHERE name = ?1",
-                params![name, version as i64],
-            )
-            .map_err(map_err)?;
-            append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::SwitchDeleted,
-                    switch: Some(&name),
-                    from: Some(cur.state),
-                    to: None,
-                    version: Some(version),
-                    actor: &actor,
-                    reason: None,
-                    at: Utc::now(),
-                    snapshot: Some(&SwitchEvent::Deleted(DeletedSwitch {
-                        name: name.clone(),
-                        version,
-                    })),
-                },
-            )
+            let w = rules::delete(row_any(tx, &name)?, &name, &actor, Utc::now())?;
+            write_switch(tx, &w)
         })
         .await
     }
 
     async fn set_state(&self, change: StateChange) -> Result<SetOutcome> {
         self.write(move |tx| {
-            let cur = live(tx, &change.switch)?;
-            let now = Utc::now();
-            let ramp_json = match crate::plan(&cur, &change, now)? {
-                crate::Plan::Unchanged => return Ok(SetOutcome::Unchanged(cur)),
-                crate::Plan::Write { ramp_json } => ramp_json,
-            };
-            let version = cur.version + 1;
-            tx.execute(
-                "UPDATE switches SET state = ?2, version = ?3, changed_at = ?4, changed_by = ?5,
-                    source = ?6, reason = ?7, ramp = ?9
-                 WHERE name = ?1 AND version = ?8",
-                params![
-                    change.switch,
-                    change.to.as_str(),
-                    version as i64,
-                    micros(now),
-                    change.actor.name,
-                    change.actor.source.as_str(),
-                    change.reason,
-                    cur.version as i64,
-                    ramp_json,
-                ],
-            )
-            .map_err(map_err)?;
-            let switch = live(tx, &change.switch)?;
-            let entry = append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::StateChanged,
-                    switch: Some(&change.switch),
-                    from: Some(cur.state),
-                    to: Some(change.to),
-                    version: Some(version),
-                    actor: &change.actor,
-                    reason: change.reason.as_deref(),
-                    at: now,
-                    snapshot: Some(&SwitchEvent::Changed(switch.clone())),
-                },
-            )?;
-            let event = serde_json::to_string(&switch)
-                .map_err(|e| StoreError::Internal(format!("encode event: {e}")))?;
-            for channel in &change.notify {
-                tx.execute(
-                    "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
-                                         next_attempt_at)
-                     VALUES (?1, ?2, 'change', ?3, ?4, ?4)",
-                    params![
-                        format!("change:{}:{channel}", entry.id),
-                        channel,
-                        event,
-                        micros(now)
-                    ],
-                )
-                .map_err(map_err)?;
+            match rules::set_state(row_any(tx, &change.switch)?, &change, Utc::now())? {
+                StateDecision::Unchanged(s) => Ok(SetOutcome::Unchanged(s)),
+                StateDecision::Write(w) => {
+                    let entry = write_switch(tx, &w)?;
+                    Ok(SetOutcome::Changed {
+                        switch: w.switch,
+                        entry,
+                    })
+                }
             }
-            Ok(SetOutcome::Changed { switch, entry })
         })
         .await
     }
@@ -842,44 +683,14 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, token: TokenRecord, actor: Actor) -> Result<AuditEntry> {
         self.write(move |tx| {
-            let taken: Option<String> = tx
+            let taken: bool = tx
                 .query_row(
-                    "SELECT id FROM tokens WHERE name = ?1 AND revoked_at IS NULL",
+                    "SELECT COUNT(*) > 0 FROM tokens WHERE name = ?1 AND revoked_at IS NULL",
                     [&token.name],
                     |r| r.get(0),
                 )
-                .optional()
                 .map_err(map_err)?;
-            if taken.is_some() {
-                return Err(StoreError::AlreadyExists(format!("token {:?}", token.name)));
-            }
-            tx.execute(
-                "INSERT INTO tokens (id, name, role, secret_hash, created_at, revoked_at, policy)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
-                params![
-                    token.id,
-                    token.name,
-                    token.role.as_str(),
-                    token.secret_hash,
-                    micros(token.created_at),
-                    token.policy.to_json()
-                ],
-            )
-            .map_err(map_err)?;
-            append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::TokenCreated,
-                    switch: None,
-                    from: None,
-                    to: None,
-                    version: None,
-                    actor: &actor,
-                    reason: Some(&format!("{} ({})", token.name, token.role)),
-                    at: token.created_at,
-                    snapshot: None,
-                },
-            )
+            write_token(tx, &rules::create_token(taken, &token, &actor)?)
         })
         .await
     }
@@ -909,33 +720,9 @@ impl Store for SqliteStore {
     async fn revoke_token(&self, id: &str, actor: Actor) -> Result<(TokenRecord, AuditEntry)> {
         let id = id.to_string();
         self.write(move |tx| {
-            let Some(tok) = token_by_id(tx, &id)? else {
-                return Err(StoreError::TokenNotFound(id));
-            };
-            let now = Utc::now();
-            if tok.revoked_at.is_none() {
-                tx.execute(
-                    "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1",
-                    params![id, micros(now)],
-                )
-                .map_err(map_err)?;
-            }
-            let entry = append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::TokenRevoked,
-                    switch: None,
-                    from: None,
-                    to: None,
-                    version: None,
-                    actor: &actor,
-                    reason: Some(&format!("{} ({})", tok.name, tok.role)),
-                    at: now,
-                    snapshot: None,
-                },
-            )?;
-            let tok = token_by_id(tx, &id)?.ok_or(StoreError::TokenNotFound(id))?;
-            Ok((tok, entry))
+            let w = rules::revoke_token(token_by_id(tx, &id)?, &id, &actor, Utc::now())?;
+            let entry = write_token(tx, &w)?;
+            Ok((w.token, entry))
         })
         .await
     }
@@ -949,35 +736,11 @@ impl Store for SqliteStore {
     ) -> Result<(TokenRecord, AuditEntry)> {
         let id = id.to_string();
         self.write(move |tx| {
-            let Some(tok) = token_by_id(tx, &id)? else {
-                return Err(StoreError::TokenNotFound(id));
-            };
-            if tok.revoked_at.is_some() {
-                return Err(StoreError::TokenNotFound(id));
-            }
-            let now = Utc::now();
-            let (policy, reason) = crate::rotation(&tok, grace_until, now);
-            tx.execute(
-                "UPDATE tokens SET secret_hash = ?2, policy = ?3 WHERE id = ?1",
-                params![id, new_secret_hash, policy.to_json()],
-            )
-            .map_err(map_err)?;
-            let entry = append_audit(
-                tx,
-                NewAudit {
-                    action: AuditAction::TokenRotated,
-                    switch: None,
-                    from: None,
-                    to: None,
-                    version: None,
-                    actor: &actor,
-                    reason: Some(&reason),
-                    at: now,
-                    snapshot: None,
-                },
-            )?;
-            let tok = token_by_id(tx, &id)?.ok_or(StoreError::TokenNotFound(id))?;
-            Ok((tok, entry))
+            let row = token_by_id(tx, &id)?;
+            let w =
+                rules::rotate_token(row, &id, new_secret_hash, grace_until, &actor, Utc::now())?;
+            let entry = write_token(tx, &w)?;
+            Ok((w.token, entry))
         })
         .await
     }
@@ -1021,7 +784,13 @@ impl Store for SqliteStore {
                         "INSERT OR IGNORE INTO outbox (dedupe_key, channel, kind, event,
                                                        created_at, next_attempt_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                        params![it.dedupe_key, it.channel, it.kind, event, now],
+                        params![
+                            it.dedupe_key,
+                            it.channel.to_string(),
+                            it.kind.as_str(),
+                            event,
+                            now
+                        ],
                     )
                     .map_err(map_err)?;
             }
@@ -1103,124 +872,6 @@ impl Store for SqliteStore {
     }
 }
 
-pub(crate) const OUTBOX_COLUMNS: &str = "id, channel, kind, event, created_at, attempts, next_attempt_at, \
-     last_attempt_at, delivered_at, failed, last_error";
-
-fn collect_outbox(
-    stmt: &mut rusqlite::Statement<'_>,
-    params: impl rusqlite::Params,
-) -> Result<Vec<OutboxItem>> {
-    type Raw = (
-        i64,
-        String,
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        bool,
-        Option<String>,
-    );
-    let rows = stmt
-        .query_map(params, |r| {
-            Ok::<Raw, rusqlite::Error>((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-            ))
-        })
-        .map_err(map_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, channel, kind, event, created, attempts, next, last, delivered, failed, err) =
-            row.map_err(map_err)?;
-        out.push(OutboxItem {
-            id: id as u64,
-            channel,
-            kind,
-            event: serde_json::from_str(&event)
-                .map_err(|e| corrupt(format!("outbox {id} event: {e}")))?,
-            created_at: from_micros(created)?,
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            next_attempt_at: from_micros(next)?,
-            last_attempt_at: last.map(from_micros).transpose()?,
-            delivered_at: delivered.map(from_micros).transpose()?,
-            failed,
-            last_error: err,
-        });
-    }
-    Ok(out)
-}
-
-pub(crate) struct RawToken {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) role: String,
-    pub(crate) secret_hash: Vec<u8>,
-    pub(crate) created_at: i64,
-    pub(crate) revoked_at: Option<i64>,
-    pub(crate) policy: Option<String>,
-    pub(crate) last_used_at: Option<i64>,
-    pub(crate) last_used_addr: Option<String>,
-}
-
-/// The token columns, in the order `RawToken` reads them (both backends).
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, name, role, secret_hash, created_at, revoked_at, policy, last_used_at, last_used_addr";
-
-fn raw_token(r: &Row<'_>) -> rusqlite::Result<RawToken> {
-    Ok(RawToken {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        role: r.get(2)?,
-        secret_hash: r.get(3)?,
-        created_at: r.get(4)?,
-        revoked_at: r.get(5)?,
-        policy: r.get(6)?,
-        last_used_at: r.get(7)?,
-        last_used_addr: r.get(8)?,
-    })
-}
-
-impl RawToken {
-    pub(crate) fn into_record(self) -> Result<TokenRecord> {
-        Ok(TokenRecord {
-            role: Role::parse(&self.role)
-                .ok_or_else(|| corrupt(format!("role {:?}", self.role)))?,
-            created_at: from_micros(self.created_at)?,
-            revoked_at: self.revoked_at.map(from_micros).transpose()?,
-            policy: crate::TokenPolicy::from_json(self.policy.as_deref())?,
-            last_used_at: self.last_used_at.map(from_micros).transpose()?,
-            last_used_addr: self.last_used_addr,
-            id: self.id,
-            name: self.name,
-            secret_hash: self.secret_hash,
-        })
-    }
-}
-
-fn token_by_id(c: &Connection, id: &str) -> Result<Option<TokenRecord>> {
-    c.query_row(
-        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-        [id],
-        raw_token,
-    )
-    .optional()
-    .map_err(map_err)?
-    .map(RawToken::into_record)
-    .transpose()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1252,6 +903,52 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, MIGRATIONS.len() as i64);
+    }
+
+    /// A database made before the backends shared one numbering recorded the token lifecycle
+    /// as migration 4: it must open (not re-run that migration as 5 and fail on the existing
+    /// column), keep its tokens, and record 5.
+    #[test]
+    fn a_database_numbered_the_old_way_opens_and_keeps_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            configure(&c).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            let old = [
+                (1, MIGRATIONS[0].sqlite),
+                (2, MIGRATIONS[1].sqlite),
+                (3, MIGRATIONS[2].sqlite),
+                (4, MIGRATIONS[4].sqlite),
+            ];
+            for (n, sql) in old {
+                c.execute_batch(sql).unwrap();
+                c.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [n])
+                    .unwrap();
+            }
+            c.execute(
+                "INSERT INTO tokens (id, name, role, secret_hash, created_at, policy)
+                 VALUES ('t1', 'ci', 'operator', x'00', 0, '{\"expires_at\":\"2030-01-01T00:00:00Z\"}')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).expect("an old database opens");
+        let c = store.reader.lock().unwrap();
+        let recorded: Vec<i64> = c
+            .prepare("SELECT version FROM schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(recorded, vec![1, 2, 3, 4, 5]);
+        let tok = token_by_id(&c, "t1").unwrap().unwrap();
+        assert!(tok.policy.expires_at.is_some());
     }
 
     #[test]

@@ -34,23 +34,7 @@ macro_rules! pg_suite {
     )*};
 }
 
-pg_suite!(
-    seeds_primary_once,
-    state_changes_bump_version_and_audit,
-    idempotent_set_writes_nothing,
-    expected_version_conflict,
-    unknown_switch,
-    switch_lifecycle_keeps_versions_monotonic,
-    primary_cannot_be_deleted,
-    audit_pages_newest_first,
-    history_after_version,
-    tokens_create_list_revoke,
-    token_policy_rotation_and_last_use,
-    concurrent_toggles_are_gapless,
-    ramps_start_with_resume_and_end_with_pause,
-    outbox_is_written_with_the_change_and_claimed_once,
-    outbox_dedupes_by_key,
-);
+suite::store_contract!(pg_suite);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_reconnect() {
@@ -198,8 +182,8 @@ async fn outbox_claims_are_exclusive_across_processes() {
     let sw = a.get_switch("workers").await.unwrap().unwrap();
     let items = (0..60)
         .map(|i| brb_store::NewNotification {
-            channel: "slack".into(),
-            kind: "reminder".into(),
+            channel: brb_store::Channel::Slack,
+            kind: brb_store::NotificationKind::Reminder,
             event: sw.clone(),
             dedupe_key: format!("k{i}"),
         })

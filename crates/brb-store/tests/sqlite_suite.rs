@@ -24,23 +24,7 @@ macro_rules! sqlite_suite {
     )*};
 }
 
-sqlite_suite!(
-    seeds_primary_once,
-    state_changes_bump_version_and_audit,
-    idempotent_set_writes_nothing,
-    expected_version_conflict,
-    unknown_switch,
-    switch_lifecycle_keeps_versions_monotonic,
-    primary_cannot_be_deleted,
-    audit_pages_newest_first,
-    history_after_version,
-    tokens_create_list_revoke,
-    token_policy_rotation_and_last_use,
-    concurrent_toggles_are_gapless,
-    ramps_start_with_resume_and_end_with_pause,
-    outbox_is_written_with_the_change_and_claimed_once,
-    outbox_dedupes_by_key,
-);
+suite::store_contract!(sqlite_suite);
 
 #[tokio::test]
 async fn survives_reopen() {

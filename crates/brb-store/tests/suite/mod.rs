@@ -4,10 +4,67 @@ use std::sync::Arc;
 
 use brb_api::{AuditAction, Role, Source, SwitchState};
 use brb_store::{
-    Actor, AuditQuery, SetOutcome, StateChange, Store, StoreError, SwitchEvent, TokenRecord,
+    Actor, AuditQuery, Channel, NotificationKind, SetOutcome, StateChange, Store, StoreError,
+    SwitchEvent, TokenRecord,
 };
 
 pub type S = Arc<dyn Store>;
+
+/// Every case of the contract, once. Each backend's test file expands it into one test per
+/// case (`store_contract!(its_macro)`), so a case cannot run on one backend and be forgotten
+/// on the other; `every_case_is_in_the_list` checks the list against the functions below.
+macro_rules! store_contract {
+    ($backend:ident) => {
+        $backend!(
+            seeds_primary_once,
+            state_changes_bump_version_and_audit,
+            idempotent_set_writes_nothing,
+            expected_version_conflict,
+            unknown_switch,
+            switch_lifecycle_keeps_versions_monotonic,
+            primary_cannot_be_deleted,
+            audit_pages_newest_first,
+            history_after_version,
+            tokens_create_list_revoke,
+            token_policy_rotation_and_last_use,
+            concurrent_toggles_are_gapless,
+            ramps_start_with_resume_and_end_with_pause,
+            outbox_is_written_with_the_change_and_claimed_once,
+            outbox_dedupes_by_key,
+        );
+    };
+}
+pub(crate) use store_contract;
+
+macro_rules! names {
+    ($($name:ident),* $(,)?) => {
+        /// The cases in `store_contract!`, by name.
+        pub const CASES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+store_contract!(names);
+
+/// Functions over a store that are steps of other tests, not cases of their own.
+const HELPERS: &[&str] = &["pause_primary", "primary_is_paused"];
+
+#[test]
+fn every_case_is_in_the_list() {
+    let src = include_str!("mod.rs");
+    let mut found: Vec<&str> = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub async fn "))
+        .filter(|rest| rest.contains("(store: &S)"))
+        .filter_map(|rest| rest.split('(').next())
+        .filter(|name| !HELPERS.contains(name))
+        .collect();
+    found.sort_unstable();
+    let mut listed = CASES.to_vec();
+    listed.sort_unstable();
+    assert_eq!(
+        found, listed,
+        "a contract case is missing from store_contract! (or listed without a function)"
+    );
+}
 
 pub fn alice() -> Actor {
     Actor {
@@ -505,13 +562,13 @@ pub async fn outbox_is_written_with_the_change_and_claimed_once(store: &S) {
     use std::time::Duration;
     seed(store).await;
     let mut c = change("workers", SwitchState::Paused);
-    c.notify = vec!["slack".into(), "webhook:ops".into()];
+    c.notify = vec![Channel::Slack, Channel::Webhook("ops".into())];
     let SetOutcome::Changed { switch, .. } = store.set_state(c).await.unwrap() else {
         panic!()
     };
     // An idempotent set writes no notification.
     let mut again = change("workers", SwitchState::Paused);
-    again.notify = vec!["slack".into()];
+    again.notify = vec![Channel::Slack];
     store.set_state(again).await.unwrap();
     let now = chrono::Utc::now();
     let claimed = store
@@ -519,8 +576,8 @@ pub async fn outbox_is_written_with_the_change_and_claimed_once(store: &S) {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
-    assert_eq!(claimed[0].channel, "slack");
-    assert_eq!(claimed[0].kind, "change");
+    assert_eq!(claimed[0].channel, Channel::Slack);
+    assert_eq!(claimed[0].kind, NotificationKind::Change);
     assert_eq!(claimed[0].event, switch);
     // Leased: a second claimer gets nothing until the lease ends.
     assert!(
@@ -579,8 +636,8 @@ pub async fn outbox_dedupes_by_key(store: &S) {
     seed(store).await;
     let sw = store.get_switch("workers").await.unwrap().unwrap();
     let n = |key: &str| brb_store::NewNotification {
-        channel: "slack".into(),
-        kind: "reminder".into(),
+        channel: Channel::Slack,
+        kind: NotificationKind::Reminder,
         event: sw.clone(),
         dedupe_key: key.into(),
     };

@@ -1,0 +1,651 @@
+//! The write rules, once for both backends, with no I/O.
+//!
+//! A backend's write is three steps: read the rows the rule needs (under its write lock),
+//! ask the rule what to write, apply that. The rules decide everything that is not SQL: which
+//! errors (`AlreadyExists`, `SwitchNotFound`, `Protected`, version conflicts), the next
+//! version, what the row looks like afterwards, the audit entry and its snapshot, and the
+//! notifications to enqueue. The backends only read and apply ([`SwitchWrite`],
+//! [`TokenWrite`]), the same way for every kind of change: an insert of a new row, or an
+//! update of the whole row guarded by the version it was read at, which must hit exactly one
+//! row ([`one_row`]). So SQLite and PostgreSQL cannot drift apart on what a change means.
+
+use brb_api::{AuditAction, DeletedSwitch, Switch, SwitchState};
+use chrono::{DateTime, Utc};
+
+use crate::{
+    Actor, Channel, PreviousSecret, Result, StateChange, StoreError, SwitchEvent, TokenPolicy,
+    TokenRecord,
+};
+
+/// A switch row as read under the write lock: the switch and whether it is marked deleted.
+pub(crate) type Row = Option<(Switch, bool)>;
+
+/// What a switch change writes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SwitchWrite {
+    /// The row afterwards.
+    pub switch: Switch,
+    pub deleted: bool,
+    /// `None`: insert a new row. `Some(v)`: update the row that is at version `v`.
+    pub replaces: Option<u64>,
+    pub action: AuditAction,
+    pub from: Option<SwitchState>,
+    pub to: Option<SwitchState>,
+    pub reason: Option<String>,
+    pub actor: Actor,
+    pub at: DateTime<Utc>,
+    /// Notifications of this change, written in its transaction.
+    pub notify: Vec<Channel>,
+}
+
+impl SwitchWrite {
+    /// What watchers are told: the switch after the change, or its deletion.
+    pub fn event(&self) -> SwitchEvent {
+        if self.deleted {
+            SwitchEvent::Deleted(DeletedSwitch {
+                name: self.switch.name.clone(),
+                version: self.switch.version,
+            })
+        } else {
+            SwitchEvent::Changed(self.switch.clone())
+        }
+    }
+
+    pub fn ramp_json(&self) -> Result<Option<String>> {
+        self.switch
+            .ramp
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("encode ramp: {e}")))
+    }
+
+    /// The notification payload (the switch right after the change).
+    pub fn notification_event(&self) -> Result<String> {
+        serde_json::to_string(&self.switch)
+            .map_err(|e| StoreError::Internal(format!("encode event: {e}")))
+    }
+}
+
+/// What a token change writes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TokenWrite {
+    /// The row afterwards (last-use columns are not written).
+    pub token: TokenRecord,
+    pub insert: bool,
+    pub action: AuditAction,
+    pub reason: String,
+    pub actor: Actor,
+    pub at: DateTime<Utc>,
+}
+
+/// An audit entry about to be appended, as both backends write it.
+pub(crate) struct NewAudit<'a> {
+    pub action: AuditAction,
+    pub switch: Option<&'a str>,
+    pub from: Option<SwitchState>,
+    pub to: Option<SwitchState>,
+    pub version: Option<u64>,
+    pub actor: &'a Actor,
+    pub reason: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    /// The switch right after the change (token entries have none).
+    pub snapshot: Option<SwitchEvent>,
+}
+
+impl SwitchWrite {
+    pub fn audit(&self) -> NewAudit<'_> {
+        NewAudit {
+            action: self.action,
+            switch: Some(&self.switch.name),
+            from: self.from,
+            to: self.to,
+            version: Some(self.switch.version),
+            actor: &self.actor,
+            reason: self.reason.as_deref(),
+            at: self.at,
+            snapshot: Some(self.event()),
+        }
+    }
+}
+
+impl TokenWrite {
+    pub fn audit(&self) -> NewAudit<'_> {
+        NewAudit {
+            action: self.action,
+            switch: None,
+            from: None,
+            to: None,
+            version: None,
+            actor: &self.actor,
+            reason: Some(&self.reason),
+            at: self.at,
+            snapshot: None,
+        }
+    }
+}
+
+/// An update guarded by the version it was read at must change exactly one row; anything else
+/// means the row moved under the write lock, and the transaction must not commit.
+pub(crate) fn one_row(n: u64, what: &str) -> Result<()> {
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "{what} changed under the write lock ({n} rows matched)"
+        )))
+    }
+}
+
+/// The outbox key of a change's notification on one channel: one per change and channel,
+/// whoever writes it.
+pub(crate) fn change_key(audit_id: u64, channel: &Channel) -> String {
+    format!("change:{audit_id}:{channel}")
+}
+
+/// `t` at the precision the backends store (microseconds), so what a write returns equals
+/// what a later read gives.
+pub(crate) fn stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+fn live(row: Row, name: &str) -> Result<Switch> {
+    match row {
+        Some((s, false)) => Ok(s),
+        _ => Err(StoreError::SwitchNotFound(name.to_string())),
+    }
+}
+
+/// A new switch, or a deleted one revived: a revived switch continues its version sequence,
+/// so a watcher's `Last-Event-ID` never points into a reused range.
+pub(crate) fn create(
+    row: Row,
+    name: &str,
+    description: &str,
+    primary: bool,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<SwitchWrite> {
+    let now = stored(now);
+    let (version, replaces) = match row {
+        Some((_, false)) => return Err(StoreError::AlreadyExists(format!("switch {name:?}"))),
+        Some((prev, true)) => (prev.version + 1, Some(prev.version)),
+        None => (1, None),
+    };
+    Ok(SwitchWrite {
+        switch: Switch {
+            name: name.to_string(),
+            description: description.to_string(),
+            primary,
+            state: SwitchState::Running,
+            version,
+            changed_at: now,
+            changed_by: actor.name.clone(),
+            source: actor.source,
+            reason: None,
+            ramp: None,
+        },
+        deleted: false,
+        replaces,
+        action: AuditAction::SwitchCreated,
+        from: None,
+        to: Some(SwitchState::Running),
+        reason: None,
+        actor: actor.clone(),
+        at: now,
+        notify: Vec::new(),
+    })
+}
+
+/// Seeding (the primary switch, switches from the config): create unless a live switch has
+/// the name, and never a second primary (`primary_taken`: a live primary switch exists).
+pub(crate) fn ensure(
+    row: Row,
+    primary_taken: bool,
+    name: &str,
+    description: &str,
+    primary: bool,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<Option<SwitchWrite>> {
+    if matches!(row, Some((_, false))) || (primary && primary_taken) {
+        return Ok(None);
+    }
+    create(row, name, description, primary, actor, now).map(Some)
+}
+
+/// A new description: a version of its own (watchers see it), the state untouched.
+pub(crate) fn describe(
+    row: Row,
+    name: &str,
+    description: &str,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<SwitchWrite> {
+    let now = stored(now);
+    let cur = live(row, name)?;
+    let mut switch = cur.clone();
+    switch.description = description.to_string();
+    switch.version = cur.version + 1;
+    Ok(SwitchWrite {
+        switch,
+        deleted: false,
+        replaces: Some(cur.version),
+        action: AuditAction::SwitchUpdated,
+        from: Some(cur.state),
+        to: Some(cur.state),
+        reason: None,
+        actor: actor.clone(),
+        at: now,
+        notify: Vec::new(),
+    })
+}
+
+/// Deletion keeps the row (marked deleted, at the next version); the primary is protected.
+pub(crate) fn delete(
+    row: Row,
+    name: &str,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<SwitchWrite> {
+    let now = stored(now);
+    let cur = live(row, name)?;
+    if cur.primary {
+        return Err(StoreError::Protected);
+    }
+    let mut switch = cur.clone();
+    switch.version = cur.version + 1;
+    Ok(SwitchWrite {
+        switch,
+        deleted: true,
+        replaces: Some(cur.version),
+        action: AuditAction::SwitchDeleted,
+        from: Some(cur.state),
+        to: None,
+        reason: None,
+        actor: actor.clone(),
+        at: now,
+        notify: Vec::new(),
+    })
+}
+
+/// What a state change does, decided on the committed row.
+#[derive(Debug, PartialEq)]
+pub(crate) enum StateDecision {
+    /// The switch already has that state: nothing is written.
+    Unchanged(Switch),
+    Write(SwitchWrite),
+}
+
+/// A state change: refused on a stale `expected_version`; nothing when the switch already has
+/// the state (unless a resume without a ramp ends a ramp in progress); a resume may start a
+/// ramp, a pause ends any.
+pub(crate) fn set_state(
+    row: Row,
+    change: &StateChange,
+    now: DateTime<Utc>,
+) -> Result<StateDecision> {
+    let now = stored(now);
+    let cur = live(row, &change.switch)?;
+    if let Some(expected) = change.expected_version
+        && expected != cur.version
+    {
+        return Err(StoreError::Conflict {
+            current: Box::new(cur),
+        });
+    }
+    let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
+    let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
+    if cur.state == change.to && !ends_ramp {
+        return Ok(StateDecision::Unchanged(cur));
+    }
+    let ramp = match change.to {
+        SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
+        SwitchState::Paused => None,
+    };
+    let switch = Switch {
+        state: change.to,
+        version: cur.version + 1,
+        changed_at: now,
+        changed_by: change.actor.name.clone(),
+        source: change.actor.source,
+        reason: change.reason.clone(),
+        ramp,
+        ..cur.clone()
+    };
+    Ok(StateDecision::Write(SwitchWrite {
+        switch,
+        deleted: false,
+        replaces: Some(cur.version),
+        action: AuditAction::StateChanged,
+        from: Some(cur.state),
+        to: Some(change.to),
+        reason: change.reason.clone(),
+        actor: change.actor.clone(),
+        at: now,
+        notify: change.notify.clone(),
+    }))
+}
+
+/// A new token; `name_taken`: a live token already has its name.
+pub(crate) fn create_token(
+    name_taken: bool,
+    token: &TokenRecord,
+    actor: &Actor,
+) -> Result<TokenWrite> {
+    if name_taken {
+        return Err(StoreError::AlreadyExists(format!("token {:?}", token.name)));
+    }
+    Ok(TokenWrite {
+        token: token.clone(),
+        insert: true,
+        action: AuditAction::TokenCreated,
+        reason: format!("{} ({})", token.name, token.role),
+        actor: actor.clone(),
+        at: token.created_at,
+    })
+}
+
+/// Revocation takes effect at once; revoking a revoked token records the attempt and keeps
+/// the first revocation time.
+pub(crate) fn revoke_token(
+    row: Option<TokenRecord>,
+    id: &str,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<TokenWrite> {
+    let now = stored(now);
+    let Some(mut token) = row else {
+        return Err(StoreError::TokenNotFound(id.to_string()));
+    };
+    token.revoked_at.get_or_insert(now);
+    Ok(TokenWrite {
+        reason: format!("{} ({})", token.name, token.role),
+        token,
+        insert: false,
+        action: AuditAction::TokenRevoked,
+        actor: actor.clone(),
+        at: now,
+    })
+}
+
+/// A new secret for a live token; the old one stays valid until `grace_until` (unless that is
+/// already past). The audit text names the token and the grace, never a hash.
+pub(crate) fn rotate_token(
+    row: Option<TokenRecord>,
+    id: &str,
+    new_secret_hash: Vec<u8>,
+    grace_until: DateTime<Utc>,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<TokenWrite> {
+    let now = stored(now);
+    let Some(mut token) = row.filter(|t| t.revoked_at.is_none()) else {
+        return Err(StoreError::TokenNotFound(id.to_string()));
+    };
+    let mut policy: TokenPolicy = token.policy.clone();
+    policy.previous = (grace_until > now).then(|| PreviousSecret {
+        secret_hash: token
+            .secret_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        valid_until: grace_until,
+    });
+    let reason = format!(
+        "{} ({}); old secret valid until {}",
+        token.name,
+        token.role,
+        grace_until.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    token.policy = policy;
+    token.secret_hash = new_secret_hash;
+    Ok(TokenWrite {
+        token,
+        insert: false,
+        action: AuditAction::TokenRotated,
+        reason,
+        actor: actor.clone(),
+        at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brb_api::{RampSpec, Role, Source};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn alice() -> Actor {
+        Actor {
+            name: "alice".into(),
+            source: Source::Cli,
+            remote_addr: None,
+        }
+    }
+
+    fn sw(version: u64, state: SwitchState, primary: bool) -> Switch {
+        Switch {
+            name: "s".into(),
+            description: "d".into(),
+            primary,
+            state,
+            version,
+            changed_at: t(0),
+            changed_by: "bob".into(),
+            source: Source::Api,
+            reason: Some("old".into()),
+            ramp: None,
+        }
+    }
+
+    fn change(to: SwitchState) -> StateChange {
+        StateChange {
+            switch: "s".into(),
+            to,
+            reason: Some("why".into()),
+            expected_version: None,
+            ramp: None,
+            actor: alice(),
+            notify: vec![Channel::Slack, Channel::Webhook("ops".into())],
+        }
+    }
+
+    #[test]
+    fn create_inserts_at_one_revives_after_the_last_version_and_refuses_a_live_name() {
+        let w = create(None, "s", "d", false, &alice(), t(1)).unwrap();
+        assert_eq!((w.switch.version, w.replaces, w.deleted), (1, None, false));
+        assert_eq!(w.switch.state, SwitchState::Running);
+        let w = create(
+            Some((sw(7, SwitchState::Paused, false), true)),
+            "s",
+            "d2",
+            false,
+            &alice(),
+            t(1),
+        )
+        .unwrap();
+        assert_eq!((w.switch.version, w.replaces), (8, Some(7)));
+        assert_eq!(
+            (w.switch.state, w.switch.reason.as_deref()),
+            (SwitchState::Running, None)
+        );
+        assert!(matches!(
+            create(
+                Some((sw(1, SwitchState::Running, false), false)),
+                "s",
+                "d",
+                false,
+                &alice(),
+                t(1)
+            ),
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn ensure_never_makes_a_second_primary_or_touches_a_live_switch() {
+        assert!(
+            ensure(None, true, "s", "d", true, &alice(), t(0))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ensure(None, true, "s", "d", false, &alice(), t(0))
+                .unwrap()
+                .is_some()
+        );
+        let live = Some((sw(3, SwitchState::Paused, false), false));
+        assert!(
+            ensure(live, false, "s", "d", false, &alice(), t(0))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn every_change_is_the_next_version_of_the_row_it_read() {
+        let cur = Some((sw(4, SwitchState::Running, false), false));
+        let d = describe(cur.clone(), "s", "new", &alice(), t(2)).unwrap();
+        assert_eq!((d.switch.version, d.replaces), (5, Some(4)));
+        assert_eq!(
+            d.switch.changed_by, "bob",
+            "a description edit is not a state change"
+        );
+        let x = delete(cur.clone(), "s", &alice(), t(2)).unwrap();
+        assert_eq!(
+            (x.switch.version, x.replaces, x.deleted),
+            (5, Some(4), true)
+        );
+        assert!(matches!(x.event(), SwitchEvent::Deleted(d) if d.version == 5));
+        let StateDecision::Write(w) = set_state(cur, &change(SwitchState::Paused), t(2)).unwrap()
+        else {
+            panic!("a pause of a running switch writes")
+        };
+        assert_eq!((w.switch.version, w.replaces), (5, Some(4)));
+        assert_eq!(w.switch.changed_by, "alice");
+        assert_eq!(w.notify.len(), 2);
+        assert!(matches!(w.audit().snapshot, Some(SwitchEvent::Changed(s)) if s.version == 5));
+    }
+
+    #[test]
+    fn missing_deleted_and_primary_switches_are_refused() {
+        let gone = Some((sw(4, SwitchState::Running, false), true));
+        for row in [None, gone] {
+            assert!(matches!(
+                describe(row.clone(), "s", "x", &alice(), t(0)),
+                Err(StoreError::SwitchNotFound(_))
+            ));
+            assert!(matches!(
+                delete(row.clone(), "s", &alice(), t(0)),
+                Err(StoreError::SwitchNotFound(_))
+            ));
+            assert!(matches!(
+                set_state(row, &change(SwitchState::Paused), t(0)),
+                Err(StoreError::SwitchNotFound(_))
+            ));
+        }
+        let primary = Some((sw(1, SwitchState::Running, true), false));
+        assert!(matches!(
+            delete(primary, "s", &alice(), t(0)),
+            Err(StoreError::Protected)
+        ));
+    }
+
+    #[test]
+    fn state_changes_respect_expected_version_idempotence_and_ramps() {
+        let cur = Some((sw(4, SwitchState::Running, false), false));
+        let mut stale = change(SwitchState::Paused);
+        stale.expected_version = Some(3);
+        assert!(
+            matches!(set_state(cur.clone(), &stale, t(0)), Err(StoreError::Conflict { current }) if current.version == 4)
+        );
+        assert!(matches!(
+            set_state(cur, &change(SwitchState::Running), t(0)).unwrap(),
+            StateDecision::Unchanged(s) if s.version == 4
+        ));
+        // A resume with a ramp starts it; a plain resume during the ramp ends it; a pause
+        // ends it too.
+        let paused = Some((sw(4, SwitchState::Paused, false), false));
+        let mut ramped = change(SwitchState::Running);
+        ramped.ramp = Some(RampSpec::parse("linear:10m").unwrap());
+        let StateDecision::Write(w) = set_state(paused, &ramped, t(0)).unwrap() else {
+            panic!("resume writes")
+        };
+        assert!(w.switch.ramp.is_some());
+        assert!(w.ramp_json().unwrap().is_some());
+        let ramping = Some((w.switch.clone(), false));
+        let StateDecision::Write(w2) =
+            set_state(ramping.clone(), &change(SwitchState::Running), t(60)).unwrap()
+        else {
+            panic!("a plain resume ends a ramp in progress")
+        };
+        assert!(w2.switch.ramp.is_none());
+        assert!(
+            matches!(
+                set_state(ramping, &change(SwitchState::Running), t(3600)).unwrap(),
+                StateDecision::Unchanged(_)
+            ),
+            "a finished ramp needs no write"
+        );
+    }
+
+    fn token(revoked: bool) -> TokenRecord {
+        TokenRecord {
+            id: "abc".into(),
+            name: "ci".into(),
+            role: Role::Operator,
+            secret_hash: vec![0xab, 0x01],
+            created_at: t(0),
+            revoked_at: revoked.then(|| t(5)),
+            policy: TokenPolicy::default(),
+            last_used_at: None,
+            last_used_addr: None,
+        }
+    }
+
+    #[test]
+    fn token_rules() {
+        assert!(matches!(
+            create_token(true, &token(false), &alice()),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let w = create_token(false, &token(false), &alice()).unwrap();
+        assert!(w.insert);
+        assert_eq!(w.reason, "ci (operator)");
+        // Revoking twice keeps the first time.
+        let r = revoke_token(Some(token(true)), "abc", &alice(), t(9)).unwrap();
+        assert_eq!(r.token.revoked_at, Some(t(5)));
+        let r = revoke_token(Some(token(false)), "abc", &alice(), t(9)).unwrap();
+        assert_eq!(r.token.revoked_at, Some(t(9)));
+        assert!(matches!(
+            revoke_token(None, "abc", &alice(), t(9)),
+            Err(StoreError::TokenNotFound(_))
+        ));
+        // Rotation keeps the old hash for the grace period, and never for a past one.
+        let w = rotate_token(Some(token(false)), "abc", vec![1], t(100), &alice(), t(10)).unwrap();
+        assert_eq!(w.token.secret_hash, vec![1]);
+        let prev = w.token.policy.previous.unwrap();
+        assert_eq!(
+            (prev.secret_hash.as_str(), prev.valid_until),
+            ("ab01", t(100))
+        );
+        assert!(!w.reason.contains("ab01"), "no hash in the audit text");
+        let w = rotate_token(Some(token(false)), "abc", vec![1], t(5), &alice(), t(10)).unwrap();
+        assert!(w.token.policy.previous.is_none());
+        assert!(matches!(
+            rotate_token(Some(token(true)), "abc", vec![1], t(100), &alice(), t(10)),
+            Err(StoreError::TokenNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn guarded_updates_must_hit_one_row() {
+        assert!(one_row(1, "switch").is_ok());
+        assert!(one_row(0, "switch").is_err());
+        assert!(one_row(2, "switch").is_err());
+    }
+}
