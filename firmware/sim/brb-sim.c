@@ -10,10 +10,13 @@
  *
  * stdin, one command per line:
  *   press | release | arm | disarm
+ *   hold MS             press, and release after MS milliseconds of simulated time; prints
+ *                       "released SIM_MS" then (tests wait for it instead of sleeping)
  *   garbage-host TEXT   TEXT and a newline "from the device" onto the pty (the host must survive)
  *   garbage-dev TEXT    TEXT and a newline into the firmware's UART (the firmware must survive)
  *   quit
- * stdout: "ready PTY", then "led 0|1 SIM_MS" on every LED pin change.
+ * stdout: "ready PTY", then "led 0|1 SIM_MS" on every LED pin change, "ok COMMAND" after each
+ * command, "released SIM_MS" when a hold ends.
  *
  * simavr 1.6 does not model the internal pull-ups, so idle inputs are driven high here. The
  * pty bridge is done in this single thread (no uart_pty thread, which can hang on shutdown).
@@ -90,6 +93,8 @@ static void queue(uint8_t *buf, size_t *len, size_t cap, const char *s, size_t n
 
 static avr_irq_t *button, *arm, *uart_in;
 static const char *link_path;
+/* Simulated millisecond at which a "hold" releases the button; 0: no hold under way. */
+static uint64_t release_at = 0;
 
 /* The device is "unplugged" when we exit: its name goes away with it. */
 static void remove_link(void) { unlink(link_path); }
@@ -101,6 +106,14 @@ static int command(char *line) {
     avr_raise_irq(button, 0);
   } else if (strcmp(line, "release") == 0) {
     avr_raise_irq(button, 1);
+  } else if (strncmp(line, "hold ", 5) == 0) {
+    long ms = strtol(line + 5, NULL, 10);
+    if (ms <= 0) {
+      fprintf(stderr, "brb-sim: hold needs a positive number of milliseconds\n");
+    } else {
+      avr_raise_irq(button, 0);
+      release_at = sim_ms() + (uint64_t)ms;
+    }
   } else if (strcmp(line, "arm") == 0) {
     avr_raise_irq(arm, 1);
   } else if (strcmp(line, "disarm") == 0) {
@@ -193,6 +206,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "brb-sim: firmware stopped (state %d)\n", state);
         return 1;
       }
+    }
+    if (release_at != 0 && sim_ms() >= release_at) {
+      avr_raise_irq(button, 1);
+      release_at = 0;
+      printf("released %llu\n", (unsigned long long)sim_ms());
+      fflush(stdout);
     }
     /* Host -> firmware: feed the UART while its fifo has room. */
     while (to_dev_len > 0 && !uart_xoff) {

@@ -324,6 +324,16 @@ static void test_heartbeat_watchdog_and_leds() {
   CHECK(led_pattern(SHOW_NO_CONNECTION, 50) && !led_pattern(SHOW_NO_CONNECTION, 500),
         "flash");
   CHECK(led_pattern(SHOW_ERROR, 250) && !led_pattern(SHOW_ERROR, 150), "double flash");
+  CHECK(led_pattern(SHOW_SENDING, 0) && led_pattern(SHOW_SENDING, 749) &&
+            !led_pattern(SHOW_SENDING, 750) && !led_pattern(SHOW_SENDING, 999),
+        "sending: on with a 250 ms gap");
+  // Every state the protocol defines has its own pattern, none the unknown-state flicker.
+  for (uint8_t s = 0; s < SHOW_COUNT; s++) {
+    bool flicker = true;
+    for (uint32_t t = 0; t < 2000; t += 50) flicker &= led_pattern(s, t) == ((t % 200) < 100);
+    CHECK(!flicker, "state %u falls back to the unknown pattern", s);
+    CHECK(strcmp(show_name(s), "?") != 0, "state %u has no name", s);
+  }
 }
 
 static void test_millis_wraparound() {

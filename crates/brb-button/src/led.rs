@@ -1,5 +1,8 @@
-//! What the light says, from what the control plane acknowledged. Pure.
+//! What the light says: what the control plane acknowledged, unless the host itself has
+//! something more urgent to say (a device it cannot listen to, a press on its way or given
+//! up on). Pure.
 
+use crate::policy::Delivery;
 use brb_api::{Switch, SwitchState, WorkerCounts};
 use brb_protocol::ShowState;
 use chrono::{DateTime, Utc};
@@ -15,6 +18,39 @@ pub struct ControlView {
     pub reachable: bool,
     /// Something a person must fix (token refused, switch missing).
     pub error: Option<String>,
+}
+
+/// What the host has to say above the control plane's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    /// The device cannot be listened to (another protocol version, no hello): its presses
+    /// are not acted on.
+    pub device_problem: bool,
+    /// The press outbox: sending, given up, or quiet.
+    pub delivery: Delivery,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            device_problem: false,
+            delivery: Delivery::Quiet,
+        }
+    }
+}
+
+/// The light, in order of urgency: error when presses are not acted on or one was given up
+/// on; sending while a press is on its way (never "paused" before the control plane says
+/// so); otherwise [`show_state`].
+pub fn light(v: &ControlView, local: Local, now: DateTime<Utc>) -> ShowState {
+    if local.device_problem {
+        return ShowState::Error;
+    }
+    match local.delivery {
+        Delivery::Failed => ShowState::Error,
+        Delivery::Sending => ShowState::Sending,
+        Delivery::Quiet => show_state(v, now),
+    }
 }
 
 /// Red only once the fleet has stopped: paused and no live worker still running or draining.
@@ -118,6 +154,35 @@ mod tests {
             show_state(&view(paused, Some(counts(5, 0, 0, 0))), now),
             ShowState::Paused
         );
+    }
+
+    #[test]
+    fn the_host_s_own_word_comes_first() {
+        let now = Utc::now();
+        let paused = view(switch(SwitchState::Paused, 5), Some(counts(5, 0, 0, 3)));
+        let quiet = Local::default();
+        assert_eq!(light(&paused, quiet, now), ShowState::Paused);
+        let sending = Local {
+            delivery: Delivery::Sending,
+            ..quiet
+        };
+        assert_eq!(light(&paused, sending, now), ShowState::Sending);
+        // Unreachable: sending still says a press is on its way, not "no connection".
+        let mut gone = paused.clone();
+        gone.reachable = false;
+        assert_eq!(light(&gone, quiet, now), ShowState::NoConnection);
+        assert_eq!(light(&gone, sending, now), ShowState::Sending);
+        let failed = Local {
+            delivery: Delivery::Failed,
+            ..quiet
+        };
+        assert_eq!(light(&gone, failed, now), ShowState::Error);
+        // A device that cannot be listened to outranks everything.
+        let bad_device = Local {
+            device_problem: true,
+            ..sending
+        };
+        assert_eq!(light(&paused, bad_device, now), ShowState::Error);
     }
 
     #[test]

@@ -3,13 +3,21 @@
 //! control plane acknowledged.
 //!
 //! Why it is shaped so: the decisions are pure and separate from the I/O. [`policy`] decides
-//! what a press means (cooldown, arming, long hold, duplicates) and [`led`] what the light
-//! says; both are unit-tested with a fake clock. The devices are blocking (hidapi,
+//! whether the device may be listened to (hello, protocol version), what a press means
+//! (cooldown, arming, long hold, repeats) and what becomes of a change not yet acknowledged;
+//! [`led`] decides what the light says; all of it is unit-tested with a fake clock. The rules
+//! are those of docs/protocol.md, "What the host does". The devices are blocking (hidapi,
 //! serialport), so one thread owns the device and talks to the async side over channels; the
 //! async side owns the control-plane connection (event stream plus a worker poll) through
-//! `brb-client`. Neither side ever gives up: an unplugged button is looked for every 500 ms, a
-//! lost control plane is reconnected with backoff, and the light says which is the case.
+//! `brb-client`, and sends changes one attempt at a time without ever blocking its loop. The
+//! connections are never given up on: an unplugged button is looked for every 500 ms, a lost
+//! control plane is reconnected with backoff, and the light says which is the case. A press
+//! is: it is tried for [`policy::SEND_FOR`], with the light showing "sending", then given up
+//! on with an error on the light and in the log, so that it never lands minutes later
+//! unseen.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,8 +35,11 @@ pub mod policy;
 
 pub use device::{DeviceError, HidIo, Transport};
 pub use find::{DeviceSpec, Finder};
-pub use led::{ControlView, show_state};
-pub use policy::{Decision, Policy, PolicyConfig};
+pub use led::{ControlView, Local, light, show_state};
+pub use policy::{
+    AttemptResult, Decision, Delivery, Outbox, Outcome, Policy, PolicyConfig, Report, Session,
+    Severity, Step,
+};
 
 /// How often an absent device is looked for (hot-plug without udev events: a button plugged
 /// back in is found within this plus the open time).
@@ -37,8 +48,6 @@ pub const RESCAN: Duration = Duration::from_millis(500);
 pub const DEVICE_SILENCE: Duration = Duration::from_secs(5);
 /// The light's state is repeated this often (the firmware's watchdog expects it).
 pub const SHOW_REPEAT: Duration = Duration::from_secs(1);
-/// A pause or resume that could not reach the control plane is retried for this long.
-pub const RETRY_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ButtonError {
@@ -259,13 +268,6 @@ fn note_error(switch: &str, view: &watch::Sender<ControlView>, e: &ClientError) 
     }
 }
 
-/// An action the control plane has not confirmed yet.
-struct Pending {
-    state: SwitchState,
-    reason: String,
-    until: Instant,
-}
-
 /// Where the button stands, for a UI that shows it (the desktop app).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceStatus {
@@ -289,6 +291,9 @@ pub async fn run(
     )
     .await
 }
+
+/// One attempt at a change, under way: its id in the [`Outbox`] and how it ended.
+type InFlight = Pin<Box<dyn Future<Output = (u64, Result<Switch, AttemptResult>)> + Send>>;
 
 /// [`run`], also publishing the device's status.
 pub async fn run_with_status(
@@ -323,11 +328,17 @@ pub async fn run_with_status(
         }
     };
     tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", device = ?cfg.device, "office button daemon started");
+    let log = Log {
+        switch: &cfg.switch,
+        actor: &actor,
+    };
 
-    let mut policy = Policy::new(cfg.policy.clone());
-    let started = Instant::now();
-    let mut serial = String::from("unknown");
-    let mut pending: Option<Pending> = None;
+    let mut session = Session::new(cfg.policy.clone());
+    let mut outbox = Outbox::default();
+    let mut in_flight: Option<InFlight> = None;
+    let mut device_problem: Option<String> = None;
+    let started = tokio::time::Instant::now();
+    let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -335,63 +346,91 @@ pub async fn run_with_status(
             _ = &mut shutdown => break,
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { break };
-                match ev {
+                let switch_state = acknowledged_state(&view_rx.borrow());
+                let outcomes = match ev {
                     DeviceEvent::Connected(d) => {
                         tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", device = %d, "button connected");
                         status.send_replace(DeviceStatus::Connected(d));
+                        session.connected(now_ms())
                     }
                     DeviceEvent::Disconnected { device, reason } => {
                         tracing::warn!(switch = %cfg.switch, actor = %actor, source = "button", device = %device, reason = %reason, "button disconnected; looking for it again");
                         status.send_replace(DeviceStatus::Disconnected { device, reason });
+                        session.disconnected()
                     }
                     DeviceEvent::Message(m) => {
-                        let now_ms = started.elapsed().as_millis() as u64;
-                        let state = {
-                            let v = view_rx.borrow();
-                            v.switch.as_ref().filter(|_| v.reachable).map(|s| s.state)
-                        };
-                        let decision = match &m {
-                            DeviceMsg::Hello(h) => {
-                                if h.protocol != PROTOCOL_VERSION {
-                                    tracing::error!(serial = %h.serial, protocol = h.protocol, "the button speaks another protocol version; its presses are ignored");
-                                }
-                                tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", serial = %h.serial, firmware = ?h.firmware, capabilities = h.capabilities.0, "button says hello");
-                                serial = h.serial.clone();
-                                policy.new_session();
-                                None
-                            }
-                            DeviceMsg::Press { seq, armed } => Some((*seq, "press", policy.on_press(*seq, *armed, now_ms, state))),
-                            DeviceMsg::Release { seq, hold_ms, armed } => Some((*seq, "release", policy.on_release(*seq, *hold_ms, *armed, state))),
-                            DeviceMsg::Arming { armed } => {
-                                tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", serial = %serial, armed, "arming changed");
-                                None
-                            }
-                            DeviceMsg::Heartbeat { .. } => None,
-                        };
-                        let Some((seq, what, decision)) = decision else { continue };
-                        let action = match decision {
-                            Decision::Ignore { why } => {
-                                tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", serial = %serial, seq, event = what, decision = "ignore", why, "button event ignored");
-                                None
-                            }
-                            Decision::Pause { why } => Some((SwitchState::Paused, format!("office button {serial}: {why}"))),
-                            Decision::Resume { hold_ms } => Some((SwitchState::Running, format!("office button {serial}: long hold ({hold_ms} ms)"))),
-                        };
-                        if let Some((state, reason)) = action {
-                            tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", serial = %serial, seq, event = what, decision = %state, reason = %reason, "button decision");
-                            pending = Some(Pending { state, reason, until: Instant::now() + RETRY_FOR });
-                        }
+                        tracing::debug!(switch = %cfg.switch, source = "button", msg = %m, "from the button");
+                        session.on_message(&m, now_ms(), switch_state)
+                    }
+                };
+                for o in outcomes {
+                    log.outcome(&o);
+                    if let Outcome::Act { state, reason, .. } = o
+                        && let Some(old) = outbox.submit(state, reason.clone(), now_ms())
+                    {
+                        tracing::warn!(switch = %cfg.switch, actor = %actor, source = "button", replaced = %old, reason = %reason, "a newer press replaces a change not yet acknowledged");
                     }
                 }
             }
             _ = view_rx.changed() => {}
+            done = async {
+                match in_flight.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                in_flight = None;
+                let (id, result) = done;
+                let result = match result {
+                    Ok(s) => {
+                        tracing::info!(switch = %cfg.switch, actor = %actor, source = "button", state = %s.state, version = s.version, "control plane acknowledged");
+                        view_tx.send_modify(|v| {
+                            // The event stream may already have brought a newer version.
+                            if v.switch.as_ref().is_none_or(|c| c.version <= s.version) {
+                                v.switch = Some(s);
+                            }
+                            v.reachable = true;
+                            v.error = None;
+                        });
+                        AttemptResult::Acknowledged
+                    }
+                    Err(r) => r,
+                };
+                log.report(&outbox.on_result(id, result, now_ms()));
+            }
             _ = tick.tick() => {}
         }
-        // Act (or retry) on what is pending.
-        if let Some(p) = pending.take() {
-            pending = apply(&client, &cfg.switch, &actor, p, &view_tx).await;
+        let now = now_ms();
+        for o in session.tick(now) {
+            log.outcome(&o);
         }
-        let want = show_state(&view_rx.borrow_and_update(), chrono::Utc::now());
+        if in_flight.is_none() {
+            match outbox.poll(now) {
+                Step::Attempt(a) => {
+                    let deadline = started + Duration::from_millis(a.deadline_ms);
+                    in_flight = Some(Box::pin(attempt(
+                        client.clone(),
+                        cfg.switch.clone(),
+                        a,
+                        deadline,
+                    )));
+                }
+                Step::GaveUp(r) => log.report(&r),
+                Step::Wait => {}
+            }
+        }
+        let problem = session.device_problem(now);
+        if problem != device_problem {
+            if let Some(p) = &problem {
+                tracing::error!(switch = %cfg.switch, actor = %actor, source = "button", serial = %session.serial().unwrap_or("none"), problem = %p, "the button cannot be listened to; its light shows error");
+            }
+            device_problem = problem;
+        }
+        let local = Local {
+            device_problem: device_problem.is_some(),
+            delivery: outbox.delivery(now, acknowledged_state(&view_rx.borrow())),
+        };
+        let want = led::light(&view_rx.borrow_and_update(), local, chrono::Utc::now());
         show_tx.send_if_modified(|s| {
             let changed = *s != want;
             if changed {
@@ -408,39 +447,146 @@ pub async fn run_with_status(
     Ok(())
 }
 
-/// Sends one pause or resume; returns it back if it should be retried.
-async fn apply(
-    client: &Client,
-    switch: &str,
-    actor: &str,
-    p: Pending,
-    view: &watch::Sender<ControlView>,
-) -> Option<Pending> {
+/// The switch state the control plane last acknowledged, `None` when unknown or unreachable.
+fn acknowledged_state(v: &ControlView) -> Option<SwitchState> {
+    v.switch.as_ref().filter(|_| v.reachable).map(|s| s.state)
+}
+
+/// One try at a change, cut at `deadline` (the change's bound): an answer that comes later is
+/// not waited for.
+async fn attempt(
+    client: Client,
+    switch: String,
+    a: policy::Attempt,
+    deadline: tokio::time::Instant,
+) -> (u64, Result<Switch, AttemptResult>) {
     let req = SetStateRequest {
-        state: p.state,
-        reason: Some(p.reason.clone()),
+        state: a.state,
+        reason: Some(a.reason),
         source: Some(Source::Button),
         expected_version: None,
         ramp: None,
     };
-    match client.set_state(switch, &req).await {
-        Ok(s) => {
-            tracing::info!(switch = %switch, actor = %actor, source = "button", state = %s.state, version = s.version, reason = %p.reason, "control plane acknowledged");
-            view.send_modify(|v| {
-                v.switch = Some(s);
-                v.reachable = true;
-                v.error = None;
-            });
-            None
+    let result = match tokio::time::timeout_at(deadline, client.set_state(&switch, &req)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(AttemptResult::Transient(
+            "no answer before the time limit".into(),
+        )),
+    };
+    (a.id, result)
+}
+
+/// Whether a failed attempt is worth retrying.
+fn classify(e: &ClientError) -> AttemptResult {
+    match e {
+        ClientError::Unreachable(_) | ClientError::Protocol { .. } => {
+            AttemptResult::Transient(e.to_string())
         }
-        Err(ClientError::Unreachable(e)) if Instant::now() < p.until => {
-            tracing::warn!(switch = %switch, actor = %actor, source = "button", error = %e, reason = %p.reason, "control plane unreachable; will retry");
-            view.send_modify(|v| v.reachable = false);
-            Some(p)
+        ClientError::Api { status, .. } if *status == 429 || *status >= 500 => {
+            AttemptResult::Transient(e.to_string())
         }
-        Err(e) => {
-            tracing::error!(switch = %switch, actor = %actor, source = "button", error = %e, reason = %p.reason, "the control plane did not take the change");
-            None
+        ClientError::Api { .. } | ClientError::Config(_) => AttemptResult::Refused(e.to_string()),
+    }
+}
+
+/// The daemon's log lines about presses and changes, with the fields every line carries.
+struct Log<'a> {
+    switch: &'a str,
+    actor: &'a str,
+}
+
+impl Log<'_> {
+    fn outcome(&self, o: &Outcome) {
+        let (switch, actor) = (self.switch, self.actor);
+        match o {
+            Outcome::Act {
+                event,
+                serial,
+                state,
+                reason,
+            } => {
+                tracing::info!(switch = %switch, actor = %actor, source = "button", serial = %serial, seq = event.seq, event = event.kind, decision = %state, reason = %reason, "button decision");
+            }
+            Outcome::Ignored {
+                event,
+                serial,
+                why,
+                severity,
+            } => {
+                let serial = serial.as_deref().unwrap_or("none (no hello)");
+                match severity {
+                    Severity::Info => {
+                        tracing::info!(switch = %switch, actor = %actor, source = "button", serial = %serial, seq = event.seq, event = event.kind, decision = "ignore", why = %why, "button event ignored")
+                    }
+                    Severity::Warn => {
+                        tracing::warn!(switch = %switch, actor = %actor, source = "button", serial = %serial, seq = event.seq, event = event.kind, decision = "ignore", why = %why, "button event ignored")
+                    }
+                    Severity::Error => {
+                        tracing::error!(switch = %switch, actor = %actor, source = "button", serial = %serial, seq = event.seq, event = event.kind, decision = "ignore", why = %why, "button event NOT acted on")
+                    }
+                }
+            }
+            Outcome::Held { event } => {
+                tracing::info!(switch = %switch, actor = %actor, source = "button", seq = event.seq, event = event.kind, "button event held until the device says hello");
+            }
+            Outcome::Hello { hello, supported } => {
+                if *supported {
+                    tracing::info!(switch = %switch, actor = %actor, source = "button", serial = %hello.serial, protocol = hello.protocol, firmware = ?hello.firmware, capabilities = hello.capabilities.0, "button says hello");
+                } else {
+                    tracing::error!(switch = %switch, actor = %actor, source = "button", serial = %hello.serial, protocol = hello.protocol, host_protocol = PROTOCOL_VERSION, firmware = ?hello.firmware, "the button speaks protocol {}, this host only {}: its presses are ignored until it says hello in protocol {}", hello.protocol, PROTOCOL_VERSION, PROTOCOL_VERSION);
+                }
+            }
+            Outcome::Arming { serial, armed } => {
+                tracing::info!(switch = %switch, actor = %actor, source = "button", serial = %serial.as_deref().unwrap_or("none (no hello)"), armed, "arming changed");
+            }
+        }
+    }
+
+    fn report(&self, r: &Report) {
+        let (switch, actor) = (self.switch, self.actor);
+        match r {
+            Report::Delivered {
+                reason,
+                attempts,
+                after_ms,
+            } => {
+                tracing::info!(switch = %switch, actor = %actor, source = "button", reason = %reason, attempts, after_ms, "change delivered");
+            }
+            Report::Retrying {
+                reason,
+                error,
+                attempts,
+            } => {
+                // The first failure is news; the rest repeat it until the bound.
+                if *attempts == 1 {
+                    tracing::warn!(switch = %switch, actor = %actor, source = "button", reason = %reason, error = %error, limit = ?policy::SEND_FOR, "control plane unreachable; retrying, the light shows sending");
+                } else {
+                    tracing::debug!(switch = %switch, actor = %actor, source = "button", reason = %reason, error = %error, attempts, "retrying");
+                }
+            }
+            Report::GaveUp {
+                state,
+                reason,
+                attempts,
+                after_ms,
+                error,
+            } => {
+                tracing::error!(switch = %switch, actor = %actor, source = "button", state = %state, reason = %reason, attempts, after_ms, error = %error, "gave up: the change was NOT made; the light shows error");
+            }
+            Report::Refused {
+                state,
+                reason,
+                error,
+            } => {
+                tracing::error!(switch = %switch, actor = %actor, source = "button", state = %state, reason = %reason, error = %error, "the control plane refused the change; the light shows error");
+            }
+            Report::Superseded {
+                reason,
+                acknowledged,
+            } => {
+                tracing::info!(switch = %switch, actor = %actor, source = "button", reason = %reason, acknowledged, "an attempt for a replaced change ended");
+            }
         }
     }
 }

@@ -20,8 +20,14 @@ pub mod line;
 /// change; a host refuses a device whose major version it does not know.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// Longest encoded message, in bytes (a hello with a 16-character serial is 23).
+/// Longest message a receiver accepts, in bytes. The longest message defined is
+/// [`LONGEST_DEFINED`]; the one byte more leaves room for a message type added within this
+/// version (see `docs/protocol.md`, "Versioning").
 pub const MAX_MESSAGE: usize = 24;
+
+/// Longest message this version defines, in bytes: a hello with a [`MAX_SERIAL`]-byte serial
+/// (7 fixed bytes + 16). Checked against the encoder and against `docs/protocol.md` by tests.
+pub const LONGEST_DEFINED: usize = 7 + MAX_SERIAL;
 
 /// Longest device serial, in bytes (printable ASCII).
 pub const MAX_SERIAL: usize = 16;
@@ -72,18 +78,23 @@ pub enum ShowState {
     Ramping,
     /// The host cannot reach the control plane (or the firmware hears no host): short flash.
     NoConnection,
-    /// Something is wrong that a person must fix (token refused, switch missing): double flash.
+    /// Something is wrong that a person must fix (token refused, switch missing, a device the
+    /// host cannot trust, a press the host gave up sending): double flash.
     Error,
+    /// The host is still trying to get a press to the control plane, for a bounded time: on
+    /// with a short dark gap every second. Never the proof that anything changed.
+    Sending,
 }
 
 impl ShowState {
-    pub const ALL: [ShowState; 6] = [
+    pub const ALL: [ShowState; 7] = [
         ShowState::Running,
         ShowState::Paused,
         ShowState::Draining,
         ShowState::Ramping,
         ShowState::NoConnection,
         ShowState::Error,
+        ShowState::Sending,
     ];
 
     pub fn code(self) -> u8 {
@@ -94,6 +105,7 @@ impl ShowState {
             ShowState::Ramping => 3,
             ShowState::NoConnection => 4,
             ShowState::Error => 5,
+            ShowState::Sending => 6,
         }
     }
 
@@ -109,6 +121,7 @@ impl ShowState {
             ShowState::Ramping => "ramping",
             ShowState::NoConnection => "no-connection",
             ShowState::Error => "error",
+            ShowState::Sending => "sending",
         }
     }
 }

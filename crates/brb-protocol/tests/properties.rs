@@ -8,7 +8,7 @@ use brb_protocol::{
 use proptest::prelude::*;
 
 fn show() -> impl Strategy<Value = ShowState> {
-    (0u8..6).prop_map(|c| ShowState::from_code(c).unwrap())
+    prop::sample::select(ShowState::ALL.to_vec())
 }
 
 fn device_msg() -> impl Strategy<Value = DeviceMsg> {

@@ -26,6 +26,7 @@ bool led_pattern(uint8_t show, uint32_t t) {
       uint32_t p = t % 1000;
       return p < 100 || (p >= 200 && p < 300);
     }
+    case SHOW_SENDING: return (t % 1000) < 750;      // on, winking: the host is trying
     default: return (t % 200) < 100;  // unknown: fast flicker
   }
 }

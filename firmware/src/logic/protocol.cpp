@@ -14,6 +14,7 @@ const char *show_name(uint8_t s) {
     case SHOW_RAMPING: return "ramping";
     case SHOW_NO_CONNECTION: return "no-connection";
     case SHOW_ERROR: return "error";
+    case SHOW_SENDING: return "sending";
     default: return "?";
   }
 }

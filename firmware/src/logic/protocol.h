@@ -7,6 +7,8 @@
 namespace brb {
 
 const uint8_t PROTOCOL_VERSION = 1;
+// Longest message accepted; the longest defined (a hello with a 16-byte serial) is 23, the
+// one byte more is room for a message type added within this version (docs/protocol.md).
 const uint8_t MAX_MESSAGE = 24;
 const uint8_t MAX_SERIAL = 16;
 // Characters between '$' and '\n': hex of the message and of the 2-byte CRC.
@@ -39,7 +41,8 @@ enum Show : uint8_t {
   SHOW_RAMPING = 3,
   SHOW_NO_CONNECTION = 4,
   SHOW_ERROR = 5,
-  SHOW_COUNT = 6,
+  SHOW_SENDING = 6,
+  SHOW_COUNT = 7,
 };
 
 const char *show_name(uint8_t s);
