@@ -9,9 +9,10 @@ declare -A PKG_GROUPS=(
   # The office button: AVR toolchain and Arduino core (firmware/), simavr for the end-to-end
   # test of the real firmware. (libudev-dev, for hidapi and serialport, is in base.)
   [firmware]="gcc-avr avr-libc binutils-avr arduino-core-avr simavr libsimavr-dev libelf-dev"
-  # Real peers the tests talk to: Prometheus scraping the control plane; sqlite3 to check a
-  # database file; mkfs.ext4 and mount for the disk-full and failing-disk fault tests.
-  [test]="prometheus sqlite3 e2fsprogs mount"
+  # Real peers the tests talk to: Prometheus scraping the control plane (and its promtool);
+  # sqlite3 to check a database file; mkfs.ext4 and mount for the disk-full and failing-disk
+  # fault tests; jq for the README's plain-HTTP worker recipe; python3-venv for schemathesis.
+  [test]="prometheus sqlite3 e2fsprogs mount jq python3-venv"
   # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
   [ui]="chromium fonts-dejavu-core"
   # The desktop app (Tauri 2) and its WebDriver tests under Xvfb.

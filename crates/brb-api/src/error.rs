@@ -32,6 +32,10 @@ pub enum ErrorCode {
     /// The primary switch cannot be deleted.
     Protected,
     PayloadTooLarge,
+    /// The request head (request line and headers) is larger than the server accepts.
+    HeaderTooLarge,
+    /// The request target is longer than the server accepts.
+    UriTooLong,
     /// Well-formed JSON with a value that is not allowed (wrong type, unknown state, too long).
     InvalidValue,
     UnsupportedMediaType,
@@ -54,6 +58,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::VersionConflict | ErrorCode::AlreadyExists | ErrorCode::Protected => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UriTooLong => 414,
+            ErrorCode::HeaderTooLarge => 431,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidValue => 422,
             ErrorCode::RateLimited | ErrorCode::TooManyStreams => 429,
@@ -77,6 +83,8 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Protected => "protected",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::UriTooLong => "uri_too_long",
             ErrorCode::InvalidValue => "invalid_value",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
@@ -138,6 +146,8 @@ mod tests {
             ErrorCode::MalformedJson,
             ErrorCode::VersionConflict,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::HeaderTooLarge,
+            ErrorCode::UriTooLong,
             ErrorCode::Internal,
         ] {
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod error;
+pub mod ints;
 mod names;
 mod ramp;
 mod series;
@@ -75,6 +76,14 @@ impl std::fmt::Display for SwitchState {
 
 /// Where a change was made from. Recorded in the audit log and shown to people, so that
 /// "who pressed it" always comes with "from where".
+///
+/// A request may name its source, but only one of the programs that talk to the API as a
+/// client with a token of their own ([`Source::client_may_claim`]: desktop, tray, button, cli,
+/// web, api). Those names describe the client, and the audit entry carries the token's name
+/// and the address next to them, so a false claim still points at who made it. `slack` and
+/// `system` name channels the control plane runs itself (its Slack handler, verified by
+/// Slack's signature; the server's own writes): a token claiming them would make a change look
+/// as if it came from no token at all, so requests naming them are refused with 422.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -125,6 +134,53 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The sources a request may name: every one but those of channels the server runs.
+    pub const CLIENT_CLAIMABLE: [Source; 6] = [
+        Source::Desktop,
+        Source::Tray,
+        Source::Button,
+        Source::Cli,
+        Source::Web,
+        Source::Api,
+    ];
+
+    /// Whether a client request may record this source (see the type's documentation).
+    pub fn client_may_claim(self) -> bool {
+        Self::CLIENT_CLAIMABLE.contains(&self)
+    }
+}
+
+/// Reads a request's `source`, refusing the ones only the server itself may record.
+fn claimed_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Source>, D::Error> {
+    let source = Option::<Source>::deserialize(d)?;
+    match source {
+        Some(s) if !s.client_may_claim() => Err(serde::de::Error::custom(format!(
+            "source {:?} is recorded only by the control plane itself; a request may name {}",
+            s.as_str(),
+            Source::CLIENT_CLAIMABLE.map(Source::as_str).join(", ")
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// The OpenAPI schema of a request's `source`: the claimable values only.
+fn claimed_source_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let values = Source::CLIENT_CLAIMABLE
+        .iter()
+        .map(|s| serde_json::Value::from(s.as_str()))
+        .chain([serde_json::Value::Null]);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(values))
+        .description(Some(
+            "Where the request comes from (default `api`). `slack` and `system` are recorded \
+             only by the control plane itself and are refused here (422).",
+        ))
+        .build()
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -173,13 +229,24 @@ pub struct SwitchList {
 #[serde(deny_unknown_fields)]
 pub struct SetStateRequest {
     pub state: SwitchState,
+    /// Why (at most 1000 characters), shown to everyone and kept in the audit log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
     /// Defaults to `api`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "claimed_source"
+    )]
+    #[schema(schema_with = claimed_source_schema)]
     pub source: Option<Source>,
     /// When given, the change is refused with 409 unless the switch is at this version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "ints::opt_u64"
+    )]
     pub expected_version: Option<u64>,
     /// With `running`: release gradually instead of all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,10 +257,17 @@ pub struct SetStateRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSwitchRequest {
+    #[schema(min_length = 1, max_length = 63, pattern = "^[a-z0-9][a-z0-9_-]*$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub description: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "claimed_source"
+    )]
+    #[schema(schema_with = claimed_source_schema)]
     pub source: Option<Source>,
 }
 
@@ -201,8 +275,14 @@ pub struct CreateSwitchRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSwitchRequest {
+    #[schema(max_length = 500)]
     pub description: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "claimed_source"
+    )]
+    #[schema(schema_with = claimed_source_schema)]
     pub source: Option<Source>,
 }
 
@@ -320,6 +400,7 @@ impl std::fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_.@-]*$")]
     pub name: String,
     pub role: Role,
     /// After this instant the token is refused (`token_expired`). None: no expiry.
@@ -336,10 +417,26 @@ pub struct CreateTokenRequest {
 #[serde(deny_unknown_fields)]
 pub struct TokenScope {
     /// The switches the token may see and change (its role still applies).
+    #[schema(schema_with = scope_switches_schema)]
     pub switches: Vec<String>,
     /// Only pausing: resuming is refused (`out_of_scope`).
     #[serde(default)]
     pub pause_only: bool,
+}
+
+/// At least one switch name, each following the switch name rules.
+fn scope_switches_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(63))
+                .pattern(Some("^[a-z0-9][a-z0-9_-]*$")),
+        )
+        .min_items(Some(1))
+        .build()
 }
 
 impl TokenScope {
@@ -353,7 +450,8 @@ impl TokenScope {
 #[serde(deny_unknown_fields)]
 pub struct RotateTokenRequest {
     /// How long the old secret keeps working, in seconds (0: not at all). Default one hour.
-    #[serde(default = "default_grace_secs")]
+    #[serde(default = "default_grace_secs", deserialize_with = "ints::u64")]
+    #[schema(maximum = 604800)]
     pub grace_secs: u64,
 }
 

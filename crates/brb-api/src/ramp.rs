@@ -20,16 +20,42 @@ pub const MAX_RAMP_STEPS: usize = 20;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RampShape {
     /// From `from` (e.g. 0.05) straight up to 1.0 at the end.
-    Linear { from: f64 },
+    Linear {
+        #[schema(exclusive_minimum = 0, maximum = 1)]
+        from: f64,
+    },
     /// Holds each fraction for an equal share of the duration; the last one is reached at the
     /// end (e.g. `[0.1, 0.25, 0.5, 1.0]` over 9 minutes: 10% at 0, 25% at 3 min, 50% at 6 min,
     /// 100% at 9 min).
-    Steps { fractions: Vec<f64> },
+    Steps {
+        /// 2 to 20 fractions in (0, 1], none smaller than the one before.
+        #[schema(schema_with = step_fractions_schema)]
+        fractions: Vec<f64>,
+    },
+}
+
+/// 2 to 20 fractions, each in (0, 1]. That they must not decrease is not expressible here; the
+/// server says so with 422.
+fn step_fractions_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0.0))
+                .maximum(Some(1.0)),
+        )
+        .min_items(Some(2))
+        .max_items(Some(MAX_RAMP_STEPS))
+        .build()
 }
 
 /// What a resume request asks for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RampSpec {
+    /// 1 to 86400 (a day).
+    #[schema(minimum = 1, maximum = 86400)]
+    #[serde(deserialize_with = "crate::ints::u64")]
     pub duration_secs: u64,
     #[serde(flatten)]
     pub shape: RampShape,

@@ -23,21 +23,49 @@ pub enum SampleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sample {
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9_:.-]+$")]
     pub name: String,
     pub value: f64,
     #[serde(default)]
     pub kind: SampleKind,
+    /// At most 8; names like series names (at most 64 characters), values at most 128
+    /// printable characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
     /// Unix time in seconds (fractions allowed); default: when the server receives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<f64>,
 }
 
+fn labels_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64))
+                .pattern(Some("^[A-Za-z0-9_:.-]+$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(128))
+                .pattern(Some("^[^\\u0000-\\u001f\\u007f-\\u009f]*$"))
+                .into(),
+        )))
+        .max_properties(Some(8))
+        .build()
+}
+
 /// `POST /api/v1/metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleBatch {
+    /// At most 1000 per request.
+    #[schema(max_items = 1000)]
     pub samples: Vec<Sample>,
 }
 

@@ -37,12 +37,21 @@ impl WorkerStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerReport {
+    /// 1 to 128 characters, none of them control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub worker_id: String,
     pub switch: String,
     /// The switch version the worker acts on.
+    #[serde(deserialize_with = "crate::ints::u64")]
     pub observed_version: u64,
     pub status: WorkerStatus,
+    #[serde(deserialize_with = "crate::ints::u32")]
     pub in_flight: u32,
+    #[serde(deserialize_with = "crate::ints::u64")]
     pub processed_total: u64,
 }
 
@@ -92,7 +101,8 @@ pub struct WorkerCounts {
     pub current: Option<ChangeAck>,
     /// Recent changes, newest first.
     pub changes: Vec<ChangeAck>,
-    /// Every known worker (only in the HTTP answer, not in SSE events).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Every known worker, `[]` when none is. Always empty in `workers` SSE events: they carry
+    /// the counts only, and `GET /api/v1/switches/{name}/workers` has the list.
+    #[serde(default)]
     pub workers: Vec<WorkerInfo>,
 }

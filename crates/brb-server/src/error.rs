@@ -159,3 +159,174 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The bytes of a complete JSON error answer written straight to a connection, for the few
+/// errors answered before any request reaches the router (a request head that cannot be read),
+/// after which the connection closes.
+pub(crate) fn raw_error_response(code: ErrorCode, message: &str, date: Option<&[u8]>) -> Vec<u8> {
+    let body = serde_json::to_vec(&ApiErrorBody::new(code, message)).unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"cannot encode an error"}}"#.to_vec()
+    });
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut out = Vec::with_capacity(192 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(b"connection: close\r\n");
+    if let Some(d) = date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(d);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The JSON answer to put in place of `head` when `head` is one of hyper's own answers to a
+/// request head it could not parse: status 400, 414 or 431 with an empty body and no
+/// `content-type`. Every answer of the router carries a `content-type`, so none is mistaken
+/// for one of these.
+fn replace_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    if !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 4];
+    let mut res = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(len) = res.parse(head).ok()? else {
+        return None;
+    };
+    if len != head.len() {
+        return None;
+    }
+    let (code, message) = match res.code? {
+        400 => (
+            ErrorCode::BadRequest,
+            "the request head cannot be parsed (request line or a header is malformed)",
+        ),
+        414 => (ErrorCode::UriTooLong, "the request target is too long"),
+        431 => (
+            ErrorCode::HeaderTooLarge,
+            "the request head (request line and headers) is larger than this server accepts",
+        ),
+        _ => return None,
+    };
+    let mut date = None;
+    let mut empty = false;
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            empty = h.value == b"0";
+        } else if h.name.eq_ignore_ascii_case("date") {
+            date = Some(h.value);
+        } else if !h.name.eq_ignore_ascii_case("connection") {
+            return None;
+        }
+    }
+    empty.then(|| raw_error_response(code, message, date))
+}
+
+/// A connection as hyper sees it, with hyper's own answers to unreadable request heads (empty
+/// 400, 414 and 431, which never reach the router) rewritten into JSON errors like every
+/// other, so that clients can rely on `{"error": {"code", "message"}}` whatever went wrong.
+/// hyper writes such an answer as one head-only write and then closes the connection, so the
+/// rewrite only ever replaces a whole write.
+pub(crate) struct JsonHeadErrors<IO> {
+    inner: IO,
+    /// A replacement being written, and the length of the write it stands for.
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<IO> JsonHeadErrors<IO> {
+    pub(crate) fn new(inner: IO) -> Self {
+        JsonHeadErrors {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> JsonHeadErrors<IO> {
+    /// Writes the pending replacement; done when it is all out, answering for the write it
+    /// replaced.
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        while let Some((bytes, written, replaces)) = self.pending.as_mut() {
+            if *written == bytes.len() {
+                let n = *replaces;
+                self.pending = None;
+                return Poll::Ready(Ok(n));
+            }
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonHeadErrors<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonHeadErrors<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.pending.is_none() {
+            match replace_parse_error(buf) {
+                Some(json) => self.pending = Some((json, 0, buf.len())),
+                None => return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf),
+            }
+        }
+        self.poll_pending(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.pending.is_none() {
+            let first = bufs.iter().find(|b| !b.is_empty());
+            match first.and_then(|b| replace_parse_error(b).map(|j| (j, b.len()))) {
+                Some((json, len)) => self.pending = Some((json, 0, len)),
+                None => return std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            }
+        }
+        self.poll_pending(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

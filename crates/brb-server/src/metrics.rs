@@ -1,12 +1,40 @@
 //! Prometheus text exposition, hand-rolled: a few counters, gauges and one latency histogram do
 //! not justify a metrics framework, and atomics keep the request path free of locks except for
 //! the per-route histogram map (read-mostly).
+//!
+//! `/metrics` answers without a token, so nothing a client sends may become a label value: the
+//! request histogram is labelled by the method (the standard ones by name, any other as
+//! `other`), the matched route *template* (`unmatched` when no route matched) and the status
+//! the server chose. Its size is then fixed by the router, whatever arrives.
+//!
+//! The per-switch gauges (`brb_switch_*`) are computed at scrape time from the hub's image and
+//! the workers' reports ([`render`]), so they are never older than the scrape and cost nothing
+//! between scrapes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use brb_api::{Switch, SwitchState, WorkerCounts};
+use chrono::{DateTime, Utc};
+
+/// The methods counted under their own name; any other is counted as `other`.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// The route label of a request no route matched (unknown paths, probes, junk).
+pub const UNMATCHED: &str = "unmatched";
+
+fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -26,7 +54,7 @@ pub struct Metrics {
     sse_watchers: AtomicI64,
     long_polls: AtomicI64,
     auth_failures: AtomicU64,
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    requests: Mutex<BTreeMap<(&'static str, String, u16), Histogram>>,
 }
 
 /// Decrements its gauge when the watcher goes away, however it goes.
@@ -76,12 +104,17 @@ impl Metrics {
         self.sse_watchers.load(Ordering::Relaxed)
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+    /// Counts one answered request. `route` is the matched route's template (`None`: no route
+    /// matched); `method` is whatever the client sent, reduced to a fixed set here.
+    pub fn observe_request(&self, method: &str, route: Option<&str>, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
+        let key = (
+            method_label(method),
+            route.unwrap_or(UNMATCHED).to_string(),
+            status,
+        );
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let h = m
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default();
+        let h = m.entry(key).or_default();
         h.count += 1;
         h.sum += secs;
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -172,6 +205,92 @@ impl Metrics {
     }
 }
 
+/// The whole exposition: the process's counters, then every switch's gauges, computed now.
+pub fn render(state: &crate::AppState) -> String {
+    let mut out = state.metrics().render();
+    let rows: Vec<(std::sync::Arc<Switch>, WorkerCounts)> = state
+        .hub()
+        .list()
+        .into_iter()
+        .map(|s| {
+            let c = state.workers().counts(&s, false);
+            (s, c)
+        })
+        .collect();
+    render_switches(&mut out, &rows, Utc::now());
+    out
+}
+
+/// Per-switch gauges, for alerts such as "paused for more than an hour" or "workers not
+/// acknowledging".
+fn render_switches(
+    out: &mut String,
+    rows: &[(std::sync::Arc<Switch>, WorkerCounts)],
+    now: DateTime<Utc>,
+) {
+    let gauge = |out: &mut String,
+                 name: &str,
+                 help: &str,
+                 value: &dyn Fn(&Switch, &WorkerCounts) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (s, c) in rows {
+            let _ = writeln!(
+                out,
+                "{name}{{switch=\"{}\"}} {}",
+                escape(&s.name),
+                value(s, c)
+            );
+        }
+    };
+    gauge(
+        out,
+        "brb_switch_paused",
+        "1 while the switch is paused, else 0.",
+        &|s, _| f64::from(u8::from(s.state == SwitchState::Paused)),
+    );
+    gauge(
+        out,
+        "brb_switch_version",
+        "The switch's version: one more with every change.",
+        &|s, _| s.version as f64,
+    );
+    gauge(
+        out,
+        "brb_switch_state_since_seconds",
+        "Unix time of the switch's last change of state (or of its creation).",
+        &|s, _| s.changed_at.timestamp_millis() as f64 / 1000.0,
+    );
+    gauge(
+        out,
+        "brb_switch_ramp_fraction",
+        "Fraction of normal work the switch admits now: 0 paused, 1 running, between while a release ramps up.",
+        &|s, _| s.admitted_fraction(now),
+    );
+    gauge(
+        out,
+        "brb_switch_workers_acknowledged",
+        "Live (not stale) workers that have acted on the switch's current version.",
+        &|_, c| f64::from(c.current.as_ref().map_or(0, |a| a.acknowledged)),
+    );
+    out.push_str("# HELP brb_switch_workers Workers reporting on the switch, by what they do (stale: silent too long).\n");
+    out.push_str("# TYPE brb_switch_workers gauge\n");
+    for (s, c) in rows {
+        for (status, n) in [
+            ("running", c.running),
+            ("draining", c.draining),
+            ("paused", c.paused),
+            ("stale", c.stale),
+        ] {
+            let _ = writeln!(
+                out,
+                "brb_switch_workers{{switch=\"{}\",status=\"{status}\"}} {n}",
+                escape(&s.name)
+            );
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -188,7 +307,12 @@ mod tests {
         m.toggle("workers", brb_api::SwitchState::Paused);
         m.toggle("workers", brb_api::SwitchState::Paused);
         let _g = m.sse_watcher();
-        m.observe_request("GET", "/api/v1/switches", 200, Duration::from_micros(800));
+        m.observe_request(
+            "GET",
+            Some("/api/v1/switches"),
+            200,
+            Duration::from_micros(800),
+        );
         let text = m.render();
         assert!(text.contains("brb_toggles_total{switch=\"workers\",to=\"paused\"} 2"));
         assert!(text.contains("brb_watchers{kind=\"sse\"} 1"));

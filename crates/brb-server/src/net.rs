@@ -185,17 +185,31 @@ impl Conn {
             Err(_) => return,
             // Closed or failed before a head: nothing to answer.
             Ok(Err(_)) => return,
-            Ok(Ok(complete)) => {
-                if complete && let Some(req) = direct_request(&buf) {
+            // The head passed the cap: the same JSON error as every other, then close. (Not
+            // hyper's: it would read on up to its own, larger minimum buffer.)
+            Ok(Ok(false)) => {
+                let msg = format!("the request head is larger than {limit} bytes");
+                let res = crate::error::raw_error_response(
+                    brb_api::ErrorCode::HeaderTooLarge,
+                    &msg,
+                    None,
+                );
+                if io.write_all(&res).await.is_ok() {
+                    let _ = io.shutdown().await;
+                }
+                return;
+            }
+            Ok(Ok(true)) => {
+                if let Some(req) = direct_request(&buf) {
                     return self.serve_direct(io, req, cert).await;
                 }
             }
         }
-        // Hyper, with what was read put back in front.
-        let io = Rewind {
+        // Hyper, with what was read put back in front, its own bare error answers made JSON.
+        let io = crate::error::JsonHeadErrors::new(Rewind {
             pre: Some(buf.freeze()),
             inner: io,
-        };
+        });
         let conn = self
             .http
             .serve_connection(TokioIo::new(io), service(self.router, self.peer, cert));
@@ -258,7 +272,7 @@ impl Conn {
 }
 
 /// Reads until `buf` holds a complete request head (true), or `limit` bytes without one
-/// (false: hyper gets it and answers 431). An error when the peer closes before any head.
+/// (false: answered 431). An error when the peer closes before any head.
 async fn read_head<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,

@@ -205,7 +205,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics().render(),
+        crate::metrics::render(&state),
     )
         .into_response()
 }
@@ -259,8 +259,10 @@ pub(crate) async fn list_switches(State(state): State<AppState>, c: Caller) -> J
 #[serde(deny_unknown_fields)]
 pub(crate) struct LongPoll {
     /// Answer as soon as the switch's version is greater than this.
+    #[serde(default, deserialize_with = "brb_api::ints::opt_u64")]
     after_version: Option<u64>,
     /// Seconds to wait for that (default 30, capped by the server's limit).
+    #[serde(default, deserialize_with = "brb_api::ints::opt_u64")]
     wait: Option<u64>,
 }
 
@@ -268,8 +270,10 @@ pub(crate) struct LongPoll {
     params(("name" = String, Path, description = "Switch name"), LongPoll),
     responses(
         (status = 200, body = Switch, description = "The switch (after a change, or at timeout)"),
+        (status = 400, body = brb_api::ApiErrorBody, description = "An unknown or unreadable query parameter"),
         (status = 401, body = brb_api::ApiErrorBody),
-        (status = 404, body = brb_api::ApiErrorBody)),
+        (status = 404, body = brb_api::ApiErrorBody),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`too_many_streams`: the token holds as many event streams and long-polls as it may; or `rate_limited`: too many failed authentications from this address (with `Retry-After`)")),
     security(("bearer" = [])))]
 pub(crate) async fn get_switch(
     State(state): State<AppState>,
@@ -323,6 +327,7 @@ pub(crate) async fn get_switch(
         (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
         (status = 409, body = brb_api::ApiErrorBody, description = "expected_version is stale; carries the current switch"),
         (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many state changes from this token or address, or too many failed authentications from this address (with `Retry-After`)"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
     security(("bearer" = [])))]
 pub(crate) async fn set_state(
@@ -461,6 +466,7 @@ pub(crate) async fn delete_switch(
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     /// Resume after this event id, for clients that cannot send the `Last-Event-ID` header.
+    #[serde(default, deserialize_with = "brb_api::ints::opt_u64")]
     last_event_id: Option<u64>,
 }
 
@@ -489,7 +495,9 @@ fn last_event_id(headers: &HeaderMap, q: &EventsQuery) -> ApiResult<Option<u64>>
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
             description = "`switch` events (data: Switch, id: version), `deleted` when the switch is deleted, a keep-alive comment at least every 15 s"),
-        (status = 401, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody)),
+        (status = 400, body = brb_api::ApiErrorBody, description = "An unknown or unreadable query parameter, or a Last-Event-ID that is not a number"),
+        (status = 401, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`too_many_streams`: the token holds as many event streams as it may; or `rate_limited`: too many failed authentications from this address (with `Retry-After`)")),
     security(("bearer" = [])))]
 pub(crate) async fn switch_events(
     State(state): State<AppState>,
@@ -519,7 +527,9 @@ pub(crate) async fn switch_events(
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
             description = "`switch` and `deleted` events of every switch; id is the global audit id"),
-        (status = 401, body = brb_api::ApiErrorBody)),
+        (status = 400, body = brb_api::ApiErrorBody, description = "An unknown or unreadable query parameter, or a Last-Event-ID that is not a number"),
+        (status = 401, body = brb_api::ApiErrorBody),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`too_many_streams`: the token holds as many event streams as it may; or `rate_limited`: too many failed authentications from this address (with `Retry-After`)")),
     security(("bearer" = [])))]
 pub(crate) async fn all_events(
     State(state): State<AppState>,
@@ -542,8 +552,10 @@ pub(crate) struct AuditParams {
     /// Only this switch's entries.
     switch: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// Only entries older than this id (from `next_before`).
+    #[serde(default, deserialize_with = "brb_api::ints::opt_u64")]
     before: Option<u64>,
 }
 

@@ -160,7 +160,8 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
         s.source
     );
     if let Some(r) = &s.reason {
-        out.push_str(&format!(": {r:?}"));
+        out.push_str(": ");
+        out.push_str(&quoted(r));
     }
     if let Some(r) = s.ramp.as_ref().filter(|r| !r.is_over(now)) {
         out.push_str(&format!(
@@ -170,6 +171,51 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
         ));
     }
     out
+}
+
+/// Text people typed (a reason), in double quotes, as it reads: see [`printable`]. `"` and `\`
+/// are escaped too, so where the text ends stays unambiguous.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => push_printable(&mut out, c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Text from the control plane as text: every script, combining marks (Hindi's vowel signs,
+/// Thai's tone marks), zero-width joiners and emoji sequences print as they are, because
+/// escaping them makes a reason unreadable. Only what would act on the terminal instead of
+/// being read is escaped, as `\u{..}`: control characters (ESC starts terminal escape
+/// sequences; CR and LF would forge lines of output), the bidirectional embeddings, overrides
+/// and isolates (U+202A–U+202E, U+2066–U+2069: they reorder the rest of the line, so a line
+/// could show other words than it holds), and the line and paragraph separators. The
+/// directional marks (U+200E, U+200F, U+061C) stay: right-to-left text needs them and they
+/// reorder nothing beyond themselves.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        push_printable(&mut out, c);
+    }
+    out
+}
+
+fn push_printable(out: &mut String, c: char) {
+    let dangerous = c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if dangerous => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        c => out.push(c),
+    }
 }
 
 pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
@@ -294,7 +340,7 @@ async fn wait_for_proof(client: &Client, s: &Switch, timeout: Duration, json: bo
                     .map(|w| {
                         format!(
                             "{} ({}, v{})",
-                            w.worker_id,
+                            printable(&w.worker_id),
                             w.status.as_str(),
                             w.observed_version
                         )
@@ -411,7 +457,7 @@ pub async fn audit(
                 .unwrap_or_default(),
             e.reason
                 .as_deref()
-                .map(|r| format!(": {r:?}"))
+                .map(|r| format!(": {}", quoted(r)))
                 .unwrap_or_default(),
         );
     }
@@ -569,5 +615,31 @@ mod tests {
         assert_eq!(ago(now - chrono::Duration::minutes(45), now), "45m ago");
         assert_eq!(ago(now - chrono::Duration::minutes(90), now), "1h30m ago");
         assert_eq!(ago(now + chrono::Duration::seconds(5), now), "0s ago");
+    }
+
+    #[test]
+    fn text_prints_as_text_and_only_terminal_controls_are_escaped() {
+        // Hindi (vowel signs and a virama), Thai (tone marks), an emoji ZWJ sequence and an
+        // RTL word with its mark: all as typed.
+        for s in [
+            "डेटाबेस पर बहुत ज़्यादा लोड है",
+            "ฐานข้อมูลทำงานหนักเกินไป",
+            "👩\u{200d}💻 on it, 👨\u{200d}👩\u{200d}👧",
+            "עומס\u{200f} db",
+        ] {
+            assert_eq!(printable(s), s);
+            assert_eq!(quoted(s), format!("\"{s}\""));
+        }
+        assert_eq!(
+            quoted("a\u{1b}[2Jb\nc\"d\\e\u{7f}"),
+            r#""a\u{1b}[2Jb\nc\"d\\e\u{7f}""#
+        );
+        // Bidi overrides and isolates would reorder what follows them on the line.
+        assert_eq!(
+            printable("ok \u{202e}gnp.exe\u{2066}x\u{2069}\u{2028}"),
+            r"ok \u{202e}gnp.exe\u{2066}x\u{2069}\u{2028}"
+        );
+        // C1 controls too (NEL).
+        assert_eq!(printable("a\u{85}b"), r"a\u{85}b");
     }
 }

@@ -1,0 +1,317 @@
+//! What the API promises its clients, against the real `brb server`: sources a token cannot
+//! claim, errors that are JSON whatever went wrong (even before a request reaches a handler),
+//! and answers that always have the keys the README lists.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use brb_e2e::ServerProc;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(server: &ServerProc) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1", server.url),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+}
+
+/// A token names where its change comes from, but not a channel the server runs itself.
+#[tokio::test]
+async fn a_token_cannot_claim_the_servers_own_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token();
+    let (s, tok) = api
+        .call(
+            "POST",
+            "/tokens",
+            &admin,
+            Some(json!({"name": "ci-bot", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{tok}");
+    let op = tok["secret"].as_str().unwrap().to_string();
+    let (_, before) = api.call("GET", "/switches/workers", &op, None).await;
+    let (_, audit_before) = api.call("GET", "/audit", &admin, None).await;
+
+    for source in ["slack", "system"] {
+        let (s, b) = api
+            .call(
+                "PUT",
+                "/switches/workers/state",
+                &op,
+                Some(json!({"state": "paused", "reason": "spoof", "source": source})),
+            )
+            .await;
+        assert_eq!(s, 422, "{source}: {b}");
+        assert_eq!(b["error"]["code"], "invalid_value", "{b}");
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("source \"{source}\"")) && msg.contains("control plane itself"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("desktop, tray, button, cli, web, api"),
+            "{msg}"
+        );
+        // Admin requests that carry a source are held to the same rule.
+        let (s, b) = api
+            .call(
+                "POST",
+                "/switches",
+                &admin,
+                Some(json!({"name": "spoofed", "source": source})),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+        let (s, b) = api
+            .call(
+                "PATCH",
+                "/switches/workers",
+                &admin,
+                Some(json!({"description": "x", "source": source})),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+    }
+    // Nothing changed, nothing was recorded.
+    let (_, after) = api.call("GET", "/switches/workers", &op, None).await;
+    assert_eq!(after, before);
+    let (_, audit_after) = api.call("GET", "/audit", &admin, None).await;
+    assert_eq!(audit_after, audit_before);
+
+    // The clients' own names are accepted and recorded with the token's name next to them.
+    for (i, source) in ["button", "cli", "desktop", "tray", "web", "api"]
+        .iter()
+        .enumerate()
+    {
+        let state = if i % 2 == 0 { "paused" } else { "running" };
+        let (s, b) = api
+            .call(
+                "PUT",
+                "/switches/workers/state",
+                &op,
+                Some(json!({"state": state, "source": source})),
+            )
+            .await;
+        assert_eq!(s, 200, "{source}: {b}");
+        assert_eq!(b["source"], *source);
+        assert_eq!(b["changed_by"], "ci-bot");
+    }
+    let (_, audit) = api.call("GET", "/audit?limit=1", &admin, None).await;
+    assert_eq!(audit["entries"][0]["source"], "api");
+    assert_eq!(audit["entries"][0]["actor"], "ci-bot");
+}
+
+/// `GET /switches/{name}/workers` has `workers` even when no worker ever reported.
+#[tokio::test]
+async fn the_workers_answer_always_lists_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token();
+    let (s, b) = api
+        .call("GET", "/switches/workers/workers", &admin, None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["workers"], json!([]), "{b}");
+    assert_eq!(b["total"], 0);
+    let (s, _) = api
+        .call(
+            "POST",
+            "/workers/report",
+            &admin,
+            Some(
+                json!({"worker_id": "w1", "switch": "workers", "observed_version": 1,
+                "status": "running", "in_flight": 0, "processed_total": 0}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, b) = api
+        .call("GET", "/switches/workers/workers", &admin, None)
+        .await;
+    assert_eq!(b["workers"][0]["worker_id"], "w1", "{b}");
+}
+
+/// Sends `bytes` on a fresh connection (or `conn`) and reads one whole answer.
+async fn exchange(conn: &mut tokio::net::TcpStream, bytes: &[u8]) -> (u16, String, String) {
+    // The server may answer (and close) before it has read all of an oversized head.
+    let _ = conn.write_all(bytes).await;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status, head, body);
+            }
+        }
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+}
+
+fn assert_json_error(status: u16, head: &str, body: &str, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{head}\n\n{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["error"]["code"], want_code, "{body}");
+    assert!(
+        !v["error"]["message"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
+}
+
+/// A request head too large (431) or unreadable (400) gets the same JSON error body as every
+/// other error: on a connection's first request, which the server reads itself, and on a later
+/// one, which hyper reads.
+#[tokio::test]
+async fn unreadable_request_heads_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let big = format!(
+        "GET /api/v1/switches HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n",
+        "y".repeat(40 * 1024)
+    );
+
+    // First request of a connection.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (s, head, body) = exchange(&mut c, big.as_bytes()).await;
+    assert_json_error(s, &head, &body, 431, "header_too_large");
+    assert!(body.contains("8192 bytes"), "{body}");
+    // An event-stream request too (those are otherwise answered without hyper).
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let big_stream = big.replace("/api/v1/switches", "/api/v1/events");
+    let (s, head, body) = exchange(&mut c, big_stream.as_bytes()).await;
+    assert_json_error(s, &head, &body, 431, "header_too_large");
+
+    // A later request on a kept-alive connection.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (s, _, _) = exchange(&mut c, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(s, 200);
+    let (s, head, body) = exchange(&mut c, big.as_bytes()).await;
+    assert_json_error(s, &head, &body, 431, "header_too_large");
+
+    // Heads that do not parse, first and later.
+    let bad = b"GET /healthz HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n";
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (s, head, body) = exchange(&mut c, bad).await;
+    assert_json_error(s, &head, &body, 400, "bad_request");
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (s, _, _) = exchange(&mut c, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(s, 200);
+    let (s, head, body) = exchange(&mut c, bad).await;
+    assert_json_error(s, &head, &body, 400, "bad_request");
+
+    // A well-formed request on a kept-alive connection is still answered as before.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for _ in 0..3 {
+        let (s, head, body) =
+            exchange(&mut c, b"GET /api/v1/switches HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert_json_error(s, &head, &body, 401, "unauthorized");
+    }
+}
+
+/// Integers are read as the OpenAPI document states them: `int64` with minimum 0, where JSON
+/// Schema counts `2.0` as an integer.
+#[tokio::test]
+async fn integers_follow_the_documented_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token();
+    let (s, b) = api
+        .call(
+            "GET",
+            "/switches/workers?after_version=9223372036854775808",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{b}"
+    );
+    let (s, b) = api
+        .call(
+            "GET",
+            "/switches/workers?after_version=9223372036854775807&wait=0",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = api
+        .call("GET", "/audit?before=9223372036854775808", &admin, None)
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = api
+        .call(
+            "PUT",
+            "/switches/workers/state",
+            &admin,
+            Some(json!({"state": "paused", "expected_version": 1.5})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (422, &json!("invalid_value")),
+        "{b}"
+    );
+    let (s, b) = api
+        .call(
+            "PUT",
+            "/switches/workers/state",
+            &admin,
+            Some(json!({"state": "paused", "expected_version": 1.0})),
+        )
+        .await;
+    assert_eq!((s, &b["version"]), (200, &json!(2)), "{b}");
+}
