@@ -165,3 +165,191 @@ fn button_listener_is_a_client_not_a_server() {
         &["brb-server", "brb-store", "brb-demo", "axum", "rusqlite"],
     );
 }
+
+/// Every package of the workspace, by name.
+fn members() -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn only_the_binary_and_the_end_to_end_tests_join_server_and_client() {
+    let ms = members();
+    assert!(ms.len() >= 14, "{ms:?}");
+    for m in &ms {
+        let d = deps(m);
+        let both = d.iter().any(|n| n == "brb-server") && d.iter().any(|n| n == "brb-client");
+        assert!(
+            !both || m == "brb" || m == "brb-e2e",
+            "{m} depends on both the server and the client SDK"
+        );
+    }
+}
+
+#[test]
+fn no_crate_but_the_app_uses_tauri() {
+    for m in members() {
+        if m == "brb-desktop-app" {
+            continue;
+        }
+        assert_none(&m, &["tauri", "wry", "webkit2gtk"]);
+    }
+}
+
+/// The packages `krate` names in its own `[dependencies]` (depth 1 of `cargo tree`).
+fn direct_deps(krate: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--depth",
+            "1",
+            "--prefix",
+            "none",
+            "-f",
+            "{p}",
+            "-p",
+            krate,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_desktop_app_talks_to_the_control_plane_only_through_the_client_sdk() {
+    for krate in ["brb-desktop-app", "brb-desktop"] {
+        let direct = direct_deps(krate);
+        assert!(
+            direct.iter().any(|d| d == "brb-client"),
+            "{krate}: {direct:?}"
+        );
+        for f in [
+            "reqwest",
+            "hyper",
+            "hyper-util",
+            "ureq",
+            "brb-server",
+            "brb-store",
+        ] {
+            assert!(
+                !direct.iter().any(|d| d == f),
+                "{krate} must reach the control plane through brb-client, not {f}"
+            );
+        }
+    }
+}
+
+/// The part of a Rust file before its `#[cfg(test)]` module.
+fn non_test_source(path: &str) -> String {
+    let src = std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let code = match src.find("#[cfg(test)]") {
+        Some(i) => &src[..i],
+        None => &src[..],
+    };
+    // Comments may name what the code does not use.
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_stream_core_and_the_store_rules_do_no_io_and_read_no_clock() {
+    // Their rules are tested with a fake clock and no sockets or database: that holds only
+    // while they take the time and every answer from outside as arguments.
+    for path in [
+        "crates/brb-server/src/subscription.rs",
+        "crates/brb-store/src/rules.rs",
+        "crates/brb-store/src/migrations.rs",
+    ] {
+        let src = non_test_source(path);
+        for f in [
+            "tokio",
+            "std::net",
+            "std::fs",
+            "std::io",
+            "rusqlite",
+            "tokio_postgres",
+            "reqwest",
+            "hyper",
+            "axum",
+            "Instant::now",
+            "Utc::now",
+            "SystemTime",
+        ] {
+            assert!(!src.contains(f), "{path} must not use {f}");
+        }
+    }
+}
+
+#[test]
+fn ui_components_never_call_the_backend_directly() {
+    // Only the two Backend implementations reach the network or the desktop shell, so the UI
+    // cannot tell where it runs.
+    let dir = format!("{}/../ui/src", env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".ts") || name == "http-backend.ts" || name == "tauri-backend.ts" {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        // Comments may name what the code does not use.
+        let src: String = src
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//") && !l.trim_start().starts_with('*'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for f in [
+            "fetch(",
+            "invoke(",
+            "new EventSource",
+            "@tauri-apps/api",
+            "XMLHttpRequest",
+            "WebSocket",
+        ] {
+            assert!(
+                !src.contains(f),
+                "ui/src/{name} uses {f}: only the Backend implementations may"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} UI files found in {dir}");
+}
