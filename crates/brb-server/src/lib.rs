@@ -80,7 +80,7 @@ struct Inner {
     /// The same as a plain flag: every event stream checks it on every wake-up, and the watch
     /// channel's read lock, shared by ten thousand streams, is a contended cache line.
     shutting_down: std::sync::atomic::AtomicBool,
-    /// The writer thread for plain-TCP switch streams, started with the first one.
+    /// The fan-out writer threads for plain-TCP switch streams, started with the first stream.
     fanout: std::sync::OnceLock<Option<fanout::Fanout>>,
     /// The store's change feed when several replicas share it (PostgreSQL); taken by the
     /// propagation task. `None` for SQLite, where this process makes every change.
@@ -346,7 +346,7 @@ impl AppState {
         self.hub().wake_all();
     }
 
-    /// The fan-out writer (`fanout.rs`), started on first use; `None` if its thread could not
+    /// The fan-out writer threads (`fanout.rs`), started on first use; `None` if they could not
     /// be started (streams then keep a task each, as over TLS).
     pub(crate) fn fanout(&self) -> Option<&fanout::Fanout> {
         self.inner
@@ -354,7 +354,7 @@ impl AppState {
             .get_or_init(|| match fanout::Fanout::start(&self.inner.hub) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start the fan-out writer thread");
+                    tracing::error!(error = %e, "cannot start the fan-out writer threads");
                     None
                 }
             })
