@@ -381,7 +381,70 @@ pub fn actor(caller: &Caller, source: Option<Source>) -> Actor {
 pub fn app(state: AppState) -> axum::Router {
     routes::router(state.clone())
         .layer(axum::middleware::from_fn_with_state(state, track))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+}
+
+/// Marks an answer `connection: close` when its request's body was not read to the end (a
+/// 401 before the body was looked at, a 413 for a body too large). Hyper will not read a body
+/// nobody wanted, so it closes the connection after such an answer; without saying so, a
+/// client that reuses the connection writes its next request into a closed socket (a broken
+/// pipe, and a lost request, on the client's side).
+async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    use axum::http::header;
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return next.run(req).await;
+    }
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|b| {
+        axum::body::Body::new(ReadToEnd {
+            inner: b,
+            read: Arc::clone(&read),
+        })
+    });
+    let mut res = next.run(req).await;
+    if !read.load(std::sync::atomic::Ordering::Acquire) {
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
+}
+
+/// A request body that notes when it was read to its end.
+struct ReadToEnd {
+    inner: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl axum::body::HttpBody for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = r {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

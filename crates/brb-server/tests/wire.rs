@@ -193,3 +193,60 @@ async fn a_client_that_sends_more_or_hangs_up_frees_its_stream() {
         }
     }
 }
+
+/// An answer given without reading the request's body (401 before the body was looked at,
+/// 413 for one too large) says `connection: close` and closes: hyper will not read a body
+/// nobody wanted, and a client that reused the connection would write its next request into
+/// a closed socket. An answer after the body was read keeps the connection for the next one.
+#[tokio::test]
+async fn an_answer_that_left_the_body_unread_closes_the_connection_and_says_so() {
+    let s = TestServer::start().await;
+    let put = |token: &str, body: &str| {
+        format!(
+            "PUT /api/v1/switches/workers/state HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let big = format!(
+        "{{\"state\":\"paused\",\"reason\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    for (req, status) in [
+        (put("brb_nope_nope", r#"{"state":"paused"}"#), "401"),
+        (put(&s.admin, &big), "413"),
+    ] {
+        let mut sock = connect(&s).await;
+        // The answer may come before the whole body is sent; a write error then is fine.
+        let _ = sock.write_all(req.as_bytes()).await;
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut all))
+            .await
+            .expect("the server closes the connection after the answer");
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{text:.300}"
+        );
+        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.contains("connection: close"), "{head}");
+    }
+    // Read to the end: the connection stays for the next request.
+    let mut sock = connect(&s).await;
+    let mut seen = Vec::new();
+    sock.write_all(put(&s.admin, r#"{"state":"paused"}"#).as_bytes())
+        .await
+        .unwrap();
+    let first = read_until(&mut sock, &mut seen, "\"state\":\"paused\"").await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    seen.clear();
+    sock.write_all(put(&s.admin, r#"{"state":"running"}"#).as_bytes())
+        .await
+        .unwrap();
+    let second = read_until(&mut sock, &mut seen, "\"state\":\"running\"").await;
+    assert!(second.starts_with("HTTP/1.1 200 "), "{second}");
+}
