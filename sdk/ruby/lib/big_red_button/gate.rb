@@ -1,0 +1,791 @@
+# frozen_string_literal: true
+
+require "json"
+require "logger"
+require "securerandom"
+require "socket"
+
+module BigRedButton
+  # A gate on one switch: what a background worker checks before taking a job.
+  #
+  # A background thread holds the switch's event stream open (SSE, or long-poll when SSE cannot
+  # be held) and writes what it learns into the gate; #open? reads one instance variable, so it
+  # can be called before every job at no cost. #job is the fuller form: it waits while the
+  # switch is closed, counts the job as in flight (so the gate reports `draining` while jobs
+  # started before a pause finish), and applies a release ramp by duty cycle: at an admitted
+  # fraction f each job slot rests `job time × (1 − f) / f` after a job, so the worker does f
+  # of its normal work whatever its job length.
+  #
+  # When the control plane cannot be reached the gate keeps the last known state
+  # (:keep_last_known, the default: an outage never silently undoes a pause), or fails :open or
+  # :closed after a grace period. Reconnects use exponential backoff with full jitter.
+  class Gate
+    POLICIES = %i[keep_last_known open closed].freeze
+    TRANSPORTS = %i[auto sse long_poll].freeze
+    STATUSES = %i[running draining paused].freeze
+    # Failed reconnects retried within `backoff_base` before the bound starts doubling: a
+    # restarting control plane is usually back within it.
+    FLAT_ATTEMPTS = 2
+    # Consecutive SSE failures before :auto falls back to long-poll, and for how long.
+    SSE_FAILURES_BEFORE_FALLBACK = 3
+    LONG_POLL_SPELL = 300
+    LONG_POLL_WAIT = 25
+    # How often the failure policy is re-evaluated while disconnected (grace runs out alone).
+    POLICY_TICK = 0.25
+    BUSY = Float::INFINITY
+
+    # What a stream or long-poll attempt came to.
+    Outcome = Struct.new(:heard, :refused, :wait, keyword_init: true)
+
+    attr_reader :switch, :worker_id, :policy, :transport, :max_concurrency
+
+    # Every setting but `switch` has a default. Durations are in seconds.
+    #
+    # urls::              replica base URLs (Array or comma-separated String); default BRB_URL,
+    #                     else http://127.0.0.1:7070
+    # token::             bearer token; else token_file:, else BRB_TOKEN, else BRB_TOKEN_FILE
+    # policy::            :keep_last_known (default), :open or :closed (after `grace`)
+    # transport::         :auto (SSE, long-poll when SSE keeps failing), :sse, :long_poll
+    # ca_file::           private CA bundle (PEM); default BRB_CA_FILE
+    # client_cert/key::   client certificate for mutual TLS; default BRB_CLIENT_CERT/KEY
+    # auth_retry::        how long to wait after a 401/403 before asking again
+    # reports::           report to the control plane (on every change and every interval)
+    # samples::           send a `sdk_jobs_processed` counter sample once a second
+    def initialize(switch: "workers", urls: nil, token: nil, token_file: nil, worker_id: nil,
+                   policy: :keep_last_known, grace: 10, max_concurrency: 1, report_interval: 5,
+                   transport: :auto, backoff_base: 1, backoff_cap: 30, idle_timeout: 45,
+                   auth_retry: 60, ca_file: ENV["BRB_CA_FILE"], client_cert: ENV["BRB_CLIENT_CERT"],
+                   client_key: ENV["BRB_CLIENT_KEY"], allow_insecure_http: false, reports: true,
+                   samples: true, logger: nil)
+      @switch = switch.to_s
+      raise ConfigError, "a switch name is needed" if @switch.empty?
+
+      @policy = symbol(policy, POLICIES, "policy")
+      @transport = symbol(transport, TRANSPORTS, "transport")
+      unless max_concurrency.is_a?(Integer) && max_concurrency >= 1
+        raise ConfigError, "max_concurrency must be an integer of at least 1"
+      end
+
+      @max_concurrency = max_concurrency
+      @grace = seconds(grace, "grace", zero: true)
+      @report_interval = seconds(report_interval, "report_interval")
+      @backoff_base = seconds(backoff_base, "backoff_base")
+      @backoff_cap = [seconds(backoff_cap, "backoff_cap"), @backoff_base].max
+      @idle_timeout = seconds(idle_timeout, "idle_timeout")
+      @auth_retry = seconds(auth_retry, "auth_retry")
+      @worker_id = (worker_id || BigRedButton.default_worker_id).to_s
+      if @worker_id.empty? || @worker_id.size > 128 || @worker_id.match?(/[[:cntrl:]]/)
+        raise ConfigError, "worker_id must be 1 to 128 characters, none of them control characters"
+      end
+
+      @reports = reports
+      @samples = samples
+      @log = logger || BigRedButton.default_logger
+      urls ||= ENV.fetch("BRB_URL", "http://127.0.0.1:7070")
+      urls = urls.split(",") if urls.is_a?(String)
+      @http = Http.new(urls: urls, token: BigRedButton.resolve_token(token, token_file),
+                       ca_file: blank(ca_file), client_cert: blank(client_cert),
+                       client_key: blank(client_key), allow_insecure_http: allow_insecure_http)
+      @path = "/switches/#{BigRedButton.escape(@switch)}"
+
+      @mutex = Mutex.new
+      @changed = ConditionVariable.new # state, version, slots: waiters re-check
+      @wake_keeper = ConditionVariable.new
+      @wake_stream = ConditionVariable.new
+      @open = false
+      @known = nil # :running / :paused once the control plane said
+      @version = 0
+      @ramp = nil
+      @connected = false
+      @last_contact = nil # monotonic
+      @lost_at = now # never connected counts as lost since the start, for the grace
+      @in_flight = 0
+      @processed = 0
+      @slots = Array.new(@max_concurrency, 0.0)
+      @report_now = false
+      @connects = 0
+      @connect_times = []
+      @last_change = nil
+      @last_error = nil
+      @closed = false
+      # Each gate starts at a random replica, so a fleet spreads over them.
+      @base_index = rand(@http.bases.size)
+
+      @stream_thread = Thread.new { guard("event stream") { run_stream } }
+      @stream_thread.name = "brb-stream-#{@switch}"
+      @stream_thread.report_on_exception = false
+      return unless @reports || @samples || @policy != :keep_last_known
+
+      @keeper_thread = Thread.new { guard("reporter") { run_keeper } }
+      @keeper_thread.name = "brb-keeper-#{@switch}"
+      @keeper_thread.report_on_exception = false
+    end
+
+    def inspect
+      "#<#{self.class.name} switch=#{@switch} worker_id=#{@worker_id} open=#{@open} " \
+        "version=#{@version} #{@http.inspect}>"
+    end
+    alias to_s inspect
+
+    # Whether the switch lets work through now. Reads one variable: call it before every job.
+    def open?
+      @open
+    end
+
+    # Waits until the switch lets work through (or `timeout` seconds, or the gate closes).
+    # True when open.
+    def wait_open(timeout: nil)
+      deadline = timeout && now + timeout
+      @mutex.synchronize do
+        until @open || @closed
+          left = deadline && deadline - now
+          return false if left && left <= 0
+
+          @changed.wait(@mutex, left)
+        end
+        @open
+      end
+    end
+
+    # Runs the block as one job once the gate admits it: waits while the switch is closed,
+    # all slots are busy, or the ramp's duty cycle rests the free slots. Returns the block's
+    # value. With `timeout`, raises BigRedButton::NotAdmitted when not admitted in time.
+    def job(timeout: nil)
+      permit = acquire(timeout: timeout)
+      raise NotAdmitted, "not admitted within #{timeout}s" unless permit
+
+      begin
+        yield
+      ensure
+        permit.release
+      end
+    end
+
+    # Runs the block as one job if the gate admits it now; true if it ran, false if not.
+    def try_job
+      permit = try_acquire
+      return false unless permit
+
+      begin
+        yield
+      ensure
+        permit.release
+      end
+      true
+    end
+
+    # Takes a job slot without waiting: a Permit, or nil when closed, all slots are busy or
+    # resting. Release it (Permit#release) when the job is done.
+    def try_acquire
+      @mutex.synchronize { take_slot(now) }
+    end
+
+    # Waits for a job slot (see #job); nil after `timeout` seconds. Raises GateClosed if the
+    # gate is closed meanwhile.
+    def acquire(timeout: nil)
+      deadline = timeout && now + timeout
+      @mutex.synchronize do
+        loop do
+          raise GateClosed, "the gate on #{@switch} is closed" if @closed
+
+          t = now
+          permit = take_slot(t)
+          return permit if permit
+
+          left = deadline && deadline - t
+          return nil if left && left <= 0
+
+          wait = left
+          if @open
+            # Open but no slot yet: until the next slot has rested (or a permit is released).
+            rest = (@slots.min - t).clamp(0.001, 0.25)
+            wait = wait ? [wait, rest].min : rest
+          end
+          @changed.wait(@mutex, wait)
+        end
+      end
+    end
+
+    # The fraction of normal work admitted now: 0 when closed, the ramp's fraction while
+    # ramping, else 1.
+    def admitted_fraction
+      return 0.0 unless @open
+
+      ramp = @ramp
+      ramp && @known == :running ? ramp.fraction_at(Time.now) : 1.0
+    end
+
+    # The switch version this gate acts on (0 before first contact).
+    def version
+      @version
+    end
+
+    def connected?
+      @connected
+    end
+
+    # Whether the control plane was heard from at least once.
+    def ready?
+      !@known.nil?
+    end
+
+    # Waits until the gate has heard from the control plane once (or the timeout).
+    def ready(timeout:)
+      wait_until(timeout) { !@known.nil? }
+    end
+
+    # Waits until the gate acts on `version` or a later one (or the timeout).
+    def wait_version(version, timeout:)
+      wait_until(timeout) { !@known.nil? && @version >= version }
+    end
+
+    # How old the gate's knowledge may be, in seconds: 0 while the event stream is connected
+    # (every change is pushed at once), else the time since the control plane was last heard
+    # from; nil if it never was.
+    def staleness
+      return 0.0 if @connected
+
+      last = @last_contact
+      last && [now - last, 0.0].max
+    end
+
+    # What the gate reports: :running, :draining (closed, jobs still in flight) or :paused.
+    def status
+      if @open then :running
+      elsif @in_flight.positive? then :draining
+      else :paused
+      end
+    end
+
+    def in_flight
+      @in_flight
+    end
+
+    def processed
+      @processed
+    end
+
+    # How many times the event stream (or long-poll) has connected, and when (Time).
+    def connects
+      @connects
+    end
+
+    def connect_times
+      @mutex.synchronize { @connect_times.dup }
+    end
+
+    # [version, Unix microseconds] of the last version applied: from that instant #open?
+    # answered by it. nil before the first.
+    def last_change
+      @last_change
+    end
+
+    # The latest problem with the control plane, as logged (nil once connected again).
+    def last_error
+      @last_error
+    end
+
+    def closed?
+      @closed
+    end
+
+    # Stops the gate's threads and closes its connections. Waiters in #wait_open return false,
+    # waiters in #job / #acquire raise GateClosed.
+    def close
+      @mutex.synchronize do
+        return if @closed
+
+        @closed = true
+        @changed.broadcast
+        @wake_keeper.broadcast
+        @wake_stream.broadcast
+      end
+      [@stream_thread, @keeper_thread].compact.each do |t|
+        next if t == Thread.current
+
+        t.kill
+        t.join(2)
+      end
+      nil
+    end
+
+    # A job slot taken from a gate; #release ends the job.
+    class Permit
+      def initialize(gate, slot, started)
+        @gate = gate
+        @slot = slot
+        @started = started
+        @done = false
+      end
+
+      # The job is done: counted, and the slot rests per the ramp.
+      def release
+        return if @done
+
+        @done = true
+        @gate.__send__(:release_slot, @slot, @started, true)
+      end
+
+      # Gives the slot back without counting a job (the worker found nothing to do).
+      def abandon
+        return if @done
+
+        @done = true
+        @gate.__send__(:release_slot, @slot, @started, false)
+      end
+    end
+
+    private
+
+    def now
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    end
+
+    def wall_us
+      Process.clock_gettime(Process::CLOCK_REALTIME, :microsecond)
+    end
+
+    def symbol(v, allowed, what)
+      s = v.to_s.to_sym
+      return s if allowed.include?(s)
+
+      raise ConfigError, "#{what} must be one of #{allowed.join(', ')} (got #{v.inspect})"
+    end
+
+    def seconds(v, what, zero: false)
+      unless v.is_a?(Numeric) && v.finite? && (zero ? v >= 0 : v.positive?)
+        raise ConfigError, "#{what} must be a #{zero ? 'non-negative' : 'positive'} number of seconds"
+      end
+
+      v.to_f
+    end
+
+    def blank(v)
+      v.nil? || v.to_s.empty? ? nil : v.to_s
+    end
+
+    def wait_until(timeout)
+      deadline = now + timeout
+      @mutex.synchronize do
+        until yield
+          left = deadline - now
+          return false if left <= 0 || @closed
+
+          @changed.wait(@mutex, left)
+        end
+        true
+      end
+    end
+
+    # Under @mutex.
+    def take_slot(t)
+      return nil unless @open && !@closed
+
+      slot = @slots.index { |free_at| free_at <= t }
+      return nil unless slot
+
+      @slots[slot] = BUSY # until released; then it rests
+      @in_flight += 1
+      Permit.new(self, slot, t)
+    end
+
+    def release_slot(slot, started, counted)
+      @mutex.synchronize do
+        t = now
+        if counted
+          f = admitted_fraction
+          # Duty cycle: at fraction f the slot rests took·(1−f)/f, so it works f of the time.
+          rest = f.positive? && f < 1 ? (t - started) * (1 - f) / f : 0.0
+          @slots[slot] = t + rest
+          @processed += 1
+        else
+          @slots[slot] = t
+        end
+        @in_flight -= 1
+        signal_report if @in_flight.zero? && !@open # drained: say so at once
+        @changed.broadcast
+      end
+    end
+
+    def signal_report
+      @report_now = true
+      @wake_keeper.signal
+    end
+
+    # Under @mutex. Recomputes the decision from what is known and since when it is unknown.
+    def recompute
+      beyond = !@connected && @lost_at && now - @lost_at >= @grace
+      open = case @policy
+             when :open then beyond ? true : @known == :running
+             when :closed then beyond ? false : @known == :running
+             else @known == :running
+             end
+      return false if open == @open
+
+      @open = open
+      if beyond && @policy != :keep_last_known
+        @log.warn("brb: switch=#{@switch} control plane unreachable for #{@grace}s; " \
+                  "failing #{open ? 'open' : 'closed'} (policy #{@policy})")
+      end
+      @changed.broadcast
+      signal_report
+      true
+    end
+
+    def contact
+      @last_contact = now
+    end
+
+    # Applies a switch the control plane sent. `current`: it follows a `resync` event, so it
+    # is the current state even if its version is below ours.
+    def apply(sw, current: false)
+      @mutex.synchronize do
+        return if @closed
+        # An older event (a lagging replica): ignore.
+        return if !current && @known && sw[:version] < @version
+
+        @ramp = sw[:ramp]
+        @last_change = [sw[:version], wall_us] if sw[:version] != @version || @known.nil?
+        @version = sw[:version]
+        prev = @known
+        @known = sw[:state]
+        contact
+        recompute
+        if prev.nil?
+          @log.debug("brb: switch=#{@switch} state=#{@known} version=#{@version} learned")
+        elsif prev != @known
+          @log.info("brb: switch=#{@switch} state=#{@known} version=#{@version} " \
+                    "changed_by=#{Http.sanitize(sw[:changed_by])} source=#{Http.sanitize(sw[:source])} observed a change")
+        end
+        # Waiters also learn of a new version or ramp with the same decision.
+        @changed.broadcast
+        signal_report
+      end
+    end
+
+    def set_connected(yes)
+      @mutex.synchronize do
+        was = @connected
+        @connected = yes
+        if yes
+          @lost_at = nil
+          @last_error = nil
+          contact
+          unless was
+            @connects += 1
+            @connect_times << Time.now
+            @connect_times.shift if @connect_times.size > 1000
+          end
+        elsif was || @lost_at.nil?
+          @lost_at = now
+        end
+        recompute
+      end
+    end
+
+    # Runs a thread's body; nothing it meets may end the worker process, nor the thread.
+    def guard(what)
+      yield
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      raise if e.is_a?(SignalException) || e.is_a?(SystemExit) || @closed
+
+      @log.error("brb: switch=#{@switch} #{what} thread failed: #{e.class}: #{Http.sanitize(e.message)}; restarting it")
+      sleep_unless_closed(@backoff_base)
+      retry unless @closed
+    end
+
+    # Sleeps `secs`, or less if the gate closes.
+    def sleep_unless_closed(secs)
+      deadline = now + secs
+      @mutex.synchronize do
+        until @closed
+          left = deadline - now
+          break if left <= 0
+
+          @wake_stream.wait(@mutex, left)
+        end
+      end
+    end
+
+    # Logs a problem: a warning when it is new, quieter when it repeats, so a long outage is
+    # one line plus debug, not a line per attempt.
+    def problem(msg, level: :warn)
+      repeat = @last_error == msg
+      @last_error = msg
+      @log.public_send(repeat ? :debug : level, "brb: switch=#{@switch} #{msg}")
+    end
+
+    # ---- the event stream ----
+
+    def run_stream
+      attempt = 0
+      sse_failures = 0
+      long_poll_until = nil
+      until @closed
+        use_long_poll = case @transport
+                        when :long_poll then true
+                        when :sse then false
+                        else !long_poll_until.nil? && now < long_poll_until
+                        end
+        out = use_long_poll ? long_poll : sse_once
+        set_connected(false)
+        if out.heard
+          sse_failures = 0 unless use_long_poll
+        elsif out.refused && !use_long_poll
+          sse_failures += 1
+        end
+        if @transport == :auto && long_poll_until.nil? && sse_failures >= SSE_FAILURES_BEFORE_FALLBACK
+          @log.warn("brb: switch=#{@switch} the event stream keeps failing; falling back to " \
+                    "long-poll for #{LONG_POLL_SPELL}s")
+          long_poll_until = now + LONG_POLL_SPELL
+          sse_failures = 0
+        elsif long_poll_until && now >= long_poll_until
+          long_poll_until = nil
+        end
+        attempt = out.heard ? 0 : attempt + 1
+        delay = BigRedButton.backoff(@backoff_base, @backoff_cap, [attempt - FLAT_ATTEMPTS, 0].max)
+        delay = [delay, out.wait].max if out.wait
+        sleep_unless_closed(delay)
+      end
+    end
+
+    # One SSE connection, held until it ends. Tries each replica until one answers.
+    def sse_once
+      last_id = @known ? @version.to_s : nil
+      errors = []
+      n = @http.bases.size
+      n.times do
+        index = @base_index
+        base = @http.bases[index]
+        heard = false
+        begin
+          out = nil
+          @http.stream(index, "#{@path}/events", last_event_id: last_id, idle_timeout: @idle_timeout) do |res|
+            out = if res.is_a?(Net::HTTPOK) && res["Content-Type"].to_s.start_with?("text/event-stream")
+                    read_events(res, base) { heard = true }
+                  elsif res.is_a?(Net::HTTPSuccess)
+                    problem("#{base} answered the event stream with HTTP #{res.code} " \
+                            "#{Http.sanitize(res['Content-Type'])}, not an event stream (a proxy?)")
+                    Outcome.new(heard: false, refused: true)
+                  else
+                    refusal(Http.error_from(res, base), what: "event stream")
+                  end
+          end
+          return out
+        rescue SseParser::LineTooLong => e
+          problem("#{base}: #{e.message}; reconnecting")
+          return Outcome.new(heard: heard, refused: !heard)
+        rescue Net::ReadTimeout => e
+          if heard
+            problem("#{base}: the event stream was silent for #{@idle_timeout}s; reconnecting")
+            return Outcome.new(heard: true)
+          end
+          errors << Http.describe(base, e)
+        rescue *Http::NETWORK_ERRORS => e
+          if heard
+            @log.info("brb: switch=#{@switch} the event stream from #{base} broke " \
+                      "(#{Http.sanitize(e.message)}); reconnecting")
+            return Outcome.new(heard: true)
+          end
+          errors << Http.describe(base, e)
+        end
+        @base_index = (@base_index + 1) % n
+      end
+      problem("cannot reach the control plane: #{errors.join('; ')}")
+      Outcome.new(heard: false, refused: false)
+    end
+
+    # Reads events until the stream ends. Yields once the first bytes arrived (connected).
+    def read_events(res, base)
+      parser = SseParser.new
+      heard = false
+      after_resync = false
+      catch(:end_stream) do
+        res.read_body do |chunk|
+          unless heard
+            heard = true
+            yield
+            set_connected(true)
+            @log.debug("brb: switch=#{@switch} event stream connected to #{base}")
+          end
+          events = parser.feed(chunk)
+          @mutex.synchronize { contact } if events.empty? # a keep-alive: the line is alive
+          events.each do |ev|
+            case ev.event
+            when "switch"
+              sw = parse_switch(ev.data, base)
+              if sw
+                apply(sw, current: after_resync)
+                after_resync = false
+              end
+            when "resync"
+              after_resync = parse_resync(ev.data, base)
+              @mutex.synchronize { contact }
+            when "deleted"
+              @log.error("brb: switch=#{@switch} the switch was deleted; keeping the last known state")
+              throw :end_stream
+            else
+              problem("#{base} sent an event of unknown type #{Http.sanitize(ev.event)[0, 40].inspect}; ignored",
+                      level: :info)
+              @mutex.synchronize { contact }
+            end
+          end
+        end
+      end
+      Outcome.new(heard: heard, refused: !heard)
+    end
+
+    # A `switch` event's data, checked; nil (with a log line) when it is not one.
+    def parse_switch(data, base)
+      h = JSON.parse(data, max_nesting: 8)
+      raise ProtocolError, "not an object" unless h.is_a?(Hash)
+      raise ProtocolError, "for switch #{Http.sanitize(h['name'])[0, 64].inspect}" unless h["name"] == @switch
+
+      state = { "running" => :running, "paused" => :paused }[h["state"]]
+      raise ProtocolError, "state #{h['state'].inspect[0, 40]}" unless state
+
+      v = h["version"]
+      raise ProtocolError, "version #{v.inspect[0, 40]}" unless v.is_a?(Integer) && v >= 0
+
+      ramp = h["ramp"].nil? ? nil : Ramp.from_json(h["ramp"])
+      { state: state, version: v, ramp: ramp, changed_by: h["changed_by"], source: h["source"] }
+    rescue JSON::ParserError, ProtocolError => e
+      problem("#{base} sent an unreadable switch event (#{Http.sanitize(e.message)[0, 160]}); ignored, " \
+              "state unchanged")
+      nil
+    end
+
+    def parse_resync(data, base)
+      h = JSON.parse(data, max_nesting: 4)
+      unless h.is_a?(Hash) && h["after"].is_a?(Integer) && h["current"].is_a?(Integer)
+        raise ProtocolError, "not a resync"
+      end
+
+      @log.info("brb: switch=#{@switch} resync: the stream skipped from version #{h['after']} to " \
+                "#{h['current']} (#{Http.sanitize(h['reason'])[0, 40]}); the state that follows is current")
+      true
+    rescue JSON::ParserError, ProtocolError
+      problem("#{base} sent an unreadable resync event; ignored")
+      false
+    end
+
+    # What an error answer means for the next attempt: how long to wait, and whether it counts
+    # against SSE (a proxy refusing streams) rather than against us.
+    def refusal(err, what:)
+      if err.auth?
+        problem("the control plane refused the token for #{what} (#{err.message}); check " \
+                "BRB_TOKEN / BRB_TOKEN_FILE and the token's role and scope; asking again in " \
+                "#{@auth_retry.round}s", level: :error)
+        return Outcome.new(heard: false, refused: false, wait: @auth_retry + rand * @backoff_base)
+      end
+      if err.status == 429
+        secs = err.retry_after || @backoff_cap
+        problem("#{what}: rate limited (#{err.message}); retrying after #{secs.round(1)}s")
+        return Outcome.new(heard: false, refused: false, wait: secs + rand * @backoff_base)
+      end
+      if err.status == 404
+        problem("#{what}: #{err.message}; retrying with backoff", level: :error)
+        return Outcome.new(heard: false, refused: false, wait: @backoff_cap * (0.5 + rand * 0.5))
+      end
+      problem("#{what} refused: #{err.message}")
+      Outcome.new(heard: false, refused: true)
+    end
+
+    # Long-polls until an error. Heard: the control plane answered at least once.
+    def long_poll
+      session = Http::Session.new(@http, @base_index)
+      heard = false
+      until @closed
+        path = @known ? "#{@path}?after_version=#{@version}&wait=#{LONG_POLL_WAIT}" : @path
+        begin
+          h = session.request(:get, path, read_timeout: LONG_POLL_WAIT + 10)
+        rescue ApiError => e
+          out = refusal(e, what: "long-poll")
+          out.heard = heard
+          return out
+        rescue Error => e
+          problem("long-poll: #{e.message}")
+          return Outcome.new(heard: heard, refused: false)
+        ensure
+          @base_index = session.index
+        end
+        sw = parse_switch(JSON.generate(h), @http.bases[session.index])
+        return Outcome.new(heard: heard, refused: true) unless sw
+
+        unless heard
+          heard = true
+          set_connected(true)
+        end
+        apply(sw)
+      end
+      Outcome.new(heard: heard)
+    ensure
+      session&.close
+    end
+
+    # ---- reports, samples, the failure policy's clock ----
+
+    def run_keeper
+      session = Http::Session.new(@http, rand(@http.bases.size))
+      next_report = now
+      next_sample = now + 1
+      sent = @processed
+      until @closed
+        due_now = false
+        @mutex.synchronize do
+          t = now
+          waits = []
+          waits << next_report - t if @reports
+          waits << next_sample - t if @samples
+          waits << POLICY_TICK if @policy != :keep_last_known && !@connected
+          wait = waits.min || 60
+          @wake_keeper.wait(@mutex, wait) if wait.positive? && !@report_now && !@closed
+          due_now = @report_now
+          @report_now = false
+          recompute if @policy != :keep_last_known && !@connected
+        end
+        break if @closed
+
+        t = now
+        if @reports && (due_now || t >= next_report)
+          send_report(session)
+          next_report = now + @report_interval
+        end
+        next unless @samples && t >= next_sample
+
+        next_sample = t + 1
+        done = @processed
+        sent = done if done != sent && push_sample(session, done - sent)
+      end
+    ensure
+      session&.close
+    end
+
+    def report_body
+      @mutex.synchronize do
+        { worker_id: @worker_id, switch: @switch, observed_version: @version,
+          status: status.to_s, in_flight: @in_flight, processed_total: @processed }
+      end
+    end
+
+    def send_report(session)
+      return if @known.nil? # nothing observed yet: nothing to acknowledge
+
+      session.request(:post, "/workers/report", body: report_body)
+    rescue ApiError => e
+      @log.public_send(e.auth? ? :error : :warn,
+                       "brb: switch=#{@switch} the control plane refused the report: #{e.message}")
+    rescue Error => e
+      @log.debug("brb: switch=#{@switch} report failed: #{e.message}")
+    end
+
+    def push_sample(session, n)
+      session.request(:post, "/metrics",
+                      body: { samples: [{ name: "sdk_jobs_processed", value: n, kind: "counter" }] })
+      true
+    rescue Error => e
+      @log.debug("brb: switch=#{@switch} sending samples failed: #{e.message}")
+      false
+    end
+  end
+end
