@@ -9,6 +9,8 @@ require_relative "big_red_button/errors"
 require_relative "big_red_button/sse_parser"
 require_relative "big_red_button/ramp"
 require_relative "big_red_button/http"
+require_relative "big_red_button/reactor"
+require_relative "big_red_button/stream_connection"
 require_relative "big_red_button/gate"
 
 # The Big Red Button worker SDK: a Gate follows one switch of the control plane and tells a
@@ -18,6 +20,10 @@ module BigRedButton
   class NotAdmitted < Error; end
 
   module_function
+
+  def monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
 
   # `hostname-pid-random`, unique enough to tell workers apart.
   def default_worker_id

@@ -8,9 +8,9 @@ require "socket"
 module BigRedButton
   # A gate on one switch: what a background worker checks before taking a job.
   #
-  # A background thread holds the switch's event stream open (SSE, or long-poll when SSE cannot
-  # be held) and writes what it learns into the gate; #open? reads one instance variable, so it
-  # can be called before every job at no cost. #job is the fuller form: it waits while the
+  # The process's Reactor thread holds the switch's event stream open (SSE; long-poll, on a
+  # thread of its own, when SSE cannot be held) and writes what it learns into the gate; #open?
+  # reads one instance variable, so it can be called before every job at no cost. #job is the fuller form: it waits while the
   # switch is closed, counts the job as in flight (so the gate reports `draining` while jobs
   # started before a pause finish), and applies a release ramp by duty cycle: at an admitted
   # fraction f each job slot rests `job time × (1 − f) / f` after a job, so the worker does f
@@ -83,15 +83,13 @@ module BigRedButton
       @log = logger || BigRedButton.default_logger
       urls ||= ENV.fetch("BRB_URL", "http://127.0.0.1:7070")
       urls = urls.split(",") if urls.is_a?(String)
-      @http = Http.new(urls: urls, token: BigRedButton.resolve_token(token, token_file),
-                       ca_file: blank(ca_file), client_cert: blank(client_cert),
-                       client_key: blank(client_key), allow_insecure_http: allow_insecure_http)
+      @http = Http.shared(urls: urls, token: BigRedButton.resolve_token(token, token_file),
+                          ca_file: blank(ca_file), client_cert: blank(client_cert),
+                          client_key: blank(client_key), allow_insecure_http: allow_insecure_http)
       @path = "/switches/#{BigRedButton.escape(@switch)}"
 
       @mutex = Mutex.new
       @changed = ConditionVariable.new # state, version, slots: waiters re-check
-      @wake_keeper = ConditionVariable.new
-      @wake_stream = ConditionVariable.new
       @open = false
       @known = nil # :running / :paused once the control plane said
       @version = 0
@@ -102,7 +100,6 @@ module BigRedButton
       @in_flight = 0
       @processed = 0
       @slots = Array.new(@max_concurrency, 0.0)
-      @report_now = false
       @connects = 0
       @connect_times = []
       @last_change = nil
@@ -111,14 +108,29 @@ module BigRedButton
       # Each gate starts at a random replica, so a fleet spreads over them.
       @base_index = rand(@http.bases.size)
 
-      @stream_thread = Thread.new { guard("event stream") { run_stream } }
-      @stream_thread.name = "brb-stream-#{@switch}"
-      @stream_thread.report_on_exception = false
-      return unless @reports || @samples || @policy != :keep_last_known
+      # Reactor-thread state: the stream's attempt counters, timers, the report in flight.
+      @reactor = Reactor.instance
+      @attempt = 0
+      @sse_failures = 0
+      @long_poll_until = nil
+      @conn = nil
+      @long_poll_thread = nil
+      @retry_timer = nil
+      @report_timer = nil
+      @report_busy = false
+      @report_again = false
+      @report_queued = false
+      @sample_timer = nil
+      @sample_queued = false
+      @samples_sent = 0
+      @policy_timer = nil
+      @reactor.submit do
+        next if @closed
 
-      @keeper_thread = Thread.new { guard("reporter") { run_keeper } }
-      @keeper_thread.name = "brb-keeper-#{@switch}"
-      @keeper_thread.report_on_exception = false
+        start_attempt
+        @report_timer = @reactor.after(0) { request_report } if @reports
+        arm_policy_timer
+      end
     end
 
     def inspect
@@ -289,23 +301,29 @@ module BigRedButton
       @closed
     end
 
-    # Stops the gate's threads and closes its connections. Waiters in #wait_open return false,
-    # waiters in #job / #acquire raise GateClosed.
+    # Stops following the switch and closes the gate's connections. Waiters in #wait_open
+    # return false, waiters in #job / #acquire raise GateClosed.
     def close
       @mutex.synchronize do
         return if @closed
 
         @closed = true
         @changed.broadcast
-        @wake_keeper.broadcast
-        @wake_stream.broadcast
       end
-      [@stream_thread, @keeper_thread].compact.each do |t|
-        next if t == Thread.current
-
-        t.kill
-        t.join(2)
+      done = Queue.new
+      @reactor.submit do
+        [@retry_timer, @report_timer, @sample_timer, @policy_timer].each { |t| t&.cancel }
+        @conn&.close
+        @conn = nil
+        done << true
       end
+      lp = @long_poll_thread
+      if lp && lp != Thread.current
+        lp.kill
+        lp.join(2)
+      end
+      # The reactor lets go of the stream (bounded: a wedged reactor must not hang shutdown).
+      Thread.new { done.pop }.join(2) unless @reactor.on_thread?
       nil
     end
 
@@ -338,7 +356,7 @@ module BigRedButton
     private
 
     def now
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      BigRedButton.monotonic
     end
 
     def wall_us
@@ -398,6 +416,7 @@ module BigRedButton
           rest = f.positive? && f < 1 ? (t - started) * (1 - f) / f : 0.0
           @slots[slot] = t + rest
           @processed += 1
+          arm_sample_timer
         else
           @slots[slot] = t
         end
@@ -407,12 +426,17 @@ module BigRedButton
       end
     end
 
+    # Asks for a report at once (a change, or drained). Any thread; coalesced.
     def signal_report
-      @report_now = true
-      @wake_keeper.signal
+      return unless @reports && !@report_queued
+
+      @report_queued = true
+      @reactor.submit do
+        @report_queued = false
+        request_report
+      end
     end
 
-    # Under @mutex. Recomputes the decision from what is known and since when it is unknown.
     def recompute
       beyond = !@connected && @lost_at && now - @lost_at >= @grace
       open = case @policy
@@ -481,30 +505,7 @@ module BigRedButton
         end
         recompute
       end
-    end
-
-    # Runs a thread's body; nothing it meets may end the worker process, nor the thread.
-    def guard(what)
-      yield
-    rescue Exception => e # rubocop:disable Lint/RescueException
-      raise if e.is_a?(SignalException) || e.is_a?(SystemExit) || @closed
-
-      @log.error("brb: switch=#{@switch} #{what} thread failed: #{e.class}: #{Http.sanitize(e.message)}; restarting it")
-      sleep_unless_closed(@backoff_base)
-      retry unless @closed
-    end
-
-    # Sleeps `secs`, or less if the gate closes.
-    def sleep_unless_closed(secs)
-      deadline = now + secs
-      @mutex.synchronize do
-        until @closed
-          left = deadline - now
-          break if left <= 0
-
-          @wake_stream.wait(@mutex, left)
-        end
-      end
+      arm_policy_timer unless yes
     end
 
     # Logs a problem: a warning when it is new, quieter when it repeats, so a long outage is
@@ -515,129 +516,186 @@ module BigRedButton
       @log.public_send(repeat ? :debug : level, "brb: switch=#{@switch} #{msg}")
     end
 
-    # ---- the event stream ----
+    # ---- the event stream (on the reactor thread) ----
 
-    def run_stream
-      attempt = 0
-      sse_failures = 0
-      long_poll_until = nil
-      until @closed
-        use_long_poll = case @transport
-                        when :long_poll then true
-                        when :sse then false
-                        else !long_poll_until.nil? && now < long_poll_until
-                        end
-        out = use_long_poll ? long_poll : sse_once
-        set_connected(false)
-        if out.heard
-          sse_failures = 0 unless use_long_poll
-        elsif out.refused && !use_long_poll
-          sse_failures += 1
+    def start_attempt
+      @retry_timer = nil
+      return if @closed
+
+      use_long_poll = case @transport
+                      when :long_poll then true
+                      when :sse then false
+                      else !@long_poll_until.nil? && now < @long_poll_until
+                      end
+      if use_long_poll
+        @long_poll_thread = Thread.new do
+          out = begin
+            long_poll
+          rescue StandardError => e
+            problem("long-poll failed: #{e.class}: #{Http.sanitize(e.message)}", level: :error)
+            Outcome.new(heard: false)
+          end
+          @reactor.submit { attempt_done(out, long_poll: true) }
         end
-        if @transport == :auto && long_poll_until.nil? && sse_failures >= SSE_FAILURES_BEFORE_FALLBACK
-          @log.warn("brb: switch=#{@switch} the event stream keeps failing; falling back to " \
-                    "long-poll for #{LONG_POLL_SPELL}s")
-          long_poll_until = now + LONG_POLL_SPELL
-          sse_failures = 0
-        elsif long_poll_until && now >= long_poll_until
-          long_poll_until = nil
-        end
-        attempt = out.heard ? 0 : attempt + 1
-        delay = BigRedButton.backoff(@backoff_base, @backoff_cap, [attempt - FLAT_ATTEMPTS, 0].max)
-        delay = [delay, out.wait].max if out.wait
-        sleep_unless_closed(delay)
+        @long_poll_thread.name = "brb-long-poll-#{@switch}"
+        @long_poll_thread.report_on_exception = false
+      else
+        sse_try(0, [])
       end
     end
 
-    # One SSE connection, held until it ends. Tries each replica until one answers.
-    def sse_once
-      last_id = @known ? @version.to_s : nil
-      errors = []
-      n = @http.bases.size
-      n.times do
-        index = @base_index
-        base = @http.bases[index]
-        heard = false
-        begin
-          out = nil
-          @http.stream(index, "#{@path}/events", last_event_id: last_id, idle_timeout: @idle_timeout) do |res|
-            out = if res.is_a?(Net::HTTPOK) && res["Content-Type"].to_s.start_with?("text/event-stream")
-                    read_events(res, base) { heard = true }
-                  elsif res.is_a?(Net::HTTPSuccess)
-                    problem("#{base} answered the event stream with HTTP #{res.code} " \
-                            "#{Http.sanitize(res['Content-Type'])}, not an event stream (a proxy?)")
-                    Outcome.new(heard: false, refused: true)
-                  else
-                    refusal(Http.error_from(res, base), what: "event stream")
-                  end
-          end
-          return out
-        rescue SseParser::LineTooLong => e
-          problem("#{base}: #{e.message}; reconnecting")
-          return Outcome.new(heard: heard, refused: !heard)
-        rescue Net::ReadTimeout => e
-          if heard
-            problem("#{base}: the event stream was silent for #{@idle_timeout}s; reconnecting")
-            return Outcome.new(heard: true)
-          end
-          errors << Http.describe(base, e)
-        rescue *Http::NETWORK_ERRORS => e
-          if heard
-            @log.info("brb: switch=#{@switch} the event stream from #{base} broke " \
-                      "(#{Http.sanitize(e.message)}); reconnecting")
-            return Outcome.new(heard: true)
-          end
-          errors << Http.describe(base, e)
-        end
-        @base_index = (@base_index + 1) % n
+    # One attempt is over: back off (full jitter), maybe fall back to long-poll, go again.
+    def attempt_done(out, long_poll: false)
+      @conn = nil
+      @long_poll_thread = nil if long_poll
+      return if @closed
+
+      set_connected(false)
+      if out.heard
+        @sse_failures = 0 unless long_poll
+      elsif out.refused && !long_poll
+        @sse_failures += 1
       end
-      problem("cannot reach the control plane: #{errors.join('; ')}")
-      Outcome.new(heard: false, refused: false)
+      if @transport == :auto && @long_poll_until.nil? && @sse_failures >= SSE_FAILURES_BEFORE_FALLBACK
+        @log.warn("brb: switch=#{@switch} the event stream keeps failing; falling back to " \
+                  "long-poll for #{LONG_POLL_SPELL}s")
+        @long_poll_until = now + LONG_POLL_SPELL
+        @sse_failures = 0
+      elsif @long_poll_until && now >= @long_poll_until
+        @long_poll_until = nil
+      end
+      @attempt = out.heard ? 0 : @attempt + 1
+      delay = BigRedButton.backoff(@backoff_base, @backoff_cap, [@attempt - FLAT_ATTEMPTS, 0].max)
+      delay = [delay, out.wait].max if out.wait
+      @retry_timer = @reactor.after(delay) { start_attempt }
     end
 
-    # Reads events until the stream ends. Yields once the first bytes arrived (connected).
-    def read_events(res, base)
-      parser = SseParser.new
-      heard = false
-      after_resync = false
-      catch(:end_stream) do
-        res.read_body do |chunk|
-          unless heard
-            heard = true
-            yield
-            set_connected(true)
-            @log.debug("brb: switch=#{@switch} event stream connected to #{base}")
+    # Opens the event stream at the current replica; on no answer, the next one.
+    def sse_try(tried, errors)
+      return if @closed
+
+      headers = @http.headers("Accept" => "text/event-stream")
+      headers["Last-Event-ID"] = @version.to_s if @known
+      @stream = { base: @http.bases[@base_index], parser: SseParser.new, heard: false, after_resync: false }
+      handler = StreamHandler.new(self, tried, errors)
+      @conn = StreamConnection.new(@reactor, @http, @base_index, @http.path_for(@base_index, "#{@path}/events"),
+                                   headers, idle_timeout: @idle_timeout, handler: handler)
+    end
+
+    # Routes a StreamConnection's news to the gate (reactor thread).
+    class StreamHandler
+      def initialize(gate, tried, errors)
+        @gate = gate
+        @tried = tried
+        @errors = errors
+      end
+
+      def failed(message)
+        @gate.__send__(:stream_failed, @tried, @errors, message)
+      end
+
+      def refused(err)
+        @gate.__send__(:stream_refused, err)
+      end
+
+      def not_stream(message)
+        @gate.__send__(:stream_not_stream, message)
+      end
+
+      def ended(message, idle:)
+        @gate.__send__(:stream_ended, message, idle)
+      end
+
+      def data(bytes)
+        @gate.__send__(:stream_data, bytes)
+      end
+    end
+
+    def stream_failed(tried, errors, message)
+      return if @closed
+
+      errors << message
+      @base_index = (@base_index + 1) % @http.bases.size
+      if tried + 1 < @http.bases.size
+        sse_try(tried + 1, errors)
+      else
+        problem("cannot reach the control plane: #{errors.join('; ')}")
+        attempt_done(Outcome.new(heard: false, refused: false))
+      end
+    end
+
+    def stream_refused(err)
+      attempt_done(refusal(err, what: "event stream"))
+    end
+
+    def stream_not_stream(message)
+      problem(message)
+      attempt_done(Outcome.new(heard: false, refused: true))
+    end
+
+    def stream_ended(message, idle)
+      heard = @stream[:heard]
+      if idle
+        problem("#{message}; reconnecting")
+      elsif heard
+        @log.info("brb: switch=#{@switch} #{message}; reconnecting")
+      else
+        problem(message)
+      end
+      # A stream that answered and then stayed mute is what a buffering proxy does.
+      attempt_done(Outcome.new(heard: heard, refused: !heard))
+    end
+
+    def stream_data(bytes)
+      st = @stream
+      unless st[:heard]
+        st[:heard] = true
+        set_connected(true)
+        @log.debug("brb: switch=#{@switch} event stream connected to #{st[:base]}")
+      end
+      begin
+        events = st[:parser].feed(bytes)
+      rescue SseParser::LineTooLong => e
+        problem("#{st[:base]}: #{e.message}; reconnecting")
+        end_stream
+        return
+      end
+      @mutex.synchronize { contact } if events.empty? # a keep-alive: the line is alive
+      events.each do |ev|
+        case ev.event
+        when "switch"
+          sw = parse_switch(ev.data, st[:base])
+          if sw
+            apply(sw, current: st[:after_resync])
+            st[:after_resync] = false
           end
-          events = parser.feed(chunk)
-          @mutex.synchronize { contact } if events.empty? # a keep-alive: the line is alive
-          events.each do |ev|
-            case ev.event
-            when "switch"
-              sw = parse_switch(ev.data, base)
-              if sw
-                apply(sw, current: after_resync)
-                after_resync = false
-              end
-            when "resync"
-              after_resync = parse_resync(ev.data, base)
-              @mutex.synchronize { contact }
-            when "deleted"
-              @log.error("brb: switch=#{@switch} the switch was deleted; keeping the last known state")
-              throw :end_stream
-            else
-              problem("#{base} sent an event of unknown type #{Http.sanitize(ev.event)[0, 40].inspect}; ignored",
-                      level: :info)
-              @mutex.synchronize { contact }
-            end
-          end
+        when "resync"
+          st[:after_resync] = parse_resync(ev.data, st[:base])
+          @mutex.synchronize { contact }
+        when "deleted"
+          @log.error("brb: switch=#{@switch} the switch was deleted; keeping the last known state")
+          end_stream
+          return
+        else
+          problem("#{st[:base]} sent an event of unknown type #{Http.sanitize(ev.event)[0, 40].inspect}; ignored",
+                  level: :info)
+          @mutex.synchronize { contact }
         end
       end
-      Outcome.new(heard: heard, refused: !heard)
+    end
+
+    # Ends the current stream on our side and counts it as heard (it was).
+    def end_stream
+      c = @conn
+      return unless c
+
+      c.close
+      attempt_done(Outcome.new(heard: @stream[:heard]))
     end
 
     # A `switch` event's data, checked; nil (with a log line) when it is not one.
     def parse_switch(data, base)
-      h = JSON.parse(data, max_nesting: 8)
+      h = data.is_a?(Hash) ? data : JSON.parse(data, max_nesting: 8)
       raise ProtocolError, "not an object" unless h.is_a?(Hash)
       raise ProtocolError, "for switch #{Http.sanitize(h['name'])[0, 64].inspect}" unless h["name"] == @switch
 
@@ -691,7 +749,7 @@ module BigRedButton
       Outcome.new(heard: false, refused: true)
     end
 
-    # Long-polls until an error. Heard: the control plane answered at least once.
+    # Long-polls until an error (on its own thread). Heard: the control plane answered.
     def long_poll
       session = Http::Session.new(@http, @base_index)
       heard = false
@@ -709,7 +767,7 @@ module BigRedButton
         ensure
           @base_index = session.index
         end
-        sw = parse_switch(JSON.generate(h), @http.bases[session.index])
+        sw = parse_switch(h, @http.bases[session.index])
         return Outcome.new(heard: heard, refused: true) unless sw
 
         unless heard
@@ -723,42 +781,39 @@ module BigRedButton
       session&.close
     end
 
-    # ---- reports, samples, the failure policy's clock ----
+    # ---- reports, samples, the failure policy's clock (reactor thread; I/O on the pool) ----
 
-    def run_keeper
-      session = Http::Session.new(@http, rand(@http.bases.size))
-      next_report = now
-      next_sample = now + 1
-      sent = @processed
-      until @closed
-        due_now = false
-        @mutex.synchronize do
-          t = now
-          waits = []
-          waits << next_report - t if @reports
-          waits << next_sample - t if @samples
-          waits << POLICY_TICK if @policy != :keep_last_known && !@connected
-          wait = waits.min || 60
-          @wake_keeper.wait(@mutex, wait) if wait.positive? && !@report_now && !@closed
-          due_now = @report_now
-          @report_now = false
-          recompute if @policy != :keep_last_known && !@connected
-        end
-        break if @closed
+    # Sends a report now, or right after the one in flight.
+    def request_report
+      return if @closed || !@reports
 
-        t = now
-        if @reports && (due_now || t >= next_report)
-          send_report(session)
-          next_report = now + @report_interval
-        end
-        next unless @samples && t >= next_sample
-
-        next_sample = t + 1
-        done = @processed
-        sent = done if done != sent && push_sample(session, done - sent)
+      if @report_busy
+        @report_again = true
+        return
       end
-    ensure
-      session&.close
+      @report_timer&.cancel
+      @report_timer = nil
+      if @known.nil?
+        # Nothing observed yet, nothing to acknowledge: look again at the next interval.
+        @report_timer = @reactor.after(@report_interval) { request_report }
+        return
+      end
+      @report_busy = true
+      body = report_body
+      Pool.instance.post do
+        @http.with_session { |s| send_report(s, body) }
+        @reactor.submit do
+          @report_busy = false
+          next if @closed
+
+          if @report_again
+            @report_again = false
+            request_report
+          else
+            @report_timer = @reactor.after(@report_interval) { request_report }
+          end
+        end
+      end
     end
 
     def report_body
@@ -768,10 +823,8 @@ module BigRedButton
       end
     end
 
-    def send_report(session)
-      return if @known.nil? # nothing observed yet: nothing to acknowledge
-
-      session.request(:post, "/workers/report", body: report_body)
+    def send_report(session, body)
+      session.request(:post, "/workers/report", body: body)
     rescue ApiError => e
       @log.public_send(e.auth? ? :error : :warn,
                        "brb: switch=#{@switch} the control plane refused the report: #{e.message}")
@@ -779,13 +832,50 @@ module BigRedButton
       @log.debug("brb: switch=#{@switch} report failed: #{e.message}")
     end
 
-    def push_sample(session, n)
-      session.request(:post, "/metrics",
-                      body: { samples: [{ name: "sdk_jobs_processed", value: n, kind: "counter" }] })
-      true
-    rescue Error => e
-      @log.debug("brb: switch=#{@switch} sending samples failed: #{e.message}")
-      false
+    # A job finished: within a second, the jobs finished since the last sample go out as one
+    # counter sample. No timer runs while no job finishes.
+    def arm_sample_timer
+      return unless @samples && !@sample_queued && !@closed
+
+      @sample_queued = true
+      @reactor.submit do
+        next if @closed || @sample_timer
+
+        @sample_timer = @reactor.after(1) { send_samples }
+      end
+    end
+
+    def send_samples
+      @sample_queued = false
+      @sample_timer = nil
+      n = @processed - @samples_sent
+      return if n <= 0 || @closed
+
+      @samples_sent += n
+      Pool.instance.post do
+        @http.with_session do |s|
+          s.request(:post, "/metrics",
+                    body: { samples: [{ name: "sdk_jobs_processed", value: n, kind: "counter" }] })
+        rescue Error => e
+          @log.debug("brb: switch=#{@switch} sending samples failed: #{e.message}")
+        end
+      end
+    end
+
+    # While disconnected, Open/Closed apply once the grace has run out: one timer at that
+    # instant (nothing ticks while connected, or under keep_last_known).
+    def arm_policy_timer
+      return if @policy == :keep_last_known || @closed
+
+      unless @reactor.on_thread?
+        @reactor.submit { arm_policy_timer }
+        return
+      end
+      lost = @lost_at
+      return if lost.nil? || @connected
+
+      @policy_timer&.cancel
+      @policy_timer = @reactor.at(lost + @grace) { @mutex.synchronize { recompute } }
     end
   end
 end

@@ -29,6 +29,20 @@ module BigRedButton
 
     attr_reader :bases
 
+    SHARED = {}
+    SHARED_LOCK = Mutex.new
+
+    # One Http per configuration in the process: gates with the same URLs, token and TLS
+    # files share parsed certificates and kept-alive report connections.
+    def self.shared(urls:, token:, ca_file: nil, client_cert: nil, client_key: nil,
+                    allow_insecure_http: false)
+      key = [Array(urls).map(&:to_s), token, ca_file, client_cert, client_key, allow_insecure_http].hash
+      SHARED_LOCK.synchronize do
+        SHARED[key] ||= new(urls: urls, token: token, ca_file: ca_file, client_cert: client_cert,
+                            client_key: client_key, allow_insecure_http: allow_insecure_http)
+      end
+    end
+
     def initialize(urls:, token:, ca_file: nil, client_cert: nil, client_key: nil,
                    allow_insecure_http: false)
       @bases = Array(urls).map { |u| u.to_s.strip.sub(%r{/+\z}, "") }.reject(&:empty?)
@@ -37,6 +51,42 @@ module BigRedButton
       @uris = @bases.map { |b| check_url(b, allow_insecure_http) }
       @token = token
       @tls = tls_options(ca_file, client_cert, client_key)
+      @idle_sessions = []
+      @sessions_lock = Mutex.new
+    end
+
+    def uri(index)
+      @uris[index]
+    end
+
+    # The TLS settings for the reactor's own sockets (Net::HTTP builds its own from @tls).
+    def ssl_context
+      @ssl_context ||= begin
+        ctx = OpenSSL::SSL::SSLContext.new
+        ctx.verify_mode = OpenSSL::SSL::VERIFY_PEER
+        ctx.verify_hostname = true
+        ctx.cert_store = @tls[:store]
+        ctx.cert = @tls[:cert] if @tls[:cert]
+        ctx.key = @tls[:key] if @tls[:key]
+        ctx.min_version = OpenSSL::SSL::TLS1_2_VERSION
+        ctx
+      end
+    end
+
+    # Runs the block with a kept-alive Session from this Http's small pool.
+    def with_session
+      s = @sessions_lock.synchronize { @idle_sessions.pop } || Session.new(self, rand(@bases.size))
+      begin
+        yield s
+      ensure
+        @sessions_lock.synchronize do
+          if @idle_sessions.size < Pool::SIZE
+            @idle_sessions << s
+            s = nil
+          end
+        end
+        s&.close
+      end
     end
 
     def inspect
@@ -90,15 +140,21 @@ module BigRedButton
 
     # The error a non-success answer stands for. Reads at most a few KiB of its body.
     def self.error_from(res, base)
-      status = res.code.to_i
-      retry_after = parse_retry_after(res["Retry-After"])
+      headers = { "retry-after" => res["Retry-After"], "location" => res["Location"] }
+      body = res.code.to_i.between?(300, 399) ? "" : read_capped(res, 8192)
+      error_for(res.code.to_i, headers, body, base)
+    end
+
+    # The same from a status, lower-case headers and the start of the body.
+    def self.error_for(status, headers, body, base)
+      retry_after = parse_retry_after(headers["retry-after"])
       if status >= 300 && status < 400
-        loc = sanitize(res["Location"].to_s)
+        loc = sanitize(headers["location"].to_s)
         return ApiError.new(status: status, code: "redirect", location: loc,
                             message: "#{base} answered with a redirect to #{loc.empty? ? '(nowhere)' : loc}; " \
                                      "redirects are not followed (point the gate at the control plane itself)")
       end
-      body = read_capped(res, 8192)
+      body = body.to_s.dup.force_encoding(Encoding::UTF_8).scrub
       code = "http_#{status}"
       message = "HTTP #{status}: #{sanitize(body[0, 200])}"
       begin
@@ -270,23 +326,42 @@ module BigRedButton
       false
     end
 
-    def tls_options(ca_file, client_cert, client_key)
-      store = OpenSSL::X509::Store.new
-      store.set_default_paths
-      if ca_file
-        pem = read_file(ca_file, "CA file")
-        certs = pem.scan(/-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----/m)
-        raise ConfigError, "CA file #{ca_file}: no PEM certificate in it" if certs.empty?
+    # The system's trust store plus the private CA, if any. Loading the system's store costs
+    # most of a megabyte, so one store per CA file is shared by every gate of the process
+    # (OpenSSL verifies against a store from many threads), and none is built for plain HTTP.
+    STORES = {}
+    STORES_LOCK = Mutex.new
 
-        certs.each do |c|
-          store.add_cert(OpenSSL::X509::Certificate.new(c))
-        rescue OpenSSL::X509::CertificateError => e
-          raise ConfigError, "CA file #{ca_file}: #{e.message}"
-        rescue OpenSSL::X509::StoreError
-          nil # the same certificate twice
+    def self.cert_store(ca_file)
+      pem = ca_file && File.read(ca_file)
+      key = pem && OpenSSL::Digest::SHA256.hexdigest(pem)
+      STORES_LOCK.synchronize do
+        STORES[key] ||= begin
+          store = OpenSSL::X509::Store.new
+          store.set_default_paths
+          if pem
+            certs = pem.scan(/-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----/m)
+            raise ConfigError, "CA file #{ca_file}: no PEM certificate in it" if certs.empty?
+
+            certs.each do |c|
+              store.add_cert(OpenSSL::X509::Certificate.new(c))
+            rescue OpenSSL::X509::CertificateError => e
+              raise ConfigError, "CA file #{ca_file}: #{e.message}"
+            rescue OpenSSL::X509::StoreError
+              nil # the same certificate twice
+            end
+          end
+          store
         end
       end
-      out = { store: store }
+    rescue SystemCallError, IOError => e
+      raise ConfigError, "CA file #{ca_file}: #{e.message}"
+    end
+
+    def tls_options(ca_file, client_cert, client_key)
+      out = {}
+      # Checked even for http:// URLs: a wrong path should fail at start, not at a move to TLS.
+      out[:store] = Http.cert_store(ca_file) if ca_file || @uris.any? { |u| u.scheme == "https" }
       if client_cert || client_key
         unless client_cert && client_key
           raise ConfigError, "a client certificate needs both the certificate and the key"
