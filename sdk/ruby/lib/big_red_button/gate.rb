@@ -49,12 +49,14 @@ module BigRedButton
     # ca_file::           private CA bundle (PEM); default BRB_CA_FILE
     # client_cert/key::   client certificate for mutual TLS; default BRB_CLIENT_CERT/KEY
     # auth_retry::        how long to wait after a 401/403 before asking again
+    # answer_timeout::    how long a stream's answer may take to start (connect, TLS, head)
     # reports::           report to the control plane (on every change and every interval)
     # samples::           send a `sdk_jobs_processed` counter sample once a second
     def initialize(switch: "workers", urls: nil, token: nil, token_file: nil, worker_id: nil,
                    policy: :keep_last_known, grace: 10, max_concurrency: 1, report_interval: 5,
                    transport: :auto, backoff_base: 1, backoff_cap: 30, idle_timeout: 45,
-                   auth_retry: 60, ca_file: ENV["BRB_CA_FILE"], client_cert: ENV["BRB_CLIENT_CERT"],
+                   auth_retry: 60, answer_timeout: Http::STREAM_ANSWER_TIMEOUT,
+                   ca_file: ENV["BRB_CA_FILE"], client_cert: ENV["BRB_CLIENT_CERT"],
                    client_key: ENV["BRB_CLIENT_KEY"], allow_insecure_http: false, reports: true,
                    samples: true, logger: nil)
       @switch = switch.to_s
@@ -73,6 +75,7 @@ module BigRedButton
       @backoff_cap = [seconds(backoff_cap, "backoff_cap"), @backoff_base].max
       @idle_timeout = seconds(idle_timeout, "idle_timeout")
       @auth_retry = seconds(auth_retry, "auth_retry")
+      @answer_timeout = seconds(answer_timeout, "answer_timeout")
       @worker_id = (worker_id || BigRedButton.default_worker_id).to_s
       if @worker_id.empty? || @worker_id.size > 128 || @worker_id.match?(/[[:cntrl:]]/)
         raise ConfigError, "worker_id must be 1 to 128 characters, none of them control characters"
@@ -579,7 +582,8 @@ module BigRedButton
       @stream = { base: @http.bases[@base_index], parser: SseParser.new, heard: false, after_resync: false }
       handler = StreamHandler.new(self, tried, errors)
       @conn = StreamConnection.new(@reactor, @http, @base_index, @http.path_for(@base_index, "#{@path}/events"),
-                                   headers, idle_timeout: @idle_timeout, handler: handler)
+                                   headers, idle_timeout: @idle_timeout,
+                                   answer_timeout: @answer_timeout, handler: handler)
     end
 
     # Routes a StreamConnection's news to the gate (reactor thread).

@@ -24,13 +24,15 @@ module BigRedButton
 
     attr_reader :want
 
-    def initialize(reactor, http, index, path, headers, idle_timeout:, handler:)
+    def initialize(reactor, http, index, path, headers, idle_timeout:, handler:,
+                   answer_timeout: Http::STREAM_ANSWER_TIMEOUT)
       @reactor = reactor
       @http = http
       @uri = http.uri(index)
       @base = http.bases[index]
       @request = build_request(@uri, path, headers)
       @idle_timeout = idle_timeout
+      @answer_timeout = answer_timeout
       @handler = handler
       @state = :resolving
       @want = :read
@@ -91,8 +93,8 @@ module BigRedButton
         end
       end
       # The whole answer (connect, handshake, head) must come within this.
-      deadline(Http::STREAM_ANSWER_TIMEOUT) do
-        fail_with("#{@base}: no answer to the event-stream request within #{Http::STREAM_ANSWER_TIMEOUT}s") unless @state == :body
+      deadline(@answer_timeout) do
+        fail_with("#{@base}: no answer to the event-stream request within #{@answer_timeout}s") unless @state == :body
       end
     end
 
@@ -128,9 +130,10 @@ module BigRedButton
       @state = :connecting
       set_want(:write)
       @reactor.watch(@sock, self)
-      connect_deadline = @reactor.after(Http::CONNECT_TIMEOUT) do
+      connect_timeout = [Http::CONNECT_TIMEOUT, @answer_timeout].min
+      connect_deadline = @reactor.after(connect_timeout) do
         if @state == :connecting && @ai.equal?(ai)
-          @errors << "connect timed out after #{Http::CONNECT_TIMEOUT}s"
+          @errors << "connect timed out after #{connect_timeout}s"
           drop_socket
           next_address
         end
