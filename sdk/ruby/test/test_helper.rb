@@ -108,12 +108,17 @@ module BrbTest
     end
 
     # Talks to the API the way an operator would (the test's own client, not the SDK).
-    def api(method, path, body = nil, token: @token, ca_file: nil)
+    # For a server with TLS: {ca_file:, cert:, key:} (OpenSSL objects for cert and key).
+    attr_accessor :tls
+
+    def api(method, path, body = nil, token: @token)
       uri = URI("#{@url}/api/v1#{path}")
       http = Net::HTTP.new(uri.host, uri.port)
       if uri.scheme == "https"
         http.use_ssl = true
-        http.ca_file = ca_file
+        http.ca_file = tls[:ca_file]
+        http.cert = tls[:cert]
+        http.key = tls[:key]
       end
       req = { get: Net::HTTP::Get, put: Net::HTTP::Put, post: Net::HTTP::Post }.fetch(method)
               .new(uri.request_uri, "Authorization" => "Bearer #{token}", "Content-Type" => "application/json")
