@@ -59,7 +59,7 @@ module BigRedButton
 
     token = token.to_s.strip
     # A header value with a line break would be a request of the token's own making.
-    if token.empty? || token.match?(/[[:cntrl:]\s]/)
+    if token.empty? || token.match?(/[[:cntrl:] ]/)
       raise ConfigError, "the token is empty or has whitespace or control characters in it"
     end
 

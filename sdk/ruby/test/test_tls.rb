@@ -38,6 +38,7 @@ class TestTls < Minitest::Test
     @dir = Dir.mktmpdir("brb-ruby-tls")
     ca_key = OpenSSL::PKey::EC.generate("prime256v1")
     ca = cert("/CN=brb test CA", ca_key, ca: true)
+    @ca, @ca_key = ca, ca_key
     srv_key = OpenSSL::PKey::EC.generate("prime256v1")
     srv = cert("/CN=localhost", srv_key, issuer: ca, issuer_key: ca_key, san: "DNS:localhost,IP:127.0.0.1")
     cli_ca_key = OpenSSL::PKey::EC.generate("prime256v1")
@@ -96,5 +97,33 @@ class TestTls < Minitest::Test
     sw = @server.pause
     eventually(1) { gs.none?(&:open?) }
     gs.each { |g| assert_equal sw["version"], g.version }
+  end
+
+  # A server whose certificate, from the trusted CA, names another host: refused, and said.
+  def test_a_certificate_for_another_host_is_refused
+    key = OpenSSL::PKey::EC.generate("prime256v1")
+    other = cert("/CN=elsewhere", key, issuer: @ca, issuer_key: @ca_key, san: "DNS:elsewhere.example")
+    ctx = OpenSSL::SSL::SSLContext.new
+    ctx.cert = other
+    ctx.key = key
+    tcp = TCPServer.new("127.0.0.1", 0)
+    tls = OpenSSL::SSL::SSLServer.new(tcp, ctx)
+    served = 0
+    t = Thread.new do
+      loop do
+        c = tls.accept
+        served += 1
+        c.write(BrbTest.sse_head + BrbTest.switch_event("running", 1))
+      rescue OpenSSL::SSL::SSLError, IOError, SystemCallError
+        nil
+      end
+    end
+    g = gate(**opts(urls: ["https://127.0.0.1:#{tcp.addr[1]}"], ca_file: @ca_file))
+    eventually(5) { g.last_error.to_s.include?("does not match") }
+    refute g.ready?
+    refute g.open?
+  ensure
+    t&.kill
+    tcp&.close
   end
 end

@@ -621,6 +621,7 @@ module BigRedButton
       errors << message
       @base_index = (@base_index + 1) % @http.bases.size
       if tried + 1 < @http.bases.size
+        @log.debug("brb: switch=#{@switch} #{message}; trying the next replica")
         sse_try(tried + 1, errors)
       else
         problem("cannot reach the control plane: #{errors.join('; ')}")
