@@ -250,14 +250,15 @@ class TestGateServer < Minitest::Test
     refute_includes @log.text, "0" * 64
   end
 
-  def test_a_viewer_token_from_a_file_works
-    secret = @server.create_token("rb-viewer", role: "viewer")
+  # The token the README recommends for workers: a viewer scoped to the switch.
+  def test_a_scoped_viewer_token_from_a_file_works
+    secret = @server.create_token("rb-viewer", role: "viewer", switches: ["workers"])
     Dir.mktmpdir do |d|
       f = File.join(d, "tok")
       File.write(f, "#{secret}\n")
       g = gate(**opts(token: nil, token_file: f, worker_id: "rb-viewer"))
       assert g.ready(timeout: 10)
-      eventually(5) { @server.worker("rb-viewer") }
+      eventually(5, "its reports are counted") { @server.worker("rb-viewer") }
       refute_includes @log.text, secret
       refute_includes g.inspect, secret
     end

@@ -154,8 +154,10 @@ module BrbTest
       workers(name)["workers"].find { |w| w["worker_id"] == id }
     end
 
-    def create_token(name, role: "viewer")
-      code, body = api(:post, "/tokens", { name: name, role: role })
+    def create_token(name, role: "viewer", switches: nil)
+      req = { name: name, role: role }
+      req[:scope] = { switches: switches, pause_only: false } if switches
+      code, body = api(:post, "/tokens", req)
       raise "POST token: #{code} #{body}" unless code == 200 || code == 201
 
       body["secret"] || body["token"]

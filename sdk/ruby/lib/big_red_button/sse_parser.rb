@@ -33,6 +33,17 @@ module BigRedButton
     def feed(chunk)
       out = []
       data = chunk.b
+      # The usual case, one or two whole frames with "\n" line ends: split, no byte loop.
+      if !@after_cr && !data.include?("\r")
+        lines = data.split("\n", -1)
+        rest = lines.pop
+        lines.each do |l|
+          push(l)
+          end_line(out)
+        end
+        push(rest)
+        return out
+      end
       pos = 0
       if @after_cr
         @after_cr = false
