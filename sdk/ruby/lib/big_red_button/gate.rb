@@ -10,11 +10,13 @@ module BigRedButton
   #
   # The process's Reactor thread holds the switch's event stream open (SSE; long-poll, on a
   # thread of its own, when SSE cannot be held) and writes what it learns into the gate; #open?
-  # reads one instance variable, so it can be called before every job at no cost. #job is the fuller form: it waits while the
-  # switch is closed, counts the job as in flight (so the gate reports `draining` while jobs
-  # started before a pause finish), and applies a release ramp by duty cycle: at an admitted
-  # fraction f each job slot rests `job time × (1 − f) / f` after a job, so the worker does f
-  # of its normal work whatever its job length.
+  # reads one instance variable, so it can be called before every job at no cost.
+  #
+  # #job is the fuller form: it waits while the switch is closed, counts the job as in flight
+  # (so the gate reports `draining` while jobs started before a pause finish), and applies a
+  # release ramp by duty cycle: at an admitted fraction f each job slot rests
+  # `job time × (1 − f) / f` after a job, so the worker does f of its normal work whatever its
+  # job length.
   #
   # When the control plane cannot be reached the gate keeps the last known state
   # (:keep_last_known, the default: an outage never silently undoes a pause), or fails :open or
@@ -22,7 +24,6 @@ module BigRedButton
   class Gate
     POLICIES = %i[keep_last_known open closed].freeze
     TRANSPORTS = %i[auto sse long_poll].freeze
-    STATUSES = %i[running draining paused].freeze
     # Failed reconnects retried within `backoff_base` before the bound starts doubling: a
     # restarting control plane is usually back within it.
     FLAT_ATTEMPTS = 2
@@ -30,8 +31,6 @@ module BigRedButton
     SSE_FAILURES_BEFORE_FALLBACK = 3
     LONG_POLL_SPELL = 300
     LONG_POLL_WAIT = 25
-    # How often the failure policy is re-evaluated while disconnected (grace runs out alone).
-    POLICY_TICK = 0.25
     BUSY = Float::INFINITY
 
     # What a stream or long-poll attempt came to.
@@ -51,7 +50,8 @@ module BigRedButton
     # auth_retry::        how long to wait after a 401/403 before asking again
     # answer_timeout::    how long a stream's answer may take to start (connect, TLS, head)
     # reports::           report to the control plane (on every change and every interval)
-    # samples::           send a `sdk_jobs_processed` counter sample once a second
+    # samples::           a `sdk_jobs_processed` counter sample, at most once a second while
+    #                     jobs finish
     def initialize(switch: "workers", urls: nil, token: nil, token_file: nil, worker_id: nil,
                    policy: :keep_last_known, grace: 10, max_concurrency: 1, report_interval: 5,
                    transport: :auto, backoff_base: 1, backoff_cap: 30, idle_timeout: 45,

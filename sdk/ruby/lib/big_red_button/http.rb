@@ -36,7 +36,7 @@ module BigRedButton
     # files share parsed certificates and kept-alive report connections.
     def self.shared(urls:, token:, ca_file: nil, client_cert: nil, client_key: nil,
                     allow_insecure_http: false)
-      key = [Array(urls).map(&:to_s), token, ca_file, client_cert, client_key, allow_insecure_http].hash
+      key = [Array(urls).map(&:to_s), token, ca_file, client_cert, client_key, allow_insecure_http].freeze
       SHARED_LOCK.synchronize do
         SHARED[key] ||= new(urls: urls, token: token, ca_file: ca_file, client_cert: client_cert,
                             client_key: client_key, allow_insecure_http: allow_insecure_http)
