@@ -174,6 +174,18 @@ class TestGateServer < Minitest::Test
     eventually(5) { @server.worker("rb-lp")&.fetch("status") == "running" }
   end
 
+  def test_a_buffering_proxy_is_noticed_by_its_silence_and_long_poll_takes_over
+    px = proxy
+    px.mode = :buffer_sse
+    g = gate(**opts(urls: [px.url], backoff_base: 0.05, backoff_cap: 0.1, idle_timeout: 0.5))
+    assert g.ready(timeout: 15), "long-poll reaches the control plane"
+    assert_match(/silent for 0.5s/, @log.text)
+    assert_match(/falling back to long-poll/, @log.text)
+    eventually(5, "long-poll requests pass the proxy") { px.requests.any? { |r| r.include?("after_version=") } }
+    @server.pause
+    eventually(1) { !g.open? }
+  end
+
   def test_long_poll_transport
     g = gate(**opts(transport: :long_poll))
     assert g.ready(timeout: 10)

@@ -181,7 +181,8 @@ module BrbTest
       @thread = Thread.new { accept_loop }
     end
 
-    # :forward, :refuse (close at once), :refuse_sse (502 to event-stream requests).
+    # :forward, :refuse (close at once), :refuse_sse (502 to event-stream requests),
+    # :buffer_sse (an event stream's head passes, its body is held back).
     def mode=(m)
       @lock.synchronize { @mode = m }
     end
@@ -236,6 +237,15 @@ module BrbTest
       up = TCPSocket.new("127.0.0.1", @upstream)
       @lock.synchronize { @socks << client << up }
       up.write(head)
+      if mode == :buffer_sse && line.include?("/events")
+        # A buffering proxy: the answer's head goes through, its body never does.
+        answer = +""
+        answer << up.readpartial(65_536) until answer.include?("\r\n\r\n")
+        client.write(answer[0, answer.index("\r\n\r\n") + 4])
+        IO.copy_stream(up, IO::NULL) rescue nil
+        client.close rescue nil
+        return
+      end
       t = Thread.new { IO.copy_stream(up, client) rescue nil; client.close rescue nil }
       IO.copy_stream(client, up) rescue nil
       up.close rescue nil
