@@ -247,7 +247,16 @@ module BrbTest
         return
       end
       t = Thread.new { IO.copy_stream(up, client) rescue nil; client.close rescue nil }
-      IO.copy_stream(client, up) rescue nil
+      # Every request on a kept-alive connection is recorded, not only the first.
+      begin
+        loop do
+          data = client.readpartial(65_536)
+          data.scan(%r{^(?:GET|POST|PUT|PATCH|DELETE) \S+ HTTP/1\.1}) { |l| @lock.synchronize { @requests << l } }
+          up.write(data)
+        end
+      rescue IOError, SystemCallError
+        nil
+      end
       up.close rescue nil
       t.join
     rescue IOError, SystemCallError
