@@ -194,6 +194,26 @@ class TestBadInput < Minitest::Test
     eventually(5) { long.count >= 2 } # reconnects, with backoff
   end
 
+  # After a failover, closing the gates closes every stream they opened (the gate holds the
+  # connection it moved to, not the refused one).
+  def test_closing_gates_closes_their_streams_after_a_failover
+    dead = TCPServer.new("127.0.0.1", 0)
+    dead_url = "http://127.0.0.1:#{dead.addr[1]}"
+    dead.close
+    closed = Queue.new
+    s = server do |c, _req, _n|
+      c.write(BrbTest.sse_head + BrbTest.switch_event("running", 1))
+      c.read
+      closed << true
+    end
+    gs = Array.new(8) { gate(**opts([dead_url, s.url])) }
+    gs.each { |g| assert g.ready(timeout: 5) }
+    assert_match(/trying the next replica/, @log.text, "some gate started on the dead replica")
+    assert_equal 8, s.count
+    gs.each(&:close)
+    eventually(5, "every stream is closed") { closed.size == 8 }
+  end
+
   def test_an_html_200_from_a_proxy_is_not_a_stream
     s = server do |c, _req, _n|
       c.write("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<h1>hi</h1>\r\n")

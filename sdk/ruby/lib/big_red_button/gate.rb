@@ -581,9 +581,17 @@ module BigRedButton
       headers["Last-Event-ID"] = @version.to_s if @known
       @stream = { base: @http.bases[@base_index], parser: SseParser.new, heard: false, after_resync: false }
       handler = StreamHandler.new(self, tried, errors)
-      @conn = StreamConnection.new(@reactor, @http, @base_index, @http.path_for(@base_index, "#{@path}/events"),
-                                   headers, idle_timeout: @idle_timeout,
-                                   answer_timeout: @answer_timeout, handler: handler)
+      conn = StreamConnection.new(@reactor, @http, @base_index, @http.path_for(@base_index, "#{@path}/events"),
+                                  headers, idle_timeout: @idle_timeout,
+                                  answer_timeout: @answer_timeout, handler: handler)
+      @conn = conn
+      begin
+        conn.start
+      rescue StandardError => e
+        # Out of file descriptors, say: this attempt failed; the next one is scheduled as usual.
+        conn.close
+        stream_failed(tried, errors, Http.describe(@stream[:base], e)) if @conn.equal?(conn)
+      end
     end
 
     # Routes a StreamConnection's news to the gate (reactor thread).

@@ -40,7 +40,27 @@ module BigRedButton
       @sock = nil
       @timers = []
       @done = false
-      start
+    end
+
+    # Starts connecting. Separate from new: a failure may be reported (and the handler start
+    # the next connection) before this returns, so the caller must already hold this one.
+    def start
+      # An address of the text's own needs no lookup; a name is looked up off the reactor,
+      # which must never wait on DNS.
+      # The whole answer (connect, handshake, head) must come within this.
+      deadline(@answer_timeout) do
+        fail_with("#{@base}: no answer to the event-stream request within #{@answer_timeout}s") unless @state == :body
+      end
+      host = @uri.hostname
+      if host.match?(/\A[\d.]+\z|:/) || host.casecmp?("localhost")
+        addrs = lookup(host)
+        connect_to(addrs) if addrs
+      else
+        Pool.instance.post do
+          addrs = lookup(host)
+          @reactor.submit { connect_to(addrs) if addrs && !@done }
+        end
+      end
     end
 
     # Ends the connection without telling the handler (the gate is closing, or it decided).
@@ -77,25 +97,6 @@ module BigRedButton
       headers.each { |k, v| lines << "#{k}: #{v}" }
       lines << "Connection: close"
       "#{lines.join("\r\n")}\r\n\r\n"
-    end
-
-    def start
-      # An address of the text's own needs no lookup; a name is looked up off the reactor,
-      # which must never wait on DNS.
-      host = @uri.hostname
-      if host.match?(/\A[\d.]+\z|:/) || host.casecmp?("localhost")
-        addrs = lookup(host)
-        addrs ? connect_to(addrs) : nil
-      else
-        Pool.instance.post do
-          addrs = lookup(host)
-          @reactor.submit { connect_to(addrs) if addrs && !@done }
-        end
-      end
-      # The whole answer (connect, handshake, head) must come within this.
-      deadline(@answer_timeout) do
-        fail_with("#{@base}: no answer to the event-stream request within #{@answer_timeout}s") unless @state == :body
-      end
     end
 
     def lookup(host)
