@@ -214,6 +214,29 @@ class TestBadInput < Minitest::Test
     eventually(5, "every stream is closed") { closed.size == 8 }
   end
 
+  # One stream that never stops talking must not starve the other gates of the process.
+  def test_a_flooding_stream_does_not_starve_other_gates
+    flood = server do |c, _req, _n|
+      c.write(BrbTest.sse_head + BrbTest.switch_event("running", 1))
+      chunk = ": keep-alive\n" * 4096
+      loop { c.write(chunk) }
+    end
+    go = Queue.new
+    calm = server do |c, _req, _n|
+      c.write(BrbTest.sse_head + BrbTest.switch_event("running", 1))
+      go.pop
+      c.write(BrbTest.switch_event("paused", 2))
+      c.read
+    end
+    noisy = gate(**opts([flood.url]))
+    quiet = gate(**opts([calm.url]))
+    assert noisy.ready(timeout: 5)
+    assert quiet.ready(timeout: 5)
+    go << true
+    eventually(2, "the quiet gate hears its change while the other stream floods") { !quiet.open? }
+    assert noisy.open?
+  end
+
   def test_an_html_200_from_a_proxy_is_not_a_stream
     s = server do |c, _req, _n|
       c.write("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<h1>hi</h1>\r\n")

@@ -142,8 +142,10 @@ module BigRedButton
       safely { h.on_ready } if h
     end
 
+    # Only what was queued before: a task that queues another (a busy stream reading on)
+    # waits for the next turn, so timers and other streams get theirs.
     def run_queue
-      until @queue.empty?
+      @queue.size.times do
         blk = begin
           @queue.pop(true)
         rescue ThreadError
