@@ -39,6 +39,7 @@ module BigRedButton
       @io = nil
       @sock = nil
       @timers = []
+      @idle_timer = nil
       @done = false
     end
 
@@ -313,12 +314,11 @@ module BigRedButton
     def idle_check
       @last_read ||= BigRedButton.monotonic
       due = @last_read + @idle_timeout
-      @timers << @reactor.at(due) do
+      @idle_timer = @reactor.at(due) do
         if @done then nil
         elsif BigRedButton.monotonic - @last_read >= @idle_timeout
           finish(:ended, "#{@base}: the event stream was silent for #{@idle_timeout}s", idle: true)
         else
-          @timers.reject!(&:cancelled?)
           idle_check
         end
       end
@@ -340,6 +340,7 @@ module BigRedButton
       @done = true
       @timers.each(&:cancel)
       @timers.clear
+      @idle_timer&.cancel
       if @sock
         @reactor.unwatch(@sock)
         begin
