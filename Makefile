@@ -39,6 +39,7 @@ test: test-deps
 	$(MAKE) -C firmware all test sim
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
+	cd sdk/ruby && BRB_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/brb rake test
 	scripts/schemathesis.sh
 	$(CARGO) test --workspace --all-targets --locked
 	cd ui && node --test tests/console.e2e.mjs

@@ -1,0 +1,123 @@
+# frozen_string_literal: true
+
+module BigRedButton
+  # An incremental Server-Sent Events parser (the WHATWG event-stream format), with no I/O.
+  #
+  # Bytes arrive in arbitrary chunks (a frame may be split anywhere, even inside a UTF-8
+  # sequence or between "\r" and "\n"); #feed buffers what is incomplete and returns every
+  # event completed so far. An event is only dispatched at its blank line, so a stream cut in
+  # the middle of an event never yields half of it. Lines longer than MAX_LINE raise
+  # LineTooLong rather than let a server make the client buffer without bound.
+  class SseParser
+    MAX_LINE = 1 << 20
+
+    Event = Struct.new(:event, :id, :data)
+
+    class LineTooLong < ProtocolError
+      def initialize
+        super("event-stream line longer than #{MAX_LINE} bytes")
+      end
+    end
+
+    attr_reader :retry_ms, :last_id
+
+    def initialize
+      @buf = +"".b
+      @after_cr = false
+      reset_event
+      @last_id = nil
+      @retry_ms = nil
+    end
+
+    # Returns the events completed by this chunk (possibly none).
+    def feed(chunk)
+      out = []
+      data = chunk.b
+      # The usual case, one or two whole frames with "\n" line ends: split, no byte loop.
+      if !@after_cr && !data.include?("\r")
+        lines = data.split("\n", -1)
+        rest = lines.pop
+        lines.each do |l|
+          push(l)
+          end_line(out)
+        end
+        push(rest)
+        return out
+      end
+      pos = 0
+      if @after_cr
+        @after_cr = false
+        pos = 1 if data.getbyte(0) == 10
+      end
+      len = data.bytesize
+      while pos < len
+        i = data.index(/[\r\n]/n, pos)
+        unless i
+          push(data.byteslice(pos, len - pos))
+          break
+        end
+        push(data.byteslice(pos, i - pos))
+        end_line(out)
+        pos = i + 1
+        next unless data.getbyte(i) == 13
+
+        if pos >= len
+          @after_cr = true
+        elsif data.getbyte(pos) == 10
+          pos += 1
+        end
+      end
+      out
+    end
+
+    private
+
+    def reset_event
+      @event = nil
+      @data = nil
+    end
+
+    def push(bytes)
+      if @buf.bytesize + bytes.bytesize > MAX_LINE
+        @buf = +"".b
+        raise LineTooLong
+      end
+      @buf << bytes
+    end
+
+    def end_line(out)
+      line = @buf
+      @buf = +"".b
+      if line.empty?
+        dispatch(out)
+        return
+      end
+      return if line.getbyte(0) == 58 # ':' a comment: the keep-alive
+
+      colon = line.index(":")
+      if colon
+        field = line.byteslice(0, colon)
+        value = line.byteslice(colon + 1, line.bytesize - colon - 1)
+        value = value.byteslice(1, value.bytesize - 1) if value.getbyte(0) == 32
+      else
+        field = line
+        value = "".b
+      end
+      value = value.force_encoding(Encoding::UTF_8)
+      value = value.scrub("\uFFFD") unless value.valid_encoding?
+      case field
+      when "event" then @event = value
+      when "data" then @data = @data ? "#{@data}\n#{value}" : value
+      when "id" then @last_id = value unless value.include?("\0")
+      when "retry" then @retry_ms = value.to_i if value.match?(/\A\d+\z/)
+      end
+    end
+
+    def dispatch(out)
+      if @data
+        out << Event.new(@event.nil? || @event.empty? ? "message" : @event, @last_id, @data)
+      end
+      reset_event
+    end
+  end
+end
