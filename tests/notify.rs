@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brb_api::{SetStateRequest, Source, SwitchState};
-use brb_e2e::{InProcess, eventually};
-use brb_server::config::{Secret, SlackConfig, WebhookConfig};
+use brb_api::{Notification, NotificationList, SetStateRequest, Source, SwitchState};
+use brb_e2e::{InProcess, eventually, wait_for};
+use brb_server::config::{Secret, SlackConfig, SwitchConfig, WebhookConfig};
 use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -160,6 +160,49 @@ async fn toggle(s: &InProcess, state: SwitchState, reason: &str) -> (brb_api::Sw
     (sw, t.elapsed())
 }
 
+/// The outbox as `GET /api/v1/notifications` shows it (newest first).
+async fn outbox(s: &InProcess) -> Vec<Notification> {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/notifications", s.url))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json::<NotificationList>()
+        .await
+        .unwrap()
+        .notifications
+}
+
+/// Waits until the outbox holds `n` notifications, every one delivered: after that nothing
+/// is left to send, so the receivers' counts are final (no fixed wait for late duplicates).
+async fn all_delivered(s: &InProcess, n: usize, limit: Duration) -> Vec<Notification> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let o = outbox(s).await;
+        if o.len() == n
+            && o.iter()
+                .all(|x| x.status == brb_api::DeliveryStatus::Delivered)
+        {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all {n} notifications delivered within {limit:?}: {o:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the outbox's JSON text satisfies `pred` (e.g. names an error); returns it.
+async fn outbox_until(s: &InProcess, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    wait_for(Duration::from_secs(20), what, || async {
+        let text = serde_json::to_string(&outbox(s).await).unwrap();
+        pred(&text).then_some(text)
+    })
+    .await
+}
+
 fn verify_hook(h: &Hit) {
     let ts: i64 = h.headers["x-brb-timestamp"]
         .to_str()
@@ -216,16 +259,17 @@ async fn pause_and_resume_each_send_exactly_one_message() {
     assert_eq!(body["switch"]["version"], paused.version);
     assert_eq!(body["switch"]["reason"], "db at 100% CPU");
 
-    // Setting the same state again announces nothing.
+    // Setting the same state again announces nothing: its request returned, so had it
+    // queued anything, the outbox would show it now.
     toggle(&s, SwitchState::Paused, "again").await;
     toggle(&s, SwitchState::Running, "recovered").await;
-    assert!(eventually(Duration::from_secs(5), || r.hits("/slack").len() == 2).await);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let n = all_delivered(&s, 4, Duration::from_secs(10)).await;
     assert_eq!(r.hits("/slack").len(), 2, "exactly one message per change");
     assert_eq!(r.hits("/hook").len(), 2);
     let resumed = &r.json("/slack")[1];
     assert!(resumed.to_string().contains("#2e7d32"), "green for resumed");
     assert!(!resumed["text"].as_str().unwrap().contains("<!here>"));
+    assert!(n.iter().all(|x| x.attempts == 1), "{n:#?}");
 
     let list: Value = reqwest::Client::new()
         .get(format!("{}/api/v1/notifications", s.url))
@@ -236,13 +280,6 @@ async fn pause_and_resume_each_send_exactly_one_message() {
         .json()
         .await
         .unwrap();
-    let n = list["notifications"].as_array().unwrap();
-    assert_eq!(n.len(), 4);
-    assert!(
-        n.iter()
-            .all(|x| x["status"] == "delivered" && x["attempts"] == 1),
-        "{list}"
-    );
     assert!(
         !list.to_string().contains("/slack"),
         "no secret URLs in the status"
@@ -258,44 +295,33 @@ async fn receiver_outages_keep_toggles_fast_and_each_notification_arrives_once()
     let mut slowest = Duration::ZERO;
     let (_, t) = toggle(&s, SwitchState::Paused, "refused").await;
     slowest = slowest.max(t);
-    let status = |s: &InProcess| {
-        let (url, admin) = (s.url.clone(), s.admin.clone());
-        async move {
-            reqwest::Client::new()
-                .get(format!("{url}/api/v1/notifications"))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let st = status(&s).await;
-    let first = &st["notifications"][0];
-    assert_eq!(first["status"], "pending");
-    assert!(first["attempts"].as_u64().unwrap() >= 1);
+    let st = outbox_until(&s, "a failed attempt on the refused receiver", |t| {
+        t.contains("connection")
+    })
+    .await;
+    let first = outbox(&s).await.pop().unwrap();
+    assert_eq!(first.status, brb_api::DeliveryStatus::Pending, "{st}");
+    assert!(first.attempts >= 1, "{st}");
     assert!(
-        first["last_error"].as_str().unwrap().contains("connection"),
+        first
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("connection"),
         "{st}"
     );
 
-    r.start().await;
+    // The mode first: a retry landing between the two would be accepted.
     r.set_mode(Mode::Fail500);
+    r.start().await;
     let (_, t) = toggle(&s, SwitchState::Running, "500s").await;
     slowest = slowest.max(t);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let st = status(&s).await;
-    assert!(st.to_string().contains("HTTP 500"), "{st}");
+    outbox_until(&s, "an attempt answered 500", |t| t.contains("HTTP 500")).await;
 
     r.set_mode(Mode::Hang);
     let (_, t) = toggle(&s, SwitchState::Paused, "hang").await;
     slowest = slowest.max(t);
-    tokio::time::sleep(Duration::from_millis(6000)).await;
-    let st = status(&s).await;
-    assert!(st.to_string().contains("timed out"), "{st}");
+    outbox_until(&s, "an attempt that timed out", |t| t.contains("timed out")).await;
     let (_, t) = toggle(&s, SwitchState::Running, "still hanging").await;
     slowest = slowest.max(t);
     assert!(
@@ -313,8 +339,8 @@ async fn receiver_outages_keep_toggles_fast_and_each_notification_arrives_once()
         r.hits("/slack").len(),
         r.hits("/hook").len()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Once each: four versions, one message each per channel.
+    // Once each: four versions, one message each per channel, and nothing left to send.
+    all_delivered(&s, 8, Duration::from_secs(20)).await;
     let mut versions: Vec<u64> = r
         .json("/hook")
         .iter()
@@ -335,12 +361,23 @@ async fn undelivered_notifications_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = InProcess::start(dir.path(), with_receivers(&r)).await;
     toggle(&s, SwitchState::Paused, "before restart").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both tried once and failed (nothing listens yet): the restart must not lose them.
+    wait_for(
+        Duration::from_secs(10),
+        "both notifications tried",
+        || async {
+            let o = outbox(&s).await;
+            (o.len() == 2
+                && o.iter()
+                    .all(|x| x.attempts >= 1 && x.delivered_at.is_none()))
+            .then_some(())
+        },
+    )
+    .await;
     s.stop().await;
     r.start().await;
     let s = InProcess::start(dir.path(), with_receivers(&r)).await;
-    assert!(eventually(Duration::from_secs(10), || r.hits("/slack").len() == 1).await);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    all_delivered(&s, 2, Duration::from_secs(10)).await;
     assert_eq!(
         r.hits("/slack").len(),
         1,
@@ -473,16 +510,23 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
     let s = InProcess::start(dir.path(), |c| {
         with_receivers(&r)(c);
         c.notify.remind_every = "1s".into();
+        // A second switch that reminds too: while it stays paused, its reminders show that
+        // the reminder loop kept running after "workers" was resumed.
+        c.switches.push(SwitchConfig {
+            name: "emails".into(),
+            description: String::new(),
+            remind: true,
+        });
     })
     .await;
-    toggle(&s, SwitchState::Paused, "slow db").await;
+    let (paused, _) = toggle(&s, SwitchState::Paused, "slow db").await;
     let reminders = |r: &Recorder| {
         r.json("/slack")
             .into_iter()
             .filter(|m| m["text"].as_str().unwrap_or("").contains("Reminder"))
             .count()
     };
-    assert!(eventually(Duration::from_secs(6), || reminders(&r) >= 3).await);
+    assert!(eventually(Duration::from_secs(10), || reminders(&r) >= 3).await);
     let texts: Vec<String> = r
         .json("/slack")
         .iter()
@@ -495,10 +539,65 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
     );
     let hooks = r.json("/hook");
     assert!(hooks.iter().any(|h| h["type"] == "switch.reminder"));
-    toggle(&s, SwitchState::Running, "ok").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = reminders(&r);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(reminders(&r), after, "no reminders once resumed");
+    // On schedule: the k-th reminder is queued once k intervals have passed since the pause,
+    // not before (and not long after: the loop looks every 250 ms).
+    let queued = |o: &[Notification], switch: &str| {
+        let mut t: Vec<_> = o
+            .iter()
+            .filter(|x| x.kind == "reminder" && x.switch == switch && x.channel == "slack")
+            .map(|x| x.created_at)
+            .collect();
+        t.sort();
+        t
+    };
+    let times = queued(&outbox(&s).await, "workers");
+    assert!(times.len() >= 3, "{times:?}");
+    for (k, at) in times.iter().enumerate().take(3) {
+        let due = paused.changed_at + chrono::TimeDelta::seconds(k as i64 + 1);
+        assert!(*at >= due, "reminder {} queued {} early", k + 1, due - *at);
+        assert!(
+            *at - due < chrono::TimeDelta::seconds(3),
+            "reminder {} queued {} late",
+            k + 1,
+            *at - due
+        );
+    }
+
+    let c = s.client();
+    c.set_state(
+        "emails",
+        &SetStateRequest {
+            state: SwitchState::Paused,
+            reason: Some("control".into()),
+            source: None,
+            expected_version: None,
+            ramp: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (resumed, _) = toggle(&s, SwitchState::Running, "ok").await;
+    // Two reminders of "emails" queued after the resume: the loop has looked at "workers"
+    // for more than a whole interval since, so a reminder still due would have been queued.
+    let after_resume = |o: &[Notification], switch: &str| {
+        queued(o, switch)
+            .into_iter()
+            .filter(|t| *t > resumed.changed_at)
+            .count()
+    };
+    let o = wait_for(
+        Duration::from_secs(10),
+        "the control switch's reminders",
+        || async {
+            let o = outbox(&s).await;
+            (after_resume(&o, "emails") >= 2).then_some(o)
+        },
+    )
+    .await;
+    assert_eq!(
+        after_resume(&o, "workers"),
+        0,
+        "a reminder queued after the resume: {o:#?}"
+    );
     s.stop().await;
 }

@@ -516,8 +516,30 @@ async fn three_replicas_body() {
         "every change announced: {} of {changes}",
         slack.count("/slack")
     );
-    // Room for a duplicate to show up, had there been one.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the shared outbox has nothing left to deliver, no replica has a send to make: the
+    // count is final.
+    let outbox = format!("{ub}/api/v1/notifications");
+    let http = reqwest::Client::new();
+    brb_e2e::wait_for(
+        Duration::from_secs(20),
+        "every notification delivered",
+        || async {
+            let list: brb_api::NotificationList = http
+                .get(&outbox)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            list.notifications
+                .iter()
+                .all(|n| n.status == brb_api::DeliveryStatus::Delivered)
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(slack.count("/slack"), changes, "no change announced twice");
 
     for w in [wa, wb, wc, wab, wac] {

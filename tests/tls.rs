@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use brb_api::{SetStateRequest, SwitchState};
 use brb_client::{Client, EventScope, StreamItem, TlsOptions};
-use brb_e2e::{ServerProc, brb_bin, cli};
+use brb_e2e::{ServerProc, brb_bin, cli, eventually};
 use futures_util::StreamExt as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -55,11 +55,80 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// Installs a new server certificate the way an operator (or certbot) would: write a temp
-/// file, rename over the old one.
-fn replace(path: &Path, text: &str) {
+/// file, rename over the old one. The new file gets the modification time `mtime`: the server
+/// also reloads when a file's modification time changes, so a test of the SIGHUP path keeps
+/// the old time (only the signal can then explain a reload), and a test of the file-change
+/// path sets a different one.
+fn replace(path: &Path, text: &str, mtime: SystemTime) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// SHA-256 of a DER certificate, hex, first 16 bytes (the server's own fingerprint format).
+fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(der)[..16])
+}
+
+/// The fingerprint of the certificate a fresh handshake with `addr` is shown.
+async fn served(addr: &str, ca_pem: &str) -> String {
+    fingerprint(&presented_cert(addr, ca_pem).await)
+}
+
+/// Polls what a fresh handshake is shown until it is `want`; panics naming `what`, with the
+/// server's log, after `limit`.
+async fn wait_served(server: &ServerProc, ca_pem: &str, want: &str, limit: Duration, what: &str) {
+    let addr = server.url.trim_start_matches("https://");
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = served(addr, ca_pem).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still serving {got}, want {want} after {limit:?}; server log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many lines of the server's log contain every one of `needles`.
+fn log_lines(server: &ServerProc, needles: &[&str]) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|l| needles.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// Waits until the server's log has more than `before` lines with every one of `needles`.
+async fn wait_log_lines(server: &ServerProc, needles: &[&str], before: usize, limit: Duration) {
+    assert!(
+        eventually(limit, || log_lines(server, needles) > before).await,
+        "no new log line with {needles:?} within {limit:?}; log:\n{}",
+        server.log()
+    );
+}
+
+fn sighup(server: &ServerProc) {
+    let rc = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
 }
 
 /// The DER of the leaf certificate a fresh TLS connection to `addr` is shown.
@@ -218,59 +287,89 @@ async fn sdk_cli_and_sse_over_tls_and_reload_under_a_live_watcher() {
         .unwrap();
     client.set_state("workers", &resume()).await.unwrap();
     next_state(&mut watcher, "running").await;
-    assert_eq!(presented_cert(&addr, &ca.pem()).await, der1);
+    let fp1 = fingerprint(&der1);
+    assert_eq!(served(&addr, &ca.pem()).await, fp1);
+    const RELOADED: &str = "TLS certificate reloaded";
 
     // ...stays connected through a reload on SIGHUP: new handshakes get the new certificate,
-    // and the same stream keeps delivering.
+    // and the same stream keeps delivering. The new files keep the old modification times,
+    // so the file watcher sees nothing: only the signal can make the server serve them.
     let (c2, k2, der2) = ca.issue("brb-2", &["localhost", "127.0.0.1"]);
-    replace(&key, &k2);
-    replace(&cert, &c2);
-    let rc = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(rc.success());
-    let t = Instant::now();
-    while presented_cert(&addr, &ca.pem()).await != der2 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "SIGHUP did not reload"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let fp2 = fingerprint(&der2);
+    assert_ne!(fp1, fp2);
+    replace(&key, &k2, mtime(&key));
+    replace(&cert, &c2, mtime(&cert));
+    assert_eq!(
+        served(&addr, &ca.pem()).await,
+        fp1,
+        "reloaded before the signal"
+    );
+    let before = log_lines(&server, &[RELOADED, "SIGHUP"]);
+    sighup(&server);
+    wait_served(
+        &server,
+        &ca.pem(),
+        &fp2,
+        Duration::from_secs(10),
+        "SIGHUP did not reload",
+    )
+    .await;
+    wait_log_lines(
+        &server,
+        &[RELOADED, "SIGHUP"],
+        before,
+        Duration::from_secs(5),
+    )
+    .await;
     client
         .set_state("workers", &pause("after reload"))
         .await
         .unwrap();
     next_state(&mut watcher, "paused").await;
 
-    // A changed file is picked up without a signal too.
+    // A changed file is picked up without a signal too (the watcher compares modification
+    // times every 2 s).
     let (c3, k3, der3) = ca.issue("brb-3", &["localhost", "127.0.0.1"]);
-    replace(&key, &k3);
-    replace(&cert, &c3);
-    let t = Instant::now();
-    while presented_cert(&addr, &ca.pem()).await != der3 {
-        assert!(
-            t.elapsed() < Duration::from_secs(8),
-            "file change did not reload"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let fp3 = fingerprint(&der3);
+    let later = mtime(&cert) + Duration::from_secs(60);
+    let before = log_lines(&server, &[RELOADED, "poll"]);
+    replace(&key, &k3, later);
+    replace(&cert, &c3, later);
+    wait_served(
+        &server,
+        &ca.pem(),
+        &fp3,
+        Duration::from_secs(15),
+        "file change did not reload",
+    )
+    .await;
+    wait_log_lines(&server, &[RELOADED, "poll"], before, Duration::from_secs(5)).await;
     client.set_state("workers", &resume()).await.unwrap();
     next_state(&mut watcher, "running").await;
 
-    // A broken certificate file is refused and the previous one keeps serving.
-    replace(&cert, "not a certificate");
-    let _ = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(presented_cert(&addr, &ca.pem()).await, der3);
-    assert!(
-        server.log().contains("TLS reload failed"),
-        "{}",
-        server.log()
+    // A broken certificate file is refused and the previous one keeps serving: wait for the
+    // server to report that it tried, then look at what it serves.
+    let before = log_lines(&server, &["TLS reload failed"]);
+    replace(&cert, "not a certificate", later + Duration::from_secs(60));
+    sighup(&server);
+    wait_log_lines(
+        &server,
+        &["TLS reload failed"],
+        before,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        served(&addr, &ca.pem()).await,
+        fp3,
+        "a broken file replaced the certificate"
     );
+    // The stream still delivers after all three reloads.
+    client
+        .set_state("workers", &pause("after a failed reload"))
+        .await
+        .unwrap();
+    next_state(&mut watcher, "paused").await;
     drop(gate);
 }
 
@@ -303,11 +402,7 @@ async fn mutual_tls_accepts_known_client_certificates_only() {
     // The audit names the certificate next to the address.
     let audit = ok.audit(Some("workers"), 1, None).await.unwrap();
     let from = audit.entries[0].remote_addr.clone().unwrap_or_default();
-    let fp = {
-        use sha2::Digest as _;
-        hex::encode(&sha2::Sha256::digest(&bder)[..16])
-    };
-    assert_eq!(from, format!("127.0.0.1 cert:{fp}"));
+    assert_eq!(from, format!("127.0.0.1 cert:{}", fingerprint(&bder)));
 
     // No certificate: the handshake fails, with a hint.
     let without = TlsOptions {

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use brb_api::{CreateTokenRequest, Role, TokenScope};
-use brb_e2e::{ServerProc, cli};
-use futures_util::StreamExt as _;
+use brb_e2e::{ServerProc, SseStream, cli, metric, wait_for};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 struct Api {
@@ -62,12 +62,8 @@ impl Api {
         (s, v)
     }
 
-    /// Opens an SSE stream and waits for its first bytes.
-    async fn stream(
-        &self,
-        path: &str,
-        token: &str,
-    ) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+    /// Opens an SSE stream and waits for its first event (the state it starts from).
+    async fn stream(&self, path: &str, token: &str) -> SseStream {
         let res = self
             .http
             .get(format!("{}{path}", self.base))
@@ -76,25 +72,25 @@ impl Api {
             .await
             .unwrap();
         assert_eq!(res.status(), 200, "stream refused");
-        let mut s = Box::pin(res.bytes_stream());
-        s.next().await.unwrap().unwrap();
+        let mut s = SseStream::new(res);
+        s.wait_event(Duration::from_secs(10), "the first event", |_| true)
+            .await;
         s
     }
 }
 
-/// Waits until `stream` ends (or errors); returns how long that took.
-async fn ends_within(
-    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    limit: Duration,
-) -> Duration {
-    let t = Instant::now();
-    loop {
-        match tokio::time::timeout(limit.saturating_sub(t.elapsed()), stream.next()).await {
-            Err(_) => panic!("stream still open after {limit:?}"),
-            Ok(None) | Ok(Some(Err(_))) => return t.elapsed(),
-            Ok(Some(Ok(_))) => {}
-        }
-    }
+/// Waits until `stream` ends with its terminating chunk (not a cut connection, not silence);
+/// returns the wall-clock time it was seen ending.
+async fn ended_at(stream: &mut SseStream, limit: Duration) -> DateTime<Utc> {
+    stream.wait_end(limit).await;
+    Utc::now()
+}
+
+/// The switch event for `version` on a switch stream.
+fn is_version(ev: &brb_client::sse::Event, version: u64) -> bool {
+    ev.event == "switch"
+        && serde_json::from_str::<Value>(&ev.data)
+            .is_ok_and(|v| v["version"].as_u64() == Some(version))
 }
 
 fn code(v: &Value) -> &str {
@@ -108,25 +104,39 @@ async fn create(
     expires_in: Option<Duration>,
     scope: Option<TokenScope>,
 ) -> (String, String) {
-    let t = server
+    let t = create_full(server, name, role, expires_in, scope).await;
+    (t.token.id, t.secret)
+}
+
+async fn create_full(
+    server: &ServerProc,
+    name: &str,
+    role: Role,
+    expires_in: Option<Duration>,
+    scope: Option<TokenScope>,
+) -> brb_api::CreatedToken {
+    server
         .client()
         .create_token(&CreateTokenRequest {
             name: name.into(),
             role,
-            expires_at: expires_in.map(|d| chrono::Utc::now() + d),
+            expires_at: expires_in.map(|d| Utc::now() + d),
             scope,
         })
         .await
-        .unwrap();
-    (t.token.id, t.secret)
+        .unwrap()
 }
+
+/// How late after `deadline` a stream may end: the server's timer, one write, and a loaded
+/// machine. Never earlier than the deadline: that is the rule.
+const LATE: chrono::TimeDelta = chrono::TimeDelta::seconds(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_ends_access_and_open_streams() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data"), &[]);
     let api = Api::new(&server);
-    let (_, secret) = create(
+    let t = create_full(
         &server,
         "short",
         Role::Viewer,
@@ -134,12 +144,24 @@ async fn expiry_ends_access_and_open_streams() {
         None,
     )
     .await;
+    let (expires, secret) = (t.token.expires_at.unwrap(), t.secret);
     assert_eq!(api.get("/switches/workers", &secret).await.0, 200);
     let mut stream = api.stream("/switches/workers/events", &secret).await;
-    let took = ends_within(&mut stream, Duration::from_secs(6)).await;
     assert!(
-        took >= Duration::from_millis(500),
-        "ended too early: {took:?}"
+        Utc::now() < expires,
+        "the machine took 2 s to open a stream"
+    );
+    // The stream ends at the expiry: not before it, and not long after.
+    let ended = ended_at(&mut stream, Duration::from_secs(8)).await;
+    assert!(
+        ended >= expires,
+        "ended {} before the expiry",
+        expires - ended
+    );
+    assert!(
+        ended <= expires + LATE,
+        "ended {} after the expiry",
+        ended - expires
     );
     let (status, body) = api.get("/switches/workers", &secret).await;
     assert_eq!((status, code(&body)), (401, "token_expired"), "{body}");
@@ -176,22 +198,48 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
         .to_string();
     assert_ne!(new, old);
     // Both work inside the grace period; a stream on the old secret ends when it does.
+    let grace_end = server
+        .client()
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == id)
+        .and_then(|t| t.previous_secret_valid_until)
+        .expect("the rotated token says until when the old secret works");
     assert_eq!(api.get("/switches/workers", &old).await.0, 200);
     assert_eq!(api.get("/switches/workers", &new).await.0, 200);
     let mut old_stream = api.stream("/switches/workers/events", &old).await;
     let mut new_stream = api.stream("/switches/workers/events", &new).await;
-    let took = ends_within(&mut old_stream, Duration::from_secs(8)).await;
-    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(
+        Utc::now() < grace_end,
+        "the machine took 3 s to open two streams"
+    );
+    let ended = ended_at(&mut old_stream, Duration::from_secs(10)).await;
+    assert!(
+        ended >= grace_end,
+        "ended {} before the grace period",
+        grace_end - ended
+    );
+    assert!(
+        ended <= grace_end + LATE,
+        "ended {} after the grace period",
+        ended - grace_end
+    );
     let (status, body) = api.get("/switches/workers", &old).await;
     assert_eq!((status, code(&body)), (401, "token_expired"), "{body}");
     assert_eq!(api.get("/switches/workers", &new).await.0, 200);
-    // The stream on the new secret is untouched.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), new_stream.next())
-            .await
-            .map_or(true, |item| matches!(item, Some(Ok(_)))),
-        "the new secret's stream ended"
-    );
+    // The stream on the new secret is untouched: it delivers the next change.
+    let (s, v) = api.put_state("workers", &admin, "paused").await;
+    assert_eq!(s, 200, "{v}");
+    let version = v["version"].as_u64().unwrap();
+    new_stream
+        .wait_event(
+            Duration::from_secs(10),
+            "the change on the new secret's stream",
+            |e| is_version(e, version),
+        )
+        .await;
     // The audit has the rotation, without either secret.
     let (_, audit) = api.get("/audit?limit=5", &admin).await;
     let text = audit.to_string();
@@ -212,18 +260,37 @@ async fn revocation_cuts_live_streams_and_long_polls_at_once() {
         let url = format!("{}/switches/workers?after_version=999999&wait=30", api.base);
         let secret = secret.clone();
         tokio::spawn(async move {
-            let t = Instant::now();
             let r = http.get(url).bearer_auth(secret).send().await.unwrap();
-            (r.status().as_u16(), t.elapsed())
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap(),
+                Utc::now(),
+            )
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The long-poll must be waiting inside the server before the revocation, or it would be
+    // refused at the door and prove nothing about cutting a waiting request.
+    let long_polls = r#"brb_watchers{kind="long_poll"}"#;
+    wait_for(Duration::from_secs(10), "the long-poll waiting", || async {
+        (metric(&api.http, &server.url, long_polls).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let revoked_at = Utc::now();
     server.client().revoke_token(&id).await.unwrap();
-    assert!(ends_within(&mut sse, Duration::from_secs(2)).await < Duration::from_secs(2));
-    assert!(ends_within(&mut all, Duration::from_secs(2)).await < Duration::from_secs(2));
-    let (status, waited) = poll.await.unwrap();
-    assert_eq!(status, 401);
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let limit = chrono::TimeDelta::seconds(2);
+    assert!(ended_at(&mut sse, Duration::from_secs(5)).await - revoked_at < limit);
+    assert!(ended_at(&mut all, Duration::from_secs(5)).await - revoked_at < limit);
+    let (status, body, answered) = poll.await.unwrap();
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("while waiting"),
+        "refused at the door, not cut while waiting: {body}"
+    );
+    assert!(answered - revoked_at < limit, "{}", answered - revoked_at);
+    assert_eq!(metric(&api.http, &server.url, long_polls).await, Some(0.0));
     let (status, body) = api.get("/switches/workers", &secret).await;
     assert_eq!((status, code(&body)), (401, "unauthorized"));
 }
@@ -329,6 +396,9 @@ async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
     let admin = server.admin_token();
     let mut statuses = Vec::new();
     let mut retry_after = None;
+    // The address's budget is created full at its first failure: within the time T the
+    // flood takes, at most 20 + 0.5·T failures may be answered 401 (burst 20, 0.5 a second).
+    let t0 = Instant::now();
     for i in 0..40 {
         let bad = format!("brb_{i:010x}_{}", "0".repeat(64));
         let (s, _, h) = api
@@ -341,18 +411,21 @@ async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
         }
         statuses.push(s);
     }
+    let took = t0.elapsed().as_secs_f64();
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
     let first_429 = statuses
         .iter()
         .position(|s| *s == 429)
         .expect("never limited");
-    assert!(first_429 >= 10, "limited too early: {statuses:?}");
+    assert!(first_429 >= 20, "limited before the burst: {statuses:?}");
+    let passed = statuses.iter().filter(|s| **s == 401).count();
+    let allowed = 20 + (0.5 * took).floor() as usize;
     assert!(
-        statuses[..first_429].iter().all(|s| *s == 401),
-        "{statuses:?}"
-    );
-    assert!(
-        statuses[first_429..].iter().all(|s| *s == 429),
-        "{statuses:?}"
+        passed <= allowed,
+        "{passed} answered 401 in {took:.2} s, at most {allowed} allowed: {statuses:?}"
     );
     assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
     // The legitimate client at the same address is unaffected.
@@ -364,6 +437,38 @@ async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
             .log()
             .contains("authentication failures over the limit")
     );
+}
+
+/// Asks to flip `workers` to the other state; on success `state` follows. Returns the status
+/// and, on a 429, its Retry-After.
+async fn flip(api: &Api, admin: &str, state: &mut &'static str) -> (u16, Option<u64>) {
+    let to = if *state == "running" {
+        "paused"
+    } else {
+        "running"
+    };
+    let (s, v, h) = api
+        .call(
+            reqwest::Method::PUT,
+            "/switches/workers/state",
+            admin,
+            Some(json!({ "state": to })),
+        )
+        .await;
+    match s {
+        200 => {
+            *state = to;
+            (s, None)
+        }
+        429 => {
+            assert_eq!(code(&v), "rate_limited", "{v}");
+            let ra = h
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            (s, Some(ra.expect("Retry-After on a 429")))
+        }
+        _ => panic!("unexpected {s}: {v}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,16 +491,51 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
     );
     let api = Api::new(&server);
     let admin = server.admin_token();
-    // State changes: a burst, then 429 with Retry-After; a second later it works again.
+    // State changes: a burst of 5, then 429 with Retry-After, then one more a second. The
+    // budgets are created full at the first change, so within the time T from just before it,
+    // at most 5 + 1·T changes can pass, whatever the machine's speed; and a refused change
+    // writes nothing.
+    let t0 = Instant::now();
+    let mut state = "running";
     let mut statuses = Vec::new();
-    for i in 0..8 {
-        let to = if i % 2 == 0 { "paused" } else { "running" };
-        statuses.push(api.put_state("workers", &admin, to).await.0);
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let (s, ra) = flip(&api, &admin, &mut state).await;
+        statuses.push(s);
+        retry_after = retry_after.or(ra);
     }
+    let burst_took = t0.elapsed().as_secs_f64();
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
-    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(api.put_state("workers", &admin, "running").await.0, 200);
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        passed <= 5 + burst_took.floor() as usize,
+        "{passed} changes passed in {burst_took:.2} s: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "never limited: {statuses:?}");
+    assert!(retry_after.unwrap() >= 1);
+    // It refills: a change passes again within about a second of the first refusal.
+    let first_refusal = Instant::now();
+    let before = statuses.iter().filter(|s| **s == 200).count();
+    while statuses.iter().filter(|s| **s == 200).count() == before {
+        assert!(
+            first_refusal.elapsed() < Duration::from_secs(4),
+            "never refilled: {statuses:?}"
+        );
+        statuses.push(flip(&api, &admin, &mut state).await.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        passed <= 5 + took.floor() as usize,
+        "{passed} changes passed in {took:.2} s: {statuses:?}"
+    );
+    let (_, sw) = api.get("/switches/workers", &admin).await;
+    assert_eq!(
+        sw["version"].as_u64(),
+        Some(1 + passed as u64),
+        "a refused change wrote something: {statuses:?}"
+    );
 
     // Streams: three per token, the fourth refused; closing one frees a slot.
     let (_, viewer) = create(&server, "dash", Role::Viewer, None, None).await;
@@ -443,27 +583,34 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
     assert_eq!(res.status(), 431);
 
     // Slowloris: a connection that never finishes its request head is closed after the
-    // header-read timeout, while an event stream older than that keeps flowing.
+    // header-read timeout (1 s), not before, while an event stream older than it keeps
+    // flowing: it delivers a change made after the slow connection was cut.
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut live = api.stream("/switches/workers/events", &admin).await;
     let addr = server.url.trim_start_matches("http://").to_string();
+    let connected = Instant::now();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /api/v1/switches HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let mut live = api.stream("/switches/workers/events", &admin).await;
-    let mut buf = [0u8; 256];
-    let t = Instant::now();
-    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+    // hyper may answer 408 before closing; either way the socket ends (read returns 0).
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf))
         .await
         .expect("slow connection was never closed")
-        .unwrap_or(0);
-    let _ = n; // hyper may answer 408 before closing; either way the socket ends.
-    assert!(t.elapsed() < Duration::from_secs(4));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    api.put_state("workers", &admin, "paused").await;
-    let got = tokio::time::timeout(Duration::from_secs(3), live.next()).await;
+        .ok();
+    let cut_after = connected.elapsed();
     assert!(
-        matches!(got, Ok(Some(Ok(_)))),
-        "the older stream died with the slow one"
+        cut_after >= Duration::from_secs(1) && cut_after < Duration::from_secs(4),
+        "slow connection closed after {cut_after:?}"
     );
+    let (s, v) = api.put_state("workers", &admin, "paused").await;
+    assert_eq!(s, 200, "{v}");
+    let version = v["version"].as_u64().unwrap();
+    live.wait_event(
+        Duration::from_secs(5),
+        "the change on the stream older than the slow connection",
+        |e| is_version(e, version),
+    )
+    .await;
 }

@@ -3,10 +3,15 @@
 //!
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
 
 /// Path of the `brb` binary under test.
 pub fn brb_bin() -> PathBuf {
@@ -252,5 +257,136 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the async `f` every 20 ms until it yields `Some` or `timeout` passes; panics naming
+/// `what` then. For conditions that need a request to observe (a status, a counter).
+pub async fn wait_for<T, Fut>(timeout: Duration, what: &str, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One value of the control plane's Prometheus text at `url` (e.g.
+/// `brb_watchers{kind="long_poll"}`), `None` when the line is missing.
+pub async fn metric(http: &reqwest::Client, url: &str, series: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_in(&text, series)
+}
+
+/// `series`'s value in a Prometheus text exposition.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// How an event stream went on: an event, a clean end (the HTTP body's terminating chunk),
+/// or a cut (the connection broke off without it).
+#[derive(Debug)]
+pub enum SseNext {
+    Event(brb_client::sse::Event),
+    End,
+    Cut(String),
+}
+
+/// An event stream read over plain HTTP and parsed with the SDK's SSE parser, so that a test
+/// can tell one event from another, and a stream that ended from one that merely went quiet.
+pub struct SseStream {
+    body: Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: brb_client::sse::Parser,
+    queued: VecDeque<brb_client::sse::Event>,
+    done: bool,
+}
+
+impl SseStream {
+    pub fn new(res: reqwest::Response) -> SseStream {
+        SseStream {
+            body: Box::pin(res.bytes_stream()),
+            parser: brb_client::sse::Parser::new(),
+            queued: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The next event or how the stream stopped; `None` when `limit` passes first.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<SseNext> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(ev) = self.queued.pop_front() {
+                return Some(SseNext::Event(ev));
+            }
+            if self.done {
+                return Some(SseNext::End);
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return None,
+                Ok(None) => self.done = true,
+                Ok(Some(Err(e))) => return Some(SseNext::Cut(format!("{e:?}"))),
+                Ok(Some(Ok(chunk))) => self
+                    .queued
+                    .extend(self.parser.feed(&chunk).expect("well-formed SSE")),
+            }
+        }
+    }
+
+    /// Waits for the first event `pred` accepts (skipping others); panics when the stream
+    /// stops or `limit` passes first.
+    pub async fn wait_event(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut pred: impl FnMut(&brb_client::sse::Event) -> bool,
+    ) -> brb_client::sse::Event {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self
+                .next_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(SseNext::Event(ev)) if pred(&ev) => return ev,
+                Some(SseNext::Event(_)) => {}
+                Some(stop) => panic!("stream stopped before {what}: {stop:?}"),
+                None => panic!("no {what} within {limit:?}"),
+            }
+        }
+    }
+
+    /// Waits until the stream ends with its terminating chunk; returns the events that came
+    /// first. Panics if the connection is cut instead, or the stream is still open after `limit`.
+    pub async fn wait_end(&mut self, limit: Duration) -> Vec<brb_client::sse::Event> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            match self
+                .next_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Some(SseNext::Event(ev)) => seen.push(ev),
+                Some(SseNext::End) => return seen,
+                Some(SseNext::Cut(e)) => panic!("stream cut instead of ended: {e}"),
+                None => panic!("stream still open after {limit:?} (saw {seen:?})"),
+            }
+        }
     }
 }

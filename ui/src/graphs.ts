@@ -90,6 +90,8 @@ export class Graph {
       this.plot.setScale("x", { min: from, max: to });
     });
     this.el.dataset.points = String(ts.filter((t) => t >= from && t <= to).length);
+    // The newest point drawn (Unix seconds): end-to-end tests wait on it instead of a clock.
+    this.el.dataset.last = String(ts.length ? ts[ts.length - 1] : 0);
   }
 
   resize(width: number) {

@@ -1,8 +1,11 @@
 // Browser end-to-end: Debian's Chromium, headless, driven by Playwright, against a real
-// `brb server --demo`. Screenshots of the main screen go to docs/ for the README.
+// `brb server --demo`. Screenshots of the main screen go to target/e2e-screenshots/ (never
+// into the tracked docs/: the README's pictures are updated on purpose, by copying from there
+// or by running with BRB_SCREENSHOT_DIR=docs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -12,7 +15,7 @@ import { chromium } from "playwright-core";
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
 const bin = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const docs = join(root, "docs");
+const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
 const dataDir = mkdtempSync(join(tmpdir(), "brb-e2e-"));
 
 let server;
@@ -48,6 +51,23 @@ async function api(path, init = {}) {
   return { status: res.status, body: await res.json() };
 }
 
+// Waits until the demo's graphs have drawn a point at or after `ts` (Unix seconds): each
+// graph says in `data-last` the newest point it drew.
+const DEMO_SERIES = ["jobs_per_second", "queue_depth", "db_load"];
+async function graphsReach(p, ts, timeout = 30000) {
+  const last = () =>
+    p.evaluate((names) => names.map((n) => Number(document.querySelector(`figure[data-series="${n}"]`)?.dataset.last ?? 0)), DEMO_SERIES);
+  await p
+    .waitForFunction(
+      ([names, t]) => names.every((n) => Number(document.querySelector(`figure[data-series="${n}"]`)?.dataset.last ?? 0) >= t),
+      [DEMO_SERIES, ts],
+      { timeout },
+    )
+    .catch(async (e) => {
+      throw new Error(`graphs never reached ${ts}: newest points ${JSON.stringify(await last())} (${e.message})`);
+    });
+}
+
 async function settle() {
   // A screenshot can lag a frame behind the DOM: let two frames pass.
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
@@ -62,7 +82,7 @@ before(async () => {
     args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  mkdirSync(docs, { recursive: true });
+  mkdirSync(shots, { recursive: true });
 });
 
 after(async () => {
@@ -95,15 +115,44 @@ test("no other origin may use the API or frame the console", async () => {
   assert.equal(res.status, 200);
   assert.equal(res.headers.get("access-control-allow-origin"), null);
   assert.equal(res.headers.get("set-cookie"), null);
-  // A page on another origin that frames the console gets an empty, blocked frame in a real
-  // browser: the giant button cannot be click-jacked.
+  // A page on another origin that frames the console gets a blocked frame in a real browser:
+  // the giant button cannot be click-jacked. The control: a frameable page of a third origin,
+  // framed by the same page, does load, so a frame that never loads at all proves nothing.
+  const other = createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    if (req.url === "/frameable") {
+      res.end(`<p id="marker">framed fine</p>`);
+    } else {
+      const control = `http://localhost:${other.address().port}/frameable`;
+      res.end(
+        `<script>window.loaded = {};</script>` +
+          `<iframe id="console" src="${url}/" onload="window.loaded.console = true"></iframe>` +
+          `<iframe id="control" src="${control}" onload="window.loaded.control = true"></iframe>`,
+      );
+    }
+  });
+  await new Promise((r) => other.listen(0, "127.0.0.1", r));
   const attacker = await browser.newPage();
-  await attacker.setContent(`<iframe id="f" src="${url}/" width="800" height="600"></iframe>`);
-  await attacker.waitForTimeout(1500);
-  const frame = attacker.frames().find((f) => f !== attacker.mainFrame());
-  const toggles = frame ? await frame.locator("[data-testid=toggle]").count().catch(() => 0) : 0;
-  assert.equal(toggles, 0, "the console rendered inside a foreign frame");
-  await attacker.close();
+  try {
+    const consoleResponse = attacker.waitForResponse((r) => r.url() === `${url}/`);
+    await attacker.goto(`http://127.0.0.1:${other.address().port}/`);
+    // The browser fetched the console for the frame, and was told not to show it framed.
+    const framed = await consoleResponse;
+    assert.equal(framed.status(), 200);
+    const headers = await framed.allHeaders();
+    assert.equal(headers["x-frame-options"], "DENY");
+    assert.match(headers["content-security-policy"] ?? "", /frame-ancestors 'none'/);
+    await attacker.waitForFunction(() => window.loaded.console && window.loaded.control, null, { timeout: 15000 });
+    const control = await (await attacker.$("#control")).contentFrame();
+    assert.equal(await control.locator("#marker").textContent(), "framed fine", "the control frame loaded");
+    const blocked = await (await attacker.$("#console")).contentFrame();
+    assert.ok(!blocked.url().startsWith(url), `the console loaded inside a foreign frame (${blocked.url()})`);
+    const app = await blocked.evaluate(() => document.getElementById("app") !== null).catch(() => false);
+    assert.equal(app, false, "the console's page is in the foreign frame");
+  } finally {
+    await attacker.close();
+    other.close();
+  }
 });
 
 test("the token arrives in the fragment, is kept, and leaves the address bar", async () => {
@@ -130,7 +179,7 @@ test("graphs draw non-empty canvases", async () => {
     assert.ok(painted > 500, `${name} canvas has drawing (${painted} pixels)`);
   }
   await settle();
-  await page.screenshot({ path: join(docs, "console-running.png") });
+  await page.screenshot({ path: join(shots, "console-running.png") });
 });
 
 test("the toggle pauses after a confirm step, and the state, acks and audit appear", async () => {
@@ -152,10 +201,10 @@ test("the toggle pauses after a confirm step, and the state, acks and audit appe
   await page.getByTestId("acks").getByText(/40\/40 workers paused · \d+ ms/).waitFor({ timeout: 15000 });
   await page.getByTestId("audit").getByText("e2e: db at 100% CPU").first().waitFor();
   assert.match(await page.getByTestId("state-line").textContent(), /changed by admin from the web console/);
-  // Let the graphs show the pause.
-  await page.waitForTimeout(8000);
+  // Let the graphs show a few seconds of the pause before the picture.
+  await graphsReach(page, Date.parse(sw.changed_at) / 1000 + 6);
   await settle();
-  await page.screenshot({ path: join(docs, "console-paused.png") });
+  await page.screenshot({ path: join(shots, "console-paused.png") });
 });
 
 test("a change made through the API shows up live", async () => {
@@ -173,7 +222,7 @@ test("a dropped connection shows the banner and recovers", async () => {
   server.kill("SIGKILL");
   await page.getByTestId("banner").getByText(/Connection to the control plane lost/).waitFor({ timeout: 45000 });
   await settle();
-  await page.screenshot({ path: join(docs, "console-connection-lost.png") });
+  await page.screenshot({ path: join(shots, "console-connection-lost.png") });
   ({ p: server } = await startServer(`127.0.0.1:${port}`));
   await page.getByTestId("banner").waitFor({ state: "hidden", timeout: 30000 });
   // Changes made while it was away are there.

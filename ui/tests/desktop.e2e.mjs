@@ -1,8 +1,10 @@
 // Desktop end-to-end: the real Tauri binary under Xvfb, driven through tauri-driver and
 // WebKitWebDriver, against a real `brb server --demo`. Run under xvfb-run (make test does).
+// Screenshots go to target/e2e-screenshots/ (or BRB_SCREENSHOT_DIR), never into docs/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync } from "node:fs";
 import { tmpdir, homedir } from "node:os";
 import { join, dirname } from "node:path";
@@ -14,7 +16,7 @@ const root = join(here, "..", "..");
 const brb = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
 const app = process.env.BRB_DESKTOP_BIN ?? join(root, "target", "debug", "brb-desktop");
 const driverBin = process.env.TAURI_DRIVER ?? join(homedir(), ".cargo", "bin", "tauri-driver");
-const docs = join(root, "docs");
+const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
 const dataDir = mkdtempSync(join(tmpdir(), "brb-desktop-e2e-"));
 
 let server;
@@ -44,6 +46,19 @@ async function eventually(f, ms = 15000) {
   }
 }
 
+// A port nobody listens on, from the OS (bind to port 0, read it, let it go): fixed ports
+// collide with other test runs on the same machine.
+async function freePort() {
+  const srv = createServer();
+  await new Promise((resolve, reject) => {
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", resolve);
+  });
+  const { port } = srv.address();
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
 before(async () => {
   statSync(app); // fails clearly if the desktop binary was not built
   server = spawn(brb, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
@@ -64,17 +79,32 @@ before(async () => {
   const settings = join(dataDir, "desktop.json");
   writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true, button_listener: true }));
   // Its own process group, so that WebKitWebDriver and the app go with it at the end.
-  tauriDriver = spawn(driverBin, ["--port", "4444", "--native-port", "4445"], {
+  const port = await freePort();
+  const nativePort = await freePort();
+  tauriDriver = spawn(driverBin, ["--port", String(port), "--native-port", String(nativePort)], {
     env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
     detached: true,
   });
-  await new Promise((r) => setTimeout(r, 1000));
+  const driverExit = new Promise((_, reject) => tauriDriver.on("exit", (code) => reject(new Error(`tauri-driver exited ${code}`))));
+  driverExit.catch(() => {});
+  // Ready when it answers HTTP at all (any status).
+  await Promise.race([
+    eventually(async () => {
+      try {
+        await fetch(`http://127.0.0.1:${port}/status`);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 30000),
+    driverExit,
+  ]);
   driver = await new Builder()
-    .usingServer("http://127.0.0.1:4444/")
+    .usingServer(`http://127.0.0.1:${port}/`)
     .withCapabilities({ browserName: "wry", "tauri:options": { application: app } })
     .build();
-  mkdirSync(docs, { recursive: true });
+  mkdirSync(shots, { recursive: true });
 });
 
 after(async () => {
@@ -99,7 +129,7 @@ async function toggleText() {
 async function shot(name) {
   // A WebDriver screenshot can lag a frame behind the DOM: wait two frames.
   await driver.executeAsyncScript("const d = arguments[arguments.length - 1]; requestAnimationFrame(() => requestAnimationFrame(d));");
-  writeFileSync(join(docs, name), await driver.takeScreenshot(), "base64");
+  writeFileSync(join(shots, name), await driver.takeScreenshot(), "base64");
 }
 
 test("the desktop app shows the switch and pauses it through the confirm step", async () => {
@@ -122,7 +152,18 @@ test("the desktop app shows the switch and pauses it through the confirm step", 
   assert.equal(sw.source, "desktop");
   assert.equal(sw.reason, "desktop e2e");
   await eventually(async () => /40\/40 workers paused/.test(await textOf("acks")));
-  await new Promise((r) => setTimeout(r, 3000));
+  // Let the demo's graphs show a few seconds of the pause before the picture (each says in
+  // `data-last` the newest point it drew).
+  const pausedAt = Date.parse(sw.changed_at) / 1000;
+  const newest = () =>
+    driver.executeScript(
+      "return ['jobs_per_second', 'queue_depth', 'db_load'].map((n) => Number(document.querySelector(`figure[data-series=\"${n}\"]`)?.dataset.last || 0));",
+    );
+  await eventually(async () => {
+    const last = await newest();
+    lastText = `graphs' newest points ${JSON.stringify(last)}, want ${pausedAt + 3}`;
+    return last.every((t) => t >= pausedAt + 3);
+  }, 30000);
   await shot("desktop-paused.png");
 });
 

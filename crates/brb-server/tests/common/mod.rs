@@ -172,3 +172,14 @@ pub async fn read_events_named(
     }
     out
 }
+
+/// Long-polls waiting in the server right now (its `brb_watchers{kind="long_poll"}` gauge).
+pub fn long_polls(state: &AppState) -> i64 {
+    state
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("brb_watchers{kind=\"long_poll\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the long-poll gauge")
+}
