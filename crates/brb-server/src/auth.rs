@@ -514,11 +514,24 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::authenticate(parts, state, bearer(parts))
+    }
+}
+
+impl Caller {
+    /// Verifies `token`, taken from whichever header the endpoint accepts (`bearer` here; the
+    /// OFREP endpoints also take `X-API-Key`), with the same use records and failure limits
+    /// everywhere.
+    pub(crate) fn authenticate(
+        parts: &Parts,
+        state: &AppState,
+        token: Result<&str, ApiError>,
+    ) -> Result<Caller, ApiError> {
         let remote_addr = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        match bearer(parts).and_then(|t| state.tokens().verify(t)) {
+        match token.and_then(|t| state.tokens().verify(t)) {
             Ok(v) => {
                 if let Some(id) = &v.token_id {
                     state
@@ -573,7 +586,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
