@@ -5,6 +5,8 @@
 //! driver.py`, `tests/ofrep-node/driver.mjs`) that evaluates what it is told on stdin through
 //! the provider and prints what the OpenFeature client returned.
 //!
+//! `examples/ofrep-python/worker.py`, the README's example, runs here too.
+//!
 //! Both providers are server-side: they ask the control plane at every evaluation (no cache,
 //! no polling), so the first evaluation after `brb pause` has returned must already be `false`.
 #![allow(clippy::unwrap_used)]
@@ -343,4 +345,53 @@ async fn python_provider_follows_the_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_provider_follows_the_switch() {
     scenario(Lang::Node).await;
+}
+
+/// The example worker takes no job while paused, and works once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_takes_no_job_while_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let admin = server.admin_token();
+    brb(&home, &server.url, &admin, &["pause", "--wait", "0"]);
+    let python = install(Lang::Python);
+    let mut child = Command::new(python)
+        .arg(root().join("examples/ofrep-python/worker.py"))
+        .env("BRB_URL", &server.url)
+        .env("BRB_TOKEN_FILE", server.data_dir.join("admin-token"))
+        .env("MAX_JOBS", "2")
+        .env_remove("BRB_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(first, "workers is paused: taking no job");
+    brb(&home, &server.url, &admin, &["resume", "--wait", "0"]);
+    let rest: Vec<String> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    assert_eq!(rest, ["job 1 done", "job 2 done"]);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the example did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
 }
