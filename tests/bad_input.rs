@@ -515,6 +515,23 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         ],
     );
     add(
+        "GET /ofrep/v1/events",
+        vec![
+            ofrep("GET", "/ofrep/v1/events", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=x.y", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=%FF%FE", 401, "GENERAL"),
+            ofrep(
+                "GET",
+                &format!("/ofrep/v1/events?channel={viewer_id}.00"),
+                401,
+                "GENERAL",
+            ),
+            ofrep("GET", "/ofrep/v1/events?channel=x", 401, "GENERAL").token(&admin),
+            case("POST", "/ofrep/v1/events", 405, "method_not_allowed"),
+        ],
+    );
+    add(
         "GET /healthz",
         vec![case("POST", "/healthz", 405, "method_not_allowed")],
     );

@@ -2,9 +2,10 @@
 //! switch is a boolean flag whose key is the switch's name.
 //!
 //! Field names follow the protocol's OpenAPI document (`service/openapi.yaml` of the
-//! open-feature/protocol repository, version 0.3.0), which is why they are camelCase here and
-//! nowhere else in this crate. The server answers only what is listed here: a boolean value,
-//! one reason (`STATIC`), three variants, primitive metadata.
+//! open-feature/protocol repository, version 0.3.0, and its ADR-0008 on event streams), which
+//! is why they are camelCase here and nowhere else in this crate. The server answers only what
+//! is listed here: a boolean value, one reason (`STATIC`), three variants, primitive metadata,
+//! and one `sse` event stream carrying `refetchEvaluation` notifications.
 
 use std::collections::BTreeMap;
 
@@ -155,4 +156,49 @@ pub struct OfrepSetMetadata {
 pub struct OfrepBulkEvaluation {
     pub flags: Vec<OfrepEvaluation>,
     pub metadata: OfrepSetMetadata,
+    /// Where to be told that the answer changed (ADR-0008). Absent for the `BRB_ADMIN_TOKEN`
+    /// token, which has no event channel.
+    #[serde(
+        rename = "eventStreams",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub event_streams: Vec<OfrepEventStream>,
 }
+
+/// The OFREP event stream's path, as the `endpoint.requestUri` of an [`OfrepEventStream`].
+pub const EVENTS_PATH: &str = "/ofrep/v1/events";
+
+/// An event stream the provider connects to (`eventStream` with an `endpoint`): the provider
+/// joins `requestUri` to the origin of the base URL it was configured with, so the answer works
+/// through any load balancer or replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfrepEventStream {
+    /// Always `sse`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub endpoint: OfrepEndpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfrepEndpoint {
+    /// `/ofrep/v1/events?channel=…`. The channel opens only this notify-only stream; treat it
+    /// as sensitive all the same (do not log it).
+    #[serde(rename = "requestUri")]
+    #[schema(pattern = "^/")]
+    pub request_uri: String,
+}
+
+/// The data of each event on the stream (`event: message`): the answer of the bulk endpoint
+/// changed; fetch it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OfrepStreamEvent {
+    /// Always `refetchEvaluation`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The bulk answer's `ETag` now.
+    pub etag: String,
+}
+
+/// The one event type the stream sends.
+pub const REFETCH_EVALUATION: &str = "refetchEvaluation";

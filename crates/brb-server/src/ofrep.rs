@@ -2,8 +2,8 @@
 //! applications that already speak OpenFeature and will not embed our SDK.
 //!
 //! The rules are pure functions of a switch and the time ([`evaluate`], [`bulk`], [`etag`],
-//! [`etag_matches`], [`parse_request`], [`failure`]); the two handlers authenticate, read the
-//! hub's image (never the database) and write the answer.
+//! [`etag_matches`], [`parse_request`], [`failure`], [`notify_key`], [`next_variant_change`]);
+//! the handlers authenticate, read the hub's image (never the database) and write the answer.
 //!
 //! The kill-switch convention of feature-flag tools: the flag's value says whether work is
 //! allowed. `true` while running, and during a ramp as long as it admits some work (every ramp
@@ -17,10 +17,16 @@
 //! They are counted apart ([`Readers`]) as what they are: distinct (token, address,
 //! `User-Agent`) triples that evaluated a switch lately, and which version they were last told.
 //!
-//! The protocol's event-stream extension (`eventStreams` in the bulk answer, ADR-0008) is not
-//! advertised: it serves bulk-caching (static-context) providers, which open the stream with a
-//! browser `EventSource` that cannot send a token, so the stream's URL would itself have to be
-//! a credential. The server-side providers evaluate on every call and need no push.
+//! The protocol's event-stream extension (ADR-0008) is for providers that cache the bulk
+//! answer: the bulk answer names a notify-only SSE stream (`eventStreams`), and each
+//! `refetchEvaluation` event on it tells the provider to fetch the bulk answer again. Those
+//! providers open it with a browser `EventSource`, which sends no header, so the stream is
+//! authenticated by a channel in its URL ([`crate::auth::TokenBook::event_channel`]): derived
+//! from the token, opening nothing but this stream, dead with the token. The stream notifies
+//! when a flag the token sees changes value, variant or version (a ramp's end included), not
+//! at each step of a ramp; and once when it opens, since the server cannot know what the
+//! provider fetched before connecting (with `If-None-Match` that costs a 304). The server-side
+//! providers evaluate on every call and never use it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,8 +38,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use brb_api::ofrep::{
-    OfrepBulkEvaluation, OfrepError, OfrepErrorCode, OfrepEvaluation, OfrepFlagMetadata,
-    OfrepReason, OfrepRequest, OfrepSetMetadata, OfrepVariant,
+    EVENTS_PATH, OfrepBulkEvaluation, OfrepEndpoint, OfrepError, OfrepErrorCode, OfrepEvaluation,
+    OfrepEventStream, OfrepFlagMetadata, OfrepReason, OfrepRequest, OfrepSetMetadata, OfrepVariant,
+    REFETCH_EVALUATION,
 };
 use brb_api::{ErrorCode, Switch, SwitchState, UnacknowledgedReaders};
 use chrono::{DateTime, Utc};
@@ -86,6 +93,7 @@ pub fn bulk<'a>(
     switches: impl IntoIterator<Item = &'a Switch>,
     visible: impl Fn(&str) -> bool,
     environment: &str,
+    channel: Option<&str>,
     now: DateTime<Utc>,
 ) -> OfrepBulkEvaluation {
     OfrepBulkEvaluation {
@@ -97,7 +105,48 @@ pub fn bulk<'a>(
         metadata: OfrepSetMetadata {
             environment: environment.to_string(),
         },
+        event_streams: channel
+            .map(|c| OfrepEventStream {
+                kind: "sse".into(),
+                endpoint: OfrepEndpoint {
+                    request_uri: format!("{EVENTS_PATH}?channel={c}"),
+                },
+            })
+            .into_iter()
+            .collect(),
     }
+}
+
+/// What a cached bulk answer must not miss: each flag's key, version and variant (the value
+/// follows the variant). A stream notifies when this changes.
+pub fn notify_key(answer: &OfrepBulkEvaluation) -> Vec<(String, u64, OfrepVariant)> {
+    answer
+        .flags
+        .iter()
+        .map(|f| (f.key.clone(), f.metadata.version, f.variant))
+        .collect()
+}
+
+/// The next instant after `now` at which a flag's variant changes with no new version: the end
+/// of a running ramp.
+pub fn next_variant_change<'a>(
+    switches: impl IntoIterator<Item = &'a Switch>,
+    visible: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    switches
+        .into_iter()
+        .filter(|s| s.state == SwitchState::Running && visible(&s.name))
+        .filter_map(|s| s.ramp.as_ref())
+        .map(|r| r.ends_at())
+        .filter(|t| *t > now)
+        .min()
+}
+
+/// One `refetchEvaluation` event, as SSE bytes.
+pub fn refetch_frame(etag: &str) -> String {
+    let data = serde_json::json!({"type": REFETCH_EVALUATION, "etag": etag});
+    format!("event: message\ndata: {data}\n\n")
 }
 
 /// A strong entity tag for an answer's exact bytes. Derived from the body rather than from
@@ -331,6 +380,32 @@ fn reader(caller: &Caller, headers: &HeaderMap) -> ReaderId {
 
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
+/// The bulk answer for `caller` from the hub's image, its bytes and its entity tag.
+fn bulk_for(
+    state: &AppState,
+    caller: &Caller,
+    now: DateTime<Utc>,
+) -> Result<(OfrepBulkEvaluation, Vec<u8>, String), ApiError> {
+    let switches = state.hub().list();
+    let channel = caller
+        .token_id
+        .as_deref()
+        .and_then(|id| state.tokens().event_channel(id));
+    let answer = bulk(
+        switches.iter().map(|s| &**s),
+        |name| caller.check_switch(name).is_ok(),
+        &state.config().environment.name,
+        channel.as_deref(),
+        now,
+    );
+    let json = serde_json::to_vec(&answer).map_err(|e| {
+        tracing::error!(error = %e, "encoding an OFREP answer");
+        ApiError::new(ErrorCode::Internal, "cannot encode the answer")
+    })?;
+    let tag = etag(&json);
+    Ok((answer, json, tag))
+}
+
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "openfeature",
     params(("key" = String, Path, description = "The flag key: a switch's name")),
     request_body = OfrepRequest,
@@ -413,30 +488,16 @@ pub(crate) async fn evaluate_flags(
         return parse_error(None, e);
     }
     let now = Utc::now();
-    let switches = state.hub().list();
-    let answer = bulk(
-        switches.iter().map(|s| &**s),
-        |name| caller.check_switch(name).is_ok(),
-        &state.config().environment.name,
-        now,
-    );
+    let (answer, json, tag) = match bulk_for(&state, &caller, now) {
+        Ok(a) => a,
+        Err(e) => return reply_error(None, e),
+    };
     let id = reader(&caller, &headers);
     for f in &answer.flags {
         state
             .workers()
             .ofrep_read(&f.key, id, f.metadata.version, now);
     }
-    let json = match serde_json::to_vec(&answer) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::error!(error = %e, "encoding an OFREP answer");
-            return reply_error(
-                None,
-                ApiError::new(ErrorCode::Internal, "cannot encode the answer"),
-            );
-        }
-    };
-    let tag = etag(&json);
     let Ok(tag_value) = HeaderValue::from_str(&tag) else {
         return reply_error(None, ApiError::new(ErrorCode::Internal, "bad entity tag"));
     };
@@ -459,6 +520,133 @@ pub(crate) async fn evaluate_flags(
             ),
         ],
         json,
+    )
+        .into_response()
+}
+
+/// The caller of the event stream, authenticated by the `channel` of its URL.
+pub(crate) struct ChannelCaller(Result<Caller, ApiError>);
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ChannelQuery {
+    /// From `eventStreams[0].endpoint.requestUri` of a bulk answer.
+    channel: String,
+}
+
+impl FromRequestParts<AppState> for ChannelCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let q = serde_urlencoded::from_str::<ChannelQuery>(parts.uri.query().unwrap_or(""))
+            .map_err(|_| ApiError::unauthorized("missing ?channel= (from the bulk answer)"));
+        let verified = q.and_then(|q| state.tokens().verify_channel(&q.channel));
+        Ok(ChannelCaller(Caller::from_verified(parts, state, verified)))
+    }
+}
+
+/// What one open event stream keeps between two events.
+struct Stream {
+    state: AppState,
+    caller: Caller,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::subscription::Frame>>,
+    lease: auth::StreamLease,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    last: Option<Vec<(String, u64, OfrepVariant)>>,
+    keepalive: std::time::Duration,
+    _gauge: crate::metrics::GaugeGuard,
+}
+
+impl Stream {
+    /// The next bytes to send, or None when the stream ends (token gone, shutdown).
+    async fn next(&mut self) -> Option<String> {
+        // A comment after `keepalive` of silence (each call starts after a send).
+        let ping = tokio::time::Instant::now() + self.keepalive;
+        loop {
+            let now = Utc::now();
+            let (answer, _, tag) = bulk_for(&self.state, &self.caller, now).ok()?;
+            let key = notify_key(&answer);
+            if self.last.as_ref() != Some(&key) {
+                self.last = Some(key);
+                return Some(refetch_frame(&tag));
+            }
+            let switches = self.state.hub().list();
+            let ramp_end = next_variant_change(
+                switches.iter().map(|s| &**s),
+                |n| self.caller.check_switch(n).is_ok(),
+                now,
+            )
+            .map(|t| {
+                let left = (t - now).to_std().unwrap_or_default();
+                // A hair after the end, so that the ramp is over when evaluated.
+                tokio::time::Instant::now() + left + std::time::Duration::from_millis(5)
+            });
+            tokio::select! {
+                r = self.rx.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                        return None;
+                    }
+                }
+                _ = async {
+                    match ramp_end {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep_until(ping) => return Some(": keep-alive\n\n".to_string()),
+                _ = self.lease.ended() => return None,
+                _ = self.shutdown.changed() => return None,
+            }
+            if *self.shutdown.borrow() {
+                return None;
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/ofrep/v1/events", tag = "openfeature", params(ChannelQuery),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+            description = "Server-sent events, each `event: message` with an `OfrepStreamEvent` as data: at once, then whenever a flag the token sees changes value, variant or version. Notify-only: fetch the bulk answer again"),
+        (status = 401, body = OfrepError, description = "A missing, unknown or outdated channel, or its token revoked or expired"),
+        (status = 429, body = OfrepError, description = "The token holds as many event streams as it may, or too many failed authentications from this address",
+            headers(("Retry-After" = u64, description = "Seconds to wait")))))]
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    ChannelCaller(caller): ChannelCaller,
+) -> Response {
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return reply_error(None, e),
+    };
+    let lease = match auth::StreamLease::acquire(&state, &caller) {
+        Ok(l) => l,
+        Err(e) => return reply_error(None, e),
+    };
+    tracing::debug!(actor = %caller.name, source = "ofrep", "ofrep event stream opened");
+    let stream = Stream {
+        rx: state.hub().subscribe(),
+        shutdown: state.shutdown_signal(),
+        keepalive: std::time::Duration::from_secs(state.config().limits.keepalive_secs.max(1)),
+        _gauge: state.metrics().sse_watcher(),
+        lease,
+        caller,
+        last: None,
+        state,
+    };
+    let body = futures_util::stream::unfold(stream, |mut s| async move {
+        let bytes = s.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(bytes)), s))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
     )
         .into_response()
 }
@@ -563,13 +751,27 @@ mod tests {
     fn bulk_keeps_only_visible_switches_in_order() {
         let a = switch("workers", SwitchState::Paused, None);
         let b = switch("emails", SwitchState::Running, None);
-        let all = bulk([&a, &b], |_| true, "prod", at(1));
+        let all = bulk([&a, &b], |_| true, "prod", None, at(1));
         let keys: Vec<_> = all.flags.iter().map(|f| f.key.as_str()).collect();
         assert_eq!(keys, ["workers", "emails"]);
         assert_eq!(all.metadata.environment, "prod");
-        let scoped = bulk([&a, &b], |n| n == "emails", "prod", at(1));
+        let scoped = bulk([&a, &b], |n| n == "emails", "prod", Some("ab.cd"), at(1));
         assert_eq!(scoped.flags.len(), 1);
         assert_eq!(scoped.flags[0].key, "emails");
+        // The event stream, origin-relative so that it works through any replica.
+        assert!(all.event_streams.is_empty());
+        let v = serde_json::to_value(&scoped).unwrap();
+        assert_eq!(
+            v["eventStreams"],
+            serde_json::json!([{"type": "sse",
+                "endpoint": {"requestUri": "/ofrep/v1/events?channel=ab.cd"}}])
+        );
+        assert!(
+            serde_json::to_value(&all)
+                .unwrap()
+                .get("eventStreams")
+                .is_none()
+        );
     }
 
     #[test]
@@ -593,9 +795,56 @@ mod tests {
     #[test]
     fn a_stepped_ramp_changes_the_tag_without_a_new_version() {
         let sw = switch("workers", SwitchState::Running, Some(steps(0)));
-        let body = |s| serde_json::to_vec(&bulk([&sw], |_| true, "e", at(s))).unwrap();
+        let body = |s| serde_json::to_vec(&bulk([&sw], |_| true, "e", None, at(s))).unwrap();
         assert_eq!(etag(&body(1)), etag(&body(2)), "same step, same tag");
         assert_ne!(etag(&body(1)), etag(&body(50)), "next step, new tag");
+    }
+
+    #[test]
+    fn streams_notify_on_value_variant_or_version_not_on_a_ramps_steps() {
+        let mut sw = switch("workers", SwitchState::Running, Some(steps(0)));
+        let key = |sw: &Switch, t| notify_key(&bulk([sw], |_| true, "e", None, at(t)));
+        assert_eq!(key(&sw, 1), key(&sw, 50), "a new step: no notification");
+        assert_ne!(
+            key(&sw, 1),
+            key(&sw, 91),
+            "the ramp's end: ramping -> running"
+        );
+        let before = key(&sw, 1);
+        sw.version += 1;
+        assert_ne!(before, key(&sw, 1), "a new version");
+        let hidden = |sw: &Switch| notify_key(&bulk([sw], |n| n != "workers", "e", None, at(1)));
+        assert_eq!(
+            hidden(&sw),
+            hidden(&switch("workers", SwitchState::Paused, None))
+        );
+
+        // When to wake for a ramp's end: the earliest visible running ramp still to end.
+        let b = switch("emails", SwitchState::Running, Some(steps(30)));
+        let p = switch("search", SwitchState::Paused, Some(steps(-100)));
+        assert_eq!(
+            next_variant_change([&sw, &b, &p], |_| true, at(1)),
+            Some(at(90))
+        );
+        assert_eq!(
+            next_variant_change([&sw, &b], |_| true, at(95)),
+            Some(at(120))
+        );
+        assert_eq!(
+            next_variant_change([&sw, &b], |n| n == "workers", at(95)),
+            None
+        );
+        assert_eq!(
+            next_variant_change([&p], |_| true, at(-150)),
+            None,
+            "paused"
+        );
+
+        let f = refetch_frame("\"abc\"");
+        assert_eq!(
+            f,
+            "event: message\ndata: {\"etag\":\"\\\"abc\\\"\",\"type\":\"refetchEvaluation\"}\n\n"
+        );
     }
 
     #[test]

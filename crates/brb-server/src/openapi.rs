@@ -45,8 +45,13 @@ use crate::routes;
         crate::slack::command,
         crate::ofrep::evaluate_flag,
         crate::ofrep::evaluate_flags,
+        crate::ofrep::events,
     ),
-    components(schemas(brb_api::DeletedSwitch, brb_api::SampleTick)),
+    components(schemas(
+        brb_api::DeletedSwitch,
+        brb_api::SampleTick,
+        brb_api::ofrep::OfrepStreamEvent
+    )),
     modifiers(&Bearer, &AuthRateLimit, &OptionalBodies),
 )]
 pub struct ApiDoc;

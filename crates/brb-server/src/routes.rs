@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/ofrep/v1/evaluate/flags/{key}",
             axum::routing::post(crate::ofrep::evaluate_flag),
         )
+        .route("/ofrep/v1/events", get(crate::ofrep::events))
         .route("/", get(console))
         .route("/{*path}", get(console))
         .fallback(not_found)

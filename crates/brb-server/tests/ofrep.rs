@@ -287,10 +287,10 @@ async fn a_scoped_token_sees_only_its_switches() {
         .collect();
     assert_eq!(keys, ["workers", "emails", "search"]);
     assert_eq!(v["metadata"]["environment"], "local");
-    assert!(
-        v.get("eventStreams").is_none(),
-        "no event stream is advertised"
-    );
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap();
+    assert!(uri.starts_with("/ofrep/v1/events?channel="), "{v}");
 }
 
 #[tokio::test]
@@ -439,6 +439,200 @@ async fn ofrep_readers_are_counted_apart_from_workers() {
     assert_eq!(c["unacknowledged"]["served_current"], 1);
 }
 
+/// An open OFREP event stream, read event by event.
+struct Events {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>>>,
+    parser: brb_client::sse::Parser,
+    queue: std::collections::VecDeque<brb_client::sse::Event>,
+}
+
+impl Events {
+    async fn open(s: &TestServer, request_uri: &str) -> Events {
+        // No Authorization header: a browser's EventSource sends none.
+        let r = s
+            .http
+            .get(format!("{}{request_uri}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        Events {
+            stream: Box::pin(r.bytes_stream()),
+            parser: brb_client::sse::Parser::new(),
+            queue: Default::default(),
+        }
+    }
+
+    /// The next event's data, or None when the stream ended or 10 s passed.
+    async fn next(&mut self) -> Option<Value> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                assert_eq!(e.event, "message", "OFREP events are `message`");
+                let v: Value = serde_json::from_str(&e.data).unwrap();
+                assert_eq!(v["type"], "refetchEvaluation");
+                return Some(v);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.queue.extend(self.parser.feed(&chunk).unwrap()),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The bulk answer for `token`: its body and ETag.
+async fn bulk(s: &TestServer, token: &str) -> (Value, String) {
+    let r = s
+        .http
+        .post(bulk_url(s))
+        .bearer_auth(token)
+        .json(&json!({"context": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tag = r.headers()["etag"].to_str().unwrap().to_string();
+    (r.json().await.unwrap(), tag)
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_bulk_readers_to_refetch() {
+    let s = TestServer::start().await;
+    let viewer = s.token("browser", Role::Viewer).await;
+    let (v, tag) = bulk(&s, &viewer).await;
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(v["eventStreams"][0]["type"], "sse");
+    let mut events = Events::open(&s, &uri).await;
+    // At once: the server cannot know what was fetched before the stream opened.
+    assert_eq!(events.next().await.unwrap()["etag"], tag);
+
+    s.set(&s.admin, "workers", json!({"state": "paused"})).await;
+    let e = events.next().await.expect("a notification after the pause");
+    let (v, new_tag) = bulk(&s, &viewer).await;
+    assert_eq!(e["etag"], new_tag, "the event names the answer to fetch");
+    assert_ne!(new_tag, tag);
+    assert_eq!(v["flags"][0]["value"], false);
+
+    // A ramp's end changes the variant without a new version: it is notified too.
+    s.set(
+        &s.admin,
+        "workers",
+        json!({"state": "running",
+               "ramp": {"kind": "linear", "from": 0.5, "duration_secs": 1}}),
+    )
+    .await;
+    events.next().await.expect("the resume");
+    let e = events.next().await.expect("the ramp's end");
+    let (v, tag) = bulk(&s, &viewer).await;
+    assert_eq!(v["flags"][0]["variant"], "running");
+    assert_eq!(e["etag"], tag);
+
+    // The channel opens nothing else, and dies with its token.
+    let channel = uri.split("channel=").nth(1).unwrap().to_string();
+    let (st, _) = eval(&s, &channel, "workers").await;
+    assert_eq!(st, 401, "a channel is not a token");
+    let id = channel.split('.').next().unwrap().to_string();
+    let r = s
+        .http
+        .delete(s.api(&format!("/tokens/{id}")))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends with its token"
+    );
+    let r = s.http.get(format!("{}{uri}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["errorCode"], "GENERAL");
+}
+
+#[tokio::test]
+async fn a_scoped_stream_is_told_only_of_its_switches() {
+    let s = TestServer::start().await;
+    create_switch(&s, "emails").await;
+    create_switch(&s, "search").await;
+    let scoped = scoped_token(&s, "mailer", &["emails"]).await;
+    let (v, tag) = bulk(&s, &scoped).await;
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut events = Events::open(&s, &uri).await;
+    assert_eq!(events.next().await.unwrap()["etag"], tag);
+    s.set(&s.admin, "search", json!({"state": "paused"})).await;
+    s.set(&s.admin, "emails", json!({"state": "paused"})).await;
+    // Had the change to `search` been notified, this event would carry the old tag.
+    let e = events.next().await.unwrap();
+    let (v, new_tag) = bulk(&s, &scoped).await;
+    assert_eq!(e["etag"], new_tag);
+    assert_eq!(v["flags"][0]["value"], false);
+}
+
+#[tokio::test]
+async fn bad_channels_are_refused() {
+    let s = TestServer::start().await;
+    let viewer = s.token("browser", Role::Viewer).await;
+    let (v, _) = bulk(&s, &viewer).await;
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut forged = uri.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    for path in [
+        "/ofrep/v1/events".to_string(),
+        "/ofrep/v1/events?channel=".to_string(),
+        "/ofrep/v1/events?channel=nodot".to_string(),
+        "/ofrep/v1/events?channel=0000000000.zz".to_string(),
+        forged,
+    ] {
+        let r = s.http.get(format!("{}{path}", s.url)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errorCode"], "GENERAL", "{path}");
+    }
+    // A rotation makes the old channel outdated; the next bulk answer has the new one.
+    let id = uri
+        .split("channel=")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = s
+        .http
+        .post(s.api(&format!("/tokens/{id}/rotate")))
+        .bearer_auth(&s.admin)
+        .json(&json!({"grace_secs": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new_secret = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.http.get(format!("{}{uri}", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (v, _) = bulk(&s, &new_secret).await;
+    let new_uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap();
+    assert_ne!(new_uri, uri);
+    Events::open(&s, new_uri).await.next().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_openapi_document_covers_ofrep() {
     let s = TestServer::start().await;
@@ -459,6 +653,7 @@ async fn the_openapi_document_covers_ofrep() {
         }
     }
     assert!(doc["paths"]["/ofrep/v1/evaluate/flags"]["post"]["responses"]["304"].is_object());
+    assert!(doc["paths"]["/ofrep/v1/events"]["get"]["responses"]["200"].is_object());
     assert!(doc["paths"]["/ofrep/v1/evaluate/flags/{key}"]["post"]["responses"]["404"].is_object());
     assert_eq!(
         doc["components"]["securitySchemes"]["api_key"]["name"],
