@@ -6,6 +6,8 @@
 #                                       # into target/ofrep-python-venv
 #   scripts/ofrep-providers.sh node     # tests/ofrep-node/package-lock.json (npm ci)
 #                                       # into tests/ofrep-node/node_modules
+#   scripts/ofrep-providers.sh web      # the same for tests/ofrep-web (the browser provider,
+#                                       # run in Debian's Chromium through playwright-core)
 #
 # Idempotent and quick when nothing changed (a stamp holds the pins it installed). Prints the
 # interpreter or directory to use on its last line.
@@ -28,18 +30,18 @@ case "${1:-}" in
     fi
     echo "$venv/bin/python"
     ;;
-  node)
-    dir=$root/tests/ofrep-node
+  node | web)
+    dir=$root/tests/ofrep-$1
     stamp=$dir/node_modules/.brb-lock
     if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
-      echo "ofrep-providers: installing the Node provider into $dir/node_modules" >&2
+      echo "ofrep-providers: installing the $1 provider into $dir/node_modules" >&2
       (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
       cp "$dir/package-lock.json" "$stamp"
     fi
     echo "$dir"
     ;;
   *)
-    echo "usage: $0 python|node" >&2
+    echo "usage: $0 python|node|web" >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,10 @@
 //! driver.py`, `tests/ofrep-node/driver.mjs`) that evaluates what it is told on stdin through
 //! the provider and prints what the OpenFeature client returned.
 //!
+//! The browser provider, `@openfeature/ofrep-web-provider` on `@openfeature/web-sdk`, caches the
+//! bulk answer and follows the event stream it names; it runs in Debian's Chromium
+//! (`tests/ofrep-web/web.mjs`), with polling off, so a change can reach it only by the stream.
+//!
 //! `examples/ofrep-python/worker.py`, the README's example, runs here too.
 //!
 //! Both providers are server-side: they ask the control plane at every evaluation (no cache,
@@ -25,6 +29,8 @@ use serde_json::{Value, json};
 enum Lang {
     Python,
     Node,
+    /// The browser provider, in Chromium.
+    Web,
 }
 
 fn root() -> PathBuf {
@@ -41,6 +47,7 @@ fn install(lang: Lang) -> String {
     let arg = match lang {
         Lang::Python => "python",
         Lang::Node => "node",
+        Lang::Web => "web",
     };
     let done = DONE.get_or_init(|| Mutex::new(Vec::new()));
     let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,6 +95,7 @@ impl Driver {
                 c.arg("driver.mjs").current_dir(&installed);
                 c
             }
+            Lang::Web => panic!("the web provider has its own harness (Browser)"),
         };
         let mut child = cmd
             .env("BRB_URL", url)
@@ -394,4 +402,186 @@ async fn the_python_example_takes_no_job_while_paused() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
+}
+
+/// The browser provider in Chromium, reporting what the page's OpenFeature client sees.
+struct Browser {
+    child: Child,
+    lines: Receiver<String>,
+    bulk_requests: u64,
+    stream_opened: bool,
+}
+
+impl Browser {
+    fn start(url: &str, token: &str) -> Browser {
+        let dir = install(Lang::Web);
+        let mut child = Command::new("node")
+            .arg("web.mjs")
+            .current_dir(dir)
+            .env("BRB_URL", url)
+            .env("BRB_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Browser {
+            child,
+            lines: rx,
+            bulk_requests: 0,
+            stream_opened: false,
+        }
+    }
+
+    /// Reads one line: a report of the page's client (`ready` or `changed`) is returned, a
+    /// request seen is noted.
+    fn line(&mut self) -> Option<Value> {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the browser printed nothing within 30 s"));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if let Some(n) = v["bulk"].as_u64() {
+            self.bulk_requests = n;
+            None
+        } else if v["stream"] == "open" {
+            self.stream_opened = true;
+            None
+        } else {
+            Some(v)
+        }
+    }
+
+    /// Waits for the next report of the page's client.
+    fn report(&mut self) -> Value {
+        loop {
+            if let Some(v) = self.line() {
+                return v;
+            }
+        }
+    }
+
+    /// Waits until the page has made `n` bulk requests.
+    fn bulk_requests_reach(&mut self, n: u64) {
+        while self.bulk_requests < n {
+            if let Some(v) = self.line() {
+                panic!("an unexpected report while waiting for bulk request {n}: {v}");
+            }
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Closing stdin closes the browser.
+        drop(self.child.stdin.take());
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The browser provider is told of each change by the event stream and fetches the bulk answer
+/// then, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_provider_follows_the_event_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let url = server.url.clone();
+    let admin = server.admin_token();
+    let http = reqwest::Client::new();
+    let app = post(
+        &http,
+        format!("{url}/api/v1/tokens"),
+        &admin,
+        json!({"name": "web-app", "role": "viewer"}),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut b = Browser::start(&url, &app);
+    let v = b.report();
+    assert_eq!(
+        (
+            v["why"].as_str(),
+            v["value"].as_bool(),
+            v["variant"].as_str()
+        ),
+        (Some("ready"), Some(true), Some("running")),
+        "{v}"
+    );
+    // The stream's first event asks for one fetch at once (answered 304): then it is live.
+    b.bulk_requests_reach(2);
+    assert!(b.stream_opened, "the page opened the OFREP event stream");
+
+    brb(
+        &home,
+        &url,
+        &admin,
+        &["pause", "--reason", "db at 100%", "--wait", "0"],
+    );
+    let t = Instant::now();
+    let v = b.report();
+    let after_pause = t.elapsed();
+    assert_eq!(
+        (
+            v["why"].as_str(),
+            v["value"].as_bool(),
+            v["variant"].as_str()
+        ),
+        (Some("changed"), Some(false), Some("paused")),
+        "{v}"
+    );
+
+    let mut lat = Vec::new();
+    let mut changes = 1;
+    for i in 0..5 {
+        for (state, want) in [("running", true), ("paused", false)] {
+            set_state(&http, &url, &admin, state).await;
+            let t = Instant::now();
+            let v = b.report();
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            changes += 1;
+            assert_eq!(v["value"].as_bool(), Some(want), "cycle {i} {state}: {v}");
+        }
+    }
+    // Polling is off: every fetch after the first two was asked for by the stream.
+    b.bulk_requests_reach(2 + changes);
+    assert_eq!(b.bulk_requests, 2 + changes, "no fetch without an event");
+    eprintln!(
+        "ofrep Web: brb pause returned -> the page's flag false in {:.1} ms; committed change \
+         -> the page told (event, refetch, ConfigurationChanged): {}",
+        after_pause.as_secs_f64() * 1000.0,
+        ms(lat)
+    );
+    let c: Value = http
+        .get(format!("{url}/api/v1/switches/workers/workers"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["total"], 0, "{c}");
+    assert_eq!(c["unacknowledged"]["readers"], 1, "{c}");
 }
