@@ -380,30 +380,30 @@ fn reader(caller: &Caller, headers: &HeaderMap) -> ReaderId {
 
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-/// The bulk answer for `caller` from the hub's image, its bytes and its entity tag.
-fn bulk_for(
-    state: &AppState,
-    caller: &Caller,
-    now: DateTime<Utc>,
-) -> Result<(OfrepBulkEvaluation, Vec<u8>, String), ApiError> {
+/// The bulk answer for `caller` from the hub's image.
+fn answer_for(state: &AppState, caller: &Caller, now: DateTime<Utc>) -> OfrepBulkEvaluation {
     let switches = state.hub().list();
     let channel = caller
         .token_id
         .as_deref()
         .and_then(|id| state.tokens().event_channel(id));
-    let answer = bulk(
+    bulk(
         switches.iter().map(|s| &**s),
         |name| caller.check_switch(name).is_ok(),
         &state.config().environment.name,
         channel.as_deref(),
         now,
-    );
-    let json = serde_json::to_vec(&answer).map_err(|e| {
+    )
+}
+
+/// An answer's bytes and entity tag.
+fn encode(answer: &OfrepBulkEvaluation) -> Result<(Vec<u8>, String), ApiError> {
+    let json = serde_json::to_vec(answer).map_err(|e| {
         tracing::error!(error = %e, "encoding an OFREP answer");
         ApiError::new(ErrorCode::Internal, "cannot encode the answer")
     })?;
     let tag = etag(&json);
-    Ok((answer, json, tag))
+    Ok((json, tag))
 }
 
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "openfeature",
@@ -488,7 +488,8 @@ pub(crate) async fn evaluate_flags(
         return parse_error(None, e);
     }
     let now = Utc::now();
-    let (answer, json, tag) = match bulk_for(&state, &caller, now) {
+    let answer = answer_for(&state, &caller, now);
+    let (json, tag) = match encode(&answer) {
         Ok(a) => a,
         Err(e) => return reply_error(None, e),
     };
@@ -567,10 +568,13 @@ impl Stream {
         let ping = tokio::time::Instant::now() + self.keepalive;
         loop {
             let now = Utc::now();
-            let (answer, _, tag) = bulk_for(&self.state, &self.caller, now).ok()?;
+            // Every frame of the hub (any switch, worker counts, samples) wakes the stream:
+            // the key is cheap, the bytes are encoded only when it changed.
+            let answer = answer_for(&self.state, &self.caller, now);
             let key = notify_key(&answer);
             if self.last.as_ref() != Some(&key) {
                 self.last = Some(key);
+                let (_, tag) = encode(&answer).ok()?;
                 return Some(refetch_frame(&tag));
             }
             let switches = self.state.hub().list();

@@ -556,6 +556,21 @@ async fn the_event_stream_tells_bulk_readers_to_refetch() {
 }
 
 #[tokio::test]
+async fn a_graceful_shutdown_ends_open_event_streams() {
+    let s = TestServer::start().await;
+    let (v, _) = bulk(&s, &s.admin).await;
+    let uri = v["eventStreams"][0]["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut events = Events::open(&s, &uri).await;
+    events.next().await.unwrap();
+    let took = s.stop().await;
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(events.next().await.is_none(), "the stream ended");
+}
+
+#[tokio::test]
 async fn a_scoped_stream_is_told_only_of_its_switches() {
     let s = TestServer::start().await;
     create_switch(&s, "emails").await;
