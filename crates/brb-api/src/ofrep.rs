@@ -22,9 +22,9 @@ pub const OFREP_PREFIX: &str = "/ofrep/v1";
 /// `Authorization: Bearer`.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// `POST /ofrep/v1/evaluate/flags[/{key}]`. The protocol makes `context` required; its
-/// providers send `{}` when the application set no context, and a switch's value depends on no
-/// context, so the server accepts a missing one.
+/// `POST /ofrep/v1/evaluate/flags[/{key}]`. The protocol makes `context` required, but
+/// OpenFeature's Python provider sends `{}` when it is given no context, and a switch's value
+/// depends on no context: the server accepts a missing one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OfrepRequest {
     #[serde(default)]
