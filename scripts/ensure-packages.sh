@@ -11,8 +11,9 @@ declare -A PKG_GROUPS=(
   [firmware]="gcc-avr avr-libc binutils-avr arduino-core-avr simavr libsimavr-dev libelf-dev"
   # Real peers the tests talk to: Prometheus scraping the control plane (and its promtool);
   # sqlite3 to check a database file; mkfs.ext4 and mount for the disk-full and failing-disk
-  # fault tests; jq for the README's plain-HTTP worker recipe; python3-venv for schemathesis;
-  # ruby (3.1, with minitest and rake) for the Ruby SDK, which uses no gem beyond Debian's.
+  # fault tests; jq for the README's plain-HTTP worker recipe; python3-venv for schemathesis and
+  # the OFREP provider test (tests/ofrep_providers.rs); ruby (3.1, with minitest and rake) for
+  # the Ruby SDK, which uses no gem beyond Debian's.
   [test]="prometheus sqlite3 e2fsprogs mount jq python3-venv ruby ruby-minitest rake"
   # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
   [ui]="chromium fonts-dejavu-core"

@@ -56,8 +56,8 @@ done
 [ -n "$url" ] || { echo "schemathesis: brb server did not start" >&2; cat "$work/stderr" >&2; exit 1; }
 echo "schemathesis: $url, seed $SEED, at most $EXAMPLES examples per operation"
 
-# Left out: the two event streams (an answer never ends; tests/bad_input.rs and the wire
-# tests cover them) and the Slack command (every request must carry Slack's HMAC signature,
+# Left out: the event streams, the API's two and OFREP's (an answer never ends;
+# tests/bad_input.rs, the wire tests and crates/brb-server/tests/ofrep.rs cover them) and the Slack command (every request must carry Slack's HMAC signature,
 # which generated requests cannot; tests/notify.rs covers it).
 # From the temporary directory: schemathesis keeps a cache in the working directory.
 cd "$work"

@@ -1,6 +1,7 @@
 //! Bad input to every endpoint: malformed, oversized, wrongly typed, unauthorized and
-//! wrong-method requests, each answered with a clean 4xx and a JSON `{error: {code, message}}`,
-//! and nothing changed afterwards (switches, audit log and tokens compared before and after).
+//! wrong-method requests, each answered with a clean 4xx and a JSON `{error: {code, message}}`
+//! (OFREP's `{errorCode, errorDetails}` on the OFREP endpoints' own answers), and nothing
+//! changed afterwards (switches, audit log and tokens compared before and after).
 //!
 //! The endpoint list comes from the server's own OpenAPI document: an endpoint without cases
 //! here fails the test, so a new endpoint cannot be forgotten.
@@ -21,6 +22,8 @@ struct Case {
     body: Option<Vec<u8>>,
     status: u16,
     code: &'static str,
+    /// Answered in OFREP's error shape rather than the API's.
+    ofrep: bool,
 }
 
 fn case(method: &'static str, path: &str, status: u16, code: &'static str) -> Case {
@@ -32,6 +35,15 @@ fn case(method: &'static str, path: &str, status: u16, code: &'static str) -> Ca
         body: None,
         status,
         code,
+        ofrep: false,
+    }
+}
+
+/// A case answered by an OFREP handler: `{errorCode, errorDetails}` with OFREP's codes.
+fn ofrep(method: &'static str, path: &str, status: u16, code: &'static str) -> Case {
+    Case {
+        ofrep: true,
+        ..case(method, path, status, code)
     }
 }
 
@@ -100,7 +112,14 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         &[("BRB_SLACK_SIGNING_SECRET", SLACK_SECRET)],
     );
     let url = server.url.clone();
-    let http = reqwest::Client::new();
+    // A connection per request: some refusals end their connection by design (an event
+    // stream's refusal written by the accept loop, its answers to unreadable heads), and a
+    // pooled connection the server has just closed fails the next request on the client's
+    // side (1 run in 4 before this, at the base commit too), not with an answer.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let admin = server.admin_token();
     let client = server.client();
     let viewer = client
@@ -454,6 +473,71 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         v(case("POST", "/api/v1/workers/report", 404, "not_found").body(r#"{"switch":"nope","worker_id":"w","observed_version":1,"status":"running","in_flight":0,"processed_total":0}"#)),
         v(case("POST", "/api/v1/workers/report", 413, "payload_too_large").body(big.clone())),
     ]);
+    for (key, path) in [
+        ("POST /ofrep/v1/evaluate/flags", "/ofrep/v1/evaluate/flags"),
+        (
+            "POST /ofrep/v1/evaluate/flags/{key}",
+            "/ofrep/v1/evaluate/flags/workers",
+        ),
+    ] {
+        add(
+            key,
+            vec![
+                ofrep("POST", path, 401, "GENERAL").body("{}"),
+                ofrep("POST", path, 401, "GENERAL")
+                    .token("brb_0000000000_nope")
+                    .body("{}"),
+                ofrep("POST", path, 401, "GENERAL")
+                    .header("Basic YWRtaW46YWRtaW4=")
+                    .body("{}"),
+                v(ofrep("POST", path, 400, "PARSE_ERROR").body("{\"context\":")),
+                v(ofrep("POST", path, 400, "PARSE_ERROR").body(vec![0xff, 0x00])),
+                v(ofrep("POST", path, 400, "PARSE_ERROR").body("")),
+                v(ofrep("POST", path, 400, "PARSE_ERROR").body("[]")),
+                v(ofrep("POST", path, 400, "INVALID_CONTEXT").body(r#"{"context": "all"}"#)),
+                v(ofrep("POST", path, 400, "INVALID_CONTEXT")
+                    .body(r#"{"context": {"targetingKey": 1}}"#)),
+                v(ofrep("POST", path, 400, "PARSE_ERROR").body(big.clone())),
+                v(case("GET", path, 405, "method_not_allowed")),
+            ],
+        );
+    }
+    add(
+        "POST /ofrep/v1/evaluate/flags/{key}",
+        vec![
+            v(ofrep(
+                "POST",
+                "/ofrep/v1/evaluate/flags/nope",
+                404,
+                "FLAG_NOT_FOUND",
+            )
+            .body("{}")),
+            v(ofrep(
+                "POST",
+                &format!("/ofrep/v1/evaluate/flags/{}", "a".repeat(5000)),
+                404,
+                "FLAG_NOT_FOUND",
+            )
+            .body("{}")),
+        ],
+    );
+    add(
+        "GET /ofrep/v1/events",
+        vec![
+            ofrep("GET", "/ofrep/v1/events", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=x.y", 401, "GENERAL"),
+            ofrep("GET", "/ofrep/v1/events?channel=%FF%FE", 401, "GENERAL"),
+            ofrep(
+                "GET",
+                &format!("/ofrep/v1/events?channel={viewer_id}.00"),
+                401,
+                "GENERAL",
+            ),
+            ofrep("GET", "/ofrep/v1/events?channel=x", 401, "GENERAL").token(&admin),
+            case("POST", "/ofrep/v1/events", 405, "method_not_allowed"),
+        ],
+    );
     add(
         "GET /healthz",
         vec![case("POST", "/healthz", 405, "method_not_allowed")],
@@ -516,12 +600,15 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
                 .to_string();
             let text = res.text().await.unwrap_or_default();
             let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let (code, message) = if c.ofrep {
+                (&body["errorCode"], &body["errorDetails"])
+            } else {
+                (&body["error"]["code"], &body["error"]["message"])
+            };
             let ok = status == c.status
                 && ctype.starts_with("application/json")
-                && body["error"]["code"] == c.code
-                && body["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty());
+                && *code == c.code
+                && message.as_str().is_some_and(|m| !m.is_empty());
             if !ok {
                 failures.push(format!(
                     "{} {} -> {status} {ctype} {text:.200} (wanted {} {})",

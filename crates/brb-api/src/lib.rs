@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 mod error;
 pub mod ints;
 mod names;
+pub mod ofrep;
 mod ramp;
 mod series;
 mod workers;
@@ -27,7 +28,10 @@ pub use series::{
     Accepted, MAX_SAMPLES_PER_POST, MAX_SERIES_NAME, Sample, SampleBatch, SampleKind, SampleTick,
     Series, SeriesList, TickValue,
 };
-pub use workers::{ChangeAck, MAX_WORKER_ID, WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus};
+pub use workers::{
+    ChangeAck, MAX_WORKER_ID, UnacknowledgedReaders, WorkerCounts, WorkerInfo, WorkerReport,
+    WorkerStatus,
+};
 
 /// The path prefix of every versioned endpoint.
 pub const API_PREFIX: &str = "/api/v1";

@@ -105,4 +105,22 @@ pub struct WorkerCounts {
     /// the counts only, and `GET /api/v1/switches/{name}/workers` has the list.
     #[serde(default)]
     pub workers: Vec<WorkerInfo>,
+    /// Readers that do not report (OpenFeature providers over OFREP), counted apart: they are
+    /// not in `total` and never acknowledge anything.
+    #[serde(default)]
+    pub unacknowledged: UnacknowledgedReaders,
+}
+
+/// OFREP readers of a switch seen by this replica in the last `window_secs` seconds. A reader
+/// is a distinct (token, client address, `User-Agent`) triple: OFREP providers send nothing
+/// that names their process, so several processes behind one address with one token and the
+/// same library count once. `readers` is a lower bound on the processes that read the switch,
+/// not a count of processes that obey it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UnacknowledgedReaders {
+    pub window_secs: u64,
+    pub readers: u32,
+    /// Of those, how many were last answered with the switch's current version. What a reader
+    /// was told, not what it did.
+    pub served_current: u32,
 }

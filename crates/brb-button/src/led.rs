@@ -112,6 +112,7 @@ mod tests {
             current: None,
             changes: vec![],
             workers: vec![],
+            unacknowledged: Default::default(),
         }
     }
 

@@ -197,6 +197,17 @@ pub fn mint_secret(id: &str) -> (String, Vec<u8>) {
     )
 }
 
+fn channel_mac(hash: &[u8; 32], id: &str) -> [u8; 16] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(hash).expect("HMAC takes any key length");
+    mac.update(b"brb-ofrep-events\0");
+    mac.update(id.as_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
 /// Splits `brb_<id>_<secret>`.
 fn split(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(PREFIX)?;
@@ -341,6 +352,46 @@ impl TokenBook {
             scope: c.scope.clone(),
             via_previous,
             valid_until: earliest(c.expires_at, grace),
+        })
+    }
+
+    /// The OFREP event channel of a stored token: `<id>.<mac>`, a MAC of the id keyed by the
+    /// hash of the token's current secret. It goes into a URL (a browser's `EventSource` sends
+    /// no header), so it is not the token: it opens only the notify-only OFREP event stream of
+    /// that token's switches, the same on every replica, and stops working when the token is
+    /// revoked, expires or is rotated. None for the `BRB_ADMIN_TOKEN` token (no id).
+    pub fn event_channel(&self, id: &str) -> Option<String> {
+        let map = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        let c = map.get(id)?;
+        Some(format!("{id}.{}", hex::encode(channel_mac(&c.hash, id))))
+    }
+
+    /// Checks an OFREP event channel as [`TokenBook::verify`] checks a token.
+    pub fn verify_channel(&self, channel: &str) -> Result<Verified, ApiError> {
+        let bad = || ApiError::unauthorized("unknown or outdated event channel");
+        let (id, mac) = channel.split_once('.').ok_or_else(bad)?;
+        let mac = hex::decode(mac).map_err(|_| bad())?;
+        let map = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        let c = map.get(id).ok_or_else(bad)?;
+        if !bool::from(channel_mac(&c.hash, id).as_slice().ct_eq(&mac)) {
+            return Err(bad());
+        }
+        if c.revoked {
+            return Err(ApiError::unauthorized("this token has been revoked"));
+        }
+        if c.expires_at.is_some_and(|e| e <= Utc::now()) {
+            return Err(ApiError::new(
+                ErrorCode::TokenExpired,
+                "this token has expired",
+            ));
+        }
+        Ok(Verified {
+            name: c.name.clone(),
+            role: c.role,
+            token_id: Some(id.to_string()),
+            scope: c.scope.clone(),
+            via_previous: false,
+            valid_until: c.expires_at,
         })
     }
 
@@ -514,11 +565,33 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::authenticate(parts, state, bearer(parts))
+    }
+}
+
+impl Caller {
+    /// Verifies `token`, taken from whichever header the endpoint accepts (`bearer` here; the
+    /// OFREP endpoints also take `X-API-Key`), with the same use records and failure limits
+    /// everywhere.
+    pub(crate) fn authenticate(
+        parts: &Parts,
+        state: &AppState,
+        token: Result<&str, ApiError>,
+    ) -> Result<Caller, ApiError> {
+        Caller::from_verified(parts, state, token.and_then(|t| state.tokens().verify(t)))
+    }
+
+    /// The caller once a credential was checked (a token, or an OFREP event channel).
+    pub(crate) fn from_verified(
+        parts: &Parts,
+        state: &AppState,
+        verified: Result<Verified, ApiError>,
+    ) -> Result<Caller, ApiError> {
         let remote_addr = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        match bearer(parts).and_then(|t| state.tokens().verify(t)) {
+        match verified {
             Ok(v) => {
                 if let Some(id) = &v.token_id {
                     state
@@ -573,7 +646,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

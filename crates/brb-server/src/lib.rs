@@ -36,6 +36,7 @@ mod limits;
 pub mod metrics;
 mod net;
 mod notify;
+pub mod ofrep;
 pub mod openapi;
 mod prom;
 mod propagate;

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes;
@@ -13,7 +13,10 @@ use crate::routes;
     info(
         title = "Big Red Button control plane",
         description = "Pause every background worker with one press. All /api/v1 endpoints \
-            except openapi.json take `Authorization: Bearer <token>`.",
+            except openapi.json take `Authorization: Bearer <token>`. The OpenFeature Remote \
+            Evaluation Protocol (OFREP) endpoints under /ofrep/v1 serve each switch as a boolean \
+            flag (true while work is allowed) and take the same token as a bearer token or in \
+            `X-API-Key`; their errors have OFREP's shape `{key, errorCode, errorDetails}`.",
     ),
     paths(
         routes::healthz,
@@ -40,8 +43,15 @@ use crate::routes;
         routes::get_series,
         routes::notifications,
         crate::slack::command,
+        crate::ofrep::evaluate_flag,
+        crate::ofrep::evaluate_flags,
+        crate::ofrep::events,
     ),
-    components(schemas(brb_api::DeletedSwitch, brb_api::SampleTick)),
+    components(schemas(
+        brb_api::DeletedSwitch,
+        brb_api::SampleTick,
+        brb_api::ofrep::OfrepStreamEvent
+    )),
     modifiers(&Bearer, &AuthRateLimit, &OptionalBodies),
 )]
 pub struct ApiDoc;
@@ -117,6 +127,11 @@ impl Modify for Bearer {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // OFREP's `ApiKeyAuth`: the same token, for providers configured with that header.
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
     }
 }

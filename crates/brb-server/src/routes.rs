@@ -57,6 +57,16 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest(brb_api::API_PREFIX, api)
+        // OpenFeature's remote evaluation protocol, where its providers look for it.
+        .route(
+            "/ofrep/v1/evaluate/flags",
+            axum::routing::post(crate::ofrep::evaluate_flags),
+        )
+        .route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            axum::routing::post(crate::ofrep::evaluate_flag),
+        )
+        .route("/ofrep/v1/events", get(crate::ofrep::events))
         .route("/", get(console))
         .route("/{*path}", get(console))
         .fallback(not_found)

@@ -5,6 +5,10 @@
 //! workers there are per status, and for each recent change how long until the last live
 //! worker acknowledged it. Workers that stop reporting become stale, then are forgotten.
 //!
+//! OpenFeature providers reading a switch over OFREP (`ofrep.rs`) send no report: they are
+//! counted apart, as the readers seen lately and the version each was last told, never as
+//! workers and never as acknowledgements. They are this replica's own: not shared.
+//!
 //! The registry is in memory: it is rebuilt within one report interval after a restart, and
 //! losing it loses no decision, only a few seconds of the picture.
 //!
@@ -72,6 +76,8 @@ pub struct Workers {
     remote: Mutex<HashMap<String, HashMap<String, SharedWorker>>>,
     stale_after: chrono::Duration,
     forget_after: chrono::Duration,
+    /// OFREP readers: counted apart, they never report.
+    ofrep: crate::ofrep::Readers,
 }
 
 impl Workers {
@@ -83,6 +89,21 @@ impl Workers {
                 .unwrap_or(chrono::Duration::seconds(15)),
             forget_after: chrono::Duration::from_std(forget_after)
                 .unwrap_or(chrono::Duration::seconds(300)),
+            ofrep: crate::ofrep::Readers::default(),
+        }
+    }
+
+    /// An OFREP reader was answered `version` of `switch`.
+    pub fn ofrep_read(
+        &self,
+        switch: &str,
+        reader: crate::ofrep::ReaderId,
+        version: u64,
+        now: DateTime<Utc>,
+    ) {
+        if self.ofrep.saw(switch, reader, version, now) {
+            let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(switch.to_string()).or_default().dirty = true;
         }
     }
 
@@ -143,7 +164,11 @@ impl Workers {
 
     /// Marks workers stale and forgets long-silent ones; flags switches whose picture changed.
     pub fn sweep(&self, now: DateTime<Utc>) {
+        let left = self.ofrep.sweep(now);
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for name in left {
+            map.entry(name).or_default().dirty = true;
+        }
         for per in map.values_mut() {
             let before = per.workers.len();
             per.workers
@@ -246,6 +271,7 @@ impl Workers {
             current: None,
             changes: Vec::new(),
             workers: Vec::new(),
+            unacknowledged: self.ofrep.counts(&switch.name, switch.version, Utc::now()),
         };
         let empty = PerSwitch::default();
         let per = map.get(&switch.name).unwrap_or(&empty);
