@@ -1,0 +1,3 @@
+module github.com/big-red-button/brb/sdk/go
+
+go 1.19
