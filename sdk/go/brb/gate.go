@@ -70,10 +70,16 @@ type Gate struct {
 	policyTimer  *time.Timer
 	lastErr      error
 
-	reportNow chan struct{}
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	reportTimer *time.Timer // the heartbeat
+	// Reports: reportState is guarded by the client's report queue; the rest is touched by
+	// the one reporter sending this gate's report.
+	reportState     int
+	reportNotBefore time.Time // a 429's Retry-After
+	reportErr       string    // the last failure logged
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // NewGate checks the configuration and starts following the switch in the background. It
@@ -90,25 +96,23 @@ func NewGate(cfg Config) (*Gate, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gate{
-		s:         s,
-		c:         c,
-		log:       s.Logger,
-		tok:       s.Token,
-		slots:     make([]time.Time, s.MaxConcurrency),
-		changed:   make(chan struct{}),
-		heard:     make(chan struct{}),
-		reportNow: make(chan struct{}, 1),
-		ctx:       ctx,
-		cancel:    cancel,
+		s:       s,
+		c:       c,
+		log:     s.Logger,
+		tok:     s.Token,
+		slots:   make([]time.Time, s.MaxConcurrency),
+		changed: make(chan struct{}),
+		heard:   make(chan struct{}),
+		ctx:     ctx,
+		cancel:  cancel,
 	}
 	// Each gate starts at a random replica, which spreads a fleet over them.
 	g.sticky.Store(int32(randIntn(len(s.bases))))
+	if !s.DisableReports {
+		g.reportTimer = time.AfterFunc(s.ReportInterval, g.heartbeat)
+	}
 	g.wg.Add(1)
 	go g.watch()
-	if !s.DisableReports {
-		g.wg.Add(1)
-		go g.reporter()
-	}
 	return g, nil
 }
 
@@ -126,6 +130,9 @@ func (g *Gate) Close() error {
 	g.conn = nil
 	if g.policyTimer != nil {
 		g.policyTimer.Stop()
+	}
+	if g.reportTimer != nil {
+		g.reportTimer.Stop()
 	}
 	g.mu.Unlock()
 	g.cancel()
@@ -411,13 +418,6 @@ func (g *Gate) broadcast() {
 	g.mu.Unlock()
 }
 
-func (g *Gate) kickReport() {
-	select {
-	case g.reportNow <- struct{}{}:
-	default:
-	}
-}
-
 func (g *Gate) token() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -495,7 +495,7 @@ func (g *Gate) apply(sw *switchView, current bool) {
 	if prev == knownNone {
 		close(g.heard)
 	} else if prev != k {
-		g.log.Printf("brb: switch %s is now %s (version %d, by %s via %s)", sw.Name, sw.State, sw.Version, sw.ChangedBy, sw.Source)
+		g.logf("brb: switch %s is now %s (version %d, by %s via %s)", sw.Name, sw.State, sw.Version, sw.ChangedBy, sw.Source)
 	}
 	// Waiters and the reporter also learn of a new version or ramp with the same decision.
 	if !notified {
@@ -520,7 +520,7 @@ func (g *Gate) setConnected(yes bool) {
 			}
 			g.connectLog = append(g.connectLog, now)
 			if g.lastErr != nil {
-				g.log.Printf("brb: switch %s: connected to the control plane again", g.s.Switch)
+				g.logf("brb: switch %s: connected to the control plane again", g.s.Switch)
 			}
 			g.lastErr = nil
 			if g.policyTimer != nil {
@@ -551,7 +551,7 @@ func (g *Gate) graceOver() {
 		return
 	}
 	if g.recompute() {
-		g.log.Printf("brb: switch %s: no word from the control plane for %s; failing %s (policy %s)",
+		g.logf("brb: switch %s: no word from the control plane for %s; failing %s (policy %s)",
 			g.s.Switch, g.s.Grace, map[bool]string{true: "open", false: "closed"}[g.IsOpen()], g.s.Policy)
 	} else if g.lostAt.Load() != 0 && time.Now().UnixNano()-g.lostAt.Load() < int64(g.s.Grace) {
 		// Woken a little early (the loss was re-dated): look again when it is due.

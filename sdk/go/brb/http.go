@@ -111,6 +111,8 @@ type client struct {
 
 	tlsMu     sync.Mutex
 	tlsByHost map[string]*tls.Config
+
+	reports reportQueue
 }
 
 var (
@@ -141,8 +143,8 @@ func newClient(s *settings, proxyGiven bool) (*client, error) {
 		ForceAttemptHTTP2:   true,
 		// Reports from many gates in one process share a few warm connections; the server
 		// closes idle ones after its header-read timeout (10 s), so drop them first.
-		MaxIdleConns:        64,
-		MaxIdleConnsPerHost: 32,
+		MaxIdleConns:        maxReporters * 2,
+		MaxIdleConnsPerHost: maxReporters,
 		IdleConnTimeout:     8 * time.Second,
 		ReadBufferSize:      2048,
 		WriteBufferSize:     1024,

@@ -1,9 +1,11 @@
 package brb
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -17,57 +19,101 @@ type workerReport struct {
 	ProcessedTotal  uint64 `json:"processed_total"`
 }
 
-// reporter tells the control plane what this worker does, at once on every change (so
-// `brb pause` can count it within milliseconds) and every ReportInterval otherwise (so it
-// is not called stale).
-func (g *Gate) reporter() {
-	defer g.wg.Done()
-	t := time.NewTimer(g.s.ReportInterval)
-	defer t.Stop()
-	var notBefore time.Time // a 429's Retry-After
-	var loggedErr string
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-g.reportNow:
-		case <-t.C:
+// maxReporters bounds the reports a process sends at once (per TLS setting). A worker
+// process usually holds one gate, and then this is one goroutine while a report is due and
+// none otherwise; a process with a thousand gates sends their reports over a few warm
+// connections instead of a thousand new ones at every change.
+const maxReporters = 8
+
+// Where a gate is in the report queue.
+const (
+	reportIdle = iota
+	reportQueued
+	reportSending
+	reportAgain // sending, and something changed meanwhile: send again after
+)
+
+// reportQueue sends the reports of every gate sharing a client. A gate is in it at most
+// once and is never sent twice at the same time, so its reports arrive in order.
+type reportQueue struct {
+	mu      sync.Mutex
+	queue   []*Gate
+	workers int
+}
+
+// enqueue asks for a report from g as soon as a reporter is free.
+func (q *reportQueue) enqueue(g *Gate) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch g.reportState {
+	case reportIdle:
+		g.reportState = reportQueued
+		q.queue = append(q.queue, g)
+		if q.workers < maxReporters && q.workers < len(q.queue) {
+			q.workers++
+			go q.work()
 		}
-		if !t.Stop() {
-			select {
-			case <-t.C:
-			default:
-			}
-		}
-		t.Reset(g.s.ReportInterval)
-		// Nothing to report before the gate knows the state, nor while told to wait.
-		if g.known.Load() == knownNone || time.Now().Before(notBefore) {
-			continue
-		}
-		err := g.report()
-		if g.ctx.Err() != nil {
-			return
-		}
-		var api *APIError
-		if errors.As(err, &api) && api.Status == http.StatusTooManyRequests && api.RetryAfter > 0 {
-			ra := api.RetryAfter
-			if ra > maxRetryAfter {
-				ra = maxRetryAfter
-			}
-			notBefore = time.Now().Add(ra)
-		}
-		switch {
-		case err != nil && err.Error() != loggedErr:
-			g.log.Printf("brb: switch %s: reporting failed: %v", g.s.Switch, err)
-			loggedErr = err.Error()
-		case err == nil && loggedErr != "":
-			g.log.Printf("brb: switch %s: reporting works again", g.s.Switch)
-			loggedErr = ""
-		}
+	case reportSending:
+		g.reportState = reportAgain
 	}
 }
 
-func (g *Gate) report() error {
+func (q *reportQueue) work() {
+	for {
+		q.mu.Lock()
+		if len(q.queue) == 0 {
+			q.workers--
+			q.queue = nil // let a burst's backing array go
+			q.mu.Unlock()
+			return
+		}
+		g := q.queue[0]
+		q.queue[0] = nil
+		q.queue = q.queue[1:]
+		g.reportState = reportSending
+		q.mu.Unlock()
+
+		g.sendReport()
+
+		q.mu.Lock()
+		if g.reportState == reportAgain && g.ctx.Err() == nil {
+			g.reportState = reportQueued
+			q.queue = append(q.queue, g)
+		} else {
+			g.reportState = reportIdle
+		}
+		q.mu.Unlock()
+	}
+}
+
+// kickReport asks for a report at once (a change, a drained gate).
+func (g *Gate) kickReport() {
+	if g.s.DisableReports || g.known.Load() == knownNone || g.ctx.Err() != nil {
+		return
+	}
+	g.c.reports.enqueue(g)
+}
+
+// heartbeat is the ReportInterval timer's tick: the control plane calls a worker that is
+// silent for 15 s stale.
+func (g *Gate) heartbeat() {
+	if g.ctx.Err() != nil {
+		return
+	}
+	g.kickReport()
+	g.mu.Lock()
+	if !g.closed {
+		g.reportTimer.Reset(g.s.ReportInterval)
+	}
+	g.mu.Unlock()
+}
+
+// sendReport tells the control plane what this worker does now. Called by one reporter at
+// a time per gate.
+func (g *Gate) sendReport() {
+	if g.ctx.Err() != nil || time.Now().Before(g.reportNotBefore) {
+		return
+	}
 	body, err := json.Marshal(workerReport{
 		WorkerID:        g.s.WorkerID,
 		Switch:          g.s.Switch,
@@ -76,9 +122,29 @@ func (g *Gate) report() error {
 		InFlight:        g.inFlight.Load(),
 		ProcessedTotal:  g.processed.Load(),
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		// Not under the gate's context (see openStreamDirect): a report in flight at Close
+		// finishes or times out by itself.
+		_, err = g.call(context.Background(), http.MethodPost, "/workers/report", body, requestTimeout)
 	}
-	_, err = g.call(g.ctx, http.MethodPost, "/workers/report", body, requestTimeout)
-	return err
+	if g.ctx.Err() != nil {
+		return
+	}
+	var api *APIError
+	if errors.As(err, &api) && api.Status == http.StatusTooManyRequests && api.RetryAfter > 0 {
+		ra := api.RetryAfter
+		if ra > maxRetryAfter {
+			ra = maxRetryAfter
+		}
+		g.reportNotBefore = time.Now().Add(ra)
+	}
+	// One line per distinct problem, and one when it is over.
+	switch {
+	case err != nil && err.Error() != g.reportErr:
+		g.logf("brb: switch %s: reporting failed: %v", g.s.Switch, err)
+		g.reportErr = err.Error()
+	case err == nil && g.reportErr != "":
+		g.logf("brb: switch %s: reporting works again", g.s.Switch)
+		g.reportErr = ""
+	}
 }

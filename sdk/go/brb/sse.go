@@ -3,34 +3,32 @@ package brb
 import (
 	"bytes"
 	"errors"
-	"strings"
-	"unicode/utf8"
 )
 
-// maxLine bounds one event-stream line: the largest switch event is a few KiB, and a server
-// that never ends a line must not make the gate buffer without bound.
+// maxLine bounds one event-stream line, and an event's data: the largest switch event is a
+// few KiB, and a server that never ends a line must not make the gate buffer without bound.
 const maxLine = 64 << 10
 
-var errLineTooLong = errors.New("event-stream line longer than 64 KiB")
+var errLineTooLong = errors.New("event-stream line or event longer than 64 KiB")
 
-// sseEvent is one dispatched event of a text/event-stream.
+// sseEvent is one dispatched event of a text/event-stream. data is only valid during the
+// emit call that receives it.
 type sseEvent struct {
 	name string // "message" when the stream named none
-	id   string // the last id: seen on the stream
-	data string
+	data []byte
 }
 
 // sseParser is an incremental parser of the WHATWG event-stream format, with no I/O:
 // bytes arrive in any chunking (a frame may be split anywhere, even between '\r' and '\n').
 // An event is dispatched only at its blank line, so a stream cut in the middle of an event
-// loses that event rather than applying half of it.
+// loses that event rather than applying half of it. A line that arrives whole is parsed in
+// place; only one split across reads is copied.
 type sseParser struct {
-	line    []byte
+	partial []byte // the start of a line split across chunks
 	afterCR bool
 	event   string
-	data    strings.Builder
+	data    []byte
 	hasData bool
-	lastID  string
 }
 
 // feed parses a chunk and calls emit for each event it completes.
@@ -46,10 +44,18 @@ func (p *sseParser) feed(chunk []byte, emit func(sseEvent)) error {
 		if i < 0 {
 			break
 		}
-		if err := p.push(chunk[:i]); err != nil {
+		line := chunk[:i]
+		if len(p.partial) > 0 {
+			if len(p.partial)+len(line) > maxLine {
+				p.partial = nil
+				return errLineTooLong
+			}
+			line = append(p.partial, line...)
+		}
+		if err := p.line(line, emit); err != nil {
 			return err
 		}
-		p.endLine(emit)
+		p.partial = p.partial[:0]
 		cr := chunk[i] == '\r'
 		chunk = chunk[i+1:]
 		if cr {
@@ -60,27 +66,25 @@ func (p *sseParser) feed(chunk []byte, emit func(sseEvent)) error {
 			}
 		}
 	}
-	return p.push(chunk)
-}
-
-func (p *sseParser) push(b []byte) error {
-	if len(p.line)+len(b) > maxLine {
-		p.line = p.line[:0]
-		return errLineTooLong
+	if len(chunk) > 0 {
+		if len(p.partial)+len(chunk) > maxLine {
+			p.partial = nil
+			return errLineTooLong
+		}
+		p.partial = append(p.partial, chunk...)
+	} else if cap(p.partial) > 1024 {
+		p.partial = nil // a rare long line: do not keep its buffer
 	}
-	p.line = append(p.line, b...)
 	return nil
 }
 
-func (p *sseParser) endLine(emit func(sseEvent)) {
-	line := p.line
-	p.line = p.line[:0]
+func (p *sseParser) line(line []byte, emit func(sseEvent)) error {
 	if len(line) == 0 {
 		p.dispatch(emit)
-		return
+		return nil
 	}
 	if line[0] == ':' {
-		return // a comment: the server's keep-alive
+		return nil // a comment: the server's keep-alive
 	}
 	field, value := line, []byte(nil)
 	if i := bytes.IndexByte(line, ':'); i >= 0 {
@@ -89,25 +93,24 @@ func (p *sseParser) endLine(emit func(sseEvent)) {
 			value = value[1:]
 		}
 	}
-	v := string(value)
-	if !utf8.ValidString(v) {
-		v = strings.ToValidUTF8(v, "\uFFFD")
-	}
 	switch string(field) {
 	case "event":
-		p.event = v
+		p.event = eventName(value)
 	case "data":
+		if len(p.data)+len(value)+1 > maxLine {
+			p.data, p.hasData = nil, false
+			return errLineTooLong
+		}
 		if p.hasData {
-			p.data.WriteByte('\n')
+			p.data = append(p.data, '\n')
 		}
-		p.data.WriteString(v)
+		p.data = append(p.data, value...)
 		p.hasData = true
-	case "id":
-		if !strings.ContainsRune(v, 0) { // an id with NUL is ignored, as the spec says
-			p.lastID = v
-		}
 	}
-	// "retry" and unknown fields are ignored: the gate has its own backoff.
+	// "id" is not kept: the gate resumes from the version it applied, which is the id the
+	// server gives its switch events. "retry" and unknown fields are ignored: the gate has
+	// its own backoff.
+	return nil
 }
 
 func (p *sseParser) dispatch(emit func(sseEvent)) {
@@ -119,9 +122,22 @@ func (p *sseParser) dispatch(emit func(sseEvent)) {
 	if name == "" {
 		name = "message"
 	}
-	ev := sseEvent{name: name, id: p.lastID, data: p.data.String()}
+	emit(sseEvent{name: name, data: p.data})
 	p.event = ""
-	p.data.Reset()
 	p.hasData = false
-	emit(ev)
+	// Not kept: changes are rare, and a thousand idle gates would each hold one.
+	p.data = nil
+}
+
+// eventName gives the event's name without allocating for the names the server sends.
+func eventName(b []byte) string {
+	switch string(b) {
+	case "switch":
+		return "switch"
+	case "resync":
+		return "resync"
+	case "deleted":
+		return "deleted"
+	}
+	return string(b)
 }

@@ -28,29 +28,45 @@ type TLSError struct {
 func (e *TLSError) Error() string { return fmt.Sprintf("TLS with %s failed: %v", e.URL, e.Err) }
 func (e *TLSError) Unwrap() error { return e.Err }
 
+// source is an open event stream: next gives the body's bytes as they arrive (valid until
+// the next call), Close ends it (also from another goroutine).
+type source interface {
+	next() ([]byte, error)
+	Close() error
+}
+
 // openStream opens the per-switch event stream on one base URL. Without a forward proxy
 // for that URL the gate dials the connection itself and reads the answer in its own
 // goroutine: one connection, one small buffer and no transport goroutines per gate, which
 // is what lets a process hold a thousand gates. Through a proxy, net/http does it.
-func (g *Gate) openStream(ctx context.Context, b base, lastID string) (io.ReadCloser, error) {
+func (g *Gate) openStream(ctx context.Context, b base, lastID string) (source, error) {
 	path := apiPrefix + "/switches/" + url.PathEscape(g.s.Switch) + "/events"
-	probe := &http.Request{Method: http.MethodGet, URL: &url.URL{Scheme: map[bool]string{true: "https", false: "http"}[b.tls], Host: b.authority, Path: b.prefix + path}, Header: http.Header{}}
-	if p, err := g.s.Proxy(probe); err == nil && p != nil {
-		return g.openStreamHTTP(ctx, b, b.url+path, lastID)
-	} else if err != nil {
+	scheme := "http"
+	if b.tls {
+		scheme = "https"
+	}
+	probe := &http.Request{Method: http.MethodGet, URL: &url.URL{Scheme: scheme, Host: b.authority, Path: b.prefix + path}, Header: http.Header{}}
+	p, err := g.s.Proxy(probe)
+	if err != nil {
 		return nil, configErr("proxy for %s: %v", b.url, err)
 	}
-	return g.openStreamDirect(ctx, b, b.prefix+path, lastID)
+	if p != nil {
+		return g.openStreamHTTP(ctx, b, b.url+path, lastID)
+	}
+	return g.openStreamDirect(b, b.prefix+path, lastID)
 }
 
-func (g *Gate) openStreamDirect(ctx context.Context, b base, path, lastID string) (io.ReadCloser, error) {
+func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	d := net.Dialer{Timeout: connectTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", b.addr)
+	// Not dialled with the gate's context: a deadline derived from it would leave a map
+	// of children in it for the gate's life. Close waits at most connectTimeout for a dial.
+	raw, err := d.DialContext(context.Background(), "tcp", b.addr)
 	if err != nil {
 		return nil, &UnreachableError{Err: fmt.Errorf("%s: %w", b.url, err)}
 	}
 	conn := raw
 	if !g.holdConn(conn) {
+		conn.Close()
 		return nil, context.Canceled
 	}
 	ok := false
@@ -63,7 +79,8 @@ func (g *Gate) openStreamDirect(ctx context.Context, b base, path, lastID string
 	_ = conn.SetDeadline(time.Now().Add(answerTimeout))
 	if b.tls {
 		tc := tls.Client(raw, g.c.tlsFor(b.host))
-		if err := tc.HandshakeContext(ctx); err != nil {
+		// Bounded by the connection's deadline, and ended by Close closing the connection.
+		if err := tc.Handshake(); err != nil {
 			if isCertError(err) {
 				return nil, &TLSError{URL: b.url, Err: err}
 			}
@@ -86,37 +103,35 @@ func (g *Gate) openStreamDirect(ctx context.Context, b base, path, lastID string
 		return nil, &UnreachableError{Err: fmt.Errorf("%s: sending the request: %w", b.url, err)}
 	}
 	// A small buffer: an event is a few hundred bytes, and a thousand gates hold one each.
-	br := bufio.NewReaderSize(conn, 1024)
+	br := bufio.NewReaderSize(conn, 512)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			return nil, &UnreachableError{Err: fmt.Errorf("%s: no answer to the event-stream request within %s", b.url, answerTimeout)}
 		}
-		if isCertError(err) || strings.Contains(err.Error(), "certificate") {
+		if isCertError(err) {
 			return nil, &TLSError{URL: b.url, Err: err}
 		}
 		return nil, &UnreachableError{Err: fmt.Errorf("%s: reading the answer: %w", b.url, err)}
 	}
-	_ = conn.SetDeadline(time.Time{})
 	if err := checkStreamAnswer(b.url, res); err != nil {
-		_ = conn.SetDeadline(time.Now().Add(connectTimeout))
 		return nil, err
 	}
+	_ = conn.SetDeadline(time.Time{})
 	ok = true
-	return &connBody{Reader: res.Body, conn: conn}, nil
+	// Only the head is taken from net/http: the body is read from the connection itself,
+	// so nothing of the answer (its header map, the head's buffer) stays with the gate.
+	chunked := len(res.TransferEncoding) > 0 && res.TransferEncoding[0] == "chunked"
+	var pending []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		pending = append([]byte(nil), b...)
+	}
+	return newWireBody(conn, pending, chunked), nil
 }
 
-// connBody is a stream body whose Close closes the connection it came on (the stream is
-// never read to its end, so the connection is never reused).
-type connBody struct {
-	io.Reader
-	conn net.Conn
-}
-
-func (c *connBody) Close() error { return c.conn.Close() }
-
-func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) (io.ReadCloser, error) {
+func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) (source, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, full, nil)
 	if err != nil {
@@ -150,7 +165,7 @@ func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) 
 		cancel()
 		return nil, err
 	}
-	body := &cancelBody{ReadCloser: res.Body, cancel: cancel}
+	body := &readerBody{body: res.Body, cancel: cancel, buf: make([]byte, 512)}
 	if !g.holdConn(body) {
 		body.Close()
 		return nil, context.Canceled
@@ -158,18 +173,31 @@ func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) 
 	return body, nil
 }
 
-type cancelBody struct {
-	io.ReadCloser
+// readerBody is a stream read through net/http (via a proxy).
+type readerBody struct {
+	body   io.ReadCloser
 	cancel context.CancelFunc
+	buf    []byte
 }
 
-func (c *cancelBody) Close() error {
-	c.cancel()
-	return c.ReadCloser.Close()
+func (r *readerBody) next() ([]byte, error) {
+	n, err := r.body.Read(r.buf)
+	if n > 0 {
+		return r.buf[:n], nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return nil, err
 }
 
-// checkStreamAnswer turns anything but a 200 text/event-stream into an error (and reads
-// the error body, which the caller then drops).
+func (r *readerBody) Close() error {
+	r.cancel()
+	return r.body.Close()
+}
+
+// checkStreamAnswer turns anything but a 200 text/event-stream into an error (reading the
+// error body).
 func checkStreamAnswer(baseURL string, res *http.Response) error {
 	if res.StatusCode != http.StatusOK {
 		return apiError(baseURL, res)
@@ -214,27 +242,15 @@ func (c *client) tlsFor(host string) *tls.Config {
 // dead peer or a broken middlebox left open would otherwise keep a gate believing it is
 // connected.
 type idleWatch struct {
-	r     io.Reader
 	timer *time.Timer
-	idle  time.Duration
 	fired atomic.Bool
 }
 
-func newIdleWatch(body io.ReadCloser, idle time.Duration) *idleWatch {
-	w := &idleWatch{r: body, idle: idle}
+func newIdleWatch(src source, idle time.Duration) *idleWatch {
+	w := &idleWatch{}
 	w.timer = time.AfterFunc(idle, func() {
 		w.fired.Store(true)
-		body.Close()
+		src.Close()
 	})
 	return w
 }
-
-func (w *idleWatch) Read(p []byte) (int, error) {
-	n, err := w.r.Read(p)
-	if n > 0 {
-		w.timer.Reset(w.idle)
-	}
-	return n, err
-}
-
-func (w *idleWatch) stop() { w.timer.Stop() }

@@ -3,7 +3,6 @@ package brb
 import (
 	crand "crypto/rand"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -74,95 +73,125 @@ type outcome struct {
 	err   error // why it ended (nil when the gate is closing)
 }
 
+// watcher is the watch loop's state between connections. It lives on the heap so that
+// the loop's own stack frame, which every idle gate holds under its blocked read, stays
+// small: a goroutine whose stack use stays under 2 KiB gets its stack shrunk to 4 KiB.
+type watcher struct {
+	g             *Gate
+	attempt       int
+	sseFailures   int
+	longPoll      bool      // this round is a long-poll
+	longPollUntil time.Time // Auto: on long-poll until then
+	loggedErr     string
+}
+
+// watch follows the switch until the gate closes: connect, read until the connection
+// ends, wait a jittered backoff, again.
 func (g *Gate) watch() {
 	defer g.wg.Done()
-	attempt := 0
-	sseFailures := 0
-	var longPollUntil time.Time
-	var loggedErr string
+	w := &watcher{g: g}
 	for g.ctx.Err() == nil {
-		useLongPoll := false
-		switch g.s.Transport {
-		case LongPoll:
-			useLongPoll = true
-		case Auto:
-			useLongPoll = time.Now().Before(longPollUntil)
+		src, from, o := w.connect()
+		if src != nil {
+			o = g.readStream(src, from)
 		}
-		var o outcome
-		if useLongPoll {
-			o = g.longPoll()
-		} else {
-			o = g.streamOnce()
-		}
-		g.setConnected(false)
-		if g.ctx.Err() != nil {
+		if !w.after(o) {
 			return
 		}
-		var api *APIError
-		var tlsErr *TLSError
-		var unreachable *UnreachableError
-		refusal := errors.As(o.err, &api) && (api.refused() || api.Status == http.StatusTooManyRequests) ||
-			errors.As(o.err, &tlsErr) || errors.Is(o.err, ErrConfig)
-		// A stream the server (or a proxy) refused, or that answered and then said nothing,
-		// counts toward falling back to long-poll; an unreachable host or a refused token
-		// does not (long-poll would meet the same).
-		if !useLongPoll {
-			if o.heard {
-				sseFailures = 0
-			} else if o.err != nil && !refusal && !errors.As(o.err, &unreachable) {
-				sseFailures++
-			}
-		}
-		if g.s.Transport == Auto && longPollUntil.IsZero() && sseFailures >= sseFailuresBeforeFallback {
-			g.log.Printf("brb: switch %s: the event stream keeps failing (%v); falling back to long-poll for %s", g.s.Switch, o.err, longPollSpell)
-			longPollUntil = time.Now().Add(longPollSpell)
-			sseFailures = 0
-		} else if !longPollUntil.IsZero() && !time.Now().Before(longPollUntil) {
-			longPollUntil = time.Time{}
-		}
+	}
+}
+
+// connect opens the stream, or runs the long-poll loop when that is the transport now.
+func (w *watcher) connect() (source, string, outcome) {
+	g := w.g
+	switch g.s.Transport {
+	case LongPoll:
+		w.longPoll = true
+	case Auto:
+		w.longPoll = time.Now().Before(w.longPollUntil)
+	default:
+		w.longPoll = false
+	}
+	if w.longPoll {
+		return nil, "", g.longPoll()
+	}
+	src, from, err := g.connectStream()
+	return src, from, outcome{err: err}
+}
+
+// after handles a connection's end: the fallback to long-poll, the log line, the backoff.
+// False when the gate closed.
+func (w *watcher) after(o outcome) bool {
+	g := w.g
+	g.setConnected(false)
+	if g.ctx.Err() != nil {
+		return false
+	}
+	var api *APIError
+	var tlsErr *TLSError
+	var unreachable *UnreachableError
+	refusal := errors.As(o.err, &api) && (api.refused() || api.Status == http.StatusTooManyRequests) ||
+		errors.As(o.err, &tlsErr) || errors.Is(o.err, ErrConfig)
+	// A stream the server (or a proxy) refused, or that answered and then said nothing,
+	// counts toward falling back to long-poll; an unreachable host or a refused token does
+	// not (long-poll would meet the same).
+	if !w.longPoll {
 		if o.heard {
-			attempt = 0
-		} else {
-			attempt++
+			w.sseFailures = 0
+		} else if o.err != nil && !refusal && !errors.As(o.err, &unreachable) {
+			w.sseFailures++
 		}
-		delay := Backoff(g.s.BackoffBase, g.s.BackoffCap, maxInt(0, attempt-flatAttempts))
-		switch {
-		case errors.As(o.err, &api) && api.Status == http.StatusTooManyRequests:
-			ra := api.RetryAfter
-			if ra > maxRetryAfter {
-				ra = maxRetryAfter
-			}
-			if ra > delay {
-				delay = ra
-			}
-		case refusal:
-			// Retrying soon cannot help (a token, a scope, a certificate, a switch name
-			// must change first), and a fleet retrying every second would be a storm.
-			delay = g.s.BackoffCap/2 + time.Duration(randFloat()*float64(g.s.BackoffCap/2))
-			if errors.As(o.err, &api) && api.Status == http.StatusUnauthorized {
-				g.rereadToken()
-			}
+	}
+	if g.s.Transport == Auto && w.longPollUntil.IsZero() && w.sseFailures >= sseFailuresBeforeFallback {
+		g.logf("brb: switch %s: the event stream keeps failing (%v); falling back to long-poll for %s", g.s.Switch, o.err, longPollSpell)
+		w.longPollUntil = time.Now().Add(longPollSpell)
+		w.sseFailures = 0
+	} else if !w.longPollUntil.IsZero() && !time.Now().Before(w.longPollUntil) {
+		w.longPollUntil = time.Time{}
+	}
+	if o.heard {
+		w.attempt = 0
+	} else {
+		w.attempt++
+	}
+	delay := Backoff(g.s.BackoffBase, g.s.BackoffCap, maxInt(0, w.attempt-flatAttempts))
+	switch {
+	case errors.As(o.err, &api) && api.Status == http.StatusTooManyRequests:
+		ra := api.RetryAfter
+		if ra > maxRetryAfter {
+			ra = maxRetryAfter
 		}
-		if o.err != nil {
-			g.mu.Lock()
-			g.lastErr = o.err
-			g.mu.Unlock()
-			// One line per distinct problem, not one per attempt.
-			if msg := o.err.Error(); msg != loggedErr {
-				g.log.Printf("brb: switch %s: %v; keeping the %s state, retrying in %s", g.s.Switch, o.err, g.stateWord(), delay.Round(time.Millisecond))
-				loggedErr = msg
-			}
+		if ra > delay {
+			delay = ra
 		}
-		if o.heard {
-			loggedErr = ""
+	case refusal:
+		// Retrying soon cannot help (a token, a scope, a certificate, a switch name must
+		// change first), and a fleet retrying every second would be a storm.
+		delay = g.s.BackoffCap/2 + time.Duration(randFloat()*float64(g.s.BackoffCap/2))
+		if errors.As(o.err, &api) && api.Status == http.StatusUnauthorized {
+			g.rereadToken()
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-g.ctx.Done():
-			t.Stop()
-			return
+	}
+	if o.err != nil {
+		g.mu.Lock()
+		g.lastErr = o.err
+		g.mu.Unlock()
+		// One line per distinct problem, not one per attempt.
+		if msg := o.err.Error(); msg != w.loggedErr {
+			g.logf("brb: switch %s: %v; keeping the %s state, retrying in %s", g.s.Switch, o.err, g.stateWord(), delay.Round(time.Millisecond))
+			w.loggedErr = msg
 		}
+	}
+	if o.heard {
+		w.loggedErr = ""
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-g.ctx.Done():
+		return false
 	}
 }
 
@@ -191,7 +220,7 @@ func (g *Gate) rereadToken() {
 	}
 	t, err := readToken(g.s.tokenFrom)
 	if err != nil {
-		g.log.Printf("brb: switch %s: re-reading the token file: %v", g.s.Switch, err)
+		g.logf("brb: switch %s: re-reading the token file: %v", g.s.Switch, err)
 		return
 	}
 	g.mu.Lock()
@@ -199,13 +228,13 @@ func (g *Gate) rereadToken() {
 	g.tok = t
 	g.mu.Unlock()
 	if changed {
-		g.log.Printf("brb: switch %s: the token file %s changed; using the new token", g.s.Switch, g.s.tokenFrom)
+		g.logf("brb: switch %s: the token file %s changed; using the new token", g.s.Switch, g.s.tokenFrom)
 	}
 }
 
-// streamOnce opens the event stream on the first base that can be reached (starting with
-// the one that last answered) and reads it until it ends.
-func (g *Gate) streamOnce() outcome {
+// connectStream opens the event stream on the first base that can be reached, starting
+// with the one that last answered. An answer (even a refusal) from one base is final.
+func (g *Gate) connectStream() (source, string, error) {
 	lastID := ""
 	if g.known.Load() != knownNone {
 		lastID = strconv.FormatUint(g.version.Load(), 10)
@@ -215,12 +244,12 @@ func (g *Gate) streamOnce() outcome {
 	var lastErr error
 	for i := 0; i < n; i++ {
 		idx := (start + i) % n
-		body, err := g.openStream(g.ctx, g.s.bases[idx], lastID)
+		src, err := g.openStream(g.ctx, g.s.bases[idx], lastID)
 		if g.ctx.Err() != nil {
-			if body != nil {
-				body.Close()
+			if src != nil {
+				src.Close()
 			}
-			return outcome{}
+			return nil, "", nil
 		}
 		var unreachable *UnreachableError
 		if errors.As(err, &unreachable) {
@@ -228,95 +257,111 @@ func (g *Gate) streamOnce() outcome {
 			continue
 		}
 		if err != nil {
-			return outcome{err: err}
+			return nil, "", err
 		}
 		g.sticky.Store(int32(idx))
-		return g.readStream(body, g.s.bases[idx].url)
+		return src, g.s.bases[idx].url, nil
 	}
-	return outcome{err: lastErr}
+	return nil, "", lastErr
+}
+
+// streamState is what one connection's reading keeps between events.
+type streamState struct {
+	g             *Gate
+	from          string
+	p             sseParser
+	resynced      bool  // a resync event came: the state that follows is current
+	end           error // the stream must end (the switch was deleted)
+	unknownLogged bool
+	idle          *idleWatch
+	o             outcome
 }
 
 // readStream applies a stream's events until it ends. A malformed or unknown event is
-// logged and skipped; it never changes the gate's decision.
-func (g *Gate) readStream(body io.ReadCloser, from string) outcome {
-	idle := newIdleWatch(body, g.s.IdleTimeout)
-	defer func() {
-		idle.stop()
-		body.Close()
-		g.holdConn(nil)
-	}()
-	var p sseParser
-	var o outcome
-	buf := make([]byte, 512)
-	resynced := false
-	var end error
-	unknownLogged := false
-	handle := func(ev sseEvent) {
-		if end != nil {
-			return
+// logged and skipped; it never changes the gate's decision. (Kept lean: this frame and
+// the ones under it are the stack every idle gate holds.)
+func (g *Gate) readStream(src source, from string) outcome {
+	st := &streamState{g: g, from: from, idle: newIdleWatch(src, g.s.IdleTimeout)}
+	for st.more(src.next()) {
+	}
+	st.idle.timer.Stop()
+	src.Close()
+	g.holdConn(nil)
+	return st.o
+}
+
+// more takes what one read gave; false when the stream is over (st.o says why).
+func (st *streamState) more(b []byte, err error) bool {
+	g := st.g
+	if len(b) > 0 {
+		st.idle.timer.Reset(g.s.IdleTimeout)
+		if !st.o.heard {
+			st.o.heard = true
+			g.setConnected(true)
 		}
-		switch ev.name {
-		case "switch":
-			var sw switchView
-			if err := json.Unmarshal([]byte(ev.data), &sw); err != nil {
-				g.log.Printf("brb: switch %s: ignoring an unreadable switch event from %s: %v", g.s.Switch, from, err)
-				return
-			}
-			if err := sw.check(g.s.Switch); err != nil {
-				g.log.Printf("brb: switch %s: ignoring a switch event from %s: %v", g.s.Switch, from, err)
-				return
-			}
-			g.apply(&sw, resynced)
-			resynced = false
-		case "resync":
-			var r struct {
-				After   uint64 `json:"after"`
-				Current uint64 `json:"current"`
-				Reason  string `json:"reason"`
-			}
-			if err := json.Unmarshal([]byte(ev.data), &r); err != nil {
-				g.log.Printf("brb: switch %s: unreadable resync event from %s (%v); the state that follows is current", g.s.Switch, from, err)
-			} else {
-				g.log.Printf("brb: switch %s: the stream skipped from version %d to %d (%s); the state that follows is current", g.s.Switch, r.After, r.Current, r.Reason)
-			}
-			resynced = true
-		case "deleted":
-			end = fmt.Errorf("the switch %s was deleted on %s", g.s.Switch, from)
-		default:
-			if !unknownLogged {
-				g.log.Printf("brb: switch %s: ignoring an event of unknown type %q from %s", g.s.Switch, ev.name, from)
-				unknownLogged = true
-			}
+		g.contact()
+		if perr := st.p.feed(b, st.event); perr != nil {
+			st.o.err = &ProtocolError{URL: st.from, Message: perr.Error()}
+			return false
+		}
+		if st.end != nil {
+			st.o.err = st.end
+			return false
 		}
 	}
-	for {
-		n, err := idle.Read(buf)
-		if n > 0 {
-			if !o.heard {
-				o.heard = true
-				g.setConnected(true)
-			}
-			g.contact()
-			if perr := p.feed(buf[:n], handle); perr != nil {
-				o.err = &ProtocolError{URL: from, Message: perr.Error()}
-				return o
-			}
-			if end != nil {
-				o.err = end
-				return o
-			}
-		}
+	if err != nil {
+		st.o.err = g.streamEnded(err, st.from, st.idle.fired.Load())
+		return false
+	}
+	return true
+}
+
+func (g *Gate) streamEnded(err error, from string, idle bool) error {
+	switch {
+	case g.ctx.Err() != nil:
+		return nil
+	case idle:
+		return fmt.Errorf("the event stream from %s was silent for %s", from, g.s.IdleTimeout)
+	case err == io.EOF:
+		return fmt.Errorf("the event stream from %s ended", from)
+	case errors.Is(err, errChunk):
+		return &ProtocolError{URL: from, Message: "the event stream's chunked encoding is malformed"}
+	}
+	return &UnreachableError{Err: fmt.Errorf("the event stream from %s broke: %w", from, err)}
+}
+
+func (st *streamState) event(ev sseEvent) {
+	g := st.g
+	if st.end != nil {
+		return
+	}
+	switch ev.name {
+	case "switch":
+		sw, err := decodeSwitch(ev.data)
 		if err != nil {
-			switch {
-			case g.ctx.Err() != nil:
-			case idle.fired.Load():
-				o.err = fmt.Errorf("the event stream from %s was silent for %s", from, g.s.IdleTimeout)
-			case err == io.EOF:
-				o.err = fmt.Errorf("the event stream from %s ended", from)
-			default:
-				o.err = &UnreachableError{Err: fmt.Errorf("the event stream from %s broke: %w", from, err)}
-			}
-			return o
+			g.logf("brb: switch %s: ignoring an unreadable switch event from %s: %v", g.s.Switch, st.from, err)
+			return
+		}
+		if err := sw.check(g.s.Switch); err != nil {
+			g.logf("brb: switch %s: ignoring a switch event from %s: %v", g.s.Switch, st.from, err)
+			return
+		}
+		g.apply(&sw, st.resynced)
+		st.resynced = false
+	case "resync":
+		after, current, reason, err := decodeResync(ev.data)
+		if err != nil {
+			g.logf("brb: switch %s: unreadable resync event from %s (%v); the state that follows is current", g.s.Switch, st.from, err)
+		} else {
+			g.logf("brb: switch %s: the stream skipped from version %d to %d (%s); the state that follows is current", g.s.Switch, after, current, reason)
+		}
+		st.resynced = true
+	case "deleted":
+		st.end = fmt.Errorf("the switch %s was deleted on %s", g.s.Switch, st.from)
+	default:
+		if !st.unknownLogged {
+			g.logf("brb: switch %s: ignoring an event of unknown type %q from %s", g.s.Switch, ev.name, st.from)
+			st.unknownLogged = true
 		}
 	}
 }
@@ -354,8 +399,8 @@ func (g *Gate) longPoll() outcome {
 			}
 			return o
 		}
-		var sw switchView
-		if err := json.Unmarshal(body, &sw); err != nil {
+		sw, err := decodeSwitch(body)
+		if err != nil {
 			o.err = &ProtocolError{URL: g.s.bases[g.sticky.Load()].url, Message: "unreadable switch: " + err.Error()}
 			return o
 		}
