@@ -225,6 +225,9 @@ func (s *scanner) str() (string, error) {
 		return "", s.fail("want a string")
 	}
 	b, err := s.rawStr()
+	if err == nil && !utf8.Valid(b) {
+		return "", s.fail("invalid UTF-8 in a string") // the server only sends valid UTF-8
+	}
 	return string(b), err
 }
 
@@ -290,11 +293,20 @@ func (s *scanner) escaped(start int) ([]byte, error) {
 				return nil, s.fail("bad \\u escape")
 			}
 			if utf16.IsSurrogate(r) {
+				// A pair when a low surrogate follows; else U+FFFD, and what follows is
+				// read as itself.
 				r2 := utf8.RuneError
 				if s.i+1 < len(s.b) && s.b[s.i] == '\\' && s.b[s.i+1] == 'u' {
+					save := s.i
 					s.i += 2
-					if lo, ok := s.hex4(); ok {
+					lo, ok := s.hex4()
+					if !ok {
+						return nil, s.fail("bad \\u escape")
+					}
+					if lo >= 0xdc00 && lo <= 0xdfff {
 						r2 = lo
+					} else {
+						s.i = save
 					}
 				}
 				r = utf16.DecodeRune(r, r2)
@@ -345,7 +357,9 @@ func (s *scanner) number() ([]byte, error) {
 		}
 		return n
 	}
-	if digits() == 0 {
+	if s.i < len(s.b) && s.b[s.i] == '0' {
+		s.i++ // a leading zero stands alone
+	} else if digits() == 0 {
 		return nil, s.fail("want a number")
 	}
 	if s.i < len(s.b) && s.b[s.i] == '.' {

@@ -87,6 +87,9 @@ func (e *APIError) refused() bool {
 type UnreachableError struct {
 	// Err is the last URL's error.
 	Err error
+	// noAnswer: the connection was made but no answer came (cut, or too slow): a proxy
+	// that refuses streams looks like this too.
+	noAnswer bool
 }
 
 func (e *UnreachableError) Error() string { return "cannot reach the control plane: " + e.Err.Error() }

@@ -84,7 +84,7 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 			if isCertError(err) {
 				return nil, &TLSError{URL: b.url, Err: err}
 			}
-			return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err)}
+			return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err), noAnswer: true}
 		}
 		conn = tc
 		g.holdConn(conn)
@@ -100,7 +100,7 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	}
 	req.WriteString("\r\n")
 	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return nil, &UnreachableError{Err: fmt.Errorf("%s: sending the request: %w", b.url, err)}
+		return nil, &UnreachableError{Err: fmt.Errorf("%s: sending the request: %w", b.url, err), noAnswer: true}
 	}
 	// A small buffer: an event is a few hundred bytes, and a thousand gates hold one each.
 	br := bufio.NewReaderSize(conn, 512)
@@ -108,12 +108,12 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, &UnreachableError{Err: fmt.Errorf("%s: no answer to the event-stream request within %s", b.url, answerTimeout)}
+			return nil, &UnreachableError{Err: fmt.Errorf("%s: no answer to the event-stream request within %s", b.url, answerTimeout), noAnswer: true}
 		}
 		if isCertError(err) {
 			return nil, &TLSError{URL: b.url, Err: err}
 		}
-		return nil, &UnreachableError{Err: fmt.Errorf("%s: reading the answer: %w", b.url, err)}
+		return nil, &UnreachableError{Err: fmt.Errorf("%s: reading the answer: %w", b.url, err), noAnswer: true}
 	}
 	if err := checkStreamAnswer(b.url, res); err != nil {
 		return nil, err
@@ -153,7 +153,7 @@ func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) 
 	if err != nil {
 		cancel()
 		if late.Load() {
-			return nil, &UnreachableError{Err: fmt.Errorf("%s: no answer to the event-stream request within %s", b.url, answerTimeout)}
+			return nil, &UnreachableError{Err: fmt.Errorf("%s: no answer to the event-stream request within %s", b.url, answerTimeout), noAnswer: true}
 		}
 		if isCertError(err) {
 			return nil, &TLSError{URL: b.url, Err: stripURL(err)}

@@ -60,9 +60,12 @@ func randIntn(n int) int {
 // Backoff is full-jitter exponential backoff: a uniformly random delay in
 // [0, min(max, base·2^attempt)].
 func Backoff(base, max time.Duration, attempt int) time.Duration {
-	ceiling := max
-	if attempt < 30 && base<<attempt > 0 && base<<attempt < max {
-		ceiling = base << attempt
+	ceiling := base
+	for i := 0; i < attempt && ceiling < max; i++ {
+		ceiling *= 2
+	}
+	if ceiling > max || ceiling <= 0 {
+		ceiling = max
 	}
 	return time.Duration(randFloat() * float64(ceiling))
 }
@@ -113,7 +116,7 @@ func (w *watcher) connect() (source, string, outcome) {
 		w.longPoll = false
 	}
 	if w.longPoll {
-		return nil, "", g.longPoll()
+		return nil, "", g.longPoll(w.longPollUntil)
 	}
 	src, from, err := g.connectStream()
 	return src, from, outcome{err: err}
@@ -132,13 +135,13 @@ func (w *watcher) after(o outcome) bool {
 	var unreachable *UnreachableError
 	refusal := errors.As(o.err, &api) && (api.refused() || api.Status == http.StatusTooManyRequests) ||
 		errors.As(o.err, &tlsErr) || errors.Is(o.err, ErrConfig)
-	// A stream the server (or a proxy) refused, or that answered and then said nothing,
-	// counts toward falling back to long-poll; an unreachable host or a refused token does
-	// not (long-poll would meet the same).
+	// A stream the server (or a proxy) refused, cut before answering, or answered and then
+	// said nothing counts toward falling back to long-poll; a host that cannot be reached
+	// or a refused token does not (long-poll would meet the same).
 	if !w.longPoll {
 		if o.heard {
 			w.sseFailures = 0
-		} else if o.err != nil && !refusal && !errors.As(o.err, &unreachable) {
+		} else if o.err != nil && !refusal && !(errors.As(o.err, &unreachable) && !unreachable.noAnswer) {
 			w.sseFailures++
 		}
 	}
@@ -381,11 +384,12 @@ func (sw *switchView) check(want string) error {
 	return nil
 }
 
-// longPoll asks for the switch, then again with the version held, until a request fails.
-func (g *Gate) longPoll() outcome {
+// longPoll asks for the switch, then again with the version held, until a request fails
+// or (Auto's fallback) until is reached and SSE is worth another try.
+func (g *Gate) longPoll(until time.Time) outcome {
 	var o outcome
 	path := "/switches/" + url.PathEscape(g.s.Switch)
-	for g.ctx.Err() == nil {
+	for g.ctx.Err() == nil && (until.IsZero() || time.Now().Before(until)) {
 		q := path
 		timeout := requestTimeout
 		if g.known.Load() != knownNone {
