@@ -69,6 +69,10 @@ type Gate struct {
 	closed       bool
 	policyTimer  *time.Timer
 	lastErr      error
+	// Cancel a dial or a report in flight at Close. (Their contexts are not children of
+	// ctx: each child leaves a map in its parent for the parent's life.)
+	dialCancel   context.CancelFunc
+	reportCancel context.CancelFunc
 
 	reportTimer *time.Timer // the heartbeat
 	// Reports: reportState is guarded by the client's report queue; the rest is touched by
@@ -133,6 +137,11 @@ func (g *Gate) Close() error {
 	}
 	if g.reportTimer != nil {
 		g.reportTimer.Stop()
+	}
+	for _, c := range []context.CancelFunc{g.dialCancel, g.reportCancel} {
+		if c != nil {
+			c()
+		}
 	}
 	g.mu.Unlock()
 	g.cancel()
@@ -426,6 +435,23 @@ func (g *Gate) token() string {
 
 // holdConn records the stream's connection so that Close can end a blocked read; false
 // when the gate is already closed.
+// opContext is a context for one dial or report that Close cancels, held in *slot.
+func (g *Gate) opContext(slot *context.CancelFunc, timeout time.Duration) (context.Context, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	g.mu.Lock()
+	if g.closed {
+		cancel()
+	}
+	*slot = cancel
+	g.mu.Unlock()
+	return ctx, func() {
+		g.mu.Lock()
+		*slot = nil
+		g.mu.Unlock()
+		cancel()
+	}
+}
+
 func (g *Gate) holdConn(c io.Closer) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()

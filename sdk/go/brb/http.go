@@ -28,14 +28,16 @@ const (
 	userAgent      = "brb-go/" + Version
 	apiPrefix      = "/api/v1"
 	connectTimeout = 3 * time.Second
-	// answerTimeout bounds the wait for an answer's head on a stream request: a server that
-	// accepted the connection and never answers must not hold the gate forever.
-	answerTimeout = 10 * time.Second
 	// requestTimeout bounds a report or a plain GET.
 	requestTimeout = 15 * time.Second
 	maxErrorBody   = 64 << 10
 	maxSwitchBody  = 256 << 10
 )
+
+// answerTimeout bounds the wait for an answer's head on a stream request: a server that
+// accepted the connection and never answers must not hold the gate forever. (A variable
+// so that the tests of that case need not wait ten seconds.)
+var answerTimeout = 10 * time.Second
 
 // APIError is an answer from the control plane (or from something in front of it) that is
 // not the success asked for.
@@ -76,19 +78,23 @@ func (e *APIError) Error() string {
 	return b.String()
 }
 
-// refused says whether retrying soon cannot help: the token, its scope or the switch name
-// is wrong until someone changes it.
+// refused says whether retrying soon cannot help: the control plane itself (its error body
+// says so) finds the token, its scope or the switch name wrong until someone changes it.
+// The same status from something in front of it (a proxy that forbids streams) is not
+// that.
 func (e *APIError) refused() bool {
-	return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden ||
-		e.Status == http.StatusNotFound
+	return e.Code != "" && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden ||
+		e.Status == http.StatusNotFound)
 }
 
 // UnreachableError says no control-plane URL could be reached.
 type UnreachableError struct {
 	// Err is the last URL's error.
 	Err error
-	// noAnswer: the connection was made but no answer came (cut, or too slow): a proxy
-	// that refuses streams looks like this too.
+	// noAnswer: the connection was made but no answer's head came within answerTimeout,
+	// which is what a proxy that holds streams back looks like. (A connection cut before
+	// the answer is not that: it is what a load balancer does while the control plane
+	// restarts.)
 	noAnswer bool
 }
 

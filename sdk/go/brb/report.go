@@ -1,7 +1,6 @@
 package brb
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -123,9 +122,9 @@ func (g *Gate) sendReport() {
 		ProcessedTotal:  g.processed.Load(),
 	})
 	if err == nil {
-		// Not under the gate's context (see openStreamDirect): a report in flight at Close
-		// finishes or times out by itself.
-		_, err = g.call(context.Background(), http.MethodPost, "/workers/report", body, requestTimeout)
+		ctx, done := g.opContext(&g.reportCancel, requestTimeout)
+		_, err = g.call(ctx, http.MethodPost, "/workers/report", body, requestTimeout)
+		done()
 	}
 	if g.ctx.Err() != nil {
 		return

@@ -57,10 +57,10 @@ func (g *Gate) openStream(ctx context.Context, b base, lastID string) (source, e
 }
 
 func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
-	d := net.Dialer{Timeout: connectTimeout, KeepAlive: 15 * time.Second}
-	// Not dialled with the gate's context: a deadline derived from it would leave a map
-	// of children in it for the gate's life. Close waits at most connectTimeout for a dial.
-	raw, err := d.DialContext(context.Background(), "tcp", b.addr)
+	d := net.Dialer{KeepAlive: 15 * time.Second}
+	ctx, done := g.opContext(&g.dialCancel, connectTimeout)
+	raw, err := d.DialContext(ctx, "tcp", b.addr)
+	done()
 	if err != nil {
 		return nil, &UnreachableError{Err: fmt.Errorf("%s: %w", b.url, err)}
 	}
@@ -84,7 +84,7 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 			if isCertError(err) {
 				return nil, &TLSError{URL: b.url, Err: err}
 			}
-			return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err), noAnswer: true}
+			return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err)}
 		}
 		conn = tc
 		g.holdConn(conn)
@@ -100,7 +100,7 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	}
 	req.WriteString("\r\n")
 	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return nil, &UnreachableError{Err: fmt.Errorf("%s: sending the request: %w", b.url, err), noAnswer: true}
+		return nil, &UnreachableError{Err: fmt.Errorf("%s: sending the request: %w", b.url, err)}
 	}
 	// A small buffer: an event is a few hundred bytes, and a thousand gates hold one each.
 	br := bufio.NewReaderSize(conn, 512)
@@ -113,7 +113,7 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 		if isCertError(err) {
 			return nil, &TLSError{URL: b.url, Err: err}
 		}
-		return nil, &UnreachableError{Err: fmt.Errorf("%s: reading the answer: %w", b.url, err), noAnswer: true}
+		return nil, &UnreachableError{Err: fmt.Errorf("%s: reading the answer: %w", b.url, err)}
 	}
 	if err := checkStreamAnswer(b.url, res); err != nil {
 		return nil, err

@@ -135,9 +135,9 @@ func (w *watcher) after(o outcome) bool {
 	var unreachable *UnreachableError
 	refusal := errors.As(o.err, &api) && (api.refused() || api.Status == http.StatusTooManyRequests) ||
 		errors.As(o.err, &tlsErr) || errors.Is(o.err, ErrConfig)
-	// A stream the server (or a proxy) refused, cut before answering, or answered and then
-	// said nothing counts toward falling back to long-poll; a host that cannot be reached
-	// or a refused token does not (long-poll would meet the same).
+	// A stream the server (or a proxy) refused, did not answer in time, or answered and
+	// then said nothing counts toward falling back to long-poll; a host that cannot be
+	// reached or a refused token does not (long-poll would meet the same).
 	if !w.longPoll {
 		if o.heard {
 			w.sseFailures = 0
