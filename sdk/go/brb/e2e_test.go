@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -328,6 +330,7 @@ func TestAutoFallsBackToLongPollWhenSSEIsRefused(t *testing.T) {
 	admin := srv.Admin()
 	target, _ := url.Parse(srv.URL)
 	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // the gate cancels its long-polls when closed
 	proxy := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/events") {
 			http.Error(w, "streaming responses are not allowed here", http.StatusForbidden)
@@ -359,6 +362,7 @@ func TestFailPolicies(t *testing.T) {
 		{brb.KeepLastKnown, "paused", false, ""},
 		{brb.KeepLastKnown, "running", true, ""},
 	} {
+		c := c
 		t.Run(c.policy.String()+"-"+c.state, func(t *testing.T) {
 			srv := brbtest.Start(t)
 			if c.state == "paused" {
