@@ -140,8 +140,15 @@ func run(in io.Reader, out io.Writer) error {
 		}
 		var cmd command
 		var a answer
-		if err := json.Unmarshal(line, &cmd); err != nil {
+		// The id first, so that a command with a bad field is still answered by its id.
+		var head struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(line, &head); err != nil {
 			a = answer{"ok": false, "error": "unreadable command: " + err.Error()}
+		} else if err := json.Unmarshal(line, &cmd); err != nil {
+			cmd.ID = head.ID
+			a = answer{"ok": false, "error": "bad command: " + err.Error()}
 		} else {
 			a = d.do(&cmd)
 		}
