@@ -112,10 +112,11 @@ type Logger interface {
 // Config says which switch a gate follows and how. Zero fields take the defaults written
 // next to them; negative durations and counts are refused by NewGate.
 type Config struct {
-	// URLs of the control plane, one per replica (e.g. "https://brb-1:7070"). Each gate
-	// starts at a random one and moves to the next when one cannot be reached.
+	// URLs of the control plane, one per replica (e.g. "https://brb-1:7070"); default
+	// $BRB_URL (comma-separated), else http://127.0.0.1:7070. Each gate starts at a random
+	// one and moves to the next when one cannot be reached.
 	URLs []string
-	// Switch is the switch's name, e.g. "workers".
+	// Switch is the switch's name; default "workers" (the Big Red Button's default name).
 	Switch string
 	// Token is the API token. When empty: the file named by TokenFile, else $BRB_TOKEN,
 	// else the file named by $BRB_TOKEN_FILE. A token read from a file is read again after
@@ -140,6 +141,9 @@ type Config struct {
 	// DisableReports stops worker reports. Only for benchmarks of pure fan-out: a gate that
 	// does not report is not counted by `brb pause`.
 	DisableReports bool
+	// DisableSamples stops the sdk_jobs_processed counter samples (at most one a second,
+	// while jobs finish) that make the control plane's fleet-wide jobs-per-second graph.
+	DisableSamples bool
 	// Transport is how changes arrive; default Auto.
 	Transport Transport
 	// BackoffBase bounds the first reconnect delays (full jitter in [0, bound]); the bound
@@ -150,9 +154,10 @@ type Config struct {
 	// this long (the server sends one every 15 s); default 45 s.
 	IdleTimeout time.Duration
 	// CAFile is a PEM bundle of CA certificates trusted besides the system's (a private
-	// CA). Certificates are always verified.
+	// CA); default $BRB_CA_FILE. Certificates are always verified.
 	CAFile string
-	// ClientCert and ClientKey are PEM files for mutual TLS (both or neither).
+	// ClientCert and ClientKey are PEM files for mutual TLS (both or neither); default
+	// $BRB_CLIENT_CERT and $BRB_CLIENT_KEY.
 	ClientCert string
 	ClientKey  string
 	// AllowInsecureHTTP allows http:// to a host that is not loopback: only for a control
@@ -174,10 +179,10 @@ func (c Config) String() string {
 		tok = "<redacted>"
 	}
 	return fmt.Sprintf("brb.Config{URLs:%q Switch:%q Token:%s TokenFile:%q WorkerID:%q Policy:%s Grace:%s "+
-		"MaxConcurrency:%d ReportInterval:%s DisableReports:%t Transport:%s BackoffBase:%s BackoffCap:%s "+
-		"IdleTimeout:%s CAFile:%q ClientCert:%q ClientKey:%q AllowInsecureHTTP:%t}",
+		"MaxConcurrency:%d ReportInterval:%s DisableReports:%t DisableSamples:%t Transport:%s BackoffBase:%s "+
+		"BackoffCap:%s IdleTimeout:%s CAFile:%q ClientCert:%q ClientKey:%q AllowInsecureHTTP:%t}",
 		c.URLs, c.Switch, tok, c.TokenFile, c.WorkerID, c.Policy, c.Grace, c.MaxConcurrency,
-		c.ReportInterval, c.DisableReports, c.Transport, c.BackoffBase, c.BackoffCap,
+		c.ReportInterval, c.DisableReports, c.DisableSamples, c.Transport, c.BackoffBase, c.BackoffCap,
 		c.IdleTimeout, c.CAFile, c.ClientCert, c.ClientKey, c.AllowInsecureHTTP)
 }
 
@@ -210,19 +215,38 @@ type settings struct {
 
 func resolve(c Config) (*settings, error) {
 	s := &settings{Config: c}
-	if len(c.URLs) == 0 {
-		return nil, configErr("no control-plane URL given")
+	if len(s.URLs) == 0 {
+		env := os.Getenv("BRB_URL")
+		if env == "" {
+			env = "http://127.0.0.1:7070"
+		}
+		for _, u := range strings.Split(env, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				s.URLs = append(s.URLs, u)
+			}
+		}
+		if len(s.URLs) == 0 {
+			return nil, configErr("BRB_URL names no control-plane URL")
+		}
 	}
-	for _, u := range c.URLs {
+	for _, u := range s.URLs {
 		b, err := parseBase(u, c.AllowInsecureHTTP)
 		if err != nil {
 			return nil, err
 		}
 		s.bases = append(s.bases, b)
 	}
-	if c.Switch == "" {
-		return nil, configErr("no switch name given")
+	if s.Switch == "" {
+		s.Switch = "workers"
 	}
+	envDefault := func(v *string, name string) {
+		if *v == "" {
+			*v = os.Getenv(name)
+		}
+	}
+	envDefault(&s.CAFile, "BRB_CA_FILE")
+	envDefault(&s.ClientCert, "BRB_CLIENT_CERT")
+	envDefault(&s.ClientKey, "BRB_CLIENT_KEY")
 	if c.MaxConcurrency < 0 {
 		return nil, configErr("MaxConcurrency must be at least 1 (0 means the default, 1), got %d", c.MaxConcurrency)
 	}

@@ -119,6 +119,41 @@ func TestGateFollowsPauseAndResumeAndReports(t *testing.T) {
 	})
 }
 
+// Finished jobs become the fleet's jobs-per-second series: sdk_jobs_processed counter
+// samples, at most one a second, adding up to what the gate processed.
+func TestJobsProcessedSamples(t *testing.T) {
+	srv := brbtest.Start(t)
+	admin := srv.Admin()
+	g, _ := start(t, brb.Config{URLs: []string{srv.URL}, Token: srv.Token})
+	ready(t, g)
+	for i := 0; i < 7; i++ {
+		p, err := g.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release()
+	}
+	sum := func() float64 {
+		var out struct {
+			Series []struct {
+				Points [][2]float64 `json:"points"`
+			} `json:"series"`
+		}
+		admin.Do(http.MethodGet, "/metrics/series?name=sdk_jobs_processed", nil, &out)
+		total := 0.0
+		for _, s := range out.Series {
+			for _, p := range s.Points {
+				total += p[1]
+			}
+		}
+		return total
+	}
+	brbtest.Eventually(t, wait, "seven jobs in the series", func() bool { return sum() == 7 })
+	p, _ := g.Acquire(context.Background())
+	p.Release()
+	brbtest.Eventually(t, wait, "the eighth", func() bool { return sum() == 8 })
+}
+
 // A job started before a pause finishes: the gate reports draining with it in flight, then
 // paused once it is released; Acquire waits while paused and returns on resume.
 func TestPermitsDrainThenPause(t *testing.T) {
@@ -460,10 +495,8 @@ func TestConfigIsCheckedAndNeverPrintsTheToken(t *testing.T) {
 		cfg  brb.Config
 		want string
 	}{
-		{brb.Config{Switch: "workers"}, "no control-plane URL"},
 		{brb.Config{URLs: []string{"ftp://x"}, Switch: "workers"}, "not an http:// or https:// URL"},
 		{brb.Config{URLs: []string{"http://10.1.2.3:7070"}, Switch: "workers"}, "refusing plain HTTP"},
-		{brb.Config{URLs: []string{"http://127.0.0.1:1"}}, "no switch name"},
 		{brb.Config{URLs: []string{"http://127.0.0.1:1"}, Switch: "workers", MaxConcurrency: -1}, "MaxConcurrency"},
 		{brb.Config{URLs: []string{"http://127.0.0.1:1"}, Switch: "workers", Grace: -time.Second}, "Grace must not be negative"},
 		{brb.Config{URLs: []string{"http://127.0.0.1:1"}, Switch: "workers", ClientCert: "c.pem"}, "both ClientCert and ClientKey"},
@@ -476,6 +509,21 @@ func TestConfigIsCheckedAndNeverPrintsTheToken(t *testing.T) {
 			t.Fatalf("%v: got %v, want an ErrConfig about %q", c.cfg, err, c.want)
 		}
 	}
+	// Defaults from the environment, as the CLI takes them.
+	t.Setenv("BRB_URL", " , ")
+	if _, err := brb.NewGate(brb.Config{}); err == nil || !strings.Contains(err.Error(), "BRB_URL names no control-plane URL") {
+		t.Fatalf("an empty BRB_URL: %v", err)
+	}
+	t.Setenv("BRB_URL", "http://127.0.0.1:1, http://10.9.9.9:7070")
+	if _, err := brb.NewGate(brb.Config{}); err == nil || !strings.Contains(err.Error(), `"http://10.9.9.9:7070": refusing plain HTTP`) {
+		t.Fatalf("BRB_URL's second replica was not checked: %v", err)
+	}
+	t.Setenv("BRB_URL", "")
+	t.Setenv("BRB_CA_FILE", "/nonexistent/from-env.pem")
+	if _, err := brb.NewGate(brb.Config{}); err == nil || !strings.Contains(err.Error(), "/nonexistent/from-env.pem") {
+		t.Fatalf("BRB_CA_FILE was not used: %v", err)
+	}
+	t.Setenv("BRB_CA_FILE", "")
 	// Plain HTTP beyond loopback when a TLS proxy is in front, said explicitly.
 	g, err := brb.NewGate(brb.Config{URLs: []string{"http://10.1.2.3:7070"}, Switch: "workers", AllowInsecureHTTP: true, Logger: &brbtest.Logs{}})
 	if err != nil {

@@ -73,6 +73,8 @@ type Gate struct {
 	// ctx: each child leaves a map in its parent for the parent's life.)
 	dialCancel   context.CancelFunc
 	reportCancel context.CancelFunc
+	sampleCancel context.CancelFunc
+	sampleTimer  *time.Timer // armed while a sample is due
 
 	reportTimer *time.Timer // the heartbeat
 	// Reports: reportState is guarded by the client's report queue; the rest is touched by
@@ -80,6 +82,10 @@ type Gate struct {
 	reportState     int
 	reportNotBefore time.Time // a 429's Retry-After
 	reportErr       string    // the last failure logged
+	// Samples: sampleArmed is guarded by mu; the rest is touched by the one sender.
+	sampleArmed bool
+	samplesSent uint64
+	sampleErr   string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -138,7 +144,10 @@ func (g *Gate) Close() error {
 	if g.reportTimer != nil {
 		g.reportTimer.Stop()
 	}
-	for _, c := range []context.CancelFunc{g.dialCancel, g.reportCancel} {
+	if g.sampleTimer != nil {
+		g.sampleTimer.Stop()
+	}
+	for _, c := range []context.CancelFunc{g.dialCancel, g.reportCancel, g.sampleCancel} {
 		if c != nil {
 			c()
 		}
@@ -222,6 +231,7 @@ func (p *Permit) finish(counted bool) {
 			free = now.Add(time.Duration(float64(now.Sub(p.started)) * (1 - f) / f))
 		}
 		g.processed.Add(1)
+		g.sampleDue()
 	}
 	g.mu.Lock()
 	g.slots[p.slot] = free

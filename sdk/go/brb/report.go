@@ -3,6 +3,7 @@ package brb
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -145,5 +146,57 @@ func (g *Gate) sendReport() {
 	case err == nil && g.reportErr != "":
 		g.logf("brb: switch %s: reporting works again", g.s.Switch)
 		g.reportErr = ""
+	}
+}
+
+// sampleDue arms the sample timer after a job, unless a sample is already due: at most one
+// sample a second, and none (no timer) while no job finishes.
+func (g *Gate) sampleDue() {
+	if g.s.DisableSamples {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.sampleArmed {
+		return
+	}
+	g.sampleArmed = true
+	if g.sampleTimer == nil {
+		g.sampleTimer = time.AfterFunc(time.Second, g.sendSample)
+	} else {
+		g.sampleTimer.Reset(time.Second)
+	}
+}
+
+// sendSample sends the jobs finished since the last sample as one sdk_jobs_processed
+// counter sample (the control plane adds them up per second across the fleet). Runs on the
+// timer's goroutine; unsent jobs go with the next sample.
+func (g *Gate) sendSample() {
+	n := g.processed.Load() - g.samplesSent
+	var err error
+	if n > 0 {
+		body := fmt.Sprintf(`{"samples":[{"name":"sdk_jobs_processed","value":%d,"kind":"counter"}]}`, n)
+		ctx, done := g.opContext(&g.sampleCancel, requestTimeout)
+		_, err = g.call(ctx, http.MethodPost, "/metrics", []byte(body), requestTimeout)
+		done()
+		if err == nil {
+			g.samplesSent += n
+		}
+	}
+	if g.ctx.Err() != nil {
+		return
+	}
+	switch {
+	case err != nil && err.Error() != g.sampleErr:
+		g.logf("brb: switch %s: sending the jobs-processed sample failed: %v", g.s.Switch, err)
+		g.sampleErr = err.Error()
+	case err == nil && g.sampleErr != "":
+		g.sampleErr = ""
+	}
+	g.mu.Lock()
+	g.sampleArmed = false
+	g.mu.Unlock()
+	if g.processed.Load() > g.samplesSent {
+		g.sampleDue()
 	}
 }

@@ -257,17 +257,22 @@ func (c *Client) Workers(name string) Workers {
 	return w
 }
 
-// CreateToken makes a token (e.g. viewer) and returns its secret.
-func (c *Client) CreateToken(name, role string) string {
+// CreateToken makes a token (e.g. viewer), scoped to switches when any are named, and
+// returns its secret.
+func (c *Client) CreateToken(name, role string, switches ...string) string {
 	c.t.Helper()
 	var out struct {
-		Token string `json:"token"`
+		Secret string `json:"secret"`
 	}
-	c.Do(http.MethodPost, "/tokens", map[string]any{"name": name, "role": role}, &out)
-	if out.Token == "" {
-		c.t.Fatalf("no token in the answer to creating %s", name)
+	req := map[string]any{"name": name, "role": role}
+	if len(switches) > 0 {
+		req["scope"] = map[string]any{"switches": switches}
 	}
-	return out.Token
+	c.Do(http.MethodPost, "/tokens", req, &out)
+	if out.Secret == "" {
+		c.t.Fatalf("no secret in the answer to creating %s", name)
+	}
+	return out.Secret
 }
 
 // Eventually polls cond every 5 ms until it holds or timeout passes; it fails the test
