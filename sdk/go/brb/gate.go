@@ -518,16 +518,16 @@ func (g *Gate) apply(sw *switchView, current bool) {
 	}
 	g.mu.Lock()
 	g.ramp = sw.Ramp
+	// Recorded before the version is published, so that whoever sees the version also
+	// sees its instant (IsOpen answers by it a few instructions later).
+	if prev == knownNone || sw.Version != g.version.Load() {
+		g.lastChangeV, g.lastChangeAt = sw.Version, time.Now()
+	}
 	g.mu.Unlock()
-	newVersion := g.version.Swap(sw.Version) != sw.Version
+	g.version.Store(sw.Version)
 	g.known.Store(k)
 	g.contact()
 	notified := g.recompute()
-	if newVersion || prev == knownNone {
-		g.mu.Lock()
-		g.lastChangeV, g.lastChangeAt = sw.Version, time.Now()
-		g.mu.Unlock()
-	}
 	if prev == knownNone {
 		close(g.heard)
 	} else if prev != k {

@@ -385,9 +385,15 @@ func (d *driver) fleetSeen(version uint64, timeout time.Duration) answer {
 	missing := 0
 	expired := false
 	for _, g := range d.fleet {
-		for !expired && g.Version() < version {
+		for {
 			ch := g.Changed()
-			if g.Version() >= version {
+			v, at, ok := g.LastChange()
+			if ok && v >= version {
+				seen = append(seen, at.UnixMicro())
+				break
+			}
+			if expired {
+				missing++
 				break
 			}
 			select {
@@ -395,12 +401,6 @@ func (d *driver) fleetSeen(version uint64, timeout time.Duration) answer {
 			case <-deadline.C:
 				expired = true
 			}
-		}
-		v, at, ok := g.LastChange()
-		if ok && v >= version {
-			seen = append(seen, at.UnixMicro())
-		} else {
-			missing++
 		}
 	}
 	return answer{"seen_us": seen, "missing": missing}
