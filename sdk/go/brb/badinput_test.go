@@ -480,3 +480,28 @@ func TestOlderVersionsAndResync(t *testing.T) {
 	brbtest.Eventually(t, patience, "the resynchronized state", func() bool { return g.IsOpen() && g.Version() == 7 })
 	waitLog(t, logs, "the stream skipped from version 10 to 7 (lagged); the state that follows is current")
 }
+
+// A peer that answers every stream and then sends garbage: each ending counts as a failed
+// attempt, so the backoff grows instead of restarting at the base every time.
+func TestGarbageStreamsBackOff(t *testing.T) {
+	var s *script
+	s = newScript(t, func(n int, w io.Writer, flush func(), r *http.Request) {
+		sseHead(w)
+		_, _ = io.WriteString(w, "data: "+strings.Repeat("x", maxLine+1))
+		flush()
+		s.hold(r, nil)
+	})
+	t0 := time.Now()
+	g, logs := testGate(t, Config{URLs: []string{s.url}, Transport: SSE, BackoffBase: 20 * time.Millisecond, BackoffCap: time.Second})
+	brbtest.Eventually(t, patience, "twelve connections", func() bool { return s.streamCount() >= 12 })
+	// Restarting at the base, eleven retries take at most 11 × 20 ms; growing (20, 20, 20,
+	// 40 ... 640, 1000 ms bounds, full jitter) they take more than 300 ms but for odds
+	// below one in a thousand.
+	if el := time.Since(t0); el < 300*time.Millisecond {
+		t.Fatalf("twelve connections within %s: the backoff did not grow", el)
+	}
+	waitLog(t, logs, "longer than 64 KiB")
+	if g.IsOpen() {
+		t.Fatal("garbage opened the gate")
+	}
+}

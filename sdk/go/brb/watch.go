@@ -152,7 +152,10 @@ func (w *watcher) after(o outcome) bool {
 	} else if !w.longPollUntil.IsZero() && !time.Now().Before(w.longPollUntil) {
 		w.longPollUntil = time.Time{}
 	}
-	if o.heard {
+	// A connection that was heard and then ended is a fresh start, unless it ended in
+	// garbage: a peer that answers garbage every time must see the backoff grow.
+	var proto *ProtocolError
+	if o.heard && !errors.As(o.err, &proto) {
 		w.attempt = 0
 	} else {
 		w.attempt++

@@ -271,6 +271,12 @@ func (d *driver) start(c *command) answer {
 	if c.Config == nil {
 		return fail("start: no config")
 	}
+	if m := c.Config.MaxConcurrency; m != nil && *m == 0 {
+		// The protocol's 0 is "no job slot", which the Go SDK cannot be asked for: its
+		// zero value is "the default" (one slot), as Go configuration structs go. Running
+		// one slot would not be what was asked, so the config is refused here.
+		return fail("max_concurrency 0 would never admit a job (in brb.Config a zero MaxConcurrency means the default, 1)")
+	}
 	g, err := brb.NewGate(c.Config.sdk())
 	if err != nil {
 		return fail("%v", err)

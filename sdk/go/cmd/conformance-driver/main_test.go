@@ -97,6 +97,7 @@ func TestDriverSpeaksTheProtocol(t *testing.T) {
 	// Refused configurations come back as the SDK's own errors.
 	for _, bad := range []map[string]any{
 		{"urls": []string{srv.URL}, "switch": "workers", "max_concurrency": -1},
+		{"urls": []string{srv.URL}, "switch": "workers", "max_concurrency": 0},
 		{"urls": []string{"ftp://x"}, "switch": "workers"},
 		{"urls": []string{srv.URL}, "switch": "workers", "policy": "sometimes"},
 	} {
