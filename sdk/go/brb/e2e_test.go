@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -537,4 +538,40 @@ func httptestServer(t *testing.T, h http.Handler) string {
 	s := httptest.NewServer(h)
 	t.Cleanup(s.Close)
 	return s.URL
+}
+
+// Through a forward proxy (HTTPS_PROXY-style, here given as Config.Proxy) the stream goes
+// through net/http instead of the gate's own connection, and behaves the same.
+func TestThroughAForwardProxy(t *testing.T) {
+	srv := brbtest.Start(t)
+	admin := srv.Admin()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	fwd := &httputil.ReverseProxy{
+		Director:      func(r *http.Request) {}, // the request line is already absolute
+		FlushInterval: -1,
+		ErrorLog:      log.New(io.Discard, "", 0),
+	}
+	proxy := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.URL.Path]++
+		mu.Unlock()
+		fwd.ServeHTTP(w, r)
+	}))
+	proxyURL, _ := url.Parse(proxy)
+	g, _ := start(t, brb.Config{URLs: []string{srv.URL}, Token: srv.Token, WorkerID: "w-proxied", Proxy: http.ProxyURL(proxyURL)})
+	ready(t, g)
+	paused := admin.SetState("workers", "paused")
+	brbtest.Eventually(t, wait, "the pause arrives through the proxy", func() bool { return !g.IsOpen() && g.Version() == paused.Version })
+	brbtest.Eventually(t, wait, "the report went through the proxy", func() bool {
+		st, _, _, _, ok := worker(t, admin, "w-proxied")
+		mu.Lock()
+		defer mu.Unlock()
+		return ok && st == "paused" && seen["/api/v1/workers/report"] > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if seen["/api/v1/switches/workers/events"] != 1 {
+		t.Fatalf("requests through the proxy: %v", seen)
+	}
 }

@@ -443,9 +443,7 @@ func (g *Gate) token() string {
 	return g.tok
 }
 
-// holdConn records the stream's connection so that Close can end a blocked read; false
-// when the gate is already closed.
-// opContext is a context for one dial or report that Close cancels, held in *slot.
+// opContext is a context for one dial, report or sample that Close cancels, held in *slot.
 func (g *Gate) opContext(slot *context.CancelFunc, timeout time.Duration) (context.Context, func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	g.mu.Lock()
@@ -462,6 +460,8 @@ func (g *Gate) opContext(slot *context.CancelFunc, timeout time.Duration) (conte
 	}
 }
 
+// holdConn records the stream's connection so that Close can end a blocked read; false
+// when the gate is already closed.
 func (g *Gate) holdConn(c io.Closer) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -495,7 +495,8 @@ func (g *Gate) recompute() bool {
 	return true
 }
 
-// switchView is what a gate needs of a switch event.
+// switchView is what a gate needs of a switch event (decodeSwitch fills it; the tags are
+// what encoding/json reads in the scanner's tests).
 type switchView struct {
 	Name      string `json:"name"`
 	State     string `json:"state"`
