@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -209,8 +210,40 @@ type base struct {
 // settings is a Config with defaults applied and files read.
 type settings struct {
 	Config
-	bases     []base
+	bases     []base // shared, read-only, by gates with the same URLs
 	tokenFrom string // the file the token came from ("" when given directly)
+	direct    bool   // no proxy can apply: streams need not ask Proxy
+}
+
+// proxyEnvEmpty says whether http.ProxyFromEnvironment would never name a proxy.
+func proxyEnvEmpty() bool {
+	for _, k := range []string{"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "REQUEST_METHOD"} {
+		if os.Getenv(k) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// parsedBases keeps the parsed URL lists, so that a thousand gates of one process with the
+// same URLs share one.
+var parsedBases sync.Map // "allow\x00url\x00url..." -> []base
+
+func parseBases(urls []string, allowInsecure bool) ([]base, error) {
+	key := fmt.Sprintf("%t\x00%s", allowInsecure, strings.Join(urls, "\x00"))
+	if v, ok := parsedBases.Load(key); ok {
+		return v.([]base), nil
+	}
+	var bases []base
+	for _, u := range urls {
+		b, err := parseBase(u, allowInsecure)
+		if err != nil {
+			return nil, err
+		}
+		bases = append(bases, b)
+	}
+	parsedBases.Store(key, bases)
+	return bases, nil
 }
 
 func resolve(c Config) (*settings, error) {
@@ -229,13 +262,11 @@ func resolve(c Config) (*settings, error) {
 			return nil, configErr("BRB_URL names no control-plane URL")
 		}
 	}
-	for _, u := range s.URLs {
-		b, err := parseBase(u, c.AllowInsecureHTTP)
-		if err != nil {
-			return nil, err
-		}
-		s.bases = append(s.bases, b)
+	bases, err := parseBases(s.URLs, c.AllowInsecureHTTP)
+	if err != nil {
+		return nil, err
 	}
+	s.bases = bases
 	if s.Switch == "" {
 		s.Switch = "workers"
 	}
@@ -283,6 +314,7 @@ func resolve(c Config) (*settings, error) {
 	}
 	if s.Proxy == nil {
 		s.Proxy = http.ProxyFromEnvironment
+		s.direct = proxyEnvEmpty()
 	}
 	if s.Logger == nil {
 		s.Logger = log.Default()

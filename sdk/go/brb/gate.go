@@ -61,7 +61,6 @@ type Gate struct {
 	ramp         *Ramp
 	slots        []time.Time // when each job slot is free again
 	changed      chan struct{}
-	heard        chan struct{} // closed at first contact
 	connectLog   []time.Time
 	lastChangeV  uint64
 	lastChangeAt time.Time
@@ -74,6 +73,7 @@ type Gate struct {
 	dialCancel   context.CancelFunc
 	reportCancel context.CancelFunc
 	sampleCancel context.CancelFunc
+	pollCancel   context.CancelFunc
 	sampleTimer  *time.Timer // armed while a sample is due
 
 	reportTimer *time.Timer // the heartbeat
@@ -87,9 +87,10 @@ type Gate struct {
 	samplesSent uint64
 	sampleErr   string
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// done is closed by Close. (A channel, not a context: a gate's context would cost more
+	// than the channel, and every context derived from it would leave a map in it.)
+	done chan struct{}
+	wg   sync.WaitGroup
 }
 
 // NewGate checks the configuration and starts following the switch in the background. It
@@ -104,7 +105,6 @@ func NewGate(cfg Config) (*Gate, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gate{
 		s:       s,
 		c:       c,
@@ -112,9 +112,7 @@ func NewGate(cfg Config) (*Gate, error) {
 		tok:     s.Token,
 		slots:   make([]time.Time, s.MaxConcurrency),
 		changed: make(chan struct{}),
-		heard:   make(chan struct{}),
-		ctx:     ctx,
-		cancel:  cancel,
+		done:    make(chan struct{}),
 	}
 	// Each gate starts at a random replica, which spreads a fleet over them.
 	g.sticky.Store(int32(randIntn(len(s.bases))))
@@ -147,13 +145,13 @@ func (g *Gate) Close() error {
 	if g.sampleTimer != nil {
 		g.sampleTimer.Stop()
 	}
-	for _, c := range []context.CancelFunc{g.dialCancel, g.reportCancel, g.sampleCancel} {
+	close(g.done) // first: whoever sees a cancelled operation then sees the gate closed
+	for _, c := range []context.CancelFunc{g.dialCancel, g.reportCancel, g.sampleCancel, g.pollCancel} {
 		if c != nil {
 			c()
 		}
 	}
 	g.mu.Unlock()
-	g.cancel()
 	if conn != nil {
 		conn.Close()
 	}
@@ -183,7 +181,7 @@ func (g *Gate) WaitOpen(ctx context.Context) error {
 		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-g.ctx.Done():
+		case <-g.done:
 			return ErrClosed
 		}
 	}
@@ -192,13 +190,28 @@ func (g *Gate) WaitOpen(ctx context.Context) error {
 // WaitReady blocks until the gate has heard the control plane once (it then knows the
 // switch's state), ctx ends or the gate is closed.
 func (g *Gate) WaitReady(ctx context.Context) error {
+	for {
+		ch := g.changedCh()
+		if g.known.Load() != knownNone {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-g.done:
+			return ErrClosed
+		}
+	}
+}
+
+// isClosed says whether Close was called.
+func (g *Gate) isClosed() bool {
 	select {
-	case <-g.heard:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-g.ctx.Done():
-		return ErrClosed
+	case <-g.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -280,7 +293,7 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if g.ctx.Err() != nil {
+		if g.isClosed() {
 			return nil, ErrClosed
 		}
 		ch := g.changedCh()
@@ -292,7 +305,7 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 			case <-ch:
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-g.ctx.Done():
+			case <-g.done:
 				return nil, ErrClosed
 			}
 			continue
@@ -319,7 +332,7 @@ func (g *Gate) Acquire(ctx context.Context) (*Permit, error) {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
-		case <-g.ctx.Done():
+		case <-g.done:
 			t.Stop()
 			return nil, ErrClosed
 		}
@@ -529,12 +542,11 @@ func (g *Gate) apply(sw *switchView, current bool) {
 	g.known.Store(k)
 	g.contact()
 	notified := g.recompute()
-	if prev == knownNone {
-		close(g.heard)
-	} else if prev != k {
+	if prev != knownNone && prev != k {
 		g.logf("brb: switch %s is now %s (version %d, by %s via %s)", sw.Name, sw.State, sw.Version, sw.ChangedBy, sw.Source)
 	}
-	// Waiters and the reporter also learn of a new version or ramp with the same decision.
+	// Waiters (WaitReady too) and the reporter also learn of a new version or ramp with the
+	// same decision.
 	if !notified {
 		g.broadcast()
 		g.kickReport()
@@ -584,7 +596,7 @@ func (g *Gate) setConnected(yes bool) {
 }
 
 func (g *Gate) graceOver() {
-	if g.connected.Load() || g.ctx.Err() != nil {
+	if g.connected.Load() || g.isClosed() {
 		return
 	}
 	if g.recompute() {

@@ -76,7 +76,7 @@ func (q *reportQueue) work() {
 		g.sendReport()
 
 		q.mu.Lock()
-		if g.reportState == reportAgain && g.ctx.Err() == nil {
+		if g.reportState == reportAgain && !g.isClosed() {
 			g.reportState = reportQueued
 			q.queue = append(q.queue, g)
 		} else {
@@ -88,7 +88,7 @@ func (q *reportQueue) work() {
 
 // kickReport asks for a report at once (a change, a drained gate).
 func (g *Gate) kickReport() {
-	if g.s.DisableReports || g.known.Load() == knownNone || g.ctx.Err() != nil {
+	if g.s.DisableReports || g.known.Load() == knownNone || g.isClosed() {
 		return
 	}
 	g.c.reports.enqueue(g)
@@ -97,7 +97,7 @@ func (g *Gate) kickReport() {
 // heartbeat is the ReportInterval timer's tick: the control plane calls a worker that is
 // silent for 15 s stale.
 func (g *Gate) heartbeat() {
-	if g.ctx.Err() != nil {
+	if g.isClosed() {
 		return
 	}
 	g.kickReport()
@@ -111,7 +111,7 @@ func (g *Gate) heartbeat() {
 // sendReport tells the control plane what this worker does now. Called by one reporter at
 // a time per gate.
 func (g *Gate) sendReport() {
-	if g.ctx.Err() != nil || time.Now().Before(g.reportNotBefore) {
+	if g.isClosed() || time.Now().Before(g.reportNotBefore) {
 		return
 	}
 	body, err := json.Marshal(workerReport{
@@ -127,7 +127,7 @@ func (g *Gate) sendReport() {
 		_, err = g.call(ctx, http.MethodPost, "/workers/report", body, requestTimeout)
 		done()
 	}
-	if g.ctx.Err() != nil {
+	if g.isClosed() {
 		return
 	}
 	var api *APIError
@@ -183,7 +183,7 @@ func (g *Gate) sendSample() {
 			g.samplesSent += n
 		}
 	}
-	if g.ctx.Err() != nil {
+	if g.isClosed() {
 		return
 	}
 	switch {
@@ -193,10 +193,13 @@ func (g *Gate) sendSample() {
 	case err == nil && g.sampleErr != "":
 		g.sampleErr = ""
 	}
+	// Read under the lock that disarms: the next sender (armed by a job finishing after
+	// this) runs only after it, and a job that finished before is seen here.
 	g.mu.Lock()
 	g.sampleArmed = false
+	more := g.processed.Load() > g.samplesSent
 	g.mu.Unlock()
-	if g.processed.Load() > g.samplesSent {
+	if more {
 		g.sampleDue()
 	}
 }

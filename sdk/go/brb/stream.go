@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -39,8 +40,11 @@ type source interface {
 // for that URL the gate dials the connection itself and reads the answer in its own
 // goroutine: one connection, one small buffer and no transport goroutines per gate, which
 // is what lets a process hold a thousand gates. Through a proxy, net/http does it.
-func (g *Gate) openStream(ctx context.Context, b base, lastID string) (source, error) {
+func (g *Gate) openStream(b base, lastID string) (source, error) {
 	path := apiPrefix + "/switches/" + url.PathEscape(g.s.Switch) + "/events"
+	if g.s.direct {
+		return g.openStreamDirect(b, b.prefix+path, lastID)
+	}
 	scheme := "http"
 	if b.tls {
 		scheme = "https"
@@ -51,12 +55,44 @@ func (g *Gate) openStream(ctx context.Context, b base, lastID string) (source, e
 		return nil, configErr("proxy for %s: %v", b.url, err)
 	}
 	if p != nil {
-		return g.openStreamHTTP(ctx, b, b.url+path, lastID)
+		return g.openStreamHTTP(b, b.url+path, lastID)
 	}
 	return g.openStreamDirect(b, b.prefix+path, lastID)
 }
 
-func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
+// connectSlots bounds the stream connects (dial, TLS handshake, request, answer's head) a
+// process starts at once. Each runs on a short-lived goroutine, so that the gate's own
+// goroutine, which holds the stream for hours, keeps a small stack: net.Dialer and
+// crypto/tls grow a stack to 8 KiB. A thousand gates starting together would still grow a
+// thousand such stacks at the same instant; through a few slots the stacks are reused.
+// A slot is given back after slotHold even while its connect goes on, so that connects to a
+// dead or mute host do not hold up the rest.
+var connectSlots = make(chan struct{}, 16)
+
+const slotHold = 100 * time.Millisecond
+
+// openOnHelper runs openStream on a goroutine of its own (see connectSlots).
+func (g *Gate) openOnHelper(b base, lastID string) (source, error) {
+	type result struct {
+		src source
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		connectSlots <- struct{}{}
+		var once sync.Once
+		release := func() { once.Do(func() { <-connectSlots }) }
+		t := time.AfterFunc(slotHold, release)
+		src, err := g.openStream(b, lastID)
+		t.Stop()
+		release()
+		ch <- result{src, err}
+	}()
+	r := <-ch
+	return r.src, r.err
+}
+
+func (g *Gate) dialAndHandshake(b base) (net.Conn, error) {
 	d := net.Dialer{KeepAlive: 15 * time.Second}
 	ctx, done := g.opContext(&g.dialCancel, connectTimeout)
 	raw, err := d.DialContext(ctx, "tcp", b.addr)
@@ -64,10 +100,34 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	if err != nil {
 		return nil, &UnreachableError{Err: fmt.Errorf("%s: %w", b.url, err)}
 	}
-	conn := raw
-	if !g.holdConn(conn) {
-		conn.Close()
+	if !g.holdConn(raw) {
+		raw.Close()
 		return nil, context.Canceled
+	}
+	// The answer's head must come within answerTimeout of the connection (cleared once it
+	// has come).
+	_ = raw.SetDeadline(time.Now().Add(answerTimeout))
+	if !b.tls {
+		return raw, nil
+	}
+	tc := tls.Client(raw, g.c.tlsFor(b.host))
+	// Bounded by the connection's deadline, and ended by Close closing the connection.
+	if err := tc.Handshake(); err != nil {
+		raw.Close()
+		g.holdConn(nil)
+		if isCertError(err) {
+			return nil, &TLSError{URL: b.url, Err: err}
+		}
+		return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err)}
+	}
+	g.holdConn(tc)
+	return tc, nil
+}
+
+func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
+	conn, err := g.dialAndHandshake(b)
+	if err != nil {
+		return nil, err
 	}
 	ok := false
 	defer func() {
@@ -76,19 +136,6 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 			g.holdConn(nil)
 		}
 	}()
-	_ = conn.SetDeadline(time.Now().Add(answerTimeout))
-	if b.tls {
-		tc := tls.Client(raw, g.c.tlsFor(b.host))
-		// Bounded by the connection's deadline, and ended by Close closing the connection.
-		if err := tc.Handshake(); err != nil {
-			if isCertError(err) {
-				return nil, &TLSError{URL: b.url, Err: err}
-			}
-			return nil, &UnreachableError{Err: fmt.Errorf("%s: TLS handshake: %w", b.url, err)}
-		}
-		conn = tc
-		g.holdConn(conn)
-	}
 	var req strings.Builder
 	req.Grow(256)
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: text/event-stream\r\n", path, b.authority, userAgent)
@@ -131,8 +178,21 @@ func (g *Gate) openStreamDirect(b base, path, lastID string) (source, error) {
 	return newWireBody(conn, pending, chunked), nil
 }
 
-func (g *Gate) openStreamHTTP(ctx context.Context, b base, full, lastID string) (source, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (g *Gate) openStreamHTTP(b base, full, lastID string) (source, error) {
+	// Close cancels the request while it waits for its answer (dialCancel), then by closing
+	// the body (holdConn).
+	ctx, cancel := context.WithCancel(context.Background())
+	g.mu.Lock()
+	if g.closed {
+		cancel()
+	}
+	g.dialCancel = cancel
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.dialCancel = nil
+		g.mu.Unlock()
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, full, nil)
 	if err != nil {
 		cancel()

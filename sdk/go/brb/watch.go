@@ -93,7 +93,7 @@ type watcher struct {
 func (g *Gate) watch() {
 	defer g.wg.Done()
 	w := &watcher{g: g}
-	for g.ctx.Err() == nil {
+	for !g.isClosed() {
 		src, from, o := w.connect()
 		if src != nil {
 			o = g.readStream(src, from)
@@ -127,7 +127,7 @@ func (w *watcher) connect() (source, string, outcome) {
 func (w *watcher) after(o outcome) bool {
 	g := w.g
 	g.setConnected(false)
-	if g.ctx.Err() != nil {
+	if g.isClosed() {
 		return false
 	}
 	var api *APIError
@@ -196,7 +196,7 @@ func (w *watcher) after(o outcome) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-g.ctx.Done():
+	case <-g.done:
 		return false
 	}
 }
@@ -250,8 +250,8 @@ func (g *Gate) connectStream() (source, string, error) {
 	var lastErr error
 	for i := 0; i < n; i++ {
 		idx := (start + i) % n
-		src, err := g.openStream(g.ctx, g.s.bases[idx], lastID)
-		if g.ctx.Err() != nil {
+		src, err := g.openOnHelper(g.s.bases[idx], lastID)
+		if g.isClosed() {
 			if src != nil {
 				src.Close()
 			}
@@ -324,7 +324,7 @@ func (st *streamState) more(b []byte, err error) bool {
 
 func (g *Gate) streamEnded(err error, from string, idle bool) error {
 	switch {
-	case g.ctx.Err() != nil:
+	case g.isClosed():
 		return nil
 	case idle:
 		return fmt.Errorf("the event stream from %s was silent for %s", from, g.s.IdleTimeout)
@@ -392,16 +392,18 @@ func (sw *switchView) check(want string) error {
 func (g *Gate) longPoll(until time.Time) outcome {
 	var o outcome
 	path := "/switches/" + url.PathEscape(g.s.Switch)
-	for g.ctx.Err() == nil && (until.IsZero() || time.Now().Before(until)) {
+	for !g.isClosed() && (until.IsZero() || time.Now().Before(until)) {
 		q := path
 		timeout := requestTimeout
 		if g.known.Load() != knownNone {
 			q = fmt.Sprintf("%s?after_version=%d&wait=%d", path, g.version.Load(), int(longPollWait/time.Second))
 			timeout = longPollWait + requestTimeout
 		}
-		body, err := g.call(g.ctx, http.MethodGet, q, nil, timeout)
+		ctx, done := g.opContext(&g.pollCancel, timeout)
+		body, err := g.call(ctx, http.MethodGet, q, nil, timeout)
+		done()
 		if err != nil {
-			if g.ctx.Err() == nil {
+			if !g.isClosed() {
 				o.err = err
 			}
 			return o
