@@ -1,0 +1,157 @@
+// An incremental Server-Sent Events parser (the WHATWG event-stream format), with no I/O.
+//
+// Bytes arrive in arbitrary chunks: a frame may be split anywhere, even inside a UTF-8 sequence
+// or between `\r` and `\n`. Lines are kept as bytes until complete, so a split character is
+// decoded whole. A line longer than MAX_LINE is a protocol error rather than a way to make the
+// client buffer without bound.
+
+/** Longest line accepted, in bytes. */
+export const MAX_LINE = 1 << 20;
+
+export interface SseEvent {
+  /** `message` when the stream named none. */
+  event: string;
+  /** The last `id:` seen on the stream (carried over, as the spec says). */
+  id: string | null;
+  data: string;
+}
+
+export class SseLineTooLong extends Error {
+  constructor() {
+    super(`event-stream line longer than ${MAX_LINE} bytes`);
+    this.name = "SseLineTooLong";
+  }
+}
+
+const LF = 0x0a;
+const CR = 0x0d;
+const COLON = 0x3a;
+const SPACE = 0x20;
+
+export class SseParser {
+  /** Bytes of the line not yet ended (null when none: the common case costs nothing). */
+  #partial: Buffer | null = null;
+  /** The previous chunk ended in `\r`: a leading `\n` of the next chunk belongs to it. */
+  #afterCr = false;
+  #event = "";
+  #data = "";
+  #hasData = false;
+  #lastId: string | null = null;
+  /** Reconnection delay the server asked for, in milliseconds. */
+  retryMs: number | null = null;
+
+  /** The id to send as `Last-Event-ID` when reconnecting. */
+  get lastEventId(): string | null {
+    return this.#lastId;
+  }
+
+  /**
+   * Feeds `buf[start, end)`; calls `onEvent` for each event completed. Throws SseLineTooLong
+   * (and drops the line) when a line grows past MAX_LINE.
+   */
+  feed(buf: Uint8Array, start: number, end: number, onEvent: (ev: SseEvent) => void): void {
+    let i = start;
+    if (this.#afterCr) {
+      this.#afterCr = false;
+      if (i < end && buf[i] === LF) i++;
+    }
+    while (i < end) {
+      let j = i;
+      while (j < end && buf[j] !== LF && buf[j] !== CR) j++;
+      if (j === end) {
+        this.#keep(buf, i, end);
+        return;
+      }
+      this.#line(buf, i, j, onEvent);
+      if (buf[j] === CR) {
+        if (j + 1 < end) {
+          if (buf[j + 1] === LF) j++;
+        } else {
+          this.#afterCr = true;
+        }
+      }
+      i = j + 1;
+    }
+  }
+
+  /** Forgets a half-received event (the connection ended: the spec discards it). */
+  reset(): void {
+    this.#partial = null;
+    this.#afterCr = false;
+    this.#event = "";
+    this.#data = "";
+    this.#hasData = false;
+  }
+
+  #keep(buf: Uint8Array, from: number, to: number): void {
+    const have = this.#partial ? this.#partial.length : 0;
+    if (have + (to - from) > MAX_LINE) {
+      this.#partial = null;
+      throw new SseLineTooLong();
+    }
+    // Copied: the caller's buffer is reused for the next read.
+    const piece = Buffer.from(buf.subarray(from, to));
+    this.#partial = this.#partial ? Buffer.concat([this.#partial, piece]) : piece;
+  }
+
+  #line(buf: Uint8Array, from: number, to: number, onEvent: (ev: SseEvent) => void): void {
+    let line: Uint8Array;
+    let s: number;
+    let e: number;
+    if (this.#partial) {
+      if (this.#partial.length + (to - from) > MAX_LINE) {
+        this.#partial = null;
+        throw new SseLineTooLong();
+      }
+      line = Buffer.concat([this.#partial, buf.subarray(from, to)]);
+      this.#partial = null;
+      s = 0;
+      e = line.length;
+    } else {
+      line = buf;
+      s = from;
+      e = to;
+    }
+    if (s === e) {
+      this.#dispatch(onEvent);
+      return;
+    }
+    if (line[s] === COLON) return; // a comment: the keep-alive
+    let colon = s;
+    while (colon < e && line[colon] !== COLON) colon++;
+    const field = Buffer.from(line.buffer, line.byteOffset + s, colon - s).toString("latin1");
+    let vs = colon < e ? colon + 1 : e;
+    if (vs < e && line[vs] === SPACE) vs++;
+    const value = Buffer.from(line.buffer, line.byteOffset + vs, e - vs).toString("utf8");
+    switch (field) {
+      case "event":
+        this.#event = value;
+        break;
+      case "data":
+        this.#data = this.#hasData ? this.#data + "\n" + value : value;
+        this.#hasData = true;
+        break;
+      case "id":
+        if (!value.includes("\0")) this.#lastId = value;
+        break;
+      case "retry":
+        if (/^\d+$/.test(value)) this.retryMs = Number(value);
+        break;
+      default:
+        break; // unknown fields are ignored, per the spec
+    }
+  }
+
+  #dispatch(onEvent: (ev: SseEvent) => void): void {
+    if (!this.#hasData) {
+      // An event with no data is not dispatched (the spec), but its type does not carry over.
+      this.#event = "";
+      return;
+    }
+    const ev: SseEvent = { event: this.#event || "message", id: this.#lastId, data: this.#data };
+    this.#event = "";
+    this.#data = "";
+    this.#hasData = false;
+    onEvent(ev);
+  }
+}
