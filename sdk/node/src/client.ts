@@ -265,6 +265,8 @@ export class EventStream {
   readonly #handler: StreamHandler;
   readonly #target: Target;
   #socket: net.Socket;
+  /** The request's text until it is sent. */
+  #request: string;
   #phase = Phase.Connecting;
   /** Head bytes until the head is complete, then (on an error answer) the error body. */
   #buf: Buffer | null = null;
@@ -283,12 +285,19 @@ export class EventStream {
   ) {
     this.#handler = handler;
     this.#target = target;
-    let head =
+    this.#socket = this.#open(target, tlsMaterial);
+    this.#request =
       `GET ${target.prefix}${path} HTTP/1.1\r\nhost: ${target.authority}\r\nuser-agent: ${USER_AGENT}\r\n` +
       `accept: text/event-stream\r\ncache-control: no-cache\r\n`;
-    if (token) head += `authorization: Bearer ${token}\r\n`;
-    if (lastEventId !== null) head += `last-event-id: ${lastEventId}\r\n`;
-    head += "\r\n";
+    if (token) this.#request += `authorization: Bearer ${token}\r\n`;
+    if (lastEventId !== null) this.#request += `last-event-id: ${lastEventId}\r\n`;
+    this.#request += "\r\n";
+  }
+
+  // The socket's listeners are made here, apart from the constructor's locals: closures share
+  // their scope, and the request text would otherwise live as long as the stream.
+  #open(target: Target, tlsMaterial: TlsMaterial): net.Socket {
+    let socket: net.Socket;
     if (target.secure) {
       const s = tls.connect({
         host: target.host,
@@ -300,8 +309,8 @@ export class EventStream {
         ALPNProtocols: ["http/1.1"],
       });
       s.on("data", (b: Buffer) => this.#bytes(b, 0, b.length));
-      s.once("secureConnect", () => this.#connected(head));
-      this.#socket = s;
+      s.once("secureConnect", () => this.#connected());
+      socket = s;
     } else {
       const s = net.connect({
         host: target.host,
@@ -314,15 +323,16 @@ export class EventStream {
           },
         },
       });
-      s.once("connect", () => this.#connected(head));
-      this.#socket = s;
+      s.once("connect", () => this.#connected());
+      socket = s;
     }
-    this.#socket.on("error", (e: NodeJS.ErrnoException) => {
+    socket.on("error", (e: NodeJS.ErrnoException) => {
       const what = this.#phase === Phase.Connecting ? "connecting" : "event stream broke";
-      this.#end(new BrbError("unreachable", `${target.base}: ${what}: ${describeSocketError(e)}`));
+      this.#end(new BrbError("unreachable", `${this.#target.base}: ${what}: ${describeSocketError(e)}`));
     });
-    this.#socket.on("end", () => this.#eof());
-    this.#socket.on("close", () => this.#eof());
+    socket.on("end", () => this.#eof());
+    socket.on("close", () => this.#eof());
+    return socket;
   }
 
   /** Whether the server has answered with a stream. */
@@ -338,13 +348,14 @@ export class EventStream {
     this.#end(reason);
   }
 
-  #connected(head: string): void {
+  #connected(): void {
     if (this.#phase !== Phase.Connecting) return;
     this.#phase = Phase.Head;
     this.#socket.setNoDelay(true);
     // A peer that vanished without a FIN is noticed even between keep-alives.
     this.#socket.setKeepAlive(true, 15_000);
-    this.#socket.write(head);
+    this.#socket.write(this.#request);
+    this.#request = "";
   }
 
   #bytes(b: Uint8Array, start: number, end: number): void {
@@ -355,7 +366,6 @@ export class EventStream {
           this.#buf = this.#buf ? Buffer.concat([this.#buf, piece]) : piece;
           const head = parseHead(this.#buf);
           if (!head) return;
-          this.#head = head;
           const rest = this.#buf.subarray(head.bodyStart);
           this.#buf = null;
           this.#answer(head);
@@ -403,6 +413,8 @@ export class EventStream {
       );
       return;
     }
+    // Kept only for an error answer (a stream's head is not needed again).
+    this.#head = head;
     this.#phase = Phase.ErrorBody;
     this.#buf = Buffer.alloc(0);
     if (this.#left === 0) this.#refused();

@@ -139,6 +139,19 @@ const isLoopback = (host: string): boolean => {
   return isIP(h) === 4 && h.startsWith("127.");
 };
 
+// Gates of one process usually share their URLs: one parsed Target each (they are read-only).
+const targetCache = new Map<string, Target>();
+
+function cachedTarget(raw: string, allowInsecureHttp: boolean): Target {
+  const key = `${allowInsecureHttp ? 1 : 0}${raw}`;
+  let t = targetCache.get(key);
+  if (!t) {
+    t = Object.freeze(parseTarget(raw, allowInsecureHttp));
+    if (targetCache.size < 1000) targetCache.set(key, t);
+  }
+  return t;
+}
+
 /** Parses and checks one base URL: plain HTTP only to loopback unless allowed. */
 export function parseTarget(raw: string, allowInsecureHttp: boolean): Target {
   const base = raw.trim().replace(/\/+$/, "");
@@ -201,8 +214,13 @@ const num = (name: string, v: unknown, dflt: number, min: number, max = Number.M
 
 const truthy = (v: string | undefined): boolean => v !== undefined && /^(1|true|yes|on)$/i.test(v.trim());
 
+const loggers = new Map<LogLevel, Logger>();
+
+/** Log lines on stderr from `level` up (one logger per level, shared by every gate). */
 export function stderrLogger(level: LogLevel): Logger | null {
   if (level === "silent") return null;
+  const have = loggers.get(level);
+  if (have) return have;
   const rank = LEVELS.indexOf(level);
   const line = (lvl: LogLevel) =>
     LEVELS.indexOf(lvl) >= rank
@@ -210,7 +228,43 @@ export function stderrLogger(level: LogLevel): Logger | null {
           process.stderr.write(`${new Date().toISOString()} ${lvl.toUpperCase()} brb-gate: ${m}\n`);
         }
       : () => {};
-  return { debug: line("debug"), info: line("info"), warn: line("warn"), error: line("error") };
+  const l = { debug: line("debug"), info: line("info"), warn: line("warn"), error: line("error") };
+  loggers.set(level, l);
+  return l;
+}
+
+const NO_TLS: TlsMaterial = Object.freeze({ key_id: "" });
+const materialCache = new Map<string, TlsMaterial>();
+
+/** Reads the CA and client identity files (one copy per distinct content, shared by gates). */
+function tlsMaterial(caFile: string | null, certFile: string | null, keyFile: string | null): TlsMaterial {
+  if (!caFile && !certFile) return NO_TLS;
+  const parts: string[] = [];
+  let caPem: string | null = null;
+  if (caFile) {
+    caPem = readFile("CA file", caFile).toString("utf8");
+    if (!caPem.includes("-----BEGIN CERTIFICATE-----")) throw configError(`CA file ${caFile}: no PEM certificate in it`);
+    parts.push(`ca:${caPem}`);
+  }
+  let cert: Buffer | null = null;
+  let key: Buffer | null = null;
+  if (certFile && keyFile) {
+    cert = readFile("client certificate", certFile);
+    key = readFile("client key", keyFile);
+    parts.push(`cert:${cert.toString("base64")}:${key.toString("base64")}`);
+  }
+  const id = parts.join("|");
+  const have = materialCache.get(id);
+  if (have) return have;
+  const m: TlsMaterial = { key_id: id };
+  // Node's `ca` replaces the trusted roots: keep the system's, as the Rust SDK does.
+  if (caPem) m.ca = [...rootCertificates, caPem];
+  if (cert && key) {
+    m.cert = cert;
+    m.key = key;
+  }
+  if (materialCache.size < 100) materialCache.set(id, m);
+  return m;
 }
 
 export function resolveConfig(o: GateOptions): ResolvedConfig {
@@ -224,7 +278,7 @@ export function resolveConfig(o: GateOptions): ResolvedConfig {
         : o.urls;
   const urls = rawUrls.map((u) => u.trim()).filter((u) => u.length > 0);
   if (urls.length === 0) throw configError("no control-plane URL given");
-  const targets = urls.map((u) => parseTarget(u, allowInsecureHttp));
+  const targets = urls.map((u) => cachedTarget(u, allowInsecureHttp));
 
   const sw = o.switch ?? "workers";
   if (typeof sw !== "string" || sw.length === 0 || sw.length > 64) {
@@ -258,24 +312,10 @@ export function resolveConfig(o: GateOptions): ResolvedConfig {
   const caFile = o.caFile ?? env.BRB_CA_FILE ?? null;
   const certFile = o.clientCert ?? env.BRB_CLIENT_CERT ?? null;
   const keyFile = o.clientKey ?? env.BRB_CLIENT_KEY ?? null;
-  const tls: TlsMaterial = { key_id: "" };
-  const ids: string[] = [];
-  if (caFile) {
-    const pem = readFile("CA file", caFile).toString("utf8");
-    if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw configError(`CA file ${caFile}: no PEM certificate in it`);
-    // Node's `ca` replaces the trusted roots: keep the system's, as the Rust SDK does.
-    tls.ca = [...rootCertificates, pem];
-    ids.push(`ca:${pem}`);
-  }
   if ((certFile === null) !== (keyFile === null)) {
     throw configError("a client certificate needs both the certificate and the key (clientCert and clientKey)");
   }
-  if (certFile && keyFile) {
-    tls.cert = readFile("client certificate", certFile);
-    tls.key = readFile("client key", keyFile);
-    ids.push(`cert:${tls.cert.toString("base64")}:${tls.key.toString("base64")}`);
-  }
-  tls.key_id = ids.join("|");
+  const tls = tlsMaterial(caFile, certFile, keyFile);
 
   const level = o.logLevel ?? (env.BRB_LOG_LEVEL as LogLevel | undefined) ?? "info";
   if (!LEVELS.includes(level)) throw configError(`logLevel must be one of ${LEVELS.join(", ")}`);

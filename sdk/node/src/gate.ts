@@ -66,11 +66,18 @@ const REFUSED_RETRY_MS = 60_000;
 /** The same problem is logged at its level once per this period, at debug level in between. */
 const RELOG_MS = 60_000;
 const SWEEP_MS = 250;
-const SAMPLE_MS = 1000;
+const SAMPLE_TICKS = 4; // a second
+
+/** Milliseconds as whole sweeper ticks (at least one). */
+const ticks = (ms: number): number => Math.max(1, Math.ceil(ms / SWEEP_MS));
 
 /** Every gate of the process that is not closed, ticked by one sweeper. */
 const live = new Set<Gate>();
 let sweeper: NodeJS.Timeout | null = null;
+// Deadlines at rest are counted in sweeps, not Unix ms: a small integer is stored and compared
+// without allocating, where a Date.now() value is a heap number (a thousand gates ticking four
+// times a second would otherwise make garbage while nothing happens).
+let tickNo = 0;
 let tickGate: (g: Gate, now: number) => void;
 let releasePermit: (g: Gate, slot: number, started: number, abandoned: boolean) => void;
 let streamOpen: (g: Gate) => void;
@@ -79,8 +86,8 @@ let streamEvent: (g: Gate, ev: SseEvent) => void;
 let streamEnd: (g: Gate, err: BrbError | null) => void;
 
 function sweep(): void {
-  const now = Date.now();
-  for (const g of live) tickGate(g, now);
+  tickNo++;
+  for (const g of live) tickGate(g, tickNo);
 }
 
 /** Forwards one stream's callbacks to its gate (the gate's own methods stay private). */
@@ -180,8 +187,10 @@ export class Gate extends EventEmitter {
   #streamHeard = false;
   #streamDone: ((o: Outcome) => void) | null = null;
   #unknownLogged = false;
-  #deadline = 0;
-  #lastByteAt = 0;
+  /** The sweep by which the stream must have answered (0: none). */
+  #deadlineTick = 0;
+  /** The sweep during which the stream last sent bytes. */
+  #lastByteTick = 0;
   #poll: Pending | null = null;
   #sleepTimer: NodeJS.Timeout | null = null;
   #sleepDone: (() => void) | null = null;
@@ -189,11 +198,11 @@ export class Gate extends EventEmitter {
 
   #report: Pending | null = null;
   #reportDirty = false;
-  #nextReportAt = 0;
-  #holdReportsUntil = 0;
+  #nextReportTick = 0;
+  #holdReportsUntilTick = 0;
   #sample: Pending | null = null;
   #sampledProcessed = 0;
-  #nextSampleAt = 0;
+  #nextSampleTick = 0;
 
   #lastError: BrbError | null = null;
   #lastLogged = "";
@@ -204,12 +213,16 @@ export class Gate extends EventEmitter {
     releasePermit = (g, slot, started, abandoned) => g.#release(slot, started, abandoned);
     streamOpen = (g) => g.#onStreamOpen();
     streamBytes = (g) => {
-      g.#lastByteAt = Date.now();
+      if (g.#lastByteTick !== tickNo) {
+        // Once per sweep at most: the clock is read (and a number allocated) only then.
+        g.#lastByteTick = tickNo;
+        g.#lastContactMs = Date.now();
+      }
       if (!g.#streamHeard) {
         g.#streamHeard = true;
+        g.#lastContactMs = Date.now();
         g.#setConnected(true);
       }
-      g.#lastContactMs = g.#lastByteAt;
     };
     streamEvent = (g, ev) => g.#onEvent(ev);
     streamEnd = (g, err) => g.#onStreamEnd(err);
@@ -223,7 +236,7 @@ export class Gate extends EventEmitter {
     this.#slots = new Float64Array(this.#cfg.maxConcurrency);
     this.#urlIndex = Math.floor(Math.random() * this.#cfg.targets.length);
     this.#pools = acquirePools(this.#cfg.tls);
-    this.#nextReportAt = Date.now() + this.#cfg.reportIntervalMs;
+    this.#nextReportTick = tickNo + ticks(this.#cfg.reportIntervalMs);
     live.add(this);
     if (!sweeper) sweeper = setInterval(sweep, SWEEP_MS);
     this.#watching = this.#watch().catch((e: unknown) => {
@@ -720,7 +733,7 @@ export class Gate extends EventEmitter {
       this.#streamHeard = false;
       this.#unknownLogged = false;
       this.#streamDone = resolve;
-      this.#deadline = Date.now() + this.#cfg.answerTimeoutMs;
+      this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
       const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
       this.#stream = new EventStream(
         t,
@@ -734,7 +747,7 @@ export class Gate extends EventEmitter {
   }
 
   #onStreamOpen(): void {
-    this.#lastByteAt = Date.now();
+    this.#lastByteTick = tickNo;
   }
 
   #onEvent(ev: SseEvent): void {
@@ -775,7 +788,7 @@ export class Gate extends EventEmitter {
     const done = this.#streamDone;
     this.#stream = null;
     this.#streamDone = null;
-    this.#deadline = 0;
+    this.#deadlineTick = 0;
     if (!done) return;
     if (this.#closed) {
       done({ heard: this.#streamHeard, kind: "closed" });
@@ -846,7 +859,7 @@ export class Gate extends EventEmitter {
 
   #reportSoon(): void {
     if (!this.#cfg.reports || this.#closed || this.#known === KNOWN_NONE) return;
-    if (this.#report || Date.now() < this.#holdReportsUntil) {
+    if (this.#report || tickNo < this.#holdReportsUntilTick) {
       this.#reportDirty = true;
       return;
     }
@@ -855,7 +868,7 @@ export class Gate extends EventEmitter {
 
   #sendReport(): void {
     this.#reportDirty = false;
-    this.#nextReportAt = Date.now() + this.#cfg.reportIntervalMs;
+    this.#nextReportTick = tickNo + ticks(this.#cfg.reportIntervalMs);
     const body = {
       worker_id: this.#cfg.workerId,
       switch: this.#cfg.switch,
@@ -869,7 +882,7 @@ export class Gate extends EventEmitter {
         if (this.#closed) return;
         const err = e instanceof BrbError ? e : new BrbError("protocol", String(e));
         if (err instanceof ApiError && err.status === 429) {
-          this.#holdReportsUntil = Date.now() + Math.min(err.retryAfterMs ?? this.#cfg.reportIntervalMs, 600_000);
+          this.#holdReportsUntilTick = tickNo + ticks(Math.min(err.retryAfterMs ?? this.#cfg.reportIntervalMs, 600_000));
           this.#reportDirty = true;
         }
         const level = err instanceof ApiError && err.status !== 429 ? "warn" : "debug";
@@ -877,7 +890,7 @@ export class Gate extends EventEmitter {
       })
       .finally(() => {
         this.#report = null;
-        if (this.#reportDirty && !this.#closed && Date.now() >= this.#holdReportsUntil) this.#sendReport();
+        if (this.#reportDirty && !this.#closed && tickNo >= this.#holdReportsUntilTick) this.#sendReport();
       });
   }
 
@@ -901,12 +914,12 @@ export class Gate extends EventEmitter {
     const s = this.#stream;
     if (s) {
       if (!s.answered) {
-        if (this.#deadline !== 0 && now >= this.#deadline) {
+        if (this.#deadlineTick !== 0 && now >= this.#deadlineTick) {
           s.destroy(
             new BrbError("unreachable", `no answer to the event-stream request within ${Math.round(this.#cfg.answerTimeoutMs / 1000)} s`),
           );
         }
-      } else if (s.streaming && now - this.#lastByteAt >= this.#cfg.idleTimeoutMs) {
+      } else if (s.streaming && now - this.#lastByteTick > ticks(this.#cfg.idleTimeoutMs)) {
         s.destroy(
           this.#streamHeard
             ? new BrbError("unreachable", `event stream silent for ${Math.round(this.#cfg.idleTimeoutMs / 1000)} s; reconnecting`)
@@ -922,13 +935,13 @@ export class Gate extends EventEmitter {
       this.#cfg.reports &&
       this.#known !== KNOWN_NONE &&
       !this.#report &&
-      now >= this.#holdReportsUntil &&
-      (now >= this.#nextReportAt || this.#reportDirty)
+      now >= this.#holdReportsUntilTick &&
+      (now >= this.#nextReportTick || this.#reportDirty)
     ) {
       this.#sendReport();
     }
-    if (this.#cfg.samples && now >= this.#nextSampleAt) {
-      this.#nextSampleAt = now + SAMPLE_MS;
+    if (this.#cfg.samples && now >= this.#nextSampleTick) {
+      this.#nextSampleTick = now + SAMPLE_TICKS;
       if (this.#processed !== this.#sampledProcessed && !this.#sample) this.#sendSample();
     }
   }
