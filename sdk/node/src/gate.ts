@@ -949,7 +949,8 @@ export class Gate extends EventEmitter {
   #log(level: "debug" | "info" | "warn" | "error", message: string): void {
     const l = this.#cfg.logger;
     if (!l) return;
-    let m = `switch=${this.#cfg.switch} worker=${this.#cfg.workerId}: ${message}`;
+    // One line per message, whatever a peer's error text holds.
+    let m = `switch=${this.#cfg.switch} worker=${this.#cfg.workerId}: ${message.replace(/\s*[\r\n]+\s*/g, " ")}`;
     // Whatever a server put in an error message, the token never reaches a log.
     if (this.#token && m.includes(this.#token)) m = m.split(this.#token).join("<token>");
     l[level](m);

@@ -2,6 +2,8 @@
 // client for it, a TCP forwarder that can cut connections, and a log collector.
 
 import { spawn, type ChildProcess } from "node:child_process";
+import http from "node:http";
+import https from "node:https";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -28,6 +30,8 @@ export interface ServerOptions {
   dataDir?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** For the test's own admin calls to a TLS server: its CA, and a client identity. */
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
 }
 
 export class BrbServer {
@@ -37,11 +41,13 @@ export class BrbServer {
   readonly token: string;
   #child: ChildProcess;
   #ownsDir: boolean;
+  #tls: ServerOptions["tls"];
   #exited: Promise<void>;
   stderr = "";
 
-  private constructor(child: ChildProcess, dataDir: string, ownsDir: boolean, url: string, exited: Promise<void>) {
+  private constructor(child: ChildProcess, dataDir: string, ownsDir: boolean, url: string, exited: Promise<void>, tls: ServerOptions["tls"]) {
     this.#child = child;
+    this.#tls = tls;
     this.dataDir = dataDir;
     this.#ownsDir = ownsDir;
     this.url = url;
@@ -88,14 +94,14 @@ export class BrbServer {
         rej(new Error(`brb server exited (${code}) before listening: ${err}`));
       });
     });
-    const s = new BrbServer(child, dataDir, ownsDir, url, exited);
+    const s = new BrbServer(child, dataDir, ownsDir, url, exited, o.tls);
     child.stderr!.on("data", (b: Buffer) => (s.stderr += b.toString()));
     return s;
   }
 
   /** Starts another server on the same port and data dir (after `kill`). */
   restart(o: ServerOptions = {}): Promise<BrbServer> {
-    return BrbServer.start({ ...o, port: this.port, dataDir: this.dataDir });
+    return BrbServer.start({ tls: this.#tls, ...o, port: this.port, dataDir: this.dataDir });
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
@@ -109,15 +115,33 @@ export class BrbServer {
     if (this.#ownsDir) rmSync(this.dataDir, { recursive: true, force: true });
   }
 
-  async api(method: string, path: string, body?: unknown, token = this.token): Promise<any> {
-    const r = await fetch(this.url + path, {
-      method,
-      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
+  /** An admin call (node:http, so that a private CA and a client certificate can be given). */
+  api(method: string, path: string, body?: unknown, token = this.token): Promise<any> {
+    const u = new URL(this.url + path);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const req = (u.protocol === "https:" ? https : http).request(
+        u,
+        {
+          method,
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          ca: this.#tls?.ca,
+          cert: this.#tls?.cert,
+          key: this.#tls?.key,
+        },
+        (res) => {
+          let text = "";
+          res.setEncoding("utf8");
+          res.on("data", (c: string) => (text += c));
+          res.on("end", () => {
+            if ((res.statusCode ?? 0) >= 300) reject(new Error(`${method} ${path}: HTTP ${res.statusCode}: ${text}`));
+            else resolve(text ? JSON.parse(text) : null);
+          });
+        },
+      );
+      req.on("error", reject);
+      req.end(payload);
     });
-    const text = await r.text();
-    if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status}: ${text}`);
-    return text ? JSON.parse(text) : null;
   }
 
   setState(state: "paused" | "running", extra: Record<string, unknown> = {}, sw = "workers"): Promise<{ version: number }> {
