@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { inspect } from "node:util";
 import { describe, test } from "node:test";
 import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs } from "../src/http1.js";
 import { SseLineTooLong, SseParser, type SseEvent } from "../src/sse.js";
@@ -176,5 +177,15 @@ describe("options", () => {
     refused({ transport: "carrier-pigeon" as never, env: {} }, /transport/);
     refused({ workerId: "a\nb", env: {} }, /workerId/);
     assert.throws(() => new Gate({ maxConcurrency: 0, logger: null, env: {} }), /maxConcurrency/);
+  });
+
+  test("the token does not show when a gate is inspected or serialized", async () => {
+    const g = new Gate({ urls: "http://127.0.0.1:1", token: "brb_x_SECRETVALUE", logger: null, env: {} });
+    try {
+      assert.ok(!inspect(g, { depth: 10, showHidden: true }).includes("SECRETVALUE"));
+      assert.ok(!JSON.stringify(g).includes("SECRETVALUE"));
+    } finally {
+      await g.close();
+    }
   });
 });
