@@ -148,6 +148,31 @@ describe("bad input", () => {
     assert.equal(s.streams()[1]!.head.match(/last-event-id: (\d+)/i)?.[1], "1", "resumes from the last version applied");
   });
 
+  test("an older state is ignored (a lagging replica) unless a resync says it is current", async () => {
+    const logs = new Logs();
+    const s = await server((c, n) => {
+      if (n === 1) {
+        c.socket.end(STREAM_HEAD + chunk(`event: switch\nid: 10\ndata: ${SWITCH("running", 10)}\n\n`) + "0\r\n\r\n");
+      } else if (n === 2) {
+        // A replica behind the first: its older state must not undo what the gate knows.
+        c.socket.end(STREAM_HEAD + chunk(`event: switch\nid: 4\ndata: ${SWITCH("paused", 4)}\n\n`) + "0\r\n\r\n");
+      } else {
+        // A control plane restored from a backup: it says so, and its state is the truth.
+        c.socket.write(
+          STREAM_HEAD +
+            chunk(`event: resync\ndata: {"after":10,"current":3,"reason":"too_far_behind"}\n\n`) +
+            chunk(`event: switch\nid: 3\ndata: ${SWITCH("paused", 3)}\n\n`),
+        );
+      }
+    });
+    const g = gate({ urls: [s.url], logger: logs });
+    await until("the third connection's state", () => g.version === 3, 5000);
+    assert.equal(g.isOpen(), false);
+    assert.ok(logs.has(/DEBUG .*ignoring version 4, older than 10/), logs.text());
+    assert.ok(logs.has(/INFO .*skipped changes 10 → 3/), logs.text());
+    assert.equal(s.streams()[1]!.head.match(/last-event-id: (\d+)/i)?.[1], "10");
+  });
+
   for (const status of [401, 403]) {
     test(`${status}: a clear error and a long interval before the next try`, async () => {
       const logs = new Logs();
