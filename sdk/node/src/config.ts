@@ -52,6 +52,8 @@ export interface GateOptions {
   idleTimeoutMs?: number;
   /** How long a request may wait for the server's answer before the next URL is tried. Default 10 s. */
   answerTimeoutMs?: number;
+  /** With `transport: "auto"`: how long a fallback to long-poll lasts before SSE is tried again. Default 5 min. */
+  longPollSpellMs?: number;
   /** A PEM bundle of CAs to trust besides the system's (a private CA). Default `BRB_CA_FILE`. */
   caFile?: string;
   /** Client certificate chain (PEM) for mutual TLS. Default `BRB_CLIENT_CERT`. */
@@ -107,6 +109,7 @@ export interface ResolvedConfig {
   backoffCapMs: number;
   idleTimeoutMs: number;
   answerTimeoutMs: number;
+  longPollSpellMs: number;
   tls: TlsMaterial;
   logger: Logger | null;
 }
@@ -339,6 +342,7 @@ export function resolveConfig(o: GateOptions): ResolvedConfig {
     backoffCapMs: num("backoffCapMs", o.backoffCapMs, Math.max(30_000, backoffBaseMs), backoffBaseMs),
     idleTimeoutMs: num("idleTimeoutMs", o.idleTimeoutMs, 45_000, 500),
     answerTimeoutMs: num("answerTimeoutMs", o.answerTimeoutMs, 10_000, 100),
+    longPollSpellMs: num("longPollSpellMs", o.longPollSpellMs, 300_000, 0),
     tls,
     logger,
   };

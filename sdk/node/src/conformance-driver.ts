@@ -128,7 +128,7 @@ async function run(c: Json): Promise<Json> {
     case "wait_open": {
       const g = held(c).gate;
       const t0 = performance.now();
-      const opened = await g.waitOpen({ timeoutMs: nonNeg(c, "timeout_ms") });
+      const opened = await g.waitOpen({ timeoutMs: c.timeout_ms === undefined ? undefined : nonNeg(c, "timeout_ms") });
       return { opened, waited_ms: Math.round(performance.now() - t0) };
     }
     case "work": {
@@ -184,13 +184,13 @@ async function run(c: Json): Promise<Json> {
       return {};
     }
     case "fleet_ready": {
-      const timeoutMs = nonNeg(c, "timeout_ms");
+      const timeoutMs = nonNeg(c, "timeout_ms", 30_000);
       const ok = await Promise.all(fleet.map((g) => g.ready({ timeoutMs })));
       return { ready: ok.filter(Boolean).length };
     }
     case "fleet_seen": {
       const version = nonNeg(c, "version");
-      const deadline = performance.now() + nonNeg(c, "timeout_ms");
+      const deadline = performance.now() + nonNeg(c, "timeout_ms", 5000);
       // Only waiting is done here; each instant is the one the SDK recorded when it applied the
       // change (Gate.lastChange), not when this loop noticed it.
       while (fleet.some((g) => g.version < version) && performance.now() < deadline) await sleep(5);

@@ -57,8 +57,6 @@ const KNOWN_PAUSED = 2;
 const FLAT_ATTEMPTS = 2;
 /** Consecutive SSE failures before `auto` falls back to long-poll. */
 const SSE_FAILURES_BEFORE_FALLBACK = 3;
-/** How long `auto` stays on long-poll before trying SSE again. */
-const LONG_POLL_SPELL_MS = 5 * 60_000;
 /** The long-poll's `wait` (the server caps it at `max_long_poll_secs`, 60 by default). */
 const LONG_POLL_WAIT_S = 25;
 /** After a refused token or a missing switch: retry no sooner than half of this, no later than all of it. */
@@ -627,7 +625,7 @@ export class Gate extends EventEmitter {
     let longPollUntil = 0;
     while (!this.#closed) {
       const useLongPoll = cfg.transport === "long_poll" || (cfg.transport === "auto" && Date.now() < longPollUntil);
-      const r = useLongPoll ? await this.#longPoll() : await this.#sse();
+      const r = useLongPoll ? await this.#longPoll(cfg.transport === "auto" ? longPollUntil : Infinity) : await this.#sse();
       if (this.#closed) break;
       this.#setConnected(false, r.error ?? null);
       if (!useLongPoll && cfg.transport === "auto") {
@@ -636,7 +634,7 @@ export class Gate extends EventEmitter {
       }
       if (cfg.transport === "auto" && longPollUntil === 0 && sseFailures >= SSE_FAILURES_BEFORE_FALLBACK) {
         this.#log("warn", "the event stream keeps failing (a proxy that refuses or buffers it?); falling back to long-poll");
-        longPollUntil = Date.now() + LONG_POLL_SPELL_MS;
+        longPollUntil = Date.now() + cfg.longPollSpellMs;
         sseFailures = 0;
       } else if (longPollUntil !== 0 && Date.now() >= longPollUntil) {
         longPollUntil = 0;
@@ -802,11 +800,12 @@ export class Gate extends EventEmitter {
     done(classify(err ?? new BrbError("protocol", "the event stream ended before anything was sent on it")));
   }
 
-  /** Long-polls until an error. */
-  async #longPoll(): Promise<Outcome> {
+  /** Long-polls until an error, or until `untilMs` (Unix ms), when the stream is to be tried again. */
+  async #longPoll(untilMs: number): Promise<Outcome> {
     let heard = false;
     const name = enc(this.#cfg.switch);
     while (!this.#closed) {
+      if (heard && Date.now() >= untilMs) return { heard, kind: "ok" };
       const path =
         this.#known === KNOWN_NONE
           ? `/api/v1/switches/${name}`

@@ -269,15 +269,19 @@ describe("bad input", () => {
       polls++;
       const body = SWITCH(polls === 1 ? "running" : "paused", polls === 1 ? 1 : 2);
       const reply = () => c.socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
-      // The first GET answers at once; the long-poll after it answers with the change.
+      // The first GET answers at once; the long-poll after it answers with the change, the
+      // next ones after a short wait, unchanged (as the real one does when its wait ends).
       if (polls === 1) reply();
-      else if (polls === 2) setTimeout(reply, 50);
+      else setTimeout(reply, 50);
     });
-    const g = gate({ urls: [s.url], logger: logs });
+    const g = gate({ urls: [s.url], logger: logs, longPollSpellMs: 400 });
     await until("the pause through long-poll", () => g.version === 2, 5000);
     assert.equal(g.isOpen(), false);
     assert.equal(s.streams().length, 3, "three refused streams before the fallback");
     assert.ok(logs.has(/WARN .*falling back to long-poll/), logs.text());
     assert.ok(s.conns.some((c) => /after_version=1&wait=25/.test(c.head)), "asked for changes after version 1");
+    // After the spell, the stream is tried again (and, refused three times more, long-poll again).
+    await until("SSE tried again after the spell", () => s.streams().length >= 4 && logs.has(/INFO .*trying the event stream again/), 5000);
+    assert.equal(g.isOpen(), false, "the state held through the switch of transport");
   });
 });
