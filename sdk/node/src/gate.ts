@@ -148,6 +148,20 @@ export class Permit {
   }
 }
 
+/** The events a Gate emits, with their arguments. */
+export interface GateEvents {
+  change: [GateChange];
+  connected: [];
+  disconnected: [BrbError | null];
+}
+
+// Typed listeners for the gate's own events (declaration merging with the class below).
+export interface Gate {
+  on<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+  once<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+  off<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+}
+
 /**
  * A gate on one switch. Events: `change` (GateChange: the decision, the version or the ramp
  * changed), `connected`, `disconnected` (BrbError | null). `close()` ends everything it started.
