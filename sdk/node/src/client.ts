@@ -12,7 +12,7 @@ import http from "node:http";
 import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
-import { ApiError, BrbError, errorFromAnswer } from "./errors.js";
+import { ApiError, BrbError, duration, errorFromAnswer } from "./errors.js";
 import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs, type ResponseHead } from "./http1.js";
 import { SseParser, type SseEvent } from "./sse.js";
 import type { Target, TlsMaterial } from "./config.js";
@@ -162,7 +162,7 @@ export function request(
     };
     settle = fail;
     const timer = setTimeout(
-      () => fail(new BrbError("unreachable", `${target.base}: no answer within ${Math.round(timeoutMs / 1000)} s`)),
+      () => fail(new BrbError("unreachable", `${target.base}: no answer within ${duration(timeoutMs)}`)),
       timeoutMs,
     );
     const send = () => {

@@ -18,6 +18,11 @@ export class BrbError extends Error {
   }
 }
 
+/** A duration for a person: `300 ms`, `10 s`. */
+export function duration(ms: number): string {
+  return ms < 10_000 && ms % 1000 !== 0 ? `${Math.round(ms)} ms` : `${Math.round(ms / 1000)} s`;
+}
+
 /** The control plane answered with an error status. */
 export class ApiError extends BrbError {
   readonly status: number;

@@ -21,7 +21,7 @@
 
 import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
-import { ApiError, BrbError } from "./errors.js";
+import { ApiError, BrbError, duration } from "./errors.js";
 import { acquirePools, decodeJson, enc, EventStream, releasePools, request, type Pending, type Pools, type StreamHandler } from "./client.js";
 import { readTokenFile, resolveConfig, type GateOptions, type ResolvedConfig, type Target } from "./config.js";
 import { backoffMs, parseRamp, rampFraction, type ParsedRamp } from "./ramp.js";
@@ -196,6 +196,8 @@ export class Gate extends EventEmitter {
 
   #closed = false;
   #stream: EventStream | null = null;
+  /** The base URL of the current stream, for messages. */
+  #streamBase = "";
   #streamHeard = false;
   #streamDone: ((o: Outcome) => void) | null = null;
   #unknownLogged = false;
@@ -745,6 +747,7 @@ export class Gate extends EventEmitter {
       this.#streamHeard = false;
       this.#unknownLogged = false;
       this.#streamDone = resolve;
+      this.#streamBase = t.base;
       this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
       const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
       this.#stream = new EventStream(
@@ -929,16 +932,16 @@ export class Gate extends EventEmitter {
       if (!s.answered) {
         if (this.#deadlineTick !== 0 && now >= this.#deadlineTick) {
           s.destroy(
-            new BrbError("unreachable", `no answer to the event-stream request within ${Math.round(this.#cfg.answerTimeoutMs / 1000)} s`),
+            new BrbError("unreachable", `${this.#streamBase}: no answer to the event-stream request within ${duration(this.#cfg.answerTimeoutMs)}`),
           );
         }
       } else if (s.streaming && now - this.#lastByteTick > ticks(this.#cfg.idleTimeoutMs)) {
         s.destroy(
           this.#streamHeard
-            ? new BrbError("unreachable", `event stream silent for ${Math.round(this.#cfg.idleTimeoutMs / 1000)} s; reconnecting`)
+            ? new BrbError("unreachable", `${this.#streamBase}: event stream silent for ${duration(this.#cfg.idleTimeoutMs)}; reconnecting`)
             : new BrbError(
                 "protocol",
-                `event stream answered but sent nothing for ${Math.round(this.#cfg.idleTimeoutMs / 1000)} s (a buffering proxy?)`,
+                `${this.#streamBase}: event stream answered but sent nothing for ${duration(this.#cfg.idleTimeoutMs)} (a buffering proxy?)`,
               ),
         );
       }
@@ -973,8 +976,11 @@ export class Gate extends EventEmitter {
 function classify(e: unknown): Outcome {
   const err = e instanceof BrbError ? e : new BrbError("protocol", e instanceof Error ? e.message : String(e));
   if (err instanceof ApiError) {
-    if (err.status === 401 || err.status === 403) return { heard: false, kind: "auth", error: err };
-    if (err.status === 404) return { heard: false, kind: "not_found", error: err };
+    // The control plane's own refusals carry its error body; a 403 or 404 without one is a proxy
+    // in the way (refusing the stream's path), which long-poll may get around.
+    const ours = err.apiCode !== null;
+    if (err.status === 401 || (err.status === 403 && ours)) return { heard: false, kind: "auth", error: err };
+    if (err.status === 404 && ours) return { heard: false, kind: "not_found", error: err };
     if (err.status === 429) return { heard: false, kind: "rate_limited", retryAfterMs: err.retryAfterMs, error: err };
     return { heard: false, kind: "refused", error: err };
   }

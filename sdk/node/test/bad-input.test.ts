@@ -224,7 +224,7 @@ describe("bad input", () => {
     // Only a lone mute server: attempts stay bounded by the timeout and the backoff.
     const logs2 = new Logs();
     const g2 = gate({ urls: [mute.url], answerTimeoutMs: 300, logger: logs2 });
-    await until("the timeout line", () => logs2.has(/WARN .*no answer to the event-stream request within/), 5000);
+    await until("the timeout line", () => logs2.has(/WARN .*no answer to the event-stream request within 300 ms/), 5000);
     assert.equal(g2.isOpen(), false);
     assert.ok(mute.streams().length <= 4, `${mute.streams().length} tries`);
   });
@@ -258,12 +258,31 @@ describe("bad input", () => {
     assert.ok(logs.has(/longer than 1048576 bytes/), logs.text());
   });
 
+  test("a stream that a buffering proxy keeps mute: dropped after the idle timeout, then long-poll", async () => {
+    const logs = new Logs();
+    const s = await server((c) => {
+      if (c.head.startsWith("GET /api/v1/switches/workers/events")) {
+        c.socket.write(STREAM_HEAD); // and then nothing, ever
+        return;
+      }
+      const body = SWITCH("paused", 7);
+      c.socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+    });
+    const g = gate({ urls: [s.url], logger: logs, idleTimeoutMs: 500 });
+    await until("the state through long-poll", () => g.version === 7, 10_000);
+    assert.equal(s.streams().length, 3);
+    assert.ok(logs.has(/WARN .*answered but sent nothing for 500 ms \(a buffering proxy\?\)/), logs.text());
+    assert.ok(logs.has(/WARN .*falling back to long-poll/), logs.text());
+  });
+
   test("an event stream that a proxy refuses: long-poll takes over", async () => {
     const logs = new Logs();
     let polls = 0;
     const s = await server((c) => {
       if (c.head.startsWith("GET /api/v1/switches/workers/events")) {
-        c.socket.end("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: 11\r\n\r\n<h1>no</h1>");
+        // A proxy's refusals, not the control plane's (no API error body).
+        const status = ["502 Bad Gateway", "403 Forbidden", "404 Not Found"][s.streams().length % 3];
+        c.socket.end(`HTTP/1.1 ${status}\r\ncontent-type: text/html\r\ncontent-length: 11\r\n\r\n<h1>no</h1>`);
         return;
       }
       polls++;
