@@ -250,7 +250,7 @@ export class Gate extends EventEmitter {
     this.#slots = new Float64Array(this.#cfg.maxConcurrency);
     this.#urlIndex = Math.floor(Math.random() * this.#cfg.targets.length);
     this.#pools = acquirePools(this.#cfg.tls);
-    this.#nextReportTick = tickNo + ticks(this.#cfg.reportIntervalMs);
+    this.#nextReportTick = tickNo + this.#reportTicks();
     live.add(this);
     if (!sweeper) sweeper = setInterval(sweep, SWEEP_MS);
     this.#watching = this.#watch().catch((e: unknown) => {
@@ -862,6 +862,8 @@ export class Gate extends EventEmitter {
       track(p);
       try {
         const a = await p.answer;
+        // A report's or a sample's answer is only looked at for an error.
+        if (kind === "short" && a.status >= 200 && a.status < 300) return null;
         return decodeJson(t, a);
       } catch (e) {
         if (!(e instanceof BrbError) || e.code !== "unreachable" || this.#closed) throw e;
@@ -882,9 +884,17 @@ export class Gate extends EventEmitter {
     this.#sendReport();
   }
 
+  /**
+   * The heartbeat's interval in sweeps, between 80% and 100% of `reportIntervalMs`: gates started
+   * together (a fleet, a deploy) drift apart instead of reporting in the same instant forever.
+   */
+  #reportTicks(): number {
+    return ticks(this.#cfg.reportIntervalMs * (0.8 + 0.2 * Math.random()));
+  }
+
   #sendReport(): void {
     this.#reportDirty = false;
-    this.#nextReportTick = tickNo + ticks(this.#cfg.reportIntervalMs);
+    this.#nextReportTick = tickNo + this.#reportTicks();
     const body = {
       worker_id: this.#cfg.workerId,
       switch: this.#cfg.switch,

@@ -106,6 +106,30 @@ describe("gate against a real control plane", () => {
     await srv.setState("running");
   });
 
+  test("long-poll alone follows the switch, reports, and survives its connection being cut", async () => {
+    await srv.setState("running");
+    const fwd = await Forwarder.start(srv.port);
+    try {
+      const g = gate({ urls: [fwd.url], token: srv.token, workerId: "node-long-poll", transport: "long_poll", logger: null });
+      await g.ready({ timeoutMs: 5000 });
+      assert.equal(g.isOpen(), true);
+      const p = await srv.setState("paused");
+      await until("the pause through long-poll", () => g.version === p.version);
+      await until("the long-poll worker counted", async () => {
+        const me = (await srv.workers()).workers.find((x: any) => x.worker_id === "node-long-poll");
+        return me?.status === "paused" && me.observed_version === p.version;
+      });
+      await fwd.cut();
+      await until("the cut noticed", () => !g.connected);
+      const r = await srv.setState("running");
+      await fwd.heal();
+      await until("the resume after the cut", () => g.version === r.version && g.isOpen());
+      assert.ok(fwd.accepted >= 2);
+    } finally {
+      await fwd.stop();
+    }
+  });
+
   test("a ramp admits its fraction of the work by duty cycle", async () => {
     await srv.setState("paused");
     const g = gate({ urls: [srv.url], token: srv.token, workerId: "node-ramp", logger: null });
