@@ -39,10 +39,10 @@ test: test-deps
 	$(MAKE) -C firmware all test sim
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
+	cd sdk/node && npm ci --no-audit --no-fund && npm run build && npm test
 	scripts/schemathesis.sh
 	$(CARGO) test --workspace --all-targets --locked
 	cd ui && node --test tests/console.e2e.mjs
-	cd sdk/node && npm ci --no-audit --no-fund && npm run build && npm test
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
 
