@@ -59,8 +59,8 @@ const FLAT_ATTEMPTS = 2;
 const SSE_FAILURES_BEFORE_FALLBACK = 3;
 /** The long-poll's `wait` (the server caps it at `max_long_poll_secs`, 60 by default). */
 const LONG_POLL_WAIT_S = 25;
-/** After a refused token or a missing switch: retry no sooner than half of this, no later than all of it. */
-const REFUSED_RETRY_MS = 60_000;
+/** After a refused token or a missing switch, the retry interval's bound is at least this. */
+const REFUSED_RETRY_MIN_MS = 5000;
 /** The same problem is logged at its level once per this period, at debug level in between. */
 const RELOG_MS = 60_000;
 const SWEEP_MS = 250;
@@ -659,8 +659,9 @@ export class Gate extends EventEmitter {
       attempt = r.heard ? 0 : attempt + 1;
       let delay = backoffMs(cfg.backoffBaseMs, cfg.backoffCapMs, Math.max(0, attempt - FLAT_ATTEMPTS));
       if (r.kind === "auth" || r.kind === "not_found") {
-        // Retrying soon would not change the answer: a long interval, still spread.
-        const long = Math.max(cfg.backoffCapMs, REFUSED_RETRY_MS);
+        // Retrying soon would not change the answer: the longest interval at once (half to all
+        // of the cap, never less than a few seconds), still spread, never a storm.
+        const long = Math.max(cfg.backoffCapMs, REFUSED_RETRY_MIN_MS);
         delay = long / 2 + (Math.random() * long) / 2;
       } else if (r.kind === "rate_limited") {
         const ra = Math.min(r.retryAfterMs ?? 0, 3_600_000);
