@@ -219,6 +219,9 @@ const truthy = (v: string | undefined): boolean => v !== undefined && /^(1|true|
 
 const loggers = new Map<LogLevel, Logger>();
 
+/** What the stderr logger does below its level (gates skip formatting such lines). */
+export const NOOP_LOG = (_message: string): void => {};
+
 /** Log lines on stderr from `level` up (one logger per level, shared by every gate). */
 export function stderrLogger(level: LogLevel): Logger | null {
   if (level === "silent") return null;
@@ -230,7 +233,7 @@ export function stderrLogger(level: LogLevel): Logger | null {
       ? (m: string) => {
           process.stderr.write(`${new Date().toISOString()} ${lvl.toUpperCase()} brb-gate: ${m}\n`);
         }
-      : () => {};
+      : NOOP_LOG;
   const l = { debug: line("debug"), info: line("info"), warn: line("warn"), error: line("error") };
   loggers.set(level, l);
   return l;

@@ -23,7 +23,7 @@ import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
 import { ApiError, BrbError, duration } from "./errors.js";
 import { acquirePools, decodeJson, enc, EventStream, releasePools, request, type Pending, type Pools, type StreamHandler } from "./client.js";
-import { readTokenFile, resolveConfig, type GateOptions, type ResolvedConfig, type Target } from "./config.js";
+import { NOOP_LOG, readTokenFile, resolveConfig, type GateOptions, type ResolvedConfig, type Target } from "./config.js";
 import { backoffMs, parseRamp, rampFraction, type ParsedRamp } from "./ramp.js";
 import type { SseEvent } from "./sse.js";
 
@@ -515,7 +515,7 @@ export class Gate extends EventEmitter {
     }
     const version = sw.version as number;
     if (version < this.#version && this.#known !== KNOWN_NONE && !this.#trustNext) {
-      this.#log("debug", `ignoring version ${version}, older than ${this.#version} (a lagging replica)`);
+      if (this.#logs("debug")) this.#log("debug", `ignoring version ${version}, older than ${this.#version} (a lagging replica)`);
       return;
     }
     this.#trustNext = false;
@@ -532,8 +532,8 @@ export class Gate extends EventEmitter {
     this.#lastContactMs = Date.now();
     const flipped = this.#recompute();
     if (prev === KNOWN_NONE) {
-      this.#log("debug", `learned the state: ${sw.state} (version ${version})`);
-    } else if (prev !== k) {
+      if (this.#logs("debug")) this.#log("debug", `learned the state: ${sw.state} (version ${version})`);
+    } else if (prev !== k && this.#logs("info")) {
       this.#log(
         "info",
         `observed a change: ${sw.state} (version ${version}, by ${this.#changedBy ?? "?"} via ${this.#source ?? "?"})`,
@@ -971,6 +971,12 @@ export class Gate extends EventEmitter {
       this.#nextSampleTick = now + SAMPLE_TICKS;
       if (this.#processed !== this.#sampledProcessed && !this.#sample) this.#sendSample();
     }
+  }
+
+  /** Whether a line at `level` goes anywhere (a line per delivery is not formatted for nothing). */
+  #logs(level: "debug" | "info" | "warn" | "error"): boolean {
+    const l = this.#cfg.logger;
+    return l !== null && l[level] !== NOOP_LOG;
   }
 
   #log(level: "debug" | "info" | "warn" | "error", message: string): void {

@@ -67,7 +67,12 @@ const enum ChunkState {
 export class ChunkedDecoder {
   #state = ChunkState.Size;
   #left = 0;
-  #line = "";
+  /** The chunk-size line so far: its value, its length, and whether the size's digits ended. */
+  #size = 0;
+  #lineLen = 0;
+  #digits = 0;
+  #sizeEnded = false;
+  #trailerEmpty = true;
 
   get done(): boolean {
     return this.#state === ChunkState.Done;
@@ -77,26 +82,50 @@ export class ChunkedDecoder {
     let i = start;
     while (i < end) {
       switch (this.#state) {
-        case ChunkState.Size:
-        case ChunkState.Trailer: {
-          let j = i;
-          while (j < end && buf[j] !== 0x0a) j++;
-          this.#line += Buffer.from(buf.buffer, buf.byteOffset + i, j - i).toString("latin1");
-          if (this.#line.length > MAX_SIZE_LINE) throw new HttpProtocolError("chunk-size line too long");
-          if (j === end) return;
-          i = j + 1;
-          const line = this.#line.endsWith("\r") ? this.#line.slice(0, -1) : this.#line;
-          this.#line = "";
-          if (this.#state === ChunkState.Trailer) {
-            if (line === "") this.#state = ChunkState.Done;
-            continue;
+        case ChunkState.Size: {
+          // Read on the bytes (no string per chunk): hex digits, then `;extensions` or spaces,
+          // then CRLF (a lone LF is tolerated).
+          for (; i < end; i++) {
+            const b = buf[i]!;
+            if (++this.#lineLen > MAX_SIZE_LINE) throw new HttpProtocolError("chunk-size line too long");
+            if (b === 0x0a) break;
+            if (this.#sizeEnded || b === 0x0d) {
+              this.#sizeEnded = true;
+              continue;
+            }
+            const d = hexDigit(b);
+            if (d < 0) {
+              if (b === 0x3b || b === 0x20 || b === 0x09) {
+                this.#sizeEnded = true;
+                continue;
+              }
+              throw new HttpProtocolError(`bad chunk size (byte 0x${b.toString(16)})`);
+            }
+            if (++this.#digits > 8) throw new HttpProtocolError("chunk size too large");
+            this.#size = this.#size * 16 + d;
           }
-          const hex = (line.split(";", 1)[0] ?? "").trim();
-          if (!/^[0-9a-fA-F]{1,8}$/.test(hex)) {
-            throw new HttpProtocolError(`bad chunk size ${JSON.stringify(line.slice(0, 40))}`);
-          }
-          this.#left = parseInt(hex, 16);
+          if (i === end) return;
+          i++; // the LF
+          if (this.#digits === 0) throw new HttpProtocolError("bad chunk size (no digits)");
+          this.#left = this.#size;
+          this.#size = 0;
+          this.#lineLen = 0;
+          this.#digits = 0;
+          this.#sizeEnded = false;
           this.#state = this.#left === 0 ? ChunkState.Trailer : ChunkState.Data;
+          break;
+        }
+        case ChunkState.Trailer: {
+          // Trailer lines until an empty one.
+          const b = buf[i++]!;
+          if (++this.#lineLen > MAX_SIZE_LINE) throw new HttpProtocolError("trailer line too long");
+          if (b === 0x0a) {
+            if (this.#trailerEmpty) this.#state = ChunkState.Done;
+            this.#trailerEmpty = true;
+            this.#lineLen = 0;
+          } else if (b !== 0x0d) {
+            this.#trailerEmpty = false;
+          }
           break;
         }
         case ChunkState.Data: {
@@ -110,11 +139,11 @@ export class ChunkedDecoder {
         case ChunkState.DataEnd: {
           // CRLF after the payload (a lone LF is tolerated).
           const b = buf[i]!;
-          if (b === 0x0d && this.#line === "") {
-            this.#line = "\r";
+          if (b === 0x0d && this.#lineLen === 0) {
+            this.#lineLen = 1;
             i++;
           } else if (b === 0x0a) {
-            this.#line = "";
+            this.#lineLen = 0;
             this.#state = ChunkState.Size;
             i++;
           } else {
@@ -127,6 +156,13 @@ export class ChunkedDecoder {
       }
     }
   }
+}
+
+function hexDigit(b: number): number {
+  if (b >= 0x30 && b <= 0x39) return b - 0x30;
+  if (b >= 0x61 && b <= 0x66) return b - 0x61 + 10;
+  if (b >= 0x41 && b <= 0x46) return b - 0x41 + 10;
+  return -1;
 }
 
 /** `Retry-After` in milliseconds: seconds or an HTTP date; null when absent or unreadable. */

@@ -28,6 +28,35 @@ const CR = 0x0d;
 const COLON = 0x3a;
 const SPACE = 0x20;
 
+const enum Field {
+  Event,
+  Data,
+  Id,
+  Retry,
+  Other,
+}
+
+const is = (b: Uint8Array, s: number, e: number, name: string): boolean => {
+  if (e - s !== name.length) return false;
+  for (let i = 0; i < name.length; i++) if (b[s + i] !== name.charCodeAt(i)) return false;
+  return true;
+};
+
+function fieldOf(b: Uint8Array, s: number, e: number): Field {
+  if (is(b, s, e, "data")) return Field.Data;
+  if (is(b, s, e, "event")) return Field.Event;
+  if (is(b, s, e, "id")) return Field.Id;
+  if (is(b, s, e, "retry")) return Field.Retry;
+  return Field.Other;
+}
+
+/** UTF-8 text of `b[s, e)` (invalid sequences replaced), without a Buffer view when `b` is one. */
+function utf8(b: Uint8Array, s: number, e: number): string {
+  if (s === e) return "";
+  if (Buffer.isBuffer(b)) return b.toString("utf8", s, e);
+  return Buffer.from(b.buffer, b.byteOffset + s, e - s).toString("utf8");
+}
+
 export class SseParser {
   /** Bytes of the line not yet ended (null when none: the common case costs nothing). */
   #partial: Buffer | null = null;
@@ -119,26 +148,27 @@ export class SseParser {
     if (line[s] === COLON) return; // a comment: the keep-alive
     let colon = s;
     while (colon < e && line[colon] !== COLON) colon++;
-    const field = Buffer.from(line.buffer, line.byteOffset + s, colon - s).toString("latin1");
+    // The field's name is matched on its bytes: no string is made for it, on every line of every
+    // event of every gate.
+    const field = fieldOf(line, s, colon);
+    if (field === Field.Other) return; // unknown fields are ignored, per the spec
     let vs = colon < e ? colon + 1 : e;
     if (vs < e && line[vs] === SPACE) vs++;
-    const value = Buffer.from(line.buffer, line.byteOffset + vs, e - vs).toString("utf8");
+    const value = utf8(line, vs, e);
     switch (field) {
-      case "event":
-        this.#event = value;
+      case Field.Event:
+        this.#event = value === "switch" ? "switch" : value;
         break;
-      case "data":
+      case Field.Data:
         this.#data = this.#hasData ? this.#data + "\n" + value : value;
         this.#hasData = true;
         break;
-      case "id":
+      case Field.Id:
         if (!value.includes("\0")) this.#lastId = value;
         break;
-      case "retry":
+      case Field.Retry:
         if (/^\d+$/.test(value)) this.retryMs = Number(value);
         break;
-      default:
-        break; // unknown fields are ignored, per the spec
     }
   }
 
