@@ -13,8 +13,8 @@ import https from "node:https";
 import net from "node:net";
 import tls from "node:tls";
 import { ApiError, BrbError, duration, errorFromAnswer } from "./errors.js";
-import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs, type ResponseHead } from "./http1.js";
-import { SseParser, type SseEvent } from "./sse.js";
+import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs, type ChunkSink, type ResponseHead } from "./http1.js";
+import { SseParser, type SseEvent, type SseSink } from "./sse.js";
 import type { Target, TlsMaterial } from "./config.js";
 
 export const USER_AGENT = "brb-node/0.1.0";
@@ -261,7 +261,7 @@ const SHARED_READ = Buffer.allocUnsafe(64 * 1024);
  * An event stream on a socket of its own: writes the GET, reads the head, then feeds the body
  * (chunked or until close) to the SSE parser. Deadlines are the owner's: it calls `destroy`.
  */
-export class EventStream {
+export class EventStream implements ChunkSink, SseSink {
   readonly #handler: StreamHandler;
   readonly #target: Target;
   #socket: net.Socket;
@@ -427,7 +427,7 @@ export class EventStream {
       end = start + n;
     }
     if (this.#chunked) {
-      this.#chunked.feed(b, start, end, (d, s, e) => this.#payload(d, s, e));
+      this.#chunked.feed(b, start, end, this);
       if (this.#chunked.done) this.#eof();
     } else {
       this.#payload(b, start, end);
@@ -438,15 +438,23 @@ export class EventStream {
   #payload(b: Uint8Array, start: number, end: number): void {
     if (this.#phase === Phase.Stream) {
       if (end > start) this.#handler.onStreamBytes();
-      this.#sse!.feed(b, start, end, (ev) => {
-        if (this.#phase === Phase.Stream) this.#handler.onStreamEvent(ev);
-      });
+      this.#sse!.feed(b, start, end, this);
     } else if (this.#phase === Phase.ErrorBody) {
       const have = this.#buf!.length;
       if (have < MAX_ERROR_BODY) {
         this.#buf = Buffer.concat([this.#buf!, Buffer.from(b.subarray(start, Math.min(end, start + MAX_ERROR_BODY - have)))]);
       }
     }
+  }
+
+  /** @internal The chunked decoder's payload. */
+  onChunkData(b: Uint8Array, s: number, e: number): void {
+    this.#payload(b, s, e);
+  }
+
+  /** @internal The SSE parser's events. */
+  onSseEvent(ev: SseEvent): void {
+    if (this.#phase === Phase.Stream) this.#handler.onStreamEvent(ev);
   }
 
   /** The connection (or the body) ended. */

@@ -187,7 +187,7 @@ export class Gate extends EventEmitter {
   #inFlight = 0;
   #processed = 0;
   /** When each job slot is free again (performance.now ms; Infinity while a job holds it). */
-  readonly #slots: Float64Array;
+  readonly #slots: number[];
   #waiters: Array<() => void> | null = null;
 
   #connects = 0;
@@ -247,7 +247,8 @@ export class Gate extends EventEmitter {
     super();
     this.#cfg = resolveConfig(options);
     this.#token = this.#cfg.token;
-    this.#slots = new Float64Array(this.#cfg.maxConcurrency);
+    // A plain array: smaller than a typed array (and its buffer) for the usual one or few slots.
+    this.#slots = new Array<number>(this.#cfg.maxConcurrency).fill(0);
     this.#urlIndex = Math.floor(Math.random() * this.#cfg.targets.length);
     this.#pools = acquirePools(this.#cfg.tls);
     this.#nextReportTick = tickNo + this.#reportTicks();

@@ -60,10 +60,13 @@ const enum ChunkState {
   Done,
 }
 
-/**
- * Decodes a `Transfer-Encoding: chunked` body incrementally. `feed` calls `onData` with each
- * piece of payload (a view into the caller's buffer, valid during the call only).
- */
+/** Receives a chunked body's payload (an object, so feeding allocates no callback). */
+export interface ChunkSink {
+  /** A piece of payload: `b[s, e)`, the caller's buffer, valid during the call only. */
+  onChunkData(b: Uint8Array, s: number, e: number): void;
+}
+
+/** Decodes a `Transfer-Encoding: chunked` body incrementally, handing the payload to a sink. */
 export class ChunkedDecoder {
   #state = ChunkState.Size;
   #left = 0;
@@ -78,7 +81,7 @@ export class ChunkedDecoder {
     return this.#state === ChunkState.Done;
   }
 
-  feed(buf: Uint8Array, start: number, end: number, onData: (b: Uint8Array, s: number, e: number) => void): void {
+  feed(buf: Uint8Array, start: number, end: number, sink: ChunkSink): void {
     let i = start;
     while (i < end) {
       switch (this.#state) {
@@ -130,7 +133,7 @@ export class ChunkedDecoder {
         }
         case ChunkState.Data: {
           const n = Math.min(this.#left, end - i);
-          onData(buf, i, i + n);
+          sink.onChunkData(buf, i, i + n);
           this.#left -= n;
           i += n;
           if (this.#left === 0) this.#state = ChunkState.DataEnd;

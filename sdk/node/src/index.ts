@@ -4,4 +4,4 @@ export { Gate, Permit, type GateChange, type GateEvents, type SwitchState, type 
 export { ApiError, BrbError, type BrbErrorCode } from "./errors.js";
 export { defaultWorkerId, type FailPolicy, type GateOptions, type LogLevel, type Logger, type Transport } from "./config.js";
 export { backoffMs, rampFraction, parseRamp, type ParsedRamp, type Ramp } from "./ramp.js";
-export { SseParser, type SseEvent } from "./sse.js";
+export { SseParser, type SseEvent, type SseSink } from "./sse.js";

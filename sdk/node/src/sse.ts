@@ -16,6 +16,11 @@ export interface SseEvent {
   data: string;
 }
 
+/** Receives the events a parser completes (an object, so feeding allocates no callback). */
+export interface SseSink {
+  onSseEvent(ev: SseEvent): void;
+}
+
 export class SseLineTooLong extends Error {
   constructor() {
     super(`event-stream line longer than ${MAX_LINE} bytes`);
@@ -75,10 +80,10 @@ export class SseParser {
   }
 
   /**
-   * Feeds `buf[start, end)`; calls `onEvent` for each event completed. Throws SseLineTooLong
+   * Feeds `buf[start, end)`; calls `sink.onSseEvent` for each event completed. Throws SseLineTooLong
    * (and drops the line) when a line grows past MAX_LINE.
    */
-  feed(buf: Uint8Array, start: number, end: number, onEvent: (ev: SseEvent) => void): void {
+  feed(buf: Uint8Array, start: number, end: number, sink: SseSink): void {
     let i = start;
     if (this.#afterCr) {
       this.#afterCr = false;
@@ -91,7 +96,7 @@ export class SseParser {
         this.#keep(buf, i, end);
         return;
       }
-      this.#line(buf, i, j, onEvent);
+      this.#line(buf, i, j, sink);
       if (buf[j] === CR) {
         if (j + 1 < end) {
           if (buf[j + 1] === LF) j++;
@@ -123,7 +128,7 @@ export class SseParser {
     this.#partial = this.#partial ? Buffer.concat([this.#partial, piece]) : piece;
   }
 
-  #line(buf: Uint8Array, from: number, to: number, onEvent: (ev: SseEvent) => void): void {
+  #line(buf: Uint8Array, from: number, to: number, sink: SseSink): void {
     let line: Uint8Array;
     let s: number;
     let e: number;
@@ -142,7 +147,7 @@ export class SseParser {
       e = to;
     }
     if (s === e) {
-      this.#dispatch(onEvent);
+      this.#dispatch(sink);
       return;
     }
     if (line[s] === COLON) return; // a comment: the keep-alive
@@ -172,7 +177,7 @@ export class SseParser {
     }
   }
 
-  #dispatch(onEvent: (ev: SseEvent) => void): void {
+  #dispatch(sink: SseSink): void {
     if (!this.#hasData) {
       // An event with no data is not dispatched (the spec), but its type does not carry over.
       this.#event = "";
@@ -182,6 +187,6 @@ export class SseParser {
     this.#event = "";
     this.#data = "";
     this.#hasData = false;
-    onEvent(ev);
+    sink.onSseEvent(ev);
   }
 }

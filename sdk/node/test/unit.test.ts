@@ -19,7 +19,7 @@ const STREAM =
 function parseAll(chunks: Uint8Array[]): SseEvent[] {
   const p = new SseParser();
   const out: SseEvent[] = [];
-  for (const c of chunks) p.feed(c, 0, c.length, (e) => out.push(e));
+  for (const c of chunks) p.feed(c, 0, c.length, { onSseEvent: (e) => out.push(e) });
   return out;
 }
 
@@ -48,8 +48,9 @@ describe("SSE parser", () => {
   test("a line longer than 1 MiB is an error, not a buffer without bound", () => {
     const p = new SseParser();
     const big = Buffer.alloc(600_000, 0x61);
-    p.feed(big, 0, big.length, () => {});
-    assert.throws(() => p.feed(big, 0, big.length, () => {}), SseLineTooLong);
+    const none = { onSseEvent: () => {} };
+    p.feed(big, 0, big.length, none);
+    assert.throws(() => p.feed(big, 0, big.length, none), SseLineTooLong);
   });
 });
 
@@ -71,7 +72,8 @@ describe("HTTP/1.1 codec", () => {
     const decode = (parts: Buffer[]) => {
       const d = new ChunkedDecoder();
       let out = "";
-      for (const p of parts) d.feed(p, 0, p.length, (b, s, e) => (out += Buffer.from(b.subarray(s, e)).toString()));
+      const sink = { onChunkData: (b: Uint8Array, s: number, e: number) => (out += Buffer.from(b.subarray(s, e)).toString()) };
+      for (const p of parts) d.feed(p, 0, p.length, sink);
       return [out, d.done];
     };
     assert.deepEqual(decode([body]), ["hello world!", true]);
