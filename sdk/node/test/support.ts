@@ -32,6 +32,8 @@ export interface ServerOptions {
   env?: Record<string, string>;
   /** For the test's own admin calls to a TLS server: its CA, and a client identity. */
   tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
+  /** Whether `stop` removes `dataDir` (default: when the server made it). */
+  ownsDir?: boolean;
 }
 
 export class BrbServer {
@@ -58,7 +60,7 @@ export class BrbServer {
 
   /** Starts `brb server` and waits for its "listening on" line. */
   static async start(o: ServerOptions = {}): Promise<BrbServer> {
-    const ownsDir = o.dataDir === undefined;
+    const ownsDir = o.ownsDir ?? o.dataDir === undefined;
     const dataDir = o.dataDir ?? mkdtempSync(join(tmpdir(), "brb-node-sdk-"));
     const scheme = o.args?.includes("--tls-cert") ? "https" : "http";
     const child = spawn(brbBin(), ["server", "--listen", `127.0.0.1:${o.port ?? 0}`, "--data-dir", dataDir, ...(o.args ?? [])], {
@@ -101,7 +103,8 @@ export class BrbServer {
 
   /** Starts another server on the same port and data dir (after `kill`). */
   restart(o: ServerOptions = {}): Promise<BrbServer> {
-    return BrbServer.start({ tls: this.#tls, ...o, port: this.port, dataDir: this.dataDir });
+    // The restarted server removes the data dir in its turn, when this one would have.
+    return BrbServer.start({ tls: this.#tls, ...o, port: this.port, dataDir: this.dataDir, ownsDir: this.#ownsDir });
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {

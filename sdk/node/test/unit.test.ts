@@ -1,11 +1,11 @@
 // The I/O-free parts: SSE parser, HTTP/1.1 codec, ramp, backoff, option checks.
 
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { inspect } from "node:util";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs } from "../src/http1.js";
 import { SseLineTooLong, SseParser, type SseEvent } from "../src/sse.js";
 import { backoffMs, BrbError, Gate, parseRamp, rampFraction } from "../src/index.js";
@@ -136,6 +136,7 @@ describe("options", () => {
   const dir = mkdtempSync(join(tmpdir(), "brb-node-opts-"));
   const tokenFile = join(dir, "token");
   writeFileSync(tokenFile, "brb_file_token\n");
+  after(() => rmSync(dir, { recursive: true, force: true }));
   const cfg = (o: Parameters<typeof resolveConfig>[0]) => resolveConfig({ logger: null, ...o });
   const refused = (o: Parameters<typeof resolveConfig>[0], re: RegExp) =>
     assert.throws(() => cfg(o), (e: unknown) => e instanceof BrbError && e.code === "config" && re.test(e.message));
