@@ -41,6 +41,7 @@ test: test-deps
 	$(CARGO) build -p brb -p brb-client -p brb-desktop-app --bins --examples --locked
 	cd sdk/ruby && BRB_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/brb rake test
 	cd sdk/go && export BRB_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/brb GOCACHE=$(CURDIR)/target/go/cache GOPATH=$(CURDIR)/target/go/path GOFLAGS=-mod=mod GOPROXY=off && test -z "$$(gofmt -l . ../../examples/go)" && go vet ./... && (cd ../../examples/go && go vet ./...) && go test -count=1 ./...
+	cd sdk/node && npm ci --no-audit --no-fund && npm run build && npm test
 	scripts/schemathesis.sh
 	$(CARGO) test --workspace --all-targets --locked
 	cd ui && node --test tests/console.e2e.mjs

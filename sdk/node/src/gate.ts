@@ -1,0 +1,1021 @@
+// The worker gate: what a background worker checks before taking a job.
+//
+// A Gate follows one switch. It holds an event stream open (SSE, or long-poll when SSE cannot be
+// held) and keeps what it learns in plain fields, so `isOpen()` is a field read with no I/O and
+// can be called before every job. `acquire()` / `job()` are the fuller form: they wait until the
+// switch lets work through, count the job as in flight until it ends (so the gate reports
+// `draining` while jobs started before a pause finish), and apply a release ramp by duty cycle:
+// at an admitted fraction f each job slot rests `duration × (1 − f) / f` after a job, so the
+// worker does f of its normal work whatever its job length, with no coordination beyond the
+// switch state every gate already has.
+//
+// When the control plane cannot be reached the gate keeps the last known state
+// (`keep_last_known`, the default: a pause is never silently undone by a network problem), or
+// fails open or closed after a grace period. Reconnects use exponential backoff with full
+// jitter, the first few within one base period, so a fleet is back about a second after a
+// control-plane restart without all reconnecting in the same millisecond.
+//
+// Per-gate cost is kept small because a process may hold a thousand gates: one socket for the
+// stream, no timer of its own at rest (one sweeper for every gate of the process checks
+// deadlines, heartbeats and grace periods), and request pools shared between gates.
+
+import { EventEmitter } from "node:events";
+import { performance } from "node:perf_hooks";
+import { ApiError, BrbError, duration } from "./errors.js";
+import { acquirePools, decodeJson, enc, EventStream, releasePools, request, type Pending, type Pools, type StreamHandler } from "./client.js";
+import { NOOP_LOG, readTokenFile, resolveConfig, type GateOptions, type ResolvedConfig, type Target } from "./config.js";
+import { backoffMs, parseRamp, rampFraction, type ParsedRamp } from "./ramp.js";
+import type { SseEvent } from "./sse.js";
+
+export type SwitchState = "running" | "paused";
+export type WorkerStatus = "running" | "draining" | "paused";
+
+/** What a `change` event carries. */
+export interface GateChange {
+  /** What `isOpen()` answers from now on. */
+  open: boolean;
+  /** The state the control plane last confirmed (null before first contact). */
+  state: SwitchState | null;
+  version: number;
+  admittedFraction: number;
+  changedBy: string | null;
+  source: string | null;
+  /** Why `open` is what it is: the switch, or the fail policy while the control plane is unreachable. */
+  cause: "switch" | "policy";
+}
+
+export interface WaitOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+const KNOWN_NONE = 0;
+const KNOWN_RUNNING = 1;
+const KNOWN_PAUSED = 2;
+
+/** Failed reconnects retried within `backoffBaseMs` before the bound starts doubling. */
+const FLAT_ATTEMPTS = 2;
+/** Consecutive SSE failures before `auto` falls back to long-poll. */
+const SSE_FAILURES_BEFORE_FALLBACK = 3;
+/** The long-poll's `wait` (the server caps it at `max_long_poll_secs`, 60 by default). */
+const LONG_POLL_WAIT_S = 25;
+/** After a refused token or a missing switch, the retry interval's bound is at least this. */
+const REFUSED_RETRY_MIN_MS = 5000;
+/** The same problem is logged at its level once per this period, at debug level in between. */
+const RELOG_MS = 60_000;
+const SWEEP_MS = 250;
+const SAMPLE_TICKS = 4; // a second
+
+/** Milliseconds as whole sweeper ticks (at least one). */
+const ticks = (ms: number): number => Math.max(1, Math.ceil(ms / SWEEP_MS));
+
+/** Every gate of the process that is not closed, ticked by one sweeper. */
+const live = new Set<Gate>();
+let sweeper: NodeJS.Timeout | null = null;
+// Deadlines at rest are counted in sweeps, not Unix ms: a small integer is stored and compared
+// without allocating, where a Date.now() value is a heap number (a thousand gates ticking four
+// times a second would otherwise make garbage while nothing happens).
+let tickNo = 0;
+let tickGate: (g: Gate, now: number) => void;
+let releasePermit: (g: Gate, slot: number, started: number, abandoned: boolean) => void;
+let streamOpen: (g: Gate) => void;
+let streamBytes: (g: Gate) => void;
+let streamEvent: (g: Gate, ev: SseEvent) => void;
+let streamEnd: (g: Gate, err: BrbError | null) => void;
+
+function sweep(): void {
+  tickNo++;
+  for (const g of live) tickGate(g, tickNo);
+}
+
+/** Forwards one stream's callbacks to its gate (the gate's own methods stay private). */
+class Handler implements StreamHandler {
+  readonly #gate: Gate;
+  constructor(gate: Gate) {
+    this.#gate = gate;
+  }
+  onStreamOpen(): void {
+    streamOpen(this.#gate);
+  }
+  onStreamBytes(): void {
+    streamBytes(this.#gate);
+  }
+  onStreamEvent(ev: SseEvent): void {
+    streamEvent(this.#gate, ev);
+  }
+  onStreamEnd(err: BrbError | null): void {
+    streamEnd(this.#gate, err);
+  }
+}
+
+/** How one connection attempt ended. */
+interface Outcome {
+  /** The control plane was heard on it (so the next reconnect starts quick). */
+  heard: boolean;
+  kind: "ok" | "unreachable" | "refused" | "auth" | "not_found" | "rate_limited" | "closed";
+  retryAfterMs?: number | null;
+  error?: BrbError | null;
+}
+
+const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
+/** A job in flight. `release()` ends it; `abandon()` gives the slot back without counting a job. */
+export class Permit {
+  readonly #gate: Gate;
+  readonly #slot: number;
+  readonly #started: number;
+  #done = false;
+
+  /** @internal */
+  constructor(gate: Gate, slot: number, started: number) {
+    this.#gate = gate;
+    this.#slot = slot;
+    this.#started = started;
+  }
+
+  /** The job is done: counted, reported, and the slot rests as the ramp says. Idempotent. */
+  release(): void {
+    if (this.#done) return;
+    this.#done = true;
+    releasePermit(this.#gate, this.#slot, this.#started, false);
+  }
+
+  /** The worker found nothing to do: the slot is free at once and no job is counted. Idempotent. */
+  abandon(): void {
+    if (this.#done) return;
+    this.#done = true;
+    releasePermit(this.#gate, this.#slot, this.#started, true);
+  }
+}
+
+/** The events a Gate emits, with their arguments. */
+export interface GateEvents {
+  change: [GateChange];
+  connected: [];
+  disconnected: [BrbError | null];
+}
+
+// Typed listeners for the gate's own events (declaration merging with the class below).
+export interface Gate {
+  on<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+  once<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+  off<K extends keyof GateEvents>(event: K, listener: (...args: GateEvents[K]) => void): this;
+}
+
+/**
+ * A gate on one switch. Events: `change` (GateChange: the decision, the version or the ramp
+ * changed), `connected`, `disconnected` (BrbError | null). `close()` ends everything it started.
+ */
+export class Gate extends EventEmitter {
+  readonly #cfg: ResolvedConfig;
+  #token: string | null;
+  readonly #pools: Pools;
+  #urlIndex: number;
+
+  #open = false;
+  #known = KNOWN_NONE;
+  #version = 0;
+  #ramp: ParsedRamp | null = null;
+  #changedBy: string | null = null;
+  #source: string | null = null;
+  #connected = false;
+  #lastContactMs = 0;
+  #lostAtMs = 0;
+  /** After a `resync` event the next state is current, even if older than ours (a restored server). */
+  #trustNext = false;
+
+  #inFlight = 0;
+  #processed = 0;
+  /** When each job slot is free again (performance.now ms; Infinity while a job holds it). */
+  readonly #slots: number[];
+  #waiters: Array<() => void> | null = null;
+
+  #connects = 0;
+  #connectTimes: number[] = [];
+  #lastChangeUs = 0;
+
+  #closed = false;
+  #stream: EventStream | null = null;
+  /** The base URL of the current stream, for messages. */
+  #streamBase = "";
+  #streamHeard = false;
+  #streamDone: ((o: Outcome) => void) | null = null;
+  #unknownLogged = false;
+  /** The sweep by which the stream must have answered (0: none). */
+  #deadlineTick = 0;
+  /** The sweep during which the stream last sent bytes. */
+  #lastByteTick = 0;
+  #poll: Pending | null = null;
+  #sleepTimer: NodeJS.Timeout | null = null;
+  #sleepDone: (() => void) | null = null;
+  readonly #watching: Promise<void>;
+
+  #report: Pending | null = null;
+  #reportDirty = false;
+  #nextReportTick = 0;
+  #holdReportsUntilTick = 0;
+  #sample: Pending | null = null;
+  #sampledProcessed = 0;
+  #nextSampleTick = 0;
+
+  #lastError: BrbError | null = null;
+  #lastLogged = "";
+  #lastLoggedAt = 0;
+
+  static {
+    tickGate = (g, now) => g.#tick(now);
+    releasePermit = (g, slot, started, abandoned) => g.#release(slot, started, abandoned);
+    streamOpen = (g) => g.#onStreamOpen();
+    streamBytes = (g) => {
+      if (g.#lastByteTick !== tickNo) {
+        // Once per sweep at most: the clock is read (and a number allocated) only then.
+        g.#lastByteTick = tickNo;
+        g.#lastContactMs = Date.now();
+      }
+      if (!g.#streamHeard) {
+        g.#streamHeard = true;
+        g.#lastContactMs = Date.now();
+        g.#setConnected(true);
+      }
+    };
+    streamEvent = (g, ev) => g.#onEvent(ev);
+    streamEnd = (g, err) => g.#onStreamEnd(err);
+  }
+
+  /** Starts following the switch at once. Throws BrbError `config` for a setting it refuses. */
+  constructor(options: GateOptions = {}) {
+    super();
+    this.#cfg = resolveConfig(options);
+    this.#token = this.#cfg.token;
+    // A plain array: smaller than a typed array (and its buffer) for the usual one or few slots.
+    this.#slots = new Array<number>(this.#cfg.maxConcurrency).fill(0);
+    this.#urlIndex = Math.floor(Math.random() * this.#cfg.targets.length);
+    this.#pools = acquirePools(this.#cfg.tls);
+    this.#nextReportTick = tickNo + this.#reportTicks();
+    live.add(this);
+    if (!sweeper) sweeper = setInterval(sweep, SWEEP_MS);
+    this.#watching = this.#watch().catch((e: unknown) => {
+      this.#log("error", `the gate's watch loop failed: ${e instanceof Error ? e.message : String(e)}`);
+    });
+  }
+
+  /** Whether the switch lets work through now. No I/O: call it before every job. */
+  isOpen(): boolean {
+    return this.#open;
+  }
+
+  /** The switch version this gate acts on (0 before first contact). */
+  get version(): number {
+    return this.#version;
+  }
+
+  /** The state the control plane last confirmed, null before first contact. */
+  get state(): SwitchState | null {
+    return this.#known === KNOWN_RUNNING ? "running" : this.#known === KNOWN_PAUSED ? "paused" : null;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  get switchName(): string {
+    return this.#cfg.switch;
+  }
+
+  get workerId(): string {
+    return this.#cfg.workerId;
+  }
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  get processed(): number {
+    return this.#processed;
+  }
+
+  /** How many times the stream has connected. */
+  get connects(): number {
+    return this.#connects;
+  }
+
+  /** When the stream connected, each time (Unix ms; the last 1,000). */
+  get connectTimes(): number[] {
+    return this.#connectTimes.slice();
+  }
+
+  /** The last version applied and the Unix microsecond from which `isOpen()` answered by it. */
+  get lastChange(): { version: number; atUs: number } | null {
+    return this.#lastChangeUs === 0 ? null : { version: this.#version, atUs: this.#lastChangeUs };
+  }
+
+  /** The last problem reaching the control plane (null once it is heard again). */
+  get lastError(): BrbError | null {
+    return this.#lastError;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * How old the gate's knowledge may be, in ms: 0 while the stream is connected (every change
+   * is pushed at once), else the time since the control plane was last heard; null if never.
+   */
+  staleness(): number | null {
+    if (this.#connected) return 0;
+    if (this.#lastContactMs === 0) return null;
+    return Math.max(0, Date.now() - this.#lastContactMs);
+  }
+
+  /** What this worker reports: running, draining (closed with jobs in flight) or paused. */
+  status(): WorkerStatus {
+    if (this.#open) return "running";
+    return this.#inFlight > 0 ? "draining" : "paused";
+  }
+
+  /** The fraction of normal work admitted now: 0 when closed, the ramp's while ramping, else 1. */
+  admittedFraction(): number {
+    if (!this.#open) return 0;
+    if (this.#ramp && this.#known === KNOWN_RUNNING) return rampFraction(this.#ramp, Date.now());
+    return 1;
+  }
+
+  /** Waits until the gate has heard from the control plane once. False on timeout. */
+  async ready(opts: WaitOptions = {}): Promise<boolean> {
+    return this.#until(() => this.#known !== KNOWN_NONE, opts);
+  }
+
+  /**
+   * Waits until the switch lets work through: true once open, false when `timeoutMs` ran out.
+   * Rejects with the signal's reason when aborted, and with BrbError `closed` when the gate is.
+   */
+  async waitOpen(opts: WaitOptions = {}): Promise<boolean> {
+    return this.#until(() => this.#open, opts);
+  }
+
+  /**
+   * Takes a job slot without waiting: null when closed, every slot busy, or the ramp's duty cycle
+   * has the free slots resting.
+   */
+  tryAcquire(): Permit | null {
+    if (!this.#open || this.#closed) return null;
+    const now = performance.now();
+    const slots = this.#slots;
+    for (let i = 0; i < slots.length; i++) {
+      if (slots[i]! <= now) {
+        slots[i] = Infinity; // busy until released (then it gets its rest time)
+        this.#inFlight++;
+        return new Permit(this, i, now);
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Waits until the switch is open and a slot is free (and rested, during a ramp), then takes it.
+   * Rejects with BrbError `timeout` after `timeoutMs`, the signal's reason when aborted, BrbError
+   * `closed` when the gate is closed.
+   */
+  async acquire(opts: WaitOptions = {}): Promise<Permit> {
+    opts.signal?.throwIfAborted();
+    const deadline = opts.timeoutMs === undefined ? Infinity : performance.now() + opts.timeoutMs;
+    for (;;) {
+      if (this.#closed) throw new BrbError("closed", "the gate is closed");
+      const p = this.tryAcquire();
+      if (p) return p;
+      const now = performance.now();
+      let wait = deadline - now;
+      if (wait <= 0) throw new BrbError("timeout", `no job slot admitted within ${opts.timeoutMs} ms`);
+      if (this.#open) {
+        // Open, no slot yet: a release wakes us, or the next slot's rest ends.
+        let next = Infinity;
+        for (const t of this.#slots) next = Math.min(next, t);
+        if (Number.isFinite(next)) wait = Math.min(wait, Math.min(250, Math.max(1, next - now)));
+      }
+      await this.#wait(wait, opts.signal);
+    }
+  }
+
+  /** Runs `fn` as one job: acquire, run, release (also when `fn` throws). */
+  async job<T>(fn: () => T | Promise<T>, opts: WaitOptions = {}): Promise<T> {
+    const permit = await this.acquire(opts);
+    try {
+      return await fn();
+    } finally {
+      permit.release();
+    }
+  }
+
+  /**
+   * Stops the gate: its stream, requests and timers end, waiting calls reject with BrbError
+   * `closed`. Permits still held can be released. Nothing of the gate keeps the process alive
+   * afterwards.
+   */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      live.delete(this);
+      if (live.size === 0 && sweeper) {
+        clearInterval(sweeper);
+        sweeper = null;
+      }
+      const why = new BrbError("closed", "the gate is closed");
+      this.#stream?.destroy(why);
+      this.#poll?.abort(why);
+      this.#report?.abort(why);
+      this.#sample?.abort(why);
+      if (this.#sleepTimer) clearTimeout(this.#sleepTimer);
+      this.#sleepDone?.();
+      this.#notify();
+      await this.#watching;
+      releasePools(this.#pools);
+      if (this.#connected) {
+        this.#connected = false;
+        this.emit("disconnected", null);
+      }
+    }
+    await this.#watching;
+  }
+
+  // ---- deciding ----
+
+  #recompute(cause: "switch" | "policy" = "switch"): boolean {
+    const lost = this.#lostAtMs;
+    const beyondGrace = lost !== 0 && Date.now() - lost >= this.#cfg.graceMs;
+    const policy = this.#cfg.policy;
+    let open: boolean;
+    let byPolicy = false;
+    if (policy === "open" && beyondGrace) {
+      open = true;
+      byPolicy = true;
+    } else if (policy === "closed" && beyondGrace) {
+      open = false;
+      byPolicy = true;
+    } else {
+      open = this.#known === KNOWN_RUNNING;
+    }
+    if (open === this.#open) return false;
+    this.#open = open;
+    if (byPolicy) {
+      this.#log(
+        "warn",
+        `control plane unreachable for ${Math.round((Date.now() - lost) / 1000)} s (grace ${this.#cfg.graceMs} ms): ` +
+          `failing ${policy} (policy ${policy}); work is ${open ? "allowed" : "stopped"}`,
+      );
+    }
+    this.#changed(byPolicy ? "policy" : cause);
+    return true;
+  }
+
+  /** Waiters, the reporter and listeners learn of a new decision, version or ramp. */
+  #changed(cause: "switch" | "policy"): void {
+    this.#notify();
+    this.#reportSoon();
+    if (this.listenerCount("change") > 0) {
+      const ch: GateChange = {
+        open: this.#open,
+        state: this.state,
+        version: this.#version,
+        admittedFraction: this.admittedFraction(),
+        changedBy: this.#changedBy,
+        source: this.#source,
+        cause,
+      };
+      this.emit("change", ch);
+    }
+  }
+
+  /** Applies a `switch` event's data. Garbage is logged and changes nothing. */
+  #applyEvent(data: string): void {
+    let v: unknown;
+    try {
+      v = JSON.parse(data);
+    } catch (e) {
+      this.#log("warn", `ignoring an unreadable switch event (${(e as Error).message}); the state stays as it was`);
+      return;
+    }
+    this.#apply(v);
+  }
+
+  #apply(v: unknown): void {
+    let sw: Record<string, unknown>;
+    let ramp: ParsedRamp | null;
+    try {
+      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new TypeError("not a JSON object");
+      sw = v as Record<string, unknown>;
+      if (sw.name !== this.#cfg.switch) throw new TypeError(`it names switch ${JSON.stringify(sw.name)}`);
+      if (sw.state !== "running" && sw.state !== "paused") throw new TypeError(`unknown state ${JSON.stringify(sw.state)}`);
+      if (typeof sw.version !== "number" || !Number.isSafeInteger(sw.version) || sw.version < 0) {
+        throw new TypeError(`version ${JSON.stringify(sw.version)} is not a version`);
+      }
+      ramp = parseRamp(sw.ramp);
+    } catch (e) {
+      this.#log("warn", `ignoring an unreadable switch (${(e as Error).message}); the state stays as it was`);
+      return;
+    }
+    const version = sw.version as number;
+    if (version < this.#version && this.#known !== KNOWN_NONE && !this.#trustNext) {
+      if (this.#logs("debug")) this.#log("debug", `ignoring version ${version}, older than ${this.#version} (a lagging replica)`);
+      return;
+    }
+    this.#trustNext = false;
+    const k = sw.state === "running" ? KNOWN_RUNNING : KNOWN_PAUSED;
+    const versionChanged = version !== this.#version;
+    const rampChanged = !sameRamp(this.#ramp, ramp);
+    this.#ramp = ramp;
+    if (versionChanged) this.#lastChangeUs = nowUs();
+    this.#version = version;
+    this.#changedBy = typeof sw.changed_by === "string" ? sw.changed_by : null;
+    this.#source = typeof sw.source === "string" ? sw.source : null;
+    const prev = this.#known;
+    this.#known = k;
+    this.#lastContactMs = Date.now();
+    const flipped = this.#recompute();
+    if (prev === KNOWN_NONE) {
+      if (this.#logs("debug")) this.#log("debug", `learned the state: ${sw.state} (version ${version})`);
+    } else if (prev !== k && this.#logs("info")) {
+      this.#log(
+        "info",
+        `observed a change: ${sw.state} (version ${version}, by ${this.#changedBy ?? "?"} via ${this.#source ?? "?"})`,
+      );
+    }
+    if (!flipped && (versionChanged || rampChanged || prev !== k)) this.#changed("switch");
+  }
+
+  #setConnected(yes: boolean, err: BrbError | null = null): void {
+    const was = this.#connected;
+    this.#connected = yes;
+    if (yes) {
+      this.#lostAtMs = 0;
+      if (!was) {
+        this.#connects++;
+        this.#connectTimes.push(Date.now());
+        if (this.#connectTimes.length > 1000) this.#connectTimes.splice(0, this.#connectTimes.length - 1000);
+        if (this.#lastError) {
+          this.#log("info", `connected to the control plane again (version ${this.#version})`);
+          this.#lastError = null;
+          this.#lastLogged = "";
+        }
+        this.emit("connected");
+      }
+    } else if (was || this.#lostAtMs === 0) {
+      this.#lostAtMs = Date.now();
+      if (was) this.emit("disconnected", err);
+    }
+    this.#recompute();
+  }
+
+  // ---- admission ----
+
+  #release(slot: number, started: number, abandoned: boolean): void {
+    const now = performance.now();
+    if (abandoned) {
+      this.#slots[slot] = now;
+    } else {
+      const f = this.admittedFraction();
+      // Duty cycle: at fraction f the slot rests took·(1−f)/f, so it works f of the time.
+      const rest = f > 0 && f < 1 ? ((now - started) * (1 - f)) / f : 0;
+      this.#slots[slot] = now + rest;
+      this.#processed++;
+    }
+    this.#inFlight--;
+    if (this.#inFlight === 0 && !this.#open) this.#reportSoon(); // drained: say so at once
+    this.#notify();
+  }
+
+  #notify(): void {
+    const w = this.#waiters;
+    if (!w) return;
+    this.#waiters = null;
+    for (const f of w) f();
+  }
+
+  /** Resolves on the next change or release, after `ms`, or rejects when aborted. */
+  #wait(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | null = null;
+      const done = () => {
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        if (timer) clearTimeout(timer);
+        const w = this.#waiters;
+        if (w) {
+          const i = w.indexOf(done);
+          if (i >= 0) w.splice(i, 1);
+        }
+        reject(signal!.reason);
+      };
+      if (signal) {
+        if (signal.aborted) {
+          reject(signal.reason);
+          return;
+        }
+        signal.addEventListener("abort", onAbort, { once: true });
+      }
+      (this.#waiters ??= []).push(done);
+      if (Number.isFinite(ms)) timer = setTimeout(done, Math.max(0, ms));
+    });
+  }
+
+  async #until(cond: () => boolean, opts: WaitOptions): Promise<boolean> {
+    opts.signal?.throwIfAborted();
+    const deadline = opts.timeoutMs === undefined ? Infinity : performance.now() + opts.timeoutMs;
+    for (;;) {
+      if (cond()) return true;
+      if (this.#closed) throw new BrbError("closed", "the gate is closed");
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      await this.#wait(left, opts.signal);
+    }
+  }
+
+  // ---- the stream ----
+
+  async #watch(): Promise<void> {
+    const cfg = this.#cfg;
+    let attempt = 0;
+    let sseFailures = 0;
+    let longPollUntil = 0;
+    while (!this.#closed) {
+      const useLongPoll = cfg.transport === "long_poll" || (cfg.transport === "auto" && Date.now() < longPollUntil);
+      const r = useLongPoll ? await this.#longPoll(cfg.transport === "auto" ? longPollUntil : Infinity) : await this.#sse();
+      if (this.#closed) break;
+      this.#setConnected(false, r.error ?? null);
+      if (!useLongPoll && cfg.transport === "auto") {
+        if (r.heard) sseFailures = 0;
+        else if (r.kind === "refused" || r.kind === "rate_limited") sseFailures++;
+      }
+      if (cfg.transport === "auto" && longPollUntil === 0 && sseFailures >= SSE_FAILURES_BEFORE_FALLBACK) {
+        this.#log("warn", "the event stream keeps failing (a proxy that refuses or buffers it?); falling back to long-poll");
+        longPollUntil = Date.now() + cfg.longPollSpellMs;
+        sseFailures = 0;
+      } else if (longPollUntil !== 0 && Date.now() >= longPollUntil) {
+        longPollUntil = 0;
+        this.#log("info", "trying the event stream again after a spell of long-poll");
+      }
+      attempt = r.heard ? 0 : attempt + 1;
+      let delay = backoffMs(cfg.backoffBaseMs, cfg.backoffCapMs, Math.max(0, attempt - FLAT_ATTEMPTS));
+      if (r.kind === "auth" || r.kind === "not_found") {
+        // Retrying soon would not change the answer: the longest interval at once (half to all
+        // of the cap, never less than a few seconds), still spread, never a storm.
+        const long = Math.max(cfg.backoffCapMs, REFUSED_RETRY_MIN_MS);
+        delay = long / 2 + (Math.random() * long) / 2;
+      } else if (r.kind === "rate_limited") {
+        const ra = Math.min(r.retryAfterMs ?? 0, 3_600_000);
+        delay = Math.max(delay, ra + Math.random() * cfg.backoffBaseMs);
+      }
+      if (r.error && !r.heard) this.#problem(r, delay);
+      await this.#sleep(delay);
+      if (r.kind === "auth" && this.#cfg.tokenFile) {
+        // The token may have been rotated in its file meanwhile.
+        try {
+          this.#token = readTokenFile(this.#cfg.tokenFile);
+        } catch (e) {
+          this.#log("error", (e as Error).message);
+        }
+      }
+    }
+  }
+
+  /** Logs a failed attempt: at its level when new (or once a minute), else at debug. */
+  #problem(r: Outcome, delay: number): void {
+    const err = r.error!;
+    this.#lastError = err;
+    const next = `next try in ${(delay / 1000).toFixed(1)} s`;
+    let level: "warn" | "error" = "warn";
+    let msg: string;
+    switch (r.kind) {
+      case "auth":
+        level = "error";
+        msg = `the control plane refused this gate's token: ${err.message}; check the token (token / tokenFile option, BRB_TOKEN, BRB_TOKEN_FILE) and its role and scope; ${next}`;
+        break;
+      case "not_found":
+        level = "error";
+        msg = `switch ${JSON.stringify(this.#cfg.switch)} not found: ${err.message}; keeping the last known state; ${next}`;
+        break;
+      case "rate_limited":
+        msg = `the control plane asks to slow down: ${err.message}; ${next}`;
+        break;
+      default:
+        msg = `cannot follow switch ${JSON.stringify(this.#cfg.switch)}: ${err.message}; keeping the ${this.#known === KNOWN_NONE ? "gate closed (no state known yet)" : `last known state (${this.state}, version ${this.#version})`}; ${next}`;
+    }
+    const key = `${r.kind}:${err.message}`;
+    const now = Date.now();
+    if (key !== this.#lastLogged || now - this.#lastLoggedAt >= RELOG_MS) {
+      this.#lastLogged = key;
+      this.#lastLoggedAt = now;
+      this.#log(level, msg);
+    } else {
+      this.#log("debug", msg);
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.#sleepDone = () => {
+        this.#sleepTimer = null;
+        this.#sleepDone = null;
+        resolve();
+      };
+      // Not unref'd: a worker waiting while paused must not see its process exit under it.
+      this.#sleepTimer = setTimeout(this.#sleepDone, ms);
+    });
+  }
+
+  /** One SSE attempt: each URL in turn from the current one, until one answers. */
+  async #sse(): Promise<Outcome> {
+    const n = this.#cfg.targets.length;
+    let last: Outcome = { heard: false, kind: "unreachable" };
+    for (let k = 0; k < n && !this.#closed; k++) {
+      const t = this.#cfg.targets[this.#urlIndex]!;
+      const r = await this.#streamFrom(t);
+      if (r.heard) return r;
+      // This replica failed: the next attempt (or the next URL now) starts at the next one.
+      this.#urlIndex = (this.#urlIndex + 1) % n;
+      last = r;
+      if (r.kind !== "unreachable") return r;
+      if (k + 1 < n) this.#log("debug", `${r.error?.message ?? "unreachable"}; trying the next URL`);
+    }
+    return last;
+  }
+
+  #streamFrom(t: Target): Promise<Outcome> {
+    return new Promise<Outcome>((resolve) => {
+      this.#streamHeard = false;
+      this.#unknownLogged = false;
+      this.#streamDone = resolve;
+      this.#streamBase = t.base;
+      this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
+      const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
+      this.#stream = new EventStream(
+        t,
+        this.#cfg.tls,
+        `/api/v1/switches/${enc(this.#cfg.switch)}/events`,
+        this.#token,
+        lastId,
+        new Handler(this),
+      );
+    });
+  }
+
+  #onStreamOpen(): void {
+    this.#lastByteTick = tickNo;
+  }
+
+  #onEvent(ev: SseEvent): void {
+    switch (ev.event) {
+      case "switch":
+        this.#applyEvent(ev.data);
+        return;
+      case "resync": {
+        let r: Record<string, unknown> | null = null;
+        try {
+          const v: unknown = JSON.parse(ev.data);
+          if (typeof v === "object" && v !== null) r = v as Record<string, unknown>;
+        } catch {
+          r = null;
+        }
+        if (r && typeof r.after === "number" && typeof r.current === "number") {
+          // The state that follows is current, not each step: take it even if it is older.
+          this.#trustNext = true;
+          this.#log("info", `the stream skipped changes ${r.after} → ${r.current} (${String(r.reason)}); the current state follows`);
+        } else {
+          this.#log("warn", "ignoring an unreadable resync event");
+        }
+        return;
+      }
+      case "deleted":
+        this.#log("error", `switch ${JSON.stringify(this.#cfg.switch)} was deleted; keeping the last known state`);
+        this.#stream?.destroy(new BrbError("protocol", "the switch was deleted"));
+        return;
+      default:
+        if (!this.#unknownLogged) {
+          this.#unknownLogged = true;
+          this.#log("warn", `ignoring an event of unknown type ${JSON.stringify(ev.event.slice(0, 40))} on the stream`);
+        }
+    }
+  }
+
+  #onStreamEnd(err: BrbError | null): void {
+    const done = this.#streamDone;
+    this.#stream = null;
+    this.#streamDone = null;
+    this.#deadlineTick = 0;
+    if (!done) return;
+    if (this.#closed) {
+      done({ heard: this.#streamHeard, kind: "closed" });
+      return;
+    }
+    if (this.#streamHeard) {
+      if (err) this.#log("debug", `event stream ended: ${err.message}`);
+      done({ heard: true, kind: "ok", error: err });
+      return;
+    }
+    done(classify(err ?? new BrbError("protocol", "the event stream ended before anything was sent on it")));
+  }
+
+  /** Long-polls until an error, or until `untilMs` (Unix ms), when the stream is to be tried again. */
+  async #longPoll(untilMs: number): Promise<Outcome> {
+    let heard = false;
+    const name = enc(this.#cfg.switch);
+    while (!this.#closed) {
+      if (heard && Date.now() >= untilMs) return { heard, kind: "ok" };
+      const path =
+        this.#known === KNOWN_NONE
+          ? `/api/v1/switches/${name}`
+          : `/api/v1/switches/${name}?after_version=${this.#version}&wait=${LONG_POLL_WAIT_S}`;
+      const timeout = (this.#known === KNOWN_NONE ? 0 : LONG_POLL_WAIT_S * 1000) + this.#cfg.answerTimeoutMs;
+      let sw: unknown;
+      try {
+        sw = await this.#call("poll", "GET", path, undefined, timeout, (p) => (this.#poll = p));
+      } catch (e) {
+        this.#poll = null;
+        if (this.#closed) return { heard, kind: "closed" };
+        const o = classify(e);
+        return heard ? { ...o, heard } : o;
+      }
+      this.#poll = null;
+      heard = true;
+      this.#setConnected(true);
+      this.#apply(sw);
+    }
+    return { heard, kind: "closed" };
+  }
+
+  /** A JSON request to the current URL, then each other in turn while unreachable. */
+  async #call(
+    kind: "short" | "poll",
+    method: "GET" | "POST",
+    path: string,
+    body: unknown,
+    timeoutMs: number,
+    track: (p: Pending) => void,
+  ): Promise<unknown> {
+    const targets = this.#cfg.targets;
+    let last: unknown;
+    for (let k = 0; k < targets.length; k++) {
+      const t = targets[(this.#urlIndex + k) % targets.length]!;
+      const p = request(this.#pools, t, method, path, this.#token, body, timeoutMs, kind);
+      track(p);
+      try {
+        const a = await p.answer;
+        // A report's or a sample's answer is only looked at for an error.
+        if (kind === "short" && a.status >= 200 && a.status < 300) return null;
+        return decodeJson(t, a);
+      } catch (e) {
+        if (!(e instanceof BrbError) || e.code !== "unreachable" || this.#closed) throw e;
+        last = e;
+      }
+    }
+    throw last;
+  }
+
+  // ---- reports and the sweeper ----
+
+  #reportSoon(): void {
+    if (!this.#cfg.reports || this.#closed || this.#known === KNOWN_NONE) return;
+    if (this.#report || tickNo < this.#holdReportsUntilTick) {
+      this.#reportDirty = true;
+      return;
+    }
+    this.#sendReport();
+  }
+
+  /**
+   * The heartbeat's interval in sweeps, between 80% and 100% of `reportIntervalMs`: gates started
+   * together (a fleet, a deploy) drift apart instead of reporting in the same instant forever.
+   */
+  #reportTicks(): number {
+    return ticks(this.#cfg.reportIntervalMs * (0.8 + 0.2 * Math.random()));
+  }
+
+  #sendReport(): void {
+    this.#reportDirty = false;
+    this.#nextReportTick = tickNo + this.#reportTicks();
+    const body = {
+      worker_id: this.#cfg.workerId,
+      switch: this.#cfg.switch,
+      observed_version: this.#version,
+      status: this.status(),
+      in_flight: this.#inFlight,
+      processed_total: this.#processed,
+    };
+    this.#call("short", "POST", "/api/v1/workers/report", body, this.#cfg.answerTimeoutMs, (p) => (this.#report = p))
+      .catch((e: unknown) => {
+        if (this.#closed) return;
+        const err = e instanceof BrbError ? e : new BrbError("protocol", String(e));
+        if (err instanceof ApiError && err.status === 429) {
+          this.#holdReportsUntilTick = tickNo + ticks(Math.min(err.retryAfterMs ?? this.#cfg.reportIntervalMs, 600_000));
+          this.#reportDirty = true;
+        }
+        const level = err instanceof ApiError && err.status !== 429 ? "warn" : "debug";
+        this.#log(level, `report failed: ${err.message}`);
+      })
+      .finally(() => {
+        this.#report = null;
+        if (this.#reportDirty && !this.#closed && tickNo >= this.#holdReportsUntilTick) this.#sendReport();
+      });
+  }
+
+  #sendSample(): void {
+    const now = this.#processed;
+    const delta = now - this.#sampledProcessed;
+    const body = { samples: [{ name: "sdk_jobs_processed", value: delta, kind: "counter" }] };
+    this.#call("short", "POST", "/api/v1/metrics", body, this.#cfg.answerTimeoutMs, (p) => (this.#sample = p))
+      .then(() => {
+        this.#sampledProcessed = now;
+      })
+      .catch((e: unknown) => {
+        if (!this.#closed) this.#log("debug", `sending samples failed: ${e instanceof Error ? e.message : String(e)}`);
+      })
+      .finally(() => {
+        this.#sample = null;
+      });
+  }
+
+  #tick(now: number): void {
+    const s = this.#stream;
+    if (s) {
+      if (!s.answered) {
+        if (this.#deadlineTick !== 0 && now >= this.#deadlineTick) {
+          s.destroy(
+            new BrbError("unreachable", `${this.#streamBase}: no answer to the event-stream request within ${duration(this.#cfg.answerTimeoutMs)}`),
+          );
+        }
+      } else if (s.streaming && now - this.#lastByteTick > ticks(this.#cfg.idleTimeoutMs)) {
+        s.destroy(
+          this.#streamHeard
+            ? new BrbError("unreachable", `${this.#streamBase}: event stream silent for ${duration(this.#cfg.idleTimeoutMs)}; reconnecting`)
+            : new BrbError(
+                "protocol",
+                `${this.#streamBase}: event stream answered but sent nothing for ${duration(this.#cfg.idleTimeoutMs)} (a buffering proxy?)`,
+              ),
+        );
+      }
+    }
+    if (this.#cfg.policy !== "keep_last_known" && !this.#connected) this.#recompute("policy");
+    if (
+      this.#cfg.reports &&
+      this.#known !== KNOWN_NONE &&
+      !this.#report &&
+      now >= this.#holdReportsUntilTick &&
+      (now >= this.#nextReportTick || this.#reportDirty)
+    ) {
+      this.#sendReport();
+    }
+    if (this.#cfg.samples && now >= this.#nextSampleTick) {
+      this.#nextSampleTick = now + SAMPLE_TICKS;
+      if (this.#processed !== this.#sampledProcessed && !this.#sample) this.#sendSample();
+    }
+  }
+
+  /** Whether a line at `level` goes anywhere (a line per delivery is not formatted for nothing). */
+  #logs(level: "debug" | "info" | "warn" | "error"): boolean {
+    const l = this.#cfg.logger;
+    return l !== null && l[level] !== NOOP_LOG;
+  }
+
+  #log(level: "debug" | "info" | "warn" | "error", message: string): void {
+    const l = this.#cfg.logger;
+    if (!l) return;
+    // One line per message, whatever a peer's error text holds.
+    let m = `switch=${this.#cfg.switch} worker=${this.#cfg.workerId}: ${message.replace(/\s*[\r\n]+\s*/g, " ")}`;
+    // Whatever a server put in an error message, the token never reaches a log.
+    if (this.#token && m.includes(this.#token)) m = m.split(this.#token).join("<token>");
+    l[level](m);
+  }
+}
+
+function classify(e: unknown): Outcome {
+  const err = e instanceof BrbError ? e : new BrbError("protocol", e instanceof Error ? e.message : String(e));
+  if (err instanceof ApiError) {
+    // The control plane's own refusals carry its error body; a 403 or 404 without one is a proxy
+    // in the way (refusing the stream's path), which long-poll may get around.
+    const ours = err.apiCode !== null;
+    if (err.status === 401 || (err.status === 403 && ours)) return { heard: false, kind: "auth", error: err };
+    if (err.status === 404 && ours) return { heard: false, kind: "not_found", error: err };
+    if (err.status === 429) return { heard: false, kind: "rate_limited", retryAfterMs: err.retryAfterMs, error: err };
+    return { heard: false, kind: "refused", error: err };
+  }
+  if (err.code === "unreachable") return { heard: false, kind: "unreachable", error: err };
+  if (err.code === "closed") return { heard: false, kind: "closed", error: err };
+  return { heard: false, kind: "refused", error: err };
+}
+
+function sameRamp(a: ParsedRamp | null, b: ParsedRamp | null): boolean {
+  if (a === b) return true;
+  if (!a || !b) return false;
+  return (
+    a.startMs === b.startMs &&
+    a.durationSecs === b.durationSecs &&
+    a.kind === b.kind &&
+    a.from === b.from &&
+    a.fractions.length === b.fractions.length &&
+    a.fractions.every((f, i) => f === b.fractions[i])
+  );
+}
