@@ -3,22 +3,27 @@
 
 use std::process::Command;
 
-/// Every package `krate` depends on for normal (non-dev, non-build) use, transitively.
-fn deps(krate: &str) -> Vec<String> {
+/// The packages `cargo tree` lists for `krate`'s normal (non-dev, non-build) dependencies,
+/// transitively, or only its own with `depth: Some(1)`.
+fn tree(krate: &str, depth: Option<u32>) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let depth = depth.map(|d| d.to_string());
+    let mut args = vec![
+        "tree",
+        "--offline",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+        "-f",
+        "{p}",
+    ];
+    if let Some(d) = &depth {
+        args.extend(["--depth", d]);
+    }
+    args.extend(["-p", krate]);
     let out = Command::new(cargo)
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "-f",
-            "{p}",
-            "-p",
-            krate,
-        ])
+        .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -34,6 +39,11 @@ fn deps(krate: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Every package `krate` depends on for normal use, transitively.
+fn deps(krate: &str) -> Vec<String> {
+    tree(krate, None)
 }
 
 fn assert_none(krate: &str, forbidden: &[&str]) {
@@ -218,36 +228,9 @@ fn no_crate_but_the_app_uses_tauri() {
     }
 }
 
-/// The packages `krate` names in its own `[dependencies]` (depth 1 of `cargo tree`).
+/// The packages `krate` names in its own `[dependencies]`.
 fn direct_deps(krate: &str) -> Vec<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal",
-            "--depth",
-            "1",
-            "--prefix",
-            "none",
-            "-f",
-            "{p}",
-            "-p",
-            krate,
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
+    tree(krate, Some(1))
 }
 
 #[test]
