@@ -586,7 +586,9 @@ class Gate:
                 sse_failures = 0
             elif long_poll_until is not None and time.monotonic() >= long_poll_until:
                 long_poll_until = None
-            attempt = 0 if out.heard else attempt + 1
+            # A stream that worked resets the backoff; one that ended in garbage does not, so
+            # a peer that keeps sending it is asked less and less often.
+            attempt = 0 if out.heard and not isinstance(out.error, ProtocolError) else attempt + 1
             delay = backoff(self._cfg.backoff_base, self._cfg.backoff_cap, max(0, attempt - FLAT_ATTEMPTS))
             err = out.error
             problem = ""
