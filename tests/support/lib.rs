@@ -3,6 +3,8 @@
 //!
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
+pub mod sdk;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
