@@ -145,8 +145,14 @@ def test_a_server_that_accepts_and_never_answers(bad_server, caplog) -> None:
     with gate(s.url, answer_timeout=0.3, backoff_base=0.05, backoff_cap=0.2) as g:
         assert wait_until(lambda: s.count() >= 3, 5.0), "gave up on each attempt and retried"
         assert not g.is_open() and not g.is_connected() and g.version == 0
-    hold.set()
     assert time.monotonic() - t < 5.0
+    # A gate blocked on a mute server still closes at once.
+    g2 = gate(s.url, answer_timeout=30.0)
+    assert wait_until(lambda: s.count() >= 4, 2.0)
+    t = time.monotonic()
+    g2.close()
+    assert time.monotonic() - t < 1.0
+    hold.set()
     assert "no answer to the event-stream request" in caplog.text
     assert "timed out" in caplog.text
 
@@ -171,3 +177,24 @@ def test_a_200_that_is_not_an_event_stream_counts_as_refused(bad_server) -> None
     with gate(s.url, backoff_cap=0.2) as g:
         assert wait_until(lambda: s.count(lambda x: "/events" not in x.target) >= 1, 10.0), "fell back to long-poll"
         assert g.version == 0 and not g.is_open()
+
+
+def test_the_watcher_outlives_a_bug_in_one_attempt(bad_server, caplog, monkeypatch) -> None:
+    import brb_client.gate as gate_module
+
+    real = gate_module.parse_switch
+    calls = []
+
+    def flaky(data, name):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(data, name)
+
+    monkeypatch.setattr(gate_module, "parse_switch", flaky)
+    caplog.set_level(logging.ERROR, logger="brb_client")
+    s = bad_server(stream_then_hold(event("switch", switch_json("paused", 4), 4)))
+    with gate(s.url) as g:
+        assert wait_until(lambda: g.version == 4, 3.0), "the next attempt worked"
+        assert not g.is_open()
+    assert "unexpected error in the watcher" in caplog.text

@@ -261,20 +261,24 @@ class Session:
         self.index = start % len(connector.bases)
         self._conn: Optional[http.client.HTTPConnection] = None
         self._conn_base: Optional[Base] = None
+        # The socket itself, for `abort`: http.client forgets it once an answer says
+        # `Connection: close`, while the answer is still being read from it.
+        self._sock: Optional[socket.socket] = None
         self._used = 0.0
         self._lock = threading.Lock()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._sock = None
         if conn is not None:
             conn.close()
 
     def abort(self) -> None:
         """From another thread: unblocks a request in progress."""
-        conn = self._conn
-        if conn is not None and conn.sock is not None:
+        sock = self._sock
+        if sock is not None:
             try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -314,6 +318,7 @@ class Session:
         if fresh:
             self.close()
             self._conn, self._conn_base = self._c.open(base, timeout), base
+            self._sock = self._conn.sock
         try:
             return self._exchange(base, method, path, payload, extra, timeout)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -322,6 +327,7 @@ class Session:
             if fresh:
                 raise
             self._conn, self._conn_base = self._c.open(base, timeout), base
+            self._sock = self._conn.sock
             return self._exchange(base, method, path, payload, extra, timeout)
 
     def _exchange(self, base: Base, method: str, path: str, payload, extra, timeout: float):

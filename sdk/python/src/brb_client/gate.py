@@ -286,7 +286,9 @@ class Gate:
         self._connects = 0
         self._connect_times: List[float] = []  # Unix seconds
         self._last_change: Optional[Tuple[int, int]] = None  # (version, Unix microseconds)
-        self._stream_conn: Optional[http.client.HTTPConnection] = None
+        self._stream_sock: Optional[socket.socket] = None
+        self._poll_session: Optional[Session] = None
+        self._report_session: Optional[Session] = None
         self._threads: List[threading.Thread] = []
         name = f"brb-{self._switch}"
         self._spawn(self._watch, f"{name}-watch")
@@ -442,13 +444,15 @@ class Gate:
         """Stops the gate's threads and closes its connections."""
         self._stop.set()
         self._report_now.set()
-        conn = self._stream_conn
-        if conn is not None and conn.sock is not None:
+        # The socket itself: http.client drops the connection's reference to it once an
+        # answer says `Connection: close`, while the answer still reads from it.
+        sock = self._stream_sock
+        if sock is not None:
             try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._poll_session_abort()
+        self._abort_sessions()
         with self._cond:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
@@ -574,7 +578,11 @@ class Gate:
             use_long_poll = t is Transport.LONG_POLL or (
                 t is Transport.AUTO and long_poll_until is not None and time.monotonic() < long_poll_until
             )
-            out = self._long_poll() if use_long_poll else self._sse()
+            try:
+                out = self._long_poll() if use_long_poll else self._sse()
+            except Exception as e:  # noqa: BLE001 - the watcher must outlive any one attempt
+                log.exception("switch %s: unexpected error in the watcher; retrying", self._switch)
+                out = _Outcome(error=ProtocolError(f"unexpected error: {type(e).__name__}: {e}"))
             self._set_connected(False)
             if self._stop.is_set():
                 return
@@ -647,7 +655,7 @@ class Gate:
             except (OSError, http.client.HTTPException) as e:
                 last_err = Unreachable(f"{base.url}: {describe(e)}")
                 continue
-            self._stream_conn = conn
+            self._stream_sock = conn.sock
             try:
                 headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
                 with self._lock:
@@ -679,7 +687,7 @@ class Gate:
                     conn.sock.settimeout(self._cfg.idle_timeout)
                 return self._read_stream(base, res)
             finally:
-                self._stream_conn = None
+                self._stream_sock = None
                 conn.close()
         return _Outcome(error=last_err)
 
@@ -734,10 +742,10 @@ class Gate:
                     self._contact()  # an event this SDK does not know: proof of life, no more
         return _Outcome(heard=heard)
 
-    def _poll_session_abort(self) -> None:
-        s = getattr(self, "_poll_session", None)
-        if s is not None:
-            s.abort()
+    def _abort_sessions(self) -> None:
+        for s in (self._poll_session, self._report_session):
+            if s is not None:
+                s.abort()
 
     def _long_poll(self) -> _Outcome:
         """Long-polls until an error. Whether it heard from the control plane at all."""
@@ -780,6 +788,7 @@ class Gate:
 
     def _report_loop(self) -> None:
         session = Session(self._connector, self._start_index)
+        self._report_session = session
         interval = self._cfg.report_interval
         pending = True
         next_report = 0.0
@@ -820,18 +829,21 @@ class Gate:
 
     def _send(self, session: Session, path: str, body: Any) -> float:
         """POSTs a report or samples; answers until when to stay quiet (0: not at all)."""
-        method = "POST"
         try:
-            session.request(method, path, body, timeout=self._cfg.answer_timeout)
+            session.request("POST", path, body, timeout=self._cfg.answer_timeout)
             return 0.0
         except ApiError as e:
             if e.is_auth or e.status == 429:
                 quiet = max(self._cfg.report_interval, min(e.retry_after or self._cfg.backoff_cap, MAX_RETRY_AFTER))
-                log.debug("switch %s: %s %s refused: %s; quiet for %.0f s", self._switch, method, path, e, quiet)
+                log.debug("switch %s: POST %s refused: %s; quiet for %.0f s", self._switch, path, e, quiet)
                 return time.monotonic() + quiet
-            log.debug("switch %s: %s %s failed: %s", self._switch, method, path, e)
+            log.debug("switch %s: POST %s failed: %s", self._switch, path, e)
         except BrbError as e:
-            log.debug("switch %s: %s %s failed: %s", self._switch, method, path, e)
+            log.debug("switch %s: POST %s failed: %s", self._switch, path, e)
+        except Exception:  # noqa: BLE001 - the reporter must outlive any one request
+            log.exception("switch %s: unexpected error sending %s", self._switch, path)
+            session.close()
+            return time.monotonic() + self._cfg.report_interval
         return 0.0
 
     def _policy_clock(self) -> None:
