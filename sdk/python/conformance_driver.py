@@ -57,7 +57,8 @@ def config_from(c: Dict[str, Any], worker_id: Optional[str] = None) -> GateConfi
     if c.get("max_concurrency") is not None:
         kw["max_concurrency"] = c["max_concurrency"]
     if c.get("reports") is not None:
-        kw["reports"] = bool(c["reports"])
+        # `reports: false` is the benchmark's pure fan-out: no samples either (as `brb bench`).
+        kw["reports"] = kw["send_samples"] = bool(c["reports"])
     kw["tls"] = TlsOptions(
         ca_file=c.get("ca_file"), client_cert=c.get("client_cert"), client_key=c.get("client_key")
     )

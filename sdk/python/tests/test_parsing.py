@@ -111,3 +111,19 @@ def test_token_order_and_secrecy(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="/nonexistent"):
         resolve_token(GateConfig(urls=["x"], token_file="/nonexistent/token"))
     assert "brb_given" not in repr(GateConfig(urls=["x"], token="brb_given"))
+
+
+def test_dechunking_split_anywhere_and_garbage_refused() -> None:
+    from brb_client._hub import Dechunker
+
+    body = b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\n\r\n"
+    for cut in range(len(body) + 1):
+        d = Dechunker()
+        assert d.feed(body[:cut]) + d.feed(body[cut:]) == b"hello world!", cut
+        assert d.ended
+    with pytest.raises(SseError):
+        Dechunker().feed(b"zz\r\nhello\r\n")
+    with pytest.raises(SseError):
+        Dechunker().feed(b"5\r\nhelloXX")
+    with pytest.raises(SseError):
+        Dechunker().feed(b"1" * 2000)

@@ -9,6 +9,7 @@ for mutual TLS. Plain ``http://`` is refused to hosts other than loopback unless
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -239,6 +240,19 @@ class Connector:
             raise
         return conn
 
+    def open_socket(self, base: Base, timeout: float) -> socket.socket:
+        """A connected socket (TLS done, within ``connect_timeout``); reads then time out after
+        ``timeout``. For event streams, which the SDK reads itself."""
+        raw = socket.create_connection((base.host, base.port), timeout=self.connect_timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = self._ctx.wrap_socket(raw, server_hostname=base.host) if base.https and self._ctx else raw
+        except BaseException:
+            raw.close()
+            raise
+        sock.settimeout(timeout)
+        return sock
+
     def headers(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         h = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if self._token:
@@ -342,6 +356,53 @@ class Session:
         if res.will_close or not res.isclosed():
             self.close()  # or a body over 1 MiB left half-read
         return res.status, res.headers, data
+
+
+def read_head(sock: socket.socket, limit: int = 64 * 1024) -> Tuple[int, http.client.HTTPMessage, bytes]:
+    """Reads an answer's status line and headers; returns them and the bytes read past them.
+    ``Unreachable`` when the peer closes or times out first, ``ProtocolError`` for garbage."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        try:
+            chunk = sock.recv(16384)
+        except OSError as e:
+            raise Unreachable(f"no answer: {describe(e)}") from None
+        if not chunk:
+            raise Unreachable("the connection closed before an answer")
+        buf += chunk
+        if len(buf) > limit:
+            raise ProtocolError(f"an answer head larger than {limit} bytes")
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status_line, _, fields = head.partition(b"\r\n")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"not an HTTP answer: {status_line[:60]!r}")
+    headers = http.client.parse_headers(io.BytesIO(fields + b"\r\n\r\n"))
+    return int(parts[1]), headers, rest
+
+
+def read_some_body(sock: socket.socket, headers: Any, rest: bytes, limit: int = 4096) -> bytes:
+    """Up to ``limit`` bytes of an (error) answer's body, for its message."""
+    body = rest
+    length = headers.get("Content-Length", "")
+    want = min(int(length), limit) if length.strip().isdigit() else limit
+    while len(body) < want:
+        try:
+            chunk = sock.recv(want - len(body))
+        except OSError:
+            break
+        if not chunk:
+            break
+        body += chunk
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        from ._hub import Dechunker  # noqa: PLC0415 - only for this rare path
+        from ._sse import SseError  # noqa: PLC0415
+
+        try:
+            body = Dechunker().feed(body)
+        except SseError:
+            pass
+    return body[:limit]
 
 
 def env_flag(name: str) -> bool:

@@ -1,9 +1,11 @@
 """The worker gate: what a background worker checks before taking a job.
 
-A :class:`Gate` follows one switch. A background thread holds an event stream open (SSE on
-``/api/v1/switches/{name}/events``, or long-poll when SSE cannot be held) and writes what it
-learns into plain attributes, so :meth:`Gate.is_open` is an attribute read with no I/O: call it
-before every job.
+A :class:`Gate` follows one switch. A background thread opens an event stream (SSE on
+``/api/v1/switches/{name}/events``, or long-polls when SSE cannot be held); one reader thread
+per process (``_hub``) reads every gate's stream, so a change pushed to many gates of one
+process is applied by one thread in turn rather than by many threads racing for the interpreter
+lock. What a gate learns goes into plain attributes: :meth:`Gate.is_open` is an attribute read
+with no I/O, to call before every job.
 
 :meth:`Gate.job` is the fuller form, a context manager: it blocks until the switch lets work
 through, counts the job as in flight until the ``with`` block ends (so the gate can report
@@ -25,7 +27,6 @@ Same model as the Rust SDK's ``brb_client::Gate`` (crates/brb-client/src/gate.rs
 from __future__ import annotations
 
 import enum
-import http.client
 import logging
 import math
 import os
@@ -52,7 +53,10 @@ from ._http import (
     env_flag,
     error_from,
     parse_base,
+    read_head,
+    read_some_body,
 )
+from ._hub import Hub, Stream
 from ._switch import BadSwitch, Ramp, SwitchView, parse_switch
 
 log = logging.getLogger("brb_client")
@@ -241,9 +245,73 @@ class _Admission:
             self._job.done()
 
 
+class _StreamConsumer:
+    """What an open event stream's bytes do to a gate (run by the stream reader's thread)."""
+
+    def __init__(self, gate: "Gate", base: Base) -> None:
+        self.gate = gate
+        self.base = base
+        self.parser = _sse.Parser()
+        self.heard = False
+        self.resync = False
+
+    def on_bytes(self, data: bytes) -> Optional[_Outcome]:
+        g = self.gate
+        if g._stop.is_set():
+            return _Outcome(heard=self.heard)
+        if not self.heard:
+            self.heard = True
+            g._set_connected(True)
+        events = self.parser.feed(data)  # an SseError ends the stream (on_end)
+        if not events:
+            g._contact()  # a keep-alive
+            return None
+        for ev in events:
+            if ev.event == "switch":
+                try:
+                    sw = parse_switch(ev.data, g._switch)
+                except BadSwitch as e:
+                    log.warning("switch %s: ignoring an unreadable switch event from %s: %s", g._switch, self.base.url, e)
+                    continue
+                g._apply(sw, after_resync=self.resync)
+                self.resync = False
+            elif ev.event == "resync":
+                # Too far behind to replay each change: the state that follows is current,
+                # even if its version is lower (the switch was deleted and made again).
+                log.info("switch %s: the stream skipped changes (%s); taking the current state", g._switch, ev.data[:200])
+                self.resync = True
+                g._contact()
+            elif ev.event == "deleted":
+                log.error("switch %s was deleted; keeping the last known state", g._switch)
+                return _Outcome(heard=True)
+            else:
+                g._contact()  # an event this SDK does not know: proof of life, no more
+        return None
+
+    def on_end(self, reason: str, error: Optional[BaseException]) -> _Outcome:
+        url = self.base.url
+        if reason == "silent":
+            log.warning(
+                "switch %s: the event stream from %s was silent for %.0f s; reconnecting",
+                self.gate._switch, url, self.gate._cfg.idle_timeout,
+            )
+            return _Outcome(heard=self.heard, refused=not self.heard)
+        if reason == "eof" or error is None:
+            # The server ended the stream (a restart, a revoked token); ended before a single
+            # byte, it is what a proxy refusing streams does.
+            return _Outcome(heard=self.heard, refused=not self.heard)
+        if isinstance(error, _sse.SseError):
+            return _Outcome(heard=self.heard, error=ProtocolError(f"{url}: unreadable event stream: {error}"))
+        if isinstance(error, OSError):
+            return _Outcome(heard=self.heard, error=Unreachable(f"{url}: the event stream broke: {describe(error)}"))
+        return _Outcome(heard=self.heard, error=ProtocolError(f"{url}: unexpected error: {type(error).__name__}: {error}"))
+
+
 class Gate:
-    """A gate on one switch. Threads: one watcher, one reporter (if ``reports``), one policy
-    clock (unless ``keep_last_known``); all daemons, stopped by :meth:`close`."""
+    """A gate on one switch. Threads: one watcher (it opens the stream, then waits while the
+    process's stream reader reads it), one reporter (if ``reports`` or ``send_samples``), one
+    policy clock (unless ``keep_last_known``); all daemons, stopped by :meth:`close`. Make gates
+    after a fork (prefork servers), not before: threads do not survive it."""
 
     def __init__(self, config: GateConfig) -> None:
         if config.max_concurrency < 1:
@@ -444,8 +512,7 @@ class Gate:
         """Stops the gate's threads and closes its connections."""
         self._stop.set()
         self._report_now.set()
-        # The socket itself: http.client drops the connection's reference to it once an
-        # answer says `Connection: close`, while the answer still reads from it.
+        # Shut down, not closed: the stream reader sees the end and lets the stream go.
         sock = self._stream_sock
         if sock is not None:
             try:
@@ -643,7 +710,8 @@ class Gate:
                 return
 
     def _sse(self) -> _Outcome:
-        """Holds one event stream until it ends. Tries each base in turn until one answers."""
+        """Holds one event stream until it ends. Tries each base in turn until one answers.
+        This thread opens the stream; the process's stream reader (``_hub``) reads it."""
         bases = self._connector.bases
         n = len(bases)
         last_err: Optional[BaseException] = None
@@ -651,96 +719,66 @@ class Gate:
             idx = (self._start_index + i) % n
             base = bases[idx]
             try:
-                conn = self._connector.open(base, self._cfg.answer_timeout)
-            except (OSError, http.client.HTTPException) as e:
+                sock = self._connector.open_socket(base, self._cfg.answer_timeout)
+            except (OSError, ValueError) as e:
                 last_err = Unreachable(f"{base.url}: {describe(e)}")
                 continue
-            self._stream_sock = conn.sock
+            self._stream_sock = sock
             try:
-                headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+                extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
                 with self._lock:
                     if self._known is not None:
-                        headers["Last-Event-ID"] = str(self._version)
-                path = f"{base.path}{API_PREFIX}/switches/{_quote(self._switch)}/events"
+                        extra["Last-Event-ID"] = str(self._version)
+                host = f"[{base.host}]" if ":" in base.host else base.host
+                lines = [
+                    f"GET {base.path}{API_PREFIX}/switches/{_quote(self._switch)}/events HTTP/1.1",
+                    f"Host: {host}:{base.port}",
+                ] + [f"{k}: {v}" for k, v in self._connector.headers(extra).items()]
                 try:
-                    conn.request("GET", path, headers=self._connector.headers(headers))
-                    res = conn.getresponse()
-                except (OSError, http.client.HTTPException) as e:
+                    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                    status, headers, rest = read_head(sock)
+                except OSError as e:
                     last_err = Unreachable(f"{base.url}: no answer to the event-stream request: {describe(e)}")
                     continue
+                except Unreachable as e:
+                    last_err = Unreachable(f"{base.url}: no answer to the event-stream request: {e}")
+                    continue
+                except ProtocolError as e:
+                    self._start_index = idx
+                    return _Outcome(refused=True, error=ProtocolError(f"{base.url}: {e}"))
                 # An answer, even an error, is final for this attempt; start here next time.
                 self._start_index = idx
-                ctype = (res.getheader("Content-Type") or "").split(";")[0].strip().lower()
-                if res.status != 200 or ctype != "text/event-stream":
-                    try:
-                        body = res.read(4096)
-                    except (OSError, http.client.HTTPException):
-                        body = b""
-                    if res.status == 200:
+                ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if status != 200 or ctype != "text/event-stream":
+                    if status == 200:
                         err: BaseException = ProtocolError(
                             f"{base.url}: the event stream came back as {ctype or 'no content type'}, not text/event-stream"
                         )
                     else:
-                        err = error_from(res.status, res.headers, body)
+                        err = error_from(status, headers, read_some_body(sock, headers, rest))
                     return _Outcome(refused=True, error=err)
-                if conn.sock is not None:
-                    conn.sock.settimeout(self._cfg.idle_timeout)
-                return self._read_stream(base, res)
+                sock.setblocking(False)
+                consumer = _StreamConsumer(self, base)
+                stream = Stream(
+                    sock,
+                    rest,
+                    "chunked" in (headers.get("Transfer-Encoding") or "").lower(),
+                    self._cfg.idle_timeout,
+                    consumer.on_bytes,
+                    consumer.on_end,
+                )
+                Hub.get().attach(stream)
+                # `close` shuts the socket down and the reader ends the stream at once. Rare
+                # wake-ups: a thousand gates' threads polling would take the interpreter lock
+                # from the reader itself.
+                while not stream.done.wait(30.0):
+                    if self._stop.is_set():
+                        return _Outcome(heard=consumer.heard)
+                return stream.result
             finally:
                 self._stream_sock = None
-                conn.close()
+                sock.close()
         return _Outcome(error=last_err)
-
-    def _read_stream(self, base: Base, res: http.client.HTTPResponse) -> _Outcome:
-        parser = _sse.Parser()
-        heard = False
-        resync = False
-        while not self._stop.is_set():
-            try:
-                chunk = res.read1(16384)
-            except socket.timeout:
-                log.warning(
-                    "switch %s: the event stream from %s was silent for %.0f s; reconnecting",
-                    self._switch, base.url, self._cfg.idle_timeout,
-                )
-                return _Outcome(heard=heard, refused=not heard)
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                return _Outcome(heard=heard, error=Unreachable(f"{base.url}: the event stream broke: {describe(e)}"))
-            if not chunk:
-                # The server ended the stream (a restart, a revoked token); ended before a
-                # single byte, it is what a proxy refusing streams does.
-                return _Outcome(heard=heard, refused=not heard)
-            if not heard:
-                heard = True
-                self._set_connected(True)
-            try:
-                events = parser.feed(chunk)
-            except _sse.SseError as e:
-                return _Outcome(heard=heard, error=ProtocolError(f"{base.url}: unreadable event stream: {e}"))
-            if not events:
-                self._contact()  # a keep-alive
-                continue
-            for ev in events:
-                if ev.event == "switch":
-                    try:
-                        sw = parse_switch(ev.data, self._switch)
-                    except BadSwitch as e:
-                        log.warning("switch %s: ignoring an unreadable switch event from %s: %s", self._switch, base.url, e)
-                        continue
-                    self._apply(sw, after_resync=resync)
-                    resync = False
-                elif ev.event == "resync":
-                    # Too far behind to replay each change: the state that follows is current,
-                    # even if its version is lower (the switch was deleted and made again).
-                    log.info("switch %s: the stream skipped changes (%s); taking the current state", self._switch, ev.data[:200])
-                    resync = True
-                    self._contact()
-                elif ev.event == "deleted":
-                    log.error("switch %s was deleted; keeping the last known state", self._switch)
-                    return _Outcome(heard=heard)
-                else:
-                    self._contact()  # an event this SDK does not know: proof of life, no more
-        return _Outcome(heard=heard)
 
     def _abort_sessions(self) -> None:
         for s in (self._poll_session, self._report_session):
