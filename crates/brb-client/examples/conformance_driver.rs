@@ -122,7 +122,9 @@ fn gate_config(c: &Value, worker_id: Option<String>) -> Result<GateConfig> {
         cfg.max_concurrency = n as usize;
     }
     if let Some(r) = c.get("reports").and_then(Value::as_bool) {
+        // `reports: false` is the benchmark's pure fan-out: no samples either (as `brb bench`).
         cfg.reports = r;
+        cfg.send_samples = r;
     }
     cfg.tls = TlsOptions {
         ca_file: str_field(c, "ca_file").map(PathBuf::from),
