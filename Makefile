@@ -92,7 +92,7 @@ bench-sdk:
 	$(CARGO) build --release -p brb --locked
 	$(CARGO) build -p brb-e2e --bin bench-sdk --locked
 	ulimit -n "$$(ulimit -Hn)"; BRB_BIN=target/release/brb target/debug/bench-sdk \
-	  --markdown target/bench-sdk.md $(BENCH_SDK_ARGS)
+	  --markdown target/bench-sdk.md --json target/bench-sdk.json $(BENCH_SDK_ARGS)
 
 check:
 	$(CARGO) check --workspace --all-targets

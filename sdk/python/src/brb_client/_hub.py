@@ -40,6 +40,16 @@ class Dechunker:
         self.ended = False
 
     def feed(self, data: bytes) -> bytes:
+        if not self._buf and self._state == "size" and not self.ended:
+            # The usual case: whole chunks in one read. Sliced without copying into a buffer.
+            i = data.find(b"\r\n")
+            if 0 < i <= 16:
+                try:
+                    n = int(data[:i].split(b";", 1)[0], 16)
+                except ValueError:
+                    n = -1
+                if n > 0 and len(data) == i + 2 + n + 2 and data.endswith(b"\r\n"):
+                    return data[i + 2 : i + 2 + n]
         buf = self._buf
         buf += data
         out = bytearray()
@@ -194,6 +204,11 @@ class Hub:
                 self._finish(s, s.on_end("eof", None))
                 return
             if self._feed(s, data):
+                return
+            # One read per readiness unless more is surely there: the selector is level-
+            # triggered and says again if the socket has more; TLS may hold decrypted bytes
+            # it would not signal.
+            if len(data) < 65536 and not (isinstance(s.sock, ssl.SSLSocket) and s.sock.pending()):
                 return
 
     def _feed(self, s: Stream, data: bytes) -> bool:

@@ -358,9 +358,10 @@ class Gate:
         self._poll_session: Optional[Session] = None
         self._report_session: Optional[Session] = None
         self._threads: List[threading.Thread] = []
+        self._reporting = config.reports or config.send_samples
         name = f"brb-{self._switch}"
         self._spawn(self._watch, f"{name}-watch")
-        if config.reports or config.send_samples:
+        if self._reporting:
             self._spawn(self._report_loop, f"{name}-report")
         if self._cfg.policy is not FailurePolicy.KEEP_LAST_KNOWN:
             self._spawn(self._policy_clock, f"{name}-policy")
@@ -562,10 +563,11 @@ class Gate:
             drained = self._in_flight == 0 and not self._open
             self._cond.notify_all()
         if drained:
-            self._report_now.set()  # drained: say so at once
+            self._wake_reporter()  # drained: say so at once
 
-    def _recompute(self) -> None:
-        """The effective decision from what is known and how long ago (lock held)."""
+    def _recompute(self) -> bool:
+        """The effective decision from what is known and how long ago (lock held). True when it
+        changed (waiters and the reporter were woken)."""
         beyond_grace = self._lost_at is not None and time.monotonic() - self._lost_at >= self._cfg.grace
         policy = self._cfg.policy
         if policy is FailurePolicy.OPEN and beyond_grace:
@@ -574,15 +576,21 @@ class Gate:
             is_open = False
         else:
             is_open = self._known == "running"
-        if is_open != self._open:
-            self._open = is_open
-            self._cond.notify_all()
+        if is_open == self._open:
+            return False
+        self._open = is_open
+        self._cond.notify_all()
+        self._wake_reporter()
+        if self._lost_at is not None and policy is not FailurePolicy.KEEP_LAST_KNOWN:
+            log.warning(
+                "switch %s: control plane unreachable past the %.1f s grace period; failing %s",
+                self._switch, self._cfg.grace, policy.value,
+            )
+        return True
+
+    def _wake_reporter(self) -> None:
+        if self._reporting and not self._report_now.is_set():
             self._report_now.set()
-            if self._lost_at is not None and policy is not FailurePolicy.KEEP_LAST_KNOWN:
-                log.warning(
-                    "switch %s: control plane unreachable past the %.1f s grace period; failing %s",
-                    self._switch, self._cfg.grace, policy.value,
-                )
 
     def _apply(self, sw: SwitchView, after_resync: bool = False) -> None:
         with self._cond:
@@ -595,10 +603,10 @@ class Gate:
             self._version = sw.version
             self._known = sw.state
             self._last_contact = time.time()
-            self._recompute()
-            # Waiters and the reporter also learn of a new version or ramp.
-            self._cond.notify_all()
-        self._report_now.set()
+            if not self._recompute():
+                # Waiters and the reporter also learn of a new version or ramp.
+                self._cond.notify_all()
+                self._wake_reporter()
         if prev is None:
             log.debug("switch %s: %s at version %d", sw.name, sw.state, sw.version)
         elif prev != sw.state:
