@@ -177,8 +177,10 @@ class Driver:
         version = cmd["version"]
         deadline = time.monotonic() + cmd.get("timeout_ms", 5000) / 1000.0
         # Waiting only: each time comes from the SDK (`last_change`), recorded when it applied.
+        # Checked every 20 ms: this thread takes the interpreter lock from the SDK's stream
+        # reader each time it looks at a thousand gates.
         while time.monotonic() < deadline and any(g.version < version for g in self.fleet):
-            time.sleep(0.005)
+            time.sleep(0.02)
         seen = []
         for g in self.fleet:
             lc = g.last_change()
