@@ -11,13 +11,14 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench
+	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench sdk-python
+	@scripts/python-sdk-tests.sh --install-only
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
@@ -31,7 +32,10 @@ build: ui
 run: build
 	scripts/run.sh $(BRB_RUN_ARGS)
 
-## Every test: formatting, lints, unit, integration and end-to-end suites.
+## Every test: formatting, lints, unit, integration and end-to-end suites. The SDK conformance
+## suite (tests/conformance.rs: every SDK's driver through sdk/conformance/scenarios) runs with
+## the other cargo tests: cargo runs test binaries one at a time, so its 1 s deadlines never
+## share the two cores with another suite; each driver is built by its sdks.json setup.
 test: test-deps
 	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
 	$(CARGO) fmt --all -- --check
@@ -43,6 +47,7 @@ test: test-deps
 	cd sdk/go && export BRB_BIN=$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/debug/brb GOCACHE=$(CURDIR)/target/go/cache GOPATH=$(CURDIR)/target/go/path GOFLAGS=-mod=mod GOPROXY=off && test -z "$$(gofmt -l . ../../examples/go)" && go vet ./... && (cd ../../examples/go && go vet ./...) && go test -count=1 ./...
 	cd sdk/node && npm ci --no-audit --no-fund && npm run build && npm test
 	scripts/schemathesis.sh
+	scripts/python-sdk-tests.sh
 	$(CARGO) test --workspace --all-targets --locked
 	cd ui && node --test tests/console.e2e.mjs
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
@@ -80,6 +85,17 @@ bench:
 	$(CARGO) build --release -p brb --locked
 	ulimit -n "$$(ulimit -Hn)"; target/release/brb bench --json target/bench.json \
 	  --markdown target/bench.md $(BENCH_ARGS)
+
+## The SDKs side by side (BENCHMARKS.md, "SDK fan-out"): for each SDK whose driver has the
+## fleet commands, 1,000 watchers in one driver process against a release-built brb server;
+## press -> paused p50/p99 and memory per watcher. BENCH_SDK_ARGS adds options.
+BENCH_SDK_ARGS ?=
+bench-sdk:
+	@scripts/ensure-packages.sh base sdk-python
+	$(CARGO) build --release -p brb --locked
+	$(CARGO) build -p brb-e2e --bin bench-sdk --locked
+	ulimit -n "$$(ulimit -Hn)"; BRB_BIN=target/release/brb target/debug/bench-sdk \
+	  --markdown target/bench-sdk.md --json target/bench-sdk.json $(BENCH_SDK_ARGS)
 
 check:
 	$(CARGO) check --workspace --all-targets

@@ -26,6 +26,8 @@ declare -A PKG_GROUPS=(
   [postgres]="postgresql"
   # `make bench` and its end-to-end test: the Redis pub/sub baseline.
   [bench]="redis-server"
+  # The Python SDK (sdk/python, standard library only) and its pytest virtualenv.
+  [sdk-python]="python3 python3-venv"
   # Profilers for the fan-out path (BENCHMARKS.md): perf, valgrind --tool=callgrind.
   [profile]="linux-perf valgrind"
 )

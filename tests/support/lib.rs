@@ -3,6 +3,8 @@
 //!
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
+pub mod sdk;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{BufRead, BufReader};

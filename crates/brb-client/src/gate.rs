@@ -576,6 +576,7 @@ async fn watch(s: Arc<Shared>, client: Client) {
     let mut attempt: u32 = 0;
     let mut sse_failures: u32 = 0;
     let mut long_poll_until: Option<Instant> = None;
+    let mut warned_unreachable = false;
     loop {
         let use_long_poll = match s.cfg.transport {
             Transport::LongPoll => true,
@@ -602,6 +603,12 @@ async fn watch(s: Arc<Shared>, client: Client) {
                         // The server answered but refused the stream (a proxy, or auth).
                         sse_failures += 1;
                         tracing::warn!(switch = %s.cfg.switch, error = %e, "event stream refused");
+                    } else if !warned_unreachable {
+                        // Once per outage, loud enough to be seen (a wrong CA or URL would
+                        // otherwise keep a worker on its last state in silence); the retries
+                        // that follow stay quiet.
+                        warned_unreachable = true;
+                        tracing::warn!(switch = %s.cfg.switch, error = %e, "cannot reach the control plane; keeping the last known state, retrying");
                     } else {
                         tracing::debug!(switch = %s.cfg.switch, error = %e, "control plane unreachable");
                     }
@@ -621,6 +628,9 @@ async fn watch(s: Arc<Shared>, client: Client) {
             long_poll_until = None;
         }
         attempt = if ok { 0 } else { attempt.saturating_add(1) };
+        if ok {
+            warned_unreachable = false;
+        }
         // The first attempts after losing a stream all retry within one base period: a
         // restarting control plane is usually back well within it, and doubling at once
         // would leave the unlucky few who came too early seconds behind the fleet.

@@ -1,0 +1,129 @@
+"""The parts with no I/O: the SSE parser, the switch and ramp reader, token resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from brb_client import ConfigError, GateConfig, Ramp, backoff
+from brb_client._sse import MAX_LINE, Parser, SseError
+from brb_client._switch import BadSwitch, parse_rfc3339, parse_switch
+from brb_client.gate import resolve_token
+
+from conftest import switch_json
+
+
+def test_sse_events_comments_and_line_endings_split_anywhere() -> None:
+    stream = (
+        b": keep-alive\r\n\r\n"
+        b"event: switch\r\nid: 7\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+        b"event: resync\rdata: x\r\r"
+        b"data: plain\n\n"
+    )
+    # Every split point, including inside a CRLF, gives the same events.
+    for cut in range(len(stream) + 1):
+        p = Parser()
+        evs = p.feed(stream[:cut]) + p.feed(stream[cut:])
+        assert [(e.event, e.data, e.id) for e in evs] == [
+            ("switch", '{"a":\n1}', "7"),
+            ("resync", "x", "7"),
+            ("message", "plain", "7"),
+        ], cut
+
+
+def test_sse_truncated_event_is_never_dispatched() -> None:
+    p = Parser()
+    assert p.feed(b'event: switch\ndata: {"name":"workers","state":"paused"') == []
+    # The connection ends here: nothing was dispatched, nothing will be.
+
+
+def test_sse_refuses_endless_lines_and_bad_utf8() -> None:
+    with pytest.raises(SseError):
+        Parser().feed(b"data: " + b"x" * (MAX_LINE + 10))
+    with pytest.raises(SseError):
+        Parser().feed(b"data: \xff\xfe\n\n")
+
+
+def test_switch_parses_the_servers_json() -> None:
+    sw = parse_switch(switch_json("paused", 42), "workers")
+    assert (sw.state, sw.version, sw.changed_by, sw.ramp) == ("paused", 42, "admin", None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "not json",
+        "[1, 2]",
+        switch_json(name="other"),
+        switch_json(state="stopped"),
+        switch_json(version=-1),
+        switch_json(version=True),
+        switch_json(version="3"),
+        switch_json(ramp={"kind": "steps", "fractions": [0.5, 0.1], "duration_secs": 10, "started_at": "2026-01-01T00:00:00Z"}),
+        switch_json(ramp={"kind": "steps", "fractions": [0.1, 1.5], "duration_secs": 10, "started_at": "2026-01-01T00:00:00Z"}),
+        switch_json(ramp={"kind": "linear", "from": 0.1, "duration_secs": 0, "started_at": "2026-01-01T00:00:00Z"}),
+        switch_json(ramp={"kind": "wobbly", "duration_secs": 10, "started_at": "2026-01-01T00:00:00Z"}),
+        switch_json(ramp={"kind": "linear", "from": 0.1, "duration_secs": 10, "started_at": "yesterday"}),
+    ],
+)
+def test_garbage_is_refused(doc: str) -> None:
+    with pytest.raises(BadSwitch):
+        parse_switch(doc, "workers")
+
+
+def test_ramp_fraction_matches_the_rust_definition() -> None:
+    t0 = parse_rfc3339("2026-01-01T00:00:00Z")
+    steps = Ramp(t0, 9, "steps", fractions=(0.1, 0.25, 0.5, 1.0))
+    # Each fraction for an equal share (3 s); 1.0 at the end; the first before the start.
+    assert [steps.fraction_at(t0 + s) for s in (-5, 0, 2.9, 3.0, 6.5, 9.0, 100)] == [
+        0.1, 0.1, 0.1, 0.25, 0.5, 1.0, 1.0,
+    ]
+    linear = Ramp(t0, 10, "linear", start_from=0.2)
+    assert linear.fraction_at(t0 + 5) == pytest.approx(0.6)
+    assert linear.fraction_at(t0 + 10) == 1.0
+
+
+def test_rfc3339_with_nanoseconds_and_offsets() -> None:
+    assert parse_rfc3339("2026-01-01T00:00:00.123456789Z") == pytest.approx(1767225600.123456789)
+    assert parse_rfc3339("2026-01-01T01:00:00+01:00") == parse_rfc3339("2026-01-01T00:00:00Z")
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    seen = {backoff(0.1, 30.0, 0) for _ in range(200)}
+    assert all(0 <= d <= 0.1 for d in seen) and len(seen) > 100
+    assert all(backoff(0.1, 30.0, a) <= 30.0 for a in (10, 20, 1000))
+
+
+def test_token_order_and_secrecy(tmp_path, monkeypatch) -> None:
+    f = tmp_path / "tok"
+    f.write_text("brb_file_token\n")
+    monkeypatch.setenv("BRB_TOKEN", "brb_env_token")
+    monkeypatch.setenv("BRB_TOKEN_FILE", str(f))
+    cfg = GateConfig(urls=["http://127.0.0.1:1"])
+    assert resolve_token(cfg) == "brb_env_token"
+    monkeypatch.delenv("BRB_TOKEN")
+    assert resolve_token(cfg) == "brb_file_token"
+    assert resolve_token(GateConfig(urls=["x"], token="brb_given")) == "brb_given"
+    assert resolve_token(GateConfig(urls=["x"], token_file=str(f))) == "brb_file_token"
+    # A malformed token is refused without being echoed.
+    with pytest.raises(ConfigError) as e:
+        resolve_token(GateConfig(urls=["x"], token="brb_secret\nInjected: yes"))
+    assert "brb_secret" not in str(e.value)
+    with pytest.raises(ConfigError, match="/nonexistent"):
+        resolve_token(GateConfig(urls=["x"], token_file="/nonexistent/token"))
+    assert "brb_given" not in repr(GateConfig(urls=["x"], token="brb_given"))
+
+
+def test_dechunking_split_anywhere_and_garbage_refused() -> None:
+    from brb_client._hub import Dechunker
+
+    body = b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\n\r\n"
+    for cut in range(len(body) + 1):
+        d = Dechunker()
+        assert d.feed(body[:cut]) + d.feed(body[cut:]) == b"hello world!", cut
+        assert d.ended
+    with pytest.raises(SseError):
+        Dechunker().feed(b"zz\r\nhello\r\n")
+    with pytest.raises(SseError):
+        Dechunker().feed(b"5\r\nhelloXX")
+    with pytest.raises(SseError):
+        Dechunker().feed(b"1" * 2000)
