@@ -252,7 +252,8 @@ class TestGateServer < Minitest::Test
 
   def test_a_bad_token_is_a_clear_error_without_a_retry_storm
     px = proxy
-    g = gate(**opts(urls: [px.url], token: "brb_0000000000_#{'0' * 64}", backoff_base: 0.01, backoff_cap: 0.02))
+    # After a refusal it waits the backoff cap (5 s here), not the base (10 ms).
+    g = gate(**opts(urls: [px.url], token: "brb_0000000000_#{'0' * 64}", backoff_base: 0.01, backoff_cap: 5))
     eventually(5, "a clear log line") { @log.text.include?("refused the token") }
     assert_match(/refused the token for event stream .*unauthorized.*BRB_TOKEN/, @log.text)
     assert_match(/token/, g.last_error)

@@ -47,7 +47,8 @@ module BigRedButton
     # transport::         :auto (SSE, long-poll when SSE keeps failing), :sse, :long_poll
     # ca_file::           private CA bundle (PEM); default BRB_CA_FILE
     # client_cert/key::   client certificate for mutual TLS; default BRB_CLIENT_CERT/KEY
-    # auth_retry::        how long to wait after a 401/403 before asking again
+    # auth_retry::        how long to wait after a 401/403 before asking again (default: the
+    #                     backoff cap, as the other SDKs: a fixed token is noticed, no storm)
     # answer_timeout::    how long a stream's answer may take to start (connect, TLS, head)
     # reports::           report to the control plane (on every change and every interval)
     # samples::           a `sdk_jobs_processed` counter sample, at most once a second while
@@ -55,7 +56,7 @@ module BigRedButton
     def initialize(switch: "workers", urls: nil, token: nil, token_file: nil, worker_id: nil,
                    policy: :keep_last_known, grace: 10, max_concurrency: 1, report_interval: 5,
                    transport: :auto, backoff_base: 1, backoff_cap: 30, idle_timeout: 45,
-                   auth_retry: 60, answer_timeout: Http::STREAM_ANSWER_TIMEOUT,
+                   auth_retry: nil, answer_timeout: Http::STREAM_ANSWER_TIMEOUT,
                    ca_file: ENV["BRB_CA_FILE"], client_cert: ENV["BRB_CLIENT_CERT"],
                    client_key: ENV["BRB_CLIENT_KEY"], allow_insecure_http: false, reports: true,
                    samples: true, logger: nil)
@@ -74,7 +75,7 @@ module BigRedButton
       @backoff_base = seconds(backoff_base, "backoff_base")
       @backoff_cap = [seconds(backoff_cap, "backoff_cap"), @backoff_base].max
       @idle_timeout = seconds(idle_timeout, "idle_timeout")
-      @auth_retry = seconds(auth_retry, "auth_retry")
+      @auth_retry = auth_retry.nil? ? @backoff_cap : seconds(auth_retry, "auth_retry")
       @answer_timeout = seconds(answer_timeout, "answer_timeout")
       @worker_id = (worker_id || BigRedButton.default_worker_id).to_s
       if @worker_id.empty? || @worker_id.size > 128 || @worker_id.match?(/[[:cntrl:]]/)
