@@ -270,8 +270,16 @@ fn adopt<L: Liveness>(e: &Entry<L>, hub: &Weak<Hub>) -> bool {
 }
 
 /// Serves a switch stream whose response head is already written: registers it with the
-/// writer threads and does the rest until it ends.
-pub async fn serve(fanout: &Fanout, o: Opened, sock: TcpStream) {
+/// writer threads and returns the stream's task, which does the rest until it ends.
+///
+/// Not an `async fn`: its arguments would stay in the task's future for the stream's whole
+/// life (the core and the first bytes have moved into the entry by then), and that future is
+/// memory every idle watcher holds.
+pub fn serve(
+    fanout: &Fanout,
+    o: Opened,
+    sock: TcpStream,
+) -> impl std::future::Future<Output = ()> + use<> {
     let Opened { sub, rx, first, .. } = o;
     let sock = Arc::new(sock);
     let deadline = sub.deadline();
@@ -285,11 +293,13 @@ pub async fn serve(fanout: &Fanout, o: Opened, sock: TcpStream) {
         }),
         wake: Notify::new(),
     });
-    if !fanout.register(Arc::clone(&entry)) {
-        return;
+    let registered = fanout.register(Arc::clone(&entry));
+    async move {
+        if registered {
+            run_task(&entry, &sock, deadline).await;
+        }
+        entry.close();
     }
-    run_task(&entry, &sock, deadline).await;
-    entry.close();
 }
 
 /// A stream's task: writes the backlog, notices the client leave, keeps the keep-alive
