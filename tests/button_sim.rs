@@ -312,7 +312,14 @@ impl Drop for Daemon {
     }
 }
 
-async fn wait_state(c: &brb_client::Client, want: SwitchState, timeout: Duration) -> u64 {
+/// Waits until the switch is `want`; on a timeout the failure shows the daemon's log, the only
+/// account of what the host decided.
+async fn wait_state(
+    c: &brb_client::Client,
+    want: SwitchState,
+    timeout: Duration,
+    daemon: &Daemon,
+) -> u64 {
     let timeout = patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
@@ -321,7 +328,11 @@ async fn wait_state(c: &brb_client::Client, want: SwitchState, timeout: Duration
         {
             return s.version;
         }
-        assert!(Instant::now() < deadline, "workers did not become {want}");
+        assert!(
+            Instant::now() < deadline,
+            "workers did not become {want}; the daemon's log:\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -415,7 +426,7 @@ async fn firmware_scenario() {
 
     // A short press pauses; the audit says who, from where, which button.
     sim.hold(150).await;
-    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5)).await;
+    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5), &daemon).await;
     let audit = admin.audit(Some("workers"), 1, None).await.unwrap();
     let e = &audit.entries[0];
     assert_eq!(e.version, Some(v));
@@ -534,7 +545,13 @@ async fn firmware_scenario() {
 
     // A long hold resumes.
     sim.hold(3500).await;
-    wait_state(&admin, SwitchState::Running, Duration::from_secs(5)).await;
+    wait_state(
+        &admin,
+        SwitchState::Running,
+        Duration::from_secs(5),
+        &daemon,
+    )
+    .await;
     let audit = admin.audit(Some("workers"), 1, None).await.unwrap();
     let reason = audit.entries[0].reason.clone().unwrap_or_default();
     assert!(
@@ -601,7 +618,7 @@ async fn firmware_scenario() {
     sim.wait_light(ShowState::Running, Duration::from_secs(5))
         .await;
     sim.hold(150).await;
-    wait_state(&admin, SwitchState::Paused, Duration::from_secs(5)).await;
+    wait_state(&admin, SwitchState::Paused, Duration::from_secs(5), &daemon).await;
     sim.wait_light(ShowState::Paused, Duration::from_secs(5))
         .await;
 
@@ -633,7 +650,13 @@ async fn firmware_scenario() {
     let admin =
         brb_client::Client::new(&[server.url.as_str()], Some(server.admin_token())).unwrap();
     sim.hold(150).await;
-    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(10)).await;
+    let v = wait_state(
+        &admin,
+        SwitchState::Paused,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
     assert_eq!(
         v,
         before_outage + 1,
@@ -642,7 +665,13 @@ async fn firmware_scenario() {
     sim.wait_light(ShowState::Paused, Duration::from_secs(20))
         .await;
     sim.hold(3500).await;
-    wait_state(&admin, SwitchState::Running, Duration::from_secs(5)).await;
+    wait_state(
+        &admin,
+        SwitchState::Running,
+        Duration::from_secs(5),
+        &daemon,
+    )
+    .await;
     sim.wait_light(ShowState::Running, Duration::from_secs(5))
         .await;
     daemon.assert_alive();
@@ -919,7 +948,7 @@ async fn docs_scenario() {
     dev.wait_show(ShowState::Running, Duration::from_secs(5))
         .await;
     dev.press(2).await;
-    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5)).await;
+    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5), &daemon).await;
     let e = &admin.audit(Some("workers"), 1, None).await.unwrap().entries[0];
     assert_eq!(
         (e.version, e.reason.as_deref()),
@@ -967,7 +996,7 @@ async fn docs_scenario() {
         .await;
     assert_eq!(admin.switch("workers").await.unwrap().version, v + 1);
     dev.hello(1, "DOC-0002").await;
-    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5)).await;
+    let v = wait_state(&admin, SwitchState::Paused, Duration::from_secs(5), &daemon).await;
     let e = &admin.audit(Some("workers"), 1, None).await.unwrap().entries[0];
     assert_eq!(
         (e.version, e.reason.as_deref()),
@@ -1034,7 +1063,13 @@ async fn docs_scenario() {
     let admin =
         brb_client::Client::new(&[server.url.as_str()], Some(server.admin_token())).unwrap();
     dev.press(3).await;
-    let v2 = wait_state(&admin, SwitchState::Paused, Duration::from_secs(10)).await;
+    let v2 = wait_state(
+        &admin,
+        SwitchState::Paused,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
     assert_eq!(v2, v + 2, "the press given up on landed after all");
     let e = &admin.audit(Some("workers"), 1, None).await.unwrap().entries[0];
     assert_eq!(

@@ -5,42 +5,9 @@
 
 use std::time::Duration;
 
-use brb_e2e::ServerProc;
+use brb_e2e::{Api, ServerProc};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn new(server: &ServerProc) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: format!("{}/api/v1", server.url),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap())
-    }
-}
 
 /// A token names where its change comes from, but not a channel the server runs itself.
 #[tokio::test]

@@ -7,53 +7,27 @@
 use std::time::{Duration, Instant};
 
 use brb_api::{CreateTokenRequest, Role, TokenScope};
-use brb_e2e::{ServerProc, SseStream, cli, metric, wait_for};
+use brb_e2e::{Api, ServerProc, SseStream, cli, metric, wait_for};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// What these tests ask of the API beyond a plain call.
+trait TokenApi {
+    async fn get(&self, path: &str, token: &str) -> (u16, Value);
+    async fn put_state(&self, switch: &str, token: &str, state: &str) -> (u16, Value);
+    async fn stream(&self, path: &str, token: &str) -> SseStream;
 }
 
-impl Api {
-    fn new(server: &ServerProc) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: format!("{}/api/v1", server.url),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let res = rb.send().await.unwrap();
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let v = res.json::<Value>().await.unwrap_or(Value::Null);
-        (status, v, headers)
-    }
-
+impl TokenApi for Api {
     async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let (s, v, _) = self.call(reqwest::Method::GET, path, token, None).await;
+        let (s, v) = self.call("GET", path, token, None).await;
         (s, v)
     }
 
     async fn put_state(&self, switch: &str, token: &str, state: &str) -> (u16, Value) {
         let (s, v, _) = self
-            .call(
-                reqwest::Method::PUT,
+            .call_with_headers(
+                "PUT",
                 &format!("/switches/{switch}/state"),
                 token,
                 Some(json!({ "state": state })),
@@ -302,8 +276,8 @@ async fn scoped_tokens_reach_only_their_switches_and_direction() {
     let api = Api::new(&server);
     let admin = server.admin_token();
     let (s, _, _) = api
-        .call(
-            reqwest::Method::POST,
+        .call_with_headers(
+            "POST",
             "/switches",
             &admin,
             Some(json!({"name": "emails", "description": "outgoing mail"})),
@@ -401,9 +375,7 @@ async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
     let t0 = Instant::now();
     for i in 0..40 {
         let bad = format!("brb_{i:010x}_{}", "0".repeat(64));
-        let (s, _, h) = api
-            .call(reqwest::Method::GET, "/switches", &bad, None)
-            .await;
+        let (s, _, h) = api.call_with_headers("GET", "/switches", &bad, None).await;
         if s == 429 && retry_after.is_none() {
             retry_after = h
                 .get("retry-after")
@@ -448,8 +420,8 @@ async fn flip(api: &Api, admin: &str, state: &mut &'static str) -> (u16, Option<
         "running"
     };
     let (s, v, h) = api
-        .call(
-            reqwest::Method::PUT,
+        .call_with_headers(
+            "PUT",
             "/switches/workers/state",
             admin,
             Some(json!({ "state": to })),
@@ -564,8 +536,8 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
     // Oversized body: 413 JSON. Oversized headers: 431.
     let big = "x".repeat(200 * 1024);
     let (s, b, _) = api
-        .call(
-            reqwest::Method::PUT,
+        .call_with_headers(
+            "PUT",
             "/switches/workers/state",
             &admin,
             Some(json!({"state": "paused", "reason": big})),

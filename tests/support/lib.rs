@@ -392,3 +392,58 @@ impl SseStream {
         }
     }
 }
+
+/// The JSON API of one server as a test calls it: every answer as (status, JSON body), a body
+/// that is not JSON as `Value::Null`, so that a test asserts on what came back rather than
+/// failing inside the helper.
+pub struct Api {
+    pub http: reqwest::Client,
+    /// `…/api/v1`, without a trailing slash.
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(server: &ServerProc) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: format!("{}/api/v1", server.url),
+        }
+    }
+
+    /// `method` as in the HTTP request line ("GET", "PUT"…).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let (s, v, _) = self.call_with_headers(method, path, token, body).await;
+        (s, v)
+    }
+
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let res = rb.send().await.expect("the server answers");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let v = res
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or(serde_json::Value::Null);
+        (status, v, headers)
+    }
+}

@@ -482,6 +482,12 @@ impl Client {
                         return Err(error_from(base, status, &body));
                     }
                     Ok(Err(e @ ClientError::Config(_))) => return Err(e),
+                    // An unreachable peer's message already says so; wrapping its Display
+                    // again would read "cannot reach the control plane: cannot reach...".
+                    Ok(Err(ClientError::Unreachable(m))) => {
+                        last_err = m;
+                        continue;
+                    }
                     Ok(Err(e)) => {
                         last_err = e.to_string();
                         continue;
