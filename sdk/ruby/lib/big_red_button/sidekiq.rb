@@ -83,6 +83,12 @@ module BigRedButton
           queue.delete_prefix("queue:")
         end
 
+        # Short, and without the fetch (whose gate settings hold the token).
+        def inspect
+          "#<#{self.class.name} queue=#{queue_name} #{job.to_s[0, 120]}>"
+        end
+        alias to_s inspect
+
         # Sidekiq ran the job (done, or a retry scheduled): the slot is freed, counted. A job
         # LastLook put back was not run: its slot is freed uncounted.
         def acknowledge
@@ -119,6 +125,12 @@ module BigRedButton
         @basic = nil
         @held = {} # processor thread => the Work it runs
       end
+
+      # Never the gate's settings: they may hold the token.
+      def inspect
+        "#<#{self.class.name} queues=#{Array(@options[:queues]).uniq.join(',')} gate=#{@gate.inspect}>"
+      end
+      alias to_s inspect
 
       # Makes the gate (once; on Sidekiq's :startup, or at the first fetch).
       def start

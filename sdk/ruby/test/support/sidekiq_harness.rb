@@ -104,7 +104,7 @@ module SidekiqHarness
 
   # A `sidekiq` process (the real CLI) running the test app with the brake wired in.
   class Worker
-    attr_reader :pid, :log
+    attr_reader :log, :pid
 
     def initialize(dir:, redis_url:, brb_url:, token_file:, concurrency:, name:, env: {})
       @log = File.join(dir, "#{name}.log")
@@ -114,9 +114,17 @@ module SidekiqHarness
                            "-t", "10", out: @log, err: @log, pgroup: true)
     end
 
+    # How it exited, once it has.
+    attr_reader :status
+
     def alive?
-      @pid && Process.wait(@pid, Process::WNOHANG).nil?
+      return false unless @pid
+
+      _, @status = Process.wait2(@pid, Process::WNOHANG)
+      @pid = nil if @status
+      @status.nil?
     rescue Errno::ECHILD
+      @pid = nil
       false
     end
 
