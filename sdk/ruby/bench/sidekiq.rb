@@ -6,9 +6,11 @@
 #
 #   BRB_BIN=target/debug/brb ruby -Isdk/ruby/lib sdk/ruby/bench/sidekiq.rb [PRESSES] [RAMP]
 #
-# PRESSES (default 10): pauses, each timed from the press (the switch's `changed_at`, the
-# control plane's commit) to the last job start any process recorded (the job's first line, in
-# Redis), and to both workers reporting `paused`; resumed at once between presses.
+# PRESSES (default 10): pauses, each timed from the press (the switch's `changed_at`, stamped
+# by the control plane as it commits the change) to the last job start any process recorded (the job's first line, in
+# Redis; negative when no job started after the press), with the count of jobs that started
+# after the press, and to both workers acknowledging (`last_ack_ms`); resumed at once between
+# presses; and to each process's gate applying it (the gate's own log line).
 # RAMP (default steps:1m): the release curve, job starts per second after `brb resume` at once
 # and after `brb resume --ramp RAMP`, each from a paused fleet with a backlog.
 # It prints what it measured, the machine's load average before and after, and the curve as a
@@ -106,7 +108,8 @@ module SidekiqBench
     redis = SidekiqHarness::RedisServer.new(dir)
     workers = Array.new(PROCESSES) do |i|
       SidekiqHarness::Worker.new(dir: dir, redis_url: redis.url, brb_url: brb.url, token_file: token_file,
-                                 concurrency: CONCURRENCY, name: "sidekiq-#{i}")
+                                 concurrency: CONCURRENCY, name: "sidekiq-#{i}",
+                                 env: { "BRB_GATE_LOG" => File.join(dir, "gate-#{i}.log") })
     end
     SidekiqHarness.wait_for(120, "both Sidekiq processes to report") do
       brb.workers.count { |w| w["status"] == "running" } == PROCESSES
@@ -121,27 +124,46 @@ module SidekiqBench
     puts "\n#{PROCESSES} sidekiq processes x #{CONCURRENCY} threads, jobs of #{(JOB * 1000).round} ms, " \
          "a backlog at every press"
     to_start = []
+    late = []
+    pauses = []
     to_paused = []
     presses.times do |i|
       backlog.call(600)
-      seen = starts.call.size
-      SidekiqHarness.wait_for(60, "jobs to flow") { starts.call.size >= seen + 3 * SLOTS }
+      seen = SidekiqHarness.start_count(redis.client)
+      SidekiqHarness.wait_for(60, "jobs to flow") { SidekiqHarness.start_count(redis.client) >= seen + 3 * SLOTS }
+      # Slots running equal jobs start them in waves, and the count above grows a wave at a
+      # time: pressing at once would always press just after a wave. A random point of the
+      # job's cycle instead.
+      sleep(rand * JOB)
       sw = brb.set("paused", reason: "bench press #{i + 1}")
       pressed = Time.iso8601(sw["changed_at"]).to_f
+      pauses << [sw["version"], pressed]
       SidekiqHarness.wait_for(60, "both workers to report paused") do
         ws = brb.workers
         ws.size == PROCESSES && ws.all? { |w| w["status"] == "paused" && w["observed_version"] >= sw["version"] }
       end
       ack = brb.api(:get, "/switches/workers/workers")["changes"].find { |c| c["version"] == sw["version"] }
-      last = starts.call.map(&:at).max
+      all = starts.call
+      last = all.map(&:at).max
+      after = all.count { |st| st.at >= pressed }
+      late << after
       to_start << (last - pressed) * 1000
       to_paused << ack["last_ack_ms"]
-      printf("  press %2d: last job start %+7.1f ms, all acknowledged in %s ms\n", i + 1, to_start.last,
-             ack["last_ack_ms"].inspect)
+      printf("  press %2d: last job start %+7.1f ms from the press (%d after it), all acknowledged in %s ms\n",
+             i + 1, to_start.last, after, ack["last_ack_ms"].inspect)
       brb.set("running")
     end
+    # When each process's gate applied each pause (its log line, µs): from there its threads
+    # fetch nothing more.
+    closed = Array.new(PROCESSES) { |i| gate_changes(File.join(dir, "gate-#{i}.log")) }
+    to_closed = pauses.flat_map do |v, pressed|
+      closed.map { |c| c[v] && (c[v] - pressed) * 1000 }
+    end.compact.sort
     s = to_start.sort
-    puts format("press -> last job start: p50 %.1f ms, max %.1f ms (%d presses)", pct(s, 0.5), s.last, s.size)
+    puts format("press -> last job start: p50 %+.1f ms, max %+.1f ms (%d presses; negative: the last job " \
+                "started before the press); jobs started after the press: %d in all", pct(s, 0.5), s.last, s.size, late.sum)
+    puts format("press -> each process's gate closed: p50 %.1f ms, max %.1f ms (%d)", pct(to_closed, 0.5),
+                to_closed.last, to_closed.size) unless to_closed.empty?
     acks = to_paused.compact.sort
     puts format("press -> %d/%d workers acknowledged: p50 %d ms, max %d ms", PROCESSES, PROCESSES,
                 pct(acks, 0.5), acks.last) unless acks.empty?
@@ -155,14 +177,16 @@ module SidekiqBench
       backlog.call((secs * SLOTS / JOB * 1.2).ceil)
       brb.cli("resume", *args, "--wait", "30")
       resumed = Time.iso8601(brb.api(:get, "/switches/workers")["changed_at"]).to_f
-      SidekiqHarness.wait_for(secs + 120, "#{secs} s of starts") { starts.call.any? { |st| st.at >= resumed + secs } }
+      SidekiqHarness.wait_for(secs + 120, "#{secs} s of starts") do
+        SidekiqHarness.latest_start(redis.client).to_f >= resumed + secs
+      end
       per_sec = Array.new(secs, 0)
       starts.call.each do |st|
         k = (st.at - resumed).floor
         per_sec[k] += 1 if k >= 0 && k < secs
       end
       curves[name] = per_sec
-      puts "\njob starts per second after `brb resume #{args.join(' ')}`:"
+      puts "\njob starts per second after `#{['brb resume', *args].join(' ')}`:"
       puts "  #{per_sec.join(' ')}"
     end
     print_table(curves)
@@ -173,6 +197,14 @@ module SidekiqBench
     redis&.stop
     brb&.stop
     FileUtils.rm_rf(dir) if dir
+  end
+
+  # version => when the gate logged that it applied the pause of that version (Unix seconds).
+  def gate_changes(path)
+    File.foreach(path).each_with_object({}) do |line, h|
+      m = line.match(/\[(\S+) #\d+\].*state=paused version=(\d+) .*observed a change/)
+      h[Integer(m[2])] = Time.strptime(m[1], "%Y-%m-%dT%H:%M:%S.%N").to_f if m
+    end
   end
 
   def ramp_secs(ramp)

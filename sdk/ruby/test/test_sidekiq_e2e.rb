@@ -39,11 +39,7 @@ class TestSidekiqE2e < Minitest::Test
   end
 
   def test_two_sidekiq_processes_pause_drain_and_follow_the_ramp
-    PROCESSES.times do |i|
-      @workers << SidekiqHarness::Worker.new(dir: @server.dir, redis_url: @redis.url, brb_url: @server.url,
-                                             token_file: @token_file, concurrency: CONCURRENCY,
-                                             name: "sidekiq-#{i}")
-    end
+    PROCESSES.times { |i| start_worker(i) }
     ids = eventually(90, "both Sidekiq processes report running") do
       @workers.each { |w| assert w.alive?, "sidekiq exited:\n#{w.tail}" }
       ws = @server.workers["workers"]
@@ -74,6 +70,7 @@ class TestSidekiqE2e < Minitest::Test
 
     out = brb("resume", "--ramp", RAMP, "--wait", "30")
     assert_match(%r{running · #{PROCESSES}/#{PROCESSES} workers acknowledged}, out)
+    @watcher.kill # it has seen the pause through; polling on would only load the machine
     sw = @server.switch
     resumed_at = Time.iso8601(sw["changed_at"]).to_f
     ramp = sw["ramp"]
@@ -81,11 +78,10 @@ class TestSidekiqE2e < Minitest::Test
     ramp_end = ramp_start + ramp["duration_secs"]
     # Four seconds at full speed after the ramp, the backlog still there: the rate to compare with.
     eventually(ramp["duration_secs"] + 90, "jobs start at full speed after the ramp") do
-      starts.any? { |s| s.at >= ramp_end + 4 }
+      SidekiqHarness.latest_start(@redis.client).to_f >= ramp_end + 4
     end
     jids = @producer.stop
-    eventually(240, "every enqueued job starts (#{jids.size})") { starts.size >= jids.size }
-    @watcher.kill
+    eventually(240, "every enqueued job starts (#{jids.size})") { SidekiqHarness.start_count(@redis.client) >= jids.size }
     all = starts
 
     # Every enqueued job ran exactly once.
@@ -125,7 +121,52 @@ class TestSidekiqE2e < Minitest::Test
     assert_follows_ramp(all, ramp, ramp_start, ramp_end)
   end
 
+  # The complaint heard most about job-system pauses: a deploy undoes them. A Sidekiq process
+  # stopped during a pause and started again comes up paused (it runs nothing before the
+  # control plane has told it the state, and the state is paused); the jobs queued meanwhile
+  # run once, after the release.
+  def test_a_process_restarted_during_a_pause_stays_paused
+    producer = SidekiqHarness::Producer.new(@redis.url, rate: 1, seconds: JOB)
+    worker = start_worker("before")
+    eventually(90, "it reports running") { @server.workers["workers"].any? { |w| w["status"] == "running" } }
+    producer.burst(20)
+    eventually(60, "it runs them") { SidekiqHarness.start_count(@redis.client) >= 20 }
+    v = @server.pause["version"]
+    eventually(30, "it reports paused") { @server.worker(worker_id(worker), "workers")&.fetch("status") == "paused" }
+    producer.burst(30)
+    worker.stop
+    assert worker.status.success?, "sidekiq stops cleanly on TERM during a pause: #{worker.tail}"
+
+    again = start_worker("after")
+    eventually(90, "the new process reports paused at the pause's version") do
+      w = @server.worker(worker_id(again), "workers")
+      w && w["status"] == "paused" && w["observed_version"] >= v
+    end
+    assert_equal 20, SidekiqHarness.start_count(@redis.client), "nothing ran during the pause"
+    assert_equal 30, @redis.client.llen(SidekiqHarness::QUEUE), "the jobs wait in their queue"
+
+    @server.resume
+    eventually(60, "the jobs run after the release") { SidekiqHarness.start_count(@redis.client) >= 50 }
+    runs = starts.map(&:jid).tally
+    assert_equal producer.stop.sort, runs.keys.sort
+    assert(runs.values.all?(1), "each ran once")
+    assert(starts.last(30).all? { |s| s.pid == again.pid }, "the new process ran them")
+  end
+
   private
+
+  def start_worker(name)
+    w = SidekiqHarness::Worker.new(dir: @server.dir, redis_url: @redis.url, brb_url: @server.url,
+                                   token_file: @token_file, concurrency: CONCURRENCY, name: "sidekiq-#{name}")
+    @workers << w
+    w
+  end
+
+  # The worker id the control plane knows a Sidekiq process by (its identity names its pid).
+  def worker_id(worker)
+    pid = worker.pid
+    (@server.workers["workers"] || []).map { |w| w["worker_id"] }.find { |id| SidekiqHarness.pid_of(id) == pid }
+  end
 
   def starts
     SidekiqHarness.starts(@redis.client)

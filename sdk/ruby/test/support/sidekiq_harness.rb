@@ -133,7 +133,7 @@ module SidekiqHarness
       return unless @pid
 
       Process.kill(signal, @pid)
-      Process.wait(@pid)
+      _, @status = Process.wait2(@pid)
     rescue Errno::ESRCH, Errno::ECHILD
       nil
     ensure
@@ -202,6 +202,16 @@ module SidekiqHarness
       jid, at, pid = line.split(" ")
       Start.new(jid, Float(at), Integer(pid))
     end
+  end
+
+  # How many starts are recorded, and the latest: cheap enough to poll while thousands are.
+  def self.start_count(redis)
+    redis.llen(STARTS)
+  end
+
+  def self.latest_start(redis)
+    line = redis.lindex(STARTS, -1)
+    line && Float(line.split(" ")[1])
   end
 
   # The pid inside a worker id made by BigRedButton::Sidekiq (`sidekiq:HOST:PID:NONCE`).
