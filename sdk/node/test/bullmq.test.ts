@@ -4,8 +4,11 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { Queue, Worker, type Job } from "bullmq";
+import { Redis } from "ioredis";
+import { withBrake } from "../src/bullmq.js";
 import { brb, perSecond, Producer, WorkerProc, type Start } from "./bullmq-harness.js";
-import { BrbServer, RedisServer, until } from "./support.js";
+import { BrbServer, Logs, RedisServer, until } from "./support.js";
 
 const CONCURRENCY = 5;
 const JOB_MS = 100;
@@ -101,6 +104,9 @@ test("BullMQ under the brake: no start once paused, every job once, `brb pause` 
     assert.ok(closedAt && openedAt && closedAt < openedAt, `worker ${w.n} applied both changes: ${dump()}`);
     const during = w.starts.filter((s) => s.us > closedAt && s.us < openedAt);
     assert.deepEqual(during, [], `worker ${w.n} started jobs while paused`);
+    // And it stopped fetching: only what BullMQ had in flight at the press came and went back
+    // (a fetch of the next job with each of its jobs running, and one blocking fetch).
+    assert.ok(w.givenBack <= CONCURRENCY + 1, `worker ${w.n} gave back ${w.givenBack} jobs: it kept fetching while paused`);
   }
 
   // 2. Every enqueued job ran exactly once.
@@ -132,4 +138,71 @@ test("BullMQ under the brake: no start once paused, every job once, `brb pause` 
   for (const [i, f] of STEPS.entries()) {
     assert.ok(ratios[i]! > f * 0.65 && ratios[i]! < f * 1.35, `step ${i} (${f}): ${curve}`);
   }
+});
+
+test("a job BullMQ fetches after the pause (its blocking fetch was in flight) is given back unstarted, the worker reports draining then paused, and the job runs once after the release", async () => {
+  await srv.setState("running");
+  const name = `race-${process.pid}`;
+  const connection = { host: "127.0.0.1", port: redis.port, maxRetriesPerRequest: null };
+  const queue = new Queue(name, { connection });
+  const admin = new Redis({ host: "127.0.0.1", port: redis.port });
+  const started: string[] = [];
+  let finishLong: (() => void) | null = null;
+  // drainDelay 10 s: once the queue is empty, the worker blocks up to 10 s waiting for a job.
+  const worker = new Worker(
+    name,
+    async (job: Job) => {
+      started.push(job.id!);
+      if (job.name === "long") await new Promise<void>((r) => (finishLong = r));
+    },
+    { connection, concurrency: 2, drainDelay: 10 },
+  );
+  const errors: Error[] = [];
+  worker.on("error", (e) => errors.push(e));
+  const logs = new Logs();
+  const brake = withBrake(worker, { urls: srv.url, token: srv.token, reportIntervalMs: 60_000, logger: logs });
+  const blocked = async () => ((await admin.client("LIST")) as string).split("\n").some((l) => l.includes("cmd=bzpopmin"));
+  try {
+    // A long job in flight, and the worker blocked waiting for the next.
+    await queue.add("long", {}, { jobId: "long" });
+    await until("the long job started", () => started.includes("long"));
+    await until("the worker blocked in its fetch", blocked);
+
+    const v = (await srv.setState("paused", { reason: "race" })).version;
+    await until("the gate closed and the worker paused", () => !brake.gate.isOpen() && worker.isPaused());
+    await until("the worker reporting draining with its job in flight", async () => {
+      const w = (await srv.workers()).workers[0];
+      return w?.status === "draining" && w.in_flight === 1 && w.observed_version === v;
+    });
+    // BullMQ's pause(true) does not interrupt the blocking fetch: the job added now is fetched.
+    assert.ok(await blocked(), "the fetch is still in flight");
+    await queue.add("short", {}, { jobId: "late" });
+    await until("the late job given back (or started)", () => brake.givenBack === 1 || started.includes("late"));
+    assert.deepEqual(started, ["long"], "the late job must not start while paused");
+    assert.equal(await queue.getJobState("late"), "waiting");
+
+    finishLong!();
+    await until("the worker reporting paused, nothing in flight", async () => {
+      const w = (await srv.workers()).workers[0];
+      return w?.status === "paused" && w.in_flight === 0;
+    });
+    assert.deepEqual(started, ["long"]);
+
+    await srv.setState("running");
+    await until("the late job completed", async () => (await queue.getJobState("late")) === "completed");
+    assert.deepEqual(started, ["long", "late"]);
+    const late = await queue.getJob("late");
+    // One attempt, the run: being given back counted none (BullMQ counts it as a second fetch
+    // in `attemptsStarted`, which only its `maxStartedAttempts` option, unset here, looks at).
+    assert.equal(late?.attemptsMade, 1, "given back is not an attempt");
+    assert.equal(late?.attemptsStarted, 2);
+    assert.deepEqual(errors, []);
+  } finally {
+    // A failed check must not leave close() waiting for the long job.
+    (finishLong as (() => void) | null)?.();
+    await worker.close();
+    await queue.close();
+    admin.disconnect();
+  }
+  assert.ok(brake.gate.closed, "the brake closes the gate it made when the worker closes");
 });
