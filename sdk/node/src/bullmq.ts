@@ -67,7 +67,10 @@ export interface Brake {
   readonly givenBack: number;
   /** Jobs waiting now for a permit (fetched during a ramp, their slot resting). */
   readonly waiting: number;
-  /** Detaches from the worker's events and closes the gate if `withBrake` made it. */
+  /**
+   * Detaches from the worker (its processor and concurrency as they were; paused or not as it is
+   * now) and closes the gate if `withBrake` made it. Done by itself when the worker closes.
+   */
   close(): Promise<void>;
 }
 
@@ -218,6 +221,7 @@ export function withBrake(worker: BrakeWorker, options: BrakeOptions = {}): Brak
     worker.off("closing", onClosing);
     worker.off("closed", onClosed);
     if (raw.processFn === wrapped) raw.processFn = inner;
+    if (worker.concurrency !== base) worker.concurrency = base;
     if (ownsGate) await gate.close();
   };
   const onClosed = (): void => {

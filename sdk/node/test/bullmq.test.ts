@@ -7,6 +7,7 @@ import { after, before, test } from "node:test";
 import { Queue, Worker, type Job } from "bullmq";
 import { Redis } from "ioredis";
 import { withBrake } from "../src/bullmq.js";
+import { BrbError } from "../src/index.js";
 import { brb, perSecond, Producer, WorkerProc, type Start } from "./bullmq-harness.js";
 import { BrbServer, Logs, RedisServer, until } from "./support.js";
 
@@ -205,4 +206,18 @@ test("a job BullMQ fetches after the pause (its blocking fetch was in flight) is
     admin.disconnect();
   }
   assert.ok(brake.gate.closed, "the brake closes the gate it made when the worker closes");
+});
+
+test("withBrake refuses what it cannot brake: a worker without a processor, a bad rampTickMs (a clear error, the worker untouched)", async () => {
+  const connection = { host: "127.0.0.1", port: redis.port, maxRetriesPerRequest: null };
+  const manual = new Worker(`manual-${process.pid}`, null, { connection });
+  const auto = new Worker(`auto-${process.pid}`, async () => {}, { connection, autorun: false, concurrency: 3 });
+  try {
+    assert.throws(() => withBrake(manual, { urls: srv.url, token: srv.token }), (e: unknown) => e instanceof BrbError && e.code === "config" && /processor/.test(e.message));
+    assert.throws(() => withBrake(auto, { urls: srv.url, token: srv.token, rampTickMs: 0 }), (e: unknown) => e instanceof BrbError && e.code === "config" && /rampTickMs/.test(e.message));
+    assert.equal(auto.isPaused(), false);
+    assert.equal(auto.concurrency, 3);
+  } finally {
+    await Promise.all([manual.close(), auto.close()]);
+  }
 });
