@@ -258,3 +258,71 @@ export class Forwarder {
     else for (const s of this.#pairs) s.destroy();
   }
 }
+
+/** A free loopback port now (another process may take it before it is used: callers retry). */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r, j) => {
+    s.once("error", j);
+    s.listen(0, "127.0.0.1", () => r());
+  });
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** A real `redis-server` (Debian's) on a loopback port of its own, in memory only. */
+export class RedisServer {
+  readonly port: number;
+  #child: ChildProcess;
+  #exited: Promise<void>;
+
+  private constructor(child: ChildProcess, port: number, exited: Promise<void>) {
+    this.#child = child;
+    this.port = port;
+    this.#exited = exited;
+  }
+
+  /** Starts it on a free port and waits for "Ready to accept connections" (a few tries: the port may be taken meanwhile). */
+  static async start(): Promise<RedisServer> {
+    let last = "";
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const port = await freePort();
+      const child = spawn(
+        "redis-server",
+        ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "notice"],
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
+      const exited = new Promise<void>((r) => child.once("exit", () => r()));
+      let out = "";
+      const ok = await new Promise<boolean>((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`redis-server did not start within 30 s: ${out}`)), 30_000);
+        const onData = (b: Buffer) => {
+          out += b.toString();
+          if (out.includes("Ready to accept connections")) {
+            clearTimeout(timer);
+            res(true);
+          }
+        };
+        child.stdout!.on("data", onData);
+        child.stderr!.on("data", onData);
+        child.once("error", (e) => {
+          clearTimeout(timer);
+          rej(new Error(`cannot run redis-server (apt-get install redis-server): ${e.message}`));
+        });
+        child.once("exit", () => {
+          clearTimeout(timer);
+          res(false);
+        });
+      });
+      if (ok) return new RedisServer(child, port, exited);
+      last = out;
+    }
+    throw new Error(`redis-server did not start: ${last}`);
+  }
+
+  async stop(): Promise<void> {
+    if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill("SIGKILL");
+    await this.#exited;
+  }
+}
