@@ -1,0 +1,168 @@
+"""End to end, for Celery and for RQ: a real ``redis-server``, the real ``brb server`` and CLI,
+two real worker processes with the Big Red Button wired in (``brb_client.celery.install`` /
+``rq worker -w ...``), a producer enqueuing numbered jobs of 100 ms all along.
+
+What must hold:
+
+- ``brb pause`` prints ``paused · 2/2 workers acknowledged``;
+- no job starts, on either worker, after that worker acknowledged the pause (its first report
+  of the pause's version, timed just before it was sent) and before the release;
+- every worker reports the pause as ``draining`` with its in-flight count, or ``paused`` with 0,
+  and ends ``paused``;
+- after ``brb resume --ramp``, jobs started per second follow the ramp (see ``check_ramp``);
+- every job enqueued runs exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Dict, List, Tuple
+
+import pytest
+
+from conftest import BrbServer, brb_bin
+from jobsys import JobSystem, RedisServer, saturated_rate, wait_for
+
+JOB_SECS = 0.1
+# Per kind: the producer's steady rate (below the two workers' full speed, so a pause leaves a
+# backlog that the ramp then works through), the burst that measures full speed, the backlog
+# the pause must leave, and the ramp (its steps long enough that each holds a few job cycles
+# even at 10 %).
+PLAN = {
+    "celery": dict(rate=12.0, burst=100, backlog=30, ramp="steps:16s"),
+    "rq": dict(rate=3.0, burst=24, backlog=12, ramp="steps:24s"),
+}
+
+
+@pytest.fixture
+def stack():
+    with tempfile.TemporaryDirectory(prefix="brb-jobs-") as d:
+        os.makedirs(os.path.join(d, "brb"))
+        server = BrbServer(os.path.join(d, "brb"))
+        red = RedisServer(d)
+        made: List[JobSystem] = []
+
+        def make(kind: str) -> JobSystem:
+            js = JobSystem(kind, red, server.url, os.path.join(server.data_dir, "admin-token"),
+                           server.viewer_token(f"{kind}-workers"), brb_bin(), d, job_secs=JOB_SECS)
+            made.append(js)
+            return js
+
+        try:
+            yield server, make
+        finally:
+            for js in made:
+                js.kill_all()
+            red.stop()
+            server.stop()
+
+
+def switch(server: BrbServer) -> dict:
+    return server.api("GET", "/switches/workers")
+
+
+def worker_states(server: BrbServer) -> Dict[str, Tuple[str, int, int]]:
+    return {w["worker_id"]: (w["status"], w["observed_version"], w["in_flight"])
+            for w in server.workers()["workers"] if not w["stale"]}
+
+
+@pytest.mark.parametrize("kind", ["celery", "rq"])
+def test_pause_stops_starts_and_resume_follows_the_ramp(stack, kind: str) -> None:
+    server, make = stack
+    plan = PLAN[kind]
+    js = make(kind)
+    names = ["w1", "w2"]
+    for name in names:
+        js.start_worker(name)
+    try:
+        wait_for(lambda: all(worker_states(server).get(n, ("",))[0] == "running" for n in names), 60,
+                 "both workers to report running")
+    except AssertionError:
+        raise AssertionError("workers did not come up:\n" + "\n".join(js.log(n) for n in names)) from None
+
+    # Full speed first: a burst the two workers work through, with the steady load behind it.
+    burst = plan["burst"]
+    js.start_producer(plan["rate"], burst)
+    wait_for(lambda: js.start_count() >= burst + 5, 90, "the burst to be worked through")
+    full = saturated_rate(js.starts(), 5, burst - 1)
+
+    # The press, with jobs flowing.
+    out = js.cli("pause", "--reason", f"{kind} e2e")
+    assert "paused · 2/2 workers acknowledged" in out, out
+    paused_v = switch(server)["version"]
+    wait_for(lambda: all(worker_states(server).get(n, ("", 0))[:2] == ("paused", paused_v) for n in names), 30,
+             "both workers to report paused")
+    # The producer goes on: wait until the pause has kept a backlog in the broker.
+    wait_for(lambda: js.backlog() >= plan["backlog"], 60, "a backlog to build up while paused")
+
+    acks = {n: js.first_ack(n, paused_v) for n in names}
+    for n in names:
+        ack = acks[n]
+        assert ack is not None, f"{n} never reported version {paused_v}"
+        assert (ack["status"], ack["in_flight"] > 0) in {("draining", True), ("paused", False)}, ack
+        later = [r for r in js.reports() if r["worker_id"] == n and r["observed_version"] >= paused_v]
+        assert later[-1]["status"] == "paused" and later[-1]["in_flight"] == 0, later
+    released_at = time.time()
+    late = [(n, t, w) for n, t, w in js.starts() if t > acks[w]["sent_at"] and t < released_at]
+    assert not late, f"jobs started after their worker acknowledged the pause: {late[:5]} (acks {acks})"
+
+    # The release, gradually.
+    out = js.cli("resume", "--ramp", plan["ramp"])
+    assert "running · 2/2 workers acknowledged" in out, out
+    ramp = switch(server)["ramp"]
+    assert ramp and ramp["kind"] == "steps", ramp
+    check_ramp(js, ramp, full, slots=4 if kind == "celery" else 2)
+
+    # Everything enqueued runs, once.
+    produced = js.stop_producer()
+    wait_for(lambda: js.start_count() >= produced, 120, f"all {produced} jobs to start")
+    wait_for(lambda: all(worker_states(server).get(n, ("", 0, 1))[2] == 0 for n in names), 30,
+             "the workers to finish their last jobs")
+    js.stop_workers()
+    numbers = sorted(n for n, _, _ in js.starts())
+    dupes = sorted({n for n in numbers if numbers.count(n) > 1})
+    assert not dupes, f"jobs run more than once: {dupes[:20]}"
+    assert numbers == list(range(produced)), f"jobs missing: {sorted(set(range(produced)) - set(numbers))[:20]}"
+
+
+def ramp_windows(ramp: dict, full: float, slots: int) -> List[Tuple[float, float, float]]:
+    """(from, to, expected starts per second) for each step of the ramp but the last (100 %),
+    from the ramp's start and fractions as the control plane recorded them. Each window starts
+    one job cycle of the previous step late: a slot that ended a job just before a step began
+    rests as the previous step said."""
+    from brb_client._switch import parse_rfc3339
+
+    t0 = parse_rfc3339(ramp["started_at"])
+    fractions = ramp["fractions"]
+    step = ramp["duration_secs"] / (len(fractions) - 1)
+    out = []
+    for k, f in enumerate(fractions[:-1]):
+        # A slot's cycle at full speed is slots/full seconds; at fraction f it is that over f.
+        lag = 0.3 if k == 0 else (slots / full) / fractions[k - 1]
+        out.append((t0 + k * step + lag, t0 + (k + 1) * step, f * full))
+    return out
+
+
+def check_ramp(js: JobSystem, ramp: dict, full: float, slots: int) -> None:
+    """Jobs started in each step of the ramp, against the step's fraction of the full speed
+    measured before the pause. Tolerance: the count may be off by one start per slot (where
+    each slot's cycle falls against the window's edges) plus 35 % of the expected count (job
+    lengths and dispatch delays on a loaded two-core machine). A worker that ignores the ramp
+    starts at full speed, 10, 4 and 2 times these figures: far outside."""
+    windows = ramp_windows(ramp, full, slots)
+    end = windows[-1][1]
+    wait_for(lambda: time.time() > end + 0.2, ramp["duration_secs"] + 30, "the ramp to pass its last step")
+    starts = js.starts()
+    rows = []
+    for lo, hi, per_sec in windows:
+        got = sum(1 for _, t, _ in starts if lo <= t < hi)
+        want = per_sec * (hi - lo)
+        rows.append((round(hi - lo, 2), round(want, 1), got))
+        slack = slots + 0.35 * want
+        assert abs(got - want) <= slack, (
+            f"{js.kind}: starts in a ramp step: {got}, expected {want:.1f} ± {slack:.1f} "
+            f"(full speed {full:.1f}/s); every step (seconds, expected, got): {rows}"
+        )
+    print(f"{js.kind} ramp steps (seconds, expected, got): {rows}; full speed {full:.1f}/s")
