@@ -219,8 +219,7 @@ class Job:
         """The job handed on (to a pool process, a forked child) has begun. Only for jobs
         taken with ``try_job(starting=True)``; ending the job counts as started too."""
         if self._starting:
-            self._starting = False
-            self._gate._job_started()
+            self._gate._job_started(self)
 
     def done(self) -> None:
         """The job is finished: counted, and its slot rests per the ramp."""
@@ -614,10 +613,13 @@ class Gate:
                 return Job(self, i, now)
         return None
 
-    def _job_started(self) -> None:
+    def _job_started(self, job: Job) -> None:
+        # Under the lock: a start note (another thread) and the job's end may race to say it.
         with self._cond:
-            self._starting -= 1
-            self._cond.notify_all()
+            if job._starting:
+                job._starting = False
+                self._starting -= 1
+                self._cond.notify_all()
 
     def _notify_listeners(self) -> None:
         for fn in list(self._listeners):
