@@ -28,8 +28,8 @@ prefork pool's children only run tasks):
   during a ``brb resume --ramp`` each of the pool's slots rests after a task so that the worker
   runs the ramp's fraction of its normal work (prefetched tasks wait in the worker meanwhile).
 
-Needs the worker's event loop: the default prefork pool (or ``gevent``/``eventlet`` pools are
-not supported) with a Redis or AMQP broker. ``acks_late`` is not needed and not changed.
+Supports the default prefork pool (tested) and ``solo``; ``threads``, ``gevent`` and ``eventlet``
+are refused with a clear error. ``acks_late`` is not needed and not changed.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ log = logging.getLogger("brb_client.celery")
 __all__ = ["install", "BrakeStep"]
 
 _CONFIG_ATTR = "_brb_gate_config"
+SUPPORTED_POOLS = ("prefork", "solo")
 
 # The one brake of this worker process (a worker runs one consumer). Module-level so that pool
 # children forked from the main process find its start-note pipe from `task_prerun`.
@@ -143,10 +144,15 @@ class _Brake:
 
     def start(self, c: Any) -> None:
         self.consumer = c
-        if c.hub is None:
+        pool = type(c.pool).__module__.rsplit(".", 1)[-1]  # celery.concurrency.prefork -> prefork
+        if c.hub is None or pool not in SUPPORTED_POOLS:
+            # The brake runs in the worker's event loop and counts on the pool's callbacks coming
+            # back to it: true of prefork (and solo); threads call back from their own threads,
+            # gevent and eventlet run no event loop.
             raise ConfigError(
-                "brb_client.celery needs the worker's event loop: the prefork pool (the default) "
-                "with a Redis or AMQP broker; this worker runs without one"
+                f"brb_client.celery supports the prefork pool (the default) and solo, with a broker "
+                f"the worker runs its event loop for (Redis, AMQP); this worker runs the {pool} pool"
+                + ("" if c.hub is not None else " without an event loop")
             )
         if self.gate is not None:
             return
