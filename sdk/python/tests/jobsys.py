@@ -130,6 +130,12 @@ class JobSystem:
         )
         log.close()
 
+    def enqueue(self, count: int, first: int = 1_000_000) -> None:
+        """Enqueues ``count`` jobs at once (numbered from ``first``) and returns when they are."""
+        out = subprocess.run([sys.executable, str(APPS / "producer.py"), self.kind, "0", str(count), str(first)],
+                             cwd=APPS, env=self.env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"enqueueing failed: {out.stdout}{out.stderr}"
+
     def stop_producer(self, timeout: float = 30) -> int:
         """Stops the producer; answers how many jobs it enqueued (numbered 0..n-1)."""
         self.r.set("test:stop", "1")

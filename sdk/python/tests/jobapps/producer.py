@@ -1,7 +1,8 @@
 """Enqueues numbered jobs (0, 1, 2, ...): ``burst`` at once, then ``rate`` per second, until the
-Redis key ``test:stop`` appears; then writes how many it enqueued to ``test:produced``.
+Redis key ``test:stop`` appears; then writes how many it enqueued to ``test:produced``. With a
+rate of 0, the burst only (numbered from FIRST).
 
-    producer.py celery|rq RATE BURST      (BRB_TEST_REDIS names the Redis)
+    producer.py celery|rq RATE BURST [FIRST]      (BRB_TEST_REDIS names the Redis)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 
 def main() -> None:
     kind, rate, burst = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     r = redis.Redis.from_url(os.environ["BRB_TEST_REDIS"])
     if kind == "celery":
         import celery_app
@@ -30,10 +32,12 @@ def main() -> None:
         def send(n: int) -> None:
             queue.enqueue(rq_jobs.job, n)
 
-    n = 0
+    n = first
     for _ in range(burst):
         send(n)
         n += 1
+    if rate <= 0:
+        return
     next_at = time.monotonic()
     while not r.exists("test:stop"):
         send(n)
