@@ -37,8 +37,8 @@ from jobsys import JobSystem, RedisServer, wait_for  # noqa: E402
 SETUP = {
     # steady producer rate (jobs/s) while pressing; backlog kept before each press; backlog
     # released for the release curves
-    "celery": dict(rate=60.0, keep=40, release_backlog=700),
-    "rq": dict(rate=15.0, keep=15, release_backlog=170),
+    "celery": dict(rate=60.0, keep=40, release_backlog=900),
+    "rq": dict(rate=15.0, keep=15, release_backlog=240),
 }
 BUCKET = 5.0
 
