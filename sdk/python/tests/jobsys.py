@@ -159,19 +159,22 @@ class JobSystem:
                 raise AssertionError(f"worker {name} did not stop on SIGTERM; its log:\n{self.log(name)}")
 
     def kill_all(self) -> None:
-        procs = list(self.workers.values()) + ([self.producer] if self.producer else [])
-        for p in procs:
+        """Whatever still runs (a failed test): workers with their pool children, the producer."""
+        for p in self.workers.values():
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGKILL) if p in self.workers.values() else p.kill()
+                    os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 p.wait()
+        if self.producer is not None and self.producer.poll() is None:
+            self.producer.kill()
+            self.producer.wait()
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, tail: Optional[int] = 6000) -> str:
         path = os.path.join(self.log_dir, f"{self.kind}-{name}.log")
         text = Path(path).read_text(errors="replace") if os.path.exists(path) else ""
-        return text[-6000:]
+        return text[-tail:] if tail else text
 
     # ----- the control plane -----
 
@@ -184,9 +187,12 @@ class JobSystem:
 
     # ----- what happened -----
 
-    def starts(self) -> List[Tuple[int, float, str]]:
+    def starts(self, key: str = "test:starts") -> List[Tuple[int, float, str]]:
+        """Job starts as (number, Unix time, worker): from the jobs' bodies, or with
+        ``key="test:begun"`` as the workers began them (Celery's ``task_prerun``, RQ's work horse
+        entering ``perform_job``)."""
         out = []
-        for raw in self.r.lrange("test:starts", 0, -1):
+        for raw in self.r.lrange(key, 0, -1):
             n, t, w = raw.decode().split(" ")
             out.append((int(n), float(t), w))
         return out

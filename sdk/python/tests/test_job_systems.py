@@ -6,7 +6,10 @@ What must hold:
 
 - ``brb pause`` prints ``paused · 2/2 workers acknowledged``;
 - no job starts, on either worker, after that worker acknowledged the pause (its first report
-  of the pause's version, timed just before it was sent) and before the release;
+  of the pause's version, timed just before it was sent) and before the release: no job is
+  begun by the worker (Celery's ``task_prerun``, RQ's work horse entering ``perform_job``), and
+  a job body that runs after the acknowledgement belongs to a job begun before it and counted
+  in its in-flight figure;
 - every worker reports the pause as ``draining`` with its in-flight count, or ``paused`` with 0,
   and ends ``paused``;
 - after ``brb resume --ramp``, jobs started per second follow the ramp (see ``check_ramp``);
@@ -99,14 +102,26 @@ def test_pause_stops_starts_and_resume_follows_the_ramp(stack, kind: str) -> Non
         ack = acks[n]
         assert ack is not None, f"{n} never reported version {paused_v}"
 
-    def late_starts() -> List[Tuple[int, float, str]]:
-        return [(n, t, w) for n, t, w in js.starts() if t > acks[w]["sent_at"]]
+    def late(key: str) -> List[Tuple[int, float, str]]:
+        return [(n, t, w) for n, t, w in js.starts(key) if t > acks[w]["sent_at"]]
 
     # The producer goes on: wait until the pause has kept a backlog in the broker (or a job
-    # started where none may).
-    wait_for(lambda: late_starts() or js.backlog() >= plan["backlog"], 60, "a backlog to build up while paused")
-    late = late_starts()
-    assert not late, f"jobs started after their worker acknowledged the pause: {late[:5]} (acks {acks})"
+    # began where none may).
+    wait_for(lambda: late("test:begun") or js.backlog() >= plan["backlog"], 60, "a backlog to build up while paused")
+    begun_late = late("test:begun")
+    assert not begun_late, f"jobs begun after their worker acknowledged the pause: {begun_late[:5]} (acks {acks})"
+    # A job's body runs a moment after the worker began it (a function call, or the scheduler
+    # giving the CPU to the process the start note woke): a body may run after the
+    # acknowledgement only for a job begun before it, and counted in its in-flight figure.
+    begun = {(n, w): t for n, t, w in js.starts("test:begun")}
+    body_late = late("test:starts")
+    for n, t, w in body_late:
+        assert begun.get((n, w), float("inf")) <= acks[w]["sent_at"], (
+            f"job {n} ran on {w} at {t:.6f}, after the acknowledgement at {acks[w]['sent_at']:.6f}, "
+            f"and was not begun before it (begun: {begun.get((n, w))})"
+        )
+    for w in names:
+        assert sum(1 for _, _, x in body_late if x == w) <= acks[w]["in_flight"], (body_late, acks[w])
     for n in names:
         ack = acks[n]
         assert (ack["status"], ack["in_flight"] > 0) in {("draining", True), ("paused", False)}, ack
@@ -130,6 +145,9 @@ def test_pause_stops_starts_and_resume_follows_the_ramp(stack, kind: str) -> Non
     dupes = sorted({n for n in numbers if numbers.count(n) > 1})
     assert not dupes, f"jobs run more than once: {dupes[:20]}"
     assert numbers == list(range(produced)), f"jobs missing: {sorted(set(range(produced)) - set(numbers))[:20]}"
+    logs = [js.log(n, tail=None) for n in names]
+    given_back = sum(t.count("put back at the front") + t.count("given back to the broker") for t in logs)
+    print(f"{kind}: {produced} jobs, each run once; jobs given back to the broker at a pause (logged): {given_back}")
 
 
 def ramp_windows(ramp: dict, full: float, slots: int) -> List[Tuple[float, float, float]]:

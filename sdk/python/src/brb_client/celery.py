@@ -11,8 +11,9 @@
 What it does, in the worker's main process (the one that talks to the broker; the default
 prefork pool's children only run tasks):
 
-- **Paused: stops consuming.** The task consumer is cancelled (what the ``cancel_consumer``
-  remote control does, on this worker only), so no new message is fetched.
+- **Paused: stops consuming.** The task consumer is cancelled (the effect of the
+  ``cancel_consumer`` remote control on every queue, for this worker only), so no new message
+  is fetched.
 - **Prefetched messages never start while paused.** A message the worker had prefetched but
   not handed to a pool process is *given back to the broker* (``reject(requeue=True)``) at the
   pause, not held: a pause can outlast the Redis transport's ``visibility_timeout`` (one hour
@@ -23,7 +24,8 @@ prefork pool's children only run tasks):
 - **Tasks already running finish**; the worker reports ``draining`` with their count, then
   ``paused``. The acknowledgement of a pause waits until every task already handed to a pool
   process has begun (each child notes the start of a task from ``task_prerun``), so no task
-  begins after the worker acknowledged the pause.
+  is begun after the worker acknowledged the pause (the function of a task begun just before
+  may run its first line a moment after; the task is in the in-flight count).
 - **Released: consumes again**, and hands tasks to the pool through the gate's admission:
   during a ``brb resume --ramp`` each of the pool's slots rests after a task so that the worker
   runs the ramp's fraction of its normal work (prefetched tasks wait in the worker meanwhile).
@@ -207,6 +209,7 @@ class _Brake:
             self.held.append(req)  # a ramp's rest or every slot busy: the next free slot takes it
             self._schedule()
         else:
+            log.info("Big Red Button: paused; task %s given back to the broker", req.id)
             self._requeue(req)
 
     def reconcile(self) -> None:
@@ -218,6 +221,8 @@ class _Brake:
                 c.task_consumer.cancel()
                 log.info("Big Red Button: paused; stopped consuming (%d task(s) in flight)", gate.in_flight)
             self.consuming = False
+            if self.held:
+                log.info("Big Red Button: %d prefetched task(s) given back to the broker", len(self.held))
             while self.held:
                 self._requeue(self.held.popleft())
             return

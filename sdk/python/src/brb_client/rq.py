@@ -14,7 +14,7 @@ What it does:
 - **Jobs already running finish**; the worker reports ``draining`` with its in-flight count (0
   or 1: an RQ worker runs one job at a time), then ``paused``. The acknowledgement of a pause
   waits until a job already handed to the work horse has begun (the horse notes the start
-  right before the job's function runs), so no job begins after the worker acknowledged it.
+  right before the job's function runs), so no job is begun after the worker acknowledged it.
 - **Released with a ramp**: the worker rests after each job so that it does the ramp's
   fraction of its normal work (at 10 % a job of 100 ms is followed by 900 ms of rest).
 

@@ -1,5 +1,6 @@
 """The Celery app of the end-to-end test and the benchmark: one task of ``BRB_JOB_SECS`` that
-records its start in Redis, and the Big Red Button wired in with one line."""
+records its start in Redis (``test:starts``, from the task's body; ``test:begun``, from
+``task_prerun``), and the Big Red Button wired in with one line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import time
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 
 import brb_client.celery
 from brb_client import GateConfig
@@ -24,6 +25,14 @@ app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_star
 
 def _record_report(body: dict, sent_at: float) -> None:
     _r.rpush("test:reports", json.dumps({**body, "sent_at": sent_at}))
+
+
+@signals.task_prerun.connect(weak=False)
+def _record_begun(task_id=None, task=None, args=None, **_) -> None:
+    # Connected before `install`, so it runs before the brake's own start note: the instant the
+    # worker begins the task, as Celery defines it (task_prerun), recorded before the worker can
+    # acknowledge a pause that follows.
+    _r.rpush("test:begun", f"{args[0]} {time.time():.6f} {WORKER}")
 
 
 brb_client.celery.install(app, GateConfig.from_env(worker_id=WORKER, report_interval=1.0, on_report=_record_report))

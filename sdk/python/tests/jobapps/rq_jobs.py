@@ -1,5 +1,6 @@
 """The RQ side of the end-to-end test and the benchmark: a job of ``BRB_JOB_SECS`` that records
-its start in Redis, and the worker class (``brb_client.rq.Worker``, recording its reports)."""
+its start in Redis (``test:starts``, from the job's body; ``test:begun``, from the work horse as
+it begins the job), and the worker class (``brb_client.rq.Worker``, recording its reports)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,9 @@ class RecordingWorker(brb_client.rq.Worker):
     """``brb_client.rq.Worker`` whose reports are also written to Redis for the test to read."""
 
     brb_config = GateConfig.from_env(worker_id=WORKER, report_interval=1.0, on_report=_record_report)
+
+    def perform_job(self, job, queue):  # type: ignore[no-untyped-def]
+        # In the work horse, before the brake's own start note: the instant the worker begins
+        # the job, recorded before the worker can acknowledge a pause that follows.
+        _r.rpush("test:begun", f"{job.args[0]} {time.time():.6f} {WORKER}")
+        return super().perform_job(job, queue)
