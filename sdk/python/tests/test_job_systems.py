@@ -189,3 +189,23 @@ def check_ramp(js: JobSystem, ramp: dict, full: float, slots: int) -> None:
             f"(full speed {full:.1f}/s); every step (seconds, expected, got): {rows}"
         )
     print(f"{js.kind} ramp steps (seconds, expected, got): {rows}; full speed {full:.1f}/s")
+
+
+def test_rq_worker_waiting_for_a_job_when_paused_gives_the_next_one_back(stack) -> None:
+    """An idle RQ worker is blocked in Redis waiting for a job when the pause comes; the next
+    job enqueued is handed to it all the same. It must put that job back, at the front of the
+    queue, and run it once after the release."""
+    server, make = stack
+    js = make("rq")
+    js.start_worker("w1")
+    wait_for(lambda: worker_states(server).get("w1", ("",))[0] == "running", 60, "the worker to report running")
+    out = js.cli("pause")
+    assert "paused · 1/1 workers acknowledged" in out, out
+    js.enqueue(1, first=7)
+    wait_for(lambda: "put back at the front" in js.log("w1", tail=None), 30, "the worker to put the job back")
+    assert js.backlog() == 1 and js.starts("test:begun") == [], "the job waits in the queue, not begun"
+    js.cli("resume")
+    wait_for(lambda: js.start_count() >= 1, 30, "the job to run after the release")
+    wait_for(lambda: worker_states(server).get("w1", ("", 0, 1))[2] == 0, 30, "the job to end")
+    js.stop_workers()
+    assert [n for n, _, _ in js.starts()] == [7], js.starts()

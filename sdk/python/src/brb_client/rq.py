@@ -25,7 +25,6 @@ gate in code; by default it comes from the environment
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import replace
 from typing import Any, Optional, Tuple
@@ -39,8 +38,6 @@ from rq.worker import WorkerStatus
 
 from ._starts import StartNotes
 from .gate import Gate, GateConfig, Job
-
-log = logging.getLogger("brb_client.rq")
 
 __all__ = ["Worker", "SimpleWorker", "BrakeMixin"]
 
@@ -132,13 +129,13 @@ class BrakeMixin:
                     raise StopRequested()
                 if not gate.is_open() and not suspended:
                     suspended = True
-                    log.info("Worker %s: paused by the Big Red Button", self.name)  # type: ignore[attr-defined]
+                    self.log.info("Worker %s: paused by the Big Red Button", self.name)  # type: ignore[attr-defined]
                     self.set_state(WorkerStatus.SUSPENDED)  # type: ignore[attr-defined]
                     self.procline("paused by the Big Red Button")  # type: ignore[attr-defined]
                 self.heartbeat()  # type: ignore[attr-defined]
         finally:
             if suspended:
-                log.info("Worker %s: released by the Big Red Button", self.name)  # type: ignore[attr-defined]
+                self.log.info("Worker %s: released by the Big Red Button", self.name)  # type: ignore[attr-defined]
                 self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
 
     def _brb_push_back(self, job: RqJob, queue: Queue) -> None:
@@ -149,7 +146,7 @@ class BrakeMixin:
             pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 1, job.id)
             queue.push_job_id(job.id, pipeline=pipe, at_front=True)
             pipe.execute()
-        log.info("Worker %s: paused; job %s put back at the front of %s", self.name, job.id, queue.name)  # type: ignore[attr-defined]
+        self.log.info("Worker %s: paused; job %s put back at the front of %s", self.name, job.id, queue.name)  # type: ignore[attr-defined]
 
 
 class Worker(BrakeMixin, rq.worker.Worker):
