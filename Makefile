@@ -11,7 +11,7 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk bench-jobs-python
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
@@ -96,6 +96,15 @@ bench-sdk:
 	$(CARGO) build -p brb-e2e --bin bench-sdk --locked
 	ulimit -n "$$(ulimit -Hn)"; BRB_BIN=target/release/brb target/debug/bench-sdk \
 	  --markdown target/bench-sdk.md --json target/bench-sdk.json $(BENCH_SDK_ARGS)
+
+## Celery and RQ with the Big Red Button (BENCHMARKS.md, "Job systems"): two real workers each on
+## a real redis-server, jobs of 100 ms; press -> last job start p50/max over 10 presses, and the
+## release curve at once vs --ramp steps:1m. About six minutes.
+bench-jobs-python:
+	@scripts/ensure-packages.sh base sdk-python
+	@scripts/python-sdk-tests.sh --install-only
+	$(CARGO) build -p brb --locked
+	BRB_BIN=target/debug/brb target/sdk-python-venv/bin/python sdk/python/bench/jobs.py
 
 check:
 	$(CARGO) check --workspace --all-targets

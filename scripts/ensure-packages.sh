@@ -27,8 +27,9 @@ declare -A PKG_GROUPS=(
   [postgres]="postgresql"
   # `make bench` and its end-to-end test: the Redis pub/sub baseline.
   [bench]="redis-server"
-  # The Python SDK (sdk/python, standard library only) and its pytest virtualenv.
-  [sdk-python]="python3 python3-venv"
+  # The Python SDK (sdk/python, standard library only), its pytest virtualenv, and the
+  # redis-server its Celery and RQ end-to-end tests run.
+  [sdk-python]="python3 python3-venv redis-server"
   # Profilers for the fan-out path (BENCHMARKS.md): perf, valgrind --tool=callgrind.
   [profile]="linux-perf valgrind"
 )

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Python SDK's tests (sdk/python/tests, pytest) against the real `brb` binary: the gate on a
-# real control plane, and small misbehaving servers of the tests' own for the bad-input cases.
+# real control plane, small misbehaving servers of the tests' own for the bad-input cases, and
+# the Celery and RQ integrations end to end with real workers on a real redis-server.
 #
 #   scripts/python-sdk-tests.sh                  (make test runs it after building target/debug/brb)
 #   scripts/python-sdk-tests.sh --install-only   (make test-deps: just the virtualenv)
 #   scripts/python-sdk-tests.sh -k bad_input     (extra arguments go to pytest)
 #
-# The SDK needs only the standard library; pytest comes from PyPI, pinned with hashes
-# (sdk/python/requirements-test.txt), into a virtualenv under target/.
+# The SDK needs only the standard library; pytest, Celery, RQ and the Redis client come from
+# PyPI, pinned with hashes (sdk/python/requirements-test.txt), into a virtualenv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -173,3 +173,63 @@ def test_close_stops_every_thread(brb: BrbServer, token: str) -> None:
     g.close()
     assert time.monotonic() - t < 2.0
     assert wait_until(lambda: threading.active_count() == before, 2.0)
+
+
+def test_a_pause_is_acknowledged_only_after_jobs_handed_on_began(brb: BrbServer, token: str) -> None:
+    """``try_job(starting=True)``: the report of a pause waits for ``job.started()`` (or
+    ``start_wait``), so a job handed to another process just before the pause cannot begin after
+    the acknowledgement. What the job-system integrations build on."""
+    reports: list = []
+    with gate(brb, token, worker_id="py-starting", report_interval=60, start_wait=0.6,
+              on_report=lambda body, sent_at: reports.append((body, sent_at))) as g:
+        assert g.ready(5) and g.is_open()
+        changes: list = []
+        g.add_listener(lambda: changes.append(g.version))
+        # Handed on, never said to have begun: the acknowledgement waits the whole start_wait.
+        job = g.try_job(starting=True)
+        assert job is not None
+        v = brb.set_state("paused")["version"]
+        assert wait_until(lambda: any(b["observed_version"] >= v for b, _ in reports), 5), "acknowledged"
+        closed_at = g.last_change()[1] / 1e6
+        body, sent_at = next((b, t) for b, t in reports if b["observed_version"] >= v)
+        assert sent_at - closed_at >= 0.5, f"acknowledged {sent_at - closed_at:.3f} s after the close"
+        assert (body["status"], body["in_flight"]) == ("draining", 1)
+        assert v in changes, "listeners hear of each change"
+        job.done()
+        assert wait_until(
+            lambda: any(w["worker_id"] == "py-starting" and w["status"] == "paused" for w in brb.workers()["workers"]), 5
+        ), "reported paused when it ended"
+        # Said to have begun: acknowledged right after, not before.
+        v = brb.set_state("running")["version"]
+        assert wait_until(lambda: g.is_open(), 5)
+        job = g.try_job(starting=True)
+        assert job is not None
+        v = brb.set_state("paused")["version"]
+        assert wait_until(lambda: not g.is_open(), 5)
+        began = time.time()
+        job.started()
+        assert wait_until(lambda: any(b["observed_version"] >= v for b, _ in reports), 5), "acknowledged"
+        body, sent_at = next((b, t) for b, t in reports if b["observed_version"] >= v)
+        assert began <= sent_at < began + 0.5, (began, sent_at)
+        job.done()
+
+
+def test_wait_admissible_and_next_admission_follow_the_ramp(brb: BrbServer, token: str) -> None:
+    with gate(brb, token, worker_id="py-admissible", reports=False) as g:
+        assert g.ready(5)
+        assert g.wait_admissible(1) and g.next_admission_in() == 0.0
+        brb.set_state("paused")
+        assert wait_until(lambda: not g.is_open(), 5)
+        assert not g.wait_admissible(0.05) and g.next_admission_in() is None
+        brb.set_state("running", ramp={"kind": "steps", "fractions": [0.1, 1.0], "duration_secs": 600})
+        assert g.wait_admissible(5) and g.admitted_fraction() == pytest.approx(0.1)
+        job = g.try_job()
+        assert job is not None and g.next_admission_in() is None  # its one slot is busy
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.1:  # a job of 0.1 s (the work itself, not a wait)
+            pass
+        job.done()
+        rest = g.next_admission_in()
+        assert rest is not None and 0.7 <= rest <= 1.0, rest  # rests 0.1 * 0.9 / 0.1 = 0.9 s
+        assert not g.wait_admissible(0.3)
+        assert g.wait_admissible(2)

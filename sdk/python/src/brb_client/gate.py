@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _sse
 from ._http import (
@@ -118,6 +118,13 @@ class GateConfig:
     where nobody reads acknowledgements (a benchmark of pure fan-out)."""
     send_samples: bool = True
     """Send a ``sdk_jobs_processed`` counter sample once a second while jobs are done."""
+    start_wait: float = 2.0
+    """How long a report of a closed gate waits for jobs admitted before the close but not yet
+    started (``try_job(starting=True)``) to start, seconds: the acknowledgement of a pause must
+    come after every job the worker had already handed on has begun."""
+    on_report: Optional[Callable[[Dict[str, Any], float], None]] = field(default=None, repr=False, compare=False)
+    """Called after each report the control plane accepted, with the report and the Unix time
+    just before it was sent (no acknowledgement can be older). From the reporter thread."""
 
     @classmethod
     def from_env(cls, switch: str = "workers", **overrides: Any) -> "GateConfig":
@@ -199,24 +206,33 @@ class _Outcome:
 class Job:
     """A job in flight. ``done()`` (or leaving its ``with`` block) ends it."""
 
-    __slots__ = ("_gate", "_slot", "_started", "_ended")
+    __slots__ = ("_gate", "_slot", "_started", "_ended", "_starting")
 
-    def __init__(self, gate: "Gate", slot: int, started: float) -> None:
+    def __init__(self, gate: "Gate", slot: int, started: float, starting: bool = False) -> None:
         self._gate = gate
         self._slot = slot
         self._started = started
         self._ended = False
+        self._starting = starting
+
+    def started(self) -> None:
+        """The job handed on (to a pool process, a forked child) has begun. Only for jobs
+        taken with ``try_job(starting=True)``; ending the job counts as started too."""
+        if self._starting:
+            self._gate._job_started(self)
 
     def done(self) -> None:
         """The job is finished: counted, and its slot rests per the ramp."""
         if not self._ended:
             self._ended = True
+            self.started()
             self._gate._release(self._slot, self._started, counted=True)
 
     def abandon(self) -> None:
         """Gives the slot back without counting a job (the worker found nothing to do)."""
         if not self._ended:
             self._ended = True
+            self.started()
             self._gate._release(self._slot, self._started, counted=False)
 
     def __enter__(self) -> "Job":
@@ -349,6 +365,9 @@ class Gate:
         self._lost_at: Optional[float] = None  # monotonic seconds
         self._resync_pending = False
         self._in_flight = 0
+        self._starting = 0  # admitted jobs handed on and not yet begun
+        self._sent_ok = False  # whether the reporter's last POST was accepted
+        self._listeners: List[Callable[[], None]] = []
         self._processed = 0
         self._slots: List[float] = [0.0] * config.max_concurrency  # monotonic "free at"
         self._connects = 0
@@ -403,13 +422,60 @@ class Gate:
                     self._cond.wait(min(left, 1.0))
             return True
 
-    def try_job(self) -> Optional[Job]:
+    def try_job(self, starting: bool = False) -> Optional[Job]:
         """Takes a job slot without waiting: None when closed, every slot busy, or the ramp's
-        duty cycle has the free slots resting."""
+        duty cycle has the free slots resting.
+
+        ``starting=True`` is for a worker that hands the job to another process or thread to
+        begin: until ``job.started()`` (or its end), a report of a pause waits for it (up to
+        ``start_wait``), so that no job begins after the pause was acknowledged."""
         if not self._open:
             return None
         with self._lock:
-            return self._take_slot()
+            job = self._take_slot()
+            if job is not None and starting:
+                job._starting = True
+                self._starting += 1
+            return job
+
+    def wait_admissible(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until ``try_job`` would admit a job (open, a slot free and rested), without
+        taking it: for a worker that must not hold a slot while it waits for a job to arrive.
+        False if ``timeout`` passed first or the gate was closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._stop.is_set():
+                    return False
+                now = time.monotonic()
+                if self._open and any(free_at <= now for free_at in self._slots):
+                    return True
+                if deadline is not None and now >= deadline:
+                    return False
+                wait = 1.0
+                if self._open:
+                    wait = min(max(min(self._slots) - now, 0.001), 0.25)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                self._cond.wait(wait)
+
+    def next_admission_in(self) -> Optional[float]:
+        """Seconds until a slot is free and rested (0: now); None while closed or while every
+        slot is busy with a job (it frees when a job ends)."""
+        if not self._open:
+            return None
+        with self._lock:
+            soonest = min(self._slots)
+        if math.isinf(soonest):
+            return None
+        return max(0.0, soonest - time.monotonic())
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` is called after every change the gate applies (state, version, ramp,
+        connection), from the gate's own threads: it must be quick and must not block (wake
+        the worker's loop, nothing more)."""
+        with self._lock:
+            self._listeners.append(fn)
 
     def acquire(self, timeout: Optional[float] = None) -> Job:
         """Blocks until the switch is open and a slot is free (and rested, during a ramp).
@@ -547,6 +613,35 @@ class Gate:
                 return Job(self, i, now)
         return None
 
+    def _job_started(self, job: Job) -> None:
+        # Under the lock: a start note (another thread) and the job's end may race to say it.
+        with self._cond:
+            if job._starting:
+                job._starting = False
+                self._starting -= 1
+                self._cond.notify_all()
+
+    def _notify_listeners(self) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a listener must not break the gate
+                log.exception("switch %s: a gate listener failed", self._switch)
+
+    def _await_starts(self) -> None:
+        """Holds a report of a closed gate until the jobs handed on before the close began."""
+        deadline = time.monotonic() + self._cfg.start_wait
+        with self._cond:
+            while not self._open and self._starting > 0 and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "switch %s: %d job(s) handed on before the pause have not begun after %.1f s; reporting anyway",
+                        self._switch, self._starting, self._cfg.start_wait,
+                    )
+                    return
+                self._cond.wait(left)
+
     def _release(self, slot: int, started: float, counted: bool) -> None:
         now = time.monotonic()
         rest = 0.0
@@ -607,6 +702,7 @@ class Gate:
                 # Waiters and the reporter also learn of a new version or ramp.
                 self._cond.notify_all()
                 self._wake_reporter()
+        self._notify_listeners()
         if prev is None:
             log.debug("switch %s: %s at version %d", sw.name, sw.state, sw.version)
         elif prev != sw.state:
@@ -629,7 +725,9 @@ class Gate:
                     self._connect_times.append(time.time())
             elif was or self._lost_at is None:
                 self._lost_at = time.monotonic()
-            self._recompute()
+            changed = self._recompute()
+        if changed:
+            self._notify_listeners()
 
     def _report_body(self) -> Dict[str, Any]:
         return {
@@ -850,8 +948,16 @@ class Gate:
                 known = self._known is not None
                 if self._cfg.reports and known and now >= quiet_until and (pending or now >= next_report):
                     pending = False
-                    next_report = now + interval
-                    quiet_until = self._send(session, "/workers/report", self._report_body())
+                    self._await_starts()
+                    body = self._report_body()
+                    sent_at = time.time()
+                    quiet_until = self._send(session, "/workers/report", body)
+                    next_report = time.monotonic() + interval
+                    if quiet_until == 0.0 and self._cfg.on_report is not None and self._sent_ok:
+                        try:
+                            self._cfg.on_report(body, sent_at)
+                        except Exception:  # noqa: BLE001 - a hook must not stop the reports
+                            log.exception("switch %s: the on_report hook failed", self._switch)
                 if self._cfg.send_samples and now >= next_sample:
                     next_sample = now + 1.0
                     processed = self._processed
@@ -875,8 +981,10 @@ class Gate:
 
     def _send(self, session: Session, path: str, body: Any) -> float:
         """POSTs a report or samples; answers until when to stay quiet (0: not at all)."""
+        self._sent_ok = False
         try:
             session.request("POST", path, body, timeout=self._cfg.answer_timeout)
+            self._sent_ok = True
             return 0.0
         except ApiError as e:
             if e.is_auth or e.status == 429:
@@ -898,7 +1006,9 @@ class Gate:
         while not self._stop.wait(tick):
             if not self._connected:
                 with self._cond:
-                    self._recompute()
+                    changed = self._recompute()
+                if changed:
+                    self._notify_listeners()
 
 
 def _quote(segment: str) -> str:
