@@ -46,26 +46,32 @@ function overlayPlugin(get: () => Overlay): uPlot.Plugin {
         ctx.textBaseline = "top";
         // uPlot leaves the axes' alignment set.
         ctx.textAlign = "left";
-        // Labels go in two rows at the top; one that would overlap another is left out (the
-        // hover readout and the text alternative still say it).
-        const rows = [-Infinity, -Infinity];
-        for (const m of get().markers) {
-          if (m.ts < from || m.ts > to) continue;
+        const shown = get().markers.filter((m) => m.ts >= from && m.ts <= to);
+        ctx.setLineDash([4 * px, 3 * px]);
+        for (const m of shown) {
           const x = u.valToPos(m.ts, "x", true);
-          const color = m.to === "paused" ? MARK_PAUSED : MARK_RUNNING;
-          ctx.strokeStyle = color;
-          ctx.setLineDash([4 * px, 3 * px]);
+          ctx.strokeStyle = m.to === "paused" ? MARK_PAUSED : MARK_RUNNING;
           ctx.beginPath();
           ctx.moveTo(x, top);
           ctx.lineTo(x, top + height);
           ctx.stroke();
+        }
+        // Who and why beside each line, newest first, in two rows at the top; a label that
+        // would overlap another is left out (the hover readout and the text alternative still
+        // say it).
+        const taken: [number, number][][] = [[], []];
+        for (const m of [...shown].reverse()) {
+          const x = u.valToPos(m.ts, "x", true);
+          const color = m.to === "paused" ? MARK_PAUSED : MARK_RUNNING;
           const text = m.label.length > 40 ? `${m.label.slice(0, 39)}…` : m.label;
           const w = ctx.measureText(text).width;
           // Right of the line, or left of it near the right edge.
           const tx = x + 4 * px + w <= left + width ? x + 4 * px : Math.max(left, x - 4 * px - w);
-          const row = rows.findIndex((end) => tx - 4 * px > end);
+          const a = tx - 4 * px;
+          const b = tx + w + 4 * px;
+          const row = taken.findIndex((spans) => spans.every(([s, e]) => b < s || a > e));
           if (row < 0) continue;
-          rows[row] = tx + w;
+          taken[row].push([a, b]);
           const ty = top + 2 * px + row * 16 * px;
           ctx.fillStyle = "rgba(20, 23, 28, 0.85)";
           ctx.fillRect(tx - 2 * px, ty, w + 4 * px, 14 * px);
@@ -155,13 +161,18 @@ export class Graph {
       this.plot.setScale("x", { min: from, max: to });
     });
     const last = rawVs.length ? rawVs[rawVs.length - 1] : null;
-    this.latest.textContent = `now ${formatValue(last, this.meta.unit)}`;
+    const lastTs = rawTs.length ? rawTs[rawTs.length - 1] : null;
+    // A value from before a silence is not "now" (db latency has none while workers are paused).
+    this.latest.textContent =
+      lastTs !== null && to - lastTs > 3
+        ? `last ${formatValue(last, this.meta.unit)} at ${clock(lastTs * 1000)}`
+        : `now ${formatValue(last, this.meta.unit)}`;
     const inView = rawVs.filter((_, i) => rawTs[i] >= from && rawTs[i] <= to);
     const minutes = Math.round((to - from) / 60);
     const holes = gaps(rawTs).filter(([a, b]) => b >= from && a <= to);
     const marks = overlay.markers.filter((m) => m.ts >= from && m.ts <= to);
     const alt = [
-      `${this.meta.title}, last ${minutes} min: now ${formatValue(last, this.meta.unit)}`,
+      `${this.meta.title}, last ${minutes} min: ${this.latest.textContent}`,
       inView.length ? `, lowest ${formatValue(Math.min(...inView), this.meta.unit)}, highest ${formatValue(Math.max(...inView), this.meta.unit)}.` : ", no samples.",
       ...marks.map((m) => ` At ${clock(m.ts * 1000)} ${m.label}.`),
       ...holes.map(([a, b]) => ` No samples from ${clock(a * 1000)} to ${clock(b * 1000)}.`),
