@@ -36,6 +36,9 @@ export interface Backend {
   audit(limit: number, switchName?: string): Promise<AuditEntry[]>;
   workers(name: string): Promise<WorkerCounts>;
   series(sinceUnix: number): Promise<Series[]>;
-  /** Live events; calls `onStatus` as the connection comes and goes. Returns a stop function. */
-  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus) => void): () => void;
+  /**
+   * Live events; calls `onStatus` as the connection comes and goes, with when the control
+   * plane was last heard from (ms) when known. Returns a stop function.
+   */
+  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus, lastHeard?: number) => void): () => void;
 }

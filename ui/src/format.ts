@@ -66,3 +66,33 @@ export function admittedFraction(sw: Switch, now: number): number {
   const step = total / (f.length - 1);
   return f[Math.min(f.length - 1, Math.floor(elapsed / step))];
 }
+
+/** "14:05:12" in the viewer's time zone, 24-hour. */
+export function clock(ms: number): string {
+  return new Date(ms).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+}
+
+/** "2026-11-30 14:05:12 UTC": the date, the time and the viewer's time zone, for the audit. */
+export function auditWhen(iso: string, timeZone?: string): string {
+  const d = new Date(iso);
+  const parts = new Intl.DateTimeFormat("en-GB", {
+    year: "numeric",
+    month: "2-digit",
+    day: "2-digit",
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+    hour12: false,
+    timeZoneName: "short",
+    timeZone,
+  }).formatToParts(d);
+  const get = (t: string) => parts.find((p) => p.type === t)?.value ?? "";
+  return `${get("year")}-${get("month")}-${get("day")} ${get("hour")}:${get("minute")}:${get("second")} ${get("timeZoneName")}`;
+}
+
+/** "10% → 25% → 50% → 100% over 10 min" or "5% → 100% linearly over 5 min". */
+export function rampText(r: { kind: "steps" | "linear"; duration_secs: number; fractions?: number[]; from?: number }): string {
+  const over = duration(r.duration_secs * 1000);
+  if (r.kind === "linear") return `${Math.round((r.from ?? 0.05) * 100)}% → 100% linearly over ${over}`;
+  return `${(r.fractions ?? [1]).map((f) => `${Math.round(f * 100)}%`).join(" → ")} over ${over}`;
+}

@@ -13,6 +13,15 @@ import {
 import type { Backend, ConnectionStatus, LiveEvent } from "./backend";
 import { SseParser } from "./sse";
 
+/** How long a read may take before it counts as failed. */
+const READ_TIMEOUT_MS = 10_000;
+/**
+ * The longest silence of a live stream before it counts as dead. The control plane sends a
+ * keep-alive on `/api/v1/events` at least every 2 s (and samples every second), so 5 s of
+ * nothing means it is frozen or the path to it is, even if the socket does not say so.
+ */
+export const SILENCE_MS = 5_000;
+
 export class HttpBackend implements Backend {
   readonly source = "web" as const;
 
@@ -26,6 +35,9 @@ export class HttpBackend implements Backend {
     try {
       res = await fetch(`${this.base}/api/v1${path}`, {
         method,
+        // Reads give up after a while so a frozen control plane cannot hang a refresh. A
+        // change is not aborted: its answer, however late, tells the page that it was applied.
+        signal: method === "GET" ? AbortSignal.timeout(READ_TIMEOUT_MS) : undefined,
         headers: {
           authorization: `Bearer ${this.token}`,
           ...(body === undefined ? {} : { "content-type": "application/json" }),
@@ -73,15 +85,25 @@ export class HttpBackend implements Backend {
     return (await this.call<{ series: Series[] }>("GET", `/metrics/series?since=${sinceUnix}`)).series;
   }
 
-  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus) => void): () => void {
+  subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus, lastHeard?: number) => void): () => void {
     let stopped = false;
     let controller: AbortController | null = null;
     let lastId: string | null = null;
     let delay = 250;
+    // When the control plane last said anything on the stream (or answered its request).
+    let lastHeard = Date.now();
     const run = async () => {
       while (!stopped) {
         onStatus("connecting");
-        controller = new AbortController();
+        const ctl = new AbortController();
+        controller = ctl;
+        // One watchdog for the whole attempt: no answer, or silence, for SILENCE_MS ends it.
+        let timer = 0;
+        const arm = () => {
+          clearTimeout(timer);
+          timer = window.setTimeout(() => ctl.abort(), SILENCE_MS);
+        };
+        arm();
         try {
           const res = await fetch(`${this.base}/api/v1/events`, {
             headers: {
@@ -89,36 +111,32 @@ export class HttpBackend implements Backend {
               accept: "text/event-stream",
               ...(lastId ? { "last-event-id": lastId } : {}),
             },
-            signal: controller.signal,
+            signal: ctl.signal,
           });
           if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
-          onStatus("open");
+          lastHeard = Date.now();
+          arm();
+          onStatus("open", lastHeard);
           delay = 250;
           const parser = new SseParser();
           const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-          // A keep-alive comment arrives at least every 15 s; silence for 35 s means the line
-          // is dead even if the socket does not say so.
-          let timer = 0;
-          const arm = () => {
-            clearTimeout(timer);
-            timer = window.setTimeout(() => controller?.abort(), 35_000);
-          };
-          arm();
           for (;;) {
             const { value, done } = await reader.read();
             if (done) break;
+            lastHeard = Date.now();
             arm();
             for (const ev of parser.feed(value)) {
               if (parser.lastId) lastId = parser.lastId;
               dispatch(ev.event, ev.data, onEvent);
             }
           }
-          clearTimeout(timer);
         } catch {
           // fall through to reconnect
+        } finally {
+          clearTimeout(timer);
         }
         if (stopped) return;
-        onStatus("lost");
+        onStatus("lost", lastHeard);
         await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
         delay = Math.min(delay * 2, 5000);
       }

@@ -96,8 +96,8 @@ async function start() {
       }
       app.render();
     },
-    (status) => {
-      setConnection(model, status, Date.now());
+    (status, lastHeard) => {
+      setConnection(model, status, Date.now(), lastHeard);
       if (status === "open" && wasOpen) {
         // Back after a drop: re-read everything, the stream resumes from its last id.
         void refresh()

@@ -1,11 +1,12 @@
 // The UI's state and the pure functions that update it from API answers and live events.
 
-import type { AuditEntry, Series, ServerInfo, Switch, WorkerCounts } from "./api";
+import type { AuditEntry, Ramp, Series, ServerInfo, Switch, WorkerCounts } from "./api";
 import type { ConnectionStatus, LiveEvent } from "./backend";
 
 /** One series at one-second resolution, at most an hour. */
 export interface SeriesBuf {
   name: string;
+  labels?: Record<string, string>;
   key: string;
   ts: number[];
   values: number[];
@@ -20,8 +21,22 @@ export interface Model {
   audit: AuditEntry[];
   series: Map<string, SeriesBuf>;
   connection: ConnectionStatus;
-  /** When the connection was lost (ms), while it is. */
+  /**
+   * While the connection is lost: when the control plane was last heard from (ms), so the
+   * outage's age is its true age, not the time since the page noticed.
+   */
   lostSince: number | null;
+  /** The state as last known when the connection was lost (frozen while it is). */
+  lastKnown: Switch | null;
+  /**
+   * A press that timed out unanswered. The control plane may still apply it when it
+   * recovers (the request may sit in its socket): when a change that is this press shows up,
+   * `late` says so on screen until dismissed.
+   */
+  unconfirmed: Unconfirmed | null;
+  late: (Unconfirmed & { appliedAt: string; version: number }) | null;
+  /** The ramp of each version seen (`switch@version`), for the audit table's details. */
+  ramps: Map<string, Ramp | null>;
   /** A change sent and not yet acknowledged. */
   pending: { switch: string; to: "paused" | "running" } | null;
   error: { code: string; message: string } | null;
@@ -36,6 +51,17 @@ export interface Model {
   countsSeq: Map<string, number>;
 }
 
+export interface Unconfirmed {
+  switch: string;
+  to: "paused" | "running";
+  reason: string | undefined;
+  /** When it was sent (ms) and the version it was sent against. */
+  sentAt: number;
+  fromVersion: number;
+  actor: string;
+  source: string;
+}
+
 export function emptyModel(): Model {
   return {
     info: null,
@@ -45,6 +71,10 @@ export function emptyModel(): Model {
     series: new Map(),
     connection: "connecting",
     lostSince: null,
+    lastKnown: null,
+    unconfirmed: null,
+    late: null,
+    ramps: new Map(),
     pending: null,
     error: null,
     button: null,
@@ -72,6 +102,7 @@ export function applySnapshot(m: Model, s: Snapshot, startedAt: number) {
     next.set(sw.name, cur && cur.version > sw.version ? cur : sw);
   }
   m.switches = next;
+  for (const sw of next.values()) noteSwitch(m, sw);
   m.audit = s.audit;
   if (s.counts && (m.countsSeq.get(s.counts.switch) ?? -1) < startedAt) {
     m.counts.set(s.counts.switch, s.counts);
@@ -91,6 +122,7 @@ export function loadSeries(m: Model, list: Series[]) {
     const key = seriesKey(s.name, s.labels);
     m.series.set(key, {
       name: s.name,
+      labels: s.labels,
       key,
       ts: s.points.map((p) => p[0]),
       values: s.points.map((p) => p[1]),
@@ -98,10 +130,10 @@ export function loadSeries(m: Model, list: Series[]) {
   }
 }
 
-export function appendSample(m: Model, key: string, name: string, ts: number, value: number) {
+export function appendSample(m: Model, key: string, name: string, ts: number, value: number, labels?: Record<string, string>) {
   let b = m.series.get(key);
   if (!b) {
-    b = { name, key, ts: [], values: [] };
+    b = { name, labels, key, ts: [], values: [] };
     m.series.set(key, b);
   }
   const last = b.ts.length ? b.ts[b.ts.length - 1] : -Infinity;
@@ -133,6 +165,7 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
       const prev = m.switches.get(e.data.name);
       if (prev && prev.version > e.data.version) return false; // stale replay
       m.switches.set(e.data.name, e.data);
+      noteSwitch(m, e.data);
       if (m.pending && m.pending.switch === e.data.name && e.data.state === m.pending.to) {
         m.pending = null;
       }
@@ -147,7 +180,7 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
       return false;
     case "samples":
       for (const v of e.data.values) {
-        appendSample(m, seriesKey(v.name, v.labels), v.name, e.data.ts, v.value);
+        appendSample(m, seriesKey(v.name, v.labels), v.name, e.data.ts, v.value, v.labels);
       }
       return false;
     case "button":
@@ -158,10 +191,45 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
   }
 }
 
-export function setConnection(m: Model, s: ConnectionStatus, now: number) {
-  if (s === "lost" && m.lostSince === null) m.lostSince = now;
-  if (s === "open") m.lostSince = null;
+/**
+ * Notes a switch as seen: its ramp (for the audit), and whether it is a timed-out press of
+ * ours that the control plane applied after all (same target, made after it was sent, by the
+ * same caller from the same source, with the same reason).
+ */
+export function noteSwitch(m: Model, sw: Switch) {
+  m.ramps.set(`${sw.name}@${sw.version}`, sw.ramp);
+  const u = m.unconfirmed;
+  if (!u || u.switch !== sw.name || sw.version <= u.fromVersion) return;
+  const ours =
+    sw.state === u.to && sw.changed_by === u.actor && sw.source === u.source && (sw.reason ?? undefined) === u.reason;
+  if (ours) {
+    m.late = { ...u, appliedAt: sw.changed_at, version: sw.version };
+    // The "not done" of that press is no longer true.
+    m.error = null;
+  }
+  // Anything newer than the press settles it: applied (said above), or overtaken.
+  m.unconfirmed = null;
+}
+
+/**
+ * `lastHeard` (ms) is when the stream last delivered anything, when the backend knows: a
+ * frozen control plane is noticed only after some silence, but it stopped before that.
+ */
+export function setConnection(m: Model, s: ConnectionStatus, now: number, lastHeard?: number) {
+  if (s === "lost" && m.lostSince === null) {
+    m.lostSince = Math.min(now, lastHeard ?? now);
+    m.lastKnown = primary(m) ?? null;
+  }
+  if (s === "open") {
+    m.lostSince = null;
+    m.lastKnown = null;
+  }
   m.connection = s;
+}
+
+/** Whether the control plane is known to be unreachable (the state shown is only last known). */
+export function unreachable(m: Model): boolean {
+  return m.connection !== "open" && m.lostSince !== null;
 }
 
 export function primary(m: Model): Switch | undefined {

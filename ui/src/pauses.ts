@@ -15,7 +15,8 @@ export function markers(audit: AuditEntry[], switchName: string): Marker[] {
     .map((e) => ({
       ts: Date.parse(e.at) / 1000,
       to: e.to as "paused" | "running",
-      label: `${e.to} by ${e.actor}`,
+      // Who and why, on the graph: "paused by alice: db at 100% CPU".
+      label: `${e.to} by ${e.actor}${e.reason ? `: ${e.reason}` : ""}`,
     }))
     .sort((a, b) => a.ts - b.ts);
 }

@@ -2,10 +2,34 @@
 
 import { BackendError, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
-import { ackLine, admittedFraction, changeLine, duration } from "./format";
+import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, rampText, sourceLabel } from "./format";
 import { Graph } from "./graphs";
-import { type Model, lastResume, primary } from "./model";
+import { type Model, lastResume, noteSwitch, primary, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
+import { seriesMeta } from "./series-meta";
+import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
+
+/** How long a press waits for the control plane before it says so. */
+export const PRESS_TIMEOUT_MS = 5_000;
+
+/** The other ways to pull the brake, named whenever the console cannot. */
+export const OTHER_WAYS =
+  'Pause another way: `brb pause --reason "…"` from a shell, `/bigred pause` in Slack, or the office button.';
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/** A state's shape as an inline SVG (decorative: the word says the same). */
+function icon(path: string): SVGSVGElement {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "icon");
+  const p = document.createElementNS(SVG, "path");
+  p.setAttribute("d", path);
+  p.setAttribute("fill", "currentColor");
+  svg.append(p);
+  return svg;
+}
 
 function h<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -33,7 +57,14 @@ const RAMPS: { label: string; spec: RampSpec | undefined }[] = [
 export class App {
   private root: HTMLElement;
   private env = h("header", { class: "env", "data-testid": "environment" });
-  private banner = h("div", { class: "banner hidden", role: "alert", "data-testid": "banner" });
+  private banner = h("div", { class: "banner hidden", "data-testid": "banner" });
+  /** The one live region: a sentence when something changes, never the ticking numbers. */
+  private live = h("div", { class: "sr-only", role: "status", "aria-live": "polite", "data-testid": "live" });
+  private lastAnnounced = "";
+  private sticky = h("div", { class: "sticky-status hidden", "aria-hidden": "true", "data-testid": "sticky" });
+  private lateEl = h("div", { class: "late hidden", role: "alert", "data-testid": "late" });
+  private favicon: HTMLLinkElement | null = null;
+  private smallToggles = new Map<string, { li: HTMLLIElement; button: HTMLButtonElement; desc: HTMLSpanElement }>();
   private errorBox = h("div", { class: "error hidden", role: "alert", "data-testid": "error" });
   private toggle = h("button", { class: "toggle", role: "switch", "aria-checked": "false", "data-testid": "toggle" });
   private stateLine = h("p", { class: "state-line", "data-testid": "state-line" });
@@ -76,10 +107,23 @@ export class App {
     });
     windows.append(watch);
 
-    this.toggle.addEventListener("click", () => this.askConfirm());
+    this.toggle.addEventListener("click", () => {
+      // Not `disabled` while a press is pending: a disabled button drops keyboard focus.
+      if (this.toggle.getAttribute("aria-disabled") !== "true") this.askConfirm();
+    });
+    const legend = h(
+      "ul",
+      { class: "legend", "aria-label": "Legend" },
+      h("li", {}, h("span", { class: "swatch shade", "aria-hidden": "true" }), "paused period"),
+      h("li", {}, h("span", { class: "swatch mark-paused", "aria-hidden": "true" }), "paused (who: why)"),
+      h("li", {}, h("span", { class: "swatch mark-running", "aria-hidden": "true" }), "resumed"),
+      h("li", {}, h("span", { class: "swatch gap", "aria-hidden": "true" }), "break in a line: no samples"),
+    );
     this.root.replaceChildren(
       this.env,
       this.banner,
+      this.sticky,
+      this.live,
       h(
         "main",
         {},
@@ -87,13 +131,14 @@ export class App {
           "section",
           { class: "button-panel", "aria-label": "The Big Red Button" },
           this.toggle,
+          this.lateEl,
           this.stateLine,
           this.ackEl,
           this.rampEl,
           this.buttonEl,
           this.errorBox,
         ),
-        h("section", { class: "graphs-panel", "aria-label": "Utilization" }, h("div", { class: "graphs-head" }, h("h2", {}, "Utilization"), windows), this.graphsEl),
+        h("section", { class: "graphs-panel", "aria-label": "Utilization" }, h("div", { class: "graphs-head" }, h("h2", {}, "Utilization"), windows), legend, this.graphsEl),
         h(
           "section",
           { class: "lower" },
@@ -102,26 +147,38 @@ export class App {
             "div",
             { class: "audit-panel" },
             h("h2", {}, "Audit log"),
-            h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl),
+            h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
           ),
         ),
       ),
       this.dialog,
     );
     window.addEventListener("resize", () => this.layoutGraphs());
+    // The compact status shows while the big button is out of view (e.g. watching graphs).
+    if ("IntersectionObserver" in window) {
+      // Shown as soon as less than half of the button is in view.
+      new IntersectionObserver(([e]) => this.sticky.classList.toggle("hidden", e.intersectionRatio >= 0.5), {
+        threshold: [0, 0.5, 1],
+      }).observe(this.toggle);
+    }
   }
 
   private layoutGraphs() {
     const w = this.graphsEl.clientWidth;
     const cols = w > 1100 ? 3 : w > 700 ? 2 : 1;
-    for (const g of this.graphs.values()) g.resize(Math.floor(w / cols) - 24);
+    // Each graph's width includes the flex gap (12 px) between columns.
+    for (const g of this.graphs.values()) g.resize(Math.floor((w - 12 * (cols - 1)) / cols));
   }
 
   /** The confirm step: the reason for a pause, the way back for a resume. */
   askConfirm(target?: Switch) {
     const sw = target ?? primary(this.model);
     if (!sw || this.model.pending) return;
-    const to: SwitchState = sw.state === "paused" ? "running" : "paused";
+    const opener = document.activeElement instanceof HTMLElement ? document.activeElement : this.toggle;
+    // Keyboard users land back where they were, whichever way the dialog closes.
+    this.dialog.addEventListener("close", () => opener.focus(), { once: true });
+    // With the state unknown, the only offer is the brake: resuming blind is not.
+    const to: SwitchState = unreachable(this.model) ? "paused" : sw.state === "paused" ? "running" : "paused";
     const env = this.model.info?.environment.name ?? "";
     const reason = h("textarea", { id: "reason", rows: "2", placeholder: "e.g. db at 100% CPU", "data-testid": "reason" });
     const form = h("form", { method: "dialog" });
@@ -133,6 +190,13 @@ export class App {
     if (to === "paused") {
       form.append(h("label", { for: "reason" }, "Why? (recorded and shown to everyone)"), reason);
       const go = h("button", { class: "danger", value: "go", "data-testid": "confirm-pause" }, "Pause");
+      // Enter sends (the reason is one line); Shift+Enter still breaks a line.
+      reason.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+          e.preventDefault();
+          go.click();
+        }
+      });
       go.addEventListener("click", (e) => {
         e.preventDefault();
         this.dialog.close();
@@ -165,14 +229,21 @@ export class App {
   private async change(sw: Switch, to: SwitchState, reason: string | undefined, ramp: RampSpec | undefined) {
     this.model.pending = { switch: sw.name, to };
     this.model.error = null;
+    this.model.late = null;
     this.render();
+    const sentAt = Date.now();
+    const request = this.backend.setState(sw.name, {
+      state: to,
+      reason,
+      source: this.backend.source,
+      ramp,
+    });
+    let timer = 0;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = window.setTimeout(() => reject(new BackendError("timeout", `the control plane did not answer within ${PRESS_TIMEOUT_MS / 1000} s`)), PRESS_TIMEOUT_MS);
+    });
     try {
-      const updated = await this.backend.setState(sw.name, {
-        state: to,
-        reason,
-        source: this.backend.source,
-        ramp,
-      });
+      const updated = await Promise.race([request, timeout]).finally(() => clearTimeout(timer));
       // Acknowledged: the control plane committed it.
       const cur = this.model.switches.get(sw.name);
       if (!cur || cur.version <= updated.version) this.model.switches.set(sw.name, updated);
@@ -182,66 +253,199 @@ export class App {
       this.model.pending = null;
       const err = e instanceof BackendError ? e : new BackendError("internal", String(e));
       this.model.error = { code: err.code, message: err.message };
+      if (err.code === "timeout" || err.code === "unreachable") {
+        // It may still be applied when the control plane wakes up: remember it, so that the
+        // change (its answer, or the event of it) is shown as this press, applied late.
+        this.model.unconfirmed = {
+          switch: sw.name,
+          to,
+          reason,
+          sentAt,
+          fromVersion: sw.version,
+          actor: this.model.info?.caller.name ?? "",
+          source: this.backend.source,
+        };
+        request
+          .then((applied) => {
+            const cur = this.model.switches.get(sw.name);
+            if (!cur || cur.version < applied.version) this.model.switches.set(sw.name, applied);
+            noteSwitch(this.model, applied);
+            this.render();
+          })
+          .catch(() => {
+            // Refused or never answered: nothing was applied by this request.
+          });
+      }
     }
     this.render();
   }
 
   render(now = Date.now()) {
     const m = this.model;
-    const p = primary(m);
+    const down = unreachable(m);
+    // Frozen clock while the control plane is unreachable: nothing may tick as if it knew.
+    const at = down && m.lostSince !== null ? m.lostSince : now;
+    const p = down ? (m.lastKnown ?? primary(m)) : primary(m);
     if (m.info) {
       this.env.textContent = `${m.info.environment.name.toUpperCase()} · Big Red Button`;
       this.env.style.background = m.info.environment.color;
     }
-    // Connection banner.
-    if (m.connection !== "open" && m.lostSince !== null) {
-      this.banner.textContent = `Connection to the control plane lost ${duration(now - m.lostSince)} ago — the state shown may be stale. Reconnecting…`;
+    // Connection banner: dark with hazard stripes and a grey "unknown" mark, never a red bar
+    // that could pass for a red environment header.
+    if (down && m.lostSince !== null) {
+      this.banner.replaceChildren(
+        icon("M1 21h22L12 2 1 21zm12-3h-2v-2h2v2zm0-4h-2v-4h2v4z"),
+        h(
+          "div",
+          {},
+          h("strong", {}, "No connection to the control plane"),
+          ` — nothing heard for ${duration(now - m.lostSince)} (since ${clock(m.lostSince)}). The state is unknown; what you see is the last known. Reconnecting…`,
+          h("div", { class: "ways" }, OTHER_WAYS),
+        ),
+      );
       this.banner.classList.remove("hidden");
     } else {
       this.banner.classList.add("hidden");
     }
-    document.body.classList.toggle("stale", m.connection !== "open");
+    document.body.classList.toggle("stale", down);
     if (m.error) {
-      this.errorBox.textContent = `Not done: ${m.error.message} (${m.error.code}). The state below is what the control plane says.`;
+      const truth = down
+        ? "The control plane cannot be reached: the state below is only the last known."
+        : "The state below is what the control plane says.";
+      const ways = m.error.code === "timeout" || m.error.code === "unreachable" ? ` ${OTHER_WAYS}` : "";
+      this.errorBox.textContent = `Not done: ${m.error.message} (${m.error.code}). ${truth}${ways}`;
       this.errorBox.classList.remove("hidden");
     } else {
       this.errorBox.classList.add("hidden");
     }
-    if (p) this.renderToggle(p, now);
+    if (m.late) {
+      const verb = m.late.to === "paused" ? "pause" : "resume";
+      this.lateEl.replaceChildren(
+        `Your ${verb} sent at ${clock(m.late.sentAt)}, which timed out, was applied by the control plane at ${clock(Date.parse(m.late.appliedAt))}. `,
+        this.dismissButton(),
+      );
+      this.lateEl.classList.remove("hidden");
+    } else if (m.unconfirmed) {
+      const verb = m.unconfirmed.to === "paused" ? "pause" : "resume";
+      this.lateEl.textContent = `Your ${verb} sent at ${clock(m.unconfirmed.sentAt)} is unconfirmed: the control plane may still apply it when it answers, and this page will say so.`;
+      this.lateEl.classList.remove("hidden");
+    } else {
+      this.lateEl.classList.add("hidden");
+    }
+    if (p) this.renderToggle(p, at, down, now);
     if (m.button) {
       this.buttonEl.textContent = m.button;
       this.buttonEl.classList.remove("hidden");
     }
     this.renderGraphs(now);
-    this.renderOthers();
+    this.renderOthers(down);
     this.renderAudit();
   }
 
-  private renderToggle(p: Switch, now: number) {
+  private dismissButton(): HTMLButtonElement {
+    const b = h("button", { class: "dismiss", "data-testid": "late-dismiss" }, "OK");
+    b.addEventListener("click", () => {
+      this.model.late = null;
+      this.render();
+      this.toggle.focus();
+    });
+    return b;
+  }
+
+  /** `at` is the time the texts are computed for: now, or when the connection was lost. */
+  private renderToggle(p: Switch, at: number, down: boolean, now: number) {
     const pending = this.model.pending?.switch === p.name ? this.model.pending : null;
-    const shown = pending ? pending.to : p.state;
-    document.body.classList.toggle("paused", p.state === "paused");
-    this.toggle.className = `toggle ${shown}${pending ? " pending" : ""}`;
-    this.toggle.setAttribute("aria-checked", String(p.state === "paused"));
+    const counts = this.model.counts.get(p.name);
+    const look = stateLook(stateKind(p, counts, at, !down), p, counts, at);
+    document.body.classList.toggle("paused", !down && p.state === "paused");
+    document.body.dataset.state = look.kind;
+    this.toggle.className = `toggle ${look.kind}${pending ? " pending" : ""}`;
+    this.toggle.style.setProperty("--state", look.color);
+    this.toggle.style.setProperty("--ink", look.ink);
+    this.toggle.setAttribute("aria-checked", down ? "mixed" : String(p.state === "paused"));
     this.toggle.dataset.state = p.state;
-    this.toggle.disabled = pending !== null || this.model.info?.caller.role === "viewer";
-    const big = pending ? (pending.to === "paused" ? "PAUSING…" : "RESUMING…") : p.state === "paused" ? "WORKERS PAUSED" : "WORKERS RUNNING";
-    const small = pending ? "waiting for the control plane" : p.state === "paused" ? "press to resume" : "press to pause";
-    this.toggle.replaceChildren(h("span", { class: "big" }, big), h("span", { class: "small" }, small));
-    this.toggle.setAttribute("aria-label", `${big.toLowerCase()}; ${small}`);
-    this.stateLine.textContent = changeLine(p, now);
-    this.ackEl.textContent = ackLine(p, this.model.counts.get(p.name));
-    const f = admittedFraction(p, now);
+    this.toggle.dataset.kind = look.kind;
+    const locked = pending !== null || this.model.info?.caller.role === "viewer";
+    this.toggle.setAttribute("aria-disabled", String(locked));
+    this.toggle.disabled = this.model.info?.caller.role === "viewer";
+    const big = pending ? (pending.to === "paused" ? "PAUSING…" : "RESUMING…") : look.word;
+    const lastKnown = `last known: ${p.state} at ${clock(this.model.lostSince ?? at)}`;
+    const small = pending
+      ? "waiting for the control plane"
+      : down
+        ? lastKnown
+        : p.state === "paused"
+          ? "press to resume"
+          : "press to pause";
+    this.toggle.replaceChildren(icon(look.icon), h("span", { class: "big" }, big), h("span", { class: "small" }, small));
+    const action = pending ? "waiting for the control plane" : down ? `${lastKnown}; press to try pausing` : small;
+    this.toggle.setAttribute("aria-label", `Big Red Button: ${big.toLowerCase()}; ${action}`);
+    this.stateLine.textContent = down ? `Last known: ${changeLine(p, at)}` : changeLine(p, at);
+    const acks = ackLine(p, this.model.counts.get(p.name));
+    this.ackEl.textContent = down ? `last known: ${acks}` : acks;
+    const f = admittedFraction(p, at);
     if (p.state === "running" && p.ramp && f < 1) {
-      const left = Date.parse(p.ramp.started_at) + p.ramp.duration_secs * 1000 - now;
+      const left = Date.parse(p.ramp.started_at) + p.ramp.duration_secs * 1000 - at;
       this.rampEl.replaceChildren(
         h("span", {}, `Ramping up: ${Math.round(f * 100)}% of normal work admitted, 100% in ${duration(left)}`),
-        h("progress", { max: "100", value: String(Math.round(f * 100)) }),
+        h("progress", { max: "100", value: String(Math.round(f * 100)), "aria-label": "Ramp progress" }),
       );
       this.rampEl.classList.remove("hidden");
     } else {
       this.rampEl.classList.add("hidden");
     }
+    this.renderSticky(look, acks, f, p, down);
+    this.renderTab(look);
+    this.announce(look, p, counts, down, now);
+  }
+
+  private renderSticky(look: StateLook, acks: string, f: number, p: Switch, down: boolean) {
+    const ramp = p.state === "running" && f < 1 ? ` · ramp ${Math.round(f * 100)}%` : "";
+    this.sticky.style.setProperty("--state", look.color);
+    this.sticky.style.setProperty("--ink", look.ink);
+    this.sticky.dataset.kind = look.kind;
+    this.sticky.replaceChildren(
+      h("span", { class: "chip" }, icon(look.icon), look.short),
+      h("span", { class: "sticky-acks" }, `${down ? "last known: " : ""}${acks}${ramp}`),
+    );
+  }
+
+  /** The tab's title and icon follow the state, for a tab in the background. */
+  private renderTab(look: StateLook) {
+    const env = this.model.info?.environment.name.toUpperCase() ?? "";
+    const title = `${look.short} · ${env} · Big Red Button`;
+    if (document.title !== title) document.title = title;
+    if (!this.favicon) {
+      this.favicon = document.querySelector<HTMLLinkElement>("link[rel=icon]") ?? h("link", { rel: "icon", type: "image/svg+xml" });
+      document.head.append(this.favicon);
+    }
+    const href = faviconUrl(look.kind);
+    if (this.favicon.getAttribute("href") !== href) {
+      this.favicon.setAttribute("href", href);
+      this.favicon.dataset.kind = look.kind;
+    }
+  }
+
+  /** Says what changed, once: the state, who and why, and the fleet's proof when complete. */
+  private announce(look: StateLook, p: Switch, counts: import("./api").WorkerCounts | undefined, down: boolean, now: number) {
+    let text: string;
+    if (down) {
+      text = `Connection to the control plane lost. State unknown; last known ${p.state}.`;
+    } else {
+      const kind = look.kind === "ramping" ? "Workers ramping up" : look.kind === "draining" ? "Workers pausing, some still busy" : `Workers ${p.state}`;
+      text = `${kind}, changed by ${p.changed_by} from ${sourceLabel(p.source)}${p.reason ? `: ${p.reason}` : ""}.`;
+      const cur = counts?.current;
+      if (cur && cur.version === p.version && cur.total > 0 && cur.acknowledged === cur.total) {
+        text += ` All ${cur.total} workers acknowledged.`;
+      }
+    }
+    if (this.model.pending) text = this.model.pending.to === "paused" ? "Pausing…" : "Resuming…";
+    if (this.model.error) text += ` Not done: ${this.model.error.message}.`;
+    if (text !== this.lastAnnounced) {
+      this.lastAnnounced = text;
+      this.live.textContent = text;
+    }
+    void now;
   }
 
   private renderGraphs(now: number) {
@@ -251,9 +455,11 @@ export class App {
       ...keys.filter((k) => !MAIN_SERIES.includes(k)).sort(),
     ];
     let added = false;
-    ordered.forEach((k, i) => {
+    ordered.forEach((k) => {
       if (!this.graphs.has(k)) {
-        const g = new Graph(k, k, i);
+        const buf = this.model.series.get(k);
+        const meta = seriesMeta(buf?.name ?? k, buf?.labels);
+        const g = new Graph(k, meta);
         this.graphs.set(k, g);
         this.graphsEl.append(g.el);
         added = true;
@@ -275,32 +481,70 @@ export class App {
     }
   }
 
-  private renderOthers() {
+  /** The other switches: one stable button each (updated in place, so focus stays on it). */
+  private renderOthers(down: boolean) {
     const others = [...this.model.switches.values()].filter((s) => !s.primary);
     if (others.length === 0) {
-      this.others.replaceChildren(h("li", { class: "muted" }, "No other switches."));
+      if (!this.others.querySelector(".muted")) this.others.replaceChildren(h("li", { class: "muted" }, "No other switches."));
+      this.smallToggles.clear();
       return;
     }
-    this.others.replaceChildren(
-      ...others.map((s) => {
-        const b = h("button", { class: `small-toggle ${s.state}`, role: "switch", "aria-checked": String(s.state === "paused"), "data-switch": s.name }, s.state === "paused" ? "paused" : "running");
-        b.disabled = this.model.pending !== null || this.model.info?.caller.role === "viewer";
-        b.addEventListener("click", () => this.askConfirm(s));
-        return h("li", {}, b, h("span", { class: "name" }, s.name), h("span", { class: "desc" }, s.description));
-      }),
-    );
+    this.others.querySelector(".muted")?.remove();
+    const names = new Set(others.map((s) => s.name));
+    for (const [name, t] of this.smallToggles) {
+      if (!names.has(name)) {
+        t.li.remove();
+        this.smallToggles.delete(name);
+      }
+    }
+    for (const s of others) {
+      let t = this.smallToggles.get(s.name);
+      if (!t) {
+        const button = h("button", { class: "small-toggle", role: "switch", "data-switch": s.name });
+        button.addEventListener("click", () => {
+          const cur = this.model.switches.get(s.name);
+          if (cur && button.getAttribute("aria-disabled") !== "true") this.askConfirm(cur);
+        });
+        const desc = h("span", { class: "desc", id: `desc-${s.name}` });
+        const li = h("li", {}, button, h("span", { class: "name" }, s.name), desc);
+        button.setAttribute("aria-describedby", desc.id);
+        t = { li, button, desc };
+        this.smallToggles.set(s.name, t);
+        this.others.append(li);
+      }
+      const word = down ? "unknown" : s.state;
+      t.button.className = `small-toggle ${down ? "unknown" : s.state}`;
+      if (t.button.textContent !== word) t.button.textContent = word;
+      t.button.setAttribute("aria-checked", down ? "mixed" : String(s.state === "paused"));
+      const action = s.state === "paused" ? "press to resume" : "press to pause";
+      t.button.setAttribute("aria-label", `${s.name}: ${down ? `last known ${s.state}` : s.state}; ${action}`);
+      const locked = this.model.pending !== null || this.model.info?.caller.role === "viewer";
+      t.button.setAttribute("aria-disabled", String(locked));
+      if (t.desc.textContent !== s.description) t.desc.textContent = s.description;
+    }
   }
 
   private renderAudit() {
+    const entries = this.model.audit.slice(0, 30);
+    // Rebuilt only when the log changed: a table re-made every second loses text selection.
+    const sig = entries.map((e) => e.id).join(",") + `|${this.model.ramps.size}`;
+    if (this.auditEl.dataset.sig === sig) return;
+    this.auditEl.dataset.sig = sig;
     this.auditEl.replaceChildren(
-      ...this.model.audit.slice(0, 30).map((e) => {
+      ...entries.map((e) => {
         const change = e.action === "state_changed" ? `${e.from} → ${e.to}` : e.action.replace(/_/g, " ");
+        let ramp = "";
+        if (e.action === "state_changed" && e.to === "running" && e.switch) {
+          const r = this.model.ramps.get(`${e.switch}@${e.version}`);
+          ramp = r ? rampText(r) : r === null ? "at once" : "–";
+        }
         return h(
           "tr",
           { class: e.to === "paused" && e.action === "state_changed" ? "paused" : "" },
-          h("td", {}, new Date(e.at).toLocaleTimeString()),
+          h("td", { class: "when" }, h("time", { datetime: e.at }, auditWhen(e.at))),
           h("td", {}, e.switch ?? "–"),
           h("td", {}, change),
+          h("td", {}, ramp),
           h("td", {}, e.actor),
           h("td", {}, e.source),
           h("td", {}, e.reason ?? ""),

@@ -1,7 +1,9 @@
 import { describe, expect, it } from "vitest";
 import type { AuditEntry, Switch, WorkerCounts } from "../src/api";
-import { ackLine, admittedFraction, changeLine, duration } from "../src/format";
-import { appendSample, applyEvent, applySnapshot, emptyModel, lastResume, loadSeries, seriesKey, setConnection } from "../src/model";
+import { ackLine, admittedFraction, auditWhen, changeLine, duration, rampText } from "../src/format";
+import { appendSample, applyEvent, applySnapshot, emptyModel, lastResume, loadSeries, noteSwitch, seriesKey, setConnection, unreachable } from "../src/model";
+import { formatValue, gaps, seriesMeta, withGaps } from "../src/series-meta";
+import { STATE_COLORS, type StateKind, deltaE, faviconUrl, simulateDeuteranopia, stateKind, stateLook } from "../src/states";
 import { dispatch } from "../src/http-backend";
 import { markers, pausedIntervals, visibleRange } from "../src/pauses";
 import { SseParser } from "../src/sse";
@@ -189,5 +191,116 @@ describe("dispatch", () => {
     dispatch("nonsense", "{}", (e) => got.push(e));
     dispatch("switch", "{not json", (e) => got.push(e));
     expect(got).toEqual([{ kind: "resync", data: { after: 1, current: 2, reason: "lagged" } }]);
+  });
+});
+
+describe("state looks", () => {
+  const kinds = Object.keys(STATE_COLORS) as StateKind[];
+  it("tells every pair of states apart by colour, also under deuteranopia", () => {
+    for (let i = 0; i < kinds.length; i++) {
+      for (let j = i + 1; j < kinds.length; j++) {
+        const [a, b] = [STATE_COLORS[kinds[i]].color, STATE_COLORS[kinds[j]].color];
+        expect(deltaE(a, b), `${kinds[i]} vs ${kinds[j]}`).toBeGreaterThan(25);
+        expect(deltaE(a, b, true), `${kinds[i]} vs ${kinds[j]}, deuteranope`).toBeGreaterThan(25);
+      }
+    }
+  });
+  it("the simulation is the real one: the old red and green collapse for deuteranopes", () => {
+    // #d32f2f / #2e7d32 (the console's colours before) are far apart normally, close for a deuteranope.
+    expect(deltaE("#d32f2f", "#2e7d32")).toBeGreaterThan(90);
+    expect(deltaE("#d32f2f", "#2e7d32", true)).toBeLessThan(20);
+    // Grey stays grey.
+    const [r, g, b] = simulateDeuteranopia("#808080");
+    expect(Math.abs(r - g) + Math.abs(g - b)).toBeLessThan(0.01);
+  });
+  it("gives each state its own word and shape", () => {
+    const s = sw({ state: "running", ramp: { kind: "steps", fractions: [0.25, 1], duration_secs: 600, started_at: new Date(T0).toISOString() } });
+    const looks = [
+      stateLook("paused", sw({ state: "paused" }), undefined, T0),
+      stateLook("draining", sw({ state: "paused" }), counts({ draining: 3 }), T0),
+      stateLook("ramping", s, undefined, T0 + 1000),
+      stateLook("running", sw(), undefined, T0),
+      stateLook("unknown", sw(), undefined, T0),
+    ];
+    expect(new Set(looks.map((l) => l.word)).size).toBe(5);
+    expect(new Set(looks.map((l) => l.icon)).size).toBe(5);
+    expect(looks[2].word).toBe("RAMPING UP · 25%");
+    expect(looks[1].word).toBe("DRAINING · 3 BUSY");
+  });
+  it("picks the state: unknown first, draining while paused workers finish, ramping below 100%", () => {
+    const ramp = { kind: "linear" as const, from: 0.05, duration_secs: 100, started_at: new Date(T0).toISOString() };
+    expect(stateKind(sw({ state: "paused" }), undefined, T0, false)).toBe("unknown");
+    expect(stateKind(sw({ state: "paused", version: 2 }), counts({ version: 2, draining: 1 }), T0, true)).toBe("draining");
+    expect(stateKind(sw({ state: "paused", version: 3 }), counts({ version: 2, draining: 1 }), T0, true)).toBe("paused");
+    expect(stateKind(sw({ ramp }), undefined, T0 + 50_000, true)).toBe("ramping");
+    expect(stateKind(sw({ ramp }), undefined, T0 + 100_000, true)).toBe("running");
+    expect(faviconUrl("paused")).toMatch(/^data:image\/svg\+xml,/);
+  });
+});
+
+describe("series", () => {
+  it("breaks the line where samples stop, and only there", () => {
+    expect(withGaps([1, 2, 3, 10, 11], [5, 5, 5, 7, 7])).toEqual([
+      [1, 2, 3, 4, 10, 11],
+      [5, 5, 5, null, 7, 7],
+    ]);
+    expect(withGaps([1, 2, 4], [1, 1, 1])).toEqual([[1, 2, 4], [1, 1, 1]]);
+    expect(gaps([1, 2, 3, 10, 11, 30])).toEqual([[3, 10], [11, 30]]);
+  });
+  it("has human titles with units, and the same colour on every load", () => {
+    expect(seriesMeta("db_latency_ms")).toMatchObject({ title: "Database latency", unit: "ms" });
+    expect(seriesMeta("fleet_in_flight", { switch: "workers" }).title).toBe("Jobs in flight · switch workers");
+    const a = seriesMeta("checkout_retries_per_second");
+    expect(a).toEqual(seriesMeta("checkout_retries_per_second"));
+    expect(a).toMatchObject({ title: "Checkout retries per second", unit: "/s" });
+    expect(formatValue(1234.5, "jobs")).toBe("1,235 jobs");
+    expect(formatValue(12.34, "ms")).toBe("12.3 ms");
+    expect(formatValue(87, "%")).toBe("87%");
+    expect(formatValue(null, "ms")).toBe("–");
+  });
+});
+
+describe("outages and late presses", () => {
+  it("dates an outage from when the control plane was last heard, and freezes the last known state", () => {
+    const m = emptyModel();
+    m.switches.set("workers", sw());
+    setConnection(m, "open", 1000);
+    setConnection(m, "lost", 9000, 4000);
+    expect(m.lostSince).toBe(4000);
+    expect(unreachable(m)).toBe(true);
+    expect(m.lastKnown?.state).toBe("running");
+    setConnection(m, "connecting", 10_000, 4000);
+    expect(m.lostSince).toBe(4000);
+    setConnection(m, "open", 11_000, 11_000);
+    expect(unreachable(m)).toBe(false);
+  });
+  it("shows a timed-out press as applied when the control plane applies it later", () => {
+    const m = emptyModel();
+    m.switches.set("workers", sw({ version: 4 }));
+    m.error = { code: "timeout", message: "no answer" };
+    m.unconfirmed = { switch: "workers", to: "paused", reason: "db", sentAt: T0, fromVersion: 4, actor: "alice", source: "web" };
+    // Someone else's older change does not count; ours, newer, does.
+    noteSwitch(m, sw({ version: 4 }));
+    expect(m.late).toBeNull();
+    noteSwitch(m, sw({ version: 5, state: "paused", changed_by: "alice", source: "web", reason: "db", changed_at: new Date(T0 + 60_000).toISOString() }));
+    expect(m.late).toMatchObject({ to: "paused", version: 5, appliedAt: new Date(T0 + 60_000).toISOString() });
+    expect(m.unconfirmed).toBeNull();
+    expect(m.error).toBeNull();
+  });
+  it("drops a timed-out press that another change overtook", () => {
+    const m = emptyModel();
+    m.unconfirmed = { switch: "workers", to: "paused", reason: "db", sentAt: T0, fromVersion: 4, actor: "alice", source: "web" };
+    noteSwitch(m, sw({ version: 5, state: "paused", changed_by: "bob", source: "cli", reason: "other" }));
+    expect(m.late).toBeNull();
+    expect(m.unconfirmed).toBeNull();
+  });
+});
+
+describe("audit words", () => {
+  it("dates with the day and the time zone, and spells out ramps", () => {
+    expect(auditWhen("2026-11-28T12:00:05Z", "UTC")).toBe("2026-11-28 12:00:05 UTC");
+    expect(auditWhen("2026-11-28T12:00:05Z", "Europe/Paris")).toMatch(/^2026-11-28 13:00:05 (CET|GMT\+1)$/);
+    expect(rampText({ kind: "steps", fractions: [0.1, 0.25, 0.5, 1], duration_secs: 600 })).toBe("10% → 25% → 50% → 100% over 10 min");
+    expect(rampText({ kind: "linear", from: 0.05, duration_secs: 300 })).toBe("5% → 100% linearly over 5 min");
   });
 });

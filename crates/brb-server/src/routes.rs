@@ -536,7 +536,7 @@ pub(crate) async fn switch_events(
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this audit id")),
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
-            description = "`switch` and `deleted` events of every switch; id is the global audit id"),
+            description = "`switch` and `deleted` events of every switch; id is the global audit id; a keep-alive comment at least every 2 s"),
         (status = 400, body = brb_api::ApiErrorBody, description = "An unknown or unreadable query parameter, or a Last-Event-ID that is not a number"),
         (status = 401, body = brb_api::ApiErrorBody),
         (status = 429, body = brb_api::ApiErrorBody, description = "`too_many_streams`: the token holds as many event streams as it may; or `rate_limited`: too many failed authentications from this address (with `Retry-After`)")),

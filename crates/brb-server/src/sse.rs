@@ -80,6 +80,9 @@ pub struct Opened {
     pub(crate) first: Vec<Bytes>,
 }
 
+/// The longest silence on `/api/v1/events`, in seconds (see `open`).
+pub const ALL_KEEPALIVE_SECS: u64 = 2;
+
 pub async fn open(
     state: AppState,
     scope: Scope,
@@ -125,6 +128,16 @@ pub async fn open(
             res.map_or(Fetched::Failed, Fetched::Ahead)
         }
     };
+    // The all-switches stream is what people watch (the console, the desktop app, `brb watch`):
+    // a keep-alive at least every 2 s lets them tell a frozen control plane from a quiet one
+    // within ~5 s. Worker streams keep the configured interval: they are many, and a gate
+    // keeps its last state anyway.
+    let keepalive = match &scope {
+        Scope::All => {
+            Duration::from_secs(state.config().limits.keepalive_secs.min(ALL_KEEPALIVE_SECS))
+        }
+        Scope::One(_) => Duration::from_secs(state.config().limits.keepalive_secs),
+    };
     let framing = if direct {
         Framing::Chunked
     } else {
@@ -143,7 +156,7 @@ pub async fn open(
         shared,
         fetched,
         Instant::now().into_std(),
-        Duration::from_secs(state.config().limits.keepalive_secs),
+        keepalive,
         live,
     );
     let opened = Opened {

@@ -791,6 +791,31 @@ async fn sse_keepalive_and_deleted_switch_ends_stream() {
     assert!(rest.contains("event: deleted"), "{rest}");
 }
 
+/// People watch `/events` (console, desktop, `brb watch`): with the default 15 s interval of
+/// worker streams, it still says "still here" every 2 s, so a frozen control plane shows
+/// within ~5 s.
+#[tokio::test]
+async fn all_events_stream_keeps_alive_every_two_seconds() {
+    use futures_util::StreamExt;
+    let s = TestServer::start().await;
+    assert_eq!(s.state.config().limits.keepalive_secs, 15);
+    let res = open_stream(&s, "/events", None).await;
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let t = Instant::now();
+    while text.matches(": keep-alive").count() < 2 && t.elapsed() < Duration::from_secs(6) {
+        if let Ok(Some(Ok(b))) = tokio::time::timeout(Duration::from_secs(6), body.next()).await {
+            text.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    assert!(
+        text.matches(": keep-alive").count() >= 2,
+        "two keep-alives within {:?}: {text}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
 #[tokio::test]
 async fn graceful_shutdown_ends_streams() {
     use futures_util::StreamExt;
