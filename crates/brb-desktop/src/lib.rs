@@ -287,6 +287,12 @@ pub enum Forwarded {
     Event(String, String),
 }
 
+/// How long the all-switches stream may be silent before it counts as dead. The server sends a
+/// keep-alive on it at least every 2 s, so 5 s of silence is a frozen or unreachable control
+/// plane, which the window and tray must say within seconds (issue #16), not after a TCP
+/// timeout.
+pub const STREAM_SILENCE: Duration = Duration::from_secs(5);
+
 /// Follows `/api/v1/events` for as long as the future is polled, reconnecting with backoff and
 /// resuming from the last event id, and hands everything to `sink`.
 pub async fn forward_events(client: Client, sink: impl Fn(Forwarded) + Send + Sync) {
@@ -300,7 +306,7 @@ pub async fn forward_events(client: Client, sink: impl Fn(Forwarded) + Send + Sy
                 attempt = 0;
                 let mut stream = std::pin::pin!(stream);
                 loop {
-                    match tokio::time::timeout(Duration::from_secs(35), stream.next()).await {
+                    match tokio::time::timeout(STREAM_SILENCE, stream.next()).await {
                         Ok(Some(Ok(StreamItem::Event(ev)))) => {
                             if ev.id.is_some() {
                                 last = ev.id.clone();
@@ -328,6 +334,61 @@ pub async fn forward_events(client: Client, sink: impl Fn(Forwarded) + Send + Sy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control plane that answers the stream's request, sends one event and then nothing (a
+    /// frozen process): the stream is declared lost after `STREAM_SILENCE` of silence.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_is_lost_after_the_silence_limit() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n\
+                          id: 1\nevent: switch\ndata: {}\n\n",
+                    )
+                    .await;
+                held.push(s); // never closed, never written again
+            }
+        });
+        let client = Client::new(&[url.as_str()], None).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let start = tokio::time::Instant::now();
+        let lost = std::sync::Arc::new(tokio::sync::Notify::new());
+        let signal = lost.clone();
+        let forward = tokio::spawn(forward_events(client, move |f| {
+            if f == Forwarded::Status("lost") {
+                signal.notify_one();
+            }
+            log.lock().unwrap().push((tokio::time::Instant::now(), f));
+        }));
+        lost.notified().await;
+        forward.abort();
+        let seen = seen.lock().unwrap();
+        let event_at = seen
+            .iter()
+            .find(|(_, f)| matches!(f, Forwarded::Event(..)))
+            .map(|(t, _)| *t)
+            .expect("the first event was forwarded");
+        let lost_at = seen
+            .iter()
+            .find(|(_, f)| *f == Forwarded::Status("lost"))
+            .map(|(t, _)| *t)
+            .unwrap();
+        let silent = lost_at - event_at;
+        assert!(
+            silent >= STREAM_SILENCE && silent < STREAM_SILENCE + Duration::from_secs(1),
+            "declared lost after {silent:?} of silence (started {:?} ago)",
+            start.elapsed()
+        );
+    }
 
     fn sw(version: u64, state: SwitchState) -> Switch {
         Switch {
