@@ -62,7 +62,7 @@ async fn a_token_cannot_claim_the_servers_own_sources() {
     let (_, before) = api.call("GET", "/switches/workers", &op, None).await;
     let (_, audit_before) = api.call("GET", "/audit", &admin, None).await;
 
-    for source in ["slack", "system"] {
+    for source in ["slack", "system", "adapter"] {
         let (s, b) = api
             .call(
                 "PUT",
