@@ -29,8 +29,8 @@ pub use series::{
     Series, SeriesList, TickValue,
 };
 pub use workers::{
-    AdapterAction, MAX_ADAPTER_DETAIL, ChangeAck, MAX_WORKER_ID, UnacknowledgedReaders, WorkerCounts, WorkerInfo, WorkerReport,
-    WorkerStatus,
+    AdapterAction, ChangeAck, MAX_ADAPTER_DETAIL, MAX_WORKER_ID, UnacknowledgedReaders,
+    WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus,
 };
 
 /// The path prefix of every versioned endpoint.

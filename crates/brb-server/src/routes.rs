@@ -769,8 +769,7 @@ pub(crate) async fn worker_report(
             brb_api::MAX_WORKER_ID
         )));
     }
-    if r
-        .error
+    if r.error
         .as_ref()
         .is_some_and(|e| e.chars().count() > brb_api::MAX_ADAPTER_DETAIL)
     {
@@ -862,7 +861,10 @@ pub(crate) async fn adapter_action(
     }
     let entry = state
         .commit(RecordAdapterAction(brb_store::AdapterRecord {
-            reason: format!("{}: {} (switch version {})", a.adapter_id, detail, a.observed_version),
+            reason: format!(
+                "{}: {} (switch version {})",
+                a.adapter_id, detail, a.observed_version
+            ),
             switch: a.switch,
             applied: a.applied,
             actor: actor(&caller, Some(brb_api::Source::Adapter)),
