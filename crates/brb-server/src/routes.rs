@@ -806,7 +806,7 @@ pub(crate) async fn worker_report(
         (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
         (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
         (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
-        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with the state changes of this token and address (with `Retry-After`)"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many records from this token (the state-change rate, in a bucket of their own; with `Retry-After`)"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing was recorded")),
     security(("bearer" = [])))]
 /// A broker adapter records what it applied. Any role may (an adapter holds a read + report
@@ -847,11 +847,10 @@ pub(crate) async fn adapter_action(
         )));
     }
     // The audit log is durable: adapters write to it at the pace of state changes, not more.
+    // Their own bucket per token, and none per address: an adapter running on an operator's
+    // host must never spend the budget of that operator's presses.
     let who = caller.token_id.as_deref().unwrap_or(&caller.name);
-    if let Some(wait) = state
-        .limits()
-        .change(who, caller.remote_addr.map(|a| a.ip()))
-    {
+    if let Some(wait) = state.limits().change(&format!("adapter:{who}"), None) {
         tracing::warn!(switch = %a.switch, actor = %caller.name, "adapter record rate limit hit");
         return Err(ApiError::rate_limited(
             ErrorCode::RateLimited,
