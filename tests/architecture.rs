@@ -180,7 +180,14 @@ fn button_listener_is_a_client_not_a_server() {
 fn broker_adapters_are_clients_not_servers() {
     assert_none(
         "brb-adapter",
-        &["brb-server", "brb-store", "brb-demo", "axum", "rusqlite", "tokio-postgres"],
+        &[
+            "brb-server",
+            "brb-store",
+            "brb-demo",
+            "axum",
+            "rusqlite",
+            "tokio-postgres",
+        ],
     );
 }
 
