@@ -82,8 +82,8 @@ pub struct AdapterAction {
     /// The switch version that state comes from.
     #[serde(deserialize_with = "crate::ints::u64")]
     pub observed_version: u64,
-    /// What was done, in words (at most 500 characters).
-    #[schema(min_length = 1, max_length = 500)]
+    /// What was done, in words (at most 500 characters, not only white space).
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub detail: String,
 }
 
