@@ -412,10 +412,18 @@ async fn rq_workers_are_suspended_kept_suspended_and_resumed() {
     // Redis gone: a pause cannot be applied; the adapter says so, and is not acknowledged.
     drop(redis_proc.take());
     plane.cli(&["pause", "--wait", "0"]);
-    let seen = wait_for(WAIT, "the adapter reports its error", || async {
-        let s = plane.adapter_seen(&id).await?;
-        s["error"].is_string().then_some(s)
-    })
+    // (The first report may name the connection that broke; then it cannot reconnect.)
+    let seen = wait_for(
+        WAIT,
+        "the adapter reports it cannot reach redis",
+        || async {
+            let s = plane.adapter_seen(&id).await?;
+            s["error"]
+                .as_str()?
+                .contains("cannot reach redis")
+                .then_some(s)
+        },
+    )
     .await;
     assert!(
         seen["error"]
@@ -427,6 +435,24 @@ async fn rq_workers_are_suspended_kept_suspended_and_resumed() {
     assert!(
         seen["observed_version"].as_u64() < seen["version"].as_u64(),
         "not acknowledged while the broker is unreachable: {seen}"
+    );
+    // `brb pause` says so too: not acknowledged, and why.
+    let out = Command::new(brb_bin())
+        .args(["pause", "--wait", "1"])
+        .env("BRB_URL", &plane.server.url)
+        .env("BRB_TOKEN_FILE", plane.admin_file())
+        .env_remove("BRB_TOKEN")
+        .output()
+        .expect("run brb pause");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("0/1 workers acknowledged"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("not acknowledged yet: {id} (running, v"))
+            && stderr.contains("cannot reach redis"),
+        "{stderr}"
     );
     // Back: applied, acknowledged, the error gone.
     let _redis = redis_server(port);
