@@ -506,7 +506,41 @@ async fn bullmq_queue_is_paused_with_bullmqs_own_script_and_ramped_by_global_con
             .contains("\"nope\" not found"),
         "{seen}"
     );
-    drop(missing);
+    // Wrong credentials (this Redis has no password, so AUTH is refused): the same.
+    let bad_url = format!("redis://:wrong@127.0.0.1:{port}/0");
+    let mut bad_auth = plane.adapter(
+        &[
+            "bullmq",
+            "--redis",
+            &bad_url,
+            "--queue",
+            "emails",
+            "--id",
+            "adapter-bad-auth",
+        ],
+        "bad-auth.log",
+    );
+    let seen = wait_for(WAIT, "the refused AUTH is reported", || async {
+        let s = plane.adapter_seen("adapter-bad-auth").await?;
+        s["error"].is_string().then_some(s)
+    })
+    .await;
+    let err = seen["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("refused AUTH") && !err.contains("wrong"),
+        "{seen}"
+    );
+    // Neither exited: they retry with backoff.
+    let mut missing = missing;
+    assert!(
+        missing.0.try_wait().expect("wait").is_none(),
+        "the adapter exited"
+    );
+    assert!(
+        bad_auth.0.try_wait().expect("wait").is_none(),
+        "the adapter exited"
+    );
+    drop((missing, bad_auth));
 
     let _worker = Proc(
         Command::new("node")
