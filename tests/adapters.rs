@@ -81,6 +81,13 @@ async fn cmd(port: u16, args: &[&str]) -> Option<Value> {
     c.call(&args).await.ok()
 }
 
+#[allow(unsafe_code)]
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -348,6 +355,23 @@ async fn rq_workers_are_suspended_kept_suspended_and_resumed() {
         },
     )
     .await;
+
+    // The control plane hangs (stopped, its connections open but silent) for longer than a
+    // report interval plus the key's 3 s expiry: calls to it must not hold up the renewals.
+    signal(plane.server.child.id(), libc::SIGSTOP);
+    let hung = now_secs();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            matches!(
+                cmd(port, &["EXISTS", "rq:suspended"]).await,
+                Some(Value::Int(1))
+            ),
+            "released {:.1} s after the control plane hung",
+            now_secs() - hung
+        );
+    }
+    signal(plane.server.child.id(), libc::SIGCONT);
 
     // The control plane dies: for longer than the key's 3 s expiry, RQ stays suspended,
     // because the adapter keeps renewing what it last applied.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use brb_api::{AdapterAction, Switch, SwitchState, WorkerReport, WorkerStatus};
 use brb_client::{Client, EventScope, StreamItem};
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use broker::{Broker, BrokerError};
 pub use reconcile::{Now, Reconciler, Target, Timing};
@@ -36,6 +36,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 /// Audit records kept for a control plane that cannot take them now.
 const MAX_PENDING_RECORDS: usize = 64;
+/// How long one report or record may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One adapter.
 pub struct AdapterConfig {
@@ -83,19 +85,30 @@ fn now() -> Now {
 
 /// Runs the adapter until the task is dropped. Nothing here ends it: an unreachable control
 /// plane keeps the last state applied, an unreachable broker is reported and retried.
+///
+/// Talking to the control plane (reports, audit records) happens in a task of its own, so a
+/// control plane that hangs can never hold up a re-apply (which renews RQ's expiry).
 pub async fn run(mut cfg: AdapterConfig) {
     let (tx, mut rx) = mpsc::channel(16);
-    let watcher = tokio::spawn(watch_switch(cfg.client.clone(), cfg.switch.clone(), tx));
-    let _abort = AbortOnDrop(watcher);
+    let _watcher = AbortOnDrop(tokio::spawn(watch_switch(
+        cfg.client.clone(),
+        cfg.switch.clone(),
+        tx,
+    )));
+    let (report_tx, report_rx) = watch::channel(None);
+    let (record_tx, record_rx) = mpsc::channel(MAX_PENDING_RECORDS);
+    let _writer = AbortOnDrop(tokio::spawn(control_writer(
+        cfg.client.clone(),
+        cfg.switch.clone(),
+        report_rx,
+        record_rx,
+    )));
     let mut rec = Reconciler::new(cfg.timing, cfg.max_concurrency);
     let mut conn: Option<redis::Conn> = None;
-    let mut pending: VecDeque<AdapterAction> = VecDeque::new();
-    let mut report_tick = tokio::time::interval(REPORT_EVERY);
     let mut known = false;
     tracing::info!(switch = %cfg.switch, adapter = %cfg.id, redis = %cfg.redis, "adapter started");
     loop {
         let deadline = rec.next_deadline().map(tokio::time::Instant::from_std);
-        let mut report_due = false;
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(Control::Switch(s)) => {
@@ -116,7 +129,6 @@ pub async fn run(mut cfg: AdapterConfig) {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             } } => {}
-            _ = report_tick.tick() => report_due = true,
         }
         while let Some((target, version)) = rec.poll(now()) {
             match apply(&mut cfg, &mut conn, target).await {
@@ -132,16 +144,17 @@ pub async fn run(mut cfg: AdapterConfig) {
                         tracing::info!(switch = %cfg.switch, adapter = %cfg.id, source = "adapter",
                             applied = %r.applied, version = r.version, detail = %r.detail,
                             "broker state set");
-                        if pending.len() == MAX_PENDING_RECORDS {
-                            pending.pop_front();
-                        }
-                        pending.push_back(AdapterAction {
+                        let a = AdapterAction {
                             adapter_id: cfg.id.clone(),
                             switch: cfg.switch.clone(),
                             applied: r.applied,
                             observed_version: r.version,
                             detail: r.detail,
-                        });
+                        };
+                        if record_tx.try_send(a).is_err() {
+                            tracing::warn!(switch = %cfg.switch,
+                                "too many audit records waiting for the control plane; one dropped (the log has it)");
+                        }
                     }
                 }
                 Err((e, broke)) => {
@@ -160,21 +173,14 @@ pub async fn run(mut cfg: AdapterConfig) {
                 }
             }
         }
-        let urgent = rec.take_report_now();
-        if known && (urgent || report_due) {
-            report(&cfg, &rec).await;
-        }
-        while let Some(a) = pending.front() {
-            match cfg.client.adapter_action(a).await {
-                Ok(_) => {
-                    pending.pop_front();
-                }
-                Err(e) => {
-                    tracing::warn!(switch = %cfg.switch, error = %e,
-                        "cannot record the adapter's action yet; will retry");
-                    break;
-                }
-            }
+        if known {
+            let r = worker_report(&cfg, &rec);
+            // The writer sends it at once when it changed, and every few seconds anyway.
+            report_tx.send_if_modified(|cur| {
+                let changed = cur.as_ref() != Some(&r);
+                *cur = Some(r);
+                changed
+            });
         }
     }
 }
@@ -214,9 +220,9 @@ async fn apply(
     }
 }
 
-async fn report(cfg: &AdapterConfig, rec: &Reconciler) {
+fn worker_report(cfg: &AdapterConfig, rec: &Reconciler) -> WorkerReport {
     let v = rec.report();
-    let r = WorkerReport {
+    WorkerReport {
         worker_id: cfg.id.clone(),
         switch: cfg.switch.clone(),
         observed_version: v.observed_version,
@@ -229,9 +235,58 @@ async fn report(cfg: &AdapterConfig, rec: &Reconciler) {
         error: v
             .error
             .map(|e| e.chars().take(brb_api::MAX_ADAPTER_DETAIL).collect()),
-    };
-    if let Err(e) = cfg.client.report(&r).await {
-        tracing::debug!(switch = %cfg.switch, error = %e, "report not delivered");
+    }
+}
+
+/// Sends the adapter's report (when it changes, and every few seconds) and its audit records
+/// (kept, in order, until the control plane takes them), each call under a short timeout.
+async fn control_writer(
+    client: Client,
+    switch: String,
+    mut report: watch::Receiver<Option<WorkerReport>>,
+    mut records: mpsc::Receiver<AdapterAction>,
+) {
+    let mut pending: VecDeque<AdapterAction> = VecDeque::new();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    loop {
+        tokio::select! {
+            r = report.changed() => if r.is_err() { return },
+            a = records.recv() => match a {
+                Some(a) => {
+                    if pending.len() == MAX_PENDING_RECORDS {
+                        pending.pop_front();
+                    }
+                    pending.push_back(a);
+                }
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        let current = report.borrow_and_update().clone();
+        if let Some(r) = current {
+            match tokio::time::timeout(CALL_TIMEOUT, client.report(&r)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(switch = %switch, error = %e, "report not delivered"),
+                Err(_) => tracing::debug!(switch = %switch, "report timed out"),
+            }
+        }
+        while let Some(a) = pending.front() {
+            match tokio::time::timeout(CALL_TIMEOUT, client.adapter_action(a)).await {
+                Ok(Ok(_)) => {
+                    pending.pop_front();
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(switch = %switch, error = %e,
+                        "cannot record the adapter's action yet; will retry");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(switch = %switch,
+                        "recording the adapter's action timed out; will retry");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -102,8 +102,6 @@ pub struct Reconciler {
     in_flight: bool,
     backoff: Duration,
     error: Option<String>,
-    /// Set on every change worth telling the control plane at once.
-    report_now: bool,
 }
 
 impl Reconciler {
@@ -117,7 +115,6 @@ impl Reconciler {
             in_flight: false,
             backoff: timing.backoff_min,
             error: None,
-            report_now: false,
         }
     }
 
@@ -173,8 +170,6 @@ impl Reconciler {
     /// state moved.
     pub fn on_applied(&mut self, a: Applied, now: Now) -> Option<Record> {
         self.in_flight = false;
-        let moved = self.applied.map(|(t, v)| (t.paused, v)) != Some((a.target.paused, a.version));
-        self.report_now |= moved || self.error.is_some();
         self.error = None;
         self.backoff = self.timing.backoff_min;
         self.applied = Some((a.target, a.version));
@@ -194,7 +189,6 @@ impl Reconciler {
     /// retries after a doubling backoff.
     pub fn on_apply_failed(&mut self, error: String, now: Now) {
         self.in_flight = false;
-        self.report_now |= self.error.as_deref() != Some(&error);
         self.error = Some(error);
         self.due = Some(now.mono + self.backoff);
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max);
@@ -231,11 +225,6 @@ impl Reconciler {
             observed_version,
             error: self.error.clone(),
         }
-    }
-
-    /// Whether something changed that the control plane should hear of now (cleared).
-    pub fn take_report_now(&mut self) -> bool {
-        std::mem::take(&mut self.report_now)
     }
 
     pub fn error(&self) -> Option<&str> {
@@ -318,7 +307,6 @@ mod tests {
         let rec = ok(&mut r, &clock, true).expect("the first pause is recorded");
         assert_eq!(rec.applied, SwitchState::Paused);
         assert_eq!(rec.version, 2);
-        assert!(r.take_report_now());
         assert_eq!(
             r.report(),
             ReportView {
@@ -334,7 +322,6 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         // The broker still had it: re-applied, nothing recorded.
         assert_eq!(ok(&mut r, &clock, false), None);
-        assert!(!r.take_report_now());
         // The broker had lost it (a restart, a flush): set again and recorded.
         clock.advance(Duration::from_secs(5));
         assert!(ok(&mut r, &clock, true).is_some());
@@ -389,7 +376,6 @@ mod tests {
         let mut r = Reconciler::new(Timing::default(), None);
         r.on_switch(sw(SwitchState::Running, 1), clock.now());
         ok(&mut r, &clock, false);
-        r.take_report_now();
         r.on_switch(sw(SwitchState::Paused, 2), clock.now());
         let mut waits = Vec::new();
         for _ in 0..9 {
@@ -406,7 +392,6 @@ mod tests {
             waits,
             [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
         );
-        assert!(r.take_report_now(), "the error is reported");
         let rep = r.report();
         assert_eq!(rep.status, SwitchState::Running, "what the broker last had");
         assert_eq!(
@@ -417,7 +402,6 @@ mod tests {
         // It answers again: applied, recorded, the error cleared, the backoff reset.
         assert!(ok(&mut r, &clock, true).is_some());
         assert_eq!(r.report().error, None);
-        assert!(r.take_report_now());
         r.on_switch(sw(SwitchState::Paused, 2), clock.now());
         r.poll(clock.now()).unwrap();
         r.on_apply_failed("again".into(), clock.now());
