@@ -120,6 +120,11 @@ async fn bullmq_apply(
         .await?
         .text()
         .is_some();
+    // On a release the limit goes down before the flag goes up, so no worker ever sees the
+    // queue open at more than the ramp's first step.
+    if !target.paused {
+        set_concurrency(c, &meta, queue, target.concurrency).await?;
+    }
     let mut done = None;
     if paused != target.paused {
         // The keys and arguments of BullMQ's `pauseArgs`: wait/paused swap places with the
@@ -160,21 +165,35 @@ async fn bullmq_apply(
             format!("{word} BullMQ queue {prefix}:{queue}")
         });
     }
-    if let Some(n) = target.concurrency {
-        let now = c
-            .call(&[b"HGET", meta.as_bytes(), b"concurrency"])
-            .await?
-            .text();
-        if now.as_deref() != Some(n.to_string().as_str()) {
-            c.call(&[
-                b"HSET",
-                meta.as_bytes(),
-                b"concurrency",
-                n.to_string().as_bytes(),
-            ])
-            .await?;
-            tracing::info!(queue = %queue, concurrency = n, "global concurrency set");
-        }
+    if target.paused {
+        set_concurrency(c, &meta, queue, target.concurrency).await?;
     }
     Ok(done)
+}
+
+/// `queue.setGlobalConcurrency(n)`: the meta field `concurrency`, written only when it differs.
+async fn set_concurrency(
+    c: &mut Conn,
+    meta: &str,
+    queue: &str,
+    concurrency: Option<u32>,
+) -> Result<(), BrokerError> {
+    let Some(n) = concurrency else {
+        return Ok(());
+    };
+    let now = c
+        .call(&[b"HGET", meta.as_bytes(), b"concurrency"])
+        .await?
+        .text();
+    if now.as_deref() != Some(n.to_string().as_str()) {
+        c.call(&[
+            b"HSET",
+            meta.as_bytes(),
+            b"concurrency",
+            n.to_string().as_bytes(),
+        ])
+        .await?;
+        tracing::info!(queue = %queue, concurrency = n, "global concurrency set");
+    }
+    Ok(())
 }

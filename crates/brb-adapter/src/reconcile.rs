@@ -140,8 +140,8 @@ impl Reconciler {
         let concurrency = self.max_concurrency.map(|n| {
             let f = s.admitted_fraction(now.wall);
             if paused {
-                // The queue's pause flag stops it; the limit stays where the ramp would start
-                // so a release never opens wider than its first step.
+                // The pause flag holds everything; the limit is the queue's normal one, and a
+                // release with a ramp lowers it before lifting the flag (see `broker.rs`).
                 n
             } else {
                 ((f * f64::from(n)).ceil() as u32).clamp(1, n)
