@@ -11,7 +11,7 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk bench-jobs-python
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk bench-jobs-python bench-adapters
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
@@ -19,6 +19,7 @@ deps:
 test-deps:
 	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench sdk-python
 	@scripts/python-sdk-tests.sh --install-only
+	@scripts/adapter-fixtures.sh bullmq >/dev/null
 
 ## The UI (ui/dist), embedded into the binary by crates/brb-console.
 ui: deps
@@ -52,6 +53,11 @@ test: test-deps
 	cd ui && node --test tests/console.e2e.mjs
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
+
+## Press -> broker paused for `brb adapter rq` and `brb adapter bullmq` (BENCHMARKS.md, "Job systems").
+bench-adapters: test-deps
+	$(CARGO) build -p brb
+	target/sdk-python-venv/bin/python scripts/bench-adapters.py
 
 ## The office-button firmware for every board, with flash and RAM use (see firmware/README.md).
 firmware:

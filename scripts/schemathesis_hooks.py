@@ -21,6 +21,7 @@ RULES_OUTSIDE_THE_SCHEMA = [
     ("PUT", "/api/v1/switches/{name}/state", "ramp steps must not decrease"),
     # Against what the server holds: the switch's version, a series' kind, the series cap.
     ("POST", "/api/v1/workers/report", "is ahead of the switch"),
+    ("POST", "/api/v1/adapters/actions", "is ahead of the switch"),
     ("POST", "/api/v1/metrics", "cannot take"),
     ("POST", "/api/v1/metrics", "too many series"),
 ]

@@ -176,6 +176,21 @@ fn button_listener_is_a_client_not_a_server() {
     );
 }
 
+#[test]
+fn broker_adapters_are_clients_not_servers() {
+    assert_none(
+        "brb-adapter",
+        &[
+            "brb-server",
+            "brb-store",
+            "brb-demo",
+            "axum",
+            "rusqlite",
+            "tokio-postgres",
+        ],
+    );
+}
+
 /// Every package of the workspace, by name.
 fn members() -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -279,6 +294,7 @@ fn the_stream_core_and_the_store_rules_do_no_io_and_read_no_clock() {
         "crates/brb-server/src/subscription.rs",
         "crates/brb-store/src/rules.rs",
         "crates/brb-store/src/migrations.rs",
+        "crates/brb-adapter/src/reconcile.rs",
     ] {
         let src = non_test_source(path);
         for f in [

@@ -187,6 +187,7 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             "/tokens/VIEWER/rotate",
         ),
         ("POST /api/v1/workers/report", "POST", "/workers/report"),
+        ("POST /api/v1/adapters/actions", "POST", "/adapters/actions"),
     ];
     for (key, m, p) in authed {
         let p = format!("{v1}{}", p.replace("VIEWER", &viewer_id));
@@ -472,6 +473,17 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         v(case("POST", "/api/v1/workers/report", 422, "invalid_value").body(r#"{"switch":"workers","worker_id":"","observed_version":1,"status":"running","in_flight":0,"processed_total":0}"#)),
         v(case("POST", "/api/v1/workers/report", 404, "not_found").body(r#"{"switch":"nope","worker_id":"w","observed_version":1,"status":"running","in_flight":0,"processed_total":0}"#)),
         v(case("POST", "/api/v1/workers/report", 413, "payload_too_large").body(big.clone())),
+        v(case("POST", "/api/v1/workers/report", 422, "invalid_value").body(format!(r#"{{"switch":"workers","worker_id":"w","observed_version":1,"status":"paused","in_flight":0,"processed_total":0,"error":"{}"}}"#, "e".repeat(501)))),
+    ]);
+    add("POST /api/v1/adapters/actions", vec![
+        v(case("POST", "/api/v1/adapters/actions", 400, "malformed_json").body("{")),
+        v(case("POST", "/api/v1/adapters/actions", 422, "invalid_value").body(r#"{"adapter_id": 1}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 422, "invalid_value").body(r#"{"adapter_id":"","switch":"workers","applied":"paused","observed_version":1,"detail":"x"}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 422, "invalid_value").body(r#"{"adapter_id":"a","switch":"workers","applied":"paused","observed_version":1,"detail":"  "}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 422, "invalid_value").body(r#"{"adapter_id":"a","switch":"workers","applied":"stopped","observed_version":1,"detail":"x"}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 422, "invalid_value").body(r#"{"adapter_id":"a","switch":"workers","applied":"paused","observed_version":999999,"detail":"x"}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 404, "not_found").body(r#"{"adapter_id":"a","switch":"nope","applied":"paused","observed_version":1,"detail":"x"}"#)),
+        v(case("POST", "/api/v1/adapters/actions", 413, "payload_too_large").body(big.clone())),
     ]);
     for (key, path) in [
         ("POST /ofrep/v1/evaluate/flags", "/ofrep/v1/evaluate/flags"),

@@ -29,7 +29,7 @@ async fn a_token_cannot_claim_the_servers_own_sources() {
     let (_, before) = api.call("GET", "/switches/workers", &op, None).await;
     let (_, audit_before) = api.call("GET", "/audit", &admin, None).await;
 
-    for source in ["slack", "system"] {
+    for source in ["slack", "system", "adapter"] {
         let (s, b) = api
             .call(
                 "PUT",
@@ -99,6 +99,83 @@ async fn a_token_cannot_claim_the_servers_own_sources() {
 }
 
 /// `GET /switches/{name}/workers` has `workers` even when no worker ever reported.
+/// An adapter's token (read + report, scoped) records its own actions about its own switches,
+/// always under its own name with source `adapter`, and changes no switch.
+#[tokio::test]
+async fn an_adapter_records_only_its_own_actions_and_changes_no_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token();
+    let (s, _) = api
+        .call("POST", "/switches", &admin, Some(json!({"name": "search"})))
+        .await;
+    assert_eq!(s, 201);
+    let (s, tok) = api
+        .call(
+            "POST",
+            "/tokens",
+            &admin,
+            Some(
+                json!({"name": "rq-adapter", "role": "viewer", "scope": {"switches": ["workers"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{tok}");
+    let adapter = tok["secret"].as_str().unwrap().to_string();
+    let (_, before) = api.call("GET", "/switches/workers", &admin, None).await;
+    let action = |switch: &str| {
+        json!({"adapter_id": "adapter-rq-x", "switch": switch, "applied": "paused",
+               "observed_version": 1, "detail": "suspended RQ"})
+    };
+    let (s, e) = api
+        .call(
+            "POST",
+            "/adapters/actions",
+            &adapter,
+            Some(action("workers")),
+        )
+        .await;
+    assert_eq!(s, 201, "{e}");
+    assert_eq!(e["action"], "adapter_applied");
+    assert_eq!(e["source"], "adapter");
+    assert_eq!(e["actor"], "rq-adapter");
+    assert_eq!(e["to"], "paused");
+    assert_eq!(e["version"], Value::Null);
+    assert_eq!(e["reason"], "adapter-rq-x: suspended RQ (switch version 1)");
+    let (_, after) = api.call("GET", "/switches/workers", &admin, None).await;
+    assert_eq!(before, after, "an adapter's record changes no switch");
+    // Outside its scope: refused, nothing recorded.
+    let (s, b) = api
+        .call(
+            "POST",
+            "/adapters/actions",
+            &adapter,
+            Some(action("search")),
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    let (_, audit) = api.call("GET", "/audit?switch=search", &admin, None).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] != "adapter_applied"),
+        "{audit}"
+    );
+    // And it cannot pass a state change off as an adapter's, even with a role that may change.
+    let (s, _) = api
+        .call(
+            "PUT",
+            "/switches/workers/state",
+            &admin,
+            Some(json!({"state": "paused", "source": "adapter"})),
+        )
+        .await;
+    assert_eq!(s, 422);
+}
+
 #[tokio::test]
 async fn the_workers_answer_always_lists_workers() {
     let dir = tempfile::tempdir().unwrap();

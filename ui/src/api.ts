@@ -1,7 +1,7 @@
 // The control plane's API types, as the UI sees them (the wire format of crates/brb-api).
 
 export type SwitchState = "running" | "paused";
-export type Source = "desktop" | "tray" | "button" | "cli" | "slack" | "web" | "api" | "system";
+export type Source = "desktop" | "tray" | "button" | "cli" | "slack" | "web" | "api" | "system" | "adapter";
 
 export interface Ramp {
   started_at: string;

@@ -12,6 +12,7 @@ export function sourceLabel(s: Source): string {
     web: "the web console",
     api: "the API",
     system: "the control plane",
+    adapter: "a broker adapter",
   }[s];
 }
 

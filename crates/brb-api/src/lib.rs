@@ -29,8 +29,8 @@ pub use series::{
     Series, SeriesList, TickValue,
 };
 pub use workers::{
-    ChangeAck, MAX_WORKER_ID, UnacknowledgedReaders, WorkerCounts, WorkerInfo, WorkerReport,
-    WorkerStatus,
+    AdapterAction, ChangeAck, MAX_ADAPTER_DETAIL, MAX_WORKER_ID, UnacknowledgedReaders,
+    WorkerCounts, WorkerInfo, WorkerReport, WorkerStatus,
 };
 
 /// The path prefix of every versioned endpoint.
@@ -88,6 +88,8 @@ impl std::fmt::Display for SwitchState {
 /// `system` name channels the control plane runs itself (its Slack handler, verified by
 /// Slack's signature; the server's own writes): a token claiming them would make a change look
 /// as if it came from no token at all, so requests naming them are refused with 422.
+/// `adapter` is recorded only by `POST /api/v1/adapters/actions` (what a broker adapter did to
+/// its broker, never a change of a switch), so a state change cannot pass for an adapter's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -107,6 +109,8 @@ pub enum Source {
     Api,
     /// The control plane itself (first start, migrations).
     System,
+    /// A broker adapter (`brb adapter`) recording what it applied to its broker.
+    Adapter,
 }
 
 impl Source {
@@ -120,6 +124,7 @@ impl Source {
             Source::Web => "web",
             Source::Api => "api",
             Source::System => "system",
+            Source::Adapter => "adapter",
         }
     }
 
@@ -133,6 +138,7 @@ impl Source {
             "web" => Source::Web,
             "api" => Source::Api,
             "system" => Source::System,
+            "adapter" => Source::Adapter,
             _ => return None,
         })
     }
@@ -179,8 +185,8 @@ fn claimed_source_schema() -> utoipa::openapi::schema::Object {
         .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         .enum_values(Some(values))
         .description(Some(
-            "Where the request comes from (default `api`). `slack` and `system` are recorded \
-             only by the control plane itself and are refused here (422).",
+            "Where the request comes from (default `api`). `slack`, `system` and `adapter` are \
+             recorded only by the control plane's own paths and are refused here (422).",
         ))
         .build()
 }
@@ -303,6 +309,9 @@ pub enum AuditAction {
     TokenRevoked,
     /// A token got a new secret; the old one works until the grace period ends.
     TokenRotated,
+    /// A broker adapter applied the switch's state to its broker (no switch version: the
+    /// switch did not change).
+    AdapterApplied,
 }
 
 impl AuditAction {
@@ -315,6 +324,7 @@ impl AuditAction {
             AuditAction::TokenCreated => "token_created",
             AuditAction::TokenRevoked => "token_revoked",
             AuditAction::TokenRotated => "token_rotated",
+            AuditAction::AdapterApplied => "adapter_applied",
         }
     }
 
@@ -327,6 +337,7 @@ impl AuditAction {
             "token_created" => AuditAction::TokenCreated,
             "token_revoked" => AuditAction::TokenRevoked,
             "token_rotated" => AuditAction::TokenRotated,
+            "adapter_applied" => AuditAction::AdapterApplied,
             _ => return None,
         })
     }

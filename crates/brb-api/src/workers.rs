@@ -53,6 +53,38 @@ pub struct WorkerReport {
     pub in_flight: u32,
     #[serde(deserialize_with = "crate::ints::u64")]
     pub processed_total: u64,
+    /// Why the worker cannot act on the switch, when it cannot (a broker adapter that cannot
+    /// reach its broker). At most 500 characters; absent when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 500)]
+    pub error: Option<String>,
+}
+
+/// Longest accepted `detail` of an adapter action, and `error` of a report, in characters.
+pub const MAX_ADAPTER_DETAIL: usize = 500;
+
+/// `POST /api/v1/adapters/actions`: a broker adapter (`brb adapter`) says what it just applied
+/// to its broker. Recorded in the audit log with source `adapter` and the token's name; it
+/// changes no switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterAction {
+    /// The adapter, as it reports itself (its `worker_id`): 1 to 128 printable characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
+    pub adapter_id: String,
+    pub switch: String,
+    /// The state the broker now has.
+    pub applied: SwitchState,
+    /// The switch version that state comes from.
+    #[serde(deserialize_with = "crate::ints::u64")]
+    pub observed_version: u64,
+    /// What was done, in words (at most 500 characters, not only white space).
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    pub detail: String,
 }
 
 /// One worker as the control plane last heard of it.
@@ -68,6 +100,9 @@ pub struct WorkerInfo {
     pub stale: bool,
     /// Network address the last report came from.
     pub remote_addr: Option<String>,
+    /// The worker's own word on why it cannot act, from its last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// How one change was acknowledged by the fleet.

@@ -286,6 +286,7 @@ impl Shared {
             status: self.status(),
             in_flight: self.in_flight.load(Ordering::Acquire),
             processed_total: self.processed.load(Ordering::Acquire),
+            error: None,
         }
     }
 }

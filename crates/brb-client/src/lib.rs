@@ -259,6 +259,11 @@ impl Client {
         self.call(Method::POST, "/workers/report", Some(r)).await
     }
 
+    /// A broker adapter records what it applied to its broker (audit source `adapter`).
+    pub async fn adapter_action(&self, a: &brb_api::AdapterAction) -> Result<brb_api::AuditEntry> {
+        self.call(Method::POST, "/adapters/actions", Some(a)).await
+    }
+
     /// The fleet's acknowledgement of a switch.
     pub async fn workers(&self, switch: &str) -> Result<brb_api::WorkerCounts> {
         self.call::<_, ()>(

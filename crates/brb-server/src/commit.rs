@@ -252,6 +252,23 @@ impl Op for SetState {
     }
 }
 
+/// What a broker adapter applied, recorded in the audit log. No switch changes, so there is
+/// nothing to publish: the entry has no version and event streams never carry it.
+pub(crate) struct RecordAdapterAction(pub brb_store::AdapterRecord);
+
+impl Op for RecordAdapterAction {
+    type Out = AuditEntry;
+
+    async fn run(self, store: &dyn Store, _: &Config) -> ApiResult<(AuditEntry, Publish)> {
+        let r = self.0;
+        let (switch, applied, actor) = (r.switch.clone(), r.applied, r.actor.clone());
+        let entry = store.record_adapter_action(r).await?;
+        tracing::info!(switch = %switch, actor = %actor.name, source = %actor.source,
+            applied = %applied, reason = ?entry.reason, "adapter action recorded");
+        Ok((entry, Publish::Nothing))
+    }
+}
+
 /// The committed switch and its audit entry, to publish.
 fn switch_change(s: Switch, entry: &AuditEntry) -> (Switch, Publish) {
     let ev = StoredEvent {

@@ -38,6 +38,7 @@ use crate::routes;
         routes::revoke_token,
         routes::rotate_token,
         routes::worker_report,
+        routes::adapter_action,
         routes::switch_workers,
         routes::post_samples,
         routes::get_series,

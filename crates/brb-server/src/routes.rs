@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
 use crate::commit::{
-    CreateSwitch, CreateToken, DeleteSwitch, RevokeToken, RotateToken, SetState, UpdateDescription,
+    CreateSwitch, CreateToken, DeleteSwitch, RecordAdapterAction, RevokeToken, RotateToken,
+    SetState, UpdateDescription,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::sse::{self, Scope};
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))
         .route("/workers/report", axum::routing::post(worker_report))
+        .route("/adapters/actions", axum::routing::post(adapter_action))
         .route("/metrics", axum::routing::post(post_samples))
         .route("/metrics/series", get(get_series))
         .route("/notifications", get(notifications))
@@ -767,6 +769,15 @@ pub(crate) async fn worker_report(
             brb_api::MAX_WORKER_ID
         )));
     }
+    if r.error
+        .as_ref()
+        .is_some_and(|e| e.chars().count() > brb_api::MAX_ADAPTER_DETAIL)
+    {
+        return Err(ApiError::invalid(format!(
+            "error must be at most {} characters",
+            brb_api::MAX_ADAPTER_DETAIL
+        )));
+    }
     caller.check_switch(&r.switch)?;
     let sw = state
         .hub()
@@ -786,6 +797,79 @@ pub(crate) async fn worker_report(
         chrono::Utc::now(),
     );
     Ok(Json((*sw).clone()))
+}
+
+#[utoipa::path(post, path = "/api/v1/adapters/actions", tag = "workers",
+    request_body = brb_api::AdapterAction,
+    responses(
+        (status = 201, body = brb_api::AuditEntry, description = "Recorded in the audit log (source `adapter`); no switch changed"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
+        (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many records from this token (the state-change rate, in a bucket of their own; with `Retry-After`)"),
+        (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing was recorded")),
+    security(("bearer" = [])))]
+/// A broker adapter records what it applied. Any role may (an adapter holds a read + report
+/// token); what is recorded is always the caller's token name with source `adapter`, about a
+/// switch in the token's scope, and it changes no switch, so the entry cannot pass for a press.
+pub(crate) async fn adapter_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    b: Body,
+) -> ApiResult<(StatusCode, Json<brb_api::AuditEntry>)> {
+    let a: brb_api::AdapterAction = parse_json(&body(b)?)?;
+    let printable = |t: &str| !t.chars().any(char::is_control);
+    if a.adapter_id.is_empty()
+        || a.adapter_id.chars().count() > brb_api::MAX_WORKER_ID
+        || !printable(&a.adapter_id)
+    {
+        return Err(ApiError::invalid(format!(
+            "adapter_id must be 1 to {} printable characters",
+            brb_api::MAX_WORKER_ID
+        )));
+    }
+    let detail = a.detail.trim();
+    if detail.is_empty() || detail.chars().count() > brb_api::MAX_ADAPTER_DETAIL {
+        return Err(ApiError::invalid(format!(
+            "detail must be 1 to {} characters",
+            brb_api::MAX_ADAPTER_DETAIL
+        )));
+    }
+    caller.check_switch(&a.switch)?;
+    let sw = state
+        .hub()
+        .get(&a.switch)
+        .ok_or_else(|| ApiError::switch_not_found(&a.switch))?;
+    if a.observed_version > sw.version {
+        return Err(ApiError::invalid(format!(
+            "observed_version {} is ahead of the switch (version {})",
+            a.observed_version, sw.version
+        )));
+    }
+    // The audit log is durable: adapters write to it at the pace of state changes, not more.
+    // Their own bucket per token, and none per address: an adapter running on an operator's
+    // host must never spend the budget of that operator's presses.
+    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
+    if let Some(wait) = state.limits().change(&format!("adapter:{who}"), None) {
+        tracing::warn!(switch = %a.switch, actor = %caller.name, "adapter record rate limit hit");
+        return Err(ApiError::rate_limited(
+            ErrorCode::RateLimited,
+            format!("too many records from this token or address; retry in {wait} s"),
+            wait,
+        ));
+    }
+    let entry = state
+        .commit(RecordAdapterAction(brb_store::AdapterRecord {
+            reason: format!(
+                "{}: {} (switch version {})",
+                a.adapter_id, detail, a.observed_version
+            ),
+            switch: a.switch,
+            applied: a.applied,
+            actor: actor(&caller, Some(brb_api::Source::Adapter)),
+        }))
+        .await?;
+    Ok((StatusCode::CREATED, Json(entry)))
 }
 
 #[utoipa::path(get, path = "/api/v1/switches/{name}/workers", tag = "workers",

@@ -34,6 +34,7 @@ pub fn source_label(s: Source) -> &'static str {
         Source::Web => "the web console",
         Source::Api => "the API",
         Source::System => "the control plane",
+        Source::Adapter => "a broker adapter",
     }
 }
 

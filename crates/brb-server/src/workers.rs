@@ -38,6 +38,7 @@ struct Worker {
     last_seen: DateTime<Utc>,
     remote_addr: Option<String>,
     stale: bool,
+    error: Option<String>,
 }
 
 struct Track {
@@ -66,6 +67,8 @@ pub struct SharedWorker {
     pub processed_total: u64,
     pub last_seen: DateTime<Utc>,
     pub remote_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// `(version, ms)`: how long after each tracked change this worker acknowledged it.
     pub acks: Vec<(u64, u64)>,
 }
@@ -136,7 +139,12 @@ impl Workers {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let per = map.entry(r.switch.clone()).or_default();
         let changed = match per.workers.get(&r.worker_id) {
-            Some(w) => w.status != r.status || w.observed_version != r.observed_version || w.stale,
+            Some(w) => {
+                w.status != r.status
+                    || w.observed_version != r.observed_version
+                    || w.stale
+                    || w.error != r.error
+            }
             None => true,
         };
         for t in per.changes.iter_mut() {
@@ -155,6 +163,7 @@ impl Workers {
                 last_seen: now,
                 remote_addr,
                 stale: false,
+                error: r.error,
             },
         );
         if changed {
@@ -200,6 +209,7 @@ impl Workers {
                     processed_total: w.processed_total,
                     last_seen: w.last_seen,
                     remote_addr: w.remote_addr.clone(),
+                    error: w.error.clone(),
                     acks: per
                         .changes
                         .iter()
@@ -292,6 +302,7 @@ impl Workers {
                     last_seen: w.last_seen,
                     remote_addr: w.remote_addr.as_deref(),
                     stale: w.stale,
+                    error: w.error.as_deref(),
                     remote_acks: None,
                 };
                 (id, v)
@@ -317,6 +328,7 @@ impl Workers {
                         last_seen: w.last_seen,
                         remote_addr: w.remote_addr.as_deref(),
                         stale: now - w.last_seen > self.stale_after,
+                        error: w.error.as_deref(),
                         remote_acks: Some(&w.acks),
                     },
                 );
@@ -395,6 +407,7 @@ impl Workers {
                     last_seen: w.last_seen,
                     stale: w.stale,
                     remote_addr: w.remote_addr.map(str::to_string),
+                    error: w.error.map(str::to_string),
                 })
                 .collect();
             ws.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -414,6 +427,7 @@ struct View<'a> {
     last_seen: DateTime<Utc>,
     remote_addr: Option<&'a str>,
     stale: bool,
+    error: Option<&'a str>,
     /// For a worker of another replica: its acknowledgement times.
     remote_acks: Option<&'a Vec<(u64, u64)>>,
 }
@@ -446,6 +460,7 @@ mod tests {
             status,
             in_flight: 0,
             processed_total: 0,
+            error: None,
         }
     }
 

@@ -207,6 +207,17 @@ impl Actor {
     }
 }
 
+/// What a broker adapter applied to its broker, to record in the audit log. It changes no
+/// switch: the entry has no version and no snapshot, so event streams never replay it.
+#[derive(Debug, Clone)]
+pub struct AdapterRecord {
+    pub switch: String,
+    pub applied: SwitchState,
+    /// The adapter's own words, with its id (validated by the caller).
+    pub reason: String,
+    pub actor: Actor,
+}
+
 /// A request to change a switch's state.
 #[derive(Debug, Clone)]
 pub struct StateChange {
@@ -439,6 +450,9 @@ pub trait Store: Send + Sync + 'static {
     async fn last_audit_id(&self) -> Result<u64>;
 
     async fn create_token(&self, token: TokenRecord, actor: Actor) -> Result<AuditEntry>;
+
+    /// Appends an adapter's entry to the audit log; the switch must exist.
+    async fn record_adapter_action(&self, record: AdapterRecord) -> Result<AuditEntry>;
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
 

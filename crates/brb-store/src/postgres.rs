@@ -824,6 +824,15 @@ impl Store for PgStore {
         Ok(entry)
     }
 
+    async fn record_adapter_action(&self, record: crate::AdapterRecord) -> Result<AuditEntry> {
+        write_tx!(self, c, tx);
+        let row = row_any(&*tx, &record.switch, true).await?;
+        let a = rules::adapter_action(row, &record, Utc::now())?;
+        let entry = append_audit(&*tx, a).await?;
+        tx.commit().await.map_err(map_pg)?;
+        Ok(entry)
+    }
+
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         let c = self.client().await?;
         let rows = c

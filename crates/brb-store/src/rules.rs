@@ -125,6 +125,27 @@ impl TokenWrite {
     }
 }
 
+/// What an adapter's record appends: an audit entry about a live switch, with no version and
+/// no snapshot (the switch did not change, so no watcher must see it).
+pub(crate) fn adapter_action<'a>(
+    row: Row,
+    record: &'a crate::AdapterRecord,
+    now: DateTime<Utc>,
+) -> Result<NewAudit<'a>> {
+    live(row, &record.switch)?;
+    Ok(NewAudit {
+        action: AuditAction::AdapterApplied,
+        switch: Some(&record.switch),
+        from: None,
+        to: Some(record.applied),
+        version: None,
+        actor: &record.actor,
+        reason: Some(&record.reason),
+        at: stored(now),
+        snapshot: None,
+    })
+}
+
 /// An update guarded by the version it was read at must change exactly one row; anything else
 /// means the row moved under the write lock, and the transaction must not commit.
 pub(crate) fn one_row(n: u64, what: &str) -> Result<()> {

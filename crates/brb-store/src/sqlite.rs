@@ -695,6 +695,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_adapter_action(&self, record: crate::AdapterRecord) -> Result<AuditEntry> {
+        self.write(move |tx| {
+            let a = rules::adapter_action(row_any(tx, &record.switch)?, &record, Utc::now())?;
+            append_audit(tx, a)
+        })
+        .await
+    }
+
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         self.read(|c| {
             let mut stmt = c

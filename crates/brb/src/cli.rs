@@ -338,8 +338,14 @@ async fn wait_for_proof(client: &Client, s: &Switch, timeout: Duration, json: bo
                     .filter(|w| !w.stale && w.observed_version < s.version)
                     .take(10)
                     .map(|w| {
+                        // A broker adapter says why it cannot act (its broker unreachable).
+                        let why = w
+                            .error
+                            .as_deref()
+                            .map(|e| format!(": {}", printable(e)))
+                            .unwrap_or_default();
                         format!(
-                            "{} ({}, v{})",
+                            "{} ({}, v{}{why})",
                             printable(&w.worker_id),
                             w.status.as_str(),
                             w.observed_version

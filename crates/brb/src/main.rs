@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod adapter;
 mod bench;
 mod button;
 mod cli;
@@ -97,6 +98,10 @@ enum Cmd {
     Switch(cli::SwitchCmd),
     /// Run the office button daemon: presses pause, the light shows the fleet's state.
     Button(button::ButtonArgs),
+    /// Run a broker adapter: keep a job system's own pause (RQ, BullMQ) equal to a switch,
+    /// for workers that run no SDK. Needs a token that reads the switch (a viewer token).
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCmd),
     /// Measure the control plane: fan-out to N gates, acknowledged toggles, status reads,
     /// memory per watcher, a reconnect storm, and Redis pub/sub as a baseline (release build).
     Bench(brb_bench::BenchArgs),
@@ -143,6 +148,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Token(t) => cli::token(&connect(&cli.conn)?, t).await,
         Cmd::Switch(s) => cli::switch(&connect(&cli.conn)?, s).await,
         Cmd::Button(b) => button::run(connect(&cli.conn)?, b)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Cmd::Adapter(a) => adapter::run(connect(&cli.conn)?, a)
             .await
             .map(|()| ExitCode::SUCCESS),
         Cmd::Bench(a) => bench::run(a).await,

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use brb_api::{AuditAction, Role, Source, SwitchState};
 use brb_store::{
-    Actor, AuditQuery, Channel, NotificationKind, SetOutcome, StateChange, Store, StoreError,
-    SwitchEvent, TokenRecord,
+    Actor, AdapterRecord, AuditQuery, Channel, NotificationKind, SetOutcome, StateChange, Store,
+    StoreError, SwitchEvent, TokenRecord,
 };
 
 pub type S = Arc<dyn Store>;
@@ -31,6 +31,7 @@ macro_rules! store_contract {
             ramps_start_with_resume_and_end_with_pause,
             outbox_is_written_with_the_change_and_claimed_once,
             outbox_dedupes_by_key,
+            adapter_records_are_audit_only,
         );
     };
 }
@@ -207,6 +208,67 @@ pub async fn unknown_switch(store: &S) {
         store.set_state(change("nope", SwitchState::Paused)).await,
         Err(StoreError::SwitchNotFound(_))
     ));
+}
+
+/// An adapter's record is an audit entry about a live switch, with no version and no
+/// snapshot: the switch is unchanged and no event stream replays it.
+pub async fn adapter_records_are_audit_only(store: &S) {
+    seed(store).await;
+    let before = store.get_switch("workers").await.unwrap().unwrap();
+    let events_before = store.events_after_id(0, 100).await.unwrap().len();
+    let record = |switch: &str| AdapterRecord {
+        switch: switch.into(),
+        applied: SwitchState::Paused,
+        reason: "adapter-rq: suspended RQ".into(),
+        actor: Actor {
+            name: "rq-adapter".into(),
+            source: Source::Adapter,
+            remote_addr: None,
+        },
+    };
+    let e = store
+        .record_adapter_action(record("workers"))
+        .await
+        .unwrap();
+    assert_eq!(e.action, AuditAction::AdapterApplied);
+    assert_eq!(
+        (e.version, e.to, e.source),
+        (None, Some(SwitchState::Paused), Source::Adapter)
+    );
+    // Twice is fine: entries without a version never collide on (switch, version).
+    store
+        .record_adapter_action(record("workers"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.record_adapter_action(record("nope")).await,
+        Err(StoreError::SwitchNotFound(_))
+    ));
+    assert_eq!(store.get_switch("workers").await.unwrap().unwrap(), before);
+    assert_eq!(
+        store.events_after_id(0, 100).await.unwrap().len(),
+        events_before
+    );
+    assert_eq!(
+        store
+            .events_after_version("workers", 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "only the creation"
+    );
+    let page = store
+        .audit(AuditQuery {
+            switch: Some("workers".into()),
+            before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page[1], e, "read back as written");
+    assert_eq!(page[0].action, AuditAction::AdapterApplied);
+    assert_eq!(store.last_audit_id().await.unwrap(), page[0].id);
 }
 
 pub async fn switch_lifecycle_keeps_versions_monotonic(store: &S) {
