@@ -41,8 +41,12 @@ module BigRedButton
       end
     end
 
+    # Decoding shared by the streams of this reactor (SseParser::Memo; reactor thread only).
+    attr_reader :memo
+
     def initialize
       @pid = Process.pid
+      @memo = SseParser::Memo.new
       @queue = Queue.new
       @wake_r, @wake_w = IO.pipe
       @heap = []
@@ -222,8 +226,12 @@ module BigRedButton
 
     attr_reader :pid
 
+    # Decoding shared by the streams of this reactor (SseParser::Memo; reactor thread only).
+    attr_reader :memo
+
     def initialize
       @pid = Process.pid
+      @memo = SseParser::Memo.new
       @queue = Queue.new
       @threads = []
       @idle = 0

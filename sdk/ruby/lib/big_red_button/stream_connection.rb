@@ -232,6 +232,9 @@ module BigRedButton
         when :body, :error_body then body_bytes(data)
         end
         return if @done
+        # A short read from a plain socket drained it (select reports the next bytes); a TLS
+        # socket may hold decrypted bytes select cannot see, so it reads on.
+        return if data.bytesize < READ_SIZE && @io.equal?(@sock)
       end
       # More may be waiting (TLS buffers it where select cannot see): look again soon.
       @reactor.submit { on_ready }
@@ -377,6 +380,17 @@ module BigRedButton
       def feed(data)
         pos = 0
         len = data.bytesize
+        # The usual read: exactly one whole chunk ("size\r\n" data "\r\n"), nothing pending.
+        if @state == :size && @line.empty?
+          i = data.index("\r\n")
+          if i && i <= 8 && (hex = data.byteslice(0, i)).match?(/\A\h+\z/)
+            n = hex.to_i(16)
+            if n.positive? && len == i + n + 4 && data.getbyte(len - 2) == 13 && data.getbyte(len - 1) == 10
+              yield data.byteslice(i + 2, n)
+              return
+            end
+          end
+        end
         while pos < len && @state != :done
           case @state
           when :size, :crlf, :trailer
