@@ -14,7 +14,8 @@ module BigRedButton
   # - refused(error):   an answer that is not a stream (an ApiError from its status and body);
   # - ended(message):   the stream was open and ended (EOF, broken, silent for idle_timeout,
   #                     or a protocol error);
-  # and, while the stream is open, data(bytes) for each piece of body.
+  # and, while the stream is open, data(bytes) for each piece of body (a String of its own: the
+  # socket is read into the reactor's shared buffer, which no piece is).
   class StreamConnection
     MAX_HEAD = 16 * 1024
     MAX_ERROR_BODY = 8 * 1024
@@ -215,7 +216,7 @@ module BigRedButton
 
     def read_some
       READS_PER_WAKE.times do
-        data = @io.read_nonblock(READ_SIZE, exception: false)
+        data = @io.read_nonblock(READ_SIZE, @reactor.read_buffer, exception: false)
         case data
         when :wait_readable then set_want(:read)
                                  return
@@ -444,11 +445,10 @@ module BigRedButton
         @left&.zero?
       end
 
+      # `data` is the reactor's read buffer: what is yielded is a copy.
       def feed(data)
-        if @left
-          data = data.byteslice(0, @left)
-          @left -= data.bytesize
-        end
+        data = data.byteslice(0, @left || data.bytesize)
+        @left -= data.bytesize if @left
         yield data unless data.empty?
       end
     end
