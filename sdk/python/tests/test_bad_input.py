@@ -71,6 +71,17 @@ def test_garbage_and_unknown_events_flip_nothing(bad_server, caplog) -> None:
     assert "brb_test_token" not in caplog.text
 
 
+def test_gates_sharing_a_decoded_event_each_check_the_switch_is_theirs(bad_server, caplog) -> None:
+    # The gates of a process share the decoding of equal bytes (_sse.Memo): one on another
+    # switch, fed the same frame, still refuses it.
+    caplog.set_level(logging.INFO, logger="brb_client")
+    s: BadServer = bad_server(stream_then_hold(event("switch", switch_json("paused", 4), 4)))
+    with gate(s.url) as mine, gate(s.url, switch="other") as other:
+        assert wait_until(lambda: mine.version == 4 and "a switch named 'workers', not 'other'" in caplog.text, 3.0)
+        assert not mine.is_open()
+        assert other.version == 0 and other.last_change() is None
+
+
 def test_a_truncated_event_at_the_end_of_a_stream_is_dropped(bad_server) -> None:
     calls = []
 
@@ -182,16 +193,16 @@ def test_a_200_that_is_not_an_event_stream_counts_as_refused(bad_server) -> None
 def test_the_watcher_outlives_a_bug_in_one_attempt(bad_server, caplog, monkeypatch) -> None:
     import brb_client.gate as gate_module
 
-    real = gate_module.parse_switch
+    real = gate_module.decode_switch  # what the stream reader calls on a switch event
     calls = []
 
-    def flaky(data, name):
+    def flaky(data):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a bug")
-        return real(data, name)
+        return real(data)
 
-    monkeypatch.setattr(gate_module, "parse_switch", flaky)
+    monkeypatch.setattr(gate_module, "decode_switch", flaky)
     caplog.set_level(logging.ERROR, logger="brb_client")
     s = bad_server(stream_then_hold(event("switch", switch_json("paused", 4), 4)))
     with gate(s.url) as g:

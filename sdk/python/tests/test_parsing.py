@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from brb_client import ConfigError, GateConfig, Ramp, backoff
-from brb_client._sse import MAX_LINE, Parser, SseError
-from brb_client._switch import BadSwitch, parse_rfc3339, parse_switch
+from brb_client._sse import MAX_LINE, Memo, Parser, SseError
+from brb_client._switch import BadSwitch, check_name, decode_switch, parse_rfc3339, parse_switch
 from brb_client.gate import resolve_token
 
 from conftest import switch_json
@@ -127,3 +127,69 @@ def test_dechunking_split_anywhere_and_garbage_refused() -> None:
         Dechunker().feed(b"5\r\nhelloXX")
     with pytest.raises(SseError):
         Dechunker().feed(b"1" * 2000)
+
+
+# The decoding the streams of a process share (a press reaches every gate with the same bytes).
+FRAME = b'event: switch\nid: 7\ndata: {"a":1}\n\n'
+
+
+def _evs(events: list) -> list:
+    return [(e.event, e.data, e.id) for e in events]
+
+
+def test_memo_parsers_given_the_same_frame_share_its_events() -> None:
+    memo, a, b = Memo(), Parser(), Parser()
+    ea = memo.feed(a, FRAME)
+    eb = memo.feed(b, bytes(bytearray(FRAME)))  # equal bytes, another object
+    assert _evs(ea) == [("switch", '{"a":1}', "7")]
+    assert eb is ea, "the second parser is answered from the memo"
+    assert b.idle()
+    # What each parser reads next is its own, with the id the shared frame set.
+    assert _evs(memo.feed(b, b"event: switch\ndata: x\n\n")) == [("switch", "x", "7")]
+
+
+def test_memo_a_parser_in_the_middle_of_an_event_decodes_on_its_own() -> None:
+    memo = Memo()
+    memo.feed(Parser(), FRAME)
+    b = Parser()
+    assert b.feed(b"data: before\n") == []
+    assert not b.idle()
+    assert _evs(memo.feed(b, FRAME)) == [("switch", 'before\n{"a":1}', "7")]
+
+
+def test_memo_an_event_whose_id_came_earlier_keeps_its_parsers_id() -> None:
+    memo = Memo()
+    frame = b"event: switch\ndata: x\n\n"  # no id line: the event takes the parser's last id
+    a, b = Parser(), Parser()
+    a.feed(b"id: 3\n\n")
+    b.feed(b"id: 9\n\n")
+    assert _evs(memo.feed(a, frame)) == [("switch", "x", "3")]
+    assert _evs(memo.feed(b, frame)) == [("switch", "x", "9")]
+    assert _evs(memo.feed(Parser(), frame)) == [("switch", "x", None)]
+
+
+def test_memo_half_a_frame_and_garbage_are_not_shared() -> None:
+    memo, a, b = Memo(), Parser(), Parser()
+    assert memo.feed(a, FRAME[:10]) == []
+    assert _evs(memo.feed(a, FRAME[10:])) == [("switch", '{"a":1}', "7")]
+    assert memo.feed(b, FRAME[:10]) == [], "half a frame is never answered from the memo"
+    with pytest.raises(SseError):
+        memo.feed(Parser(), b"data: \xff\xfe\n\n")
+
+
+def test_memo_remembers_a_decoded_switch_not_a_failure_and_each_gate_checks_the_name() -> None:
+    memo = Memo()
+    with pytest.raises(BadSwitch):
+        memo.decoded("not json", decode_switch)
+    calls = []
+
+    def decode(d: str) -> object:
+        calls.append(d)
+        return decode_switch(d)
+
+    doc = switch_json("paused", 4)
+    sw = memo.decoded(doc, decode)
+    assert memo.decoded("".join(doc), decode) is sw and len(calls) == 1
+    assert check_name(sw, "workers").version == 4
+    with pytest.raises(BadSwitch, match="a switch named 'workers', not 'other'"):
+        check_name(sw, "other")

@@ -55,6 +55,22 @@ class TestBadInput < Minitest::Test
     assert_equal 1, s.count
   end
 
+  # Gates of one process share the decoding of equal bytes (SseParser::Memo): each still
+  # checks that the switch is its own.
+  def test_gates_sharing_a_decoded_event_each_check_its_switch
+    s = server do |c, _req, _n|
+      c.write(BrbTest.sse_head)
+      c.write(BrbTest.switch_event("paused", 4))
+      c.read
+    end
+    mine = gate(**opts([s.url]))
+    other = gate(**opts([s.url], switch: "other"))
+    eventually(5) { mine.version == 4 && @log.text.include?('for switch "workers"') }
+    refute mine.open?
+    refute other.ready?, "another switch's event is not this gate's state"
+    assert_equal 0, other.version
+  end
+
   def test_a_truncated_event_is_dropped_and_the_stream_resumes_from_the_last_version
     s = server do |c, _req, n|
       c.write(BrbTest.sse_head)

@@ -50,6 +50,75 @@ class TestSseParser < Minitest::Test
   end
 end
 
+# The decoding the streams of a process share (a press reaches every gate with the same bytes).
+class TestSharedDecoding < Minitest::Test
+  FRAME = "event: switch\nid: 7\ndata: {\"a\":1}\n\n"
+
+  def parser
+    BigRedButton::SseParser.new
+  end
+
+  def test_parsers_given_the_same_frame_share_its_events
+    memo = BigRedButton::SseParser::Memo.new
+    a = parser
+    b = parser
+    ea = memo.feed(a, FRAME.b)
+    eb = memo.feed(b, FRAME.b) # equal bytes, another String
+    assert_equal [["switch", "7", "{\"a\":1}"]], ea.map(&:to_a)
+    assert_same ea, eb, "the second parser is answered from the memo"
+    assert_equal "7", b.last_id
+    assert b.idle?
+    # And what each parser then reads on its own is decoded as before.
+    assert_equal [["switch", "8", "x"]], memo.feed(b, "event: switch\nid: 8\ndata: x\n\n").map(&:to_a)
+    assert_equal "8", b.last_id
+    assert_equal "7", a.last_id
+  end
+
+  def test_a_parser_in_the_middle_of_an_event_decodes_on_its_own
+    memo = BigRedButton::SseParser::Memo.new
+    memo.feed(parser, FRAME)
+    b = parser
+    assert_empty b.feed("data: before\n")
+    refute b.idle?
+    assert_equal [["switch", "7", "before\n{\"a\":1}"]], memo.feed(b, FRAME).map(&:to_a)
+  end
+
+  def test_an_event_whose_id_came_earlier_keeps_its_own_parsers_id
+    memo = BigRedButton::SseParser::Memo.new
+    frame = "event: switch\ndata: x\n\n" # no id line: the event takes the parser's last id
+    a = parser
+    a.feed("id: 3\n\n")
+    b = parser
+    b.feed("id: 9\n\n")
+    assert_equal [["switch", "3", "x"]], memo.feed(a, frame).map(&:to_a)
+    assert_equal [["switch", "9", "x"]], memo.feed(b, frame).map(&:to_a)
+    assert_equal [["switch", nil, "x"]], memo.feed(parser, frame).map(&:to_a)
+  end
+
+  def test_a_split_frame_and_garbage_are_not_shared
+    memo = BigRedButton::SseParser::Memo.new
+    a = parser
+    assert_empty memo.feed(a, FRAME[0, 10])
+    assert_equal [["switch", "7", "{\"a\":1}"]], memo.feed(a, FRAME[10..]).map(&:to_a)
+    b = parser
+    assert_empty memo.feed(b, FRAME[0, 10]), "half a frame is never answered from the memo"
+    c = parser
+    assert_raises(BigRedButton::SseParser::LineTooLong) do
+      memo.feed(c, "data: #{'x' * (BigRedButton::SseParser::MAX_LINE + 1)}")
+    end
+  end
+
+  def test_a_decoded_value_is_remembered_but_not_a_failure
+    memo = BigRedButton::SseParser::Memo.new
+    calls = 0
+    assert_raises(BigRedButton::ProtocolError) { memo.decoded(+"bad") { raise BigRedButton::ProtocolError, "no" } }
+    assert_equal :ok, memo.decoded(+"bad") { (calls += 1) && :ok }
+    assert_equal :ok, memo.decoded(+"bad") { (calls += 1) && :other }
+    assert_equal 1, calls
+    assert_equal :new, memo.decoded(+"good") { :new }
+  end
+end
+
 class TestChunkedDecoder < Minitest::Test
   def decode(chunks)
     d = BigRedButton::StreamConnection::ChunkedDecoder.new
@@ -63,6 +132,13 @@ class TestChunkedDecoder < Minitest::Test
     (1...body.size).each do |i|
       assert_equal ["hello, world", true], decode([body[0, i], body[i..]]), "split at #{i}"
     end
+  end
+
+  def test_whole_chunks_one_per_read
+    assert_equal ["hello", false], decode(["5\r\nhello\r\n"])
+    assert_equal ["hello, world", false], decode(["5\r\nhello\r\n", "7\r\n, world\r\n"])
+    assert_equal ["hello", true], decode(["5\r\nhello\r\n", "0\r\n\r\n"])
+    assert_equal ["abcdefghijklmnopq", false], decode(["11\r\nabcdefghijklmnopq\r\n"]), "hex size"
   end
 
   def test_a_bad_size_line_is_a_protocol_error

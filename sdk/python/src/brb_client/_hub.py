@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Optional
 
-from ._sse import SseError
+from ._sse import Memo, SseError
 
 log = logging.getLogger("brb_client")
 
@@ -141,6 +141,8 @@ class Hub:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._incoming: Deque[Stream] = deque()
         self._streams: Dict[int, Stream] = {}
+        # Decoding shared by the streams' consumers, which run on this hub's thread only.
+        self.memo = Memo()
         threading.Thread(target=self._run, name="brb-streams", daemon=True).start()
 
     def attach(self, s: Stream) -> None:

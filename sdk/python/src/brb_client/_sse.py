@@ -10,7 +10,7 @@ the connection. An event cut off by the end of the connection is never dispatche
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 #: Longest line accepted (a switch event is well under 2 KiB).
 MAX_LINE = 64 * 1024
@@ -40,6 +40,15 @@ class Parser:
         self._id: Optional[str] = None
         # A CR at the end of one chunk may be the first half of a CRLF split across chunks.
         self._after_cr = False
+
+    def idle(self) -> bool:
+        """Nothing buffered, no event half-read: the next byte starts a line of a new event."""
+        return not self._buf and not self._after_cr and not self._data and not self._event
+
+    def resume(self, last_id: Optional[str]) -> None:
+        """What feeding a :class:`Memo`'s frame does to an idle parser: the id it set."""
+        if last_id is not None:
+            self._id = last_id
 
     def feed(self, chunk: bytes) -> List[Event]:
         out: List[Event] = []
@@ -95,3 +104,42 @@ class Parser:
                     self._id = value
             # `retry:` and unknown fields are ignored, as the standard says.
         return out
+
+
+class Memo:
+    """The decoding of the last frame, shared by the parsers of a process (the stream reader's
+    thread only). The gates of one process on one switch receive the same bytes for each
+    change: the first decodes them, the others compare bytes. A frame is remembered only when
+    decoding it does not depend on what came before: read by an idle parser, leaving it idle,
+    every event carrying an id the frame itself set. Anything else is decoded as usual."""
+
+    def __init__(self) -> None:
+        self._bytes: Optional[bytes] = None
+        self._events: List[Event] = []
+        self._id: Optional[str] = None
+        self._data: Optional[str] = None
+        self._decoded: Any = None
+
+    def feed(self, parser: Parser, chunk: bytes) -> List[Event]:
+        """The events of ``chunk`` for ``parser``, as ``parser.feed(chunk)`` returns them (the
+        caller must not change them: other parsers get the same objects)."""
+        if not parser.idle():
+            return parser.feed(chunk)
+        if chunk == self._bytes:
+            parser.resume(self._id)
+            return self._events
+        fresh = Parser()
+        events = fresh.feed(chunk)
+        if not fresh.idle() or any(e.id is None for e in events):
+            return parser.feed(chunk)  # an event's id came earlier: this parser's own
+        self._bytes, self._events, self._id = bytes(chunk), events, fresh._id
+        parser.resume(fresh._id)
+        return events
+
+    def decoded(self, data: str, decode: Callable[[str], Any]) -> Any:
+        """``decode(data)``, remembered for the next equal ``data``; an exception is not."""
+        if data is self._data or data == self._data:
+            return self._decoded
+        value = decode(data)
+        self._data, self._decoded = data, value
+        return value

@@ -120,6 +120,18 @@ def parse_ramp(r: Any) -> Optional[Ramp]:
 
 def parse_switch(data: Any, expected_name: str) -> SwitchView:
     """Validates a switch (text or an already decoded object) for the gate of ``expected_name``."""
+    return check_name(decode_switch(data), expected_name)
+
+
+def check_name(sw: SwitchView, expected_name: str) -> SwitchView:
+    if sw.name != expected_name:
+        raise BadSwitch(f"a switch named {sw.name!r:.60}, not {expected_name!r}")
+    return sw
+
+
+def decode_switch(data: Any) -> SwitchView:
+    """Validates a switch (text or an already decoded object), whatever its name: the gates of
+    a process may share the result, each checking the name (:func:`check_name`)."""
     if isinstance(data, (str, bytes, bytearray)):
         try:
             data = json.loads(data)
@@ -128,8 +140,8 @@ def parse_switch(data: Any, expected_name: str) -> SwitchView:
     if not isinstance(data, dict):
         raise BadSwitch("not a JSON object")
     name = data.get("name")
-    if name != expected_name:
-        raise BadSwitch(f"a switch named {name!r:.60}, not {expected_name!r}")
+    if not isinstance(name, str):
+        raise BadSwitch(f"a switch named {name!r:.60}")
     state = data.get("state")
     if state not in ("running", "paused"):
         raise BadSwitch(f"an unknown state {state!r:.40}")

@@ -57,7 +57,7 @@ from ._http import (
     read_some_body,
 )
 from ._hub import Hub, Stream
-from ._switch import BadSwitch, Ramp, SwitchView, parse_switch
+from ._switch import BadSwitch, Ramp, SwitchView, check_name, decode_switch, parse_switch
 
 log = logging.getLogger("brb_client")
 
@@ -264,10 +264,12 @@ class _Admission:
 class _StreamConsumer:
     """What an open event stream's bytes do to a gate (run by the stream reader's thread)."""
 
-    def __init__(self, gate: "Gate", base: Base) -> None:
+    def __init__(self, gate: "Gate", base: Base, memo: _sse.Memo) -> None:
         self.gate = gate
         self.base = base
         self.parser = _sse.Parser()
+        # The stream reader's: the decoding the gates of the process share.
+        self.memo = memo
         self.heard = False
         self.resync = False
 
@@ -278,14 +280,14 @@ class _StreamConsumer:
         if not self.heard:
             self.heard = True
             g._set_connected(True)
-        events = self.parser.feed(data)  # an SseError ends the stream (on_end)
+        events = self.memo.feed(self.parser, data)  # an SseError ends the stream (on_end)
         if not events:
             g._contact()  # a keep-alive
             return None
         for ev in events:
             if ev.event == "switch":
                 try:
-                    sw = parse_switch(ev.data, g._switch)
+                    sw = check_name(self.memo.decoded(ev.data, decode_switch), g._switch)
                 except BadSwitch as e:
                     log.warning("switch %s: ignoring an unreadable switch event from %s: %s", g._switch, self.base.url, e)
                     continue
@@ -864,7 +866,8 @@ class Gate:
                         err = error_from(status, headers, read_some_body(sock, headers, rest))
                     return _Outcome(refused=True, error=err)
                 sock.setblocking(False)
-                consumer = _StreamConsumer(self, base)
+                hub = Hub.get()
+                consumer = _StreamConsumer(self, base, hub.memo)
                 stream = Stream(
                     sock,
                     rest,
@@ -873,7 +876,7 @@ class Gate:
                     consumer.on_bytes,
                     consumer.on_end,
                 )
-                Hub.get().attach(stream)
+                hub.attach(stream)
                 # `close` shuts the socket down and the reader ends the stream at once. Rare
                 # wake-ups: a thousand gates' threads polling would take the interpreter lock
                 # from the reader itself.

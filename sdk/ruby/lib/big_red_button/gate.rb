@@ -480,10 +480,13 @@ module BigRedButton
         contact
         recompute
         if prev.nil?
-          @log.debug("brb: switch=#{@switch} state=#{@known} version=#{@version} learned")
+          @log.debug { "brb: switch=#{@switch} state=#{@known} version=#{@version} learned" }
         elsif prev != @known
-          @log.info("brb: switch=#{@switch} state=#{@known} version=#{@version} " \
-                    "changed_by=#{Http.sanitize(sw[:changed_by])} source=#{Http.sanitize(sw[:source])} observed a change")
+          # A block: the line is not even built below info (a process may hold many gates).
+          @log.info do
+            "brb: switch=#{@switch} state=#{@known} version=#{@version} " \
+              "changed_by=#{Http.sanitize(sw[:changed_by])} source=#{Http.sanitize(sw[:source])} observed a change"
+          end
         end
         # Waiters also learn of a new version or ramp with the same decision.
         @changed.broadcast
@@ -668,7 +671,7 @@ module BigRedButton
         @log.debug("brb: switch=#{@switch} event stream connected to #{st[:base]}")
       end
       begin
-        events = st[:parser].feed(bytes)
+        events = @reactor.memo.feed(st[:parser], bytes)
       rescue SseParser::LineTooLong => e
         problem("#{st[:base]}: #{e.message}; reconnecting")
         end_stream
@@ -708,10 +711,23 @@ module BigRedButton
     end
 
     # A `switch` event's data, checked; nil (with a log line) when it is not one.
+    # A String comes from the event stream (reactor thread): the gates of the process share its
+    # decoding (the reactor's memo); a Hash from long-poll.
     def parse_switch(data, base)
+      sw = data.is_a?(String) ? @reactor.memo.decoded(data) { decode_switch(data) } : decode_switch(data)
+      raise ProtocolError, "for switch #{Http.sanitize(sw[:name])[0, 64].inspect}" unless sw[:name] == @switch
+
+      sw
+    rescue JSON::ParserError, ProtocolError => e
+      problem("#{base} sent an unreadable switch event (#{Http.sanitize(e.message)[0, 160]}); ignored, " \
+              "state unchanged")
+      nil
+    end
+
+    # A switch's JSON (or the Hash long-poll read), checked; frozen, as gates may share it.
+    def decode_switch(data)
       h = data.is_a?(Hash) ? data : JSON.parse(data, max_nesting: 8)
       raise ProtocolError, "not an object" unless h.is_a?(Hash)
-      raise ProtocolError, "for switch #{Http.sanitize(h['name'])[0, 64].inspect}" unless h["name"] == @switch
 
       state = { "running" => :running, "paused" => :paused }[h["state"]]
       raise ProtocolError, "state #{h['state'].inspect[0, 40]}" unless state
@@ -720,11 +736,8 @@ module BigRedButton
       raise ProtocolError, "version #{v.inspect[0, 40]}" unless v.is_a?(Integer) && v >= 0
 
       ramp = h["ramp"].nil? ? nil : Ramp.from_json(h["ramp"])
-      { state: state, version: v, ramp: ramp, changed_by: h["changed_by"], source: h["source"] }
-    rescue JSON::ParserError, ProtocolError => e
-      problem("#{base} sent an unreadable switch event (#{Http.sanitize(e.message)[0, 160]}); ignored, " \
-              "state unchanged")
-      nil
+      { name: h["name"], state: state, version: v, ramp: ramp, changed_by: h["changed_by"],
+        source: h["source"] }.freeze
     end
 
     def parse_resync(data, base)

@@ -41,8 +41,16 @@ module BigRedButton
       end
     end
 
+    # Decoding shared by the streams of this reactor (SseParser::Memo; reactor thread only).
+    attr_reader :memo
+    # The buffer every stream reads into (reactor thread only; readers copy what they keep):
+    # a fresh 16 KiB string per read was a malloc and a shrink per delivery.
+    attr_reader :read_buffer
+
     def initialize
       @pid = Process.pid
+      @memo = SseParser::Memo.new
+      @read_buffer = String.new(capacity: StreamConnection::READ_SIZE, encoding: Encoding::BINARY)
       @queue = Queue.new
       @wake_r, @wake_w = IO.pipe
       @heap = []
@@ -222,8 +230,16 @@ module BigRedButton
 
     attr_reader :pid
 
+    # Decoding shared by the streams of this reactor (SseParser::Memo; reactor thread only).
+    attr_reader :memo
+    # The buffer every stream reads into (reactor thread only; readers copy what they keep):
+    # a fresh 16 KiB string per read was a malloc and a shrink per delivery.
+    attr_reader :read_buffer
+
     def initialize
       @pid = Process.pid
+      @memo = SseParser::Memo.new
+      @read_buffer = String.new(capacity: StreamConnection::READ_SIZE, encoding: Encoding::BINARY)
       @queue = Queue.new
       @threads = []
       @idle = 0

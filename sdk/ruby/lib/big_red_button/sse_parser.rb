@@ -29,6 +29,11 @@ module BigRedButton
       @retry_ms = nil
     end
 
+    # Nothing buffered, no event half-read: the next byte starts a line of a new event.
+    def idle?
+      @buf.empty? && !@after_cr && @event.nil? && @data.nil?
+    end
+
     # Returns the events completed by this chunk (possibly none).
     def feed(chunk)
       out = []
@@ -68,6 +73,56 @@ module BigRedButton
         end
       end
       out
+    end
+
+    # What #feed of these bytes does to an idle parser, when a Memo already decoded them: only
+    # the id and retry the bytes themselves set.
+    def resume(last_id, retry_ms)
+      @last_id = last_id if last_id
+      @retry_ms = retry_ms if retry_ms
+    end
+
+    # The decoding of the last frame, shared by every parser of a process (one thread only).
+    # Gates of one process on one switch receive the same bytes for each change; the first
+    # decodes them, the others compare bytes. A frame is remembered only when decoding it is
+    # independent of what came before: read from an idle parser, leaving it idle, and every
+    # event carrying an id the frame itself set. Anything else is decoded as usual.
+    class Memo
+      def initialize
+        @bytes = nil
+        @events = nil
+      end
+
+      # The events of `bytes` for `parser`, as parser.feed(bytes) would return them.
+      def feed(parser, bytes)
+        return parser.feed(bytes) unless parser.idle?
+
+        if @bytes && bytes == @bytes
+          parser.resume(@last_id, @retry_ms)
+          return @events
+        end
+        fresh = SseParser.new
+        events = fresh.feed(bytes)
+        # An event whose id came from an earlier frame depends on the parser: decode it there.
+        return parser.feed(bytes) unless fresh.idle? && events.all?(&:id)
+
+        @bytes = bytes.frozen? ? bytes : bytes.dup.freeze
+        @events = events.each { |e| e.data.freeze }.each(&:freeze).freeze
+        @last_id = fresh.last_id
+        @retry_ms = fresh.retry_ms
+        parser.resume(@last_id, @retry_ms)
+        @events
+      end
+
+      # The block's value for a `data` string, remembered for the next equal one (the switch
+      # decoded from the same event). A block that raises is not remembered.
+      def decoded(data)
+        return @decoded if @decoded_data && (data.equal?(@decoded_data) || data == @decoded_data)
+
+        value = yield
+        @decoded_data = data.frozen? ? data : data.dup.freeze
+        @decoded = value
+      end
     end
 
     private

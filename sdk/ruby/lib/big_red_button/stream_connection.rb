@@ -14,7 +14,8 @@ module BigRedButton
   # - refused(error):   an answer that is not a stream (an ApiError from its status and body);
   # - ended(message):   the stream was open and ended (EOF, broken, silent for idle_timeout,
   #                     or a protocol error);
-  # and, while the stream is open, data(bytes) for each piece of body.
+  # and, while the stream is open, data(bytes) for each piece of body (a String of its own: the
+  # socket is read into the reactor's shared buffer, which no piece is).
   class StreamConnection
     MAX_HEAD = 16 * 1024
     MAX_ERROR_BODY = 8 * 1024
@@ -215,7 +216,7 @@ module BigRedButton
 
     def read_some
       READS_PER_WAKE.times do
-        data = @io.read_nonblock(READ_SIZE, exception: false)
+        data = @io.read_nonblock(READ_SIZE, @reactor.read_buffer, exception: false)
         case data
         when :wait_readable then set_want(:read)
                                  return
@@ -232,6 +233,9 @@ module BigRedButton
         when :body, :error_body then body_bytes(data)
         end
         return if @done
+        # A short read from a plain socket drained it (select reports the next bytes); a TLS
+        # socket may hold decrypted bytes select cannot see, so it reads on.
+        return if data.bytesize < READ_SIZE && @io.equal?(@sock)
       end
       # More may be waiting (TLS buffers it where select cannot see): look again soon.
       @reactor.submit { on_ready }
@@ -377,6 +381,17 @@ module BigRedButton
       def feed(data)
         pos = 0
         len = data.bytesize
+        # The usual read: exactly one whole chunk ("size\r\n" data "\r\n"), nothing pending.
+        if @state == :size && @line.empty?
+          i = data.index("\r\n")
+          if i && i <= 8 && (hex = data.byteslice(0, i)).match?(/\A\h+\z/)
+            n = hex.to_i(16)
+            if n.positive? && len == i + n + 4 && data.getbyte(len - 2) == 13 && data.getbyte(len - 1) == 10
+              yield data.byteslice(i + 2, n)
+              return
+            end
+          end
+        end
         while pos < len && @state != :done
           case @state
           when :size, :crlf, :trailer
@@ -430,11 +445,10 @@ module BigRedButton
         @left&.zero?
       end
 
+      # `data` is the reactor's read buffer: what is yielded is a copy.
       def feed(data)
-        if @left
-          data = data.byteslice(0, @left)
-          @left -= data.bytesize
-        end
+        data = data.byteslice(0, @left || data.bytesize)
+        @left -= data.bytesize if @left
         yield data unless data.empty?
       end
     end
