@@ -1,11 +1,12 @@
 // The Big Red Button screen. Rendering is plain DOM: built once, then updated from the model.
 
-import { BackendError, type RampSpec, type Switch, type SwitchState } from "./api";
+import { BackendError, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
-import { ackLine, admittedFraction, changeLine, duration } from "./format";
+import { ackLine, changeLine, duration } from "./format";
 import { Graph } from "./graphs";
 import { type Model, lastResume, primary } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
+import { EXTEND_SECS, rampPanel, resumeForm } from "./release";
 
 function h<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -24,11 +25,6 @@ function h<K extends keyof HTMLElementTagNameMap>(
 /** Series shown first, in this order; any other series the server offers follows. */
 const MAIN_SERIES = ["jobs_per_second", "queue_depth", "db_load"];
 
-const RAMPS: { label: string; spec: RampSpec | undefined }[] = [
-  { label: "Resume now", spec: undefined },
-  { label: "Gradually: 10% → 25% → 50% → 100% over 10 min", spec: { kind: "steps", fractions: [0.1, 0.25, 0.5, 1], duration_secs: 600 } },
-  { label: "Gradually: 5% → 100% over 5 min", spec: { kind: "linear", from: 0.05, duration_secs: 300 } },
-];
 
 export class App {
   private root: HTMLElement;
@@ -140,15 +136,20 @@ export class App {
       });
       buttons.append(go);
     } else {
-      RAMPS.forEach((r, i) => {
-        const b = h("button", { class: i === 0 ? "go" : "", value: String(i), "data-testid": `confirm-resume-${i}` }, r.label);
-        b.addEventListener("click", (e) => {
-          e.preventDefault();
+      const first = resumeForm(
+        form,
+        this.model,
+        Date.now(),
+        (ramp) => {
           this.dialog.close();
-          void this.change(sw, "running", undefined, r.spec);
-        });
-        buttons.append(b);
-      });
+          void this.change(sw, "running", undefined, ramp);
+        },
+        () => this.dialog.close(),
+      );
+      this.dialog.replaceChildren(form);
+      this.dialog.showModal();
+      first.focus();
+      return;
     }
     const cancel = h("button", { value: "cancel", "data-testid": "cancel" }, "Cancel");
     cancel.addEventListener("click", (e) => {
@@ -231,17 +232,57 @@ export class App {
     this.toggle.setAttribute("aria-label", `${big.toLowerCase()}; ${small}`);
     this.stateLine.textContent = changeLine(p, now);
     this.ackEl.textContent = ackLine(p, this.model.counts.get(p.name));
-    const f = admittedFraction(p, now);
-    if (p.state === "running" && p.ramp && f < 1) {
-      const left = Date.parse(p.ramp.started_at) + p.ramp.duration_secs * 1000 - now;
-      this.rampEl.replaceChildren(
-        h("span", {}, `Ramping up: ${Math.round(f * 100)}% of normal work admitted, 100% in ${duration(left)}`),
-        h("progress", { max: "100", value: String(Math.round(f * 100)) }),
-      );
-      this.rampEl.classList.remove("hidden");
-    } else {
+    this.renderRamp(p, now);
+  }
+
+  /** The release in progress and its controls; the controls are rebuilt only when the ramp
+   * changes, so a focused control keeps its focus while the numbers tick. */
+  private rampKey = "";
+  private renderRamp(p: Switch, now: number) {
+    const canChange = this.model.pending === null && this.model.info?.caller.role !== "viewer";
+    const parts = rampPanel(p, now, canChange, (a) => void this.rampAction(p.name, a));
+    const key = `${p.version}|${canChange}|${parts.length}`;
+    if (parts.length === 0) {
+      this.rampKey = key;
+      this.rampEl.replaceChildren();
       this.rampEl.classList.add("hidden");
+      return;
     }
+    if (key !== this.rampKey) {
+      this.rampKey = key;
+      this.rampEl.replaceChildren(...parts);
+    } else {
+      // Same ramp: refresh the words and the bar only.
+      const [text, bar] = parts as [HTMLElement, HTMLProgressElement];
+      this.rampEl.querySelector("[data-testid=ramp-text]")?.replaceWith(text);
+      this.rampEl.querySelector("progress")?.replaceWith(bar);
+    }
+    this.rampEl.classList.remove("hidden");
+  }
+
+  /** Opens the resume dialog for the primary switch when it is paused (the tray's "Resume
+   * workers" lands here: a release is always a deliberate choice). */
+  askResume() {
+    const sw = primary(this.model);
+    if (sw && sw.state === "paused" && !this.dialog.open) this.askConfirm(sw);
+  }
+
+  private async rampAction(name: string, action: RampAction) {
+    this.model.error = null;
+    try {
+      const updated = await this.backend.rampControl(name, {
+        action,
+        by_secs: action === "extend" ? EXTEND_SECS : undefined,
+        source: this.backend.source,
+      });
+      const cur = this.model.switches.get(name);
+      if (!cur || cur.version <= updated.version) this.model.switches.set(name, updated);
+      await this.refresh();
+    } catch (e) {
+      const err = e instanceof BackendError ? e : new BackendError("internal", String(e));
+      this.model.error = { code: err.code, message: err.message };
+    }
+    this.render();
   }
 
   private renderGraphs(now: number) {
