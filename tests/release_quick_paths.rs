@@ -41,7 +41,9 @@ impl SlackFake {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
-                    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+                    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
                     let problem = if method != axum::http::Method::POST {
                         Some(format!("method {method}"))
                     } else if !ctype.starts_with("application/json") {
@@ -127,7 +129,13 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-async fn report(c: &brb_client::Client, id: &str, version: u64, status: WorkerStatus, in_flight: u32) {
+async fn report(
+    c: &brb_client::Client,
+    id: &str,
+    version: u64,
+    status: WorkerStatus,
+    in_flight: u32,
+) {
     c.report(&WorkerReport {
         worker_id: id.into(),
         switch: "workers".into(),
@@ -163,7 +171,10 @@ async fn slack_follows_up_with_the_fleets_acknowledgement_or_the_stragglers() {
     // Pause: the immediate answer, then the proof once all three acknowledged.
     let v = slash(&s, "pause db on fire", &response_url).await;
     assert!(v["text"].as_str().unwrap().contains("PAUSED"), "{v}");
-    assert!(fake.texts().is_empty(), "no follow-up before the fleet acknowledged");
+    assert!(
+        fake.texts().is_empty(),
+        "no follow-up before the fleet acknowledged"
+    );
     for w in ["w1", "w2", "w3"] {
         report(&c, w, 2, WorkerStatus::Paused, 0).await;
     }
@@ -191,7 +202,10 @@ async fn slack_follows_up_with_the_fleets_acknowledgement_or_the_stragglers() {
     report(&c, "w2", 3, WorkerStatus::Running, 0).await;
     assert!(eventually(Duration::from_secs(10), || fake.texts().len() == 2).await);
     let t = &fake.texts()[1];
-    assert!(t.contains("after 4 s only 2/3 workers resuming gradually"), "{t}");
+    assert!(
+        t.contains("after 4 s only 2/3 workers resuming gradually"),
+        "{t}"
+    );
     assert!(t.contains("`w3` (still paused, v2)"), "{t}");
     assert!(!t.contains("`w1`"), "{t}");
 
@@ -213,9 +227,12 @@ async fn the_tray_pauses_at_once_but_never_releases_in_one_click() {
     let brb_desktop::QuickToggle::Paused { switch } = first else {
         panic!("running: the tray pauses, got {first:?}")
     };
-    assert_eq!((switch.state, switch.source), (SwitchState::Paused, brb_api::Source::Tray));
+    assert_eq!(
+        (switch.state, switch.source),
+        (SwitchState::Paused, brb_api::Source::Tray)
+    );
     let second = brb_desktop::quick_toggle(&c, "workers").await.unwrap();
-    let brb_desktop::QuickToggle::AskResume { switch } = second else {
+    let brb_desktop::QuickToggle::AskResume { switch } = second.clone() else {
         panic!("paused: the tray must ask for the resume dialog, got {second:?}")
     };
     let now = c.switch("workers").await.unwrap();
@@ -248,10 +265,25 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
 
     // w1 finishes its jobs while the CLI waits; w2 already had none left.
     let home2 = home.clone();
-    let env2: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env2: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let pause = std::thread::spawn(move || {
         let env: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        cli(&home2, &env, &["pause", "--reason", "drain", "--wait", "0", "--wait-drained", "60s"])
+        cli(
+            &home2,
+            &env,
+            &[
+                "pause",
+                "--reason",
+                "drain",
+                "--wait",
+                "0",
+                "--wait-drained",
+                "60s",
+            ],
+        )
     });
     rt.block_on(async {
         assert!(
@@ -268,8 +300,15 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
     });
     let o = pause.join().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out} {}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("drained · 0 jobs in flight on 2 live workers"), "{out}");
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("drained · 0 jobs in flight on 2 live workers"),
+        "{out}"
+    );
 
     // A worker that keeps a job: the CLI says so after the timeout and fails.
     rt.block_on(async {
@@ -291,10 +330,18 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
     let started = std::time::Instant::now();
     let pause = std::thread::spawn({
         let home = home.clone();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            cli(&home, &env, &["pause", "--wait", "0", "--wait-drained", "2s"])
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            cli(
+                &home,
+                &env,
+                &["pause", "--wait", "0", "--wait-drained", "2s"],
+            )
         }
     });
     rt.block_on(async {

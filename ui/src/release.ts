@@ -84,6 +84,9 @@ export function resumeForm(
   go: (ramp: RampSpec | undefined) => void,
   cancel: () => void,
 ): HTMLElement {
+  // The duration is checked here, with a message that says what is allowed, instead of the
+  // browser's bubble (which a submit by Enter on a radio would show far from the field).
+  form.noValidate = true;
   form.append(h("p", { class: "backlog", "data-testid": "backlog" }, backlogLine(m, now / 1000)));
   const minutes = h("input", {
     type: "number",

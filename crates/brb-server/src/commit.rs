@@ -214,7 +214,7 @@ impl Op for SetState {
             ramp.validate()
                 .map_err(|e| ApiError::invalid(format!("ramp: {e}")))?;
         }
-        let (actor, to, reason) = (change.actor.clone(), change.to, change.reason.clone());
+        let (actor, reason) = (change.actor.clone(), change.reason.clone());
         let control = change.control;
         let switch = change.switch.clone();
         match store.set_state(change).await {

@@ -408,8 +408,8 @@ pub(crate) async fn ramp_control(
     // Holding, slowing down or aborting a release admits less work, as a pause does, so a
     // pause-only token may do them; continuing admits more, as a resume does.
     let direction = match req.action {
-        RampAction::Continue => SwitchState::Running,
-        RampAction::Hold | RampAction::Extend | RampAction::Abort => SwitchState::Paused,
+        RampAction::Continue => brb_api::SwitchState::Running,
+        RampAction::Hold | RampAction::Extend | RampAction::Abort => brb_api::SwitchState::Paused,
     };
     caller.check_change(&name, direction)?;
     let by_secs = match (req.action, req.by_secs) {

@@ -169,7 +169,11 @@ pub(crate) async fn command(
             } else if rest.is_empty() {
                 // A one-word resume from a phone is the quickest way to bring the spike back:
                 // it releases gradually unless `now` is said.
-                (SwitchState::Running, None, Some(brb_api::RampSpec::default_release()))
+                (
+                    SwitchState::Running,
+                    None,
+                    Some(brb_api::RampSpec::default_release()),
+                )
             } else if rest.eq_ignore_ascii_case("now") {
                 (SwitchState::Running, None, None)
             } else {

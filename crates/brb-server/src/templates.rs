@@ -309,7 +309,14 @@ pub fn slash_follow_up(s: &Switch, c: &WorkerCounts, done: bool, waited_secs: u6
         .workers
         .iter()
         .filter(|w| !w.stale && w.observed_version < s.version)
-        .map(|w| format!("`{}` (still {}, v{})", w.worker_id, w.status.as_str(), w.observed_version))
+        .map(|w| {
+            format!(
+                "`{}` (still {}, v{})",
+                w.worker_id,
+                w.status.as_str(),
+                w.observed_version
+            )
+        })
         .collect();
     let more = if late.len() > 10 {
         format!(" and {} more", late.len() - 10)

@@ -35,7 +35,11 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
 
     // Nothing to control while running at once, or paused.
     let (st, v) = ramp(&s, &op, "workers", json!({"action": "hold"})).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("no_ramp")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("no_ramp")),
+        "{v}"
+    );
     s.set(&op, "workers", json!({"state": "paused"})).await;
     let (st, _) = ramp(&s, &op, "workers", json!({"action": "abort"})).await;
     assert_eq!(st, 409);
@@ -52,7 +56,13 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
     let v0 = switch(&v).version;
 
     // Hold: still running, the gates' fraction stays at 10% far past the ramp's end.
-    let (st, v) = ramp(&s, &op, "workers", json!({"action": "hold", "reason": "db warming up", "source": "cli"})).await;
+    let (st, v) = ramp(
+        &s,
+        &op,
+        "workers",
+        json!({"action": "hold", "reason": "db warming up", "source": "cli"}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let held = switch(&v);
     assert_eq!(held.version, v0 + 1);
@@ -73,8 +83,17 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
     let cont = switch(&v);
     assert!(cont.ramp.as_ref().unwrap().held.is_none());
     let left = cont.ramp.as_ref().unwrap().duration_secs;
-    assert!((599..=600).contains(&left), "continued over what was left: {left}");
-    let (st, v) = ramp(&s, &op, "workers", json!({"action": "extend", "by_secs": 300})).await;
+    assert!(
+        (599..=600).contains(&left),
+        "continued over what was left: {left}"
+    );
+    let (st, v) = ramp(
+        &s,
+        &op,
+        "workers",
+        json!({"action": "extend", "by_secs": 300}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let ext = switch(&v);
     let d = ext.ramp.as_ref().unwrap().duration_secs;
@@ -85,10 +104,16 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
     for (body, code) in [
         (json!({"action": "extend"}), "invalid_value"),
         (json!({"action": "extend", "by_secs": 0}), "invalid_value"),
-        (json!({"action": "extend", "by_secs": 86400}), "invalid_value"),
+        (
+            json!({"action": "extend", "by_secs": 86400}),
+            "invalid_value",
+        ),
         (json!({"action": "hold", "by_secs": 5}), "invalid_value"),
         (json!({"action": "faster"}), "invalid_value"),
-        (json!({"action": "hold", "expected_version": 1}), "version_conflict"),
+        (
+            json!({"action": "hold", "expected_version": 1}),
+            "version_conflict",
+        ),
     ] {
         let (st, v) = ramp(&s, &op, "workers", body.clone()).await;
         assert_eq!(v["error"]["code"], code, "{body}: {st} {v}");
@@ -97,7 +122,13 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
     assert_eq!(switch(&cur).version, ext.version, "nothing was written");
 
     // Abort: back to paused, never to running.
-    let (st, v) = ramp(&s, &op, "workers", json!({"action": "abort", "reason": "db hot again"})).await;
+    let (st, v) = ramp(
+        &s,
+        &op,
+        "workers",
+        json!({"action": "abort", "reason": "db hot again"}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     let ab = switch(&v);
     assert_eq!(ab.state, brb_api::SwitchState::Paused);
@@ -118,11 +149,22 @@ async fn a_release_is_held_continued_extended_and_aborted_over_http() {
         .collect();
     assert_eq!(rows[0].0, "state_changed");
     assert_eq!(e[0]["to"], "paused");
-    assert!(rows[0].1.starts_with("release aborted at 10%: db hot again"), "{rows:?}");
+    assert!(
+        rows[0]
+            .1
+            .starts_with("release aborted at 10%: db hot again"),
+        "{rows:?}"
+    );
     assert_eq!(rows[1].0, "ramp_changed");
-    assert!(rows[1].1.starts_with("release extended by 300 s"), "{rows:?}");
+    assert!(
+        rows[1].1.starts_with("release extended by 300 s"),
+        "{rows:?}"
+    );
     assert_eq!(rows[2].0, "ramp_changed");
-    assert!(rows[2].1.starts_with("release continued from 10%"), "{rows:?}");
+    assert!(
+        rows[2].1.starts_with("release continued from 10%"),
+        "{rows:?}"
+    );
     assert_eq!(rows[3].0, "ramp_changed");
     assert_eq!(rows[3].1, "release held at 10%: db warming up");
     assert_eq!(e[3]["source"], "cli");
@@ -136,7 +178,7 @@ async fn a_pause_only_token_may_slow_or_stop_a_release_but_not_continue_it() {
         .http
         .post(s.api("/tokens"))
         .bearer_auth(&s.admin)
-        .json(&json!({"name": "button", "role": "operator", "switches": ["workers"], "pause_only": true}))
+        .json(&json!({"name": "button", "role": "operator", "scope": {"switches": ["workers"], "pause_only": true}}))
         .send()
         .await
         .unwrap();
@@ -147,15 +189,29 @@ async fn a_pause_only_token_may_slow_or_stop_a_release_but_not_continue_it() {
         .to_string();
     let viewer = s.token("viewer", Role::Viewer).await;
     s.set(&s.admin, "workers", json!({"state": "paused"})).await;
-    s.set(&s.admin, "workers", json!({"state": "running", "ramp": {"kind": "linear", "from": 0.05, "duration_secs": 600}})).await;
+    s.set(
+        &s.admin,
+        "workers",
+        json!({"state": "running", "ramp": {"kind": "linear", "from": 0.05, "duration_secs": 600}}),
+    )
+    .await;
 
     let (st, v) = ramp(&s, &viewer, "workers", json!({"action": "hold"})).await;
     assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
     let (st, _) = ramp(&s, &button, "workers", json!({"action": "hold"})).await;
     assert_eq!(st, 200);
     let (st, v) = ramp(&s, &button, "workers", json!({"action": "continue"})).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("out_of_scope")));
-    let (st, _) = ramp(&s, &button, "workers", json!({"action": "extend", "by_secs": 60})).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("out_of_scope"))
+    );
+    let (st, _) = ramp(
+        &s,
+        &button,
+        "workers",
+        json!({"action": "extend", "by_secs": 60}),
+    )
+    .await;
     assert_eq!(st, 200);
     let (st, v) = ramp(&s, &button, "workers", json!({"action": "abort"})).await;
     assert_eq!((st, v["state"].as_str()), (200, Some("paused")));

@@ -238,14 +238,6 @@ pub struct RampControl {
     pub by_secs: u64,
 }
 
-/// A change to a release in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RampControl {
-    pub action: brb_api::RampAction,
-    /// With `Extend`: how much longer the rest takes.
-    pub by_secs: u64,
-}
-
 /// A notification waiting in (or delivered from) the outbox. The message is rendered at
 /// delivery time from `event`, the switch as it was right after the change.
 #[derive(Debug, Clone, PartialEq)]

@@ -358,7 +358,12 @@ fn ramp_control(
         RampAction::Hold => {
             let held = ramp.hold(now);
             let what = format!("release held at {}", pct(ramp.fraction_at(now)));
-            (SwitchState::Running, Some(held), what, AuditAction::RampChanged)
+            (
+                SwitchState::Running,
+                Some(held),
+                what,
+                AuditAction::RampChanged,
+            )
         }
         RampAction::Continue if ramp.held.is_none() => {
             return Ok(StateDecision::Unchanged(cur));
@@ -388,7 +393,12 @@ fn ramp_control(
                     next.duration_secs
                 ),
             };
-            (SwitchState::Running, Some(next), what, AuditAction::RampChanged)
+            (
+                SwitchState::Running,
+                Some(next),
+                what,
+                AuditAction::RampChanged,
+            )
         }
     };
     let reason = Some(match &change.reason {
@@ -696,14 +706,11 @@ mod tests {
     #[test]
     fn a_release_can_be_held_continued_extended_and_aborted_to_paused() {
         use brb_api::RampAction::{Abort, Continue, Extend, Hold};
-        let write = |row: Switch, c: &StateChange, at: i64| match set_state(
-            Some((row, false)),
-            c,
-            t(at),
-        ) {
-            Ok(StateDecision::Write(w)) => w,
-            other => panic!("expected a write, got {other:?}"),
-        };
+        let write =
+            |row: Switch, c: &StateChange, at: i64| match set_state(Some((row, false)), c, t(at)) {
+                Ok(StateDecision::Write(w)) => w,
+                other => panic!("expected a write, got {other:?}"),
+            };
         let mut ramping = sw(4, SwitchState::Running, false);
         ramping.ramp = Some(RampSpec::parse("steps:90s").unwrap().start(t(0)));
 
@@ -748,7 +755,10 @@ mod tests {
         // Abort: back to paused (a state change), never to running.
         let ab = write(ramping.clone(), &control(Abort, 0), 40);
         assert_eq!(ab.action, AuditAction::StateChanged);
-        assert_eq!((ab.from, ab.to), (Some(SwitchState::Running), Some(SwitchState::Paused)));
+        assert_eq!(
+            (ab.from, ab.to),
+            (Some(SwitchState::Running), Some(SwitchState::Paused))
+        );
         assert_eq!(ab.switch.ramp, None);
         assert_eq!(ab.switch.admitted_fraction(t(40)), 0.0);
         assert_eq!(ab.reason.as_deref(), Some("release aborted at 25%"));
