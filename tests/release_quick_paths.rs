@@ -280,8 +280,7 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
                 "drain",
                 "--wait",
                 "0",
-                "--wait-drained",
-                "60s",
+                "--wait-drained=60s",
             ],
         )
     });
@@ -337,11 +336,7 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
         move || {
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            cli(
-                &home,
-                &env,
-                &["pause", "--wait", "0", "--wait-drained", "2s"],
-            )
+            cli(&home, &env, &["pause", "--wait", "0", "--wait-drained=2s"])
         }
     });
     rt.block_on(async {

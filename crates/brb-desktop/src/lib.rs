@@ -219,7 +219,7 @@ pub enum QuickToggle {
 /// The tray's quick toggle: pauses the primary switch if it runs (recorded with source
 /// `tray`); if it is paused, changes nothing and says the resume dialog must be shown. The
 /// same function the tray menu calls; tested against a real control plane
-/// (`tests/desktop_quick.rs`).
+/// (`tests/release_quick_paths.rs`).
 pub async fn quick_toggle(client: &Client, primary: &str) -> Result<QuickToggle, DesktopError> {
     let current = client.switch(primary).await?;
     if current.state == SwitchState::Paused {

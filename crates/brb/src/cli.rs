@@ -31,9 +31,10 @@ pub struct ChangeArgs {
     #[arg(long, default_value_t = 10.0)]
     wait: f64,
     /// With pause: then wait until no job is in flight on any live worker, up to this long
-    /// (default 60s; e.g. 90s, 5m). Exits with status 1 if they have not drained by then.
-    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "60s",
-        value_parser = parse_secs)]
+    /// (`--wait-drained` is 60s; `--wait-drained=5m`). Exits with status 1 if they have not
+    /// drained by then.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+        default_missing_value = "60s", value_parser = parse_secs)]
     wait_drained: Option<u64>,
     #[arg(long)]
     json: bool,
@@ -201,6 +202,14 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
         out.push_str(&quoted(r));
     }
     if let Some(r) = s.ramp.as_ref().filter(|r| !r.is_over(now)) {
+        if r.held.is_some() {
+            // A hold's own end (a day) is not a plan anybody made: say it is held.
+            out.push_str(&format!(
+                " [release held at {:.0}%: `brb ramp continue` goes on]",
+                s.admitted_fraction(now) * 100.0
+            ));
+            return out;
+        }
         out.push_str(&format!(
             " [ramping: {:.0}% admitted, 100% in {}s]",
             s.admitted_fraction(now) * 100.0,
