@@ -360,3 +360,69 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--wait-drained applies to pause only"));
 }
+
+#[test]
+fn brb_ramp_holds_continues_extends_and_aborts_a_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[]);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let tf = dir.path().join("data/admin-token");
+    let env = [
+        ("BRB_URL", server.url.as_str()),
+        ("BRB_TOKEN_FILE", tf.to_str().unwrap()),
+    ];
+    let run = |args: &[&str]| {
+        let o = cli(&home, &env, args);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Nothing to hold yet: a clear refusal.
+    let (ok, _, err) = run(&["ramp", "hold"]);
+    assert!(!ok);
+    assert!(
+        err.contains("workers has no gradual release in progress; nothing was done"),
+        "{err}"
+    );
+
+    assert!(run(&["pause", "--wait", "0"]).0);
+    assert!(run(&["resume", "--ramp", "steps:10m", "--wait", "0"]).0);
+    let (ok, out, err) = run(&["ramp", "hold", "--reason", "db warming up"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("workers is running, release held at 10% (v4, changed by admin via cli)"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["status"]);
+    assert!(out.contains("[release held at 10%"), "{out}");
+    let (ok, out, err) = run(&["ramp", "continue"]);
+    assert!(ok && out.contains("releasing: 10% now"), "{out}{err}");
+    let (ok, out, err) = run(&["ramp", "extend", "5m"]);
+    assert!(ok, "{err}");
+    let secs: u64 = out
+        .split("100% in ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((880..=900).contains(&secs), "five more minutes: {out}");
+    let (ok, out, err) = run(&["ramp", "abort", "-r", "db hot again"]);
+    assert!(
+        ok && out.contains("workers is PAUSED (release aborted)"),
+        "{out}{err}"
+    );
+    let (_, out, _) = run(&["audit", "--limit", "4"]);
+    assert!(
+        out.contains("release aborted at 10%: db hot again"),
+        "{out}"
+    );
+    assert!(out.contains("ramp changed"), "{out}");
+    let (ok, _, err) = run(&["ramp", "extend", "soon"]);
+    assert!(
+        !ok && err.contains("\"soon\": expected e.g. 0, 30m, 1h or 7d"),
+        "{err}"
+    );
+}
