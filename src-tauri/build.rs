@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "brb_connection",
     "brb_tray_toggle",
     "brb_button_status",
+    "brb_ramp",
 ];
 
 fn main() {

@@ -174,6 +174,11 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             "/switches/workers/state",
         ),
         (
+            "POST /api/v1/switches/{name}/ramp",
+            "POST",
+            "/switches/workers/ramp",
+        ),
+        (
             "GET /api/v1/switches/{name}/workers",
             "GET",
             "/switches/workers/workers",
@@ -399,6 +404,84 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         t(case("PUT", "/api/v1/switches/workers/state", 413, "payload_too_large").body(big.clone())),
         t(case("PUT", "/api/v1/switches/nope/state", 404, "not_found").body(r#"{"state":"paused"}"#)),
     ]);
+    add(
+        "POST /api/v1/switches/{name}/ramp",
+        vec![
+            v(
+                case("POST", "/api/v1/switches/workers/ramp", 403, "forbidden")
+                    .body(r#"{"action":"abort"}"#),
+            ),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                400,
+                "malformed_json",
+            )
+            .body("{\"action\":")),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                400,
+                "malformed_json",
+            )
+            .body("")),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                422,
+                "invalid_value",
+            )
+            .body(r#"{"action":"faster"}"#)),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                422,
+                "invalid_value",
+            )
+            .body(r#"{"action":"hold","oops":1}"#)),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                422,
+                "invalid_value",
+            )
+            .body(r#"{"action":"extend"}"#)),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                422,
+                "invalid_value",
+            )
+            .body(r#"{"action":"extend","by_secs":-5}"#)),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                422,
+                "invalid_value",
+            )
+            .body(r#"{"action":"abort","by_secs":5}"#)),
+            t(
+                case("POST", "/api/v1/switches/workers/ramp", 409, "no_ramp")
+                    .body(r#"{"action":"abort"}"#),
+            ),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                409,
+                "version_conflict",
+            )
+            .body(r#"{"action":"hold","expected_version":99}"#)),
+            t(case(
+                "POST",
+                "/api/v1/switches/workers/ramp",
+                413,
+                "payload_too_large",
+            )
+            .body(big.clone())),
+            t(case("POST", "/api/v1/switches/nope/ramp", 404, "not_found")
+                .body(r#"{"action":"hold"}"#)),
+        ],
+    );
     add(
         "GET /api/v1/switches/{name}/workers",
         vec![t(case(

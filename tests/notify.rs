@@ -132,6 +132,7 @@ fn with_receivers(r: &Recorder) -> impl FnOnce(&mut brb_server::Config) + '_ {
             signing_secret: Some(Secret("slack-signing-secret".into())),
             operators: [("U0ALICE".to_string(), "alice".to_string())].into(),
             command: Some("/bigred".into()),
+            follow_up_secs: None,
         });
         c.notify.webhooks = vec![WebhookConfig {
             name: "ops".into(),

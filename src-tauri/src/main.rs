@@ -145,17 +145,41 @@ fn brb_connection(state: S<'_>) -> &'static str {
     *state.connection.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+#[tauri::command]
+async fn brb_ramp(
+    state: S<'_>,
+    name: String,
+    req: brb_api::RampControlRequest,
+) -> Result<Switch, UiError> {
+    Ok(client(&state)?.ramp_control(&name, &req).await?)
+}
+
 /// What the tray menu's toggle item does (and what a test calls through the webview).
 #[tauri::command]
-async fn brb_tray_toggle(app: AppHandle, state: S<'_>) -> Result<Switch, UiError> {
+async fn brb_tray_toggle(
+    app: AppHandle,
+    state: S<'_>,
+) -> Result<brb_desktop::QuickToggle, UiError> {
     tray_toggle(&app, &state).await
 }
 
-async fn tray_toggle(app: &AppHandle, state: &AppState) -> Result<Switch, UiError> {
+/// Pauses at once; a paused switch is never released from here: the window comes up with
+/// the resume dialog (gradual by default), and the person chooses there.
+async fn tray_toggle(
+    app: &AppHandle,
+    state: &AppState,
+) -> Result<brb_desktop::QuickToggle, UiError> {
     let primary = primary_name(state).await?;
-    let sw = brb_desktop::quick_toggle(client(state)?, &primary).await?;
-    update_tray(app, state, Some(&sw));
-    Ok(sw)
+    let outcome = brb_desktop::quick_toggle(client(state)?, &primary).await?;
+    match &outcome {
+        brb_desktop::QuickToggle::Paused { switch } => update_tray(app, state, Some(switch)),
+        brb_desktop::QuickToggle::AskResume { switch } => {
+            update_tray(app, state, Some(switch));
+            show_main(app);
+            let _ = app.emit("brb://ask-resume", ());
+        }
+    }
+    Ok(outcome)
 }
 
 async fn primary_name(state: &AppState) -> Result<String, UiError> {
@@ -184,7 +208,7 @@ fn update_tray(app: &AppHandle, state: &AppState, sw: Option<&Switch>) {
         return;
     };
     let (bytes, text, action) = match sw.map(|s| s.state) {
-        Some(SwitchState::Paused) => (ICON_PAUSED, "Workers PAUSED", "Resume workers"),
+        Some(SwitchState::Paused) => (ICON_PAUSED, "Workers PAUSED", "Resume workers…"),
         Some(SwitchState::Running) => (ICON_RUNNING, "Workers running", "Pause workers"),
         None => (ICON_UNKNOWN, "Control plane unreachable", "Pause workers"),
     };
@@ -415,6 +439,7 @@ fn main() {
             brb_series,
             brb_connection,
             brb_tray_toggle,
+            brb_ramp,
             brb_button_status
         ])
         .on_window_event(|window, event| {

@@ -9,6 +9,26 @@ export interface Ramp {
   kind: "steps" | "linear";
   fractions?: number[];
   from?: number;
+  /** Set while the release is held: the shape above then keeps `fraction` (for a day at most). */
+  held?: RampHeld | null;
+}
+
+export interface RampHeld {
+  fraction: number;
+  since: string;
+  remaining_secs: number;
+  then: { kind: "steps" | "linear"; fractions?: number[]; from?: number };
+}
+
+export type RampAction = "hold" | "continue" | "extend" | "abort";
+
+/** `POST /api/v1/switches/{name}/ramp`. */
+export interface RampControlRequest {
+  action: RampAction;
+  by_secs?: number;
+  reason?: string;
+  source?: Source;
+  expected_version?: number;
 }
 
 export interface RampSpec {
@@ -91,6 +111,8 @@ export interface ServerInfo {
   environment: { name: string; color: string };
   primary_switch: string;
   caller: { name: string; role: "viewer" | "operator" | "admin" };
+  /** The series that measures the primary switch's backlog (default `queue_depth`). */
+  backlog_series?: string;
 }
 
 export interface ApiErrorBody {

@@ -3,6 +3,7 @@
 
 import type {
   AuditEntry,
+  RampControlRequest,
   SampleTick,
   Series,
   ServerInfo,
@@ -33,9 +34,13 @@ export interface Backend {
   info(): Promise<ServerInfo>;
   switches(): Promise<Switch[]>;
   setState(name: string, req: SetStateRequest): Promise<Switch>;
+  /** Hold, continue, extend or abort the release in progress. */
+  rampControl(name: string, req: RampControlRequest): Promise<Switch>;
   audit(limit: number, switchName?: string): Promise<AuditEntry[]>;
   workers(name: string): Promise<WorkerCounts>;
   series(sinceUnix: number): Promise<Series[]>;
+  /** Desktop only: the tray (or another quick path) asks for the resume dialog. */
+  onResumeRequest?(cb: () => void): void;
   /**
    * Live events; calls `onStatus` as the connection comes and goes, with when the control
    * plane was last heard from (ms) when known. Returns a stop function.

@@ -4,6 +4,7 @@ import {
   BackendError,
   type ApiErrorBody,
   type AuditEntry,
+  type RampControlRequest,
   type Series,
   type ServerInfo,
   type SetStateRequest,
@@ -70,6 +71,10 @@ export class HttpBackend implements Backend {
 
   setState(name: string, req: SetStateRequest) {
     return this.call<Switch>("PUT", `/switches/${encodeURIComponent(name)}/state`, req);
+  }
+
+  rampControl(name: string, req: RampControlRequest) {
+    return this.call<Switch>("POST", `/switches/${encodeURIComponent(name)}/ramp`, req);
   }
 
   async audit(limit: number, switchName?: string) {

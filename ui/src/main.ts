@@ -87,6 +87,7 @@ async function start() {
   loadSeries(model, await backend.series(Math.floor(Date.now() / 1000) - 3600));
   const app = new App(mount, model, backend, refresh);
   app.render();
+  backend.onResumeRequest?.(() => app.askResume());
   let wasOpen = false;
   backend.subscribe(
     (ev) => {

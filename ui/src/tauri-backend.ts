@@ -6,6 +6,7 @@ import { listen } from "@tauri-apps/api/event";
 import {
   BackendError,
   type AuditEntry,
+  type RampControlRequest,
   type Series,
   type ServerInfo,
   type SetStateRequest,
@@ -36,6 +37,9 @@ export class TauriBackend implements Backend {
   setState(name: string, req: SetStateRequest) {
     return call<Switch>("brb_set_state", { name, req });
   }
+  rampControl(name: string, req: RampControlRequest) {
+    return call<Switch>("brb_ramp", { name, req });
+  }
   audit(limit: number, switchName?: string) {
     return call<AuditEntry[]>("brb_audit", { limit, switch: switchName ?? null });
   }
@@ -44,6 +48,9 @@ export class TauriBackend implements Backend {
   }
   series(sinceUnix: number) {
     return call<Series[]>("brb_series", { since: sinceUnix });
+  }
+  onResumeRequest(cb: () => void) {
+    void listen("brb://ask-resume", () => cb());
   }
   subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus) => void) {
     const unlisten: (() => void)[] = [];

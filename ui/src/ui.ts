@@ -1,11 +1,12 @@
 // The Big Red Button screen. Rendering is plain DOM: built once, then updated from the model.
 
-import { BackendError, type RampSpec, type Switch, type SwitchState } from "./api";
+import { BackendError, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
 import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, rampText, sourceLabel } from "./format";
 import { Graph } from "./graphs";
 import { type Model, lastResume, noteSwitch, primary, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
+import { EXTEND_SECS, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
 import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
 
@@ -48,11 +49,6 @@ function h<K extends keyof HTMLElementTagNameMap>(
 /** Series shown first, in this order; any other series the server offers follows. */
 const MAIN_SERIES = ["jobs_per_second", "queue_depth", "db_load"];
 
-const RAMPS: { label: string; spec: RampSpec | undefined }[] = [
-  { label: "Resume now", spec: undefined },
-  { label: "Gradually: 10% → 25% → 50% → 100% over 10 min", spec: { kind: "steps", fractions: [0.1, 0.25, 0.5, 1], duration_secs: 600 } },
-  { label: "Gradually: 5% → 100% over 5 min", spec: { kind: "linear", from: 0.05, duration_secs: 300 } },
-];
 
 export class App {
   private root: HTMLElement;
@@ -204,15 +200,20 @@ export class App {
       });
       buttons.append(go);
     } else {
-      RAMPS.forEach((r, i) => {
-        const b = h("button", { class: i === 0 ? "go" : "", value: String(i), "data-testid": `confirm-resume-${i}` }, r.label);
-        b.addEventListener("click", (e) => {
-          e.preventDefault();
+      const first = resumeForm(
+        form,
+        this.model,
+        Date.now(),
+        (ramp) => {
           this.dialog.close();
-          void this.change(sw, "running", undefined, r.spec);
-        });
-        buttons.append(b);
-      });
+          void this.change(sw, "running", undefined, ramp);
+        },
+        () => this.dialog.close(),
+      );
+      this.dialog.replaceChildren(form);
+      this.dialog.showModal();
+      first.focus();
+      return;
     }
     const cancel = h("button", { value: "cancel", "data-testid": "cancel" }, "Cancel");
     cancel.addEventListener("click", (e) => {
@@ -377,26 +378,74 @@ export class App {
         : p.state === "paused"
           ? "press to resume"
           : "press to pause";
-    this.toggle.replaceChildren(icon(look.icon), h("span", { class: "big" }, big), h("span", { class: "small" }, small));
+    // Rebuilt only when its words or shape change: replacing the nodes under a pointer on every
+    // tick can swallow a click that lands between its press and its release.
+    const face = `${look.icon}|${big}|${small}`;
+    if (face !== this.toggleFace) {
+      this.toggleFace = face;
+      this.toggle.replaceChildren(icon(look.icon), h("span", { class: "big" }, big), h("span", { class: "small" }, small));
+    }
     const action = pending ? "waiting for the control plane" : down ? `${lastKnown}; press to try pausing` : small;
     this.toggle.setAttribute("aria-label", `Big Red Button: ${big.toLowerCase()}; ${action}`);
     this.stateLine.textContent = down ? `Last known: ${changeLine(p, at)}` : changeLine(p, at);
     const acks = ackLine(p, this.model.counts.get(p.name));
     this.ackEl.textContent = down ? `last known: ${acks}` : acks;
     const f = admittedFraction(p, at);
-    if (p.state === "running" && p.ramp && f < 1) {
-      const left = Date.parse(p.ramp.started_at) + p.ramp.duration_secs * 1000 - at;
-      this.rampEl.replaceChildren(
-        h("span", {}, `Ramping up: ${Math.round(f * 100)}% of normal work admitted, 100% in ${duration(left)}`),
-        h("progress", { max: "100", value: String(Math.round(f * 100)), "aria-label": "Ramp progress" }),
-      );
-      this.rampEl.classList.remove("hidden");
-    } else {
-      this.rampEl.classList.add("hidden");
-    }
+    this.renderRamp(p, at);
     this.renderSticky(look, acks, f, p, down);
     this.renderTab(look);
     this.announce(look, p, counts, down, now);
+  }
+
+  /** The release in progress and its controls; the controls are rebuilt only when the ramp
+   * changes, so a focused control keeps its focus while the numbers tick. */
+  private rampKey = "";
+  private toggleFace = "";
+  private renderRamp(p: Switch, now: number) {
+    const canChange = this.model.pending === null && this.model.info?.caller.role !== "viewer";
+    const parts = rampPanel(p, now, canChange, (a) => void this.rampAction(p.name, a));
+    const key = `${p.version}|${canChange}|${parts.length}`;
+    if (parts.length === 0) {
+      this.rampKey = key;
+      this.rampEl.replaceChildren();
+      this.rampEl.classList.add("hidden");
+      return;
+    }
+    if (key !== this.rampKey) {
+      this.rampKey = key;
+      this.rampEl.replaceChildren(...parts);
+    } else {
+      // Same ramp: refresh the words and the bar only.
+      const [text, bar] = parts as [HTMLElement, HTMLProgressElement];
+      this.rampEl.querySelector("[data-testid=ramp-text]")?.replaceWith(text);
+      this.rampEl.querySelector("progress")?.replaceWith(bar);
+    }
+    this.rampEl.classList.remove("hidden");
+  }
+
+  /** Opens the resume dialog for the primary switch when it is paused (the tray's "Resume
+   * workers" lands here: a release is always a deliberate choice). */
+  askResume() {
+    const sw = primary(this.model);
+    if (sw && sw.state === "paused" && !this.dialog.open) this.askConfirm(sw);
+  }
+
+  private async rampAction(name: string, action: RampAction) {
+    this.model.error = null;
+    try {
+      const updated = await this.backend.rampControl(name, {
+        action,
+        by_secs: action === "extend" ? EXTEND_SECS : undefined,
+        source: this.backend.source,
+      });
+      const cur = this.model.switches.get(name);
+      if (!cur || cur.version <= updated.version) this.model.switches.set(name, updated);
+      await this.refresh();
+    } catch (e) {
+      const err = e instanceof BackendError ? e : new BackendError("internal", String(e));
+      this.model.error = { code: err.code, message: err.message };
+    }
+    this.render();
   }
 
   private renderSticky(look: StateLook, acks: string, f: number, p: Switch, down: boolean) {

@@ -167,17 +167,44 @@ test("the desktop app shows the switch and pauses it through the confirm step", 
   await shot("desktop-paused.png");
 });
 
-test("the tray's quick toggle (the same Rust function the tray menu calls) flips the switch", async () => {
+test("the tray's quick toggle (the same Rust function the tray menu calls) pauses at once but opens the resume dialog instead of releasing", async () => {
+  const tray = () =>
+    driver.executeAsyncScript(
+      "const done = arguments[arguments.length - 1]; window.__TAURI_INTERNALS__.invoke('brb_tray_toggle').then((s) => done(s), (e) => done({ error: e }));",
+    );
   const before = (await api("/switches/workers")).body;
-  const result = await driver.executeAsyncScript(
-    "const done = arguments[arguments.length - 1]; window.__TAURI_INTERNALS__.invoke('brb_tray_toggle').then((s) => done(s), (e) => done({ error: e }));",
-  );
-  assert.equal(result.error, undefined, JSON.stringify(result));
-  assert.equal(result.state, before.state === "paused" ? "running" : "paused");
+  assert.equal(before.state, "paused", "the first test left it paused");
+  // Paused: the tray changes nothing, and the window shows the resume dialog, gradual release
+  // first, checked and focused.
+  const asked = await tray();
+  assert.equal(asked.error, undefined, JSON.stringify(asked));
+  assert.equal(asked.action, "ask_resume");
+  const still = (await api("/switches/workers")).body;
+  assert.equal(still.state, "paused", "nothing was released");
+  assert.equal(still.version, before.version, "nothing was written");
+  await driver.wait(until.elementLocated(By.css('[data-testid="confirm-release"]')), 10000);
+  await eventually(async () => {
+    const f = await driver.executeScript("return [document.activeElement?.id, document.activeElement?.checked];");
+    lastText = JSON.stringify(f);
+    return f[0] === "release-steps" && f[1] === true;
+  });
+  await shot("desktop-resume-dialog.png");
+  await (await driver.findElement(By.css('[data-testid="confirm-release"]'))).click();
+  const released = await eventually(async () => {
+    const s = (await api("/switches/workers")).body;
+    return s.state === "running" ? s : null;
+  });
+  assert.equal(released.source, "desktop");
+  assert.equal(released.ramp?.kind, "steps");
+  assert.equal(released.ramp?.duration_secs, 600);
+  // Running: one click pauses, recorded as the tray's.
+  const paused = await tray();
+  assert.equal(paused.action, "paused", JSON.stringify(paused));
   const after = (await api("/switches/workers")).body;
+  assert.equal(after.state, "paused");
   assert.equal(after.source, "tray");
-  assert.equal(after.version, before.version + 1);
-  await eventually(async () => new RegExp(after.state === "paused" ? "WORKERS PAUSED" : "WORKERS RUNNING").test(await toggleText()));
+  assert.equal(after.version, released.version + 1);
+  await eventually(async () => /WORKERS PAUSED/.test(await toggleText()));
 });
 
 test("a change made elsewhere shows up live in the app", async () => {

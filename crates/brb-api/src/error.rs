@@ -31,6 +31,8 @@ pub enum ErrorCode {
     AlreadyExists,
     /// The primary switch cannot be deleted.
     Protected,
+    /// A hold, extend or abort asked of a switch with no release in progress.
+    NoRamp,
     PayloadTooLarge,
     /// The request head (request line and headers) is larger than the server accepts.
     HeaderTooLarge,
@@ -56,7 +58,10 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::OutOfScope => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::VersionConflict | ErrorCode::AlreadyExists | ErrorCode::Protected => 409,
+            ErrorCode::VersionConflict
+            | ErrorCode::AlreadyExists
+            | ErrorCode::Protected
+            | ErrorCode::NoRamp => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UriTooLong => 414,
             ErrorCode::HeaderTooLarge => 431,
@@ -82,6 +87,7 @@ impl ErrorCode {
             ErrorCode::VersionConflict => "version_conflict",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Protected => "protected",
+            ErrorCode::NoRamp => "no_ramp",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeaderTooLarge => "header_too_large",
             ErrorCode::UriTooLong => "uri_too_long",
@@ -145,6 +151,7 @@ mod tests {
         for c in [
             ErrorCode::MalformedJson,
             ErrorCode::VersionConflict,
+            ErrorCode::NoRamp,
             ErrorCode::PayloadTooLarge,
             ErrorCode::HeaderTooLarge,
             ErrorCode::UriTooLong,

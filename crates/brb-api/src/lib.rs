@@ -22,7 +22,8 @@ mod workers;
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use names::{NameError, validate_switch_name, validate_token_name};
 pub use ramp::{
-    MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampError, RampShape, RampSpec, parse_duration,
+    MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampAction, RampError, RampHeld, RampShape, RampSpec,
+    parse_duration,
 };
 pub use series::{
     Accepted, MAX_SAMPLES_PER_POST, MAX_SERIES_NAME, Sample, SampleBatch, SampleKind, SampleTick,
@@ -263,6 +264,42 @@ pub struct SetStateRequest {
     pub ramp: Option<RampSpec>,
 }
 
+/// `POST /api/v1/switches/{name}/ramp`: hold, continue, extend or abort the release in
+/// progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RampControlRequest {
+    pub action: RampAction,
+    /// With `extend`: how much longer the rest of the release takes (1 to 86400; the whole
+    /// release stays within a day).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "ints::opt_u64"
+    )]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub by_secs: Option<u64>,
+    /// Why (at most 1000 characters), kept in the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1000)]
+    pub reason: Option<String>,
+    /// Defaults to `api`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "claimed_source"
+    )]
+    #[schema(schema_with = claimed_source_schema)]
+    pub source: Option<Source>,
+    /// When given, refused with 409 unless the switch is at this version.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "ints::opt_u64"
+    )]
+    pub expected_version: Option<u64>,
+}
+
 /// `POST /api/v1/switches` (admin).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -312,6 +349,9 @@ pub enum AuditAction {
     /// A broker adapter applied the switch's state to its broker (no switch version: the
     /// switch did not change).
     AdapterApplied,
+    /// A release in progress was held, continued or extended (the snapshot has the new ramp;
+    /// the reason says which). An abort is a `state_changed` to paused.
+    RampChanged,
 }
 
 impl AuditAction {
@@ -325,6 +365,7 @@ impl AuditAction {
             AuditAction::TokenRevoked => "token_revoked",
             AuditAction::TokenRotated => "token_rotated",
             AuditAction::AdapterApplied => "adapter_applied",
+            AuditAction::RampChanged => "ramp_changed",
         }
     }
 
@@ -338,6 +379,7 @@ impl AuditAction {
             "token_revoked" => AuditAction::TokenRevoked,
             "token_rotated" => AuditAction::TokenRotated,
             "adapter_applied" => AuditAction::AdapterApplied,
+            "ramp_changed" => AuditAction::RampChanged,
             _ => return None,
         })
     }
@@ -530,6 +572,10 @@ pub struct ServerInfo {
     pub primary_switch: String,
     /// The caller's token name and role.
     pub caller: Caller,
+    /// The series that measures the primary switch's backlog (`primary.backlog_series`,
+    /// default `queue_depth`): what the console's resume dialog shows before a release.
+    #[serde(default)]
+    pub backlog_series: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

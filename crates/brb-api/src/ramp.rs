@@ -68,6 +68,56 @@ pub struct Ramp {
     pub duration_secs: u64,
     #[serde(flatten)]
     pub shape: RampShape,
+    /// Set while the release is held ([`Ramp::hold`]). The shape above then keeps the held
+    /// fraction for up to [`MAX_RAMP_SECS`], so every gate (in every SDK) computes the held
+    /// fraction from `started_at`, `duration_secs` and the shape alone; this field says it is a
+    /// hold and what the release continues with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<RampHeld>,
+}
+
+/// A held release: the fraction it was held at and the rest of the plan, to continue with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RampHeld {
+    /// The admitted fraction, frozen.
+    pub fraction: f64,
+    pub since: DateTime<Utc>,
+    /// What was left of the release when it was held: continued from `fraction` over this.
+    pub remaining_secs: u64,
+    /// The rest of the plan, starting at `fraction`.
+    pub then: RampShape,
+}
+
+/// What can be done to a release in progress (`POST /api/v1/switches/{name}/ramp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RampAction {
+    /// Freeze the admitted fraction where it is (for at most a day).
+    Hold,
+    /// Continue a held release from the held fraction over what was left of it.
+    Continue,
+    /// Lengthen the rest of the release by `by_secs` (a held release continues, slower).
+    Extend,
+    /// Stop the release: back to paused. Never to running: an abort is pressed because the
+    /// release is hurting, and releasing everything at once would hurt more.
+    Abort,
+}
+
+impl RampAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RampAction::Hold => "hold",
+            RampAction::Continue => "continue",
+            RampAction::Extend => "extend",
+            RampAction::Abort => "abort",
+        }
+    }
+}
+
+impl std::fmt::Display for RampAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -84,6 +134,8 @@ pub enum RampError {
     Preset(String),
     #[error("cannot read ramp {0:?}: expected e.g. steps:10m, linear:5m or linear:90s")]
     Syntax(String),
+    #[error("extending by {by_secs} s would make the release longer than {MAX_RAMP_SECS} s")]
+    TooLong { by_secs: u64 },
 }
 
 impl RampSpec {
@@ -103,6 +155,17 @@ impl RampSpec {
         };
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The release that quick paths (Slack's plain `resume`, the tray) and the console's
+    /// resume dialog default to: 10% → 25% → 50% → 100% over ten minutes.
+    pub fn default_release() -> Self {
+        RampSpec {
+            duration_secs: 600,
+            shape: RampShape::Steps {
+                fractions: vec![0.1, 0.25, 0.5, 1.0],
+            },
+        }
     }
 
     /// Parses `PRESET:DURATION` with a duration like `90s`, `10m` or `1h`.
@@ -145,6 +208,7 @@ impl RampSpec {
             started_at: at,
             duration_secs: self.duration_secs,
             shape: self.shape,
+            held: None,
         }
     }
 }
@@ -194,6 +258,81 @@ impl Ramp {
 
     pub fn is_over(&self, now: DateTime<Utc>) -> bool {
         now >= self.ends_at()
+    }
+
+    /// Whole seconds left at `now` (at least 1, so a plan rebased on it is a valid ramp).
+    fn secs_left(&self, now: DateTime<Utc>) -> u64 {
+        let ms = (self.ends_at() - now).num_milliseconds().max(0) as u64;
+        ms.div_ceil(1000).max(1)
+    }
+
+    /// The rest of the plan as a shape that starts at the fraction admitted at `now`, and
+    /// the seconds it had left. A stepped ramp restarts its current step: the rest is then
+    /// spread evenly, so nothing is ever admitted sooner than the original plan would have.
+    fn rest(&self, now: DateTime<Utc>) -> (RampShape, u64) {
+        if let Some(h) = &self.held {
+            return (h.then.clone(), h.remaining_secs);
+        }
+        let shape = match &self.shape {
+            RampShape::Linear { .. } => RampShape::Linear {
+                from: self.fraction_at(now),
+            },
+            RampShape::Steps { fractions } if fractions.len() >= 2 => {
+                let n = fractions.len();
+                let total = self.duration_secs.max(1) as f64;
+                let elapsed = (now - self.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+                // At most the step before the last, so the rest keeps two fractions.
+                let i = ((elapsed / (total / (n - 1) as f64)).floor() as usize).min(n - 2);
+                RampShape::Steps {
+                    fractions: fractions[i..].to_vec(),
+                }
+            }
+            RampShape::Steps { fractions } => RampShape::Steps {
+                fractions: fractions.clone(),
+            },
+        };
+        (shape, self.secs_left(now))
+    }
+
+    /// Freezes the admitted fraction at `now`. The result is a stepped ramp `[f, 1.0]` over
+    /// [`MAX_RAMP_SECS`]: gates that know nothing of holds still admit `f` (for a day at
+    /// most, after which the release completes as any ramp does). Holding a held ramp
+    /// changes nothing.
+    pub fn hold(&self, now: DateTime<Utc>) -> Ramp {
+        if self.held.is_some() {
+            return self.clone();
+        }
+        let fraction = self.fraction_at(now);
+        let (then, remaining_secs) = self.rest(now);
+        Ramp {
+            started_at: now,
+            duration_secs: MAX_RAMP_SECS,
+            shape: RampShape::Steps {
+                fractions: vec![fraction, 1.0],
+            },
+            held: Some(RampHeld {
+                fraction,
+                since: now,
+                remaining_secs,
+                then,
+            }),
+        }
+    }
+
+    /// Lengthens the rest of the release by `by_secs` (0: as planned), starting at `now` from
+    /// the fraction admitted now; a held ramp continues from where it was held.
+    pub fn extend(&self, now: DateTime<Utc>, by_secs: u64) -> Result<Ramp, RampError> {
+        let (shape, left) = self.rest(now);
+        let duration_secs = left
+            .checked_add(by_secs)
+            .filter(|d| *d <= MAX_RAMP_SECS)
+            .ok_or(RampError::TooLong { by_secs })?;
+        Ok(Ramp {
+            started_at: now,
+            duration_secs,
+            shape,
+            held: None,
+        })
     }
 }
 
@@ -274,6 +413,61 @@ mod tests {
             .validate(),
             Err(RampError::StepCount)
         );
+    }
+
+    #[test]
+    fn hold_freezes_the_fraction_for_every_gate() {
+        let r = RampSpec::preset("steps", 90).unwrap().start(t0());
+        let h = r.hold(at(40.0));
+        // Any gate evaluating the shape alone admits the held fraction, long after the
+        // original ramp would have ended.
+        assert_eq!(h.fraction_at(at(40.0)), 0.25);
+        assert_eq!(h.fraction_at(at(90.0)), 0.25);
+        assert_eq!(h.fraction_at(at(40.0 + MAX_RAMP_SECS as f64 - 1.0)), 0.25);
+        let held = h.held.clone().unwrap();
+        assert_eq!(held.fraction, 0.25);
+        assert_eq!(held.remaining_secs, 50);
+        assert_eq!(
+            held.then,
+            RampShape::Steps {
+                fractions: vec![0.25, 0.5, 1.0]
+            }
+        );
+        assert_eq!(h.hold(at(500.0)), h, "holding a hold changes nothing");
+        // Continuing an hour later picks up where it was held, over what was left.
+        let c = h.extend(at(3640.0), 0).unwrap();
+        assert!(c.held.is_none());
+        assert_eq!(c.duration_secs, 50);
+        assert_eq!(c.fraction_at(at(3640.0)), 0.25);
+        assert_eq!(c.fraction_at(at(3665.0)), 0.5);
+        assert_eq!(c.fraction_at(at(3690.0)), 1.0);
+    }
+
+    #[test]
+    fn extend_lengthens_the_rest_and_never_admits_more_sooner() {
+        let r = RampSpec::preset("steps", 90).unwrap().start(t0());
+        // 10 s into the 25% step, 50 s left: 60 s more spreads 0.25, 0.5, 1.0 over 110 s.
+        let e = r.extend(at(40.0), 60).unwrap();
+        assert_eq!(e.duration_secs, 110);
+        assert_eq!(e.fraction_at(at(40.0)), 0.25);
+        assert_eq!(e.fraction_at(at(94.9)), 0.25);
+        assert_eq!(e.fraction_at(at(95.0)), 0.5);
+        assert_eq!(e.fraction_at(at(150.0)), 1.0);
+        for s in 40..200 {
+            assert!(e.fraction_at(at(s as f64)) <= r.fraction_at(at(s as f64)).max(0.25));
+        }
+        let lin = RampSpec::preset("linear", 100).unwrap().start(t0());
+        let e = lin.extend(at(50.0), 50).unwrap();
+        assert!((e.fraction_at(at(50.0)) - lin.fraction_at(at(50.0))).abs() < 1e-9);
+        assert_eq!(e.duration_secs, 100);
+        assert_eq!(e.fraction_at(at(150.0)), 1.0);
+        assert_eq!(
+            r.extend(at(40.0), MAX_RAMP_SECS),
+            Err(RampError::TooLong {
+                by_secs: MAX_RAMP_SECS
+            })
+        );
+        assert!(r.extend(at(40.0), u64::MAX).is_err());
     }
 
     #[test]

@@ -813,6 +813,7 @@ mod tests {
                 shape: brb_api::RampShape::Steps {
                     fractions: vec![0.25, 1.0],
                 },
+                held: None,
             }),
         ] {
             sw.ramp = ramp;

@@ -389,6 +389,20 @@ impl Client {
         .await
     }
 
+    /// Holds, continues, extends or aborts the release in progress.
+    pub async fn ramp_control(
+        &self,
+        name: &str,
+        req: &brb_api::RampControlRequest,
+    ) -> Result<Switch> {
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/ramp", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn create_switch(&self, req: &CreateSwitchRequest) -> Result<Switch> {
         self.call(Method::POST, "/switches", Some(req)).await
     }

@@ -205,31 +205,40 @@ impl Settings {
     }
 }
 
-/// The tray's quick toggle: flips the primary switch, recorded with source `tray`. The same
-/// function the tray menu calls; tested against a real control plane.
-pub async fn quick_toggle(client: &Client, primary: &str) -> Result<Switch, DesktopError> {
+/// What the tray's quick toggle did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum QuickToggle {
+    /// It was running: paused at once. Pausing is the safe half; one click is right.
+    Paused { switch: Switch },
+    /// It is paused: nothing was changed. Releasing is the dangerous half (the backlog hits
+    /// the database), so the app opens the resume dialog, which defaults to a gradual release.
+    AskResume { switch: Switch },
+}
+
+/// The tray's quick toggle: pauses the primary switch if it runs (recorded with source
+/// `tray`); if it is paused, changes nothing and says the resume dialog must be shown. The
+/// same function the tray menu calls; tested against a real control plane
+/// (`tests/release_quick_paths.rs`).
+pub async fn quick_toggle(client: &Client, primary: &str) -> Result<QuickToggle, DesktopError> {
     let current = client.switch(primary).await?;
-    let to = match current.state {
-        SwitchState::Running => SwitchState::Paused,
-        SwitchState::Paused => SwitchState::Running,
-    };
-    let reason = match to {
-        SwitchState::Paused => Some("paused from the tray".to_string()),
-        SwitchState::Running => None,
-    };
-    Ok(client
+    if current.state == SwitchState::Paused {
+        return Ok(QuickToggle::AskResume { switch: current });
+    }
+    let switch = client
         .set_state(
             primary,
             &SetStateRequest {
-                state: to,
-                reason,
+                state: SwitchState::Paused,
+                reason: Some("paused from the tray".to_string()),
                 source: Some(Source::Tray),
-                // Flip exactly what we saw: if someone changed it meanwhile, do not undo them.
+                // Pause exactly what we saw: if someone changed it meanwhile, do not undo them.
                 expected_version: Some(current.version),
                 ramp: None,
             },
         )
-        .await?)
+        .await?;
+    Ok(QuickToggle::Paused { switch })
 }
 
 /// The shortcut's pause: never resumes, so a stuck key cannot toggle back and forth.

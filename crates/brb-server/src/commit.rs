@@ -191,7 +191,12 @@ impl Op for SetState {
 
     async fn run(self, store: &dyn Store, config: &Config) -> ApiResult<((Switch, bool), Publish)> {
         let mut change = self.0;
-        change.notify = config.channels();
+        // A hold or an extension keeps the switch running: the messages announce pauses and
+        // resumes, so these are recorded in the audit log only. An abort is a pause.
+        change.notify = match change.control {
+            Some(c) if c.action != brb_api::RampAction::Abort => Vec::new(),
+            _ => config.channels(),
+        };
         if let Some(r) = &change.reason
             && r.chars().count() > brb_api::MAX_REASON_CHARS
         {
@@ -209,7 +214,8 @@ impl Op for SetState {
             ramp.validate()
                 .map_err(|e| ApiError::invalid(format!("ramp: {e}")))?;
         }
-        let (actor, to, reason) = (change.actor.clone(), change.to, change.reason.clone());
+        let (actor, reason) = (change.actor.clone(), change.reason.clone());
+        let control = change.control;
         let switch = change.switch.clone();
         match store.set_state(change).await {
             Ok(SetOutcome::Changed { switch: s, entry }) => {
@@ -219,9 +225,10 @@ impl Op for SetState {
                     source = %actor.source,
                     remote = ?actor.remote_addr,
                     from = ?entry.from,
-                    to = %to,
+                    to = %s.state,
                     version = s.version,
                     reason = ?reason,
+                    ramp_action = ?control.map(|c| c.action),
                     "state changed"
                 );
                 let ev = StoredEvent {

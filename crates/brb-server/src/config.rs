@@ -164,6 +164,9 @@ pub struct SlackConfig {
     pub operators: std::collections::BTreeMap<String, String>,
     /// The slash command's name, for help texts.
     pub command: Option<String>,
+    /// After a pause or resume from Slack, how long to wait for every worker to acknowledge
+    /// before the follow-up lists the ones that have not (default 10).
+    pub follow_up_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +223,10 @@ pub struct PrimaryConfig {
     pub description: String,
     /// Remind while paused (default on for the primary switch).
     pub remind: bool,
+    /// The series that measures the work waiting behind this switch (the backlog a release
+    /// lets loose), shown in the console's resume dialog. Default `queue_depth`, the name the
+    /// demo workload and the examples push.
+    pub backlog_series: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +293,7 @@ impl Default for PrimaryConfig {
             name: brb_api::PRIMARY_SWITCH.into(),
             description: "Pause all background workers".into(),
             remind: true,
+            backlog_series: "queue_depth".into(),
         }
     }
 }

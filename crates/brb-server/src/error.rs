@@ -76,6 +76,11 @@ impl From<StoreError> for ApiError {
             StoreError::Protected => {
                 ApiError::new(ErrorCode::Protected, "the primary switch cannot be deleted")
             }
+            StoreError::NoRamp(name) => ApiError::new(
+                ErrorCode::NoRamp,
+                format!("switch {name:?} has no release in progress to hold, extend or abort"),
+            ),
+            StoreError::Invalid(msg) => ApiError::invalid(msg),
             StoreError::Unavailable { outage, detail } => {
                 tracing::error!(%outage, error = %detail, "store unavailable");
                 // Name the cause when it is one an operator can fix on the spot; never pass

@@ -687,6 +687,7 @@ mod tests {
             shape: RampShape::Steps {
                 fractions: vec![0.1, 0.5, 1.0],
             },
+            held: None,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::routes;
         routes::update_switch,
         routes::delete_switch,
         routes::set_state,
+        routes::ramp_control,
         routes::switch_events,
         routes::all_events,
         routes::audit,

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> axum::Router {
             get(get_switch).patch(update_switch).delete(delete_switch),
         )
         .route("/switches/{name}/state", put(set_state))
+        .route("/switches/{name}/ramp", axum::routing::post(ramp_control))
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))
         .route("/workers/report", axum::routing::post(worker_report))
@@ -248,6 +249,7 @@ pub(crate) async fn info(State(state): State<AppState>, caller: Caller) -> Json<
             name: caller.name,
             role: caller.role,
         },
+        backlog_series: cfg.primary.backlog_series.clone(),
     })
 }
 
@@ -374,6 +376,84 @@ pub(crate) async fn set_state(
             reason,
             expected_version: req.expected_version,
             ramp: req.ramp,
+            control: None,
+            actor: actor(&caller, req.source),
+            notify: Vec::new(),
+        }))
+        .await?;
+    Ok(Json(switch))
+}
+
+#[utoipa::path(post, path = "/api/v1/switches/{name}/ramp", tag = "switches",
+    params(("name" = String, Path, description = "Switch name")),
+    request_body = brb_api::RampControlRequest,
+    responses(
+        (status = 200, body = Switch, description = "Committed (a hold of a held release, or a continue of one that is not held, changes nothing). `hold`: the admitted fraction stays where it is (for at most a day); `continue`: a held release goes on over what was left of it; `extend`: the rest takes `by_secs` longer; `abort`: back to paused, recorded as a state change and announced like a pause"),
+        (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
+        (status = 403, body = brb_api::ApiErrorBody, description = "`out_of_scope`: a pause-only token may hold, extend or abort, not continue"),
+        (status = 404, body = brb_api::ApiErrorBody),
+        (status = 409, body = brb_api::ApiErrorBody, description = "`no_ramp`: no release is in progress; `version_conflict`: expected_version is stale"),
+        (status = 413, body = brb_api::ApiErrorBody),
+        (status = 422, body = brb_api::ApiErrorBody, description = "`invalid_value`: `extend` without `by_secs`, or past a day in all"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes"),
+        (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
+    security(("bearer" = [])))]
+pub(crate) async fn ramp_control(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam,
+    b: Body,
+) -> ApiResult<Json<Switch>> {
+    use brb_api::RampAction;
+    caller.require(Role::Operator)?;
+    let req: brb_api::RampControlRequest = parse_json(&body(b)?)?;
+    // Holding, slowing down or aborting a release admits less work, as a pause does, so a
+    // pause-only token may do them; continuing admits more, as a resume does.
+    let direction = match req.action {
+        RampAction::Continue => brb_api::SwitchState::Running,
+        RampAction::Hold | RampAction::Extend | RampAction::Abort => brb_api::SwitchState::Paused,
+    };
+    caller.check_change(&name, direction)?;
+    let by_secs = match (req.action, req.by_secs) {
+        (RampAction::Extend, Some(by)) if (1..=brb_api::MAX_RAMP_SECS).contains(&by) => by,
+        (RampAction::Extend, _) => {
+            return Err(ApiError::invalid(format!(
+                "extend needs by_secs between 1 and {}",
+                brb_api::MAX_RAMP_SECS
+            )));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid("by_secs applies only to extend"));
+        }
+        (_, None) => 0,
+    };
+    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
+    if let Some(wait) = state
+        .limits()
+        .change(who, caller.remote_addr.map(|a| a.ip()))
+    {
+        tracing::warn!(switch = %name, actor = %caller.name, "state change rate limit hit");
+        return Err(ApiError::rate_limited(
+            ErrorCode::RateLimited,
+            format!("too many state changes from this token or address; retry in {wait} s"),
+            wait,
+        ));
+    }
+    let reason = req
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let (switch, _changed) = state
+        .commit(SetState(StateChange {
+            switch: name,
+            to: direction,
+            reason,
+            expected_version: req.expected_version,
+            ramp: None,
+            control: Some(brb_store::RampControl {
+                action: req.action,
+                by_secs,
+            }),
             actor: actor(&caller, req.source),
             notify: Vec::new(),
         }))

@@ -32,6 +32,10 @@ struct Command {
     user_name: String,
     #[serde(default)]
     text: String,
+    /// Where Slack takes delayed answers to this command (JSON POSTs, up to five within 30
+    /// minutes): used for the follow-up with the fleet's acknowledgement.
+    #[serde(default)]
+    response_url: String,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +167,14 @@ pub(crate) async fn command(
                 };
                 (SwitchState::Paused, Some(reason), None)
             } else if rest.is_empty() {
+                // A one-word resume from a phone is the quickest way to bring the spike back:
+                // it releases gradually unless `now` is said.
+                (
+                    SwitchState::Running,
+                    None,
+                    Some(brb_api::RampSpec::default_release()),
+                )
+            } else if rest.eq_ignore_ascii_case("now") {
                 (SwitchState::Running, None, None)
             } else {
                 match brb_api::RampSpec::parse(rest) {
@@ -176,6 +188,7 @@ pub(crate) async fn command(
                 reason,
                 expected_version: None,
                 ramp,
+                control: None,
                 actor: Actor {
                     name: name.clone(),
                     source: Source::Slack,
@@ -184,11 +197,100 @@ pub(crate) async fn command(
                 notify: Vec::new(),
             };
             match state.commit(crate::commit::SetState(change)).await {
-                Ok((s, changed)) => Ok(Json(templates::slash_changed(&s, changed, &ctx))),
+                Ok((s, changed)) => {
+                    match follow_up_url(&cmd.response_url) {
+                        Some(url) => {
+                            tokio::spawn(follow_up(state.clone(), s.clone(), url));
+                        }
+                        None if !cmd.response_url.is_empty() => {
+                            tracing::warn!(switch = %s.name, actor = %name, source = "slack",
+                                "Slack response_url is neither https nor loopback; no follow-up");
+                        }
+                        None => {}
+                    }
+                    Ok(Json(templates::slash_changed(&s, changed, &ctx)))
+                }
                 Err(e) => Ok(Json(templates::slash_error(&e.message))),
             }
         }
         _ => Ok(Json(templates::slash_help(&ctx))),
+    }
+}
+
+/// The `response_url` to follow up on: https only (Slack's are), or plain http to a loopback
+/// address (a local receiver in tests). It arrives in a signed request, so it came from Slack.
+fn follow_up_url(raw: &str) -> Option<reqwest::Url> {
+    let url = reqwest::Url::parse(raw).ok()?;
+    let loopback = match url.host_str()? {
+        "localhost" => true,
+        h => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback()),
+    };
+    (url.scheme() == "https" || (url.scheme() == "http" && loopback)).then_some(url)
+}
+
+/// Once every live worker has acknowledged `s`'s version, tells the channel so through Slack's
+/// `response_url` ("40/40 workers paused in 85 ms"); if they have not within
+/// `notify.slack.follow_up_secs` (10 s), lists the ones that have not. A later change of the
+/// switch ends the wait: the follow-up then says it was superseded.
+async fn follow_up(state: AppState, s: brb_api::Switch, url: reqwest::Url) {
+    let wait = state
+        .config()
+        .notify
+        .slack
+        .as_ref()
+        .and_then(|c| c.follow_up_secs)
+        .unwrap_or(10);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut shutdown = state.shutdown_signal();
+    let text = loop {
+        let Some(cur) = state.hub().get(&s.name) else {
+            return;
+        };
+        if cur.version != s.version {
+            break templates::slash_superseded(&s, &cur);
+        }
+        let counts = state.workers().counts(&cur, true);
+        let ack = counts.current.as_ref().filter(|a| a.version == s.version);
+        let done = ack.is_some_and(|a| a.total > 0 && a.acknowledged == a.total);
+        if done || tokio::time::Instant::now() >= deadline {
+            break templates::slash_follow_up(&s, &counts, done, wait);
+        }
+        // Acknowledgements arrive as workers report; a tenth of a second is far below what a
+        // person reading the channel notices.
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    let body = serde_json::json!({
+        "response_type": "in_channel",
+        "replace_original": false,
+        "text": text,
+    });
+    let http = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("brb/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(switch = %s.name, error = %e, "no HTTP client for the Slack follow-up");
+            return;
+        }
+    };
+    match http.post(url).json(&body).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(switch = %s.name, version = s.version, source = "slack",
+                "Slack follow-up sent");
+        }
+        Ok(r) => tracing::warn!(switch = %s.name, status = r.status().as_u16(),
+            "Slack refused the follow-up"),
+        Err(e) => tracing::warn!(switch = %s.name, error = %e, "Slack follow-up failed"),
     }
 }
 

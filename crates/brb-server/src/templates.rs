@@ -65,7 +65,7 @@ fn title(s: &Switch) -> String {
 fn undo(s: &Switch, ctx: &Ctx) -> String {
     match s.state {
         SwitchState::Paused => format!(
-            "To resume: `brb resume {}`, `{} resume`, or the toggle in the console.",
+            "To resume gradually: `brb resume {} --ramp steps:10m`, `{} resume`, or the console.",
             s.name, ctx.command
         ),
         SwitchState::Running => format!(
@@ -270,6 +270,82 @@ pub fn slash_changed(s: &Switch, changed: bool, ctx: &Ctx) -> Value {
     })
 }
 
+/// The follow-up to a pause or resume from Slack: the fleet's acknowledgement ("40/40 workers
+/// paused in 85 ms"), or after `waited_secs` the workers that have not acknowledged yet.
+pub fn slash_follow_up(s: &Switch, c: &WorkerCounts, done: bool, waited_secs: u64) -> String {
+    let ack = c.current.as_ref().filter(|a| a.version == s.version);
+    let (acked, total) = ack.map(|a| (a.acknowledged, a.total)).unwrap_or((0, 0));
+    let word = match s.state {
+        SwitchState::Paused => "paused",
+        SwitchState::Running if s.ramp.is_some() => "resuming gradually",
+        SwitchState::Running => "running",
+    };
+    let stale = if c.stale > 0 {
+        format!(" ({} stale, not counted)", c.stale)
+    } else {
+        String::new()
+    };
+    if done {
+        let ms = ack
+            .and_then(|a| a.last_ack_ms)
+            .map(|ms| format!(" in {ms} ms"))
+            .unwrap_or_default();
+        let draining = if c.draining > 0 {
+            format!(", {} still finishing jobs in flight", c.draining)
+        } else {
+            String::new()
+        };
+        return format!(
+            "`{}` v{}: {acked}/{total} workers {word}{ms}{draining}{stale}.",
+            s.name, s.version
+        );
+    }
+    if total == 0 {
+        return format!(
+            "`{}` v{}: no worker reports for this switch, so nothing confirms it after              {waited_secs} s{stale}.",
+            s.name, s.version
+        );
+    }
+    let late: Vec<String> = c
+        .workers
+        .iter()
+        .filter(|w| !w.stale && w.observed_version < s.version)
+        .map(|w| {
+            format!(
+                "`{}` (still {}, v{})",
+                w.worker_id,
+                w.status.as_str(),
+                w.observed_version
+            )
+        })
+        .collect();
+    let more = if late.len() > 10 {
+        format!(" and {} more", late.len() - 10)
+    } else {
+        String::new()
+    };
+    format!(
+        ":warning: `{}` v{}: after {waited_secs} s only {acked}/{total} workers {word}{stale}. \
+         Not acknowledged: {}{more}.",
+        s.name,
+        s.version,
+        late.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The follow-up when the switch changed again before the fleet acknowledged.
+pub fn slash_superseded(s: &Switch, cur: &Switch) -> String {
+    format!(
+        "`{}` v{} was superseded by v{} ({} by {} from {}) before every worker acknowledged it.",
+        s.name,
+        s.version,
+        cur.version,
+        cur.state,
+        cur.changed_by,
+        source_label(cur.source)
+    )
+}
+
 pub fn slash_refusal(user: &str, ctx: &Ctx) -> Value {
     json!({
         "response_type": "ephemeral",
@@ -287,7 +363,8 @@ pub fn slash_help(ctx: &Ctx) -> Value {
         "text": format!(
             "`{c}` or `{c} status`: where things stand and where the button is\n\
              `{c} pause <reason>`: pause every background worker\n\
-             `{c} resume [steps:10m|linear:5m]`: release (optionally gradually)",
+             `{c} resume [steps:10m|linear:5m|now]`: release gradually (10% → 100% over \
+             10 min unless said otherwise; `now` releases everything at once)",
             c = ctx.command
         ),
     })

@@ -87,6 +87,11 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("the primary switch cannot be deleted")]
     Protected,
+    #[error("switch {0:?} has no release in progress")]
+    NoRamp(String),
+    /// A value the rule refuses (e.g. an extension past the longest ramp). Nothing written.
+    #[error("{0}")]
+    Invalid(String),
     /// The store cannot take writes now (disk full, read-only, database down). Nothing was
     /// written. `detail` is the driver's text, for logs only (it may name hosts or paths).
     #[error("store unavailable ({outage}): {detail}")]
@@ -227,10 +232,21 @@ pub struct StateChange {
     pub expected_version: Option<u64>,
     /// With `to: Running`: release gradually. Validated by the caller.
     pub ramp: Option<brb_api::RampSpec>,
+    /// Instead of setting `to`: hold, continue, extend or abort the release in progress
+    /// (`to` is then ignored; an abort pauses).
+    pub control: Option<RampControl>,
     pub actor: Actor,
     /// Channels to notify of this change: written to the outbox in the same transaction as
     /// the change, so a committed change is never left unannounced.
     pub notify: Vec<Channel>,
+}
+
+/// A change to a release in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RampControl {
+    pub action: brb_api::RampAction,
+    /// With `Extend`: how much longer the rest takes.
+    pub by_secs: u64,
 }
 
 /// A notification waiting in (or delivered from) the outbox. The message is rendered at

@@ -13,8 +13,8 @@ use brb_api::{AuditAction, DeletedSwitch, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Channel, PreviousSecret, Result, StateChange, StoreError, SwitchEvent, TokenPolicy,
-    TokenRecord,
+    Actor, Channel, PreviousSecret, RampControl, Result, StateChange, StoreError, SwitchEvent,
+    TokenPolicy, TokenRecord,
 };
 
 /// A switch row as read under the write lock: the switch and whether it is marked deleted.
@@ -315,6 +315,9 @@ pub(crate) fn set_state(
             current: Box::new(cur),
         });
     }
+    if let Some(control) = change.control {
+        return ramp_control(cur, change, control, now);
+    }
     let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
     let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
     if cur.state == change.to && !ends_ramp {
@@ -342,6 +345,105 @@ pub(crate) fn set_state(
         from: Some(cur.state),
         to: Some(change.to),
         reason: change.reason.clone(),
+        actor: change.actor.clone(),
+        at: now,
+        notify: change.notify.clone(),
+    }))
+}
+
+/// A hold, continue, extend or abort of the release in progress: refused when none is in
+/// progress (paused, running without a ramp, or a ramp that has ended). Holding a held
+/// release and continuing one that is not held change nothing. An abort pauses (a state
+/// change, announced like any pause); the others keep the switch running with a new ramp,
+/// recorded as `ramp_changed` with what was done in the audit reason.
+fn ramp_control(
+    cur: Switch,
+    change: &StateChange,
+    control: RampControl,
+    now: DateTime<Utc>,
+) -> Result<StateDecision> {
+    use brb_api::RampAction;
+    let ramp = match &cur.ramp {
+        Some(r) if cur.state == SwitchState::Running && !r.is_over(now) => r.clone(),
+        _ => return Err(StoreError::NoRamp(cur.name)),
+    };
+    let pct = |f: f64| format!("{:.0}%", f * 100.0);
+    let (to, new_ramp, what, action) = match control.action {
+        RampAction::Abort => (
+            SwitchState::Paused,
+            None,
+            format!("release aborted at {}", pct(ramp.fraction_at(now))),
+            AuditAction::StateChanged,
+        ),
+        RampAction::Hold if ramp.held.is_some() => return Ok(StateDecision::Unchanged(cur)),
+        RampAction::Hold => {
+            let held = ramp.hold(now);
+            let what = format!("release held at {}", pct(ramp.fraction_at(now)));
+            (
+                SwitchState::Running,
+                Some(held),
+                what,
+                AuditAction::RampChanged,
+            )
+        }
+        RampAction::Continue if ramp.held.is_none() => {
+            return Ok(StateDecision::Unchanged(cur));
+        }
+        RampAction::Continue | RampAction::Extend => {
+            let by = match control.action {
+                RampAction::Extend => control.by_secs,
+                _ => 0,
+            };
+            if control.action == RampAction::Extend && by == 0 {
+                return Err(StoreError::Invalid(
+                    "extend needs by_secs: how many seconds longer the release takes".into(),
+                ));
+            }
+            let next = ramp
+                .extend(now, by)
+                .map_err(|e| StoreError::Invalid(format!("ramp: {e}")))?;
+            let what = match control.action {
+                RampAction::Extend => format!(
+                    "release extended by {by} s: {} to 100% over {} s",
+                    pct(next.fraction_at(now)),
+                    next.duration_secs
+                ),
+                _ => format!(
+                    "release continued from {} over {} s",
+                    pct(next.fraction_at(now)),
+                    next.duration_secs
+                ),
+            };
+            (
+                SwitchState::Running,
+                Some(next),
+                what,
+                AuditAction::RampChanged,
+            )
+        }
+    };
+    let reason = Some(match &change.reason {
+        Some(r) => format!("{what}: {r}"),
+        None => what,
+    });
+    let switch = Switch {
+        state: to,
+        version: cur.version + 1,
+        changed_at: now,
+        changed_by: change.actor.name.clone(),
+        source: change.actor.source,
+        reason: reason.clone(),
+        ramp: new_ramp,
+        ..cur.clone()
+    };
+    Ok(StateDecision::Write(SwitchWrite {
+        switch,
+        deleted: false,
+        replaces: Some(cur.version),
+        action,
+        from: Some(cur.state),
+        to: Some(to),
+        reason,
         actor: change.actor.clone(),
         at: now,
         notify: change.notify.clone(),
@@ -470,6 +572,7 @@ mod tests {
             reason: Some("why".into()),
             expected_version: None,
             ramp: None,
+            control: None,
             actor: alice(),
             notify: vec![Channel::Slack, Channel::Webhook("ops".into())],
         }
@@ -612,6 +715,89 @@ mod tests {
             ),
             "a finished ramp needs no write"
         );
+    }
+
+    fn control(action: brb_api::RampAction, by_secs: u64) -> StateChange {
+        let mut c = change(SwitchState::Running);
+        c.reason = None;
+        c.control = Some(RampControl { action, by_secs });
+        c
+    }
+
+    #[test]
+    fn a_release_can_be_held_continued_extended_and_aborted_to_paused() {
+        use brb_api::RampAction::{Abort, Continue, Extend, Hold};
+        let write =
+            |row: Switch, c: &StateChange, at: i64| match set_state(Some((row, false)), c, t(at)) {
+                Ok(StateDecision::Write(w)) => w,
+                other => panic!("expected a write, got {other:?}"),
+            };
+        let mut ramping = sw(4, SwitchState::Running, false);
+        ramping.ramp = Some(RampSpec::parse("steps:90s").unwrap().start(t(0)));
+
+        // Hold at 25% (40 s into 90 s): the switch stays running, its gates admit 25% an
+        // hour later, and the audit says what was done.
+        let held = write(ramping.clone(), &control(Hold, 0), 40);
+        assert_eq!(held.action, AuditAction::RampChanged);
+        assert_eq!(held.switch.state, SwitchState::Running);
+        assert_eq!(held.switch.version, 5);
+        assert_eq!(held.reason.as_deref(), Some("release held at 25%"));
+        assert_eq!(held.switch.admitted_fraction(t(3640)), 0.25);
+        assert!(matches!(
+            set_state(Some((held.switch.clone(), false)), &control(Hold, 0), t(50)).unwrap(),
+            StateDecision::Unchanged(_)
+        ));
+        assert!(matches!(
+            set_state(Some((ramping.clone(), false)), &control(Continue, 0), t(50)).unwrap(),
+            StateDecision::Unchanged(_)
+        ));
+
+        // Continue an hour later: from 25% over the 50 s that were left.
+        let cont = write(held.switch.clone(), &control(Continue, 0), 3640);
+        assert_eq!(cont.switch.admitted_fraction(t(3640)), 0.25);
+        assert_eq!(cont.switch.admitted_fraction(t(3690)), 1.0);
+
+        // Extend by 60 s: 25% → 50% → 100% over 110 s; a zero or too long extension is
+        // refused and writes nothing.
+        let mut c = control(Extend, 60);
+        c.reason = Some("db still hot".into());
+        let ext = write(ramping.clone(), &c, 40);
+        assert_eq!(ext.switch.ramp.as_ref().unwrap().duration_secs, 110);
+        assert_eq!(ext.switch.admitted_fraction(t(94)), 0.25);
+        assert_eq!(ext.switch.admitted_fraction(t(95)), 0.5);
+        assert!(ext.reason.as_deref().unwrap().ends_with(": db still hot"));
+        for bad in [0, brb_api::MAX_RAMP_SECS] {
+            assert!(matches!(
+                set_state(Some((ramping.clone(), false)), &control(Extend, bad), t(40)),
+                Err(StoreError::Invalid(_))
+            ));
+        }
+
+        // Abort: back to paused (a state change), never to running.
+        let ab = write(ramping.clone(), &control(Abort, 0), 40);
+        assert_eq!(ab.action, AuditAction::StateChanged);
+        assert_eq!(
+            (ab.from, ab.to),
+            (Some(SwitchState::Running), Some(SwitchState::Paused))
+        );
+        assert_eq!(ab.switch.ramp, None);
+        assert_eq!(ab.switch.admitted_fraction(t(40)), 0.0);
+        assert_eq!(ab.reason.as_deref(), Some("release aborted at 25%"));
+
+        // Nothing to control: paused, running at once, or the ramp has ended.
+        let done = t(90);
+        for (row, at) in [
+            (sw(4, SwitchState::Paused, false), t(0)),
+            (sw(4, SwitchState::Running, false), t(0)),
+            (ramping.clone(), done),
+        ] {
+            for a in [Hold, Continue, Extend, Abort] {
+                assert!(matches!(
+                    set_state(Some((row.clone(), false)), &control(a, 5), at),
+                    Err(StoreError::NoRamp(_))
+                ));
+            }
+        }
     }
 
     fn token(revoked: bool) -> TokenRecord {

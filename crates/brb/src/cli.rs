@@ -30,8 +30,46 @@ pub struct ChangeArgs {
     /// Seconds to wait for the workers to acknowledge (0: do not wait).
     #[arg(long, default_value_t = 10.0)]
     wait: f64,
+    /// With pause: then wait until no job is in flight on any live worker, up to this long
+    /// (`--wait-drained` is 60s; `--wait-drained=5m`). Exits with status 1 if they have not
+    /// drained by then.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+        default_missing_value = "60s", value_parser = parse_secs)]
+    wait_drained: Option<u64>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct RampArgs {
+    /// The switch (default: the primary one, the Big Red Button).
+    switch: Option<String>,
+    /// Why: recorded in the audit log.
+    #[arg(long, short)]
+    reason: Option<String>,
+    /// Refuse unless the switch is at this version.
+    #[arg(long)]
+    expected_version: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RampCmd {
+    /// Freeze the admitted share of work where it is (for at most a day).
+    Hold(RampArgs),
+    /// Go on with a held release, over what was left of it.
+    Continue(RampArgs),
+    /// Make the rest of the release take longer: e.g. `brb ramp extend 5m`.
+    Extend {
+        /// How much longer: 90s, 5m, 1h.
+        #[arg(value_parser = parse_secs)]
+        by: u64,
+        #[command(flatten)]
+        a: RampArgs,
+    },
+    /// Stop the release: back to paused (never to running at once).
+    Abort(RampArgs),
 }
 
 fn parse_ramp(s: &str) -> Result<brb_api::RampSpec, String> {
@@ -164,6 +202,14 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
         out.push_str(&quoted(r));
     }
     if let Some(r) = s.ramp.as_ref().filter(|r| !r.is_over(now)) {
+        if r.held.is_some() {
+            // A hold's own end (a day) is not a plan anybody made: say it is held.
+            out.push_str(&format!(
+                " [release held at {:.0}%: `brb ramp continue` goes on]",
+                s.admitted_fraction(now) * 100.0
+            ));
+            return out;
+        }
         out.push_str(&format!(
             " [ramping: {:.0}% admitted, 100% in {}s]",
             s.admitted_fraction(now) * 100.0,
@@ -243,6 +289,9 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
     if a.ramp.is_some() && to == SwitchState::Paused {
         bail!("--ramp applies to resume only");
     }
+    if a.wait_drained.is_some() && to != SwitchState::Paused {
+        bail!("--wait-drained applies to pause only");
+    }
     let s = match client.set_state(&name, &req).await {
         Ok(s) => s,
         Err(ClientError::Api {
@@ -285,6 +334,136 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
     if a.wait > 0.0 && a.wait.is_finite() {
         wait_for_proof(client, &s, Duration::from_secs_f64(a.wait), a.json).await?;
     }
+    if let Some(secs) = a.wait_drained {
+        return wait_drained(client, &s, Duration::from_secs(secs), a.json).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every live worker has seen the pause and none has a job in flight: the point
+/// where the database's load from the workers is really gone.
+async fn wait_drained(
+    client: &Client,
+    s: &Switch,
+    timeout: Duration,
+    json: bool,
+) -> Result<ExitCode> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let c = client.workers(&s.name).await.map_err(explain)?;
+        let live: Vec<_> = c.workers.iter().filter(|w| !w.stale).collect();
+        let busy: Vec<_> = live
+            .iter()
+            .filter(|w| w.observed_version < s.version || w.in_flight > 0)
+            .collect();
+        let in_flight: u64 = live.iter().map(|w| u64::from(w.in_flight)).sum();
+        let done = busy.is_empty();
+        if done || start.elapsed() >= timeout {
+            if json {
+                let v = serde_json::json!({
+                    "drained": done,
+                    "in_flight": in_flight,
+                    "workers": live.len(),
+                    "waited_ms": start.elapsed().as_millis() as u64,
+                    "not_drained": busy.iter().map(|w| serde_json::json!({
+                        "worker_id": w.worker_id,
+                        "in_flight": w.in_flight,
+                        "observed_version": w.observed_version,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else if done {
+                println!(
+                    "drained · 0 jobs in flight on {} live workers after {:.1} s",
+                    live.len(),
+                    start.elapsed().as_secs_f64()
+                );
+            } else {
+                let names: Vec<String> = busy
+                    .iter()
+                    .take(10)
+                    .map(|w| {
+                        if w.observed_version < s.version {
+                            format!("{} (has not seen the pause)", printable(&w.worker_id))
+                        } else {
+                            format!("{} ({} in flight)", printable(&w.worker_id), w.in_flight)
+                        }
+                    })
+                    .collect();
+                eprintln!(
+                    "brb: not drained after {:.0} s: {in_flight} jobs in flight on {} of {} \
+                     workers: {}{}",
+                    timeout.as_secs_f64(),
+                    busy.len(),
+                    live.len(),
+                    names.join(", "),
+                    if busy.len() > 10 { ", ..." } else { "" }
+                );
+            }
+            return Ok(if done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn ramp(client: &Client, cmd: RampCmd) -> Result<ExitCode> {
+    use brb_api::RampAction;
+    let (action, by_secs, a) = match cmd {
+        RampCmd::Hold(a) => (RampAction::Hold, None, a),
+        RampCmd::Continue(a) => (RampAction::Continue, None, a),
+        RampCmd::Extend { by, a } => (RampAction::Extend, Some(by), a),
+        RampCmd::Abort(a) => (RampAction::Abort, None, a),
+    };
+    let name = match a.switch {
+        Some(n) => n,
+        None => primary(client).await?,
+    };
+    let req = brb_api::RampControlRequest {
+        action,
+        by_secs,
+        reason: a.reason,
+        source: Some(Source::Cli),
+        expected_version: a.expected_version,
+    };
+    let s = client
+        .ramp_control(&name, &req)
+        .await
+        .map_err(|e| match e {
+            ClientError::Api {
+                code: brb_api::ErrorCode::NoRamp,
+                ..
+            } => anyhow::anyhow!(
+                "{name} has no gradual release in progress; nothing was done \
+                 (`brb status` shows its state)"
+            ),
+            e => explain(e),
+        })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Utc::now();
+    let what = match (&s.state, &s.ramp) {
+        (SwitchState::Paused, _) => "PAUSED (release aborted)".to_string(),
+        (SwitchState::Running, Some(r)) if r.held.is_some() => format!(
+            "running, release held at {:.0}%",
+            r.fraction_at(now) * 100.0
+        ),
+        (SwitchState::Running, Some(r)) => format!(
+            "running, releasing: {:.0}% now, 100% in {}s",
+            r.fraction_at(now) * 100.0,
+            (r.ends_at() - now).num_seconds().max(0)
+        ),
+        (SwitchState::Running, None) => "running".to_string(),
+    };
+    println!(
+        "{} is {what} (v{}, changed by {} via {})",
+        s.name, s.version, s.changed_by, s.source
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,6 +74,9 @@ enum Cmd {
     Pause(cli::ChangeArgs),
     /// Release the brake: resume a switch (default: the primary one).
     Resume(cli::ChangeArgs),
+    /// Hold, continue, extend or abort a gradual release in progress.
+    #[command(subcommand)]
+    Ramp(cli::RampCmd),
     /// Print one line per change as it happens (Ctrl-C to stop).
     Watch {
         /// Only this switch (default: all).
@@ -139,6 +142,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { switch, json } => cli::status(&connect(&cli.conn)?, switch, json).await,
         Cmd::Pause(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Paused, a).await,
         Cmd::Resume(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Running, a).await,
+        Cmd::Ramp(r) => cli::ramp(&connect(&cli.conn)?, r).await,
         Cmd::Watch { switch, json } => cli::watch(&connect(&cli.conn)?, switch, json).await,
         Cmd::Audit {
             switch,

@@ -82,6 +82,7 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         reason: Some("db on fire".into()),
         expected_version: None,
         ramp: None,
+        control: None,
         actor: alice(),
         notify: Vec::new(),
     }
