@@ -143,6 +143,7 @@ async fn report(
         status,
         in_flight,
         processed_total: 0,
+        error: None,
     })
     .await
     .unwrap();
