@@ -19,6 +19,10 @@ RULES_OUTSIDE_THE_SCHEMA = [
     # Across fields or across array items.
     ("PUT", "/api/v1/switches/{name}/state", "a ramp applies only to a resume"),
     ("PUT", "/api/v1/switches/{name}/state", "ramp steps must not decrease"),
+    ("POST", "/api/v1/switches/{name}/ramp", "by_secs applies only to extend"),
+    ("POST", "/api/v1/switches/{name}/ramp", "extend needs by_secs"),
+    # Against the release in progress: how much of it is left.
+    ("POST", "/api/v1/switches/{name}/ramp", "would make the release longer"),
     # Against what the server holds: the switch's version, a series' kind, the series cap.
     ("POST", "/api/v1/workers/report", "is ahead of the switch"),
     ("POST", "/api/v1/adapters/actions", "is ahead of the switch"),
