@@ -122,6 +122,8 @@ export function resumeForm(
     minutes.disabled = c === "now";
     confirm.className = c === "now" ? "danger" : "go";
     confirm.textContent = c === "now" ? "Release everything now" : typeof mins === "number" ? `Release gradually over ${mins} min` : "Release gradually";
+    // A complaint about the duration goes once the duration is fixed (or no longer used).
+    if (c === "now" || typeof mins === "number") problem.classList.add("hidden");
   };
   for (const r of radios) r.addEventListener("change", label);
   minutes.addEventListener("input", label);

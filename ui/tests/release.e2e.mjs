@@ -117,6 +117,7 @@ test("the resume dialog defaults to a gradual release, focused and first, with t
   assert.equal((await sw()).version, before.version, "nothing was sent");
   await page.getByTestId("release-minutes").fill("3");
   assert.match(await page.getByTestId("confirm-release").textContent(), /over 3 min/);
+  assert.equal(await page.getByTestId("release-problem").isVisible(), false, "the complaint outlived its cause");
   await page.screenshot({ path: join(shots, "console-resume-dialog.png") });
   await page.getByTestId("confirm-release").click();
   const released = await switchBecomes((s) => s.state === "running", "released");
