@@ -4,22 +4,9 @@
 // so it is offered last and never focused.
 
 import type { RampAction, RampSpec, Switch } from "./api";
+import { h } from "./dom";
 import { admittedFraction, duration } from "./format";
 import type { Model } from "./model";
-
-function h<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attrs: Record<string, string> = {},
-  ...children: (Node | string)[]
-): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") el.className = v;
-    else el.setAttribute(k, v);
-  }
-  el.append(...children);
-  return el;
-}
 
 /** The default release, the same as the server's (`RampSpec::default_release`). */
 export const DEFAULT_RELEASE_MINUTES = 10;

@@ -6,6 +6,7 @@ import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, ramp
 import { Graph } from "./graphs";
 import { type Model, lastResume, noteSwitch, primary, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
+import { h } from "./dom";
 import { EXTEND_SECS, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
 import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
@@ -30,20 +31,6 @@ function icon(path: string): SVGSVGElement {
   p.setAttribute("fill", "currentColor");
   svg.append(p);
   return svg;
-}
-
-function h<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attrs: Record<string, string> = {},
-  ...children: (Node | string)[]
-): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") el.className = v;
-    else el.setAttribute(k, v);
-  }
-  el.append(...children);
-  return el;
 }
 
 /** Series shown first, in this order; any other series the server offers follows. */

@@ -332,6 +332,31 @@ pub(crate) async fn get_switch(
     }
 }
 
+/// The rate limit of state changes (per token, and per address), shared by every handler that
+/// changes a switch's state.
+fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
+    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
+    if let Some(wait) = state
+        .limits()
+        .change(who, caller.remote_addr.map(|a| a.ip()))
+    {
+        tracing::warn!(switch = %name, actor = %caller.name, "state change rate limit hit");
+        return Err(ApiError::rate_limited(
+            ErrorCode::RateLimited,
+            format!("too many state changes from this token or address; retry in {wait} s"),
+            wait,
+        ));
+    }
+    Ok(())
+}
+
+/// A reason as recorded: trimmed, and none rather than an empty one.
+fn clean_reason(reason: Option<String>) -> Option<String> {
+    reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+}
+
 #[utoipa::path(put, path = "/api/v1/switches/{name}/state", tag = "switches",
     params(("name" = String, Path, description = "Switch name")),
     request_body = SetStateRequest,
@@ -353,22 +378,8 @@ pub(crate) async fn set_state(
     caller.require(Role::Operator)?;
     let req: SetStateRequest = parse_json(&body(b)?)?;
     caller.check_change(&name, req.state)?;
-    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
-    if let Some(wait) = state
-        .limits()
-        .change(who, caller.remote_addr.map(|a| a.ip()))
-    {
-        tracing::warn!(switch = %name, actor = %caller.name, "state change rate limit hit");
-        return Err(ApiError::rate_limited(
-            ErrorCode::RateLimited,
-            format!("too many state changes from this token or address; retry in {wait} s"),
-            wait,
-        ));
-    }
-    let reason = req
-        .reason
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
+    change_allowed(&state, &caller, &name)?;
+    let reason = clean_reason(req.reason);
     let (switch, _changed) = state
         .commit(SetState(StateChange {
             switch: name,
@@ -427,22 +438,8 @@ pub(crate) async fn ramp_control(
         }
         (_, None) => 0,
     };
-    let who = caller.token_id.as_deref().unwrap_or(&caller.name);
-    if let Some(wait) = state
-        .limits()
-        .change(who, caller.remote_addr.map(|a| a.ip()))
-    {
-        tracing::warn!(switch = %name, actor = %caller.name, "state change rate limit hit");
-        return Err(ApiError::rate_limited(
-            ErrorCode::RateLimited,
-            format!("too many state changes from this token or address; retry in {wait} s"),
-            wait,
-        ));
-    }
-    let reason = req
-        .reason
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
+    change_allowed(&state, &caller, &name)?;
+    let reason = clean_reason(req.reason);
     let (switch, _changed) = state
         .commit(SetState(StateChange {
             switch: name,
