@@ -399,8 +399,27 @@ test("watching the graphs keeps the state in view; hovering reads a value", asyn
 });
 
 test("a period without samples is a gap in the line, not a line across it", async () => {
-  // db_latency_ms is measured only while jobs run: the pauses above left it without samples.
-  const pts = (await api("/metrics/series?name=db_latency_ms")).body.series[0].points;
+  // db_latency_ms is measured only while jobs run: a pause of its own leaves it without
+  // samples (the pauses of the tests above may be too short for a gap of 6 s).
+  const points = async () => (await api("/metrics/series?name=db_latency_ms")).body.series[0].points;
+  const put = (body) => api("/switches/workers/state", { method: "PUT", body: JSON.stringify(body) });
+  assert.equal((await put({ state: "paused", source: "cli", reason: "e2e: a gap" })).status, 200);
+  const deadline = Date.now() + 30000;
+  while (Date.now() / 1000 - (await points()).at(-1)[0] < 7) {
+    assert.ok(Date.now() < deadline, "db_latency_ms kept being sampled while paused");
+    await page.waitForTimeout(250); // polling the series: the condition is the silence itself
+  }
+  const silentFrom = (await points()).at(-1)[0];
+  assert.equal(
+    (await put({ state: "running", source: "cli", reason: "from the API", ramp: { kind: "steps", fractions: [0.1, 0.25, 0.5, 1], duration_secs: 600 } })).status,
+    200,
+  );
+  await waitKind(page, "ramping");
+  while ((await points()).at(-1)[0] <= silentFrom) {
+    assert.ok(Date.now() < deadline + 30000, "db_latency_ms was not sampled again after the release");
+    await page.waitForTimeout(250);
+  }
+  const pts = await points();
   let gap = null;
   for (let i = 1; i < pts.length; i++) if (pts[i][0] - pts[i - 1][0] >= 6) gap = [pts[i - 1][0], pts[i][0]];
   assert.ok(gap, `no pause-long gap in db_latency_ms: ${JSON.stringify(pts.slice(-40))}`);
