@@ -51,10 +51,13 @@ export function stateKind(sw: Switch, counts: WorkerCounts | undefined, now: num
 
 export function stateLook(kind: StateKind, sw: Switch, counts: WorkerCounts | undefined, now: number): StateLook {
   const pct = Math.round(admittedFraction(sw, now) * 100);
+  // A held release stays at its share until someone (or something) lets it go on: "RAMPING UP"
+  // would promise a rise that is not coming.
+  const held = kind === "ramping" && !!sw.ramp?.held;
   const words: Record<StateKind, [string, string]> = {
     paused: ["WORKERS PAUSED", "PAUSED"],
     draining: [`DRAINING · ${counts?.draining ?? 0} BUSY`, "DRAINING"],
-    ramping: [`RAMPING UP · ${pct}%`, `RAMPING ${pct}%`],
+    ramping: held ? [`RELEASE HELD · ${pct}%`, `HELD ${pct}%`] : [`RAMPING UP · ${pct}%`, `RAMPING ${pct}%`],
     running: ["WORKERS RUNNING", "RUNNING"],
     unknown: ["STATE UNKNOWN", "UNKNOWN"],
   };

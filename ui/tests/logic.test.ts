@@ -227,6 +227,14 @@ describe("state looks", () => {
     expect(looks[2].word).toBe("RAMPING UP · 25%");
     expect(looks[1].word).toBe("DRAINING · 3 BUSY");
   });
+  it("says a held release is held, not rising", () => {
+    const held = { fraction: 0.1, since: new Date(T0).toISOString(), remaining_secs: 540, then: { kind: "steps" as const, fractions: [0.1, 1] } };
+    const s = sw({ state: "running", ramp: { kind: "steps", fractions: [0.1, 1], duration_secs: 86_400, started_at: new Date(T0).toISOString(), held } });
+    const look = stateLook(stateKind(s, undefined, T0 + 5000, true), s, undefined, T0 + 5000);
+    expect(look.kind).toBe("ramping");
+    expect(look.word).toBe("RELEASE HELD · 10%");
+    expect(look.short).toBe("HELD 10%");
+  });
   it("picks the state: unknown first, draining while paused workers finish, ramping below 100%", () => {
     const ramp = { kind: "linear" as const, from: 0.05, duration_secs: 100, started_at: new Date(T0).toISOString() };
     expect(stateKind(sw({ state: "paused" }), undefined, T0, false)).toBe("unknown");

@@ -147,6 +147,8 @@ test("a release in progress is held, continued, extended and aborted from the pa
   assert.equal(held.version, start.version + 1);
   assert.equal(held.ramp.held.fraction, 0.1);
   await page.getByTestId("ramp-text").getByText(/Release held at 10% of normal work/).waitFor({ timeout: 5000 });
+  // The big button says so too: "RAMPING UP" would promise a rise that is not coming.
+  await page.getByTestId("toggle").getByText("RELEASE HELD · 10%").waitFor({ timeout: 5000 });
   await page.screenshot({ path: join(shots, "console-release-held.png") });
 
   await page.getByTestId("ramp-continue").click();
