@@ -7,12 +7,21 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let dist = manifest.join("../../ui/dist");
-    println!("cargo:rerun-if-changed={}", dist.display());
     println!("cargo:rerun-if-env-changed=BRB_UI_DIST");
     let dist = std::env::var_os("BRB_UI_DIST")
         .map(PathBuf::from)
-        .unwrap_or(dist);
+        .unwrap_or_else(|| manifest.join("../../ui/dist"));
+    // Cargo reruns a build script on every build while a watched path does not exist, which
+    // relinked `brb` on each `make bench-sdk` run where the UI was never built. So watch `dist`
+    // when it is there, else its parent: building the UI creates `dist` in it, a change.
+    let watched = if dist.exists() {
+        dist.clone()
+    } else {
+        dist.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dist.clone())
+    };
+    println!("cargo:rerun-if-changed={}", watched.display());
     let mut files = Vec::new();
     if dist.join("index.html").is_file() {
         collect(&dist, &dist, &mut files);
