@@ -855,17 +855,7 @@ pub(crate) async fn worker_report(
             brb_api::MAX_ADAPTER_DETAIL
         )));
     }
-    caller.check_switch(&r.switch)?;
-    let sw = state
-        .hub()
-        .get(&r.switch)
-        .ok_or_else(|| ApiError::switch_not_found(&r.switch))?;
-    if r.observed_version > sw.version {
-        return Err(ApiError::invalid(format!(
-            "observed_version {} is ahead of the switch (version {})",
-            r.observed_version, sw.version
-        )));
-    }
+    let sw = observed_switch(&state, &caller, &r.switch, r.observed_version)?;
     tracing::debug!(switch = %r.switch, worker = %r.worker_id, actor = %caller.name,
         status = r.status.as_str(), version = r.observed_version, "worker report");
     state.workers().report(
@@ -874,6 +864,28 @@ pub(crate) async fn worker_report(
         chrono::Utc::now(),
     );
     Ok(Json((*sw).clone()))
+}
+
+/// The switch a worker or an adapter says it observed: in the caller's scope, existing, and
+/// not ahead of what this replica holds (a version from the future is a bug or a forgery).
+fn observed_switch(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    observed_version: u64,
+) -> ApiResult<std::sync::Arc<Switch>> {
+    caller.check_switch(name)?;
+    let sw = state
+        .hub()
+        .get(name)
+        .ok_or_else(|| ApiError::switch_not_found(name))?;
+    if observed_version > sw.version {
+        return Err(ApiError::invalid(format!(
+            "observed_version {observed_version} is ahead of the switch (version {})",
+            sw.version
+        )));
+    }
+    Ok(sw)
 }
 
 #[utoipa::path(post, path = "/api/v1/adapters/actions", tag = "workers",
@@ -912,17 +924,7 @@ pub(crate) async fn adapter_action(
             brb_api::MAX_ADAPTER_DETAIL
         )));
     }
-    caller.check_switch(&a.switch)?;
-    let sw = state
-        .hub()
-        .get(&a.switch)
-        .ok_or_else(|| ApiError::switch_not_found(&a.switch))?;
-    if a.observed_version > sw.version {
-        return Err(ApiError::invalid(format!(
-            "observed_version {} is ahead of the switch (version {})",
-            a.observed_version, sw.version
-        )));
-    }
+    observed_switch(&state, &caller, &a.switch, a.observed_version)?;
     // The audit log is durable: adapters write to it at the pace of state changes, not more.
     // Their own bucket per token, and none per address: an adapter running on an operator's
     // host must never spend the budget of that operator's presses.
