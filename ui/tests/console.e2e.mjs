@@ -4,19 +4,11 @@
 // or by running with BRB_SCREENSHOT_DIR=docs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, readFileSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { adminToken, apiClient, launchChromium, shots, startDemoServer, tempDataDir } from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, "..", "..");
-const bin = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
-const dataDir = mkdtempSync(join(tmpdir(), "brb-e2e-"));
+const dataDir = tempDataDir("brb-e2e-");
 
 let server;
 let url;
@@ -25,31 +17,10 @@ let token;
 let browser;
 let page;
 
-function startServer(listen) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, ["server", "--demo", "--listen", listen, "--data-dir", dataDir], {
-      env: { ...process.env, BRB_ENVIRONMENT: "staging", BRB_ENVIRONMENT_COLOR: "#f57c00", BRB_LOG: "warn" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    const timer = setTimeout(() => reject(new Error("server did not start")), 30000);
-    p.stdout.on("data", (d) => {
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
-      if (m) {
-        clearTimeout(timer);
-        resolve({ p, url: m[1] });
-      }
-    });
-    p.on("exit", (code) => reject(new Error(`server exited ${code}`)));
-  });
-}
+const startServer = (listen) => startDemoServer(dataDir, { listen });
 
-async function api(path, init = {}) {
-  const res = await fetch(`${url}/api/v1${path}`, {
-    ...init,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...(init.headers ?? {}) },
-  });
-  return { status: res.status, body: await res.json() };
-}
+/** The API beside the page (set once the server is up). */
+let api;
 
 // Waits until the demo's graphs have drawn a point at or after `ts` (Unix seconds): each
 // graph says in `data-last` the newest point it drew.
@@ -93,13 +64,10 @@ async function settle() {
 before(async () => {
   ({ p: server, url } = await startServer("127.0.0.1:0"));
   port = new URL(url).port;
-  token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  token = adminToken(dataDir);
+  api = apiClient(url, token);
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  mkdirSync(shots, { recursive: true });
 });
 
 after(async () => {
