@@ -225,7 +225,9 @@ async fn record(state: &AppState, it: &OutboxItem, res: Result<(), String>) {
 }
 
 /// While a switch stays paused, enqueues a reminder every `remind_every` (the n-th reminder
-/// of a pause has a fixed dedupe key, so restarts and replicas never send it twice).
+/// of a pause has a fixed dedupe key, so restarts and replicas never send it twice). A pause
+/// is named by its instant (`changed_at`), not by the version: a description edit while paused
+/// bumps the version but is the same pause, and must not send reminder n again.
 pub async fn reminders(state: AppState) {
     let Some(every) = state.config().remind_every() else {
         return;
@@ -236,7 +238,7 @@ pub async fn reminders(state: AppState) {
     }
     let tick = Duration::from_millis(250).min(every);
     let mut shutdown = state.shutdown_signal();
-    let mut sent: std::collections::HashMap<(String, u64), i64> = Default::default();
+    let mut sent: std::collections::HashMap<(String, i64), i64> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -248,7 +250,8 @@ pub async fn reminders(state: AppState) {
                 continue;
             }
             let n = due_reminders(sw.changed_at, now, every);
-            let key = (sw.name.clone(), sw.version);
+            let pause_ms = sw.changed_at.timestamp_millis();
+            let key = (sw.name.clone(), pause_ms);
             if n == 0 || sent.get(&key) == Some(&n) {
                 continue;
             }
@@ -258,7 +261,7 @@ pub async fn reminders(state: AppState) {
                     channel: ch.clone(),
                     kind: NotificationKind::Reminder,
                     event: (*sw).clone(),
-                    dedupe_key: format!("remind:{}:{}:{n}:{ch}", sw.name, sw.version),
+                    dedupe_key: format!("remind:{}:{pause_ms}:{n}:{ch}", sw.name),
                 })
                 .collect();
             match state.bookkeeping().outbox_enqueue(items).await {
@@ -272,11 +275,10 @@ pub async fn reminders(state: AppState) {
                 Err(e) => tracing::warn!(error = %e, "cannot queue a reminder"),
             }
         }
-        sent.retain(|(name, v), _| {
-            state
-                .hub()
-                .get(name)
-                .is_some_and(|s| s.version == *v && s.state == SwitchState::Paused)
+        sent.retain(|(name, at), _| {
+            state.hub().get(name).is_some_and(|s| {
+                s.changed_at.timestamp_millis() == *at && s.state == SwitchState::Paused
+            })
         });
     }
 }
