@@ -47,7 +47,7 @@ pub fn duration_words(d: chrono::Duration) -> String {
     }
 }
 
-fn title(s: &Switch) -> String {
+pub fn title(s: &Switch) -> String {
     let what = if s.primary {
         "Background workers".to_string()
     } else {
