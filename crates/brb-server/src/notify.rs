@@ -38,6 +38,7 @@ pub fn ctx(state: &AppState) -> Ctx {
         command: slack
             .and_then(|s| s.command.clone())
             .unwrap_or_else(|| "/bigred".into()),
+        interactive: slack.is_some_and(|s| s.signing_secret.is_some()),
     }
 }
 
