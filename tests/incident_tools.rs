@@ -13,7 +13,7 @@ use std::time::Duration;
 use brb_api::{
     DeliveryStatus, Notification, NotificationList, SetStateRequest, Source, SwitchState,
 };
-use brb_e2e::{InProcess, wait_for};
+use brb_e2e::{InProcess, ServerProc, wait_for};
 use brb_server::config::{GrafanaConfig, PagerDutyConfig, Secret, SlackConfig};
 use serde_json::{Value, json};
 
@@ -108,6 +108,8 @@ impl Receiver {
                             json!({"status": "success", "message": "Event processed", "dedup_key": key}),
                         )
                     }
+                    // Slack's incoming webhook and a press's response_url.
+                    None if !path.starts_with("/api/") => (200, None, json!("ok")),
                     None => {
                         let (status, v) = answer_grafana(&mut g, &method, &path, &query, &body);
                         (status, None, v)
@@ -619,4 +621,162 @@ async fn grafana_lost_answers_make_no_duplicate_and_refused_tokens_give_up() {
     assert_eq!(a.len(), 2, "{a:#?}");
     assert!(a[1].time_end.unwrap() > a[1].time);
     s.stop().await;
+}
+
+/// The real binary, configured by a TOML file (and the Grafana token from the environment):
+/// a pause reaches Slack (with its Resume… button), PagerDuty and Grafana; a signed press on
+/// the button resumes gradually; the resume resolves the alert and closes the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_wires_pagerduty_grafana_and_the_slack_button_from_its_config_file() {
+    let r = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("brb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+public_url = "https://brb.example.test"
+
+[environment]
+name = "production"
+
+[notify]
+retry_max_secs = 1
+
+[notify.slack]
+webhook_url = "{slack}"
+signing_secret = "e2e-signing-secret"
+
+[notify.slack.operators]
+U0ALICE = "alice"
+
+[notify.pagerduty]
+routing_key = "{key}"
+url = "{pd}"
+severity = "error"
+
+[notify.grafana]
+url = "{grafana}"
+tags = ["brb"]
+"#,
+            slack = r.url("/slack"),
+            key = ROUTING_KEY,
+            pd = r.url("/v2/enqueue"),
+            grafana = r.url(""),
+        ),
+    )
+    .unwrap();
+    let server = ServerProc::start(
+        &dir.path().join("data"),
+        &[
+            ("BRB_CONFIG", config.to_str().unwrap()),
+            ("BRB_GRAFANA_TOKEN", GRAFANA_TOKEN),
+        ],
+    );
+    let c = server.client();
+    let paused = c
+        .set_state(
+            "workers",
+            &SetStateRequest {
+                state: SwitchState::Paused,
+                reason: Some("db on fire".into()),
+                source: Some(Source::Cli),
+                expected_version: None,
+                ramp: None,
+            },
+        )
+        .await
+        .unwrap();
+    let value = wait_for(Duration::from_secs(20), "the pause everywhere", || async {
+        let slack = r.hits("/slack");
+        let button = slack.iter().find_map(|h| {
+            h.json()["attachments"][0]["blocks"]
+                .as_array()?
+                .iter()
+                .find(|b| b["type"] == "actions")?["elements"]
+                .as_array()?
+                .iter()
+                .find(|e| e["action_id"] == "brb_resume")
+                .and_then(|e| e["value"].as_str().map(str::to_string))
+        })?;
+        let triggered = r.hits("/v2/enqueue").iter().any(|h| h.status == 202);
+        let annotated = !r.annotations().is_empty();
+        (triggered && annotated).then_some(button)
+    })
+    .await;
+    let trigger = r.hits("/v2/enqueue")[0].json();
+    assert_eq!(trigger["payload"]["severity"], "error");
+    assert_eq!(
+        trigger["dedup_key"],
+        format!(
+            "brb:production:workers:{}",
+            paused.changed_at.timestamp_millis()
+        )
+    );
+
+    // alice presses Resume… (Slack signs the press).
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": "U0ALICE", "username": "alice"},
+        "response_url": r.url("/response"),
+        "actions": [{"action_id": "brb_resume", "type": "button", "value": value}],
+    });
+    let body = reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
+        .unwrap()
+        .query()
+        .unwrap()
+        .to_string();
+    let ts = chrono::Utc::now().timestamp();
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/slack/interactions", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header(
+            "x-slack-signature",
+            brb_server::slack::sign("e2e-signing-secret", ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let resumed = c
+        .wait_switch("workers", paused.version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(resumed.state, SwitchState::Running);
+    assert!(resumed.ramp.is_some(), "gradually");
+    assert_eq!(
+        (resumed.changed_by.as_str(), resumed.source),
+        ("alice", Source::Slack)
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the resolve and the region",
+        || async {
+            let resolved = r
+                .hits("/v2/enqueue")
+                .iter()
+                .any(|h| h.json()["event_action"] == "resolve" && h.status == 202);
+            let closed = r
+                .annotations()
+                .first()
+                .is_some_and(|a| a.time_end.is_some());
+            let replaced = r
+                .hits("/response")
+                .iter()
+                .any(|h| h.json()["replace_original"] == true);
+            (resolved && closed && replaced).then_some(())
+        },
+    )
+    .await;
+    let a = r.annotations();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].time, a[0].time_end),
+        (
+            paused.changed_at.timestamp_millis(),
+            Some(resumed.changed_at.timestamp_millis())
+        )
+    );
 }

@@ -109,7 +109,7 @@ impl Default for AbuseConfig {
 }
 
 /// A secret setting: never printed by `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 
@@ -164,7 +164,8 @@ pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue"
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {
     /// The integration key of an "Events API v2" integration on a PagerDuty service
-    /// (`BRB_PAGERDUTY_ROUTING_KEY`).
+    /// (`BRB_PAGERDUTY_ROUTING_KEY`, which lets the file leave it out).
+    #[serde(default)]
     pub routing_key: Secret,
     /// Where events go; the public endpoint unless a proxy (or a test) sits in between.
     #[serde(default = "default_pagerduty_url")]
@@ -192,7 +193,8 @@ pub struct GrafanaConfig {
     /// Grafana's base URL, e.g. `https://grafana.example.com`.
     pub url: String,
     /// A service-account token with `annotations:read`, `annotations:create` and
-    /// `annotations:write` (`BRB_GRAFANA_TOKEN`).
+    /// `annotations:write` (`BRB_GRAFANA_TOKEN`, which lets the file leave it out).
+    #[serde(default)]
     pub token: Secret,
     /// Tags on every annotation (dashboards show organization annotations by tag).
     #[serde(default)]
@@ -1022,11 +1024,15 @@ tags = ["brb", "prod"]
             let e = incident_config(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
-        // A missing key is the parser's error, naming the field.
+        // A secret left out of the file (and not in the environment) is named too.
         let e = incident_config("[notify.grafana]\nurl = \"http://g\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("token"), "{e}");
+        assert!(e.contains("BRB_GRAFANA_TOKEN"), "{e}");
+        let e = incident_config("[notify.pagerduty]\nseverity = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BRB_PAGERDUTY_ROUTING_KEY"), "{e}");
     }
 
     #[test]
