@@ -391,4 +391,78 @@ mod tests {
             pagerduty_dedup_key("prod", "workers", t)
         );
     }
+
+    fn switch(reason: &str) -> Switch {
+        Switch {
+            name: "workers".into(),
+            description: String::new(),
+            primary: true,
+            state: SwitchState::Paused,
+            version: 7,
+            changed_at: DateTime::from_timestamp_millis(1_764_531_200_123).unwrap_or_default(),
+            changed_by: "alice".into(),
+            source: brb_api::Source::Slack,
+            reason: Some(reason.into()),
+            ramp: None,
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx {
+            environment: "prod".into(),
+            console_url: "https://brb.example.test/".into(),
+            office_button_location: None,
+            here_on_pause: false,
+            command: "/bigred".into(),
+            interactive: false,
+        }
+    }
+
+    #[test]
+    fn a_long_reason_keeps_the_summary_within_1024() {
+        let cfg = PagerDutyConfig {
+            routing_key: crate::config::Secret("k".into()),
+            url: crate::config::PAGERDUTY_EVENTS_URL.into(),
+            severity: "critical".into(),
+            source: None,
+        };
+        let s = switch(&"x".repeat(3000));
+        let at = s.changed_at;
+        let body = pagerduty_body(&cfg, &s, &ctx(), Phase::Pause { at });
+        let summary = body["payload"]["summary"].as_str().unwrap_or_default();
+        assert_eq!(summary.chars().count(), MAX_SUMMARY);
+        assert!(summary.starts_with("[prod] Background workers PAUSED by alice from Slack: x"));
+        assert_eq!(body["payload"]["timestamp"], "2025-11-30T19:33:20.123Z");
+    }
+
+    #[test]
+    fn grafana_bodies_name_the_dashboard_and_panel_when_configured() {
+        let mut cfg = GrafanaConfig {
+            url: "https://grafana.example.test/".into(),
+            token: crate::config::Secret("t".into()),
+            tags: vec!["brb".into()],
+            dashboard_uid: None,
+            panel_id: None,
+        };
+        let s = switch("slow");
+        let at = s.changed_at;
+        let org = grafana_create_body(&cfg, &s, at, None, "t".into());
+        assert_eq!(org.as_object().map(|o| o.len()), Some(3), "{org}");
+        assert_eq!(
+            org["tags"],
+            json!(["brb", "brb-pause-workers-1764531200123"])
+        );
+        cfg.dashboard_uid = Some("abc".into());
+        cfg.panel_id = Some(4);
+        let end = at + chrono::Duration::minutes(12);
+        let region = grafana_create_body(&cfg, &s, at, Some(end), "t".into());
+        assert_eq!(region["dashboardUID"], "abc");
+        assert_eq!(region["panelId"], 4);
+        assert_eq!(region["time"], 1_764_531_200_123_i64);
+        assert_eq!(region["timeEnd"], 1_764_531_920_123_i64);
+        assert_eq!(
+            grafana_url(&cfg, "/api/annotations"),
+            "https://grafana.example.test/api/annotations"
+        );
+    }
 }
