@@ -299,6 +299,28 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         ],
     );
     add(
+        "POST /api/v1/slack/interactions",
+        vec![
+            case("POST", "/api/v1/slack/interactions", 401, "unauthorized")
+                .body("payload=%7B%22type%22%3A%22block_actions%22%7D"),
+            case("POST", "/api/v1/slack/interactions", 401, "unauthorized")
+                .body(vec![0xff, 0xfe, 0x00]),
+            case(
+                "POST",
+                "/api/v1/slack/interactions",
+                413,
+                "payload_too_large",
+            )
+            .body(big.clone()),
+            case(
+                "GET",
+                "/api/v1/slack/interactions",
+                405,
+                "method_not_allowed",
+            ),
+        ],
+    );
+    add(
         "GET /api/v1/switches",
         vec![t(case(
             "PUT",

@@ -602,3 +602,60 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
     );
     s.stop().await;
 }
+
+/// A version bump while paused (a description edit) is not a new pause: reminder n still goes
+/// out once. Reminders are keyed on the pause instant (`changed_at`), not on the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_are_not_repeated_after_a_description_edit() {
+    let r = Recorder::reserve();
+    r.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let every = chrono::TimeDelta::seconds(2);
+    let s = InProcess::start(dir.path(), |c| {
+        with_receivers(&r)(c);
+        c.notify.remind_every = "2s".into();
+    })
+    .await;
+    let (paused, _) = toggle(&s, SwitchState::Paused, "slow db").await;
+    let reminders = |o: &[Notification]| {
+        o.iter()
+            .filter(|x| x.kind == "reminder" && x.switch == "workers" && x.channel == "slack")
+            .map(|x| x.created_at)
+            .collect::<Vec<_>>()
+    };
+    // Reminder 1 is queued; then the description changes (version + 1, same pause).
+    wait_for(Duration::from_secs(10), "reminder 1", || async {
+        (!reminders(&outbox(&s).await).is_empty()).then_some(())
+    })
+    .await;
+    let edited = s
+        .client()
+        .update_switch(
+            "workers",
+            &brb_api::UpdateSwitchRequest {
+                description: "edited while paused".into(),
+                source: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(edited.version > paused.version);
+    assert_eq!(edited.changed_at, paused.changed_at, "still the same pause");
+    // Wait for reminder 2 (due two intervals after the pause): by then a repeated reminder 1
+    // would have been queued long ago (the loop looks every 250 ms).
+    let o = wait_for(Duration::from_secs(10), "reminder 2", || async {
+        let o = outbox(&s).await;
+        reminders(&o)
+            .iter()
+            .any(|t| *t >= paused.changed_at + every * 2)
+            .then_some(o)
+    })
+    .await;
+    let times = reminders(&o);
+    assert_eq!(
+        times.len(),
+        2,
+        "reminders 1 and 2, each once (not reminder 1 again after the edit): {times:?}"
+    );
+    s.stop().await;
+}

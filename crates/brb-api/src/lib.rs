@@ -598,7 +598,8 @@ pub enum DeliveryStatus {
     /// Not delivered yet; will be tried (again).
     Pending,
     Delivered,
-    /// Gave up after retrying for a day.
+    /// Gave up: after retrying for a day, or at once when the receiver refused the request
+    /// itself (an incident tool's 400 or 401).
     Failed,
 }
 
@@ -606,7 +607,7 @@ pub enum DeliveryStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Notification {
     pub id: u64,
-    /// `slack` or `webhook:<name>`.
+    /// `slack`, `webhook:<name>`, `pagerduty` or `grafana`.
     pub channel: String,
     /// `change` or `reminder`.
     pub kind: String,

@@ -506,6 +506,14 @@ impl Bookkeeping {
         self.0.outbox_failed(id, at, error, next).await
     }
 
+    pub(crate) async fn outbox_pending_before(
+        &self,
+        channel: &brb_store::Channel,
+        id: u64,
+    ) -> Result<bool, StoreError> {
+        self.0.outbox_pending_before(channel, id).await
+    }
+
     pub(crate) async fn workers_share(
         &self,
         replica: &str,

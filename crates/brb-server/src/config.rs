@@ -109,7 +109,7 @@ impl Default for AbuseConfig {
 }
 
 /// A secret setting: never printed by `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
 
@@ -134,6 +134,10 @@ pub struct NotifyConfig {
     pub remind_every: String,
     pub slack: Option<SlackConfig>,
     pub webhooks: Vec<WebhookConfig>,
+    /// PagerDuty Events API v2: an alert on pause, resolved on resume.
+    pub pagerduty: Option<PagerDutyConfig>,
+    /// Grafana annotations: a region from pause to resume on dashboards.
+    pub grafana: Option<GrafanaConfig>,
     /// Longest wait between delivery attempts, in seconds.
     pub retry_max_secs: u64,
 }
@@ -146,8 +150,61 @@ impl Default for NotifyConfig {
             remind_every: "15m".into(),
             slack: None,
             webhooks: Vec::new(),
+            pagerduty: None,
+            grafana: None,
         }
     }
+}
+
+/// The public Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// `[notify.pagerduty]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyConfig {
+    /// The integration key of an "Events API v2" integration on a PagerDuty service
+    /// (`BRB_PAGERDUTY_ROUTING_KEY`, which lets the file leave it out).
+    #[serde(default)]
+    pub routing_key: Secret,
+    /// Where events go; the public endpoint unless a proxy (or a test) sits in between.
+    #[serde(default = "default_pagerduty_url")]
+    pub url: String,
+    /// `critical`, `error`, `warning` or `info`.
+    #[serde(default = "default_pagerduty_severity")]
+    pub severity: String,
+    /// The alert's `source` (default: the environment name).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+fn default_pagerduty_url() -> String {
+    PAGERDUTY_EVENTS_URL.into()
+}
+
+fn default_pagerduty_severity() -> String {
+    "critical".into()
+}
+
+/// `[notify.grafana]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrafanaConfig {
+    /// Grafana's base URL, e.g. `https://grafana.example.com`.
+    pub url: String,
+    /// A service-account token with `annotations:read`, `annotations:create` and
+    /// `annotations:write` (`BRB_GRAFANA_TOKEN`, which lets the file leave it out).
+    #[serde(default)]
+    pub token: Secret,
+    /// Tags on every annotation (dashboards show organization annotations by tag).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Put the annotation on this dashboard instead of the organization.
+    #[serde(default)]
+    pub dashboard_uid: Option<String>,
+    /// With `dashboard_uid`: only on this panel.
+    #[serde(default)]
+    pub panel_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -395,6 +452,30 @@ impl Config {
                 .get_or_insert_with(Default::default)
                 .signing_secret = Some(Secret(v));
         }
+        if let Some(v) = get("BRB_PAGERDUTY_ROUTING_KEY").filter(|v| !v.is_empty()) {
+            match self.notify.pagerduty.as_mut() {
+                Some(p) => p.routing_key = Secret(v),
+                None => {
+                    self.notify.pagerduty = Some(PagerDutyConfig {
+                        routing_key: Secret(v),
+                        url: default_pagerduty_url(),
+                        severity: default_pagerduty_severity(),
+                        source: None,
+                    })
+                }
+            }
+        }
+        if let Some(v) = get("BRB_GRAFANA_TOKEN").filter(|v| !v.is_empty()) {
+            match self.notify.grafana.as_mut() {
+                Some(g) => g.token = Secret(v),
+                None => {
+                    return Err(ConfigError::Env {
+                        var: "BRB_GRAFANA_TOKEN",
+                        message: "set [notify.grafana] url in the config file too".into(),
+                    });
+                }
+            }
+        }
         if let Some(v) = get("BRB_OFFICE_BUTTON_LOCATION") {
             self.notify.office_button_location = Some(v);
         }
@@ -498,6 +579,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_incident_tools()?;
         if let Some(p) = &self.prometheus {
             if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
@@ -564,6 +646,65 @@ impl Config {
         Ok(())
     }
 
+    fn validate_incident_tools(&self) -> Result<(), ConfigError> {
+        let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(p) = &self.notify.pagerduty {
+            if p.routing_key.expose().trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "notify.pagerduty.routing_key is empty: copy the integration key of an \
+                     \"Events API v2\" integration (or set BRB_PAGERDUTY_ROUTING_KEY)"
+                        .into(),
+                ));
+            }
+            if !http(&p.url) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.pagerduty.url {:?} must be an http(s) URL",
+                    p.url
+                )));
+            }
+            if !["critical", "error", "warning", "info"].contains(&p.severity.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.pagerduty.severity {:?}: expected critical, error, warning or info",
+                    p.severity
+                )));
+            }
+            if p.source.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                return Err(ConfigError::Invalid(
+                    "notify.pagerduty.source is empty: leave it out to use the environment name"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(g) = &self.notify.grafana {
+            if !http(&g.url) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.grafana.url {:?} must be an http(s) URL (Grafana's base URL)",
+                    g.url
+                )));
+            }
+            if g.token.expose().trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "notify.grafana.token is empty: create a service-account token with the \
+                     annotations permissions (or set BRB_GRAFANA_TOKEN)"
+                        .into(),
+                ));
+            }
+            if let Some(t) = g.tags.iter().find(|t| t.trim().is_empty() || t.len() > 100) {
+                return Err(ConfigError::Invalid(format!(
+                    "notify.grafana.tags: {t:?} must be 1 to 100 characters"
+                )));
+            }
+            if g.panel_id.is_some() && g.dashboard_uid.is_none() {
+                return Err(ConfigError::Invalid(
+                    "notify.grafana.panel_id needs notify.grafana.dashboard_uid (a panel lives \
+                     on a dashboard)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Plain HTTP beyond loopback would hand every token and every press to anyone on the
     /// network path: refused unless TLS is configured or `insecure_http` says a proxy does it.
     pub fn check_listen(&self) -> Result<(), ConfigError> {
@@ -593,7 +734,22 @@ impl Config {
         self.switches.iter().any(|s| s.name == switch && s.remind)
     }
 
-    /// The notification channels configured: `slack` and `webhook:<name>`.
+    /// The channels reminders go to: the chat-like ones. Incident tools (PagerDuty, Grafana)
+    /// hear of pauses and resumes only; a reminder would page someone again.
+    pub fn reminder_channels(&self) -> Vec<brb_store::Channel> {
+        self.channels()
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    brb_store::Channel::Slack | brb_store::Channel::Webhook(_)
+                )
+            })
+            .collect()
+    }
+
+    /// The notification channels configured: `slack`, `webhook:<name>`, `pagerduty` and
+    /// `grafana`.
     pub fn channels(&self) -> Vec<brb_store::Channel> {
         let mut out = Vec::new();
         if self
@@ -606,6 +762,12 @@ impl Config {
         }
         for w in &self.notify.webhooks {
             out.push(brb_store::Channel::Webhook(w.name.clone()));
+        }
+        if self.notify.pagerduty.is_some() {
+            out.push(brb_store::Channel::PagerDuty);
+        }
+        if self.notify.grafana.is_some() {
+            out.push(brb_store::Channel::Grafana);
         }
         out
     }
@@ -786,6 +948,107 @@ signing_secret = "s3cr3t"
         assert_eq!(c.remind_every(), Some(std::time::Duration::from_secs(900)));
         c.notify.remind_every = "soon".into();
         assert!(c.validate().is_err());
+    }
+
+    fn incident_config(extra: &str) -> Result<Config, ConfigError> {
+        let c = Config::from_toml(extra, Path::new("t.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn incident_tools_default_and_never_print_their_secrets() {
+        let c = incident_config(
+            r#"
+[notify.pagerduty]
+routing_key = "R0UTINGKEYSECRET"
+
+[notify.grafana]
+url = "https://grafana.example.test"
+token = "glsa_T0KENSECRET"
+tags = ["brb", "prod"]
+"#,
+        )
+        .unwrap();
+        let p = c.notify.pagerduty.as_ref().unwrap();
+        assert_eq!(p.url, PAGERDUTY_EVENTS_URL);
+        assert_eq!(p.severity, "critical");
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("R0UTINGKEYSECRET") && !dbg.contains("T0KENSECRET"),
+            "{dbg}"
+        );
+        assert_eq!(
+            c.channels(),
+            vec![brb_store::Channel::PagerDuty, brb_store::Channel::Grafana]
+        );
+        assert!(
+            c.reminder_channels().is_empty(),
+            "reminders never page anyone"
+        );
+    }
+
+    #[test]
+    fn incident_tool_mistakes_are_named() {
+        let cases = [
+            (
+                "[notify.pagerduty]\nrouting_key = \"\"\n",
+                "routing_key is empty",
+            ),
+            (
+                "[notify.pagerduty]\nrouting_key = \"k\"\nseverity = \"high\"\n",
+                "expected critical, error, warning or info",
+            ),
+            (
+                "[notify.pagerduty]\nrouting_key = \"k\"\nurl = \"events.example\"\n",
+                "notify.pagerduty.url",
+            ),
+            (
+                "[notify.grafana]\nurl = \"grafana:3000\"\ntoken = \"t\"\n",
+                "Grafana's base URL",
+            ),
+            (
+                "[notify.grafana]\nurl = \"http://g\"\ntoken = \" \"\n",
+                "notify.grafana.token is empty",
+            ),
+            (
+                "[notify.grafana]\nurl = \"http://g\"\ntoken = \"t\"\ntags = [\"\"]\n",
+                "notify.grafana.tags",
+            ),
+            (
+                "[notify.grafana]\nurl = \"http://g\"\ntoken = \"t\"\npanel_id = 2\n",
+                "needs notify.grafana.dashboard_uid",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = incident_config(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // A secret left out of the file (and not in the environment) is named too.
+        let e = incident_config("[notify.grafana]\nurl = \"http://g\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BRB_GRAFANA_TOKEN"), "{e}");
+        let e = incident_config("[notify.pagerduty]\nseverity = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BRB_PAGERDUTY_ROUTING_KEY"), "{e}");
+    }
+
+    #[test]
+    fn incident_tool_secrets_from_the_environment() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "BRB_PAGERDUTY_ROUTING_KEY").then(|| "envkey".to_string()))
+            .unwrap();
+        assert_eq!(
+            c.notify.pagerduty.as_ref().unwrap().routing_key.expose(),
+            "envkey"
+        );
+        let e = Config::default()
+            .apply_env(|k| (k == "BRB_GRAFANA_TOKEN").then(|| "t".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[notify.grafana] url"), "{e}");
     }
 
     proptest::proptest! {

@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 mod fanout;
 pub mod hub;
+pub mod incident;
 mod limits;
 pub mod metrics;
 mod net;

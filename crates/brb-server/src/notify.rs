@@ -17,6 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::AppState;
+use crate::incident;
 use crate::templates::{self, Ctx};
 
 /// How long a claimed notification is reserved for one delivery attempt.
@@ -37,6 +38,7 @@ pub fn ctx(state: &AppState) -> Ctx {
         command: slack
             .and_then(|s| s.command.clone())
             .unwrap_or_else(|| "/bigred".into()),
+        interactive: slack.is_some_and(|s| s.signing_secret.is_some()),
     }
 }
 
@@ -53,6 +55,43 @@ pub fn webhook_signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Why a delivery attempt failed, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub message: String,
+    /// The receiver refused the request itself (PagerDuty's 400, Grafana's 401): the same
+    /// request would be refused again, so it is given up at once.
+    pub permanent: bool,
+    /// Wait at least this long before the next attempt (a 429's `Retry-After`).
+    pub not_before: Option<Duration>,
+}
+
+impl Failure {
+    pub(crate) fn permanent(message: String) -> Self {
+        Failure {
+            message,
+            permanent: true,
+            not_before: None,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            permanent: false,
+            not_before: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::from(message.to_string())
+    }
+}
+
 fn backoff(attempts: u32, max: Duration) -> Duration {
     let base = Duration::from_secs(1)
         .checked_mul(1u32 << attempts.min(16))
@@ -66,11 +105,14 @@ async fn deliver(
     state: &AppState,
     http: &reqwest::Client,
     item: &OutboxItem,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let ctx = ctx(state);
     let now = Utc::now();
     let cfg = state.config();
     let reminder = item.kind == NotificationKind::Reminder;
+    // After a 429 without Retry-After: PagerDuty asks for minutes; the configured longest
+    // wait caps it.
+    let throttle_floor = Duration::from_secs(cfg.notify.retry_max_secs.clamp(1, 120));
     let name = match &item.channel {
         Channel::Slack => {
             let url = cfg
@@ -90,7 +132,39 @@ async fn deliver(
                 .send()
                 .await
                 .map_err(|e| short_error(&e))?;
-            return check(res).await;
+            return Ok(check(res).await?);
+        }
+        Channel::PagerDuty | Channel::Grafana => {
+            if reminder {
+                // Never enqueued for them (`Config::reminder_channels`); nothing to say.
+                return Ok(());
+            }
+            let Some(phase) = incident::phase(state, item).await? else {
+                return Ok(());
+            };
+            if matches!(phase, incident::Phase::Resume { .. }) {
+                incident::wait_for_earlier(state, item).await?;
+            }
+            return match &item.channel {
+                Channel::PagerDuty => {
+                    let pd = cfg
+                        .notify
+                        .pagerduty
+                        .as_ref()
+                        .ok_or("PagerDuty is no longer configured")?;
+                    incident::deliver_pagerduty(pd, http, &item.event, &ctx, phase, throttle_floor)
+                        .await
+                }
+                _ => {
+                    let g = cfg
+                        .notify
+                        .grafana
+                        .as_ref()
+                        .ok_or("Grafana is no longer configured")?;
+                    incident::deliver_grafana(g, http, &item.event, &ctx, phase, throttle_floor)
+                        .await
+                }
+            };
         }
         Channel::Webhook(name) => name,
     };
@@ -102,7 +176,7 @@ async fn deliver(
             .find(|w| &w.name == name)
             .ok_or_else(|| format!("webhook {name:?} is no longer configured"))?;
         let body = serde_json::to_vec(&templates::webhook_body(reminder, &item.event, &ctx, now))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::from(e.to_string()))?;
         let ts = now.timestamp();
         let mut rb = http
             .post(&hook.url)
@@ -124,11 +198,11 @@ async fn deliver(
             );
         }
         let res = rb.body(body).send().await.map_err(|e| short_error(&e))?;
-        check(res).await
+        Ok(check(res).await?)
     }
 }
 
-fn short_error(e: &reqwest::Error) -> String {
+pub(crate) fn short_error(e: &reqwest::Error) -> String {
     // Never the URL: a Slack webhook URL is a secret.
     if e.is_timeout() {
         "timed out".into()
@@ -196,7 +270,7 @@ pub async fn run(state: AppState) {
     }
 }
 
-async fn record(state: &AppState, it: &OutboxItem, res: Result<(), String>) {
+async fn record(state: &AppState, it: &OutboxItem, res: Result<(), Failure>) {
     let now = Utc::now();
     let store = state.bookkeeping();
     let outcome = match &res {
@@ -205,17 +279,17 @@ async fn record(state: &AppState, it: &OutboxItem, res: Result<(), String>) {
                 version = it.event.version, attempts = it.attempts + 1, "notification delivered");
             store.outbox_delivered(it.id, now).await
         }
-        Err(e) => {
-            let give_up = now - it.created_at > GIVE_UP_AFTER;
+        Err(f) => {
+            let give_up = f.permanent || now - it.created_at > GIVE_UP_AFTER;
             let next = (!give_up).then(|| {
                 let max = Duration::from_secs(state.config().notify.retry_max_secs.max(1));
-                now + chrono::Duration::from_std(backoff(it.attempts, max))
-                    .unwrap_or(chrono::Duration::seconds(60))
+                let wait = backoff(it.attempts, max).max(f.not_before.unwrap_or_default());
+                now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60))
             });
             tracing::warn!(switch = %it.event.name, channel = %it.channel, kind = %it.kind,
-                attempts = it.attempts + 1, error = %e, gave_up = give_up,
-                "notification not delivered");
-            store.outbox_failed(it.id, now, e, next).await
+                attempts = it.attempts + 1, error = %f.message, gave_up = give_up,
+                permanent = f.permanent, "notification not delivered");
+            store.outbox_failed(it.id, now, &f.message, next).await
         }
     };
     if let Err(e) = outcome {
@@ -225,18 +299,20 @@ async fn record(state: &AppState, it: &OutboxItem, res: Result<(), String>) {
 }
 
 /// While a switch stays paused, enqueues a reminder every `remind_every` (the n-th reminder
-/// of a pause has a fixed dedupe key, so restarts and replicas never send it twice).
+/// of a pause has a fixed dedupe key, so restarts and replicas never send it twice). A pause
+/// is named by its instant (`changed_at`), not by the version: a description edit while paused
+/// bumps the version but is the same pause, and must not send reminder n again.
 pub async fn reminders(state: AppState) {
     let Some(every) = state.config().remind_every() else {
         return;
     };
-    let channels = state.config().channels();
+    let channels = state.config().reminder_channels();
     if channels.is_empty() {
         return;
     }
     let tick = Duration::from_millis(250).min(every);
     let mut shutdown = state.shutdown_signal();
-    let mut sent: std::collections::HashMap<(String, u64), i64> = Default::default();
+    let mut sent: std::collections::HashMap<(String, i64), i64> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -248,7 +324,8 @@ pub async fn reminders(state: AppState) {
                 continue;
             }
             let n = due_reminders(sw.changed_at, now, every);
-            let key = (sw.name.clone(), sw.version);
+            let pause_ms = sw.changed_at.timestamp_millis();
+            let key = (sw.name.clone(), pause_ms);
             if n == 0 || sent.get(&key) == Some(&n) {
                 continue;
             }
@@ -258,7 +335,7 @@ pub async fn reminders(state: AppState) {
                     channel: ch.clone(),
                     kind: NotificationKind::Reminder,
                     event: (*sw).clone(),
-                    dedupe_key: format!("remind:{}:{}:{n}:{ch}", sw.name, sw.version),
+                    dedupe_key: format!("remind:{}:{pause_ms}:{n}:{ch}", sw.name),
                 })
                 .collect();
             match state.bookkeeping().outbox_enqueue(items).await {
@@ -272,11 +349,10 @@ pub async fn reminders(state: AppState) {
                 Err(e) => tracing::warn!(error = %e, "cannot queue a reminder"),
             }
         }
-        sent.retain(|(name, v), _| {
-            state
-                .hub()
-                .get(name)
-                .is_some_and(|s| s.version == *v && s.state == SwitchState::Paused)
+        sent.retain(|(name, at), _| {
+            state.hub().get(name).is_some_and(|s| {
+                s.changed_at.timestamp_millis() == *at && s.state == SwitchState::Paused
+            })
         });
     }
 }

@@ -45,6 +45,7 @@ use crate::routes;
         routes::get_series,
         routes::notifications,
         crate::slack::command,
+        crate::slack::interaction,
         crate::ofrep::evaluate_flag,
         crate::ofrep::evaluate_flags,
         crate::ofrep::events,

@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> axum::Router {
             "/slack/commands",
             axum::routing::post(crate::slack::command),
         )
+        .route(
+            "/slack/interactions",
+            axum::routing::post(crate::slack::interaction),
+        )
         .route("/events", get(all_events))
         .route("/audit", get(audit))
         .route("/tokens", get(list_tokens).post(create_token))

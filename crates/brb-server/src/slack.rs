@@ -1,5 +1,7 @@
 //! The Slack slash command (`/bigred`): status and "where is the button" for everyone, pause
-//! and resume for the Slack users the config maps to an operator.
+//! and resume for the Slack users the config maps to an operator. And the buttons: a press on
+//! a pause message's "Resume…" (after Slack's confirmation dialog) arrives at
+//! `/api/v1/slack/interactions` and releases gradually, for the same mapped users.
 //!
 //! Slack signs each request (v0: HMAC-SHA256 over `v0:{timestamp}:{raw body}` with the app's
 //! signing secret); a request with a missing or wrong signature, or a timestamp more than five
@@ -80,6 +82,29 @@ pub fn verify(
         .map_err(|_| SignatureError::Mismatch)
 }
 
+/// Refuses (401) a request whose v0 signature is missing, wrong or stale.
+fn check_signature(
+    state: &AppState,
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> ApiResult<()> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Err(e) = verify(
+        secret,
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        body,
+        chrono::Utc::now().timestamp(),
+    ) {
+        state.metrics().auth_failure();
+        tracing::warn!(reason = %e, request = what, source = "slack", "Slack request refused");
+        return Err(ApiError::unauthorized(format!("Slack signature: {e}")));
+    }
+    Ok(())
+}
+
 /// Signs like Slack does (for tests and for people wiring up their own tooling).
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
@@ -117,18 +142,7 @@ pub(crate) async fn command(
             "the Slack command is not configured (no signing secret)",
         ));
     };
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if let Err(e) = verify(
-        secret.expose(),
-        header("x-slack-request-timestamp"),
-        header("x-slack-signature"),
-        &body,
-        chrono::Utc::now().timestamp(),
-    ) {
-        state.metrics().auth_failure();
-        tracing::warn!(reason = %e, "Slack command refused");
-        return Err(ApiError::unauthorized(format!("Slack signature: {e}")));
-    }
+    check_signature(&state, secret.expose(), &headers, &body, "command")?;
     let cmd: Command = serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad Slack payload: {e}")))?;
     let ctx = ctx(&state);
@@ -217,6 +231,231 @@ pub(crate) async fn command(
     }
 }
 
+/// An interaction request: form-encoded, one field `payload` holding JSON.
+#[derive(Debug, Deserialize)]
+struct InteractionForm {
+    payload: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Interaction {
+    #[serde(rename = "type")]
+    kind: String,
+    user: SlackUser,
+    #[serde(default)]
+    actions: Vec<Action>,
+    #[serde(default)]
+    response_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SlackUser {
+    id: String,
+    #[serde(default)]
+    username: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Action {
+    action_id: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "slack",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Slack's interaction payload (`payload=` JSON, a `block_actions` press)"),
+    responses(
+        (status = 200, description = "Received; the outcome follows through the payload's response_url"),
+        (status = 400, body = brb_api::ApiErrorBody, description = "Not an interaction payload"),
+        (status = 401, body = brb_api::ApiErrorBody, description = "Bad, missing or stale signature"),
+        (status = 404, body = brb_api::ApiErrorBody, description = "Slack is not configured")))]
+pub(crate) async fn interaction(
+    State(state): State<AppState>,
+    crate::auth::RemoteAddr(remote): crate::auth::RemoteAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<axum::http::StatusCode> {
+    let body = body?;
+    let Some(secret) = state
+        .config()
+        .notify
+        .slack
+        .as_ref()
+        .and_then(|s| s.signing_secret.clone())
+    else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "Slack interactivity is not configured (no signing secret)",
+        ));
+    };
+    // Nothing is read from the body before its signature holds.
+    check_signature(&state, secret.expose(), &headers, &body, "interaction")?;
+    let form: InteractionForm = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad Slack interaction: {e}")))?;
+    let it: Interaction = serde_json::from_str(&form.payload).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad Slack interaction payload: {e}"),
+        )
+    })?;
+    let ok = axum::http::StatusCode::OK;
+    if it.kind != "block_actions" {
+        // Shortcuts, modals: nothing of ours.
+        return Ok(ok);
+    }
+    let url = follow_up_url(&it.response_url);
+    if url.is_none() {
+        tracing::warn!(slack_user = %it.user.id, source = "slack",
+            "Slack interaction without a usable response_url (https or loopback): the outcome \
+             cannot be shown in Slack");
+    }
+    let Some(action) = it.actions.first() else {
+        return Ok(ok);
+    };
+    let operators = state
+        .config()
+        .notify
+        .slack
+        .as_ref()
+        .map(|s| s.operators.clone());
+    let ctx = ctx(&state);
+    let Some(name) = operators.and_then(|o| o.get(&it.user.id).cloned()) else {
+        tracing::warn!(slack_user = %it.user.id, slack_name = %it.user.username,
+            action = %action.action_id, source = "slack",
+            "Slack user not mapped to an operator; press refused");
+        if let Some(url) = url {
+            let mut refusal = templates::slash_refusal(&it.user.username, &ctx);
+            refusal["replace_original"] = serde_json::json!(false);
+            tokio::spawn(respond(url, refusal));
+        }
+        return Ok(ok);
+    };
+    let actor = Actor {
+        name,
+        source: Source::Slack,
+        remote_addr: remote.map(|a| a.ip().to_string()),
+    };
+    match action.action_id.as_str() {
+        templates::ACTION_RESUME => {
+            // Slack wants an answer within 3 s and a commit can take longer (a slow database):
+            // answer now, report the outcome through response_url.
+            tokio::spawn(press_resume(
+                state.clone(),
+                actor,
+                action.value.clone(),
+                url,
+            ));
+        }
+        // APPROVAL HOOK (issue #17 part 3): the "Approve resume" button's action_id gets its
+        // arm here once resume approvals exist (approve as `actor`, never the requester).
+        other => {
+            tracing::warn!(action = %other, actor = %actor.name, source = "slack",
+                "unknown Slack button");
+            if let Some(url) = url {
+                tokio::spawn(respond(
+                    url,
+                    templates::slack_ephemeral(format!(
+                        "This button ({other}) means nothing to Big Red Button. Nothing was changed."
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(ok)
+}
+
+/// A press on "Resume…": releases the pause the message was about with the default gradual
+/// ramp (never at once), unless that pause is over; reports to the message either way.
+async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<reqwest::Url>) {
+    let ctx = ctx(&state);
+    let answer = |body: Value| {
+        if let Some(u) = url.clone() {
+            tokio::spawn(respond(u, body));
+        }
+    };
+    let Ok(button) = serde_json::from_str::<templates::ResumeButton>(&value) else {
+        tracing::warn!(actor = %actor.name, source = "slack", "unreadable Resume… button value");
+        answer(templates::slack_ephemeral(
+            "That button could not be read. Nothing was changed.".into(),
+        ));
+        return;
+    };
+    let Some(cur) = state.hub().get(&button.switch) else {
+        answer(templates::slack_ephemeral(format!(
+            "Switch `{}` does not exist any more. Nothing was changed.",
+            button.switch
+        )));
+        return;
+    };
+    if cur.state != SwitchState::Paused || cur.changed_at.timestamp_millis() != button.paused_at_ms
+    {
+        tracing::info!(switch = %cur.name, actor = %actor.name, source = "slack",
+            "Resume… pressed on a pause that is over; nothing changed");
+        answer(templates::slack_ephemeral(format!(
+            "This pause is over: `{}` is {} since {} ({} from {}). Nothing was changed.",
+            cur.name,
+            cur.state,
+            cur.changed_at.format("%H:%M:%S UTC"),
+            cur.changed_by,
+            templates::source_label(cur.source)
+        )));
+        return;
+    }
+    let change = StateChange {
+        switch: cur.name.clone(),
+        to: SwitchState::Running,
+        reason: None,
+        // The pause this message is about, and nothing that came after it.
+        expected_version: Some(cur.version),
+        ramp: Some(brb_api::RampSpec::default_release()),
+        control: None,
+        actor: actor.clone(),
+        notify: Vec::new(),
+    };
+    match state.commit(crate::commit::SetState(change)).await {
+        Ok((s, changed)) => {
+            tracing::info!(switch = %s.name, actor = %actor.name, source = "slack",
+                version = s.version, "resumed gradually from a Slack button");
+            answer(templates::slack_pressed(&s, changed, &ctx));
+            if let Some(u) = url.clone() {
+                tokio::spawn(follow_up(state.clone(), s, u));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(switch = %cur.name, actor = %actor.name, source = "slack",
+                error = %e.message, "Resume… press not applied");
+            answer(templates::slash_error(&e.message));
+        }
+    }
+}
+
+fn response_client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("brb/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no HTTP client for Slack's response_url"))
+        .ok()
+}
+
+/// Posts one message to a press's `response_url`.
+async fn respond(url: reqwest::Url, body: Value) {
+    let Some(http) = response_client() else {
+        return;
+    };
+    match http.post(url).json(&body).send().await {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => tracing::warn!(
+            status = r.status().as_u16(),
+            source = "slack",
+            "Slack refused the interaction answer"
+        ),
+        Err(e) => tracing::warn!(error = %e, source = "slack", "Slack interaction answer failed"),
+    }
+}
+
 /// The `response_url` to follow up on: https only (Slack's are), or plain http to a loopback
 /// address (a local receiver in tests). It arrives in a signed request, so it came from Slack.
 fn follow_up_url(raw: &str) -> Option<reqwest::Url> {
@@ -271,17 +510,8 @@ async fn follow_up(state: AppState, s: brb_api::Switch, url: reqwest::Url) {
         "replace_original": false,
         "text": text,
     });
-    let http = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("brb/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(switch = %s.name, error = %e, "no HTTP client for the Slack follow-up");
-            return;
-        }
+    let Some(http) = response_client() else {
+        return;
     };
     match http.post(url).json(&body).send().await {
         Ok(r) if r.status().is_success() => {

@@ -18,6 +18,63 @@ pub struct Ctx {
     pub here_on_pause: bool,
     /// The slash command's name, e.g. `/bigred`.
     pub command: String,
+    /// Slack delivers button presses to us (a signing secret is configured): pause messages
+    /// carry a "Resume…" button. Without it a press would go nowhere, so there is none.
+    pub interactive: bool,
+}
+
+/// `action_id` of the "Resume…" button on a pause message.
+pub const ACTION_RESUME: &str = "brb_resume";
+
+/// What a "Resume…" button says about the pause it belongs to: the switch and the pause
+/// instant (`changed_at` while paused), so a press on an old message never resumes a later
+/// pause, and a description edit meanwhile does not make the button stale.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeButton {
+    pub switch: String,
+    pub paused_at_ms: i64,
+}
+
+/// The words for the default release, as the confirm dialog shows it.
+fn default_release_words() -> String {
+    let r = brb_api::RampSpec::default_release();
+    let steps = match &r.shape {
+        brb_api::RampShape::Steps { fractions } => fractions
+            .iter()
+            .map(|f| format!("{}%", (f * 100.0).round()))
+            .collect::<Vec<_>>()
+            .join(" → "),
+        _ => "linear".to_string(),
+    };
+    format!("{steps} over {} min", r.duration_secs / 60)
+}
+
+/// The "Resume…" button of a pause message, with Slack's confirmation dialog (the release is
+/// gradual, never all at once: the confirm button says so).
+pub fn resume_button(s: &Switch) -> Value {
+    let value = serde_json::to_string(&ResumeButton {
+        switch: s.name.clone(),
+        paused_at_ms: s.changed_at.timestamp_millis(),
+    })
+    .unwrap_or_default();
+    let title: String = format!("Resume {}?", s.name).chars().take(100).collect();
+    json!({
+        "type": "button",
+        "action_id": ACTION_RESUME,
+        "text": {"type": "plain_text", "text": "Resume…"},
+        "value": value,
+        "style": "primary",
+        "confirm": {
+            "title": {"type": "plain_text", "text": title},
+            "text": {"type": "mrkdwn", "text": format!(
+                "Releases the work gradually ({}), recorded under your name. Releasing \
+                 everything at once is not offered here: use the console for that.",
+                default_release_words())},
+            "confirm": {"type": "plain_text", "text": "Resume gradually"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+            "style": "primary",
+        },
+    })
 }
 
 const RED: &str = "#d32f2f";
@@ -47,7 +104,7 @@ pub fn duration_words(d: chrono::Duration) -> String {
     }
 }
 
-fn title(s: &Switch) -> String {
+pub fn title(s: &Switch) -> String {
     let what = if s.primary {
         "Background workers".to_string()
     } else {
@@ -117,13 +174,57 @@ pub fn slack_change(s: &Switch, ctx: &Ctx) -> Value {
                 {"type": "header", "text": {"type": "plain_text",
                     "text": format!("[{}] {}", ctx.environment, title(s))}},
                 {"type": "section", "fields": fields(s)},
-                {"type": "actions", "elements": [{"type": "button",
-                    "text": {"type": "plain_text", "text": "Open the console"},
-                    "url": ctx.console_url}]},
+                {"type": "actions", "elements": actions(s, ctx)},
                 {"type": "context", "elements": [{"type": "mrkdwn", "text": undo(s, ctx)}]},
             ]
         }]
     })
+}
+
+/// The buttons under a change message.
+fn actions(s: &Switch, ctx: &Ctx) -> Vec<Value> {
+    let mut out = vec![json!({"type": "button",
+        "text": {"type": "plain_text", "text": "Open the console"},
+        "url": ctx.console_url})];
+    if s.state == SwitchState::Paused && ctx.interactive {
+        out.push(resume_button(s));
+        // APPROVAL HOOK (issue #17 part 3, resume approval): where a switch requires approval,
+        // a pending resume request's message gets an "Approve resume" button here (its own
+        // action_id, value naming the request), dispatched in `slack::interaction`. It is
+        // deliberately absent until approvals exist.
+    }
+    out
+}
+
+/// What the pause message becomes after a press on "Resume…" (sent through the press's
+/// `response_url` with `replace_original`): the outcome, and no button left to press.
+pub fn slack_pressed(s: &Switch, changed: bool, ctx: &Ctx) -> Value {
+    let text = if changed {
+        format!(
+            "[{}] {} by {} from Slack (the Resume… button)",
+            ctx.environment,
+            title(s),
+            s.changed_by
+        )
+    } else {
+        format!(
+            "[{}] `{}` was already {} (nothing changed).",
+            ctx.environment, s.name, s.state
+        )
+    };
+    json!({
+        "replace_original": true,
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": undo(s, ctx)}]},
+        ],
+    })
+}
+
+/// An answer only the presser sees, leaving the message as it is.
+pub fn slack_ephemeral(text: String) -> Value {
+    json!({"response_type": "ephemeral", "replace_original": false, "text": text})
 }
 
 /// The reminder while a switch stays paused: "Workers paused for 45 min by alice — reason".
@@ -380,6 +481,7 @@ mod tests {
 
     fn ctx() -> Ctx {
         Ctx {
+            interactive: false,
             environment: "production".into(),
             console_url: "https://brb.example.com/".into(),
             office_button_location: Some("next to the coffee machine".into()),

@@ -137,13 +137,19 @@ pub enum Channel {
     Slack,
     /// A configured webhook, by name.
     Webhook(String),
+    /// PagerDuty's Events API v2: an alert triggered on pause, resolved on resume.
+    PagerDuty,
+    /// Grafana annotations: a region from pause to resume.
+    Grafana,
 }
 
 impl Channel {
-    /// `slack` or `webhook:<name>`, as stored and shown.
+    /// `slack`, `webhook:<name>`, `pagerduty` or `grafana`, as stored and shown.
     pub fn parse(s: &str) -> Option<Channel> {
         match s {
             "slack" => Some(Channel::Slack),
+            "pagerduty" => Some(Channel::PagerDuty),
+            "grafana" => Some(Channel::Grafana),
             _ => s
                 .strip_prefix("webhook:")
                 .filter(|n| !n.is_empty())
@@ -157,6 +163,8 @@ impl std::fmt::Display for Channel {
         match self {
             Channel::Slack => f.write_str("slack"),
             Channel::Webhook(n) => write!(f, "webhook:{n}"),
+            Channel::PagerDuty => f.write_str("pagerduty"),
+            Channel::Grafana => f.write_str("grafana"),
         }
     }
 }
@@ -516,6 +524,11 @@ pub trait Store: Send + Sync + 'static {
     /// The most recent notifications, newest first.
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>>;
 
+    /// Whether a notification older than `id` on `channel` is still neither delivered nor
+    /// given up (including one leased right now). Incident tools need their events in order:
+    /// a resolve sent before its trigger would leave an incident nobody resolves.
+    async fn outbox_pending_before(&self, channel: &Channel, id: u64) -> Result<bool>;
+
     /// Commits made by any process sharing this store, as they happen. `None` for a store only
     /// one process uses (SQLite): that process already knows every change it made.
     fn feed(&self) -> Option<tokio::sync::broadcast::Receiver<FeedEvent>> {
@@ -542,7 +555,12 @@ mod tests {
     #[test]
     fn channels_and_kinds_round_trip_through_their_stored_text() {
         use super::{Channel, NotificationKind};
-        for c in [Channel::Slack, Channel::Webhook("ops:eu".into())] {
+        for c in [
+            Channel::Slack,
+            Channel::Webhook("ops:eu".into()),
+            Channel::PagerDuty,
+            Channel::Grafana,
+        ] {
             assert_eq!(Channel::parse(&c.to_string()), Some(c));
         }
         assert_eq!(Channel::parse("webhook:"), None);

@@ -43,8 +43,8 @@ use crate::rows::{
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
-    Actor, AuditQuery, FeedEvent, NewNotification, NotificationKind, Outage, OutboxItem, Result,
-    SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
+    Actor, AuditQuery, Channel, FeedEvent, NewNotification, NotificationKind, Outage, OutboxItem,
+    Result, SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
 
 /// Advisory lock key held by every write transaction: serializes writers across replicas so
@@ -989,6 +989,20 @@ impl Store for PgStore {
         .await
         .map_err(map_pg)?;
         Ok(())
+    }
+
+    async fn outbox_pending_before(&self, channel: &Channel, id: u64) -> Result<bool> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM outbox
+                                WHERE channel = $1 AND id < $2
+                                  AND delivered_at IS NULL AND NOT failed)",
+                &[&channel.to_string(), &(id as i64)],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.get::<_, bool>(0))
     }
 
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>> {

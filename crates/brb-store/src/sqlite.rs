@@ -21,8 +21,8 @@ use crate::rows::{
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
-    Actor, AuditQuery, NewNotification, NotificationKind, Outage, OutboxItem, Result, SetOutcome,
-    StateChange, Store, StoreError, StoredEvent, TokenRecord,
+    Actor, AuditQuery, Channel, NewNotification, NotificationKind, Outage, OutboxItem, Result,
+    SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
 
 pub struct SqliteStore {
@@ -866,6 +866,21 @@ impl Store for SqliteStore {
             )
             .map_err(map_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_pending_before(&self, channel: &Channel, id: u64) -> Result<bool> {
+        let channel = channel.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox
+                                WHERE channel = ?1 AND id < ?2
+                                  AND delivered_at IS NULL AND failed = 0)",
+                params![channel, id as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(map_err)
         })
         .await
     }

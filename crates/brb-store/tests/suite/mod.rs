@@ -31,6 +31,7 @@ macro_rules! store_contract {
             ramps_start_with_resume_and_end_with_pause,
             outbox_is_written_with_the_change_and_claimed_once,
             outbox_dedupes_by_key,
+            outbox_pending_before_orders_a_channel,
             adapter_records_are_audit_only,
         );
     };
@@ -713,4 +714,72 @@ pub async fn outbox_dedupes_by_key(store: &S) {
     );
     assert_eq!(store.outbox_enqueue(vec![n("r:1")]).await.unwrap(), 0);
     assert_eq!(store.outbox_recent(10).await.unwrap().len(), 2);
+}
+
+/// A resume's notification to an incident tool waits for the pause's: older rows of the same
+/// channel count while undelivered (leased or not), not once delivered or given up; other
+/// channels never count.
+pub async fn outbox_pending_before_orders_a_channel(store: &S) {
+    use std::time::Duration;
+    seed(store).await;
+    let mut pause = change("workers", SwitchState::Paused);
+    pause.notify = vec![Channel::PagerDuty, Channel::Slack];
+    store.set_state(pause).await.unwrap();
+    let mut resume = change("workers", SwitchState::Running);
+    resume.notify = vec![Channel::PagerDuty, Channel::Slack];
+    store.set_state(resume).await.unwrap();
+    let now = chrono::Utc::now();
+    let rows = store
+        .outbox_claim(now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    let pd: Vec<_> = rows
+        .iter()
+        .filter(|r| r.channel == Channel::PagerDuty)
+        .collect();
+    assert_eq!(pd.len(), 2);
+    let (first, second) = (pd[0].id, pd[1].id);
+    assert!(first < second);
+    let pending = |id| store.outbox_pending_before(&Channel::PagerDuty, id);
+    assert!(!pending(first).await.unwrap(), "nothing before the first");
+    assert!(
+        pending(second).await.unwrap(),
+        "the pause is leased, not done"
+    );
+    // Slack's rows never hold PagerDuty's.
+    let slack_resume = rows
+        .iter()
+        .filter(|r| r.channel == Channel::Slack)
+        .map(|r| r.id)
+        .max()
+        .unwrap();
+    store.outbox_delivered(first, now).await.unwrap();
+    assert!(
+        !pending(second).await.unwrap(),
+        "delivered: no longer pending"
+    );
+    assert!(
+        store
+            .outbox_pending_before(&Channel::Slack, slack_resume)
+            .await
+            .unwrap(),
+        "Slack's pause row is still leased"
+    );
+    let slack_pause = rows
+        .iter()
+        .filter(|r| r.channel == Channel::Slack)
+        .map(|r| r.id)
+        .min()
+        .unwrap();
+    store
+        .outbox_failed(slack_pause, now, "gave up", None)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .outbox_pending_before(&Channel::Slack, slack_resume)
+            .await
+            .unwrap(),
+        "given up: no longer pending"
+    );
 }
