@@ -4,7 +4,9 @@
 //! is pressed M times, alternately pause and resume, and each press is timed from just before
 //! the `PUT` to the instant each gate applied it (the SDK's own record, answered by
 //! `fleet_seen` in Unix µs; same machine, same clock). Memory per watcher is the driver's
-//! `VmRSS` after the fleet connected minus before it started, over N.
+//! `VmRSS` after the fleet connected minus before it started, over N; and again after the
+//! presses, which is what a long-lived fleet carries rather than the connection burst's peak
+//! (a garbage-collected runtime's young generation, grown by the burst, shrinks later).
 //!
 //! ```sh
 //! make bench-sdk BENCH_SDK_ARGS="--watchers 1000 --presses 20 --sdks rust,python"
@@ -94,6 +96,8 @@ enum Outcome {
         deliveries: usize,
         missing: u64,
         rss_per_watcher: f64,
+        /// The same, after the last press.
+        rss_per_watcher_after: f64,
         ready_secs: f64,
     },
     Unsupported(String),
@@ -162,14 +166,15 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
             a.watchers
         );
     }
-    let after = driver.call(json!({"op": "rss"}), t).await;
-    let rss_per_watcher = match (before, after) {
+    let per_watcher = |before: &Result<Value, _>, after: &Result<Value, _>| match (before, after) {
         (Ok(b), Ok(af)) => {
             (af["rss_bytes"].as_f64().unwrap_or(0.0) - b["rss_bytes"].as_f64().unwrap_or(0.0))
                 / a.watchers as f64
         }
         _ => f64::NAN,
     };
+    let after = driver.call(json!({"op": "rss"}), t).await;
+    let rss_per_watcher = per_watcher(&before, &after);
     let mut lat_ms = Vec::new();
     let mut press_max_ms = Vec::new();
     let mut missing = 0;
@@ -210,6 +215,8 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
         }
         press_max_ms.push((worst * 10.0).round() / 10.0);
     }
+    let end = driver.call(json!({"op": "rss"}), t).await;
+    let rss_per_watcher_after = per_watcher(&before, &end);
     driver
         .close(Duration::from_secs(60))
         .await
@@ -224,6 +231,7 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
         deliveries: lat_ms.len(),
         missing,
         rss_per_watcher,
+        rss_per_watcher_after,
         ready_secs,
     })
 }
@@ -262,7 +270,7 @@ async fn main() -> Result<()> {
     let mut md = format!(
         "{} watchers per SDK in one driver process, {} presses (alternately pause and resume), \
          `brb server` on SQLite ({}); load average before {load_before}, after {load_after}.\n\n\
-         | SDK | press → paused p50 | p99 | max | deliveries (missing) | p99 vs Rust | memory per watcher | all connected in |\n\
+         | SDK | press → paused p50 | p99 | max | deliveries (missing) | p99 vs Rust | memory per watcher (connected → after the presses) | all connected in |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         a.watchers,
         a.presses,
@@ -279,19 +287,22 @@ async fn main() -> Result<()> {
                 deliveries,
                 missing,
                 rss_per_watcher,
+                rss_per_watcher_after,
                 ready_secs,
             } => {
                 let ratio = rust_p99
                     .map(|r| format!("{:.2}×", p99_ms / r))
                     .unwrap_or_else(|| "–".into());
                 md.push_str(&format!(
-                    "| {name} | {p50_ms:.1} ms | {p99_ms:.1} ms | {max_ms:.1} ms | {deliveries} ({missing}) | {ratio} | {:.1} KiB | {ready_secs:.1} s |\n",
-                    rss_per_watcher / 1024.0
+                    "| {name} | {p50_ms:.1} ms | {p99_ms:.1} ms | {max_ms:.1} ms | {deliveries} ({missing}) | {ratio} | {:.1} → {:.1} KiB | {ready_secs:.1} s |\n",
+                    rss_per_watcher / 1024.0,
+                    rss_per_watcher_after / 1024.0
                 ));
                 js.push(
                     json!({"sdk": name, "p50_ms": p50_ms, "p99_ms": p99_ms, "max_ms": max_ms,
                     "press_max_ms": press_max_ms, "deliveries": deliveries, "missing": missing,
-                    "rss_per_watcher_bytes": rss_per_watcher, "ready_secs": ready_secs}),
+                    "rss_per_watcher_bytes": rss_per_watcher,
+                    "rss_per_watcher_after_bytes": rss_per_watcher_after, "ready_secs": ready_secs}),
                 );
             }
             Outcome::Unsupported(e) => {
