@@ -35,6 +35,8 @@ pub fn source_label(s: Source) -> &'static str {
         Source::Api => "the API",
         Source::System => "the control plane",
         Source::Adapter => "a broker adapter",
+        Source::Guard => "a health guard",
+        Source::Other => "an unknown source",
     }
 }
 
