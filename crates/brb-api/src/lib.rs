@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod error;
+mod guard;
 pub mod ints;
 mod names;
 pub mod ofrep;
@@ -20,6 +21,10 @@ mod series;
 mod workers;
 
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
+pub use guard::{
+    DEFAULT_GUARD_FAILURE_LIMIT, DEFAULT_GUARD_INTERVAL_SECS, GuardCheck, GuardError, GuardOutcome,
+    GuardPhase, GuardSpec, GuardStatus, MAX_GUARDS, RampGuard, validate_guards,
+};
 pub use names::{NameError, validate_switch_name, validate_token_name};
 pub use ramp::{
     MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampAction, RampError, RampHeld, RampShape, RampSpec,
@@ -278,6 +283,12 @@ pub struct SetStateRequest {
     /// With `running`: release gradually instead of all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampSpec>,
+    /// With a stepped `ramp`: health guards (at most 4). Each step proceeds only while every
+    /// guard passes; a guard failing `failure_limit` checks in a row pauses the switch again;
+    /// no data holds the step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 4)]
+    pub guards: Vec<GuardSpec>,
 }
 
 /// `POST /api/v1/switches/{name}/ramp`: hold, continue, extend or abort the release in
@@ -664,6 +675,9 @@ pub mod events {
     /// that keeps a picture of every switch (from `/api/v1/events`) should reload it, since a
     /// deletion among the skipped changes is not repeated.
     pub const RESYNC: &str = "resync";
+    /// Data: [`crate::GuardStatus`] of a guarded release, on every check; only on
+    /// `/api/v1/events`, without `id:` (live state, not a change).
+    pub const GUARD: &str = "guard";
 }
 
 /// Data of a `resync` event.

@@ -814,6 +814,7 @@ mod tests {
                     fractions: vec![0.25, 1.0],
                 },
                 held: None,
+                guard: None,
             }),
         ] {
             sw.ramp = ramp;

@@ -235,6 +235,7 @@ pub async fn quick_toggle(client: &Client, primary: &str) -> Result<QuickToggle,
                 // Pause exactly what we saw: if someone changed it meanwhile, do not undo them.
                 expected_version: Some(current.version),
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await?;
@@ -252,6 +253,7 @@ pub async fn shortcut_pause(client: &Client, primary: &str) -> Result<Switch, De
                 source: Some(Source::Desktop),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await?)

@@ -388,6 +388,8 @@ pub(crate) async fn set_state(
             expected_version: req.expected_version,
             ramp: req.ramp,
             control: None,
+            guards: req.guards,
+            guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
         }))
@@ -451,6 +453,8 @@ pub(crate) async fn ramp_control(
                 action: req.action,
                 by_secs,
             }),
+            guards: Vec::new(),
+            guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
         }))

@@ -189,6 +189,8 @@ pub(crate) async fn command(
                 expected_version: None,
                 ramp,
                 control: None,
+                guards: Vec::new(),
+                guard_op: None,
                 actor: Actor {
                     name: name.clone(),
                     source: Source::Slack,
