@@ -292,7 +292,7 @@ impl Ramp {
                 remaining_secs: (guard.step_secs * steps_left).clamp(1, MAX_RAMP_SECS),
                 then: RampShape::Steps { fractions: rest },
             }),
-            guard: Some(guard),
+            guard: Some(Box::new(guard)),
         }
     }
 
@@ -303,7 +303,7 @@ impl Ramp {
         if g.is_last_step() {
             return None;
         }
-        let mut next = g.clone();
+        let mut next = (**g).clone();
         next.step += 1;
         Some(Ramp::guarded_step(next, now))
     }

@@ -78,7 +78,7 @@ pub struct Ramp {
     /// its current step, and the control plane writes the next step when the guards allow.
     /// Gates ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guard: Option<crate::guard::RampGuard>,
+    pub guard: Option<Box<crate::guard::RampGuard>>,
 }
 
 /// A held release: the fraction it was held at and the rest of the plan, to continue with.

@@ -31,6 +31,7 @@ mod commit;
 pub mod config;
 pub mod error;
 mod fanout;
+pub mod guard_core;
 pub mod hub;
 mod limits;
 pub mod metrics;
