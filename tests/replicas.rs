@@ -83,6 +83,7 @@ fn req(state: SwitchState) -> SetStateRequest {
         source: None,
         expected_version: None,
         ramp: None,
+        guards: Vec::new(),
     }
 }
 

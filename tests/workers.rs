@@ -33,6 +33,7 @@ async fn set(
             source: Some(Source::Api),
             expected_version: None,
             ramp,
+            guards: Vec::new(),
         },
     )
     .await
