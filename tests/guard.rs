@@ -341,3 +341,59 @@ async fn a_guard_needs_a_stepped_ramp() {
     );
     drop(server);
 }
+
+#[tokio::test]
+async fn the_cli_resumes_with_guards() {
+    let (dir, server, api, token) = start("");
+    pause(&api, &token).await;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [
+        ("BRB_URL", server.url.as_str()),
+        ("BRB_TOKEN", token.as_str()),
+    ];
+    let run = |args: &[&str]| {
+        let o = brb_e2e::cli(&home, &env, args);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    // Refused before anything is sent: a guard without a limit, and on a linear ramp.
+    let (ok, out) = run(&["resume", "--ramp", "steps:10m", "--guard", "db_load"]);
+    assert!(
+        !ok && out.contains("cannot read guard \"db_load\""),
+        "{out}"
+    );
+    let (ok, out) = run(&["resume", "--ramp", "linear:5m", "--guard", "db_load < 80"]);
+    assert!(!ok && out.contains("a guard needs a stepped ramp"), "{out}");
+    assert_eq!(switch(&api, &token).await["state"], "paused");
+    let (ok, out) = run(&[
+        "resume",
+        "--ramp",
+        "steps:10m",
+        "--guard",
+        "db_load < 80",
+        "--guard",
+        "queue_depth < 500, interval=5s, failures=2",
+        "--wait",
+        "0",
+    ]);
+    assert!(ok, "{out}");
+    let sw = switch(&api, &token).await;
+    let g = &sw["ramp"]["guard"];
+    assert_eq!(
+        g["guards"][0],
+        json!({"series": "db_load", "below": 80.0, "interval_secs": 10, "failure_limit": 3})
+    );
+    assert_eq!(g["guards"][1]["failure_limit"], 2);
+    assert_eq!(g["step_secs"], 200);
+    let (ok, out) = run(&["status"]);
+    println!("brb status: {out}");
+    assert!(
+        ok && out
+            .contains("guarded release at 10% (step 1/4), guard db_load < 80, queue_depth < 500"),
+        "{out}"
+    );
+    drop(server);
+}
