@@ -8,10 +8,18 @@
 //! - **The database** is simulated: each job holds a connection for a latency that grows
 //!   steeply once concurrency passes its capacity, so a full fleet drowns it and a ramped
 //!   release does not.
+//! - **Timeouts and retries** make the overload outlive its trigger (a metastable failure, the
+//!   story the product comes from): a job whose query would take longer than `job_timeout`
+//!   holds its connection that long, fails, and goes back to the queue to be retried. With the
+//!   whole fleet on a backlog every job times out: nothing completes, the backlog only grows,
+//!   and the database stays overloaded until someone pauses. Released gradually, the backlog
+//!   drains at a concurrency the database can take, and full release finds it empty.
 //!
-//! Once a second the demo publishes `jobs_per_second`, `queue_depth`, `db_load` (percent of
-//! capacity) and `db_latency_ms` through the metrics API. It lives in its own crate because it
-//! is a client of the control plane, not part of it.
+//! Once a second the demo publishes `jobs_per_second`, `jobs_failed` (timed out, retried),
+//! `queue_depth`, `db_load` (percent of capacity) and `db_latency_ms` through the metrics API.
+//! It lives in its own crate because it is a client of the control plane, not part of it.
+//! [`model`] is the same database as a deterministic fluid model, for tests and the README's
+//! curves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +28,8 @@ use std::time::Duration;
 use brb_api::{Sample, SampleKind};
 use brb_client::{Client, Gate, GateConfig};
 use tokio::sync::watch;
+
+pub mod model;
 
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -34,6 +44,9 @@ pub struct DemoConfig {
     pub base_latency: Duration,
     /// Average jobs produced per second.
     pub arrival_rate: f64,
+    /// A query slower than this fails after holding its connection this long, and its job
+    /// goes back to the queue (the producer retries it).
+    pub job_timeout: Duration,
 }
 
 impl DemoConfig {
@@ -46,6 +59,7 @@ impl DemoConfig {
             db_capacity: 24.0,
             base_latency: Duration::from_millis(25),
             arrival_rate: 220.0,
+            job_timeout: Duration::from_millis(60),
         }
     }
 }
@@ -56,6 +70,8 @@ pub struct Sim {
     pub queue: AtomicU64,
     pub active: AtomicUsize,
     pub done: AtomicU64,
+    /// Jobs that timed out and were queued again.
+    pub failed: AtomicU64,
     /// Sum of job latencies in µs since the last publish, and how many.
     lat_sum_us: AtomicU64,
     lat_n: AtomicU64,
@@ -72,9 +88,9 @@ impl Sim {
     /// that past capacity more concurrency buys less throughput (about 650 jobs/s at best,
     /// 430 with all 40 workers piling in).
     pub fn latency(&self, cfg: &DemoConfig) -> Duration {
-        let load = self.active.load(Ordering::Acquire) as f64 / cfg.db_capacity;
-        let factor = 1.0 + 2.0 * (load - 0.5).max(0.0).powi(2);
-        cfg.base_latency.mul_f64(factor)
+        let active = self.active.load(Ordering::Acquire) as f64;
+        cfg.base_latency
+            .mul_f64(model::latency_factor(active / cfg.db_capacity))
     }
 }
 
@@ -145,6 +161,15 @@ async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
         }
         sim.active.fetch_add(1, Ordering::AcqRel);
         let lat = sim.latency(&cfg);
+        if lat > cfg.job_timeout {
+            // The query times out: the connection was held all along, the job is retried.
+            tokio::time::sleep(cfg.job_timeout).await;
+            sim.active.fetch_sub(1, Ordering::AcqRel);
+            sim.failed.fetch_add(1, Ordering::AcqRel);
+            sim.queue.fetch_add(1, Ordering::AcqRel);
+            drop(permit);
+            continue;
+        }
         tokio::time::sleep(lat).await;
         sim.active.fetch_sub(1, Ordering::AcqRel);
         sim.done.fetch_add(1, Ordering::AcqRel);
@@ -157,6 +182,7 @@ async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
 
 async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
     let mut done_sent = sim.done.load(Ordering::Acquire);
+    let mut failed_sent = sim.failed.load(Ordering::Acquire);
     let mut load_sum = 0.0;
     let mut load_n = 0u32;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -168,6 +194,7 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
             continue;
         }
         let done = sim.done.load(Ordering::Acquire);
+        let failed = sim.failed.load(Ordering::Acquire);
         let lat_n = sim.lat_n.swap(0, Ordering::AcqRel);
         let lat_sum = sim.lat_sum_us.swap(0, Ordering::AcqRel);
         let mut samples = vec![
@@ -183,6 +210,13 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
                 labels: Default::default(),
                 ts: None,
             },
+            Sample {
+                name: "jobs_failed".into(),
+                value: (failed - failed_sent) as f64,
+                kind: SampleKind::Counter,
+                labels: Default::default(),
+                ts: None,
+            },
         ];
         if lat_n > 0 {
             samples.push(gauge(
@@ -193,7 +227,7 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
         load_sum = 0.0;
         load_n = 0;
         match client.push_samples(samples).await {
-            Ok(_) => done_sent = done,
+            Ok(_) => (done_sent, failed_sent) = (done, failed),
             Err(e) => tracing::warn!(error = %e, "demo could not publish samples"),
         }
     }
