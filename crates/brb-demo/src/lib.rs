@@ -59,7 +59,9 @@ impl DemoConfig {
             db_capacity: 24.0,
             base_latency: Duration::from_millis(25),
             arrival_rate: 220.0,
-            job_timeout: Duration::from_millis(60),
+            // Tips only at 38 or more queries at once (93 ms with all 40): a burst of 2.5× the
+            // average rate is served at about 30, the whole fleet on a backlog is not.
+            job_timeout: Duration::from_millis(80),
         }
     }
 }
@@ -72,6 +74,9 @@ pub struct Sim {
     pub done: AtomicU64,
     /// Jobs that timed out and were queued again.
     pub failed: AtomicU64,
+    /// Workers whose gate has answered once: the producer waits for the fleet, since a backlog
+    /// built while the gates connect would meet the whole fleet at once and tip the database.
+    ready: AtomicUsize,
     /// Sum of job latencies in µs since the last publish, and how many.
     lat_sum_us: AtomicU64,
     lat_n: AtomicU64,
@@ -128,8 +133,17 @@ pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) -> Arc<Si
 }
 
 async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
-    let tick = Duration::from_millis(100);
+    // Jobs arrive every 10 ms, not in 100 ms batches: a batch would be taken by that many idle
+    // workers at the same instant, a spike of concurrency no real arrival process makes.
+    let tick = Duration::from_millis(10);
+    let waiting = tokio::time::Instant::now();
+    while sim.ready.load(Ordering::Acquire) < cfg.workers
+        && waiting.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let start = tokio::time::Instant::now();
+    let mut carry = 0.0;
     let mut burst_left = 0u32;
     loop {
         tokio::time::sleep(tick).await;
@@ -137,23 +151,29 @@ async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
         // A slow swell (period ~2 min) between 60% and 140% of the average rate...
         let mut rate = cfg.arrival_rate * (1.0 + 0.4 * (t / 20.0).sin());
         // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
-        if burst_left == 0 && rand::random::<f64>() < 0.002 {
-            burst_left = 50;
+        if burst_left == 0 && rand::random::<f64>() < 0.0002 {
+            burst_left = 500;
         }
         if burst_left > 0 {
             burst_left -= 1;
             rate *= 2.5;
         }
-        let expected = rate * tick.as_secs_f64();
         let jitter = 0.8 + 0.4 * rand::random::<f64>();
-        sim.queue
-            .fetch_add((expected * jitter).round() as u64, Ordering::AcqRel);
+        // Fractions of a job carry over to the next tick, so the average rate holds.
+        carry += rate * tick.as_secs_f64() * jitter;
+        let n = carry.floor();
+        carry -= n;
+        sim.queue.fetch_add(n as u64, Ordering::AcqRel);
     }
 }
 
 async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
+    let mut first = true;
     loop {
         let permit = gate.acquire().await;
+        if std::mem::take(&mut first) {
+            sim.ready.fetch_add(1, Ordering::AcqRel);
+        }
         if !sim.take_job() {
             permit.abandon();
             tokio::time::sleep(Duration::from_millis(20)).await;
