@@ -19,6 +19,11 @@ RULES_OUTSIDE_THE_SCHEMA = [
     # Across fields or across array items.
     ("PUT", "/api/v1/switches/{name}/state", "a ramp applies only to a resume"),
     ("PUT", "/api/v1/switches/{name}/state", "ramp steps must not decrease"),
+    ("PUT", "/api/v1/switches/{name}/state", "guards apply only to a resume"),
+    ("PUT", "/api/v1/switches/{name}/state", "a guard needs a ramp"),
+    ("PUT", "/api/v1/switches/{name}/state", "a guard needs a stepped ramp"),
+    ("PUT", "/api/v1/switches/{name}/state", "needs a limit (below and/or above)"),
+    ("PUT", "/api/v1/switches/{name}/state", "must be smaller than below"),
     ("POST", "/api/v1/switches/{name}/ramp", "by_secs applies only to extend"),
     ("POST", "/api/v1/switches/{name}/ramp", "extend needs by_secs"),
     # Against the release in progress: how much of it is left.

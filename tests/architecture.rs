@@ -292,6 +292,7 @@ fn the_stream_core_and_the_store_rules_do_no_io_and_read_no_clock() {
     // while they take the time and every answer from outside as arguments.
     for path in [
         "crates/brb-server/src/subscription.rs",
+        "crates/brb-server/src/guard_core.rs",
         "crates/brb-store/src/rules.rs",
         "crates/brb-store/src/migrations.rs",
         "crates/brb-adapter/src/reconcile.rs",

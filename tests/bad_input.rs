@@ -183,6 +183,11 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             "GET",
             "/switches/workers/workers",
         ),
+        (
+            "GET /api/v1/switches/{name}/guard",
+            "GET",
+            "/switches/workers/guard",
+        ),
         ("GET /api/v1/tokens", "GET", "/tokens"),
         ("POST /api/v1/tokens", "POST", "/tokens"),
         ("DELETE /api/v1/tokens/{id}", "DELETE", "/tokens/VIEWER"),
@@ -422,6 +427,9 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"paused","oops":1}"#)),
         t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"paused","expected_version":"1"}"#)),
         t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"running","ramp":{"kind":"steps","fractions":[2.0],"duration_secs":60}}"#)),
+        t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"running","ramp":{"kind":"linear","from":0.1,"duration_secs":60},"guards":[{"series":"db_load","below":80}]}"#)),
+        t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"running","ramp":{"kind":"steps","fractions":[0.1,1.0],"duration_secs":60},"guards":[{"series":"db_load","below":80,"oops":1}]}"#)),
+        t(case("PUT", "/api/v1/switches/workers/state", 422, "invalid_value").body(r#"{"state":"paused","source":"guard"}"#)),
         t(case("PUT", "/api/v1/switches/workers/state", 409, "version_conflict").body(r#"{"state":"paused","expected_version":99}"#)),
         t(case("PUT", "/api/v1/switches/workers/state", 413, "payload_too_large").body(big.clone())),
         t(case("PUT", "/api/v1/switches/nope/state", 404, "not_found").body(r#"{"state":"paused"}"#)),
@@ -512,6 +520,19 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             404,
             "not_found",
         ))],
+    );
+    add(
+        "GET /api/v1/switches/{name}/guard",
+        vec![
+            t(case("GET", "/api/v1/switches/nope/guard", 404, "not_found")),
+            // No guarded release on the switch.
+            t(case(
+                "GET",
+                "/api/v1/switches/workers/guard",
+                404,
+                "not_found",
+            )),
+        ],
     );
     add(
         "GET /api/v1/tokens",

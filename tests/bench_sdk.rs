@@ -194,6 +194,7 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
                     source: None,
                     expected_version: None,
                     ramp: None,
+                    guards: Vec::new(),
                 },
             )
             .await?;

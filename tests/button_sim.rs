@@ -346,6 +346,7 @@ async fn set(c: &brb_client::Client, state: SwitchState, reason: &str) -> u64 {
             source: None,
             expected_version: None,
             ramp: None,
+            guards: Vec::new(),
         },
     )
     .await

@@ -1564,6 +1564,7 @@ fn set(state: SwitchState, ramp: Option<brb_api::RampSpec>) -> SetStateRequest {
         source: None,
         expected_version: None,
         ramp,
+        guards: Vec::new(),
     }
 }
 

@@ -261,6 +261,7 @@ async fn set(s: &InProcess, state: SwitchState, reason: &str) -> brb_api::Switch
                 source: Some(Source::Desktop),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await
@@ -683,6 +684,7 @@ tags = ["brb"]
                 source: Some(Source::Cli),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await

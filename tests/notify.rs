@@ -154,6 +154,7 @@ async fn toggle(s: &InProcess, state: SwitchState, reason: &str) -> (brb_api::Sw
                 source: Some(Source::Desktop),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await
@@ -573,6 +574,7 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
             source: None,
             expected_version: None,
             ramp: None,
+            guards: Vec::new(),
         },
     )
     .await

@@ -320,6 +320,7 @@ fn pause_wait_drained_waits_for_in_flight_to_reach_zero() {
                 source: None,
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await

@@ -83,6 +83,7 @@ fn req(state: SwitchState) -> SetStateRequest {
         source: None,
         expected_version: None,
         ramp: None,
+        guards: Vec::new(),
     }
 }
 
@@ -671,4 +672,98 @@ async fn restart_body() {
     drop(g);
     drop(a);
     drop(b);
+}
+
+/// A guarded release on two replicas that both see the guarded series (samples pushed to
+/// each): both evaluate every check, and each step is written once, in order, on consecutive
+/// versions. Which replica writes is a race; the loser's write is refused by the store's
+/// compare-and-set on the version and step (`rules.rs`: the deterministic proof is the rule test
+/// `a_guarded_release_starts_held_and_advances_only_from_its_step`). Usually the other replica
+/// has seen the new version before its own tick, so races are rare; the counts are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guard_advances_once_across_replicas() {
+    tokio::time::timeout(Duration::from_secs(120), guard_replicas_body())
+        .await
+        .expect("test timed out");
+}
+
+async fn guard_replicas_body() {
+    let db = tokio::task::spawn_blocking(|| PgCluster::shared().database("guard_replicas"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let ha = s.spawn(|| replica(dir.path(), "a", &db, None));
+        let hb = s.spawn(|| replica(dir.path(), "b", &db, None));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let http = reqwest::Client::new();
+    let pusher = {
+        let (http, urls) = (http.clone(), [a.url.clone(), b.url.clone()]);
+        tokio::spawn(async move {
+            loop {
+                for u in &urls {
+                    let _ = http
+                        .post(format!("{u}/api/v1/metrics"))
+                        .bearer_auth(ADMIN)
+                        .json(&serde_json::json!({"samples": [{"name": "db_load", "value": 30}]}))
+                        .send()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let ca = client(&[&a.url]);
+    ca.set_state("workers", &req(SwitchState::Paused))
+        .await
+        .unwrap();
+    let mut resume = req(SwitchState::Running);
+    resume.ramp = Some(brb_api::RampSpec::parse("steps:6s").unwrap());
+    resume.guards = vec![brb_api::GuardSpec::parse("db_load < 80, interval=1s").unwrap()];
+    let started = ca.set_state("workers", &resume).await.unwrap();
+    let cb = client(&[&b.url]);
+    let mut done = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let s = cb.switch("workers").await.unwrap();
+        if s.state == SwitchState::Running && s.ramp.is_none() {
+            done = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pusher.abort();
+    let done = done.expect("the guarded release finished");
+    let audit = ca.audit(None, 100, None).await.unwrap();
+    let steps: Vec<(u64, String)> = audit
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| e.source == brb_api::Source::Guard)
+        .map(|e| (e.version.unwrap(), e.reason.clone().unwrap_or_default()))
+        .collect();
+    let (la, lb) = (a.log(), b.log());
+    let decided = |l: &str| l.matches("guard advances the release").count();
+    let superseded = |l: &str| l.matches("guard decision superseded").count();
+    println!(
+        "steps: {steps:#?}\nreplica a decided {} and was superseded {}; b decided {} and was superseded {}",
+        decided(&la),
+        superseded(&la),
+        decided(&lb),
+        superseded(&lb)
+    );
+    // One write per step, in order, on consecutive versions: never a step twice.
+    assert_eq!(steps.len(), 4, "{steps:?}");
+    for (i, (v, _)) in steps.iter().enumerate() {
+        assert_eq!(*v, started.version + 1 + i as u64, "{steps:?}");
+    }
+    assert!(
+        steps[0]
+            .1
+            .starts_with("guarded release advanced to 25% (step 2/4)")
+    );
+    assert!(steps[3].1.starts_with("guarded release finished at 100%"));
+    assert_eq!(done.version, started.version + 4);
+    assert!(decided(&la) + decided(&lb) >= 4);
 }

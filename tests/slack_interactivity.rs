@@ -86,6 +86,7 @@ async fn pause(s: &InProcess, reason: &str) -> brb_api::Switch {
                 source: Some(Source::Desktop),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await

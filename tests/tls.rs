@@ -170,6 +170,7 @@ fn pause(reason: &str) -> SetStateRequest {
         source: None,
         expected_version: None,
         ramp: None,
+        guards: Vec::new(),
     }
 }
 
@@ -180,6 +181,7 @@ fn resume() -> SetStateRequest {
         source: None,
         expected_version: None,
         ramp: None,
+        guards: Vec::new(),
     }
 }
 

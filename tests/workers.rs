@@ -33,6 +33,7 @@ async fn set(
             source: Some(Source::Api),
             expected_version: None,
             ramp,
+            guards: Vec::new(),
         },
     )
     .await
@@ -730,7 +731,15 @@ async fn demo_workload_pauses_and_recovers() {
     })
     .await;
 
-    set(&c, "workers", SwitchState::Running, None).await;
+    // Released gradually: the demo's database relapses when the whole fleet meets a backlog at
+    // once (brb-demo/tests/relapse.rs), a stepped release lets the work through.
+    set(
+        &c,
+        "workers",
+        SwitchState::Running,
+        Some(brb_api::RampSpec::parse("steps:10m").unwrap()),
+    )
+    .await;
     wait_for(limit, "work resuming after the release", || async {
         latest(&c, "jobs_per_second")
             .await

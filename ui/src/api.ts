@@ -1,7 +1,7 @@
 // The control plane's API types, as the UI sees them (the wire format of crates/brb-api).
 
 export type SwitchState = "running" | "paused";
-export type Source = "desktop" | "tray" | "button" | "cli" | "slack" | "web" | "api" | "system" | "adapter";
+export type Source = "desktop" | "tray" | "button" | "cli" | "slack" | "web" | "api" | "system" | "adapter" | "guard";
 
 export interface Ramp {
   started_at: string;
@@ -11,6 +11,50 @@ export interface Ramp {
   from?: number;
   /** Set while the release is held: the shape above then keeps `fraction` (for a day at most). */
   held?: RampHeld | null;
+  /** A health-guarded release: the control plane advances its steps while the guards pass. */
+  guard?: RampGuard | null;
+}
+
+/** A condition on one series (`db_load < 80`), checked every `interval_secs`. */
+export interface GuardSpec {
+  series: string;
+  labels?: Record<string, string>;
+  below?: number;
+  above?: number;
+  interval_secs?: number;
+  failure_limit?: number;
+}
+
+export interface RampGuard {
+  guards: GuardSpec[];
+  steps: number[];
+  step: number;
+  step_secs: number;
+  step_started_at: string;
+}
+
+export type GuardPhase = "advancing" | "holding" | "tripped" | "finished";
+
+/** The `guard` event and `GET /api/v1/switches/{name}/guard`. */
+export interface GuardStatus {
+  switch: string;
+  version: number;
+  phase: GuardPhase;
+  step: number;
+  steps: number;
+  fraction: number;
+  dwell_ends_at: string;
+  reason?: string | null;
+  checks: {
+    guard: GuardSpec;
+    condition: string;
+    outcome: "pending" | "pass" | "fail" | "no_data";
+    value: number | null;
+    consecutive_failures: number;
+    detail?: string | null;
+    checked_at: string | null;
+  }[];
+  at: string;
 }
 
 export interface RampHeld {
@@ -57,6 +101,7 @@ export interface SetStateRequest {
   source?: Source;
   expected_version?: number;
   ramp?: RampSpec;
+  guards?: GuardSpec[];
 }
 
 export interface AuditEntry {

@@ -3,6 +3,7 @@
 
 import type {
   AuditEntry,
+  GuardStatus,
   RampControlRequest,
   SampleTick,
   Series,
@@ -17,6 +18,8 @@ export type LiveEvent =
   | { kind: "deleted"; data: { name: string; version: number } }
   | { kind: "workers"; data: WorkerCounts }
   | { kind: "samples"; data: SampleTick }
+  /** The live state of a guarded release (control plane's guard evaluator). */
+  | { kind: "guard"; data: GuardStatus }
   /**
    * The stream skipped changes (too far behind, or it fell behind the broadcast): the events
    * that follow are the current state, and a deletion among the skipped ones is not repeated,

@@ -13,7 +13,8 @@ export function sourceLabel(s: Source): string {
     api: "the API",
     system: "the control plane",
     adapter: "a broker adapter",
-  }[s];
+    guard: "a health guard",
+  }[s] ?? s;
 }
 
 /** "4 s", "12 min", "2 h 5 min". */

@@ -13,6 +13,19 @@ export interface Overlay {
   paused: [number, number][];
   markers: Marker[];
   range: [number, number];
+  /** A guarded release's limit on this series: a horizontal line. */
+  limit?: GuardLimit;
+}
+
+export interface GuardLimit {
+  value: number;
+  label: string;
+  phase: string;
+}
+
+/** The limit line's colour by what the guarded release does. */
+export function limitColor(phase: string): string {
+  return phase === "holding" ? "#ffb300" : phase === "tripped" ? MARK_PAUSED : MARK_RUNNING;
 }
 
 /** Marker colours: the paused and running colours of states.ts, lightened for a dark plot. */
@@ -78,6 +91,19 @@ function overlayPlugin(get: () => Overlay): uPlot.Plugin {
           ctx.fillStyle = color;
           ctx.fillText(text, tx, ty + px);
         }
+        const limit = get().limit;
+        if (limit) {
+          const y = u.valToPos(limit.value, "y", true);
+          ctx.setLineDash([8 * px, 4 * px]);
+          ctx.strokeStyle = limitColor(limit.phase);
+          ctx.beginPath();
+          ctx.moveTo(left, y);
+          ctx.lineTo(left + width, y);
+          ctx.stroke();
+          ctx.fillStyle = limitColor(limit.phase);
+          ctx.textBaseline = "bottom";
+          ctx.fillText(limit.label, left + 4 * px, y - 2 * px);
+        }
         ctx.restore();
       },
     },
@@ -123,7 +149,8 @@ export class Graph {
       height: 170,
       legend: { show: false },
       cursor: { show: true, drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(1, max * 1.1)] } },
+      // A guard's limit stays in view even while the series is far below it.
+      scales: { x: { time: true }, y: { range: (_u, min, max) => [Math.min(0, min), Math.max(1, max * 1.1, (this.overlay.limit?.value ?? 0) * 1.1)] } },
       axes: [
         { stroke: "#888", grid: { stroke: "#2a2f36" } },
         { stroke: "#888", grid: { stroke: "#2a2f36" }, size: 50, values: (_u, vals) => vals.map((v) => formatValue(v, meta.unit === "%" ? "%" : "")) },
@@ -176,9 +203,13 @@ export class Graph {
       inView.length ? `, lowest ${formatValue(Math.min(...inView), this.meta.unit)}, highest ${formatValue(Math.max(...inView), this.meta.unit)}.` : ", no samples.",
       ...marks.map((m) => ` At ${clock(m.ts * 1000)} ${m.label}.`),
       ...holes.map(([a, b]) => ` No samples from ${clock(a * 1000)} to ${clock(b * 1000)}.`),
+      overlay.limit ? ` Limit line: ${overlay.limit.label}.` : "",
     ].join("");
     if (this.alt.textContent !== alt) this.alt.textContent = alt;
     this.el.setAttribute("aria-label", `${this.meta.title} graph`);
+    // The guard's limit, for the text alternative's readers and for tests.
+    if (overlay.limit) this.el.dataset.limit = `${overlay.limit.value}|${overlay.limit.phase}`;
+    else delete this.el.dataset.limit;
     this.el.dataset.points = String(inView.length);
     // The newest point drawn (Unix seconds): end-to-end tests wait on it instead of a clock.
     this.el.dataset.last = String(rawTs.length ? rawTs[rawTs.length - 1] : 0);

@@ -162,6 +162,7 @@ export function dispatch(event: string, data: string, onEvent: (e: LiveEvent) =>
       event === "deleted" ||
       event === "workers" ||
       event === "samples" ||
+      event === "guard" ||
       event === "resync"
     ) {
       onEvent({ kind: event, data: parsed } as LiveEvent);

@@ -1,6 +1,6 @@
 // The UI's state and the pure functions that update it from API answers and live events.
 
-import type { AuditEntry, Ramp, Series, ServerInfo, Switch, WorkerCounts } from "./api";
+import type { AuditEntry, GuardStatus, Ramp, Series, ServerInfo, Switch, WorkerCounts } from "./api";
 import type { ConnectionStatus, LiveEvent } from "./backend";
 
 /** One series at one-second resolution, at most an hour. */
@@ -49,6 +49,8 @@ export interface Model {
   eventSeq: number;
   /** Per switch, the `eventSeq` of the last `workers` event. */
   countsSeq: Map<string, number>;
+  /** Per switch, the last status of its guarded release (`guard` events). */
+  guards: Map<string, GuardStatus>;
 }
 
 export interface Unconfirmed {
@@ -80,6 +82,7 @@ export function emptyModel(): Model {
     button: null,
     eventSeq: 0,
     countsSeq: new Map(),
+    guards: new Map(),
   };
 }
 
@@ -182,6 +185,9 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
       for (const v of e.data.values) {
         appendSample(m, seriesKey(v.name, v.labels), v.name, e.data.ts, v.value, v.labels);
       }
+      return false;
+    case "guard":
+      m.guards.set(e.data.switch, e.data);
       return false;
     case "button":
       m.button = e.data;

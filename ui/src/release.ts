@@ -3,7 +3,7 @@
 // (hold, continue, extend, abort). Releasing everything at once is what brings the spike back,
 // so it is offered last and never focused.
 
-import type { RampAction, RampSpec, Switch } from "./api";
+import type { GuardSpec, GuardStatus, RampAction, RampGuard, RampSpec, Switch } from "./api";
 import { h } from "./dom";
 import { admittedFraction, duration } from "./format";
 import type { Model } from "./model";
@@ -61,14 +61,78 @@ export function backlogLine(m: Model, nowS: number): string {
 }
 
 /**
+ * Reads a guard as the CLI takes it (`brb_api::GuardSpec::parse`): `db_load < 80`,
+ * `free_mb > 500` or `10 < x < 90`, optionally followed by `, interval=10s, failures=3`.
+ * Returns what is wrong instead when it cannot.
+ */
+export function parseGuard(raw: string): GuardSpec | string {
+  const bad = `Cannot read the guard "${raw.trim()}": write e.g. db_load < 80 (or db_load < 80, interval=10s, failures=3).`;
+  const [cond, ...opts] = raw.split(",");
+  const num = (t: string | undefined) => (t !== undefined && t.trim() !== "" && Number.isFinite(Number(t)) ? Number(t) : null);
+  const name = (t: string | undefined) => (t !== undefined && /^[A-Za-z0-9_:.-]{1,100}$/.test(t.trim()) ? t.trim() : null);
+  let spec: GuardSpec | null = null;
+  const lt = cond.split("<");
+  const gt = cond.split(">");
+  if (lt.length === 2 && gt.length === 1 && name(lt[0]) && num(lt[1]) !== null) spec = { series: name(lt[0])!, below: num(lt[1])! };
+  else if (lt.length === 3 && name(lt[1]) && num(lt[0]) !== null && num(lt[2]) !== null) {
+    spec = { series: name(lt[1])!, above: num(lt[0])!, below: num(lt[2])! };
+    if (spec.above! >= spec.below!) return `The guard's range is empty: ${spec.above} is not below ${spec.below}.`;
+  } else if (gt.length === 2 && lt.length === 1 && name(gt[0]) && num(gt[1]) !== null) spec = { series: name(gt[0])!, above: num(gt[1])! };
+  if (!spec) return bad;
+  for (const o of opts) {
+    const [k, v] = o.split("=").map((x) => x.trim());
+    const secs = /^(\d+)(s|m)?$/.exec(v ?? "");
+    if (k === "interval" && secs) spec.interval_secs = Number(secs[1]) * (secs[2] === "m" ? 60 : 1);
+    else if (k === "failures" && /^\d+$/.test(v ?? "")) spec.failure_limit = Number(v);
+    else return bad;
+  }
+  return spec;
+}
+
+/** A guard as its condition reads: `db_load < 80`. */
+export function guardCondition(g: GuardSpec): string {
+  if (g.above !== undefined && g.below !== undefined) return `${g.above} < ${g.series} < ${g.below}`;
+  return g.below !== undefined ? `${g.series} < ${g.below}` : `${g.series} > ${g.above}`;
+}
+
+const fmtValue = (v: number) => (Math.round(v * 10) / 10).toLocaleString("en-US");
+
+/**
+ * What a guarded release is doing, in words: the step, each guard's condition and its last
+ * value against the limit, and whether it advances, holds (and why) or paused again.
+ * `st` is the evaluator's last status (absent until its first check).
+ */
+export function guardLine(g: RampGuard, st: GuardStatus | undefined): { phase: string; text: string } {
+  const pct = Math.round((g.steps[g.step] ?? 1) * 100);
+  const head = `Guarded release at ${pct}% (step ${g.step + 1}/${g.steps.length})`;
+  const fresh = st && st.step === g.step + 1 ? st : undefined;
+  const checks = g.guards.map((spec, i) => {
+    const c = fresh?.checks[i];
+    const cond = guardCondition(spec);
+    if (!c || c.outcome === "pending") return `${cond}: not checked yet`;
+    if (c.value === null) return `${cond}: no data`;
+    return `${cond}: now ${fmtValue(c.value)}${c.outcome === "fail" ? ` (failing, ${c.consecutive_failures} of ${spec.failure_limit ?? 3})` : ""}`;
+  });
+  const phase = fresh?.phase ?? "advancing";
+  const tail =
+    phase === "holding"
+      ? ` · holding${fresh?.reason ? `: ${fresh.reason.replace(/^holding at [^:]*: /, "")}` : ""}`
+      : phase === "tripped"
+        ? " · re-paused"
+        : " · advancing";
+  return { phase, text: `${head}, guard ${checks.join(", ")}${tail}` };
+}
+
+/**
  * Fills `form` with the resume choices. `go` gets the ramp to release with (`undefined`: at
- * once). Returns the element to focus: the default, gradual choice.
+ * once) and the guards (none unless one was typed). Returns the element to focus: the
+ * default, gradual choice.
  */
 export function resumeForm(
   form: HTMLFormElement,
   m: Model,
   now: number,
-  go: (ramp: RampSpec | undefined) => void,
+  go: (ramp: RampSpec | undefined, guards: GuardSpec[]) => void,
   cancel: () => void,
 ): HTMLElement {
   // The duration is checked here, with a message that says what is allowed, instead of the
@@ -100,6 +164,17 @@ export function resumeForm(
   fieldset.append(
     h("div", { class: "duration" }, h("label", { for: "release-minutes" }, "Over"), minutes, h("span", {}, "minutes")),
   );
+  // Optional: each step proceeds only while the guard holds; it pauses again if it keeps failing.
+  const guard = h("input", { type: "text", id: "release-guard", placeholder: "e.g. db_load < 80", "data-testid": "release-guard", autocomplete: "off" });
+  fieldset.append(
+    h(
+      "div",
+      { class: "guard" },
+      h("label", { for: "release-guard" }, "Guard (optional)"),
+      guard,
+      h("span", { class: "hint" }, "steps only while it holds; pauses again if it keeps failing"),
+    ),
+  );
   form.append(fieldset, problem);
   const confirm = h("button", { type: "submit", class: "go", "data-testid": "confirm-release" });
   const choice = (): Choice => (radios.find((r) => r.checked)?.value as Choice) ?? "steps";
@@ -125,7 +200,18 @@ export function resumeForm(
       minutes.focus();
       return;
     }
-    go(releaseSpec(c, mins));
+    const guards: GuardSpec[] = [];
+    if (guard.value.trim()) {
+      const g = c === "steps" ? parseGuard(guard.value) : "A guard needs the release in steps: it holds a step until the guard passes.";
+      if (typeof g === "string") {
+        problem.textContent = g;
+        problem.classList.remove("hidden");
+        guard.focus();
+        return;
+      }
+      guards.push(g);
+    }
+    go(releaseSpec(c, mins), guards);
   });
   const no = h("button", { type: "button", value: "cancel", "data-testid": "cancel" }, "Cancel");
   no.addEventListener("click", (e) => {
@@ -140,13 +226,22 @@ export function resumeForm(
  * The release in progress, with its controls: hold (or continue a hold), extend by five
  * minutes, abort (back to paused). Empty when nothing is being released.
  */
-export function rampPanel(sw: Switch, now: number, canChange: boolean, act: (a: RampAction) => void): Node[] {
+export function rampPanel(
+  sw: Switch,
+  now: number,
+  canChange: boolean,
+  act: (a: RampAction) => void,
+  guard?: GuardStatus,
+): Node[] {
   const r = sw.ramp;
   const f = admittedFraction(sw, now);
-  if (sw.state !== "running" || !r || f >= 1) return [];
+  // A guarded release at 100% is still watched (one more step) before it ends.
+  if (sw.state !== "running" || !r || (f >= 1 && !r.guard)) return [];
   const pct = Math.round(f * 100);
-  const held = r.held ?? null;
-  const text = held
+  const held = r.held && !r.guard ? r.held : null;
+  const text = r.guard
+    ? guardLine(r.guard, guard).text
+    : held
     ? `Release held at ${pct}% of normal work since ${new Date(held.since).toLocaleTimeString()}; ${duration(held.remaining_secs * 1000)} of the release left when it goes on`
     : `Ramping up: ${pct}% of normal work admitted, 100% in ${duration(Date.parse(r.started_at) + r.duration_secs * 1000 - now)}`;
   const button = (a: RampAction, label: string, title: string) => {
@@ -156,7 +251,7 @@ export function rampPanel(sw: Switch, now: number, canChange: boolean, act: (a: 
     return b;
   };
   return [
-    h("span", { "data-testid": "ramp-text" }, text),
+    h("span", { "data-testid": "ramp-text", "data-guard": r.guard ? guardLine(r.guard, guard).phase : "" }, text),
     h("progress", { max: "100", value: String(pct) }),
     h(
       "div",

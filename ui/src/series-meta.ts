@@ -17,6 +17,7 @@ export const SERIES: Record<string, SeriesMeta> = {
   queue_depth: { title: "Queue backlog", unit: "jobs", color: "#ffb300", help: "jobs waiting; grows while paused" },
   db_load: { title: "Database load", unit: "%", color: "#ab47bc", help: "of the database's capacity" },
   db_latency_ms: { title: "Database latency", unit: "ms", color: "#ec407a", help: "average query time" },
+  jobs_failed: { title: "Jobs timed out", unit: "jobs/s", color: "#8d6e63", help: "queries that timed out; their jobs are retried" },
   fleet_in_flight: { title: "Jobs in flight", unit: "jobs", color: "#26c6da", help: "started, not yet finished" },
   // Paused workers in the paused colour, running ones in the running colour (see states.ts).
   fleet_paused: { title: "Workers paused", unit: "workers", color: "#ef5350" },

@@ -1,13 +1,13 @@
 // The Big Red Button screen. Rendering is plain DOM: built once, then updated from the model.
 
-import { BackendError, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
+import { BackendError, type GuardSpec, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
 import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, rampText, sourceLabel } from "./format";
-import { Graph } from "./graphs";
-import { type Model, lastResume, noteSwitch, primary, unreachable } from "./model";
+import { Graph, type GuardLimit } from "./graphs";
+import { type Model, lastResume, noteSwitch, primary, seriesKey, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
 import { h } from "./dom";
-import { EXTEND_SECS, rampPanel, resumeForm } from "./release";
+import { EXTEND_SECS, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
 import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
 
@@ -191,9 +191,9 @@ export class App {
         form,
         this.model,
         Date.now(),
-        (ramp) => {
+        (ramp, guards) => {
           this.dialog.close();
-          void this.change(sw, "running", undefined, ramp);
+          void this.change(sw, "running", undefined, ramp, guards);
         },
         () => this.dialog.close(),
       );
@@ -214,7 +214,7 @@ export class App {
     (to === "paused" ? reason : (buttons.firstElementChild as HTMLElement)).focus();
   }
 
-  private async change(sw: Switch, to: SwitchState, reason: string | undefined, ramp: RampSpec | undefined) {
+  private async change(sw: Switch, to: SwitchState, reason: string | undefined, ramp: RampSpec | undefined, guards: GuardSpec[] = []) {
     this.model.pending = { switch: sw.name, to };
     this.model.error = null;
     this.model.late = null;
@@ -225,6 +225,7 @@ export class App {
       reason,
       source: this.backend.source,
       ramp,
+      ...(guards.length ? { guards } : {}),
     });
     let timer = 0;
     const timeout = new Promise<never>((_, reject) => {
@@ -390,7 +391,7 @@ export class App {
   private toggleFace = "";
   private renderRamp(p: Switch, now: number) {
     const canChange = this.model.pending === null && this.model.info?.caller.role !== "viewer";
-    const parts = rampPanel(p, now, canChange, (a) => void this.rampAction(p.name, a));
+    const parts = rampPanel(p, now, canChange, (a) => void this.rampAction(p.name, a), this.model.guards.get(p.name));
     const key = `${p.version}|${canChange}|${parts.length}`;
     if (parts.length === 0) {
       this.rampKey = key;
@@ -436,7 +437,18 @@ export class App {
   }
 
   private renderSticky(look: StateLook, acks: string, f: number, p: Switch, down: boolean) {
-    const ramp = p.state === "running" && f < 1 ? ` · ramp ${Math.round(f * 100)}%` : "";
+    let ramp = p.state === "running" && f < 1 ? ` · ramp ${Math.round(f * 100)}%` : "";
+    // A guarded release says what its guard sees; a guard's pause says so.
+    const g = p.state === "running" ? p.ramp?.guard : null;
+    if (g) {
+      const st = this.model.guards.get(p.name);
+      const c = st && st.step === g.step + 1 ? st.checks[0] : undefined;
+      const value = c?.value !== null && c?.value !== undefined ? `${Math.round(c.value * 10) / 10} vs ` : "";
+      const cond = guardCondition(g.guards[0]);
+      ramp = ` · ramp ${Math.round((g.steps[g.step] ?? 1) * 100)}% · guard ${value}${cond}: ${guardLine(g, st).phase}`;
+    } else if (p.state === "paused" && p.source === "guard") {
+      ramp = " · re-paused by its guard";
+    }
     this.sticky.style.setProperty("--state", look.color);
     this.sticky.style.setProperty("--ink", look.ink);
     this.sticky.dataset.kind = look.kind;
@@ -510,7 +522,17 @@ export class App {
       paused: pausedIntervals(this.model.audit, p, range[0], range[1]),
       markers: p ? markers(this.model.audit, p.name) : [],
     };
-    for (const [k, g] of this.graphs) g.update(this.model.series.get(k), overlay);
+    // The guard's limit is drawn on the series it watches, coloured by what the release does.
+    const limits = new Map<string, GuardLimit>();
+    const pg = p?.state === "running" ? p.ramp?.guard : null;
+    if (p && pg) {
+      const phase = guardLine(pg, this.model.guards.get(p.name)).phase;
+      for (const spec of pg.guards) {
+        const value = spec.below ?? spec.above;
+        if (value !== undefined) limits.set(seriesKey(spec.series, spec.labels), { value, label: `guard ${guardCondition(spec)} · ${phase}`, phase });
+      }
+    }
+    for (const [k, g] of this.graphs) g.update(this.model.series.get(k), { ...overlay, limit: limits.get(k) });
     for (const b of this.root.querySelectorAll<HTMLButtonElement>(".windows button")) {
       const w = b.dataset.window;
       b.setAttribute("aria-pressed", String(this.watchAfterRelease ? w === "release" : w === String(this.windowSecs)));

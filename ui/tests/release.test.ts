@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Switch } from "../src/api";
 import { admittedFraction } from "../src/format";
 import { appendSample, emptyModel } from "../src/model";
-import { backlogLine, parseMinutes, releaseSpec } from "../src/release";
+import { backlogLine, guardLine, parseGuard, parseMinutes, releaseSpec } from "../src/release";
 
 describe("the release choices", () => {
   it("default to the stepped ramp and take a custom duration", () => {
@@ -47,5 +47,32 @@ describe("a held release", () => {
       },
     };
     expect(admittedFraction(held, T0 + 3_600_000)).toBe(0.25);
+  });
+});
+
+describe("the guard of a release", () => {
+  it("reads the CLI's form and says what is wrong otherwise", () => {
+    expect(parseGuard("db_load < 80")).toEqual({ series: "db_load", below: 80 });
+    expect(parseGuard("free_mb > 512, interval=30s, failures=5")).toEqual({ series: "free_mb", above: 512, interval_secs: 30, failure_limit: 5 });
+    expect(parseGuard("0.1 < ratio < 0.8")).toEqual({ series: "ratio", above: 0.1, below: 0.8 });
+    for (const bad of ["db_load", "db_load < x", "< 80", "db load < 80", "x < 1, nope=2"]) {
+      expect(parseGuard(bad)).toMatch(/^Cannot read the guard/);
+    }
+    expect(parseGuard("9 < x < 1")).toMatch(/range is empty/);
+  });
+
+  it("tells the step, the value against the limit, and the phase", () => {
+    const g = { guards: [{ series: "db_load", below: 80, failure_limit: 3 }], steps: [0.1, 0.25, 0.5, 1], step: 1, step_secs: 20, step_started_at: "2026-11-30T20:00:00Z" };
+    expect(guardLine(g, undefined).text).toBe("Guarded release at 25% (step 2/4), guard db_load < 80: not checked yet · advancing");
+    const st = (phase: "advancing" | "holding", value: number | null, outcome: "pass" | "fail" | "no_data", reason?: string) => ({
+      switch: "workers", version: 5, phase, step: 2, steps: 4, fraction: 0.25, dwell_ends_at: "", reason, at: "",
+      checks: [{ guard: g.guards[0], condition: "db_load < 80", outcome, value, consecutive_failures: outcome === "fail" ? 1 : 0, checked_at: "" }],
+    });
+    expect(guardLine(g, st("advancing", 41.04, "pass")).text).toBe("Guarded release at 25% (step 2/4), guard db_load < 80: now 41 · advancing");
+    expect(guardLine(g, st("holding", 97, "fail", "holding at step 2/4 (25%): db_load < 80 is 97 (1 of 3 failures)")).text).toBe(
+      "Guarded release at 25% (step 2/4), guard db_load < 80: now 97 (failing, 1 of 3) · holding: db_load < 80 is 97 (1 of 3 failures)",
+    );
+    const nodata = guardLine(g, st("holding", null, "no_data", "holding at step 2/4 (25%): no series named db_load"));
+    expect(nodata).toEqual({ phase: "holding", text: "Guarded release at 25% (step 2/4), guard db_load < 80: no data · holding: no series named db_load" });
   });
 });

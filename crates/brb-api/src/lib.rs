@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod error;
+mod guard;
 pub mod ints;
 mod names;
 pub mod ofrep;
@@ -20,6 +21,10 @@ mod series;
 mod workers;
 
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
+pub use guard::{
+    DEFAULT_GUARD_FAILURE_LIMIT, DEFAULT_GUARD_INTERVAL_SECS, GuardCheck, GuardError, GuardOutcome,
+    GuardPhase, GuardSpec, GuardStatus, MAX_GUARDS, RampGuard, validate_guards,
+};
 pub use names::{NameError, validate_switch_name, validate_token_name};
 pub use ramp::{
     MAX_RAMP_SECS, MAX_RAMP_STEPS, Ramp, RampAction, RampError, RampHeld, RampShape, RampSpec,
@@ -91,6 +96,12 @@ impl std::fmt::Display for SwitchState {
 /// as if it came from no token at all, so requests naming them are refused with 422.
 /// `adapter` is recorded only by `POST /api/v1/adapters/actions` (what a broker adapter did to
 /// its broker, never a change of a switch), so a state change cannot pass for an adapter's.
+/// `guard` is the control plane's health guard re-pausing a guarded release; no request may
+/// claim it either.
+///
+/// Decoding is tolerant: a value this build does not know (a source added by a newer control
+/// plane) reads as [`Source::Other`], so an already-deployed gate, CLI or desktop app keeps
+/// reading the switch and the audit log instead of failing on the whole event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -112,6 +123,12 @@ pub enum Source {
     System,
     /// A broker adapter (`brb adapter`) recording what it applied to its broker.
     Adapter,
+    /// A health guard of a guarded release (`brb resume --guard`) that re-paused the switch.
+    Guard,
+    /// A source this build does not know (never written by this control plane; refused in
+    /// requests).
+    #[serde(other)]
+    Other,
 }
 
 impl Source {
@@ -126,6 +143,8 @@ impl Source {
             Source::Api => "api",
             Source::System => "system",
             Source::Adapter => "adapter",
+            Source::Guard => "guard",
+            Source::Other => "other",
         }
     }
 
@@ -140,6 +159,7 @@ impl Source {
             "api" => Source::Api,
             "system" => Source::System,
             "adapter" => Source::Adapter,
+            "guard" => Source::Guard,
             _ => return None,
         })
     }
@@ -186,8 +206,9 @@ fn claimed_source_schema() -> utoipa::openapi::schema::Object {
         .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         .enum_values(Some(values))
         .description(Some(
-            "Where the request comes from (default `api`). `slack`, `system` and `adapter` are \
-             recorded only by the control plane's own paths and are refused here (422).",
+            "Where the request comes from (default `api`). `slack`, `system`, `adapter` and \
+             `guard` are recorded only by the control plane's own paths and are refused here \
+             (422).",
         ))
         .build()
 }
@@ -262,6 +283,12 @@ pub struct SetStateRequest {
     /// With `running`: release gradually instead of all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampSpec>,
+    /// With a stepped `ramp`: health guards (at most 4). Each step proceeds only while every
+    /// guard passes; a guard failing `failure_limit` checks in a row pauses the switch again;
+    /// no data holds the step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 4)]
+    pub guards: Vec<GuardSpec>,
 }
 
 /// `POST /api/v1/switches/{name}/ramp`: hold, continue, extend or abort the release in
@@ -333,7 +360,9 @@ pub struct UpdateSwitchRequest {
     pub source: Option<Source>,
 }
 
-/// What an audit entry records.
+/// What an audit entry records. Decoding is tolerant like [`Source`]'s: an action this build
+/// does not know reads as [`AuditAction::Other`], so `brb audit` of an older build still lists
+/// the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
@@ -352,6 +381,9 @@ pub enum AuditAction {
     /// A release in progress was held, continued or extended (the snapshot has the new ramp;
     /// the reason says which). An abort is a `state_changed` to paused.
     RampChanged,
+    /// An action this build does not know (never written by this control plane).
+    #[serde(other)]
+    Other,
 }
 
 impl AuditAction {
@@ -366,6 +398,7 @@ impl AuditAction {
             AuditAction::TokenRotated => "token_rotated",
             AuditAction::AdapterApplied => "adapter_applied",
             AuditAction::RampChanged => "ramp_changed",
+            AuditAction::Other => "other",
         }
     }
 
@@ -643,6 +676,9 @@ pub mod events {
     /// that keeps a picture of every switch (from `/api/v1/events`) should reload it, since a
     /// deletion among the skipped changes is not repeated.
     pub const RESYNC: &str = "resync";
+    /// Data: [`crate::GuardStatus`] of a guarded release, on every check; only on
+    /// `/api/v1/events`, without `id:` (live state, not a change).
+    pub const GUARD: &str = "guard";
 }
 
 /// Data of a `resync` event.
@@ -700,12 +736,54 @@ mod tests {
             Source::Web,
             Source::Api,
             Source::System,
+            Source::Adapter,
+            Source::Guard,
         ] {
             assert_eq!(Source::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
         for r in [Role::Viewer, Role::Operator, Role::Admin] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn unknown_source_and_action_decode() {
+        // An event from a newer control plane: a source and an audit action this build has
+        // never heard of must not make the switch or the audit entry unreadable.
+        let sw: Switch = serde_json::from_str(
+            r#"{"name":"workers","description":"","primary":true,"state":"paused","version":7,
+                "changed_at":"2026-11-30T20:00:00Z","changed_by":"guard","source":"sentinel",
+                "reason":"tripped","ramp":null}"#,
+        )
+        .unwrap();
+        assert_eq!(sw.source, Source::Other);
+        assert_eq!(sw.state, SwitchState::Paused);
+        assert_eq!(sw.version, 7);
+        let e: AuditEntry = serde_json::from_str(
+            r#"{"id":9,"action":"drill_started","switch":"workers","from":"paused","to":"paused",
+                "version":8,"actor":"alice","source":"sentinel","reason":null,
+                "remote_addr":null,"at":"2026-11-30T20:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.action, AuditAction::Other);
+        assert_eq!(e.source, Source::Other);
+        // The guard's own source decodes as itself, and no request may claim it.
+        let g: Switch = serde_json::from_str(
+            &serde_json::to_string(&Switch {
+                source: Source::Guard,
+                ..sw.clone()
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(g.source, Source::Guard);
+        for s in ["guard", "other", "sentinel"] {
+            let body = format!(r#"{{"state":"paused","source":"{s}"}}"#);
+            assert!(
+                serde_json::from_str::<SetStateRequest>(&body).is_err(),
+                "{s}"
+            );
         }
     }
 

@@ -74,6 +74,11 @@ pub struct Ramp {
     /// hold and what the release continues with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<RampHeld>,
+    /// Set on a health-guarded release (`crate::RampGuard`): the ramp is then the hold of
+    /// its current step, and the control plane writes the next step when the guards allow.
+    /// Gates ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Box<crate::guard::RampGuard>>,
 }
 
 /// A held release: the fraction it was held at and the rest of the plan, to continue with.
@@ -209,6 +214,7 @@ impl RampSpec {
             duration_secs: self.duration_secs,
             shape: self.shape,
             held: None,
+            guard: None,
         }
     }
 }
@@ -316,6 +322,7 @@ impl Ramp {
                 remaining_secs,
                 then,
             }),
+            guard: None,
         }
     }
 
@@ -332,6 +339,7 @@ impl Ramp {
             duration_secs,
             shape,
             held: None,
+            guard: None,
         })
     }
 }

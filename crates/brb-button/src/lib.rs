@@ -466,6 +466,7 @@ async fn attempt(
         source: Some(Source::Button),
         expected_version: None,
         ramp: None,
+        guards: Vec::new(),
     };
     let result = match tokio::time::timeout_at(deadline, client.set_state(&switch, &req)).await {
         Ok(Ok(s)) => Ok(s),

@@ -814,6 +814,7 @@ mod tests {
                     fractions: vec![0.25, 1.0],
                 },
                 held: None,
+                guard: None,
             }),
         ] {
             sw.ramp = ramp;
@@ -837,6 +838,21 @@ mod tests {
             );
             assert_eq!(v.ramp, sw.ramp);
         }
+    }
+
+    /// A switch event from a newer control plane (a source this build does not know, fields
+    /// it has never seen) still reaches the gate: an unreadable event would leave the gate on
+    /// a stale decision.
+    #[test]
+    fn switch_view_decodes_an_unknown_source() {
+        let json = r#"{"name":"workers","description":"","primary":true,"state":"paused",
+            "version":9,"changed_at":"2026-11-30T20:00:00Z","changed_by":"guard",
+            "source":"sentinel","reason":"tripped","ramp":null,"drill":{"version":9}}"#;
+        let v: SwitchView<'_> = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (v.state, v.version, v.source),
+            (SwitchState::Paused, 9, Source::Other)
+        );
     }
 
     #[test]

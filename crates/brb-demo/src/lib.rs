@@ -8,10 +8,18 @@
 //! - **The database** is simulated: each job holds a connection for a latency that grows
 //!   steeply once concurrency passes its capacity, so a full fleet drowns it and a ramped
 //!   release does not.
+//! - **Timeouts and retries** make the overload outlive its trigger (a metastable failure, the
+//!   story the product comes from): a job whose query would take longer than `job_timeout`
+//!   holds its connection that long, fails, and goes back to the queue to be retried. With the
+//!   whole fleet on a backlog every job times out: nothing completes, the backlog only grows,
+//!   and the database stays overloaded until someone pauses. Released gradually, the backlog
+//!   drains at a concurrency the database can take, and full release finds it empty.
 //!
-//! Once a second the demo publishes `jobs_per_second`, `queue_depth`, `db_load` (percent of
-//! capacity) and `db_latency_ms` through the metrics API. It lives in its own crate because it
-//! is a client of the control plane, not part of it.
+//! Once a second the demo publishes `jobs_per_second`, `jobs_failed` (timed out, retried),
+//! `queue_depth`, `db_load` (percent of capacity) and `db_latency_ms` through the metrics API.
+//! It lives in its own crate because it is a client of the control plane, not part of it.
+//! [`model`] is the same database as a deterministic fluid model, for tests and the README's
+//! curves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +28,8 @@ use std::time::Duration;
 use brb_api::{Sample, SampleKind};
 use brb_client::{Client, Gate, GateConfig};
 use tokio::sync::watch;
+
+pub mod model;
 
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -34,6 +44,9 @@ pub struct DemoConfig {
     pub base_latency: Duration,
     /// Average jobs produced per second.
     pub arrival_rate: f64,
+    /// A query slower than this fails after holding its connection this long, and its job
+    /// goes back to the queue (the producer retries it).
+    pub job_timeout: Duration,
 }
 
 impl DemoConfig {
@@ -46,6 +59,9 @@ impl DemoConfig {
             db_capacity: 24.0,
             base_latency: Duration::from_millis(25),
             arrival_rate: 220.0,
+            // Tips only at 38 or more queries at once (93 ms with all 40): a burst of 2.5× the
+            // average rate is served at about 30, the whole fleet on a backlog is not.
+            job_timeout: Duration::from_millis(80),
         }
     }
 }
@@ -56,6 +72,11 @@ pub struct Sim {
     pub queue: AtomicU64,
     pub active: AtomicUsize,
     pub done: AtomicU64,
+    /// Jobs that timed out and were queued again.
+    pub failed: AtomicU64,
+    /// Workers whose gate has answered once: the producer waits for the fleet, since a backlog
+    /// built while the gates connect would meet the whole fleet at once and tip the database.
+    ready: AtomicUsize,
     /// Sum of job latencies in µs since the last publish, and how many.
     lat_sum_us: AtomicU64,
     lat_n: AtomicU64,
@@ -72,9 +93,9 @@ impl Sim {
     /// that past capacity more concurrency buys less throughput (about 650 jobs/s at best,
     /// 430 with all 40 workers piling in).
     pub fn latency(&self, cfg: &DemoConfig) -> Duration {
-        let load = self.active.load(Ordering::Acquire) as f64 / cfg.db_capacity;
-        let factor = 1.0 + 2.0 * (load - 0.5).max(0.0).powi(2);
-        cfg.base_latency.mul_f64(factor)
+        let active = self.active.load(Ordering::Acquire) as f64;
+        cfg.base_latency
+            .mul_f64(model::latency_factor(active / cfg.db_capacity))
     }
 }
 
@@ -112,8 +133,17 @@ pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) -> Arc<Si
 }
 
 async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
-    let tick = Duration::from_millis(100);
+    // Jobs arrive every 10 ms, not in 100 ms batches: a batch would be taken by that many idle
+    // workers at the same instant, a spike of concurrency no real arrival process makes.
+    let tick = Duration::from_millis(10);
+    let waiting = tokio::time::Instant::now();
+    while sim.ready.load(Ordering::Acquire) < cfg.workers
+        && waiting.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let start = tokio::time::Instant::now();
+    let mut carry = 0.0;
     let mut burst_left = 0u32;
     loop {
         tokio::time::sleep(tick).await;
@@ -121,23 +151,29 @@ async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
         // A slow swell (period ~2 min) between 60% and 140% of the average rate...
         let mut rate = cfg.arrival_rate * (1.0 + 0.4 * (t / 20.0).sin());
         // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
-        if burst_left == 0 && rand::random::<f64>() < 0.002 {
-            burst_left = 50;
+        if burst_left == 0 && rand::random::<f64>() < 0.0002 {
+            burst_left = 500;
         }
         if burst_left > 0 {
             burst_left -= 1;
             rate *= 2.5;
         }
-        let expected = rate * tick.as_secs_f64();
         let jitter = 0.8 + 0.4 * rand::random::<f64>();
-        sim.queue
-            .fetch_add((expected * jitter).round() as u64, Ordering::AcqRel);
+        // Fractions of a job carry over to the next tick, so the average rate holds.
+        carry += rate * tick.as_secs_f64() * jitter;
+        let n = carry.floor();
+        carry -= n;
+        sim.queue.fetch_add(n as u64, Ordering::AcqRel);
     }
 }
 
 async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
+    let mut first = true;
     loop {
         let permit = gate.acquire().await;
+        if std::mem::take(&mut first) {
+            sim.ready.fetch_add(1, Ordering::AcqRel);
+        }
         if !sim.take_job() {
             permit.abandon();
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -145,6 +181,15 @@ async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
         }
         sim.active.fetch_add(1, Ordering::AcqRel);
         let lat = sim.latency(&cfg);
+        if lat > cfg.job_timeout {
+            // The query times out: the connection was held all along, the job is retried.
+            tokio::time::sleep(cfg.job_timeout).await;
+            sim.active.fetch_sub(1, Ordering::AcqRel);
+            sim.failed.fetch_add(1, Ordering::AcqRel);
+            sim.queue.fetch_add(1, Ordering::AcqRel);
+            drop(permit);
+            continue;
+        }
         tokio::time::sleep(lat).await;
         sim.active.fetch_sub(1, Ordering::AcqRel);
         sim.done.fetch_add(1, Ordering::AcqRel);
@@ -157,6 +202,7 @@ async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
 
 async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
     let mut done_sent = sim.done.load(Ordering::Acquire);
+    let mut failed_sent = sim.failed.load(Ordering::Acquire);
     let mut load_sum = 0.0;
     let mut load_n = 0u32;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -168,6 +214,7 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
             continue;
         }
         let done = sim.done.load(Ordering::Acquire);
+        let failed = sim.failed.load(Ordering::Acquire);
         let lat_n = sim.lat_n.swap(0, Ordering::AcqRel);
         let lat_sum = sim.lat_sum_us.swap(0, Ordering::AcqRel);
         let mut samples = vec![
@@ -183,6 +230,13 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
                 labels: Default::default(),
                 ts: None,
             },
+            Sample {
+                name: "jobs_failed".into(),
+                value: (failed - failed_sent) as f64,
+                kind: SampleKind::Counter,
+                labels: Default::default(),
+                ts: None,
+            },
         ];
         if lat_n > 0 {
             samples.push(gauge(
@@ -193,7 +247,7 @@ async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
         load_sum = 0.0;
         load_n = 0;
         match client.push_samples(samples).await {
-            Ok(_) => done_sent = done,
+            Ok(_) => (done_sent, failed_sent) = (done, failed),
             Err(e) => tracing::warn!(error = %e, "demo could not publish samples"),
         }
     }

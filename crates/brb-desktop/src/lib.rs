@@ -235,6 +235,7 @@ pub async fn quick_toggle(client: &Client, primary: &str) -> Result<QuickToggle,
                 // Pause exactly what we saw: if someone changed it meanwhile, do not undo them.
                 expected_version: Some(current.version),
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await?;
@@ -252,6 +253,7 @@ pub async fn shortcut_pause(client: &Client, primary: &str) -> Result<Switch, De
                 source: Some(Source::Desktop),
                 expected_version: None,
                 ramp: None,
+                guards: Vec::new(),
             },
         )
         .await?)
@@ -276,10 +278,13 @@ pub fn notification(
         SwitchState::Paused => format!("[{environment}] {what} PAUSED"),
         SwitchState::Running => format!("[{environment}] {what} resumed"),
     };
+    let who = match new.source {
+        // The control plane paused a guarded release again: say so, not "by guard from guard".
+        brb_api::Source::Guard => "by its health guard".to_string(),
+        source => format!("by {} from {source}", new.changed_by),
+    };
     let body = format!(
-        "by {} from {}{}",
-        new.changed_by,
-        new.source,
+        "{who}{}",
         new.reason
             .as_deref()
             .map(|r| format!(": {r}"))
@@ -465,5 +470,17 @@ mod tests {
         assert_eq!(title, "[prod] Workers PAUSED");
         assert_eq!(body, "by alice from button: db");
         assert_eq!(notification(Some(&b), &b, "prod"), None);
+        let mut tripped = sw(3, SwitchState::Paused);
+        tripped.changed_by = "guard".into();
+        tripped.source = Source::Guard;
+        tripped.reason = Some("release aborted at 50%: guard db_load < 80 failed 3 checks in a row at step 3/4 (50%): 97 (limit 80)".into());
+        let mut releasing = sw(2, SwitchState::Running);
+        releasing.source = Source::Cli;
+        let (title, body) = notification(Some(&releasing), &tripped, "prod").unwrap();
+        assert_eq!(title, "[prod] Workers PAUSED");
+        assert_eq!(
+            body,
+            "by its health guard: release aborted at 50%: guard db_load < 80 failed 3 checks in a row at step 3/4 (50%): 97 (limit 80)"
+        );
     }
 }

@@ -195,6 +195,8 @@ impl Op for SetState {
         // resumes, so these are recorded in the audit log only. An abort is a pause.
         change.notify = match change.control {
             Some(c) if c.action != brb_api::RampAction::Abort => Vec::new(),
+            // A guard's step is recorded in the audit log only, like a hold.
+            _ if change.guard_op.is_some() => Vec::new(),
             _ => config.channels(),
         };
         if let Some(r) = &change.reason
@@ -214,6 +216,13 @@ impl Op for SetState {
             ramp.validate()
                 .map_err(|e| ApiError::invalid(format!("ramp: {e}")))?;
         }
+        if !change.guards.is_empty() && change.to != brb_api::SwitchState::Running {
+            return Err(ApiError::invalid(
+                "guards apply only to a resume (state running)",
+            ));
+        }
+        brb_api::validate_guards(&change.guards, change.ramp.as_ref())
+            .map_err(|e| ApiError::invalid(format!("guards: {e}")))?;
         let (actor, reason) = (change.actor.clone(), change.reason.clone());
         let control = change.control;
         let switch = change.switch.clone();

@@ -31,6 +31,8 @@ mod commit;
 pub mod config;
 pub mod error;
 mod fanout;
+mod guard;
+pub mod guard_core;
 pub mod hub;
 pub mod incident;
 mod limits;
@@ -94,6 +96,7 @@ struct Inner {
     /// This process among the replicas (for the shared worker picture).
     replica_id: String,
     limits: limits::Limiter,
+    guard_statuses: guard::GuardStatuses,
 }
 
 impl AppState {
@@ -146,6 +149,7 @@ impl AppState {
                 resync: tokio::sync::Notify::new(),
                 replica_id: format!("{:016x}", rand::random::<u64>()),
                 limits: limits::Limiter::new(&config_abuse),
+                guard_statuses: guard::GuardStatuses::default(),
             }),
         })
     }
@@ -193,6 +197,11 @@ impl AppState {
 
     pub fn series(&self) -> &series::SeriesStore {
         &self.inner.series
+    }
+
+    /// The live state of each guarded release, as this replica's evaluator last saw it.
+    pub(crate) fn guard_statuses(&self) -> &guard::GuardStatuses {
+        &self.inner.guard_statuses
     }
 
     pub fn notify_wakeup(&self) -> &tokio::sync::Notify {
@@ -521,6 +530,7 @@ impl Server {
         propagate::spawn(&state);
         tokio::spawn(notify::run(state.clone()));
         tokio::spawn(notify::reminders(state.clone()));
+        tokio::spawn(guard::run(state.clone()));
         if let Some(p) = config.prometheus.clone() {
             tracing::info!(url = %p.url, queries = p.queries.len(), "pulling Prometheus queries");
             tokio::spawn(prom::run(state.clone(), p));

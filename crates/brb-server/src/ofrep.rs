@@ -688,6 +688,7 @@ mod tests {
                 fractions: vec![0.1, 0.5, 1.0],
             },
             held: None,
+            guard: None,
         }
     }
 

@@ -41,6 +41,7 @@ use crate::routes;
         routes::worker_report,
         routes::adapter_action,
         routes::switch_workers,
+        routes::switch_guard,
         routes::post_samples,
         routes::get_series,
         routes::notifications,
@@ -53,6 +54,7 @@ use crate::routes;
     components(schemas(
         brb_api::DeletedSwitch,
         brb_api::SampleTick,
+        brb_api::GuardStatus,
         brb_api::ofrep::OfrepStreamEvent
     )),
     modifiers(&Bearer, &AuthRateLimit, &OptionalBodies),

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/switches/{name}/ramp", axum::routing::post(ramp_control))
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))
+        .route("/switches/{name}/guard", get(switch_guard))
         .route("/workers/report", axum::routing::post(worker_report))
         .route("/adapters/actions", axum::routing::post(adapter_action))
         .route("/metrics", axum::routing::post(post_samples))
@@ -392,6 +393,8 @@ pub(crate) async fn set_state(
             expected_version: req.expected_version,
             ramp: req.ramp,
             control: None,
+            guards: req.guards,
+            guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
         }))
@@ -455,6 +458,8 @@ pub(crate) async fn ramp_control(
                 action: req.action,
                 by_secs,
             }),
+            guards: Vec::new(),
+            guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
         }))
@@ -619,7 +624,7 @@ pub(crate) async fn switch_events(
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this audit id")),
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
-            description = "`switch` and `deleted` events of every switch; id is the global audit id; a keep-alive comment at least every 2 s"),
+            description = "`switch` and `deleted` events of every switch; id is the global audit id; without an id: `workers`, `samples` and `guard` (a `GuardStatus` on every check of a guarded release); a keep-alive comment at least every 2 s"),
         (status = 400, body = brb_api::ApiErrorBody, description = "An unknown or unreadable query parameter, or a Last-Event-ID that is not a number"),
         (status = 401, body = brb_api::ApiErrorBody),
         (status = 429, body = brb_api::ApiErrorBody, description = "`too_many_streams`: the token holds as many event streams as it may; or `rate_limited`: too many failed authentications from this address (with `Retry-After`)")),
@@ -972,6 +977,34 @@ pub(crate) async fn switch_workers(
         .get(&name)
         .ok_or_else(|| ApiError::switch_not_found(&name))?;
     Ok(Json(state.workers().counts(&sw, true)))
+}
+
+#[utoipa::path(get, path = "/api/v1/switches/{name}/guard", tag = "switches",
+    params(("name" = String, Path, description = "Switch name")),
+    responses(
+        (status = 200, body = brb_api::GuardStatus,
+            description = "The guarded release in progress (or the last one, when its guard \
+                finished it or paused the switch again), as this replica's evaluator sees it"),
+        (status = 401, body = brb_api::ApiErrorBody),
+        (status = 404, body = brb_api::ApiErrorBody,
+            description = "`switch_not_found`, or `not_found`: no guarded release")),
+    security(("bearer" = [])))]
+pub(crate) async fn switch_guard(
+    State(state): State<AppState>,
+    c: Caller,
+    PathParam(name): PathParam,
+) -> ApiResult<Json<brb_api::GuardStatus>> {
+    c.check_switch(&name)?;
+    state
+        .hub()
+        .get(&name)
+        .ok_or_else(|| ApiError::switch_not_found(&name))?;
+    state.guard_statuses().get(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            brb_api::ErrorCode::NotFound,
+            format!("switch {name:?} has no guarded release"),
+        )
+    })
 }
 
 fn check_series_name(what: &str, s: &str, max: usize) -> ApiResult<()> {

@@ -173,6 +173,15 @@ pub(crate) async fn command(
                     "Slack user not mapped to an operator; refused");
                 return Ok(Json(templates::slash_refusal(&cmd.user_name, &ctx)));
             };
+            // `resume steps:10m --guard db_load < 80`: the guards follow the ramp.
+            let (rest, guards) = if verb.eq_ignore_ascii_case("resume") {
+                match split_guards(rest) {
+                    Ok(split) => split,
+                    Err(e) => return Ok(Json(templates::slash_error(&e.to_string()))),
+                }
+            } else {
+                (rest, Vec::new())
+            };
             let (to, reason, ramp) = if verb.eq_ignore_ascii_case("pause") {
                 let reason = if rest.is_empty() {
                     format!("paused from Slack by @{}", cmd.user_name)
@@ -203,6 +212,8 @@ pub(crate) async fn command(
                 expected_version: None,
                 ramp,
                 control: None,
+                guards,
+                guard_op: None,
                 actor: Actor {
                     name: name.clone(),
                     source: Source::Slack,
@@ -409,7 +420,9 @@ async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<
         // The pause this message is about, and nothing that came after it.
         expected_version: Some(cur.version),
         ramp: Some(brb_api::RampSpec::default_release()),
+        guards: Vec::new(),
         control: None,
+        guard_op: None,
         actor: actor.clone(),
         notify: Vec::new(),
     };
@@ -454,6 +467,22 @@ async fn respond(url: reqwest::Url, body: Value) {
         ),
         Err(e) => tracing::warn!(error = %e, source = "slack", "Slack interaction answer failed"),
     }
+}
+
+/// Splits `steps:10m --guard db_load < 80 --guard queue_depth < 500` into the ramp words and
+/// the guards (quotes around a guard, straight or curly as phones type them, are dropped).
+fn split_guards(rest: &str) -> Result<(&str, Vec<brb_api::GuardSpec>), brb_api::GuardError> {
+    let mut parts = rest.split("--guard");
+    let ramp = parts.next().unwrap_or_default().trim();
+    let guards = parts
+        .map(|g| {
+            let g = g
+                .trim()
+                .trim_matches(|c| "'\"\u{2018}\u{2019}\u{201c}\u{201d}".contains(c));
+            brb_api::GuardSpec::parse(g)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ramp, guards))
 }
 
 /// The `response_url` to follow up on: https only (Slack's are), or plain http to a loopback
@@ -579,5 +608,19 @@ mod tests {
             verify(SECRET, Some("1700000000"), Some("v0=zz"), body, now),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn resume_words_split_into_ramp_and_guards() {
+        let (ramp, guards) = split_guards(
+            "steps:10m --guard \u{2018}db_load < 80\u{2019} --guard 'q < 5, failures=2'",
+        )
+        .unwrap();
+        assert_eq!(ramp, "steps:10m");
+        let text: Vec<String> = guards.iter().map(|g| g.to_string()).collect();
+        assert_eq!(text, ["db_load < 80", "q < 5"]);
+        assert_eq!(guards[1].failure_limit, 2);
+        assert_eq!(split_guards("now").unwrap(), ("now", Vec::new()));
+        assert!(split_guards("steps:10m --guard db_load").is_err());
     }
 }

@@ -92,6 +92,8 @@ pub fn source_label(s: Source) -> &'static str {
         Source::Api => "the API",
         Source::System => "the control plane",
         Source::Adapter => "a broker adapter",
+        Source::Guard => "a health guard",
+        Source::Other => "an unknown source",
     }
 }
 
@@ -465,7 +467,9 @@ pub fn slash_help(ctx: &Ctx) -> Value {
             "`{c}` or `{c} status`: where things stand and where the button is\n\
              `{c} pause <reason>`: pause every background worker\n\
              `{c} resume [steps:10m|linear:5m|now]`: release gradually (10% → 100% over \
-             10 min unless said otherwise; `now` releases everything at once)",
+             10 min unless said otherwise; `now` releases everything at once)\n\
+             `{c} resume steps:10m --guard db_load < 80`: each step only while the guard \
+             holds; it pauses again if the guard keeps failing",
             c = ctx.command
         ),
     })

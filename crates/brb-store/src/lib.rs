@@ -243,10 +243,25 @@ pub struct StateChange {
     /// Instead of setting `to`: hold, continue, extend or abort the release in progress
     /// (`to` is then ignored; an abort pauses).
     pub control: Option<RampControl>,
+    /// With `to: Running` and a stepped `ramp`: a health-guarded release (validated by the
+    /// caller). Empty: none.
+    pub guards: Vec<brb_api::GuardSpec>,
+    /// Instead of setting `to`: the guard evaluator moves a guarded release on.
+    pub guard_op: Option<GuardOp>,
     pub actor: Actor,
     /// Channels to notify of this change: written to the outbox in the same transaction as
     /// the change, so a committed change is never left unannounced.
     pub notify: Vec<Channel>,
+}
+
+/// What the guard evaluator does to a guarded release. A trip is not here: it is an abort
+/// ([`RampControl`]), announced like any pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardOp {
+    /// The next step, or the end of the release after the last one. Refused with a conflict
+    /// unless the release is still at `from_step`, so two replicas (or a stale tick) cannot
+    /// advance it twice.
+    Advance { from_step: u32 },
 }
 
 /// A change to a release in progress.

@@ -13,8 +13,8 @@ use brb_api::{AuditAction, DeletedSwitch, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Channel, PreviousSecret, RampControl, Result, StateChange, StoreError, SwitchEvent,
-    TokenPolicy, TokenRecord,
+    Actor, Channel, GuardOp, PreviousSecret, RampControl, Result, StateChange, StoreError,
+    SwitchEvent, TokenPolicy, TokenRecord,
 };
 
 /// A switch row as read under the write lock: the switch and whether it is marked deleted.
@@ -318,14 +318,21 @@ pub(crate) fn set_state(
     if let Some(control) = change.control {
         return ramp_control(cur, change, control, now);
     }
+    if let Some(op) = change.guard_op {
+        return guard_step(cur, change, op, now);
+    }
     let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
     let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
     if cur.state == change.to && !ends_ramp {
         return Ok(StateDecision::Unchanged(cur));
     }
-    let ramp = match change.to {
-        SwitchState::Running => change.ramp.clone().map(|r| r.start(now)),
-        SwitchState::Paused => None,
+    let ramp = match (change.to, &change.ramp) {
+        (SwitchState::Running, Some(r)) if !change.guards.is_empty() => Some(
+            brb_api::Ramp::guarded(r, change.guards.clone(), now)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+        ),
+        (SwitchState::Running, r) => r.clone().map(|r| r.start(now)),
+        (SwitchState::Paused, _) => None,
     };
     let switch = Switch {
         state: change.to,
@@ -375,9 +382,19 @@ fn ramp_control(
             format!("release aborted at {}", pct(ramp.fraction_at(now))),
             AuditAction::StateChanged,
         ),
-        RampAction::Hold if ramp.held.is_some() => return Ok(StateDecision::Unchanged(cur)),
+        RampAction::Hold if ramp.held.is_some() && ramp.guard.is_none() => {
+            return Ok(StateDecision::Unchanged(cur));
+        }
         RampAction::Hold => {
-            let held = ramp.hold(now);
+            // A guarded step is already a hold: holding it by hand takes the guard off, so
+            // nothing advances it until a person continues.
+            let held = match ramp.guard {
+                Some(_) => brb_api::Ramp {
+                    guard: None,
+                    ..ramp.clone()
+                },
+                None => ramp.hold(now),
+            };
             let what = format!("release held at {}", pct(ramp.fraction_at(now)));
             (
                 SwitchState::Running,
@@ -447,6 +464,65 @@ fn ramp_control(
         actor: change.actor.clone(),
         at: now,
         notify: change.notify.clone(),
+    }))
+}
+
+/// The guard evaluator moving a guarded release on: the next step (held, like every guarded
+/// step), or after the last one the end of the release. Refused with `NoRamp` when no guarded
+/// release is in progress and with a conflict when it is no longer at `from_step`.
+fn guard_step(
+    cur: Switch,
+    change: &StateChange,
+    op: GuardOp,
+    now: DateTime<Utc>,
+) -> Result<StateDecision> {
+    let GuardOp::Advance { from_step } = op;
+    let guard = match &cur.ramp {
+        Some(r) if cur.state == SwitchState::Running => match &r.guard {
+            Some(g) => g,
+            None => return Err(StoreError::NoRamp(cur.name)),
+        },
+        _ => return Err(StoreError::NoRamp(cur.name)),
+    };
+    if guard.step != from_step {
+        return Err(StoreError::Conflict {
+            current: Box::new(cur),
+        });
+    }
+    let new_ramp = cur.ramp.as_ref().and_then(|r| r.next_guarded_step(now));
+    let what = match &new_ramp {
+        Some(r) => format!(
+            "guarded release advanced to {:.0}% (step {}/{})",
+            r.fraction_at(now) * 100.0,
+            from_step + 2,
+            guard.steps.len()
+        ),
+        None => "guarded release finished at 100%".to_string(),
+    };
+    let reason = Some(match &change.reason {
+        Some(r) => format!("{what}: {r}"),
+        None => what,
+    });
+    let switch = Switch {
+        version: cur.version + 1,
+        changed_at: now,
+        changed_by: change.actor.name.clone(),
+        source: change.actor.source,
+        reason: reason.clone(),
+        ramp: new_ramp,
+        ..cur.clone()
+    };
+    Ok(StateDecision::Write(SwitchWrite {
+        switch,
+        deleted: false,
+        replaces: Some(cur.version),
+        action: AuditAction::RampChanged,
+        from: Some(cur.state),
+        to: Some(cur.state),
+        reason,
+        actor: change.actor.clone(),
+        at: now,
+        notify: Vec::new(),
     }))
 }
 
@@ -573,6 +649,8 @@ mod tests {
             expected_version: None,
             ramp: None,
             control: None,
+            guards: Vec::new(),
+            guard_op: None,
             actor: alice(),
             notify: vec![Channel::Slack, Channel::Webhook("ops".into())],
         }
@@ -722,6 +800,68 @@ mod tests {
         c.reason = None;
         c.control = Some(RampControl { action, by_secs });
         c
+    }
+
+    #[test]
+    fn a_guarded_release_starts_held_and_advances_only_from_its_step() {
+        let write =
+            |row: Switch, c: &StateChange, at: i64| match set_state(Some((row, false)), c, t(at)) {
+                Ok(StateDecision::Write(w)) => w,
+                other => panic!("expected a write, got {other:?}"),
+            };
+        let mut resume = change(SwitchState::Running);
+        resume.ramp = Some(RampSpec::parse("steps:90s").unwrap());
+        resume.guards = vec![brb_api::GuardSpec::parse("db_load < 80").unwrap()];
+        let w = write(sw(3, SwitchState::Paused, false), &resume, 0);
+        let r = w.switch.ramp.clone().unwrap();
+        assert_eq!(r.guard.as_ref().unwrap().step, 0);
+        // Held at the first step, for every gate, long after the plan's 90 s.
+        assert_eq!(r.fraction_at(t(3000)), 0.1);
+        assert_eq!(w.notify.len(), 2, "the resume is announced");
+
+        let mut adv = change(SwitchState::Running);
+        adv.reason = Some("db_load 41.0 < 80".into());
+        adv.guard_op = Some(GuardOp::Advance { from_step: 0 });
+        adv.expected_version = Some(4);
+        let a = write(w.switch.clone(), &adv, 40);
+        assert_eq!(a.action, AuditAction::RampChanged);
+        assert!(a.notify.is_empty(), "a step is recorded, not announced");
+        assert_eq!(a.switch.ramp.as_ref().unwrap().fraction_at(t(3000)), 0.25);
+        assert!(
+            a.reason
+                .as_deref()
+                .unwrap()
+                .contains("25% (step 2/4): db_load 41.0 < 80"),
+            "{:?}",
+            a.reason
+        );
+        // A second evaluator (another replica) still at step 0 cannot advance it again.
+        adv.expected_version = None;
+        assert!(matches!(
+            set_state(Some((a.switch.clone(), false)), &adv, t(41)),
+            Err(StoreError::Conflict { .. })
+        ));
+        // Last step, then the end of the release.
+        let mut at = a.switch;
+        for from in 1..=3 {
+            adv.guard_op = Some(GuardOp::Advance { from_step: from });
+            at = write(at, &adv, 40 + i64::from(from)).switch;
+        }
+        assert_eq!((at.state, at.ramp.clone()), (SwitchState::Running, None));
+        assert!(matches!(
+            set_state(Some((at, false)), &adv, t(50)),
+            Err(StoreError::NoRamp(_))
+        ));
+        // A guard needs a stepped ramp.
+        resume.ramp = Some(RampSpec::parse("linear:90s").unwrap());
+        assert!(matches!(
+            set_state(
+                Some((sw(3, SwitchState::Paused, false), false)),
+                &resume,
+                t(0)
+            ),
+            Err(StoreError::Invalid(_))
+        ));
     }
 
     #[test]

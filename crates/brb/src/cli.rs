@@ -27,6 +27,12 @@ pub struct ChangeArgs {
     /// Resume gradually: PRESET:DURATION, e.g. steps:10m (10%→25%→50%→100%) or linear:5m.
     #[arg(long, value_parser = parse_ramp)]
     ramp: Option<brb_api::RampSpec>,
+    /// With a stepped --ramp: a health guard, e.g. 'db_load < 80' or
+    /// 'db_load < 80, interval=10s, failures=3' (repeatable, at most 4). Each step proceeds
+    /// only while every guard passes; no data holds the step; a guard failing `failures`
+    /// checks in a row pauses again.
+    #[arg(long = "guard", value_parser = parse_guard)]
+    guards: Vec<brb_api::GuardSpec>,
     /// Seconds to wait for the workers to acknowledge (0: do not wait).
     #[arg(long, default_value_t = 10.0)]
     wait: f64,
@@ -74,6 +80,10 @@ pub enum RampCmd {
 
 fn parse_ramp(s: &str) -> Result<brb_api::RampSpec, String> {
     brb_api::RampSpec::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_guard(s: &str) -> Result<brb_api::GuardSpec, String> {
+    brb_api::GuardSpec::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -202,6 +212,17 @@ fn line(s: &Switch, now: DateTime<Utc>) -> String {
         out.push_str(&quoted(r));
     }
     if let Some(r) = s.ramp.as_ref().filter(|r| !r.is_over(now)) {
+        if let Some(g) = &r.guard {
+            let conds: Vec<String> = g.guards.iter().map(|g| g.to_string()).collect();
+            out.push_str(&format!(
+                " [guarded release at {:.0}% (step {}/{}), guard {}]",
+                s.admitted_fraction(now) * 100.0,
+                g.step + 1,
+                g.steps.len(),
+                conds.join(", ")
+            ));
+            return out;
+        }
         if r.held.is_some() {
             // A hold's own end (a day) is not a plan anybody made: say it is held.
             out.push_str(&format!(
@@ -285,10 +306,15 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
         source: Some(Source::Cli),
         expected_version: a.expected_version,
         ramp: a.ramp.clone(),
+        guards: a.guards.clone(),
     };
     if a.ramp.is_some() && to == SwitchState::Paused {
         bail!("--ramp applies to resume only");
     }
+    if !a.guards.is_empty() && to == SwitchState::Paused {
+        bail!("--guard applies to resume only");
+    }
+    brb_api::validate_guards(&a.guards, a.ramp.as_ref())?;
     if a.wait_drained.is_some() && to != SwitchState::Paused {
         bail!("--wait-drained applies to pause only");
     }

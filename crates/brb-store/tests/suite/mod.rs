@@ -84,6 +84,8 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         expected_version: None,
         ramp: None,
         control: None,
+        guards: Vec::new(),
+        guard_op: None,
         actor: alice(),
         notify: Vec::new(),
     }
