@@ -326,7 +326,7 @@ impl PgCluster {
 
     /// Immediate shutdown: every server process exits at once, without a checkpoint, as in a
     /// crash; the next start runs crash recovery.
-    pub fn stop_immediate(&self) {
+    pub fn stop_immediate(&self) -> Result<(), String> {
         let out = self
             .cmd("pg_ctl")
             .arg("stop")
@@ -334,12 +334,33 @@ impl PgCluster {
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "-t", "60"])
             .output()
-            .expect("run pg_ctl stop");
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m immediate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .map_err(|e| format!("run pg_ctl stop: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl stop -m immediate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Whether a server runs on the data directory (`pg_ctl status`).
+    pub fn running(&self) -> bool {
+        self.cmd("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Starts it again, as [`PgCluster::start_again`], reporting a failure instead of panicking.
+    pub fn try_start_again(&self) -> Result<(), String> {
+        self.try_start_server()
     }
 
     /// Starts it again on the same port, after [`PgCluster::stop`].
