@@ -1,6 +1,7 @@
-//! Replicas whose wall clocks disagree (found by tests/chaos.rs under ±5 min skew): leases and
-//! due times of the shared outbox are kept on the database's clock, so a replica running
-//! 5 minutes fast that claims a notification and dies does not hold it for 5 minutes more.
+//! Replicas whose wall clocks disagree (the ±5 min skew of tests/chaos.rs, made
+//! deterministic): leases and due times of the shared outbox are kept on the database's clock,
+//! so a replica running 5 minutes fast that claims a notification and dies does not hold it
+//! for 5 minutes more.
 //! The fast clock is real: libfaketime preloaded into that replica only.
 #![allow(clippy::unwrap_used)]
 

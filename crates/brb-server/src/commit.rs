@@ -470,7 +470,7 @@ pub(crate) struct Bookkeeping(Arc<dyn Store>);
 impl Bookkeeping {
     /// The store's clock, for leases and due times: on PostgreSQL the database's, so that a
     /// replica whose wall clock is off neither steals another's lease nor postpones a
-    /// notification (found by tests/chaos.rs under clock skew). This process's clock when the
+    /// notification (tests/skew.rs). This process's clock when the
     /// store cannot answer (what is computed from it then fails at the store anyway).
     pub(crate) async fn now(&self) -> DateTime<Utc> {
         match self.0.now().await {
