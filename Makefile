@@ -121,3 +121,18 @@ fmt:
 clean:
 	$(CARGO) clean
 	$(MAKE) -C firmware clean
+
+## Jepsen-style run (tests/chaos.rs, README "Fault injection"): three replicas on PostgreSQL in
+## network namespaces, faults from a printed seed, the history checked for linearizability, then
+## a deliberately broken build that must be caught. A random seed unless SEED=…; SEED=…
+## CHAOS_SECS=… reproduce a schedule.
+## `make test` runs the same test with seed 0x18 for 60 s.
+CHAOS_SECS ?= 600
+SEED ?=
+.PHONY: chaos
+chaos:
+	@scripts/ensure-packages.sh base test postgres
+	$(CARGO) build -p brb --locked
+	seed="$(SEED)"; [ -n "$$seed" ] || seed=0x$$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n'); \
+	BRB_CHAOS_SEED=$$seed BRB_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p brb-e2e --test chaos \
+	  --locked -- --nocapture

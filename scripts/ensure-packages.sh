@@ -15,8 +15,10 @@ declare -A PKG_GROUPS=(
   # the OFREP provider test (tests/ofrep_providers.rs); ruby (3.1, with minitest and rake) for
   # the Ruby SDK, which uses no gem beyond Debian's; golang-go (1.19) for the Go SDK, which
   # uses the standard library only (no module proxy); ruby-sidekiq (6.4) with ruby-redis and
-  # redis-server for the Ruby SDK's Sidekiq integration and its end-to-end test.
-  [test]="prometheus sqlite3 e2fsprogs mount jq python3-venv ruby ruby-minitest rake golang-go ruby-sidekiq ruby-redis redis-server"
+  # redis-server for the Ruby SDK's Sidekiq integration and its end-to-end test. The chaos test
+  # (tests/chaos.rs): iproute2 for network namespaces, nftables for partitions, libfaketime
+  # (and its faketime CLI) for clock skew.
+  [test]="prometheus sqlite3 e2fsprogs mount jq python3-venv ruby ruby-minitest rake golang-go ruby-sidekiq ruby-redis redis-server iproute2 nftables libfaketime faketime"
   # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
   [ui]="chromium fonts-dejavu-core"
   # The desktop app (Tauri 2) and its WebDriver tests under Xvfb.

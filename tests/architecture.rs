@@ -75,6 +75,25 @@ fn api_types_know_nothing_of_io_or_other_crates() {
 }
 
 #[test]
+fn chaos_checkers_know_nothing_of_io_or_product_crates() {
+    assert_none(
+        "brb-chaos",
+        &[
+            "tokio",
+            "reqwest",
+            "axum",
+            "hyper",
+            "rusqlite",
+            "tokio-postgres",
+            "brb-api",
+            "brb-store",
+            "brb-server",
+            "brb-client",
+        ],
+    );
+}
+
+#[test]
 fn store_knows_nothing_of_http() {
     assert_none(
         "brb-store",
@@ -296,6 +315,12 @@ fn the_stream_core_and_the_store_rules_do_no_io_and_read_no_clock() {
         "crates/brb-store/src/rules.rs",
         "crates/brb-store/src/migrations.rs",
         "crates/brb-adapter/src/reconcile.rs",
+        "crates/brb-chaos/src/history.rs",
+        "crates/brb-chaos/src/register.rs",
+        "crates/brb-chaos/src/schedule.rs",
+        "crates/brb-chaos/src/violation.rs",
+        "crates/brb-chaos/src/weak.rs",
+        "crates/brb-chaos/src/wgl.rs",
     ] {
         let src = non_test_source(path);
         for f in [

@@ -3,6 +3,7 @@
 //!
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
+pub mod netns;
 pub mod sdk;
 
 use std::collections::VecDeque;
@@ -52,13 +53,42 @@ impl ServerProc {
 
     /// Starts `brb server` listening on `listen` (e.g. the port of a server that was killed).
     pub fn start_at(data_dir: &Path, listen: &str, extra_env: &[(&str, &str)]) -> ServerProc {
+        Self::start_wrapped(&[], data_dir, listen, extra_env)
+    }
+
+    /// As [`ServerProc::start_at`], with a command prefix that execs the server in the end
+    /// (`ip netns exec NS`, `env LD_PRELOAD=…`), so that the child's pid is still `brb`'s.
+    pub fn start_wrapped(
+        wrap: &[String],
+        data_dir: &Path,
+        listen: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ServerProc {
+        Self::try_start_wrapped(wrap, data_dir, listen, extra_env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`ServerProc::start_wrapped`]; a server that exits or stays silent is an error, not
+    /// a panic (a restart under faults may find its database unreachable and try again).
+    pub fn try_start_wrapped(
+        wrap: &[String],
+        data_dir: &Path,
+        listen: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<ServerProc, String> {
         let stderr_log = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr_log)
             .expect("stderr log");
-        let mut cmd = Command::new(brb_bin());
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(brb_bin());
+                c
+            }
+            None => Command::new(brb_bin()),
+        };
         cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("BRB_ADMIN_TOKEN")
@@ -91,18 +121,19 @@ impl ServerProc {
             Ok(u) => u,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
+                let _ = child.wait();
+                return Err(format!(
                     "brb server did not start; its log:\n{}",
                     std::fs::read_to_string(&stderr_log).unwrap_or_default()
-                );
+                ));
             }
         };
-        ServerProc {
+        Ok(ServerProc {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
-        }
+        })
     }
 
     pub fn admin_token(&self) -> String {
@@ -150,6 +181,24 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `pid`; false when there is no such process.
+pub fn signal(pid: i32, sig: libc::c_int) -> bool {
+    unsafe_kill(pid, sig) == 0
+}
+
+/// Moves the calling thread into the network namespace `f` refers to (`/run/netns/NAME`).
+#[allow(unsafe_code)]
+pub fn setns_net(f: &std::fs::File) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns(2) takes a valid open descriptor, which `f` keeps open for the call.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("setns: {}", std::io::Error::last_os_error()))
     }
 }
 

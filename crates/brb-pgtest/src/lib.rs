@@ -25,6 +25,32 @@ pub struct PgCluster {
     pub port: u16,
     /// `Some(user)` when the binaries must run as another user (we are root).
     run_as: Option<String>,
+    /// The address it listens on and clients connect to.
+    host: String,
+    /// A command prefix for the server binaries (e.g. `ip netns exec NS`).
+    wrap: Vec<String>,
+}
+
+/// Where and how a cluster of its own runs ([`PgCluster::start_with`]).
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The address to listen on (and the host of its URLs).
+    pub host: String,
+    /// `None`: a free loopback port.
+    pub port: Option<u16>,
+    /// A prefix for the server binaries, e.g. `["ip", "netns", "exec", "NS"]` to run it in a
+    /// network namespace.
+    pub wrap: Vec<String>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            host: "127.0.0.1".into(),
+            port: None,
+            wrap: Vec::new(),
+        }
+    }
 }
 
 /// Where the PostgreSQL server binaries are: `$BRB_PG_BIN`, `pg_config --bindir`, or the
@@ -92,6 +118,11 @@ impl PgCluster {
 
     /// A cluster of its own (for tests that restart it), stopped and removed on drop.
     pub fn start() -> PgCluster {
+        Self::start_with(PgOptions::default())
+    }
+
+    /// A cluster of its own with [`PgOptions`].
+    pub fn start_with(opts: PgOptions) -> PgCluster {
         let bin = bin_dir().unwrap_or_else(|e| panic!("{e}"));
         let run_as = is_root().then(|| "postgres".to_string());
         // As root, under /tmp: the postgres user must be able to reach the directory, and a
@@ -119,8 +150,10 @@ impl PgCluster {
             dir: Some(dir),
             root,
             data,
-            port: free_port(),
+            port: opts.port.unwrap_or_else(free_port),
             run_as,
+            host: opts.host,
+            wrap: opts.wrap,
         };
         let out = c
             .cmd("initdb")
@@ -144,6 +177,15 @@ impl PgCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if c.host != "127.0.0.1" {
+            // initdb trusts loopback only; a private network (namespaces) needs its clients too.
+            use std::io::Write as _;
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(c.data.join("pg_hba.conf"))
+                .expect("pg_hba.conf");
+            writeln!(hba, "host all all 0.0.0.0/0 trust").expect("write pg_hba.conf");
+        }
         c.spawn_watchdog();
         // The port was free a moment ago; on a busy machine (thousands of client sockets take
         // ephemeral ports) another socket may have taken it since. Try a few fresh ones.
@@ -151,7 +193,11 @@ impl PgCluster {
         for attempt in 1.. {
             match c.try_start_server() {
                 Ok(()) => break,
-                Err(e) if attempt < 5 && e.contains("Address already in use") => {
+                Err(e)
+                    if attempt < 5
+                        && opts.port.is_none()
+                        && e.contains("Address already in use") =>
+                {
                     c.port = free_port();
                 }
                 Err(e) => panic!("{e}"),
@@ -165,14 +211,28 @@ impl PgCluster {
         let exe = self.bin.join(name);
         let mut cmd = match &self.run_as {
             Some(user) => {
-                let mut c = Command::new("setpriv");
+                let mut c = match self.wrap.split_first() {
+                    Some((first, rest)) => {
+                        let mut c = Command::new(first);
+                        c.args(rest).arg("setpriv");
+                        c
+                    }
+                    None => Command::new("setpriv"),
+                };
                 c.arg(format!("--reuid={user}"))
                     .arg(format!("--regid={user}"))
                     .arg("--init-groups")
                     .arg(exe);
                 c
             }
-            None => Command::new(exe),
+            None => match self.wrap.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(exe);
+                    c
+                }
+                None => Command::new(exe),
+            },
         };
         cmd.stdin(Stdio::null()).current_dir(&self.root);
         cmd
@@ -215,9 +275,10 @@ impl PgCluster {
 
     fn try_start_server(&self) -> Result<(), String> {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
+            "-p {} -c listen_addresses={} -c unix_socket_directories='{}' \
              -c max_connections=300 -c fsync=off -c synchronous_commit=on",
             self.port,
+            self.host,
             self.root.display()
         );
         // fsync=off: the tests stop and restart the server process, never the machine, so the
@@ -263,6 +324,45 @@ impl PgCluster {
         );
     }
 
+    /// Immediate shutdown: every server process exits at once, without a checkpoint, as in a
+    /// crash; the next start runs crash recovery.
+    pub fn stop_immediate(&self) -> Result<(), String> {
+        let out = self
+            .cmd("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "-t", "60"])
+            .output()
+            .map_err(|e| format!("run pg_ctl stop: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl stop -m immediate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Whether a server runs on the data directory (`pg_ctl status`).
+    pub fn running(&self) -> bool {
+        self.cmd("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Starts it again, as [`PgCluster::start_again`], reporting a failure instead of panicking.
+    pub fn try_start_again(&self) -> Result<(), String> {
+        self.try_start_server()
+    }
+
     /// Starts it again on the same port, after [`PgCluster::stop`].
     pub fn start_again(&self) {
         self.start_server();
@@ -289,7 +389,7 @@ impl PgCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(self.bin.join("createdb"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U"])
+                .args(["-h", &self.host, "-p", &self.port.to_string(), "-U"])
                 .arg("postgres")
                 .arg(&name)
                 .stdin(Stdio::null())
@@ -309,7 +409,7 @@ impl PgCluster {
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://postgres@{}:{}/{db}", self.host, self.port)
     }
 
     pub fn data_dir(&self) -> &Path {

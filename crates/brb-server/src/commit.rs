@@ -477,6 +477,17 @@ impl Reads {
 pub(crate) struct Bookkeeping(Arc<dyn Store>);
 
 impl Bookkeeping {
+    /// The store's clock, for leases and due times: on PostgreSQL the database's, so that a
+    /// replica whose wall clock is off neither steals another's lease nor postpones a
+    /// notification (tests/skew.rs). This process's clock when the
+    /// store cannot answer (what is computed from it then fails at the store anyway).
+    pub(crate) async fn now(&self) -> DateTime<Utc> {
+        match self.0.now().await {
+            Ok(t) => t,
+            Err(_) => Utc::now(),
+        }
+    }
+
     pub(crate) async fn touch_tokens(&self, uses: Vec<TokenUse>) -> Result<(), StoreError> {
         self.0.touch_tokens(uses).await
     }

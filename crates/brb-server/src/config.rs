@@ -369,6 +369,22 @@ impl Default for Limits {
 }
 
 /// The platform's data directory (`~/.local/share/big-red-button` on Linux).
+/// A deliberately broken build for `tests/chaos.rs`, which must see its checker catch it:
+/// `BRB_CHAOS_BUG=skip_version_check` makes `PUT …/state` ignore a positive `expected_version`. Read once,
+/// here only, and only in debug builds: a release build has no such switch at all.
+pub fn chaos_bug() -> Option<&'static str> {
+    #[cfg(debug_assertions)]
+    {
+        static BUG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        BUG.get_or_init(|| std::env::var("BRB_CHAOS_BUG").ok())
+            .as_deref()
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        None
+    }
+}
+
 pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from("."))

@@ -246,7 +246,7 @@ pub async fn run(state: AppState) {
     };
     let mut shutdown = state.shutdown_signal();
     loop {
-        let now = Utc::now();
+        let now = state.bookkeeping().now().await;
         match state.bookkeeping().outbox_claim(now, LEASE, 20).await {
             Ok(items) if !items.is_empty() => {
                 let results = futures_util::future::join_all(
@@ -271,8 +271,8 @@ pub async fn run(state: AppState) {
 }
 
 async fn record(state: &AppState, it: &OutboxItem, res: Result<(), Failure>) {
-    let now = Utc::now();
     let store = state.bookkeeping();
+    let now = store.now().await;
     let outcome = match &res {
         Ok(()) => {
             tracing::info!(switch = %it.event.name, channel = %it.channel, kind = %it.kind,

@@ -115,7 +115,9 @@ async fn share_workers(state: AppState) {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let now = chrono::Utc::now();
+        // The store's clock: replicas' wall clocks may disagree, and a row stamped by a slow
+        // one would look stale to the others (or a fast one's never would).
+        let now = state.bookkeeping().now().await;
         let doc = match serde_json::to_string(&state.workers().export()) {
             Ok(d) => d,
             Err(e) => {

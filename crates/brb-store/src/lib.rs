@@ -512,6 +512,13 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip that proves the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
+    /// The clock leases and due times are kept on (the outbox, the shared worker pictures).
+    /// Replicas sharing a store must agree on it even when their wall clocks do not, so a
+    /// shared store answers with its own clock; a store one process uses, with that process's.
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(Utc::now())
+    }
+
     /// Enqueues notifications; returns how many were new (duplicates by key are skipped).
     async fn outbox_enqueue(&self, items: Vec<NewNotification>) -> Result<usize>;
 

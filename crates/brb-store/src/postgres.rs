@@ -39,13 +39,18 @@ use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 use crate::migrations::MIGRATIONS;
 use crate::rows::{
     AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawOutbox, RawSwitch, RawToken, SWITCH_COLUMNS,
-    TOKEN_COLUMNS, decode_event, encode_event, micros,
+    TOKEN_COLUMNS, decode_event, encode_event, from_micros, micros,
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
     Actor, AuditQuery, Channel, FeedEvent, NewNotification, NotificationKind, Outage, OutboxItem,
     Result, SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
+
+/// The database's clock in microseconds, as SQL. A row's due time is written on it (and the
+/// replicas read it through `Store::now`), so replicas whose wall clocks disagree still agree
+/// on when a notification is due and whose lease has run out.
+const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT";
 
 /// Advisory lock key held by every write transaction: serializes writers across replicas so
 /// audit ids follow commit order. (Any constant works; this one spells "brb" in ASCII.)
@@ -568,9 +573,11 @@ async fn write_switch<C: GenericClient>(c: &C, w: &SwitchWrite) -> Result<AuditE
         let event = w.notification_event()?;
         for channel in &w.notify {
             c.execute(
-                "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
-                                     next_attempt_at)
-                 VALUES ($1, $2, $3, $4, $5, $5)",
+                &format!(
+                    "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                         next_attempt_at)
+                     VALUES ($1, $2, $3, $4, $5, {DB_NOW})"
+                ),
                 &[
                     &rules::change_key(entry.id, channel),
                     &channel.to_string(),
@@ -899,6 +906,15 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(&format!("SELECT {DB_NOW}"), &[])
+            .await
+            .map_err(map_pg)?;
+        from_micros(row.try_get(0).map_err(map_pg)?)
+    }
+
     async fn outbox_enqueue(&self, items: Vec<NewNotification>) -> Result<usize> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_pg)?;
@@ -909,10 +925,12 @@ impl Store for PgStore {
                 .map_err(|e| StoreError::Internal(format!("encode event: {e}")))?;
             added += tx
                 .execute(
-                    "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
-                                         next_attempt_at)
-                     VALUES ($1, $2, $3, $4, $5, $5)
-                     ON CONFLICT (dedupe_key) DO NOTHING",
+                    &format!(
+                        "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                             next_attempt_at)
+                         VALUES ($1, $2, $3, $4, $5, {DB_NOW})
+                         ON CONFLICT (dedupe_key) DO NOTHING"
+                    ),
                     &[
                         &it.dedupe_key,
                         &it.channel.to_string(),
