@@ -11,7 +11,7 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench bench-sdk bench-jobs-python bench-adapters
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench soak bench-sdk bench-jobs-python bench-adapters
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
@@ -91,6 +91,17 @@ bench:
 	$(CARGO) build --release -p brb --locked
 	ulimit -n "$$(ulimit -Hn)"; target/release/brb bench --json target/bench.json \
 	  --markdown target/bench.md $(BENCH_ARGS)
+
+## The soak (release build): random toggles, reads and 2,000 reporting gates against one
+## server for SOAK_MINS minutes; fails when RSS, open files, threads or tasks grow, or the log
+## has a WARN/ERROR line crates/brb-bench/soak-log-allow.txt does not explain.
+SOAK_MINS ?= 60
+soak:
+	@scripts/ensure-packages.sh base bench
+	$(CARGO) build --release -p brb --locked
+	mkdir -p target/soak
+	ulimit -n "$$(ulimit -Hn)"; target/release/brb bench --soak-mins $(SOAK_MINS) \
+	  --json target/soak/soak.json --markdown target/soak/soak.md
 
 ## The SDKs side by side (BENCHMARKS.md, "SDK fan-out"): for each SDK whose driver has the
 ## fleet commands, 1,000 watchers in one driver process against a release-built brb server;

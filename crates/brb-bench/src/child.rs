@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::clock::{Anchor, mono_ns, raise_nofile};
-use crate::proto::{FromChild, ToChild};
+use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild};
 use crate::{BenchError, http, resp};
 
 /// Watchers started together before waiting for them: more at once only overflows the
@@ -103,7 +103,12 @@ pub async fn child_main() -> Result<(), BenchError> {
                 token,
                 switch,
                 count,
-            } => child.start_gates(&urls, &token, &switch, count).await,
+                reports,
+            } => {
+                child
+                    .start_gates(&urls, &token, &switch, count, reports)
+                    .await
+            }
             ToChild::Subscribers {
                 addr,
                 channel,
@@ -147,6 +152,7 @@ impl Child {
         token: &str,
         switch: &str,
         count: usize,
+        reports: bool,
     ) -> Result<FromChild, BenchError> {
         let mut failed = 0;
         let pid = std::process::id();
@@ -156,8 +162,8 @@ impl Child {
                 let mut cfg = GateConfig::new(urls, Some(token.to_string()), switch);
                 cfg.worker_id = format!("bench-{pid}-{i}");
                 cfg.transport = Transport::Sse;
-                cfg.send_samples = false;
-                cfg.reports = false;
+                cfg.send_samples = reports;
+                cfg.reports = reports;
                 batch.push(Gate::start(cfg)?);
             }
             for g in &batch {
@@ -288,10 +294,38 @@ impl Child {
             });
             tokio::time::sleep(POLL).await;
         }
+        let mut attempts = AttemptStats {
+            failed_by_took: vec![0; TOOK_BOUNDS_MS.len() + 1],
+            per_gate: vec![0; 33],
+            failed_at: Vec::new(),
+        };
+        for g in &self.gates {
+            let mut n = 0;
+            for a in g.attempts() {
+                let at = anchor.to_ns(a.started);
+                if at < since_ns {
+                    continue;
+                }
+                n += 1;
+                if a.opened {
+                    continue;
+                }
+                let ms = a.took.as_millis() as u64;
+                let b = TOOK_BOUNDS_MS.iter().take_while(|&&x| ms >= x).count();
+                attempts.failed_by_took[b] += 1;
+                let i = ((at - since_ns) / 1_000_000 / FAILED_AT_BUCKET_MS) as usize;
+                if attempts.failed_at.len() <= i {
+                    attempts.failed_at.resize(i + 1, 0);
+                }
+                attempts.failed_at[i] += 1;
+            }
+            attempts.per_gate[n.min(32)] += 1;
+        }
         Ok(FromChild::Reconnected {
             missing: pending.len(),
             stale: pending.iter().filter(|g| g.is_connected()).count(),
             t_ns,
+            attempts,
         })
     }
 }

@@ -22,12 +22,14 @@ pub mod proto;
 pub mod report;
 pub mod resp;
 mod run;
+pub mod soak;
 pub mod stats;
 
 use std::path::PathBuf;
 
 pub use child::child_main;
 pub use run::run;
+pub use run::soak::soak;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -93,6 +95,16 @@ pub struct BenchArgs {
     /// Pause between toggles, in milliseconds (lets the previous one settle everywhere).
     #[arg(long, default_value_t = 200)]
     pub pause_ms: u64,
+    /// Soak instead: random toggles, reads and `--soak-watchers` reporting gates against one
+    /// server for this many minutes; memory, files, threads and tasks must stay flat.
+    #[arg(long)]
+    pub soak_mins: Option<f64>,
+    /// Seconds between the soak's samples.
+    #[arg(long, default_value_t = 60)]
+    pub soak_sample_secs: u64,
+    /// SDK gates in the soak (reports and samples on: two connections each).
+    #[arg(long, default_value_t = 2000)]
+    pub soak_watchers: usize,
     /// The redis-server binary.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,

@@ -12,6 +12,9 @@ pub enum ToChild {
         token: String,
         switch: String,
         count: usize,
+        /// Gates report and send samples (the soak); off for pure fan-out.
+        #[serde(default)]
+        reports: bool,
     },
     /// Open `count` Redis connections subscribed to `channel`; answer `Ready`.
     Subscribers {
@@ -61,6 +64,9 @@ pub enum FromChild {
         /// Of the missing: gates that still count themselves connected on a stream opened
         /// before the kill (they never noticed it).
         stale: usize,
+        /// The gates' attempts to open their stream since `since_ns`.
+        #[serde(default)]
+        attempts: AttemptStats,
     },
     Reads {
         requests: u64,
@@ -70,6 +76,41 @@ pub enum FromChild {
     Failed {
         message: String,
     },
+}
+
+/// Bounds (ms, exclusive) of the `failed_by_took` buckets; the last bucket is everything longer.
+/// 3.5 s sits above the SDK's connect timeout (3 s), 10.5 s above its answer timeout (10 s).
+pub const TOOK_BOUNDS_MS: [u64; 5] = [10, 100, 1000, 3500, 10_500];
+/// Width of the `failed_at` buckets.
+pub const FAILED_AT_BUCKET_MS: u64 = 250;
+
+/// Stream attempts of a child's gates during a reconnect storm, aggregated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttemptStats {
+    /// Attempts that failed, by how long they took (buckets of [`TOOK_BOUNDS_MS`]).
+    pub failed_by_took: Vec<u64>,
+    /// `per_gate[k]`: gates that made k attempts (the last index: that many or more).
+    pub per_gate: Vec<u64>,
+    /// Failed attempts by when they started after `since_ns`, in [`FAILED_AT_BUCKET_MS`].
+    pub failed_at: Vec<u64>,
+}
+
+impl AttemptStats {
+    /// Adds another child's figures.
+    pub fn merge(&mut self, o: &AttemptStats) {
+        add_into(&mut self.failed_by_took, &o.failed_by_took);
+        add_into(&mut self.per_gate, &o.per_gate);
+        add_into(&mut self.failed_at, &o.failed_at);
+    }
+}
+
+fn add_into(a: &mut Vec<u64>, b: &[u64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,99 @@ pub struct Storm {
     /// From the kill to the last gate connected.
     pub since_kill_ms: f64,
     pub spread: Spread,
+    /// Where the time went (absent in reports from before it was measured).
+    #[serde(default)]
+    pub diag: Option<StormDiag>,
+}
+
+/// What a storm looked like from the servers, the kernel and the gates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormDiag {
+    /// Each replica's restart: from starting the processes to it listening.
+    pub listening_ms: Vec<f64>,
+    /// Reconnects by time after the last replica listened, 250 ms buckets.
+    pub reconnects_250ms: Vec<u64>,
+    /// Open files per replica at the end, at most during the storm, and once a second.
+    pub fds_end: Vec<u64>,
+    pub fds_max: Vec<u64>,
+    pub fds_series_1s: Vec<Vec<u64>>,
+    /// System-wide TCP counters, increase over the storm.
+    pub netstat: Vec<(String, i64)>,
+    /// `accept failed` lines in the server log (out of file descriptors, mostly).
+    pub accept_failed: u64,
+    /// CPU (user + system) of the new server processes, from their start to the last reconnect.
+    pub server_cpu_ms: f64,
+    pub attempts: crate::proto::AttemptStats,
+}
+
+impl StormDiag {
+    /// Human-readable lines (stderr and the Markdown notes).
+    pub fn lines(&self) -> Vec<String> {
+        let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+        let a = &self.attempts;
+        let mut bounds = crate::proto::TOOK_BOUNDS_MS
+            .iter()
+            .map(|b| format!("<{b}"))
+            .collect::<Vec<_>>();
+        bounds.push("more".into());
+        let took = bounds
+            .iter()
+            .zip(&a.failed_by_took)
+            .map(|(b, n)| format!("{b} ms: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let per_gate = a
+            .per_gate
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            format!(
+                "storm: replicas listening after {} ms; server CPU {:.0} ms",
+                self.listening_ms
+                    .iter()
+                    .map(|m| format!("{m:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                self.server_cpu_ms
+            ),
+            format!(
+                "storm: reconnects per 250 ms after listening: {}",
+                join(&self.reconnects_250ms)
+            ),
+            format!(
+                "storm: open files per replica at the end {} (at most {}); accept failures {}",
+                join(&self.fds_end),
+                join(&self.fds_max),
+                self.accept_failed
+            ),
+            format!(
+                "storm: open files each second: {}",
+                self.fds_series_1s
+                    .iter()
+                    .map(|s| format!("[{}]", join(s)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            format!(
+                "storm: TCP counters: {}",
+                self.netstat
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!("storm: failed stream attempts by duration: {took}"),
+            format!(
+                "storm: failed attempts per 250 ms after the kill: {}",
+                join(&a.failed_at)
+            ),
+            format!("storm: gates by attempts since the kill: {per_gate}"),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,6 +440,14 @@ impl Report {
         }
         for n in &self.notes {
             let _ = writeln!(out, "- {n}");
+        }
+        for r in &self.runs {
+            if let Some(d) = r.storm.as_ref().and_then(|s| s.diag.as_ref()) {
+                let _ = writeln!(out, "\nReconnect storm, {} watchers:\n", r.watchers);
+                for l in d.lines() {
+                    let _ = writeln!(out, "- {l}");
+                }
+            }
         }
         out
     }

@@ -13,8 +13,8 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::clock::{mono_ns, raise_nofile};
-use crate::proto::{FromChild, ToChild};
-use crate::report::{Baseline, Cpu, Machine, Memory, Reads, Report, Run, Storm};
+use crate::proto::{AttemptStats, FromChild, ToChild};
+use crate::report::{Baseline, Cpu, Machine, Memory, Reads, Report, Run, Storm, StormDiag};
 use crate::stats::{spread, summarize};
 use crate::{BenchArgs, BenchError, resp};
 
@@ -25,6 +25,8 @@ const REDIS_MAX_SUBSCRIBERS: usize = 18_000;
 const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs every measurement `args` asks for.
+pub(crate) mod soak;
+
 pub async fn run(args: BenchArgs) -> Result<Report> {
     if args.replicas > 1 && !args.postgres {
         return Err(BenchError::Failed(
@@ -291,6 +293,7 @@ async fn fanout(
             token: fleet.viewer_token.clone(),
             switch: PRIMARY_SWITCH.into(),
             count,
+            reports: false,
         })
         .collect();
     let t = Instant::now();
@@ -360,11 +363,15 @@ async fn fanout(
 /// `kill -9` of every control-plane process with the gates connected, a restart on the same
 /// addresses, and the time until every gate is connected again.
 async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
+    let net0 = netstat();
+    let accept_failed0 = count_in_log(&fleet.log, "accept failed");
     let t_kill = mono_ns();
     fleet.kill9().await;
     let t_restart = mono_ns();
-    fleet.start_again().await?;
+    let listening_ns = fleet.start_again().await?;
     let t_listening = mono_ns();
+    let pids: Vec<u32> = fleet.servers.iter().filter_map(|s| s.child.id()).collect();
+    let sampler = FdSampler::start(pids.clone());
     let orders = vec![
         ToChild::Reconnected {
             since_ns: t_kill,
@@ -375,22 +382,55 @@ async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
     let mut t_ns = Vec::new();
     let mut missing = 0;
     let mut stale = 0;
+    let mut attempts = AttemptStats::default();
     for a in ask_all(children, orders, Duration::from_secs(120)).await? {
         match a {
             FromChild::Reconnected {
                 t_ns: t,
                 missing: m,
                 stale: st,
+                attempts: at,
             } => {
                 t_ns.extend(t);
                 missing += m;
                 stale += st;
+                attempts.merge(&at);
             }
             other => return Err(unexpected(&other)),
         }
     }
+    let (fds_max, fds_series) = sampler.stop().await;
     let last = t_ns.iter().copied().max().unwrap_or(t_listening);
     let ms = |from: u64| last.saturating_sub(from) as f64 / 1e6;
+    let mut reconnects_250ms = Vec::new();
+    for &t in &t_ns {
+        let i = (t.saturating_sub(t_listening) / 250_000_000) as usize;
+        if reconnects_250ms.len() <= i {
+            reconnects_250ms.resize(i + 1, 0);
+        }
+        reconnects_250ms[i] += 1;
+    }
+    let net1 = netstat();
+    let diag = StormDiag {
+        listening_ms: listening_ns
+            .iter()
+            .map(|&t| t.saturating_sub(t_restart) as f64 / 1e6)
+            .collect(),
+        reconnects_250ms,
+        fds_end: pids.iter().map(|&p| open_fds(p)).collect(),
+        fds_max,
+        fds_series_1s: fds_series,
+        netstat: NETSTAT_KEYS
+            .iter()
+            .map(|k| {
+                let d = net1.get(*k).copied().unwrap_or(0) - net0.get(*k).copied().unwrap_or(0);
+                (k.to_string(), d)
+            })
+            .collect(),
+        accept_failed: count_in_log(&fleet.log, "accept failed").saturating_sub(accept_failed0),
+        server_cpu_ms: pids.iter().map(|&p| cpu_us(Some(p))).sum::<u64>() as f64 / 1e3,
+        attempts,
+    };
     let s = Storm {
         reconnected: t_ns.len(),
         missing,
@@ -399,13 +439,106 @@ async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
         after_listening_ms: ms(t_listening),
         since_kill_ms: ms(t_kill),
         spread: spread(&t_ns),
+        diag: Some(diag),
     };
     eprintln!(
         "brb bench:   reconnect storm: all back {:.0} ms after restart ({missing} missing, \
          {stale} of them on a stream from before the kill)",
         s.all_back_ms
     );
+    if let Some(d) = &s.diag {
+        for l in d.lines() {
+            eprintln!("brb bench:     {l}");
+        }
+    }
     Ok(s)
+}
+
+/// TCP counters (`/proc/net/netstat`, `/proc/net/snmp`) that show a listen queue overflowing
+/// or SYNs retransmitted. System-wide: other traffic on the machine counts too (little, next
+/// to a storm's).
+const NETSTAT_KEYS: [&str; 8] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "SyncookiesSent",
+    "TCPSynRetrans",
+    "TCPTimeouts",
+    "AttemptFails",
+    "EstabResets",
+];
+
+fn netstat() -> std::collections::HashMap<String, i64> {
+    let mut out = std::collections::HashMap::new();
+    for f in ["/proc/net/netstat", "/proc/net/snmp"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        // Pairs of lines: names, then values, both starting with the same "Prefix:".
+        for pair in lines.chunks(2) {
+            if let [names, values] = pair {
+                for (n, v) in names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .skip(1)
+                {
+                    if let Ok(v) = v.parse() {
+                        out.insert(n.to_string(), v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn count_in_log(log: &Path, needle: &str) -> u64 {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().filter(|l| l.contains(needle)).count() as u64)
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+/// Counts each server's open files every 250 ms while a storm runs (the peak shows a replica
+/// at its open-files limit).
+struct FdSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(Vec<u64>, Vec<Vec<u64>>)>,
+}
+
+impl FdSampler {
+    fn start(pids: Vec<u32>) -> FdSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut max = vec![0; pids.len()];
+            let mut series = vec![Vec::new(); pids.len()];
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            for n in 0u64.. {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                for (i, &p) in pids.iter().enumerate() {
+                    let c = open_fds(p);
+                    max[i] = max[i].max(c);
+                    if n % 4 == 0 {
+                        series[i].push(c);
+                    }
+                }
+            }
+            (max, series)
+        });
+        FdSampler { stop, task }
+    }
+
+    async fn stop(self) -> (Vec<u64>, Vec<Vec<u64>>) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
 }
 
 fn unexpected(a: &FromChild) -> BenchError {
@@ -690,21 +823,26 @@ impl Fleet {
 
     /// Starts every server again on its address (after `kill9` or `terminate`), all at once:
     /// started one after another, the first one up would take every watcher's next attempt.
-    async fn start_again(&mut self) -> Result<()> {
+    /// Returns when each one was listening (`CLOCK_MONOTONIC` ns).
+    async fn start_again(&mut self) -> Result<Vec<u64>> {
         let mut starting = Vec::new();
         for (s, d) in self.servers.iter().zip(&self.data_dirs) {
             let (exe, listen, dir) = (self.exe.clone(), s.listen.to_string(), d.clone());
             let (env, log) = (self.env.clone(), self.log.clone());
             starting.push(tokio::spawn(async move {
-                ServerProc::start(&exe, &listen, &dir, &env, &log).await
+                let s = ServerProc::start(&exe, &listen, &dir, &env, &log).await;
+                s.map(|s| (s, mono_ns()))
             }));
         }
+        let mut listening = Vec::new();
         for (i, t) in starting.into_iter().enumerate() {
-            self.servers[i] = t
+            let (s, at) = t
                 .await
                 .map_err(|e| BenchError::Failed(format!("starting a server: {e}")))??;
+            self.servers[i] = s;
+            listening.push(at);
         }
-        Ok(())
+        Ok(listening)
     }
 
     /// A clean restart (SIGTERM, then start on the same addresses), or after `kill -9`.
@@ -716,7 +854,7 @@ impl Fleet {
                 s.terminate().await;
             }
         }
-        self.start_again().await
+        self.start_again().await.map(drop)
     }
 
     async fn stop(&mut self) {

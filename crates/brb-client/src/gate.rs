@@ -18,6 +18,7 @@
 //! after a control-plane restart (the first few attempts stay within one base period, so a
 //! quick restart has the whole fleet back within about a second).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -177,6 +178,22 @@ struct Shared {
     connect_log: Mutex<Vec<Instant>>,
     /// The last version applied and when, for measuring propagation.
     last_change: Mutex<Option<(u64, Instant)>>,
+    /// The latest attempts to open the event stream (at most `ATTEMPT_LOG` of them).
+    attempt_log: Mutex<VecDeque<Attempt>>,
+}
+
+/// Stream attempts a gate remembers: enough to see a reconnect storm's retries, bounded so an
+/// outage of days costs nothing.
+const ATTEMPT_LOG: usize = 32;
+
+/// One attempt to open the event stream, for diagnosing reconnects (`brb bench` reads them
+/// to tell fast refusals from timeouts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub started: Instant,
+    /// Until the stream opened or the attempt failed (over every base it tried).
+    pub took: Duration,
+    pub opened: bool,
 }
 
 fn now_ms() -> i64 {
@@ -231,6 +248,18 @@ impl Shared {
             self.changed.notify_waiters();
             self.report_now.notify_one();
         }
+    }
+
+    fn log_attempt(&self, started: Instant, opened: bool) {
+        let mut log = self.attempt_log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == ATTEMPT_LOG {
+            log.pop_front();
+        }
+        log.push_back(Attempt {
+            started,
+            took: started.elapsed(),
+            opened,
+        });
     }
 
     fn known(&self) -> u8 {
@@ -387,6 +416,7 @@ impl Gate {
             connects: AtomicU64::new(0),
             connect_log: Mutex::new(Vec::new()),
             last_change: Mutex::new(None),
+            attempt_log: Mutex::new(VecDeque::with_capacity(4)),
         });
         let mut tasks = vec![tokio::spawn(watch(Arc::clone(&shared), client.clone()))];
         if shared.cfg.reports {
@@ -530,6 +560,15 @@ impl Gate {
             .unwrap_or_default()
     }
 
+    /// The latest attempts to open the event stream, oldest first (at most 32).
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.shared
+            .attempt_log
+            .lock()
+            .map(|l| l.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// The last version this gate applied and when it did (`is_open` answered accordingly
     /// from that instant): how `brb bench` measures propagation without waking a task.
     pub fn last_change(&self) -> Option<(u64, Instant)> {
@@ -572,7 +611,7 @@ const SSE_FAILURES_BEFORE_FALLBACK: u32 = 3;
 /// How long `Auto` stays on long-poll before trying SSE again.
 const LONG_POLL_SPELL: Duration = Duration::from_secs(300);
 
-async fn watch(s: Arc<Shared>, client: Client) {
+async fn watch(s: Arc<Shared>, mut client: Client) {
     let scope = EventScope::Switch(s.cfg.switch.clone());
     let mut attempt: u32 = 0;
     let mut sse_failures: u32 = 0;
@@ -589,7 +628,10 @@ async fn watch(s: Arc<Shared>, client: Client) {
         } else {
             let last = s.version.load(Ordering::Acquire);
             let last = (s.known() != KNOWN_NONE).then(|| last.to_string());
-            match client.events(&scope, last.as_deref()).await {
+            let started = Instant::now();
+            let opened = client.events(&scope, last.as_deref()).await;
+            s.log_attempt(started, opened.is_ok());
+            match opened {
                 Ok(stream) => {
                     let heard = read_stream(&s, stream).await;
                     if heard {
@@ -629,6 +671,12 @@ async fn watch(s: Arc<Shared>, client: Client) {
             long_poll_until = None;
         }
         attempt = if ok { 0 } else { attempt.saturating_add(1) };
+        if !ok {
+            // Start the next attempt at a replica drawn afresh: with one fixed order, every
+            // retry of a gate whose first replica is full or hung waits on that one again
+            // before moving on, and the gates refused together all pile onto the same next one.
+            client = client.rotated(rand::random::<u32>() as usize);
+        }
         if ok {
             warned_unreachable = false;
         }
@@ -788,6 +836,47 @@ async fn samples(s: Arc<Shared>, client: Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a failed attempt the next one starts at a replica drawn afresh: two replicas
+    /// that take each connection and close it at once (a full replica resetting) both see
+    /// attempts begin with them. With one fixed order every attempt began at the same one.
+    #[tokio::test]
+    async fn retries_start_at_a_replica_drawn_afresh() {
+        use tokio::net::TcpListener;
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let mut urls = Vec::new();
+        for i in 0..2 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!("http://{}", l.local_addr().unwrap()));
+            let tx = seen_tx.clone();
+            tokio::spawn(async move {
+                while let Ok((c, _)) = l.accept().await {
+                    let _ = tx.send(i);
+                    drop(c);
+                }
+            });
+        }
+        let mut cfg = GateConfig::new(&urls, None, "workers");
+        cfg.transport = Transport::Sse;
+        cfg.reports = false;
+        cfg.send_samples = false;
+        cfg.backoff_base = Duration::from_millis(1);
+        cfg.backoff_cap = Duration::from_millis(2);
+        let gate = Gate::start(cfg).unwrap();
+        // Each attempt tries both replicas, one connection each, one after the other.
+        let mut first_of_attempt = [0u32; 2];
+        for _ in 0..24 {
+            let a = seen.recv().await.unwrap();
+            let b = seen.recv().await.unwrap();
+            assert_ne!(a, b, "an attempt tries each replica once");
+            first_of_attempt[a] += 1;
+        }
+        drop(gate);
+        assert!(
+            first_of_attempt.iter().all(|&n| n > 0),
+            "24 attempts all began at the same replica: {first_of_attempt:?}"
+        );
+    }
 
     /// The gate's partial view decodes what the server sends: a whole `Switch`, with a ramp
     /// and with escaped strings (which cannot be borrowed).

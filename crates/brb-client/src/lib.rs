@@ -25,7 +25,7 @@ mod direct;
 pub mod gate;
 pub mod sse;
 
-pub use gate::{FailurePolicy, Gate, GateConfig, Permit, Transport};
+pub use gate::{Attempt, FailurePolicy, Gate, GateConfig, Permit, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -89,6 +89,10 @@ pub struct AbuseConfig {
     pub header_read_timeout_secs: u64,
     /// Largest request head (request line and headers), bytes.
     pub max_header_bytes: usize,
+    /// Open connections at most; one more is reset at once, so its client tries another
+    /// replica instead of waiting in an accept queue the server can no longer drain. 0: the
+    /// open-files limit less a reserve for the database, logs and the data dir.
+    pub max_connections: usize,
 }
 
 impl Default for AbuseConfig {
@@ -104,6 +108,7 @@ impl Default for AbuseConfig {
             // hyper's read buffer is capped by this too: 8 KiB keeps an idle stream near 12 KiB
             // (BENCHMARKS.md, "Memory per idle watcher").
             max_header_bytes: 8 * 1024,
+            max_connections: 0,
         }
     }
 }

@@ -571,6 +571,7 @@ impl Server {
         let settings = net::ConnSettings {
             header_read_timeout: Duration::from_secs(abuse.header_read_timeout_secs),
             max_header_bytes: abuse.max_header_bytes,
+            max_connections: net::connection_cap(abuse.max_connections, net::open_files_limit()),
         };
         let signal = async move {
             shutdown.await;

@@ -218,7 +218,29 @@ pub fn render(state: &crate::AppState) -> String {
         })
         .collect();
     render_switches(&mut out, &rows, Utc::now());
+    render_runtime(&mut out);
     out
+}
+
+/// The async runtime's own gauges: a task count that only grows is a leak (the soak,
+/// `brb bench --soak-mins`, checks its slope).
+fn render_runtime(out: &mut String) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let m = rt.metrics();
+    let _ = writeln!(
+        out,
+        "# HELP brb_runtime_alive_tasks Tasks alive in the server's async runtime.\n\
+         # TYPE brb_runtime_alive_tasks gauge\nbrb_runtime_alive_tasks {}",
+        m.num_alive_tasks()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP brb_runtime_global_queue_depth Tasks waiting in the runtime's global queue.\n\
+         # TYPE brb_runtime_global_queue_depth gauge\nbrb_runtime_global_queue_depth {}",
+        m.global_queue_depth()
+    );
 }
 
 /// Per-switch gauges, for alerts such as "paused for more than an hour" or "workers not
@@ -324,5 +346,33 @@ mod tests {
         ));
         drop(_g);
         assert!(m.render().contains("brb_watchers{kind=\"sse\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn the_runtime_gauge_counts_the_tasks_alive() {
+        let alive = || {
+            let mut out = String::new();
+            render_runtime(&mut out);
+            out.lines()
+                .find_map(|l| l.strip_prefix("brb_runtime_alive_tasks "))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap()
+        };
+        let before = alive();
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let parked: Vec<_> = (0..3)
+            .map(|_| {
+                let mut s = stopped.clone();
+                tokio::spawn(async move {
+                    let _ = s.changed().await;
+                })
+            })
+            .collect();
+        assert_eq!(alive(), before + 3);
+        drop(stop);
+        for t in parked {
+            t.await.unwrap();
+        }
+        assert_eq!(alive(), before);
     }
 }

@@ -24,6 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,6 +75,41 @@ const MAX_DIRECT_BODY: usize = 64 * 1024;
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Connections open at once at most (see [`connection_cap`]).
+    pub max_connections: usize,
+}
+
+/// Files kept free for everything that is not a client connection: the database pool, the
+/// SQLite files, the log, TLS material, the runtime's own descriptors.
+pub const FD_RESERVE: u64 = 512;
+
+/// The connection cap: the configured one, or (0) the open-files limit less [`FD_RESERVE`].
+/// Beyond the limit `accept` fails with EMFILE and connections the kernel already completed
+/// wait in the accept queue until their clients time out (10 s in our SDK): after a restart
+/// that turned a one-second reconnect storm into half a minute (BENCHMARKS.md). A connection
+/// reset at once costs its client a microsecond and a try at the next replica.
+pub fn connection_cap(configured: usize, open_files_limit: Option<u64>) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    match open_files_limit {
+        Some(l) => l.saturating_sub(FD_RESERVE).max(64) as usize,
+        None => usize::MAX,
+    }
+}
+
+/// The process's soft limit on open files (None: unlimited).
+pub fn open_files_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Counts a connection as open until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub async fn serve(
@@ -92,6 +128,8 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Every connection task holds a sender; when all are dropped, every connection is done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -106,8 +144,27 @@ pub async fn serve(
                 }
             },
         };
+        if open.load(Ordering::Acquire) >= settings.max_connections {
+            // At the cap: a reset now (SO_LINGER 0 sends RST on close, never blocks), not
+            // a connection left to wait for a descriptor that will not come.
+            let _ = tcp.set_zero_linger();
+            drop(tcp);
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    remote = %peer,
+                    cap = settings.max_connections,
+                    refused,
+                    "at the connection cap: resetting new connections"
+                );
+            }
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(Arc::clone(&open));
         let _ = tcp.set_nodelay(true);
         let conn = Conn {
+            _slot: slot,
             router: router.clone(),
             http: Arc::clone(&http),
             graceful: graceful.watcher(),
@@ -166,6 +223,7 @@ struct Conn {
     settings: ConnSettings,
     peer: SocketAddr,
     _alive: mpsc::Sender<()>,
+    _slot: Slot,
 }
 
 impl Conn {
@@ -449,6 +507,18 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_connection_cap_is_the_setting_or_the_file_limit_less_the_reserve() {
+        assert_eq!(connection_cap(100, Some(20_000)), 100);
+        assert_eq!(
+            connection_cap(0, Some(20_000)),
+            20_000 - FD_RESERVE as usize
+        );
+        // A tiny limit still lets some clients in.
+        assert_eq!(connection_cap(0, Some(100)), 64);
+        assert_eq!(connection_cap(0, None), usize::MAX);
+    }
     use super::*;
 
     #[test]
