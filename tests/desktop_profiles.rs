@@ -88,7 +88,7 @@ async fn test_connection_names_the_step_that_failed() {
         })
         .await
         .unwrap();
-    let v = probe(&url, Some(&viewer.token), &with_ca).await;
+    let v = probe(&url, Some(&viewer.secret), &with_ca).await;
     assert_eq!(
         (v.step, v.role),
         (ProbeStep::Ok, Some(Role::Viewer)),
