@@ -32,7 +32,13 @@ let lastText = null;
 async function eventually(f, ms = 20000) {
   const end = Date.now() + ms;
   for (;;) {
-    const v = await f();
+    let v;
+    try {
+      v = await f();
+    } catch (e) {
+      // The page reloads after a save or a switch: an element read during the reload is gone.
+      if (e?.name !== "StaleElementReferenceError" && e?.name !== "NoSuchElementError") throw e;
+    }
     if (v) return v;
     if (Date.now() > end) throw new Error(`timed out; last seen ${JSON.stringify(lastText)}`);
     await new Promise((r) => setTimeout(r, 100));
@@ -310,6 +316,9 @@ test("first run: the connect screen says which step failed, keeps what was typed
       const items = await driver.findElements(By.css('[data-testid="probe-result"]'));
       return items.length === 1 && (await items[0].getAttribute("data-step")) === "ok";
     });
+    // Staging's own colour (the test offered the server's red): the switcher and the tray tell
+    // the two apart.
+    await driver.executeScript("const c = document.querySelector('[data-testid=\"profile-color\"]'); c.value = '#f9a825';");
     await shot(driver, "desktop-connect.png");
     await (await $(driver, "save-profile")).click();
     await eventually(async () => (await present(driver, "toggle")) && /WORKERS/.test(await text(driver, "toggle")));
@@ -317,6 +326,7 @@ test("first run: the connect screen says which step failed, keeps what was typed
     const saved = readFileSync(settings, "utf8");
     assert.equal(saved.includes(token), false, "the token is not in the settings file");
     assert.equal(JSON.parse(saved).profiles[0].name, "staging");
+    assert.equal(JSON.parse(saved).profiles[0].color, "#f9a825");
 
     // A second profile, then switch back from the window's switcher.
     await (await $(driver, "add-profile")).click();
