@@ -21,8 +21,9 @@ declare -A PKG_GROUPS=(
   [test]="prometheus sqlite3 e2fsprogs mount jq python3-venv ruby ruby-minitest rake golang-go ruby-sidekiq ruby-redis redis-server iproute2 nftables libfaketime faketime"
   # The UI's browser tests: Debian's Chromium driven by Playwright (no browser download).
   [ui]="chromium fonts-dejavu-core"
-  # The desktop app (Tauri 2) and its WebDriver tests under Xvfb.
-  [desktop]="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev webkit2gtk-driver xvfb xauth imagemagick"
+  # The desktop app (Tauri 2) and its WebDriver tests under Xvfb; dbus, gnome-keyring and
+  # libsecret-tools (secret-tool) for the keychain test against a real Secret Service.
+  [desktop]="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev webkit2gtk-driver xvfb xauth imagemagick dbus gnome-keyring libsecret-tools"
   # A real PostgreSQL for the store suite and the multi-replica tests. Only the server binaries
   # are needed: the tests run a private cluster (initdb + pg_ctl on a loopback port in a temp
   # dir), never the system service.

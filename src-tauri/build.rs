@@ -15,6 +15,11 @@ const COMMANDS: &[&str] = &[
     "brb_tray_toggle",
     "brb_button_status",
     "brb_ramp",
+    "brb_profiles",
+    "brb_test_connection",
+    "brb_save_profile",
+    "brb_use_profile",
+    "brb_painted",
 ];
 
 fn main() {

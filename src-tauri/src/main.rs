@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use brb_api::{AuditEntry, Series, ServerInfo, SetStateRequest, Switch, SwitchState, WorkerCounts};
 use brb_client::{Client, ClientError};
-use brb_desktop::{DesktopError, Forwarded, Settings, ShortcutAction};
+use brb_desktop::profiles::{Migration, ProfileDraft, ProfileView, TokenPlace};
+use brb_desktop::{DesktopError, Forwarded, OsKeychain, Settings, ShortcutAction};
 use serde::Serialize;
+use tauri::async_runtime::JoinHandle;
 use tauri::image::Image;
-use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
+use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Emitter, Manager, State, WindowEvent};
 use tauri_plugin_global_shortcut::{GlobalShortcutExt, ShortcutState};
@@ -60,7 +62,17 @@ impl From<DesktopError> for UiError {
             DesktopError::Client(c) => c.into(),
             DesktopError::NoProfile => UiError {
                 code: "not_configured".into(),
-                message: "no control plane is configured: set BRB_URL and BRB_TOKEN, or edit the settings file".into(),
+                message: "no control plane is configured yet".into(),
+                current: None,
+            },
+            DesktopError::InvalidProfile(m) => UiError {
+                code: "invalid_profile".into(),
+                message: m,
+                current: None,
+            },
+            DesktopError::Keychain(k) => UiError {
+                code: "keychain".into(),
+                message: k.to_string(),
                 current: None,
             },
             other => UiError {
@@ -75,9 +87,32 @@ impl From<DesktopError> for UiError {
 /// The tray icon and the two menu items whose text follows the state.
 type Tray = (TrayIcon, MenuItem<tauri::Wry>, MenuItem<tauri::Wry>);
 
+/// Where the active profile's client stands: the keychain is read after the window is up,
+/// so commands wait for it instead of failing.
+#[derive(Clone)]
+enum Conn {
+    Starting,
+    Ready(Client),
+    NotConfigured,
+    Failed(UiErrorCopy),
+}
+
+#[derive(Clone)]
+struct UiErrorCopy {
+    code: String,
+    message: String,
+}
+
 struct AppState {
-    client: Option<Client>,
-    settings: Settings,
+    conn: tokio::sync::watch::Sender<Conn>,
+    /// As in the file, plus a profile made from `BRB_URL` for this run; tokens only where no
+    /// keychain was available.
+    settings: Mutex<Settings>,
+    settings_path: std::path::PathBuf,
+    /// Why tokens are kept in the settings file, when they are.
+    keychain_problem: Mutex<Option<String>>,
+    /// The active profile's event forwarding and button listener, stopped on a switch.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The last state of each switch seen on the event stream (for notifications and tray).
     seen: Mutex<std::collections::HashMap<String, Switch>>,
     connection: Mutex<&'static str>,
@@ -86,27 +121,47 @@ struct AppState {
     tray: Mutex<Option<Tray>>,
     /// The office button listener's status text, when it runs.
     button: Mutex<Option<String>>,
+    /// Milliseconds from process start to the first frame the webview reported painted.
+    first_paint_ms: Mutex<Option<u64>>,
+    /// Bumped by each activation: a slower, older one (two quick switches) must not win.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type S<'a> = State<'a, Arc<AppState>>;
 
-fn client(s: &AppState) -> Result<&Client, UiError> {
-    s.client
-        .as_ref()
-        .ok_or_else(|| DesktopError::NoProfile.into())
+async fn client(s: &AppState) -> Result<Client, UiError> {
+    let mut rx = s.conn.subscribe();
+    let conn = rx
+        .wait_for(|c| !matches!(c, Conn::Starting))
+        .await
+        .map(|c| c.clone())
+        .unwrap_or(Conn::NotConfigured);
+    match conn {
+        Conn::Ready(c) => Ok(c),
+        Conn::Failed(e) => Err(UiError {
+            code: e.code,
+            message: e.message,
+            current: None,
+        }),
+        Conn::Starting | Conn::NotConfigured => Err(DesktopError::NoProfile.into()),
+    }
 }
 
 #[tauri::command]
 async fn brb_info(state: S<'_>) -> Result<ServerInfo, UiError> {
-    let info = client(&state)?.info().await?;
-    *state.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.primary_switch.clone());
+    let info = client(&state).await?.info().await?;
+    *lock(&state.primary) = Some(info.primary_switch.clone());
     *state.environment.lock().unwrap_or_else(|e| e.into_inner()) = info.environment.name.clone();
     Ok(info)
 }
 
 #[tauri::command]
 async fn brb_switches(state: S<'_>) -> Result<Vec<Switch>, UiError> {
-    Ok(client(&state)?.switches().await?)
+    Ok(client(&state).await?.switches().await?)
 }
 
 #[tauri::command]
@@ -115,7 +170,7 @@ async fn brb_set_state(
     name: String,
     req: SetStateRequest,
 ) -> Result<Switch, UiError> {
-    Ok(client(&state)?.set_state(&name, &req).await?)
+    Ok(client(&state).await?.set_state(&name, &req).await?)
 }
 
 #[tauri::command]
@@ -124,7 +179,8 @@ async fn brb_audit(
     limit: u32,
     switch: Option<String>,
 ) -> Result<Vec<AuditEntry>, UiError> {
-    Ok(client(&state)?
+    Ok(client(&state)
+        .await?
         .audit(switch.as_deref(), limit.clamp(1, 500), None)
         .await?
         .entries)
@@ -132,12 +188,16 @@ async fn brb_audit(
 
 #[tauri::command]
 async fn brb_workers(state: S<'_>, name: String) -> Result<WorkerCounts, UiError> {
-    Ok(client(&state)?.workers(&name).await?)
+    Ok(client(&state).await?.workers(&name).await?)
 }
 
 #[tauri::command]
 async fn brb_series(state: S<'_>, since: i64) -> Result<Vec<Series>, UiError> {
-    Ok(client(&state)?.series(None, Some(since)).await?.series)
+    Ok(client(&state)
+        .await?
+        .series(None, Some(since))
+        .await?
+        .series)
 }
 
 #[tauri::command]
@@ -151,7 +211,7 @@ async fn brb_ramp(
     name: String,
     req: brb_api::RampControlRequest,
 ) -> Result<Switch, UiError> {
-    Ok(client(&state)?.ramp_control(&name, &req).await?)
+    Ok(client(&state).await?.ramp_control(&name, &req).await?)
 }
 
 /// What the tray menu's toggle item does (and what a test calls through the webview).
@@ -170,7 +230,7 @@ async fn tray_toggle(
     state: &AppState,
 ) -> Result<brb_desktop::QuickToggle, UiError> {
     let primary = primary_name(state).await?;
-    let outcome = brb_desktop::quick_toggle(client(state)?, &primary).await?;
+    let outcome = brb_desktop::quick_toggle(&client(state).await?, &primary).await?;
     match &outcome {
         brb_desktop::QuickToggle::Paused { switch } => update_tray(app, state, Some(switch)),
         brb_desktop::QuickToggle::AskResume { switch } => {
@@ -191,7 +251,7 @@ async fn primary_name(state: &AppState) -> Result<String, UiError> {
     {
         return Ok(p);
     }
-    let info = client(state)?.info().await?;
+    let info = client(state).await?.info().await?;
     *state.primary.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.primary_switch.clone());
     Ok(info.primary_switch)
 }
@@ -212,13 +272,32 @@ fn update_tray(app: &AppHandle, state: &AppState, sw: Option<&Switch>) {
         Some(SwitchState::Running) => (ICON_RUNNING, "Workers running", "Pause workers"),
         None => (ICON_UNKNOWN, "Control plane unreachable", "Pause workers"),
     };
-    if let Ok(img) = Image::from_bytes(bytes) {
+    if let Ok(img) = environment_icon(bytes, state) {
         let _ = icon.set_icon(Some(img));
     }
-    let _ = icon.set_tooltip(Some(format!("Big Red Button: {text}")));
+    let profile = lock(&state.settings)
+        .active_profile()
+        .map(|p| format!(" ({})", p.name))
+        .unwrap_or_default();
+    let _ = icon.set_tooltip(Some(format!("Big Red Button{profile}: {text}")));
     let _ = label.set_text(text);
     let _ = toggle.set_text(action);
     let _ = app;
+}
+
+/// The state icon with the active profile's environment colour along its bottom.
+fn environment_icon(bytes: &[u8], state: &AppState) -> tauri::Result<Image<'static>> {
+    let img = Image::from_bytes(bytes)?;
+    let (w, h) = (img.width(), img.height());
+    let mut rgba = img.rgba().to_vec();
+    let color = lock(&state.settings)
+        .active_profile()
+        .and_then(|p| p.color.as_deref())
+        .and_then(brb_desktop::parse_color);
+    if let Some(c) = color {
+        brb_desktop::mark_environment(&mut rgba, w, h, c);
+    }
+    Ok(Image::new_owned(rgba, w, h))
 }
 
 fn show_main(app: &AppHandle) {
@@ -252,7 +331,8 @@ fn on_forwarded(app: &AppHandle, state: &AppState, f: Forwarded) {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                if state.settings.notifications
+                let notify = lock(&state.settings).notifications;
+                if notify
                     && let Some((title, body)) = brb_desktop::notification(prev.as_ref(), &sw, &env)
                     && let Err(e) = app.notification().builder().title(title).body(body).show()
                 {
@@ -272,16 +352,71 @@ fn on_forwarded(app: &AppHandle, state: &AppState, f: Forwarded) {
     }
 }
 
-fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
+/// The tray menu: the state, the quick toggle, the profiles (a check item each), Open, Quit.
+fn tray_menu(
+    app: &AppHandle,
+    settings: &Settings,
+) -> tauri::Result<(Menu<tauri::Wry>, MenuItem<tauri::Wry>, MenuItem<tauri::Wry>)> {
     let label = MenuItem::with_id(app, "state", "Connecting…", false, None::<&str>)?;
     let toggle = MenuItem::with_id(app, "toggle", "Pause workers", true, None::<&str>)?;
     let open = MenuItem::with_id(app, "open", "Open", true, None::<&str>)?;
     let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
     let sep = PredefinedMenuItem::separator(app)?;
-    let menu = Menu::with_items(app, &[&label, &sep, &toggle, &open, &quit])?;
+    let sep2 = PredefinedMenuItem::separator(app)?;
+    let items = settings
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            CheckMenuItem::with_id(
+                app,
+                format!("profile:{}", p.name),
+                &p.name,
+                true,
+                i == settings.active,
+                None::<&str>,
+            )
+        })
+        .collect::<tauri::Result<Vec<_>>>()?;
+    let refs: Vec<&dyn tauri::menu::IsMenuItem<tauri::Wry>> = items
+        .iter()
+        .map(|i| i as &dyn tauri::menu::IsMenuItem<tauri::Wry>)
+        .collect();
+    let profiles =
+        Submenu::with_id_and_items(app, "profiles", "Profile", !items.is_empty(), &refs)?;
+    let menu = Menu::with_items(
+        app,
+        &[&label, &sep, &toggle, &sep2, &profiles, &open, &quit],
+    )?;
+    Ok((menu, label, toggle))
+}
+
+/// After a profile change: the menu lists the profiles again, the icon shows the new
+/// environment's colour and "connecting" until the new control plane answers.
+fn refresh_tray(app: &AppHandle, state: &AppState) {
+    let settings = lock(&state.settings).clone();
+    {
+        let mut tray = lock(&state.tray);
+        let Some((icon, label, toggle)) = tray.as_mut() else {
+            return;
+        };
+        match tray_menu(app, &settings) {
+            Ok((menu, l, t)) => {
+                let _ = icon.set_menu(Some(menu));
+                *label = l;
+                *toggle = t;
+            }
+            Err(e) => tracing::warn!(error = %e, "tray menu not rebuilt"),
+        }
+    }
+    update_tray(app, state, None);
+}
+
+fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
+    let (menu, label, toggle) = tray_menu(app, &lock(&state.settings))?;
     let st = Arc::clone(&state);
     let icon = TrayIconBuilder::with_id("brb")
-        .icon(Image::from_bytes(ICON_UNKNOWN)?)
+        .icon(environment_icon(ICON_UNKNOWN, &state)?)
         .tooltip("Big Red Button")
         .menu(&menu)
         .on_menu_event(move |app, event| match event.id.as_ref() {
@@ -301,10 +436,16 @@ fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
             }
             "open" => show_main(app),
             "quit" => app.exit(0),
-            _ => {}
+            id => {
+                if let Some(name) = id.strip_prefix("profile:")
+                    && let Err(e) = switch_profile(app, &st, name)
+                {
+                    tracing::error!(code = %e.code, error = %e.message, source = "tray", "profile not switched");
+                }
+            }
         })
         .build(app)?;
-    *state.tray.lock().unwrap_or_else(|e| e.into_inner()) = Some((icon, label, toggle));
+    *lock(&state.tray) = Some((icon, label, toggle));
     Ok(())
 }
 
@@ -313,15 +454,16 @@ fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
 fn start_button_listener(app: AppHandle, state: Arc<AppState>, client: Client) {
     let (tx, mut rx) = tokio::sync::watch::channel(brb_button::DeviceStatus::Searching);
     let shown = Arc::clone(&state);
-    tauri::async_runtime::spawn(async move {
+    let tasks = Arc::clone(&state);
+    let listener = tauri::async_runtime::spawn(async move {
         let primary = match primary_name(&state).await {
             Ok(p) => p,
             Err(_) => brb_api::PRIMARY_SWITCH.to_string(),
         };
         let cfg = brb_button::Config {
             switch: primary,
-            device: match &state.settings.button_serial {
-                Some(port) => brb_button::DeviceSpec::Serial { port: port.clone() },
+            device: match lock(&state.settings).button_serial.clone() {
+                Some(port) => brb_button::DeviceSpec::Serial { port },
                 None => brb_button::DeviceSpec::Auto,
             },
             policy: brb_button::PolicyConfig::default(),
@@ -330,7 +472,7 @@ fn start_button_listener(app: AppHandle, state: Arc<AppState>, client: Client) {
             tracing::error!(error = %e, source = "button", "button listener stopped");
         }
     });
-    tauri::async_runtime::spawn(async move {
+    let status = tauri::async_runtime::spawn(async move {
         loop {
             let text = match &*rx.borrow_and_update() {
                 brb_button::DeviceStatus::Searching => "Office button: looking for it…".to_string(),
@@ -346,6 +488,7 @@ fn start_button_listener(app: AppHandle, state: Arc<AppState>, client: Client) {
             }
         }
     });
+    lock(&tasks.tasks).extend([listener, status]);
 }
 
 /// The office button's status text (`None` when the listener is off).
@@ -358,7 +501,242 @@ fn brb_button_status(state: S<'_>) -> Option<String> {
         .clone()
 }
 
+/// Milliseconds since this process started: from the kernel's start time where there is one
+/// (so the figure includes the dynamic loader and everything before `main`), else since `main`.
+fn since_process_start(main_started: std::time::Instant) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // Field 22 of /proc/self/stat is the start time in clock ticks since boot; USER_HZ is
+        // 100 on every Linux architecture we ship to.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        let start_ticks = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(19))
+            .and_then(|t| t.parse::<f64>().ok());
+        let up = uptime
+            .split_whitespace()
+            .next()
+            .and_then(|u| u.parse::<f64>().ok());
+        if let (Some(t), Some(u)) = (start_ticks, up) {
+            return ((u - t / 100.0) * 1000.0).max(0.0) as u64;
+        }
+    }
+    main_started.elapsed().as_millis() as u64
+}
+
+static MAIN_STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// The webview calls this once its first frame ("connecting…" or the connect screen) is on
+/// screen; the figure is logged and answered (the start-up e2e prints it).
+#[tauri::command]
+fn brb_painted(state: S<'_>) -> u64 {
+    let mut first = lock(&state.first_paint_ms);
+    if let Some(ms) = *first {
+        return ms;
+    }
+    let ms = since_process_start(*MAIN_STARTED.get_or_init(std::time::Instant::now));
+    tracing::info!(ms, "first frame painted");
+    *first = Some(ms);
+    ms
+}
+
+/// The connect screen's and the switcher's picture of the profiles.
+#[derive(Serialize)]
+struct ProfilesAnswer {
+    profiles: Vec<ProfileView>,
+    /// Why tokens stay in the settings file, when no OS keychain is available.
+    keychain_problem: Option<String>,
+    /// Where the settings file is (shown in the fallback notice).
+    settings_path: String,
+}
+
+fn profiles_answer(state: &AppState) -> ProfilesAnswer {
+    let problem = lock(&state.keychain_problem).clone();
+    ProfilesAnswer {
+        profiles: brb_desktop::profiles::view(&lock(&state.settings), problem.as_deref()),
+        keychain_problem: problem,
+        settings_path: state.settings_path.display().to_string(),
+    }
+}
+
+/// Answers once the start-up work (keychain migration, client) is done, so that what it says
+/// about the keychain is what happened; the first frame is already on screen by then.
+#[tauri::command]
+async fn brb_profiles(state: S<'_>) -> Result<ProfilesAnswer, UiError> {
+    let mut rx = state.conn.subscribe();
+    let _ = rx.wait_for(|c| !matches!(c, Conn::Starting)).await;
+    Ok(profiles_answer(&state))
+}
+
+/// "Test connection": every URL of the draft, step by step (nothing is saved). An empty token
+/// while editing tests with the saved one.
+#[tauri::command]
+async fn brb_test_connection(
+    state: S<'_>,
+    draft: ProfileDraft,
+    replacing: Option<String>,
+) -> Result<Vec<brb_desktop::probe::ProbeReport>, UiError> {
+    let settings = lock(&state.settings).clone();
+    let profile = brb_desktop::profiles::validate(&draft, &settings, replacing.as_deref())?;
+    let token = match draft
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => Some(t.to_string()),
+        None => {
+            let old =
+                replacing.and_then(|r| settings.profiles.iter().find(|p| p.name == r).cloned());
+            match old {
+                Some(p) if p.token.is_some() => p.token,
+                Some(p) => tauri::async_runtime::spawn_blocking(move || {
+                    brb_desktop::Secrets::get(&OsKeychain, &p.name).map_err(DesktopError::from)
+                })
+                .await
+                .map_err(|e| UiError {
+                    code: "internal".into(),
+                    message: e.to_string(),
+                    current: None,
+                })??,
+                None => None,
+            }
+        }
+    };
+    Ok(brb_desktop::probe::probe_all(&profile.urls, token.as_deref(), &profile.tls()).await)
+}
+
+/// Saves a profile from the connect screen (token to the keychain, else the file), makes it
+/// the active one and connects to it.
+#[tauri::command]
+async fn brb_save_profile(
+    app: AppHandle,
+    state: S<'_>,
+    draft: ProfileDraft,
+    replacing: Option<String>,
+) -> Result<TokenPlace, UiError> {
+    let st = Arc::clone(state.inner());
+    let saved = tauri::async_runtime::spawn_blocking(move || {
+        let settings = lock(&st.settings).clone();
+        brb_desktop::profiles::save_profile(
+            &settings,
+            &st.settings_path,
+            &OsKeychain,
+            &draft,
+            replacing.as_deref(),
+        )
+    })
+    .await
+    .map_err(|e| UiError {
+        code: "internal".into(),
+        message: e.to_string(),
+        current: None,
+    })??;
+    tracing::info!(profile = ?saved.settings.active_profile().map(|p| &p.name), token = ?saved.token, source = "desktop", "profile saved");
+    if let TokenPlace::File { reason } = &saved.token {
+        *lock(&state.keychain_problem) = Some(reason.clone());
+    }
+    *lock(&state.settings) = saved.settings;
+    activate(&app, &state);
+    Ok(saved.token)
+}
+
+/// Switches to another profile (the window's switcher and the tray's Profile menu).
+#[tauri::command]
+fn brb_use_profile(app: AppHandle, state: S<'_>, name: String) -> Result<(), UiError> {
+    switch_profile(&app, &state, &name)
+}
+
+fn switch_profile(app: &AppHandle, state: &Arc<AppState>, name: &str) -> Result<(), UiError> {
+    let next = {
+        let settings = lock(&state.settings);
+        brb_desktop::profiles::use_profile(&settings, &state.settings_path, name)?
+    };
+    tracing::info!(profile = name, source = "desktop", "profile switched");
+    *lock(&state.settings) = next;
+    activate(app, state);
+    // The window reloads and starts again on the new control plane.
+    let _ = app.emit("brb://profile", name);
+    Ok(())
+}
+
+/// Connects to the active profile: stops what followed the previous one, then (off the UI
+/// thread: the keychain is a D-Bus round trip) moves file tokens to the keychain, builds the
+/// client, and starts the event forwarding and the button listener.
+fn activate(app: &AppHandle, state: &Arc<AppState>) {
+    use std::sync::atomic::Ordering;
+    let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    for t in lock(&state.tasks).drain(..) {
+        t.abort();
+    }
+    state.conn.send_replace(Conn::Starting);
+    *lock(&state.primary) = None;
+    *lock(&state.environment) = String::new();
+    lock(&state.seen).clear();
+    *lock(&state.connection) = "connecting";
+    refresh_tray(app, state);
+    let (app, st) = (app.clone(), Arc::clone(state));
+    tauri::async_runtime::spawn(async move {
+        let worker = Arc::clone(&st);
+        let built = tauri::async_runtime::spawn_blocking(move || {
+            let settings = lock(&worker.settings).clone();
+            match brb_desktop::profiles::migrate_tokens(&settings, &worker.settings_path, &OsKeychain) {
+                Ok((next, Migration::Moved(names))) => {
+                    tracing::info!(profiles = ?names, source = "desktop", "tokens moved from the settings file to the OS keychain");
+                    *lock(&worker.keychain_problem) = None;
+                    *lock(&worker.settings) = next;
+                }
+                Ok((_, Migration::KeptInFile { reason })) => {
+                    tracing::warn!(error = %reason, source = "desktop", "no OS keychain: tokens stay in the settings file (0600)");
+                    *lock(&worker.keychain_problem) = Some(reason);
+                }
+                Ok((_, Migration::Nothing)) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, source = "desktop", "tokens not moved to the keychain; the settings file is unchanged");
+                }
+            }
+            let settings = lock(&worker.settings).clone();
+            settings.client(&OsKeychain)
+        })
+        .await;
+        let conn = match built {
+            Ok(Ok(c)) => Conn::Ready(c),
+            Ok(Err(DesktopError::NoProfile)) => Conn::NotConfigured,
+            Ok(Err(e)) => {
+                let e = UiError::from(e);
+                Conn::Failed(UiErrorCopy {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            Err(e) => Conn::Failed(UiErrorCopy {
+                code: "internal".into(),
+                message: e.to_string(),
+            }),
+        };
+        if st.generation.load(Ordering::SeqCst) != generation {
+            return; // another profile was chosen meanwhile; its activation reports
+        }
+        if let Conn::Ready(c) = &conn {
+            let (h, fw) = (app.clone(), Arc::clone(&st));
+            let c2 = c.clone();
+            let forward = tauri::async_runtime::spawn(async move {
+                brb_desktop::forward_events(c2, move |f| on_forwarded(&h, &fw, f)).await;
+            });
+            lock(&st.tasks).push(forward);
+            if lock(&st.settings).button_listener {
+                start_button_listener(app.clone(), Arc::clone(&st), c.clone());
+            }
+        }
+        st.conn.send_replace(conn);
+        refresh_tray(&app, &st);
+    });
+}
+
 fn main() {
+    MAIN_STARTED.get_or_init(std::time::Instant::now);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BRB_LOG")
@@ -367,9 +745,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
         .try_init();
+    let started = *MAIN_STARTED.get_or_init(std::time::Instant::now);
+    tracing::debug!(ms = since_process_start(started), "start-up: main");
     let path = std::env::var_os("BRB_DESKTOP_SETTINGS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(Settings::default_path);
+    // One small local file; the keychain and the network wait until the window is up.
     let settings = match Settings::load(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -378,22 +759,21 @@ fn main() {
         }
     }
     .with_env(|k| std::env::var(k).ok());
-    let api_client = match settings.client() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("brb-desktop: {e}");
-            None
-        }
-    };
+    let (conn, _) = tokio::sync::watch::channel(Conn::Starting);
     let state = Arc::new(AppState {
-        client: api_client,
-        settings: settings.clone(),
+        conn,
+        settings: Mutex::new(settings.clone()),
+        settings_path: path,
+        keychain_problem: Mutex::new(None),
+        tasks: Mutex::default(),
         seen: Mutex::default(),
         connection: Mutex::new("connecting"),
         primary: Mutex::new(None),
         environment: Mutex::new(String::new()),
         tray: Mutex::new(None),
         button: Mutex::new(None),
+        first_paint_ms: Mutex::new(None),
+        generation: std::sync::atomic::AtomicU64::new(0),
     });
 
     let shortcut_state = Arc::clone(&state);
@@ -410,13 +790,14 @@ fn main() {
                     if event.state() != ShortcutState::Pressed {
                         return;
                     }
-                    match shortcut_state.settings.shortcut_action {
+                    let action = lock(&shortcut_state.settings).shortcut_action;
+                    match action {
                         ShortcutAction::Show => show_main(app),
                         ShortcutAction::Pause => {
                             let (app, st) = (app.clone(), Arc::clone(&shortcut_state));
                             tauri::async_runtime::spawn(async move {
-                                let res = match (primary_name(&st).await, client(&st)) {
-                                    (Ok(p), Ok(c)) => brb_desktop::shortcut_pause(c, &p).await.map_err(UiError::from),
+                                let res = match (primary_name(&st).await, client(&st).await) {
+                                    (Ok(p), Ok(c)) => brb_desktop::shortcut_pause(&c, &p).await.map_err(UiError::from),
                                     (Err(e), _) | (_, Err(e)) => Err(e),
                                 };
                                 match res {
@@ -440,7 +821,12 @@ fn main() {
             brb_connection,
             brb_tray_toggle,
             brb_ramp,
-            brb_button_status
+            brb_button_status,
+            brb_profiles,
+            brb_test_connection,
+            brb_save_profile,
+            brb_use_profile,
+            brb_painted
         ])
         .on_window_event(|window, event| {
             // Closing the window keeps the app in the tray: the brake stays one click away.
@@ -450,11 +836,13 @@ fn main() {
             }
         })
         .setup(move |app| {
+            tracing::debug!(ms = since_process_start(started), "start-up: window set up");
             let handle = app.handle().clone();
             if let Err(e) = build_tray(&handle, Arc::clone(&state)) {
                 tracing::warn!(error = %e, "no tray icon");
             }
-            if let Some(sc) = &state.settings.shortcut
+            let shortcut = settings.shortcut.clone();
+            if let Some(sc) = &shortcut
                 && let Err(e) = app.global_shortcut().register(sc.as_str())
             {
                 tracing::warn!(shortcut = %sc, error = %e, "global shortcut not registered");
@@ -462,7 +850,7 @@ fn main() {
             {
                 use tauri_plugin_autostart::ManagerExt as _;
                 let auto = app.autolaunch();
-                let res = if state.settings.start_at_login {
+                let res = if settings.start_at_login {
                     auto.enable()
                 } else {
                     auto.disable()
@@ -471,18 +859,7 @@ fn main() {
                     tracing::debug!(error = %e, "start at login not changed");
                 }
             }
-            if state.settings.button_listener
-                && let Some(c) = state.client.clone()
-            {
-                start_button_listener(app.handle().clone(), Arc::clone(&state), c);
-            }
-            if let Some(c) = state.client.clone() {
-                let st = Arc::clone(&state);
-                tauri::async_runtime::spawn(async move {
-                    let h = handle.clone();
-                    brb_desktop::forward_events(c, move |f| on_forwarded(&h, &st, f)).await;
-                });
-            }
+            activate(&handle, &state);
             Ok(())
         })
         .run(tauri::generate_context!());

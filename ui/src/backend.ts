@@ -50,3 +50,58 @@ export interface Backend {
    */
   subscribe(onEvent: (e: LiveEvent) => void, onStatus: (s: ConnectionStatus, lastHeard?: number) => void): () => void;
 }
+
+/** Desktop only: a named profile as the app shows it (never its token). */
+export interface ProfileView {
+  name: string;
+  urls: string[];
+  ca_file: string | null;
+  client_cert: string | null;
+  client_key: string | null;
+  color: string | null;
+  insecure_http: boolean;
+  token: { kind: "keychain" | "environment" | "unknown" } | { kind: "file"; reason: string };
+  active: boolean;
+}
+
+export interface ProfilesAnswer {
+  profiles: ProfileView[];
+  /** Why tokens stay in the settings file (no OS keychain), when they do. */
+  keychain_problem: string | null;
+  settings_path: string;
+}
+
+/** What the connect screen sends: the token goes in and never comes back. */
+export interface ProfileDraft {
+  name: string;
+  urls: string[];
+  token: string | null;
+  ca_file: string | null;
+  client_cert: string | null;
+  client_key: string | null;
+  color: string | null;
+  insecure_http: boolean;
+}
+
+export type ProbeStep = "settings" | "dns" | "connect" | "tls" | "unauthorized" | "forbidden" | "wrong_server" | "ok";
+
+export interface ProbeReport {
+  url: string;
+  step: ProbeStep;
+  message: string;
+  environment: { name: string; color: string } | null;
+  role: string | null;
+}
+
+/** Desktop only: the profiles behind the connect screen and the profile switcher. */
+export interface ProfileStore {
+  profiles(): Promise<ProfilesAnswer>;
+  testConnection(draft: ProfileDraft, replacing: string | null): Promise<ProbeReport[]>;
+  /** Saves, makes it the active profile and connects; answers where the token went. */
+  saveProfile(draft: ProfileDraft, replacing: string | null): Promise<ProfileView["token"]>;
+  useProfile(name: string): Promise<void>;
+  /** Called when the active profile changes (from the tray too): the window starts again. */
+  onProfileChange(cb: () => void): void;
+  /** Reports the first painted frame; answers ms since the process started. */
+  painted(): Promise<number>;
+}

@@ -7,6 +7,7 @@ import type { Backend } from "./backend";
 import { HttpBackend } from "./http-backend";
 import { applyEvent, applySnapshot, emptyModel, loadSeries, setConnection } from "./model";
 import { TauriBackend, inTauri } from "./tauri-backend";
+import { profileBar, reportPainted, showConnect, showConnecting } from "./connect";
 import { App } from "./ui";
 
 const TOKEN_KEY = "brb.token";
@@ -53,8 +54,20 @@ async function start() {
   const mount = document.getElementById("app");
   if (!mount) return;
   let backend: Backend;
+  let desktop: TauriBackend | null = null;
   if (inTauri()) {
-    backend = new TauriBackend();
+    // Desktop: say "connecting…" at once (the keychain and the control plane answer later),
+    // then put the profile switcher above, or the connect screen when there is no profile.
+    desktop = new TauriBackend();
+    backend = desktop;
+    showConnecting(mount, null);
+    reportPainted(desktop);
+    desktop.onProfileChange(() => location.reload());
+    const answer = await desktop.profiles();
+    const active = answer.profiles.find((p) => p.active);
+    if (!active) return showConnect(mount, desktop, answer);
+    mount.before(profileBar(desktop, answer, mount));
+    showConnecting(mount, active.name);
   } else {
     const token = webToken();
     if (!token) return askToken(mount);
@@ -78,6 +91,16 @@ async function start() {
     if (err.code === "unauthorized" && !inTauri()) {
       localStorage.removeItem(TOKEN_KEY);
       return askToken(mount, `That token was refused (${err.message}). Paste another.`);
+    }
+    if (desktop && err.code !== "unreachable") {
+      // A refused token, a keychain that lost it, a bad CA file: fixing the profile is the
+      // way out, so show it with the reason instead of retrying.
+      const answer = await desktop.profiles();
+      const active = answer.profiles.find((p) => p.active);
+      return showConnect(mount, desktop, answer, {
+        editing: active?.token.kind === "environment" ? undefined : active,
+        problem: `Cannot use this profile: ${err.message ?? String(e)}`,
+      });
     }
     mount.textContent = `Cannot reach the control plane: ${err.message ?? String(e)}`;
     setTimeout(() => location.reload(), 3000);

@@ -13,7 +13,16 @@ import {
   type Switch,
   type WorkerCounts,
 } from "./api";
-import type { Backend, ConnectionStatus, LiveEvent } from "./backend";
+import type {
+  Backend,
+  ConnectionStatus,
+  LiveEvent,
+  ProbeReport,
+  ProfileDraft,
+  ProfileStore,
+  ProfilesAnswer,
+  ProfileView,
+} from "./backend";
 import { dispatch } from "./http-backend";
 
 async function call<T>(cmd: string, args: Record<string, unknown> = {}): Promise<T> {
@@ -25,8 +34,27 @@ async function call<T>(cmd: string, args: Record<string, unknown> = {}): Promise
   }
 }
 
-export class TauriBackend implements Backend {
+export class TauriBackend implements Backend, ProfileStore {
   readonly source = "desktop" as const;
+
+  profiles() {
+    return call<ProfilesAnswer>("brb_profiles");
+  }
+  testConnection(draft: ProfileDraft, replacing: string | null) {
+    return call<ProbeReport[]>("brb_test_connection", { draft, replacing });
+  }
+  saveProfile(draft: ProfileDraft, replacing: string | null) {
+    return call<ProfileView["token"]>("brb_save_profile", { draft, replacing });
+  }
+  useProfile(name: string) {
+    return call<void>("brb_use_profile", { name });
+  }
+  onProfileChange(cb: () => void) {
+    void listen<string>("brb://profile", () => cb());
+  }
+  painted() {
+    return call<number>("brb_painted");
+  }
 
   info() {
     return call<ServerInfo>("brb_info");

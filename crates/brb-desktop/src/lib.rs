@@ -11,6 +11,12 @@ use brb_client::{Client, ClientError, EventScope, StreamItem};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub mod keychain;
+pub mod probe;
+pub mod profiles;
+
+pub use keychain::{KeychainError, OsKeychain, Secrets};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DesktopError {
     #[error("cannot read settings {path}: {message}")]
@@ -19,6 +25,11 @@ pub enum DesktopError {
     Write { path: PathBuf, message: String },
     #[error("no control plane is configured")]
     NoProfile,
+    /// A profile from the connect screen that cannot be saved as it is.
+    #[error("{0}")]
+    InvalidProfile(String),
+    #[error(transparent)]
+    Keychain(#[from] KeychainError),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -29,8 +40,14 @@ pub struct Profile {
     pub name: String,
     /// Base URLs (replicas).
     pub urls: Vec<String>,
-    /// Kept here, never sent to the webview.
+    /// Only when no OS keychain was available when it was saved (see `profiles`): tokens
+    /// live in the keychain, and a token found here is moved there at start-up. Never sent to
+    /// the webview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The environment's colour (`#rrggbb`), shown on the tray icon and the profile switcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
     /// A PEM bundle of extra CAs to trust (a private CA for the control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<std::path::PathBuf>,
@@ -42,6 +59,9 @@ pub struct Profile {
     /// Allow http:// to a host other than loopback (a TLS proxy on a trusted hop in front).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_http: bool,
+    /// Made from `BRB_URL`/`BRB_TOKEN` at start-up: never written to the settings file.
+    #[serde(skip)]
+    pub from_env: bool,
 }
 
 impl Profile {
@@ -142,7 +162,14 @@ impl Settings {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| DesktopError::Write {
+        // A profile made from the environment is this run's, not the file's.
+        let mut on_disk = self.clone();
+        let active_name = self.active_profile().map(|p| p.name.clone());
+        on_disk.profiles.retain(|p| !p.from_env);
+        on_disk.active = active_name
+            .and_then(|n| on_disk.profiles.iter().position(|p| p.name == n))
+            .unwrap_or(0);
+        let bytes = serde_json::to_vec_pretty(&on_disk).map_err(|e| DesktopError::Write {
             path: path.into(),
             message: e.to_string(),
         })?;
@@ -191,18 +218,54 @@ impl Settings {
             client_key: get("BRB_CLIENT_KEY").map(Into::into),
             insecure_http: get("BRB_INSECURE_HTTP")
                 .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes")),
+            color: None,
+            from_env: true,
         });
         self.active = 0;
         self
     }
 
-    pub fn client(&self) -> Result<Client, DesktopError> {
+    /// The active profile's client, with the token from the file or else from `secrets`.
+    pub fn client(&self, secrets: &dyn Secrets) -> Result<Client, DesktopError> {
         let p = self
             .profiles
             .get(self.active)
             .ok_or(DesktopError::NoProfile)?;
-        Ok(Client::with_tls(&p.urls, p.token.clone(), &p.tls())?)
+        let token = match &p.token {
+            Some(t) => Some(t.clone()),
+            None => secrets.get(&p.name)?,
+        };
+        Ok(Client::with_tls(&p.urls, token, &p.tls())?)
     }
+
+    pub fn active_profile(&self) -> Option<&Profile> {
+        self.profiles.get(self.active)
+    }
+}
+
+/// `#rrggbb` to RGB.
+pub fn parse_color(c: &str) -> Option<[u8; 3]> {
+    let h = c.strip_prefix('#')?;
+    if h.len() != 6 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let byte = |i: usize| u8::from_str_radix(&h[i..i + 2], 16).ok();
+    Some([byte(0)?, byte(2)?, byte(4)?])
+}
+
+/// Paints the environment's colour as a band over the bottom third of an RGBA tray icon, so
+/// that production and staging look different in the tray whatever the state colour is.
+/// Returns false (and changes nothing) when the buffer does not match the size.
+pub fn mark_environment(rgba: &mut [u8], width: u32, height: u32, color: [u8; 3]) -> bool {
+    let (w, h) = (width as usize, height as usize);
+    if rgba.len() != w * h * 4 || h == 0 {
+        return false;
+    }
+    let from = h - h.div_ceil(3);
+    for px in rgba[from * w * 4..].chunks_exact_mut(4) {
+        px.copy_from_slice(&[color[0], color[1], color[2], 255]);
+    }
+    true
 }
 
 /// What the tray's quick toggle did.
@@ -432,6 +495,8 @@ mod tests {
             client_cert: None,
             client_key: None,
             insecure_http: false,
+            color: Some("#b71c1c".into()),
+            from_env: false,
         });
         s.save(&path).unwrap();
         #[cfg(unix)]
@@ -459,6 +524,40 @@ mod tests {
         });
         assert_eq!(s.profiles[0].urls, vec!["http://a:1", "http://b:2"]);
         assert_eq!(s.profiles[0].token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn the_environment_colour_is_a_band_along_the_icon_bottom() {
+        assert_eq!(parse_color("#B71C1C"), Some([0xb7, 0x1c, 0x1c]));
+        assert_eq!(parse_color("b71c1c"), None);
+        assert_eq!(parse_color("#b71c1"), None);
+        assert_eq!(parse_color("#b71c1g"), None);
+        let (w, h) = (4u32, 6u32);
+        let mut icon = vec![9u8; (w * h * 4) as usize];
+        assert!(mark_environment(&mut icon, w, h, [1, 2, 3]));
+        let row = |y: u32| icon[(y * w * 4) as usize..((y + 1) * w * 4) as usize].to_vec();
+        // Rows 0..4 untouched, rows 4 and 5 (the bottom third) in the colour, opaque.
+        assert_eq!(row(3), vec![9u8; 16]);
+        assert_eq!(row(4), [1, 2, 3, 255].repeat(4));
+        assert_eq!(row(5), [1, 2, 3, 255].repeat(4));
+        let mut short = vec![0u8; 10];
+        assert!(!mark_environment(&mut short, w, h, [1, 2, 3]));
+        assert_eq!(short, vec![0u8; 10]);
+    }
+
+    #[test]
+    fn a_profile_from_the_environment_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("desktop.json");
+        let s = Settings::default().with_env(|k| match k {
+            "BRB_URL" => Some("http://127.0.0.1:1".into()),
+            "BRB_TOKEN" => Some("brb_env_secret".into()),
+            _ => None,
+        });
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("brb_env_secret"), "{text}");
+        assert!(Settings::load(&path).unwrap().profiles.is_empty());
     }
 
     #[test]
