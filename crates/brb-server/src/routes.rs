@@ -366,7 +366,7 @@ fn clean_reason(reason: Option<String>) -> Option<String> {
         (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
         (status = 409, body = brb_api::ApiErrorBody, description = "expected_version is stale; carries the current switch"),
         (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
-        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many state changes from this token or address, or too many failed authentications from this address (with `Retry-After`)"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many state changes from this token or address, or too many failed authentications from this address (with `Retry-After`). A pause is never limited"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
     security(("bearer" = [])))]
 pub(crate) async fn set_state(
@@ -378,7 +378,12 @@ pub(crate) async fn set_state(
     caller.require(Role::Operator)?;
     let req: SetStateRequest = parse_json(&body(b)?)?;
     caller.check_change(&name, req.state)?;
-    change_allowed(&state, &caller, &name)?;
+    // A pause is the emergency stop: it must never wait (ISO 13850's "always available, takes
+    // priority"). Pausing a paused switch writes nothing, so an exempt pause cannot flood the
+    // audit log; resumes stay limited, so neither can a pause/resume flap.
+    if req.state != brb_api::SwitchState::Paused {
+        change_allowed(&state, &caller, &name)?;
+    }
     let reason = clean_reason(req.reason);
     let (switch, _changed) = state
         .commit(SetState(StateChange {
@@ -406,7 +411,7 @@ pub(crate) async fn set_state(
         (status = 409, body = brb_api::ApiErrorBody, description = "`no_ramp`: no release is in progress; `version_conflict`: expected_version is stale"),
         (status = 413, body = brb_api::ApiErrorBody),
         (status = 422, body = brb_api::ApiErrorBody, description = "`invalid_value`: `extend` without `by_secs`, or past a day in all"),
-        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes (`abort` is a pause and never limited)"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
     security(("bearer" = [])))]
 pub(crate) async fn ramp_control(
@@ -438,7 +443,10 @@ pub(crate) async fn ramp_control(
         }
         (_, None) => 0,
     };
-    change_allowed(&state, &caller, &name)?;
+    // An abort is a pause (see `set_state`); hold and extend still count.
+    if req.action != RampAction::Abort {
+        change_allowed(&state, &caller, &name)?;
+    }
     let reason = clean_reason(req.reason);
     let (switch, _changed) = state
         .commit(SetState(StateChange {
