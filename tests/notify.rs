@@ -517,6 +517,7 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
             name: "emails".into(),
             description: String::new(),
             remind: true,
+            approval: Default::default(),
         });
     })
     .await;

@@ -129,6 +129,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
             name: "feature".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
     })
     .await;
@@ -255,6 +256,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
             name: "feature".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
     })
     .await;

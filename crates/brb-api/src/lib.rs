@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod approval;
 mod error;
 pub mod ints;
 mod names;
@@ -19,6 +20,10 @@ mod ramp;
 mod series;
 mod workers;
 
+pub use approval::{
+    BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, MAX_REQUEST_GUARDS, PendingResume,
+    ResumeRequest, ResumeRequestList,
+};
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use names::{NameError, validate_switch_name, validate_token_name};
 pub use ramp::{
@@ -216,6 +221,10 @@ pub struct Switch {
     /// A gradual release in progress (only while running, after a resume that asked for one).
     #[serde(default)]
     pub ramp: Option<Ramp>,
+    /// A resume waiting for a second operator (only while paused, on a switch whose resumes
+    /// need approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_request: Option<Box<ResumeRequest>>,
 }
 
 impl Switch {
@@ -352,6 +361,13 @@ pub enum AuditAction {
     /// A release in progress was held, continued or extended (the snapshot has the new ramp;
     /// the reason says which). An abort is a `state_changed` to paused.
     RampChanged,
+    /// An operator asked to resume a switch whose resumes need approval (the snapshot holds
+    /// the request). The approval is a `state_changed` naming both operators.
+    ResumeRequested,
+    /// A pending resume request was rejected.
+    ResumeRejected,
+    /// A pending resume request lapsed unapproved.
+    ResumeExpired,
 }
 
 impl AuditAction {
@@ -366,6 +382,9 @@ impl AuditAction {
             AuditAction::TokenRotated => "token_rotated",
             AuditAction::AdapterApplied => "adapter_applied",
             AuditAction::RampChanged => "ramp_changed",
+            AuditAction::ResumeRequested => "resume_requested",
+            AuditAction::ResumeRejected => "resume_rejected",
+            AuditAction::ResumeExpired => "resume_expired",
         }
     }
 
@@ -380,6 +399,9 @@ impl AuditAction {
             "token_rotated" => AuditAction::TokenRotated,
             "adapter_applied" => AuditAction::AdapterApplied,
             "ramp_changed" => AuditAction::RampChanged,
+            "resume_requested" => AuditAction::ResumeRequested,
+            "resume_rejected" => AuditAction::ResumeRejected,
+            "resume_expired" => AuditAction::ResumeExpired,
             _ => return None,
         })
     }

@@ -411,6 +411,7 @@ mod tests {
             source: Source::Button,
             reason: Some("db".into()),
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> axum::Router {
             get(get_switch).patch(update_switch).delete(delete_switch),
         )
         .route("/switches/{name}/state", put(set_state))
+        .merge(crate::approval::routes())
         .route("/switches/{name}/ramp", axum::routing::post(ramp_control))
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))
@@ -99,10 +100,15 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 fn body(b: Body) -> ApiResult<Bytes> {
     b.map_err(ApiError::from)
+}
+
+/// A request body as JSON of `T`.
+pub(crate) fn read_json<T: DeserializeOwned>(b: Body) -> ApiResult<T> {
+    parse_json(&body(b)?)
 }
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -334,7 +340,7 @@ pub(crate) async fn get_switch(
 
 /// The rate limit of state changes (per token, and per address), shared by every handler that
 /// changes a switch's state.
-fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
+pub(crate) fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
     let who = caller.token_id.as_deref().unwrap_or(&caller.name);
     if let Some(wait) = state
         .limits()
@@ -351,7 +357,7 @@ fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()
 }
 
 /// A reason as recorded: trimmed, and none rather than an empty one.
-fn clean_reason(reason: Option<String>) -> Option<String> {
+pub(crate) fn clean_reason(reason: Option<String>) -> Option<String> {
     reason
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty())
@@ -395,6 +401,8 @@ pub(crate) async fn set_state(
             control: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
+            approval_secs: None,
+            request: None,
         }))
         .await?;
     Ok(Json(switch))
@@ -461,6 +469,8 @@ pub(crate) async fn ramp_control(
             }),
             actor: actor(&caller, req.source),
             notify: Vec::new(),
+            approval_secs: None,
+            request: None,
         }))
         .await?;
     Ok(Json(switch))

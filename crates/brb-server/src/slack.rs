@@ -195,6 +195,8 @@ pub(crate) async fn command(
                     remote_addr: remote.map(|a| a.ip().to_string()),
                 },
                 notify: Vec::new(),
+                approval_secs: None,
+                request: None,
             };
             match state.commit(crate::commit::SetState(change)).await {
                 Ok((s, changed)) => {

@@ -32,6 +32,7 @@ macro_rules! store_contract {
             outbox_is_written_with_the_change_and_claimed_once,
             outbox_dedupes_by_key,
             adapter_records_are_audit_only,
+            resume_requests_are_stored_with_the_switch_and_settled_by_another_operator,
         );
     };
 }
@@ -85,6 +86,8 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         control: None,
         actor: alice(),
         notify: Vec::new(),
+        approval_secs: None,
+        request: None,
     }
 }
 
@@ -713,4 +716,87 @@ pub async fn outbox_dedupes_by_key(store: &S) {
     );
     assert_eq!(store.outbox_enqueue(vec![n("r:1")]).await.unwrap(), 0);
     assert_eq!(store.outbox_recent(10).await.unwrap().len(), 2);
+}
+
+pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_operator(store: &S) {
+    use brb_store::RequestOp;
+    seed(store).await;
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    let with_approval = |op: RequestOp, by: Actor| StateChange {
+        approval_secs: Some(900),
+        request: Some(op),
+        actor: by,
+        ramp: Some(brb_api::RampSpec::preset("steps", 600).unwrap()),
+        ..change("workers", SwitchState::Running)
+    };
+    let plain = StateChange {
+        approval_secs: Some(900),
+        ..change("workers", SwitchState::Running)
+    };
+    assert!(matches!(
+        store.set_state(plain).await,
+        Err(StoreError::ApprovalRequired(_))
+    ));
+    let guard = serde_json::json!({"series": "db_load", "below": 80});
+    let SetOutcome::Changed { switch, entry } = store
+        .set_state(with_approval(
+            RequestOp::Request {
+                guards: vec![guard.clone()],
+            },
+            alice(),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a change")
+    };
+    assert_eq!(entry.action, AuditAction::ResumeRequested);
+    let request = switch.resume_request.clone().expect("the request");
+    assert_eq!(
+        (request.id, request.guards.clone()),
+        (switch.version, vec![guard])
+    );
+    // Read back from the row and from the audit snapshot: the same request.
+    let stored = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(stored.resume_request, Some(request.clone()));
+    assert_eq!(stored.state, SwitchState::Paused);
+    let ev = store
+        .events_after_version("workers", switch.version - 1, 10)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&ev[0].event, SwitchEvent::Changed(s) if s.resume_request == Some(request.clone()))
+    );
+    // Its requester cannot approve it; someone else can.
+    assert!(matches!(
+        store
+            .set_state(with_approval(
+                RequestOp::Approve { id: request.id },
+                alice()
+            ))
+            .await,
+        Err(StoreError::SelfApproval(_))
+    ));
+    let bob = Actor {
+        name: "bob".into(),
+        ..alice()
+    };
+    let SetOutcome::Changed { switch, entry } = store
+        .set_state(with_approval(RequestOp::Approve { id: request.id }, bob))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a change")
+    };
+    assert_eq!(entry.action, AuditAction::StateChanged);
+    assert_eq!(switch.state, SwitchState::Running);
+    assert_eq!(switch.ramp.as_ref().map(|r| r.duration_secs), Some(600));
+    let stored = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.resume_request),
+        (SwitchState::Running, None)
+    );
 }
