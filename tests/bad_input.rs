@@ -214,6 +214,16 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             "POST",
             "/switches/workers/break-glass",
         ),
+        (
+            "POST /api/v1/switches/{name}/drill",
+            "POST",
+            "/switches/workers/drill",
+        ),
+        (
+            "GET /api/v1/switches/{name}/drills/{version}",
+            "GET",
+            "/switches/workers/drills/1",
+        ),
     ];
     for (key, m, p) in authed {
         let p = format!("{v1}{}", p.replace("VIEWER", &viewer_id));
@@ -480,6 +490,42 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
             ],
         );
     }
+    let dr = "/api/v1/switches/workers/drill";
+    add(
+        "POST /api/v1/switches/{name}/drill",
+        vec![
+            v(case("POST", dr, 403, "forbidden").body("{}")),
+            t(case("POST", dr, 400, "malformed_json").body("")),
+            t(case("POST", dr, 400, "malformed_json").body("{\"reason\":")),
+            t(case("POST", dr, 422, "invalid_value").body(r#"{"oops":1}"#)),
+            t(case("POST", dr, 422, "invalid_value").body(r#"{"source":"slack"}"#)),
+            t(case("POST", dr, 413, "payload_too_large").body(big.clone())),
+            t(case("POST", "/api/v1/switches/nope/drill", 404, "not_found").body("{}")),
+        ],
+    );
+    add(
+        "GET /api/v1/switches/{name}/drills/{version}",
+        vec![
+            t(case(
+                "GET",
+                "/api/v1/switches/workers/drills/x",
+                400,
+                "bad_request",
+            )),
+            t(case(
+                "GET",
+                "/api/v1/switches/workers/drills/1",
+                404,
+                "not_found",
+            )),
+            t(case(
+                "GET",
+                "/api/v1/switches/nope/drills/1",
+                404,
+                "not_found",
+            )),
+        ],
+    );
     let bg = "/api/v1/switches/workers/break-glass";
     add(
         "POST /api/v1/switches/{name}/break-glass",

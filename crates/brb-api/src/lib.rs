@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod approval;
+mod drill;
 mod error;
 pub mod ints;
 mod names;
@@ -24,6 +25,7 @@ pub use approval::{
     BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, MAX_REQUEST_GUARDS, PendingResume,
     ResumeRequest, ResumeRequestList,
 };
+pub use drill::{DrillAnswer, DrillReport, DrillRequest, DrillStarted, nearest_rank};
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use names::{NameError, validate_switch_name, validate_token_name};
 pub use ramp::{
@@ -368,6 +370,9 @@ pub enum AuditAction {
     ResumeRejected,
     /// A pending resume request lapsed unapproved.
     ResumeExpired,
+    /// A fire drill: a new version with nothing else changed, which every watcher answers with
+    /// a report (`POST /api/v1/switches/{name}/drill`). Nothing pauses.
+    DrillStarted,
 }
 
 impl AuditAction {
@@ -385,6 +390,7 @@ impl AuditAction {
             AuditAction::ResumeRequested => "resume_requested",
             AuditAction::ResumeRejected => "resume_rejected",
             AuditAction::ResumeExpired => "resume_expired",
+            AuditAction::DrillStarted => "drill_started",
         }
     }
 
@@ -402,6 +408,7 @@ impl AuditAction {
             "resume_requested" => AuditAction::ResumeRequested,
             "resume_rejected" => AuditAction::ResumeRejected,
             "resume_expired" => AuditAction::ResumeExpired,
+            "drill_started" => AuditAction::DrillStarted,
             _ => return None,
         })
     }

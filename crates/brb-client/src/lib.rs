@@ -506,6 +506,30 @@ impl Client {
         .await
     }
 
+    /// Starts a fire drill on a switch.
+    pub async fn drill(
+        &self,
+        name: &str,
+        req: &brb_api::DrillRequest,
+    ) -> Result<brb_api::DrillStarted> {
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/drill", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Who answered the drill at `version` so far.
+    pub async fn drill_report(&self, name: &str, version: u64) -> Result<brb_api::DrillReport> {
+        self.call::<_, ()>(
+            Method::GET,
+            &format!("/switches/{}/drills/{version}", enc(name)),
+            None,
+        )
+        .await
+    }
+
     /// The open resume requests this token may see.
     pub async fn resume_requests(&self) -> Result<brb_api::ResumeRequestList> {
         self.call::<_, ()>(Method::GET, "/resume-requests", None)

@@ -12,7 +12,7 @@ use brb_api::{
     BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, ErrorCode, PendingResume,
     ResumeRequestList, Role, Switch, SwitchState,
 };
-use brb_store::{RequestOp, StateChange};
+use brb_store::{StateChange, SwitchOp};
 
 use crate::commit::SetState;
 use crate::error::{ApiError, ApiResult};
@@ -96,7 +96,7 @@ pub(crate) async fn request_resume(
     let mut c = change(name, actor(&caller, req.source));
     c.reason = Some(reason);
     c.ramp = req.ramp;
-    c.request = Some(RequestOp::Request { guards: req.guards });
+    c.request = Some(SwitchOp::Request { guards: req.guards });
     let (s, _) = state.commit(SetState(c)).await?;
     Ok((StatusCode::CREATED, Json(s)))
 }
@@ -128,7 +128,7 @@ pub(crate) async fn approve(
     change_allowed(&state, &caller, &name)?;
     let mut c = change(name, actor(&caller, req.source));
     c.reason = clean_reason(req.reason);
-    c.request = Some(RequestOp::Approve { id });
+    c.request = Some(SwitchOp::Approve { id });
     let (s, _) = state.commit(SetState(c)).await?;
     Ok(Json(s))
 }
@@ -160,7 +160,7 @@ pub(crate) async fn reject(
     change_allowed(&state, &caller, &name)?;
     let mut c = change(name, actor(&caller, req.source));
     c.reason = clean_reason(req.reason);
-    c.request = Some(RequestOp::Reject { id });
+    c.request = Some(SwitchOp::Reject { id });
     let (s, _) = state.commit(SetState(c)).await?;
     Ok(Json(s))
 }
@@ -193,7 +193,7 @@ pub(crate) async fn break_glass(
     let mut c = change(name, actor(&caller, req.source));
     c.reason = Some(reason);
     c.ramp = req.ramp;
-    c.request = Some(RequestOp::BreakGlass);
+    c.request = Some(SwitchOp::BreakGlass);
     let (s, _) = state.commit(SetState(c)).await?;
     Ok(Json(s))
 }
@@ -237,7 +237,7 @@ pub(crate) async fn sweep(state: AppState) {
             };
             let mut c = change(s.name.clone(), brb_store::Actor::system());
             c.expected_version = Some(s.version);
-            c.request = Some(RequestOp::Expire { id: r.id });
+            c.request = Some(SwitchOp::Expire { id: r.id });
             match state.commit(SetState(c)).await {
                 Ok(_) => tracing::info!(switch = %s.name, actor = "system", source = "system",
                     request = r.id, "resume request lapsed"),

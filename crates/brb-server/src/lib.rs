@@ -30,6 +30,7 @@ mod approval;
 pub mod auth;
 mod commit;
 pub mod config;
+mod drill;
 pub mod error;
 mod fanout;
 pub mod hub;

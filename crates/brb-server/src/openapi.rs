@@ -36,6 +36,8 @@ use crate::routes;
         crate::approval::reject,
         crate::approval::break_glass,
         crate::approval::list_requests,
+        crate::drill::start,
+        crate::drill::report,
         routes::switch_events,
         routes::all_events,
         routes::audit,

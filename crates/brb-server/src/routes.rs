@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> axum::Router {
         )
         .route("/switches/{name}/state", put(set_state))
         .merge(crate::approval::routes())
+        .merge(crate::drill::routes())
         .route("/switches/{name}/ramp", axum::routing::post(ramp_control))
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))

@@ -259,13 +259,14 @@ pub struct StateChange {
     /// `Some(secs)`: this switch's resumes need a second operator, and a request lapses after
     /// `secs`. Filled by the server from its config, so the rule stays pure.
     pub approval_secs: Option<u64>,
-    /// Instead of a plain change: an operation on the switch's resume request.
-    pub request: Option<RequestOp>,
+    /// Instead of a plain change: an operation on the switch's resume request, or a drill.
+    pub request: Option<SwitchOp>,
 }
 
-/// What is done to a switch's resume request (see `rules::resume_request`).
+/// What is done to a switch besides setting its state: its resume request (see
+/// `rules::resume_request`), or a fire drill.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RequestOp {
+pub enum SwitchOp {
     /// File (or, by the same operator, replace) a request to resume with the change's reason
     /// and ramp, and these guards.
     Request { guards: Vec<serde_json::Value> },
@@ -277,6 +278,9 @@ pub enum RequestOp {
     Expire { id: u64 },
     /// An admin resumes without approval (the caller checks the role); recorded loudly.
     BreakGlass,
+    /// A fire drill: a new version with the same state, ramp and request (every SDK reports
+    /// at once on a new version, which is the acknowledgement), nothing else changes.
+    Drill,
 }
 
 /// A change to a release in progress.

@@ -13,8 +13,8 @@ use brb_api::{AuditAction, DeletedSwitch, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Channel, PreviousSecret, RampControl, RequestOp, Result, StateChange, StoreError,
-    SwitchEvent, TokenPolicy, TokenRecord,
+    Actor, Channel, PreviousSecret, RampControl, Result, StateChange, StoreError, SwitchEvent,
+    SwitchOp, TokenPolicy, TokenRecord,
 };
 
 /// A switch row as read under the write lock: the switch and whether it is marked deleted.
@@ -495,7 +495,7 @@ fn open_request(cur: &Switch, id: u64) -> Result<Box<brb_api::ResumeRequest>> {
 fn resume_request(
     cur: Switch,
     change: &StateChange,
-    op: &RequestOp,
+    op: &SwitchOp,
     now: DateTime<Utc>,
 ) -> Result<StateDecision> {
     let actor = &change.actor;
@@ -553,7 +553,7 @@ fn resume_request(
         })
     };
     match op {
-        RequestOp::Request { guards } => {
+        SwitchOp::Request { guards } => {
             let Some(secs) = change.approval_secs else {
                 return Err(StoreError::NoRequest(format!(
                     "{:?} needs no approval to resume: resume it",
@@ -603,7 +603,7 @@ fn resume_request(
                 what,
             ))
         }
-        RequestOp::Approve { id } => {
+        SwitchOp::Approve { id } => {
             let r = open_request(&cur, *id)?;
             if now >= r.expires_at {
                 return Err(StoreError::RequestExpired {
@@ -624,7 +624,7 @@ fn resume_request(
             }
             Ok(resume(r.ramp, reason))
         }
-        RequestOp::Reject { id } => {
+        SwitchOp::Reject { id } => {
             let r = open_request(&cur, *id)?;
             let mut reason = format!(
                 "resume request {} by {} rejected by {}",
@@ -635,7 +635,7 @@ fn resume_request(
             }
             Ok(mark(None, AuditAction::ResumeRejected, reason))
         }
-        RequestOp::Expire { id } => {
+        SwitchOp::Expire { id } => {
             let r = open_request(&cur, *id)?;
             if now < r.expires_at {
                 return Err(StoreError::NoRequest(format!(
@@ -652,7 +652,18 @@ fn resume_request(
             );
             Ok(mark(None, AuditAction::ResumeExpired, reason))
         }
-        RequestOp::BreakGlass => {
+        SwitchOp::Drill => {
+            let what = match says(&change.reason) {
+                Some(r) => format!("fire drill: {r}"),
+                None => "fire drill".to_string(),
+            };
+            Ok(mark(
+                cur.resume_request.clone(),
+                AuditAction::DrillStarted,
+                what,
+            ))
+        }
+        SwitchOp::BreakGlass => {
             let why = says(&change.reason)
                 .ok_or_else(|| StoreError::Invalid("breaking the glass needs a reason".into()))?;
             if cur.state == SwitchState::Running {
@@ -1084,7 +1095,7 @@ mod tests {
     }
 
     /// A change on a switch whose resumes need approval (requests lapse after 900 s).
-    fn guarded(by: Actor, op: Option<RequestOp>, to: SwitchState) -> StateChange {
+    fn guarded(by: Actor, op: Option<SwitchOp>, to: SwitchState) -> StateChange {
         let mut c = change(to);
         c.actor = by;
         c.approval_secs = Some(900);
@@ -1107,7 +1118,7 @@ mod tests {
     fn requested() -> Switch {
         let mut c = guarded(
             alice(),
-            Some(RequestOp::Request {
+            Some(SwitchOp::Request {
                 guards: vec![serde_json::json!({"series": "db_load", "below": 80})],
             }),
             SwitchState::Running,
@@ -1168,7 +1179,7 @@ mod tests {
     fn only_another_operator_approves_and_only_in_time() {
         let s = requested();
         let approve =
-            |by: Actor, id: u64| guarded(by, Some(RequestOp::Approve { id }), SwitchState::Running);
+            |by: Actor, id: u64| guarded(by, Some(SwitchOp::Approve { id }), SwitchState::Running);
         assert!(matches!(
             decide(&s, &approve(alice(), 4), 20),
             Err(StoreError::SelfApproval(n)) if n == "alice"
@@ -1200,7 +1211,7 @@ mod tests {
         let s = requested();
         let mut by_bob = guarded(
             bob(),
-            Some(RequestOp::Request { guards: vec![] }),
+            Some(SwitchOp::Request { guards: vec![] }),
             SwitchState::Running,
         );
         by_bob.reason = Some("me too".into());
@@ -1246,7 +1257,7 @@ mod tests {
             &s,
             &guarded(
                 bob(),
-                Some(RequestOp::Reject { id: 4 }),
+                Some(SwitchOp::Reject { id: 4 }),
                 SwitchState::Running,
             ),
             20,
@@ -1258,7 +1269,7 @@ mod tests {
         assert!(w.notify.is_empty());
         let then = guarded(
             bob(),
-            Some(RequestOp::Approve { id: 4 }),
+            Some(SwitchOp::Approve { id: 4 }),
             SwitchState::Running,
         );
         assert!(matches!(
@@ -1267,7 +1278,7 @@ mod tests {
         ));
         let expire = guarded(
             Actor::system(),
-            Some(RequestOp::Expire { id: 4 }),
+            Some(SwitchOp::Expire { id: 4 }),
             SwitchState::Running,
         );
         assert!(
@@ -1282,9 +1293,30 @@ mod tests {
     }
 
     #[test]
+    fn a_drill_is_a_new_version_that_changes_nothing_else() {
+        let mut ramping = sw(3, SwitchState::Running, true);
+        ramping.ramp = Some(RampSpec::parse("steps:10m").unwrap().start(t(5)));
+        for row in [ramping, requested(), sw(3, SwitchState::Paused, false)] {
+            let mut c = change(SwitchState::Running);
+            c.request = Some(SwitchOp::Drill);
+            let w = written(decide(&row, &c, 50));
+            assert_eq!(w.action, AuditAction::DrillStarted);
+            assert_eq!(
+                w.switch,
+                Switch {
+                    version: row.version + 1,
+                    ..row.clone()
+                }
+            );
+            assert!(w.notify.is_empty(), "a drill pages no one");
+            assert_eq!(w.reason.as_deref(), Some("fire drill: why"));
+        }
+    }
+
+    #[test]
     fn break_glass_resumes_without_approval_says_so_and_needs_a_reason() {
         let s = requested();
-        let mut c = guarded(bob(), Some(RequestOp::BreakGlass), SwitchState::Running);
+        let mut c = guarded(bob(), Some(SwitchOp::BreakGlass), SwitchState::Running);
         c.reason = None;
         assert!(matches!(decide(&s, &c, 20), Err(StoreError::Invalid(_))));
         c.reason = Some("customers down".into());

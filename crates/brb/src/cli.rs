@@ -131,7 +131,7 @@ pub enum SwitchCmd {
     Delete { name: String },
 }
 
-fn parse_secs(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<u64, String> {
     brb_api::parse_duration(s).ok_or_else(|| format!("{s:?}: expected e.g. 0, 30m, 1h or 7d"))
 }
 

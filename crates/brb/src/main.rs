@@ -15,6 +15,7 @@ mod approval;
 mod bench;
 mod button;
 mod cli;
+mod drill;
 mod server;
 
 #[derive(Parser)]
@@ -75,6 +76,9 @@ enum Cmd {
     Pause(cli::ChangeArgs),
     /// Release the brake: resume a switch (default: the primary one).
     Resume(cli::ChangeArgs),
+    /// Fire drill: ask every watcher of a switch to answer, pausing nothing; report who
+    /// answered and how fast, who did not (exit 3), who is stale.
+    Drill(drill::DrillArgs),
     /// Approve another operator's request to resume (switches that need approval).
     Approve(approval::DecideArgs),
     /// Reject a request to resume: the switch stays paused.
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pause(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Paused, a).await,
         Cmd::Resume(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Running, a).await,
         Cmd::Ramp(r) => cli::ramp(&connect(&cli.conn)?, r).await,
+        Cmd::Drill(a) => drill::run(&connect(&cli.conn)?, a).await,
         Cmd::Approve(a) => approval::decide(&connect(&cli.conn)?, a, true).await,
         Cmd::Reject(a) => approval::decide(&connect(&cli.conn)?, a, false).await,
         Cmd::Requests { json } => approval::list(&connect(&cli.conn)?, json).await,

@@ -719,13 +719,13 @@ pub async fn outbox_dedupes_by_key(store: &S) {
 }
 
 pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_operator(store: &S) {
-    use brb_store::RequestOp;
+    use brb_store::SwitchOp;
     seed(store).await;
     store
         .set_state(change("workers", SwitchState::Paused))
         .await
         .unwrap();
-    let with_approval = |op: RequestOp, by: Actor| StateChange {
+    let with_approval = |op: SwitchOp, by: Actor| StateChange {
         approval_secs: Some(900),
         request: Some(op),
         actor: by,
@@ -743,7 +743,7 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
     let guard = serde_json::json!({"series": "db_load", "below": 80});
     let SetOutcome::Changed { switch, entry } = store
         .set_state(with_approval(
-            RequestOp::Request {
+            SwitchOp::Request {
                 guards: vec![guard.clone()],
             },
             alice(),
@@ -773,10 +773,7 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
     // Its requester cannot approve it; someone else can.
     assert!(matches!(
         store
-            .set_state(with_approval(
-                RequestOp::Approve { id: request.id },
-                alice()
-            ))
+            .set_state(with_approval(SwitchOp::Approve { id: request.id }, alice()))
             .await,
         Err(StoreError::SelfApproval(_))
     ));
@@ -785,7 +782,7 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
         ..alice()
     };
     let SetOutcome::Changed { switch, entry } = store
-        .set_state(with_approval(RequestOp::Approve { id: request.id }, bob))
+        .set_state(with_approval(SwitchOp::Approve { id: request.id }, bob))
         .await
         .unwrap()
     else {
