@@ -258,7 +258,14 @@ pub async fn reminders(state: AppState) {
                     channel: ch.clone(),
                     kind: NotificationKind::Reminder,
                     event: (*sw).clone(),
-                    dedupe_key: format!("remind:{}:{}:{n}:{ch}", sw.name, sw.version),
+                    // Keyed by the pause (its instant), not the version: drills, resume
+                    // requests and description edits bump the version while paused, and
+                    // reminder n must still go out once.
+                    dedupe_key: format!(
+                        "remind:{}:{}:{n}:{ch}",
+                        sw.name,
+                        sw.changed_at.timestamp_micros()
+                    ),
                 })
                 .collect();
             match state.bookkeeping().outbox_enqueue(items).await {
