@@ -198,6 +198,37 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         ),
         ("POST /api/v1/workers/report", "POST", "/workers/report"),
         ("POST /api/v1/adapters/actions", "POST", "/adapters/actions"),
+        ("GET /api/v1/resume-requests", "GET", "/resume-requests"),
+        (
+            "POST /api/v1/switches/{name}/resume-requests",
+            "POST",
+            "/switches/workers/resume-requests",
+        ),
+        (
+            "POST /api/v1/switches/{name}/resume-requests/{id}/approve",
+            "POST",
+            "/switches/workers/resume-requests/3/approve",
+        ),
+        (
+            "POST /api/v1/switches/{name}/resume-requests/{id}/reject",
+            "POST",
+            "/switches/workers/resume-requests/3/reject",
+        ),
+        (
+            "POST /api/v1/switches/{name}/break-glass",
+            "POST",
+            "/switches/workers/break-glass",
+        ),
+        (
+            "POST /api/v1/switches/{name}/drill",
+            "POST",
+            "/switches/workers/drill",
+        ),
+        (
+            "GET /api/v1/switches/{name}/drills/{version}",
+            "GET",
+            "/switches/workers/drills/1",
+        ),
     ];
     for (key, m, p) in authed {
         let p = format!("{v1}{}", p.replace("VIEWER", &viewer_id));
@@ -434,6 +465,118 @@ async fn every_endpoint_answers_bad_input_with_a_clean_json_4xx_and_changes_noth
         t(case("PUT", "/api/v1/switches/workers/state", 413, "payload_too_large").body(big.clone())),
         t(case("PUT", "/api/v1/switches/nope/state", 404, "not_found").body(r#"{"state":"paused"}"#)),
     ]);
+    // Resume approval (tests/approval.rs has the rules; here, input that is wrong on its face).
+    let rr = "/api/v1/switches/workers/resume-requests";
+    add(
+        "POST /api/v1/switches/{name}/resume-requests",
+        vec![
+            v(case("POST", rr, 403, "forbidden").body(r#"{"reason":"x"}"#)),
+            t(case("POST", rr, 400, "malformed_json").body("{\"reason\":")),
+            t(case("POST", rr, 400, "malformed_json").body("")),
+            t(case("POST", rr, 422, "invalid_value").body(r#"{}"#)),
+            t(case("POST", rr, 422, "invalid_value").body(r#"{"reason":" "}"#)),
+            t(case("POST", rr, 422, "invalid_value").body(r#"{"reason":"x","oops":1}"#)),
+            t(case("POST", rr, 422, "invalid_value").body(r#"{"reason":"x","guards":[1]}"#)),
+            t(case("POST", rr, 422, "invalid_value").body(r#"{"reason":"x","source":"system"}"#)),
+            t(case("POST", rr, 409, "no_request").body(r#"{"reason":"x"}"#)),
+            t(case("POST", rr, 413, "payload_too_large").body(big.clone())),
+            t(case(
+                "POST",
+                "/api/v1/switches/nope/resume-requests",
+                404,
+                "not_found",
+            )
+            .body(r#"{"reason":"x"}"#)),
+        ],
+    );
+    for (key, verb) in [
+        (
+            "POST /api/v1/switches/{name}/resume-requests/{id}/approve",
+            "approve",
+        ),
+        (
+            "POST /api/v1/switches/{name}/resume-requests/{id}/reject",
+            "reject",
+        ),
+    ] {
+        let p = format!("{rr}/3/{verb}");
+        add(
+            key,
+            vec![
+                v(case("POST", &p, 403, "forbidden").body("{}")),
+                t(case("POST", &format!("{rr}/x/{verb}"), 400, "bad_request").body("{}")),
+                t(case("POST", &format!("{rr}/-1/{verb}"), 400, "bad_request").body("{}")),
+                t(case("POST", &p, 400, "malformed_json").body("")),
+                t(case("POST", &p, 422, "invalid_value").body(r#"{"oops":1}"#)),
+                t(case("POST", &p, 409, "no_request").body("{}")),
+                t(case("POST", &p, 413, "payload_too_large").body(big.clone())),
+                t(case(
+                    "POST",
+                    &format!("/api/v1/switches/nope/resume-requests/3/{verb}"),
+                    404,
+                    "not_found",
+                )
+                .body("{}")),
+            ],
+        );
+    }
+    let dr = "/api/v1/switches/workers/drill";
+    add(
+        "POST /api/v1/switches/{name}/drill",
+        vec![
+            v(case("POST", dr, 403, "forbidden").body("{}")),
+            t(case("POST", dr, 400, "malformed_json").body("")),
+            t(case("POST", dr, 400, "malformed_json").body("{\"reason\":")),
+            t(case("POST", dr, 422, "invalid_value").body(r#"{"oops":1}"#)),
+            t(case("POST", dr, 422, "invalid_value").body(r#"{"source":"slack"}"#)),
+            t(case("POST", dr, 413, "payload_too_large").body(big.clone())),
+            t(case("POST", "/api/v1/switches/nope/drill", 404, "not_found").body("{}")),
+        ],
+    );
+    add(
+        "GET /api/v1/switches/{name}/drills/{version}",
+        vec![
+            t(case(
+                "GET",
+                "/api/v1/switches/workers/drills/x",
+                400,
+                "bad_request",
+            )),
+            t(case(
+                "GET",
+                "/api/v1/switches/workers/drills/1",
+                404,
+                "not_found",
+            )),
+            t(case(
+                "GET",
+                "/api/v1/switches/nope/drills/1",
+                404,
+                "not_found",
+            )),
+        ],
+    );
+    let bg = "/api/v1/switches/workers/break-glass";
+    add(
+        "POST /api/v1/switches/{name}/break-glass",
+        vec![
+            v(case("POST", bg, 403, "forbidden").body(r#"{"reason":"x"}"#)),
+            t(case("POST", bg, 400, "malformed_json").body("")),
+            t(case("POST", bg, 422, "invalid_value").body(r#"{}"#)),
+            t(case("POST", bg, 422, "invalid_value").body(r#"{"reason":"  "}"#)),
+            t(case("POST", bg, 422, "invalid_value").body(
+                r#"{"reason":"x","ramp":{"kind":"steps","fractions":[2.0],"duration_secs":60}}"#,
+            )),
+            t(case("POST", bg, 413, "payload_too_large").body(big.clone())),
+            t(case(
+                "POST",
+                "/api/v1/switches/nope/break-glass",
+                404,
+                "not_found",
+            )
+            .body(r#"{"reason":"x"}"#)),
+        ],
+    );
     add(
         "POST /api/v1/switches/{name}/ramp",
         vec![

@@ -252,6 +252,7 @@ const STEP_KINDS: &[&str] = &[
     "pause",
     "resume",
     "toggle",
+    "drill",
     "mark",
     "kill",
     "restart",
@@ -813,6 +814,7 @@ impl World {
                     | "pause"
                     | "resume"
                     | "toggle"
+                    | "drill"
                     | "kill"
                     | "restart"
                     | "proxy"
@@ -837,6 +839,7 @@ impl World {
             "await" => self.do_await(&mut a).await?,
             "pause" | "resume" => self.do_press(&mut a, kind == "pause").await?,
             "toggle" => self.do_toggle(&mut a).await?,
+            "drill" => self.do_drill(&mut a).await?,
             "mark" => self.do_mark(&mut a).await?,
             "kill" => self.do_kill(&mut a).await?,
             "restart" => self.do_restart(&mut a).await?,
@@ -1252,6 +1255,23 @@ impl World {
         let mut values = BTreeMap::new();
         values.insert("version".into(), json!(sw.version));
         values.insert("state".into(), json!(sw.state.as_str()));
+        self.mark(mark.as_deref(), at, values);
+        Ok(())
+    }
+
+    /// A fire drill (`POST /api/v1/switches/{name}/drill`): marks the drill's version.
+    async fn do_drill(&mut self, a: &mut Args<'_>) -> Result<(), String> {
+        let switch = a.str("switch")?.unwrap_or("workers").to_string();
+        let mark = a.str("mark")?.map(str::to_string);
+        let via = self.live_server(a.u64("via")?)?;
+        let admin = self.admin(via)?;
+        let at = unix_ms();
+        let d = admin
+            .drill(&switch, &brb_api::DrillRequest::default())
+            .await
+            .map_err(|e| format!("drilling {switch}: {e}"))?;
+        let mut values = BTreeMap::new();
+        values.insert("version".into(), json!(d.version));
         self.mark(mark.as_deref(), at, values);
         Ok(())
     }

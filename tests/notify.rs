@@ -518,6 +518,7 @@ async fn reminders_fire_on_schedule_and_stop_on_resume() {
             name: "emails".into(),
             description: String::new(),
             remind: true,
+            approval: Default::default(),
         });
     })
     .await;
@@ -658,6 +659,43 @@ async fn reminders_are_not_repeated_after_a_description_edit() {
         times.len(),
         2,
         "reminders 1 and 2, each once (not reminder 1 again after the edit): {times:?}"
+    );
+    s.stop().await;
+}
+
+/// Drills (and resume requests, description edits) bump the version while a switch stays
+/// paused; reminder n must still go out once per pause, not once per version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_while_paused_does_not_repeat_a_reminder() {
+    let r = Recorder::reserve();
+    r.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = InProcess::start(dir.path(), |c| {
+        with_receivers(&r)(c);
+        c.notify.remind_every = "1s".into();
+    })
+    .await;
+    let (paused, _) = toggle(&s, SwitchState::Paused, "slow db").await;
+    let c = s.client();
+    let workers_reminders = |o: &[Notification]| {
+        o.iter()
+            .filter(|x| x.kind == "reminder" && x.switch == "workers" && x.channel == "slack")
+            .count()
+    };
+    // A drill every 300 ms for 3 s: each is a new version of the paused switch.
+    for _ in 0..10 {
+        c.drill("workers", &brb_api::DrillRequest::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let o = outbox(&s).await;
+    let elapsed = (chrono::Utc::now() - paused.changed_at).num_milliseconds();
+    let n = workers_reminders(&o);
+    assert!(n >= 1, "no reminder at all: {o:#?}");
+    assert!(
+        (n as i64) * 1000 <= elapsed,
+        "{n} reminders in {elapsed} ms: one was repeated per version"
     );
     s.stop().await;
 }

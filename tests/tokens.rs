@@ -411,25 +411,39 @@ async fn bad_token_floods_get_429_while_legitimate_clients_carry_on() {
     );
 }
 
-/// Asks to flip `workers` to the other state; on success `state` follows. Returns the status
-/// and, on a 429, its Retry-After.
-async fn flip(api: &Api, admin: &str, state: &mut &'static str) -> (u16, Option<u64>) {
-    let to = if *state == "running" {
-        "paused"
-    } else {
-        "running"
-    };
+/// Asks to resume `workers`, pausing it first if it runs (a pause is never limited: it must
+/// pass, and it is counted in `pauses`). Returns the resume's status and, on a 429, its
+/// Retry-After.
+async fn flip(
+    api: &Api,
+    admin: &str,
+    state: &mut &'static str,
+    pauses: &mut usize,
+) -> (u16, Option<u64>) {
+    if *state == "running" {
+        let (s, v) = api
+            .call(
+                "PUT",
+                "/switches/workers/state",
+                admin,
+                Some(json!({ "state": "paused" })),
+            )
+            .await;
+        assert_eq!(s, 200, "a pause was refused: {v}");
+        *state = "paused";
+        *pauses += 1;
+    }
     let (s, v, h) = api
         .call_with_headers(
             "PUT",
             "/switches/workers/state",
             admin,
-            Some(json!({ "state": to })),
+            Some(json!({ "state": "running" })),
         )
         .await;
     match s {
         200 => {
-            *state = to;
+            *state = "running";
             (s, None)
         }
         429 => {
@@ -465,14 +479,15 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
     let admin = server.admin_token();
     // State changes: a burst of 5, then 429 with Retry-After, then one more a second. The
     // budgets are created full at the first change, so within the time T from just before it,
-    // at most 5 + 1·T changes can pass, whatever the machine's speed; and a refused change
-    // writes nothing.
+    // at most 5 + 1·T resumes can pass, whatever the machine's speed; and a refused change
+    // writes nothing. The pauses between them are never limited (tests/approval.rs).
     let t0 = Instant::now();
     let mut state = "running";
+    let mut pauses = 0;
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..8 {
-        let (s, ra) = flip(&api, &admin, &mut state).await;
+        let (s, ra) = flip(&api, &admin, &mut state, &mut pauses).await;
         statuses.push(s);
         retry_after = retry_after.or(ra);
     }
@@ -493,7 +508,7 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
             first_refusal.elapsed() < Duration::from_secs(4),
             "never refilled: {statuses:?}"
         );
-        statuses.push(flip(&api, &admin, &mut state).await.0);
+        statuses.push(flip(&api, &admin, &mut state, &mut pauses).await.0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = t0.elapsed().as_secs_f64();
@@ -505,7 +520,7 @@ async fn state_changes_and_streams_are_capped_and_limits_hold() {
     let (_, sw) = api.get("/switches/workers", &admin).await;
     assert_eq!(
         sw["version"].as_u64(),
-        Some(1 + passed as u64),
+        Some(1 + (passed + pauses) as u64),
         "a refused change wrote something: {statuses:?}"
     );
 

@@ -130,6 +130,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
             name: "feature".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
     })
     .await;
@@ -256,6 +257,7 @@ async fn control_plane_down_policies_hold_and_reconnects_are_spread() {
             name: "feature".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
     })
     .await;

@@ -274,6 +274,7 @@ mod tests {
             source: Source::Cli,
             reason: None,
             ramp: None,
+            resume_request: None,
         }
     }
 

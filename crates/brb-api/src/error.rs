@@ -33,6 +33,17 @@ pub enum ErrorCode {
     Protected,
     /// A hold, extend or abort asked of a switch with no release in progress.
     NoRamp,
+    /// A plain resume of a switch whose resumes need a second operator: file a resume request.
+    ApprovalRequired,
+    /// Another operator's resume request is open on this switch.
+    RequestPending,
+    /// No open resume request with that id (approved, rejected, lapsed or replaced), or none
+    /// needed: the switch needs no approval, or is not paused.
+    NoRequest,
+    /// The resume request lapsed before it was approved.
+    RequestExpired,
+    /// The requester cannot approve their own resume request.
+    SelfApproval,
     PayloadTooLarge,
     /// The request head (request line and headers) is larger than the server accepts.
     HeaderTooLarge,
@@ -55,13 +66,17 @@ impl ErrorCode {
         match self {
             ErrorCode::MalformedJson | ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
-            ErrorCode::Forbidden | ErrorCode::OutOfScope => 403,
+            ErrorCode::Forbidden | ErrorCode::OutOfScope | ErrorCode::SelfApproval => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::VersionConflict
             | ErrorCode::AlreadyExists
             | ErrorCode::Protected
-            | ErrorCode::NoRamp => 409,
+            | ErrorCode::NoRamp
+            | ErrorCode::ApprovalRequired
+            | ErrorCode::RequestPending
+            | ErrorCode::NoRequest
+            | ErrorCode::RequestExpired => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UriTooLong => 414,
             ErrorCode::HeaderTooLarge => 431,
@@ -88,6 +103,11 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Protected => "protected",
             ErrorCode::NoRamp => "no_ramp",
+            ErrorCode::ApprovalRequired => "approval_required",
+            ErrorCode::RequestPending => "request_pending",
+            ErrorCode::NoRequest => "no_request",
+            ErrorCode::RequestExpired => "request_expired",
+            ErrorCode::SelfApproval => "self_approval",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeaderTooLarge => "header_too_large",
             ErrorCode::UriTooLong => "uri_too_long",
@@ -152,6 +172,11 @@ mod tests {
             ErrorCode::MalformedJson,
             ErrorCode::VersionConflict,
             ErrorCode::NoRamp,
+            ErrorCode::ApprovalRequired,
+            ErrorCode::RequestPending,
+            ErrorCode::NoRequest,
+            ErrorCode::RequestExpired,
+            ErrorCode::SelfApproval,
             ErrorCode::PayloadTooLarge,
             ErrorCode::HeaderTooLarge,
             ErrorCode::UriTooLong,

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod approval;
+mod drill;
 mod error;
 mod guard;
 pub mod ints;
@@ -20,6 +22,11 @@ mod ramp;
 mod series;
 mod workers;
 
+pub use approval::{
+    BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, MAX_REQUEST_GUARDS, PendingResume,
+    ResumeRequest, ResumeRequestList,
+};
+pub use drill::{DrillAnswer, DrillReport, DrillRequest, DrillStarted, nearest_rank};
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
 pub use guard::{
     DEFAULT_GUARD_FAILURE_LIMIT, DEFAULT_GUARD_INTERVAL_SECS, GuardCheck, GuardError, GuardOutcome,
@@ -237,6 +244,10 @@ pub struct Switch {
     /// A gradual release in progress (only while running, after a resume that asked for one).
     #[serde(default)]
     pub ramp: Option<Ramp>,
+    /// A resume waiting for a second operator (only while paused, on a switch whose resumes
+    /// need approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_request: Option<Box<ResumeRequest>>,
 }
 
 impl Switch {
@@ -381,6 +392,16 @@ pub enum AuditAction {
     /// A release in progress was held, continued or extended (the snapshot has the new ramp;
     /// the reason says which). An abort is a `state_changed` to paused.
     RampChanged,
+    /// An operator asked to resume a switch whose resumes need approval (the snapshot holds
+    /// the request). The approval is a `state_changed` naming both operators.
+    ResumeRequested,
+    /// A pending resume request was rejected.
+    ResumeRejected,
+    /// A pending resume request lapsed unapproved.
+    ResumeExpired,
+    /// A fire drill: a new version with nothing else changed, which every watcher answers with
+    /// a report (`POST /api/v1/switches/{name}/drill`). Nothing pauses.
+    DrillStarted,
     /// An action this build does not know (never written by this control plane).
     #[serde(other)]
     Other,
@@ -398,6 +419,10 @@ impl AuditAction {
             AuditAction::TokenRotated => "token_rotated",
             AuditAction::AdapterApplied => "adapter_applied",
             AuditAction::RampChanged => "ramp_changed",
+            AuditAction::ResumeRequested => "resume_requested",
+            AuditAction::ResumeRejected => "resume_rejected",
+            AuditAction::ResumeExpired => "resume_expired",
+            AuditAction::DrillStarted => "drill_started",
             AuditAction::Other => "other",
         }
     }
@@ -413,6 +438,10 @@ impl AuditAction {
             "token_rotated" => AuditAction::TokenRotated,
             "adapter_applied" => AuditAction::AdapterApplied,
             "ramp_changed" => AuditAction::RampChanged,
+            "resume_requested" => AuditAction::ResumeRequested,
+            "resume_rejected" => AuditAction::ResumeRejected,
+            "resume_expired" => AuditAction::ResumeExpired,
+            "drill_started" => AuditAction::DrillStarted,
             _ => return None,
         })
     }

@@ -97,6 +97,7 @@ mod tests {
             source: Source::Button,
             reason: None,
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -893,6 +893,7 @@ mod tests {
             source: Source::Button,
             reason: Some("db on fire".into()),
             ramp: None,
+            resume_request: None,
         };
         for ramp in [
             None,

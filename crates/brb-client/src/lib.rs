@@ -461,6 +461,81 @@ impl Client {
         .await
     }
 
+    /// Files a request to resume a switch whose resumes need a second operator.
+    pub async fn request_resume(
+        &self,
+        name: &str,
+        req: &brb_api::CreateResumeRequest,
+    ) -> Result<Switch> {
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/resume-requests", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Approves (`approve`) or rejects a resume request.
+    pub async fn decide_resume(
+        &self,
+        name: &str,
+        id: u64,
+        approve: bool,
+        req: &brb_api::DecideResumeRequest,
+    ) -> Result<Switch> {
+        let verb = if approve { "approve" } else { "reject" };
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/resume-requests/{id}/{verb}", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// An admin's resume without approval.
+    pub async fn break_glass(
+        &self,
+        name: &str,
+        req: &brb_api::BreakGlassRequest,
+    ) -> Result<Switch> {
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/break-glass", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Starts a fire drill on a switch.
+    pub async fn drill(
+        &self,
+        name: &str,
+        req: &brb_api::DrillRequest,
+    ) -> Result<brb_api::DrillStarted> {
+        self.call(
+            Method::POST,
+            &format!("/switches/{}/drill", enc(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Who answered the drill at `version` so far.
+    pub async fn drill_report(&self, name: &str, version: u64) -> Result<brb_api::DrillReport> {
+        self.call::<_, ()>(
+            Method::GET,
+            &format!("/switches/{}/drills/{version}", enc(name)),
+            None,
+        )
+        .await
+    }
+
+    /// The open resume requests this token may see.
+    pub async fn resume_requests(&self) -> Result<brb_api::ResumeRequestList> {
+        self.call::<_, ()>(Method::GET, "/resume-requests", None)
+            .await
+    }
+
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
         self.call::<_, ()>(Method::DELETE, &format!("/tokens/{}", enc(id)), None)
             .await

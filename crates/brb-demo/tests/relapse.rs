@@ -60,6 +60,7 @@ fn scenario(release: Option<(&str, &str)>) -> Outcome {
             )
             .unwrap()
         }),
+        resume_request: None,
     };
     let mut run = GuardRun::new(&sw);
     let mut db_load = Series {

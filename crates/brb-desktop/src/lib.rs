@@ -479,6 +479,7 @@ mod tests {
             source: Source::Button,
             reason: Some("db".into()),
             ramp: None,
+            resume_request: None,
         }
     }
 

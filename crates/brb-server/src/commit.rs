@@ -191,6 +191,7 @@ impl Op for SetState {
 
     async fn run(self, store: &dyn Store, config: &Config) -> ApiResult<((Switch, bool), Publish)> {
         let mut change = self.0;
+        change.approval_secs = config.approval_secs(&change.switch);
         // A hold or an extension keeps the switch running: the messages announce pauses and
         // resumes, so these are recorded in the audit log only. An abort is a pause.
         change.notify = match change.control {

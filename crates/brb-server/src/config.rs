@@ -289,6 +289,8 @@ pub struct PrimaryConfig {
     /// lets loose), shown in the console's resume dialog. Default `queue_depth`, the name the
     /// demo workload and the examples push.
     pub backlog_series: String,
+    /// Whether a resume needs a second operator (`[primary.approval]`).
+    pub approval: ApprovalConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +302,51 @@ pub struct SwitchConfig {
     /// Remind while paused (default off for feature switches).
     #[serde(default)]
     pub remind: bool,
+    /// Whether a resume needs a second operator (`[switches.approval]`).
+    #[serde(default)]
+    pub approval: ApprovalConfig,
+}
+
+/// `[primary.approval]` / `[switches.approval]`: a resume needs another operator's approval.
+/// Pausing never does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    /// Approvals a resume needs: 0 (off, the default) or 1.
+    pub resume: u8,
+    /// How long a resume request stays open: 1s to 24h (default 15m).
+    pub expire: String,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig {
+            resume: 0,
+            expire: "15m".into(),
+        }
+    }
+}
+
+impl ApprovalConfig {
+    fn check(&self, what: &str) -> Result<(), ConfigError> {
+        if self.resume > 1 {
+            return Err(ConfigError::Invalid(format!(
+                "{what}.approval.resume: 0 or 1 (more than one approver is not supported yet)"
+            )));
+        }
+        match brb_api::parse_duration(&self.expire) {
+            Some(s) if (1..=86_400).contains(&s) => Ok(()),
+            _ => Err(ConfigError::Invalid(format!(
+                "{what}.approval.expire: a duration from 1s to 24h, not {:?}",
+                self.expire
+            ))),
+        }
+    }
+
+    /// How long a request stays open, when resumes need approval.
+    fn secs(&self) -> Option<u64> {
+        (self.resume > 0).then(|| brb_api::parse_duration(&self.expire).unwrap_or(900))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +403,7 @@ impl Default for PrimaryConfig {
             description: "Pause all background workers".into(),
             remind: true,
             backlog_series: "queue_depth".into(),
+            approval: ApprovalConfig::default(),
         }
     }
 }
@@ -569,9 +617,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         brb_api::validate_switch_name(&self.primary.name)
             .map_err(|e| ConfigError::Invalid(format!("primary.name: {e}")))?;
+        self.primary.approval.check("primary")?;
         for s in &self.switches {
             brb_api::validate_switch_name(&s.name)
                 .map_err(|e| ConfigError::Invalid(format!("switch {:?}: {e}", s.name)))?;
+            s.approval.check(&format!("switch {:?}", s.name))?;
             if s.name == self.primary.name {
                 return Err(ConfigError::Invalid(format!(
                     "switch {:?} is the primary switch; describe it under [primary]",
@@ -745,6 +795,17 @@ impl Config {
         brb_api::parse_duration(&self.notify.remind_every)
             .filter(|s| *s > 0)
             .map(std::time::Duration::from_secs)
+    }
+
+    /// `Some(seconds a request stays open)` when resuming `switch` needs a second operator.
+    pub fn approval_secs(&self, switch: &str) -> Option<u64> {
+        if switch == self.primary.name {
+            return self.primary.approval.secs();
+        }
+        self.switches
+            .iter()
+            .find(|s| s.name == switch)
+            .and_then(|s| s.approval.secs())
     }
 
     /// Whether reminders go out for this switch while it is paused.
@@ -928,6 +989,7 @@ description = "Reindex search"
             name: "Bad Name".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
         assert!(c.validate().is_err());
     }
@@ -963,6 +1025,7 @@ signing_secret = "s3cr3t"
             name: "search".into(),
             description: String::new(),
             remind: false,
+            approval: Default::default(),
         });
         assert!(c.reminds("workers"));
         assert!(!c.reminds("search"));

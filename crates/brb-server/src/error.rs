@@ -81,6 +81,19 @@ impl From<StoreError> for ApiError {
                 format!("switch {name:?} has no release in progress to hold, extend or abort"),
             ),
             StoreError::Invalid(msg) => ApiError::invalid(msg),
+            e @ StoreError::ApprovalRequired(_) => {
+                ApiError::new(ErrorCode::ApprovalRequired, e.to_string())
+            }
+            e @ StoreError::RequestPending { .. } => {
+                ApiError::new(ErrorCode::RequestPending, e.to_string())
+            }
+            StoreError::NoRequest(msg) => ApiError::new(ErrorCode::NoRequest, msg),
+            e @ StoreError::RequestExpired { .. } => {
+                ApiError::new(ErrorCode::RequestExpired, e.to_string())
+            }
+            e @ StoreError::SelfApproval(_) => {
+                ApiError::new(ErrorCode::SelfApproval, e.to_string())
+            }
             StoreError::Unavailable { outage, detail } => {
                 tracing::error!(%outage, error = %detail, "store unavailable");
                 // Name the cause when it is one an operator can fix on the spot; never pass

@@ -407,6 +407,7 @@ mod tests {
             source: Source::Api,
             reason: Some("x".repeat(200)),
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -87,6 +87,8 @@ pub(crate) async fn run(state: AppState) {
                 guard_op: None,
                 actor: actor(),
                 notify: Vec::new(),
+                approval_secs: None,
+                request: None,
             };
             let result = match verdict {
                 Verdict::Advance { from_step, reason } => {

@@ -354,6 +354,8 @@ mod tests {
             source: Source::Cli,
             reason: None,
             ramp: Some(Ramp::guarded(&spec, guards, t(0)).unwrap()),
+
+            resume_request: None,
         }
     }
 

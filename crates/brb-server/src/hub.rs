@@ -173,6 +173,7 @@ mod tests {
             source: Source::Api,
             reason: None,
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -404,6 +404,8 @@ mod tests {
             source: brb_api::Source::Slack,
             reason: Some(reason.into()),
             ramp: None,
+
+            resume_request: None,
         }
     }
 

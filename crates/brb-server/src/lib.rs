@@ -26,9 +26,11 @@ use brb_api::{ErrorCode, Role, Source};
 use brb_store::{Actor, DatabaseUrl, FeedEvent, Store};
 use tokio::sync::watch;
 
+mod approval;
 pub mod auth;
 mod commit;
 pub mod config;
+mod drill;
 pub mod error;
 mod fanout;
 mod guard;
@@ -531,6 +533,7 @@ impl Server {
         tokio::spawn(notify::run(state.clone()));
         tokio::spawn(notify::reminders(state.clone()));
         tokio::spawn(guard::run(state.clone()));
+        tokio::spawn(approval::sweep(state.clone()));
         if let Some(p) = config.prometheus.clone() {
             tracing::info!(url = %p.url, queries = p.queries.len(), "pulling Prometheus queries");
             tokio::spawn(prom::run(state.clone(), p));

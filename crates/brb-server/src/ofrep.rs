@@ -677,6 +677,7 @@ mod tests {
             source: Source::Cli,
             reason: Some("db at 100%".into()),
             ramp,
+            resume_request: None,
         }
     }
 

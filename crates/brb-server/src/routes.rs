@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> axum::Router {
             get(get_switch).patch(update_switch).delete(delete_switch),
         )
         .route("/switches/{name}/state", put(set_state))
+        .merge(crate::approval::routes())
+        .merge(crate::drill::routes())
         .route("/switches/{name}/ramp", axum::routing::post(ramp_control))
         .route("/switches/{name}/events", get(switch_events))
         .route("/switches/{name}/workers", get(switch_workers))
@@ -104,10 +106,15 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+pub(crate) type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 fn body(b: Body) -> ApiResult<Bytes> {
     b.map_err(ApiError::from)
+}
+
+/// A request body as JSON of `T`.
+pub(crate) fn read_json<T: DeserializeOwned>(b: Body) -> ApiResult<T> {
+    parse_json(&body(b)?)
 }
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -339,7 +346,7 @@ pub(crate) async fn get_switch(
 
 /// The rate limit of state changes (per token, and per address), shared by every handler that
 /// changes a switch's state.
-fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
+pub(crate) fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
     let who = caller.token_id.as_deref().unwrap_or(&caller.name);
     if let Some(wait) = state
         .limits()
@@ -356,7 +363,7 @@ fn change_allowed(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()
 }
 
 /// A reason as recorded: trimmed, and none rather than an empty one.
-fn clean_reason(reason: Option<String>) -> Option<String> {
+pub(crate) fn clean_reason(reason: Option<String>) -> Option<String> {
     reason
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty())
@@ -371,7 +378,7 @@ fn clean_reason(reason: Option<String>) -> Option<String> {
         (status = 403, body = brb_api::ApiErrorBody), (status = 404, body = brb_api::ApiErrorBody),
         (status = 409, body = brb_api::ApiErrorBody, description = "expected_version is stale; carries the current switch"),
         (status = 413, body = brb_api::ApiErrorBody), (status = 422, body = brb_api::ApiErrorBody),
-        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many state changes from this token or address, or too many failed authentications from this address (with `Retry-After`)"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: too many state changes from this token or address, or too many failed authentications from this address (with `Retry-After`). A pause is never limited"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
     security(("bearer" = [])))]
 pub(crate) async fn set_state(
@@ -383,7 +390,12 @@ pub(crate) async fn set_state(
     caller.require(Role::Operator)?;
     let req: SetStateRequest = parse_json(&body(b)?)?;
     caller.check_change(&name, req.state)?;
-    change_allowed(&state, &caller, &name)?;
+    // A pause is the emergency stop: it must never wait (ISO 13850's "always available, takes
+    // priority"). Pausing a paused switch writes nothing, so an exempt pause cannot flood the
+    // audit log; resumes stay limited, so neither can a pause/resume flap.
+    if req.state != brb_api::SwitchState::Paused {
+        change_allowed(&state, &caller, &name)?;
+    }
     let reason = clean_reason(req.reason);
     // The deliberately broken build of tests/chaos.rs (debug only): a compare-and-set that
     // forgets to compare. Version 0, which no switch has, is still refused.
@@ -403,6 +415,8 @@ pub(crate) async fn set_state(
             guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
+            approval_secs: None,
+            request: None,
         }))
         .await?;
     Ok(Json(switch))
@@ -419,7 +433,7 @@ pub(crate) async fn set_state(
         (status = 409, body = brb_api::ApiErrorBody, description = "`no_ramp`: no release is in progress; `version_conflict`: expected_version is stale"),
         (status = 413, body = brb_api::ApiErrorBody),
         (status = 422, body = brb_api::ApiErrorBody, description = "`invalid_value`: `extend` without `by_secs`, or past a day in all"),
-        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes"),
+        (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes (`abort` is a pause and never limited)"),
         (status = 503, body = brb_api::ApiErrorBody, description = "The store cannot write; nothing changed")),
     security(("bearer" = [])))]
 pub(crate) async fn ramp_control(
@@ -451,7 +465,10 @@ pub(crate) async fn ramp_control(
         }
         (_, None) => 0,
     };
-    change_allowed(&state, &caller, &name)?;
+    // An abort is a pause (see `set_state`); hold and extend still count.
+    if req.action != RampAction::Abort {
+        change_allowed(&state, &caller, &name)?;
+    }
     let reason = clean_reason(req.reason);
     let (switch, _changed) = state
         .commit(SetState(StateChange {
@@ -468,6 +485,8 @@ pub(crate) async fn ramp_control(
             guard_op: None,
             actor: actor(&caller, req.source),
             notify: Vec::new(),
+            approval_secs: None,
+            request: None,
         }))
         .await?;
     Ok(Json(switch))

@@ -220,6 +220,8 @@ pub(crate) async fn command(
                     remote_addr: remote.map(|a| a.ip().to_string()),
                 },
                 notify: Vec::new(),
+                approval_secs: None,
+                request: None,
             };
             match state.commit(crate::commit::SetState(change)).await {
                 Ok((s, changed)) => {
@@ -425,6 +427,8 @@ async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<
         guard_op: None,
         actor: actor.clone(),
         notify: Vec::new(),
+        approval_secs: None,
+        request: None,
     };
     match state.commit(crate::commit::SetState(change)).await {
         Ok((s, changed)) => {

@@ -593,6 +593,7 @@ mod tests {
             source: Source::Api,
             reason: None,
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -135,6 +135,62 @@ impl Workers {
         per.dirty = true;
     }
 
+    /// A fire drill was committed (version `s.version`, started at `at`): time its
+    /// acknowledgements from `at`, not from `changed_at` (which stays the last state change).
+    /// A worker that already reported the version is timed by that report.
+    pub fn on_drill(&self, s: &Switch, at: DateTime<Utc>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let per = map.entry(s.name.clone()).or_default();
+        // The commit's own bookkeeping may have started timing it from `changed_at`: redo it.
+        per.changes.retain(|t| t.version != s.version);
+        let mut track = Track {
+            version: s.version,
+            state: s.state,
+            changed_at: at,
+            acks: HashMap::new(),
+        };
+        for (id, w) in &per.workers {
+            if w.observed_version >= s.version {
+                let ms = (w.last_seen - at).num_milliseconds().max(0) as u64;
+                track.acks.insert(id.clone(), ms);
+            }
+        }
+        // Newest first, as `on_change` keeps them.
+        let at_pos = per
+            .changes
+            .iter()
+            .position(|t| t.version < s.version)
+            .unwrap_or(per.changes.len());
+        per.changes.insert(at_pos, track);
+        per.changes.truncate(TRACKED_CHANGES);
+        per.dirty = true;
+    }
+
+    /// When this replica started timing `version` of `switch`, and how long each worker took to
+    /// report it (this replica's workers, and the others' as their replicas timed them).
+    pub fn acks_of(
+        &self,
+        switch: &str,
+        version: u64,
+    ) -> Option<(DateTime<Utc>, HashMap<String, u64>)> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let t = map
+            .get(switch)?
+            .changes
+            .iter()
+            .find(|t| t.version == version)?;
+        let mut acks = t.acks.clone();
+        let started = t.changed_at;
+        drop(map);
+        let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        for w in remote.get(switch).into_iter().flat_map(|m| m.values()) {
+            if let Some((_, ms)) = w.acks.iter().find(|(v, _)| *v == version) {
+                acks.entry(w.worker_id.clone()).or_insert(*ms);
+            }
+        }
+        Some((started, acks))
+    }
+
     pub fn report(&self, r: WorkerReport, remote_addr: Option<String>, now: DateTime<Utc>) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let per = map.entry(r.switch.clone()).or_default();
@@ -449,6 +505,7 @@ mod tests {
             source: Source::Api,
             reason: None,
             ramp: None,
+            resume_request: None,
         }
     }
 

@@ -479,6 +479,7 @@ async fn config_declared_switches_exist_on_start() {
             name: "kill-search".into(),
             description: "Search".into(),
             remind: false,
+            approval: Default::default(),
         });
         c.environment.name = "production".into();
     })

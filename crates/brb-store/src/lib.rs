@@ -89,6 +89,23 @@ pub enum StoreError {
     Protected,
     #[error("switch {0:?} has no release in progress")]
     NoRamp(String),
+    /// A plain resume of a switch whose resumes need a second operator.
+    #[error("resuming {0:?} needs another operator's approval: file a resume request")]
+    ApprovalRequired(String),
+    /// Another operator's request is open.
+    #[error("{by} already asked to resume {switch:?} (request {id}); approve or reject it first")]
+    RequestPending { switch: String, by: String, id: u64 },
+    /// No open request matches (or none can be filed); the text says which.
+    #[error("{0}")]
+    NoRequest(String),
+    #[error("the resume request {id} on {switch:?} lapsed at {expired_at}")]
+    RequestExpired {
+        switch: String,
+        id: u64,
+        expired_at: DateTime<Utc>,
+    },
+    #[error("{0} cannot approve their own resume request; another operator must")]
+    SelfApproval(String),
     /// A value the rule refuses (e.g. an extension past the longest ramp). Nothing written.
     #[error("{0}")]
     Invalid(String),
@@ -252,6 +269,31 @@ pub struct StateChange {
     /// Channels to notify of this change: written to the outbox in the same transaction as
     /// the change, so a committed change is never left unannounced.
     pub notify: Vec<Channel>,
+    /// `Some(secs)`: this switch's resumes need a second operator, and a request lapses after
+    /// `secs`. Filled by the server from its config, so the rule stays pure.
+    pub approval_secs: Option<u64>,
+    /// Instead of a plain change: an operation on the switch's resume request, or a drill.
+    pub request: Option<SwitchOp>,
+}
+
+/// What is done to a switch besides setting its state: its resume request (see
+/// `rules::resume_request`), or a fire drill.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SwitchOp {
+    /// File (or, by the same operator, replace) a request to resume with the change's reason
+    /// and ramp, and these guards.
+    Request { guards: Vec<serde_json::Value> },
+    /// Resume as request `id` asked, by another operator, before it lapsed.
+    Approve { id: u64 },
+    /// Drop request `id`.
+    Reject { id: u64 },
+    /// Drop request `id` because it lapsed (the server's sweeper).
+    Expire { id: u64 },
+    /// An admin resumes without approval (the caller checks the role); recorded loudly.
+    BreakGlass,
+    /// A fire drill: a new version with the same state, ramp and request (every SDK reports
+    /// at once on a new version, which is the acknowledgement), nothing else changes.
+    Drill,
 }
 
 /// What the guard evaluator does to a guarded release. A trip is not here: it is an abort

@@ -204,6 +204,17 @@ ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;
 ALTER TABLE tokens ADD COLUMN last_used_addr TEXT;
 "#,
     },
+    Migration {
+        number: 6,
+        what: "a resume waiting for a second operator's approval",
+        sqlite: r#"
+-- The open resume request (JSON of brb_api::ResumeRequest), NULL when none.
+ALTER TABLE switches ADD COLUMN resume_request TEXT;
+"#,
+        postgres: r#"
+ALTER TABLE switches ADD COLUMN resume_request TEXT;
+"#,
+    },
 ];
 
 /// Under the old SQLite numbering, migration 4 was the token lifecycle (now 5), and there was

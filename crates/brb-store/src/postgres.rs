@@ -372,6 +372,7 @@ fn raw_switch(r: &Row) -> Result<RawSwitch> {
         source: r.try_get(7).map_err(map_pg)?,
         reason: r.try_get(8).map_err(map_pg)?,
         ramp: r.try_get(9).map_err(map_pg)?,
+        resume_request: r.try_get(10).map_err(map_pg)?,
     })
 }
 
@@ -444,7 +445,7 @@ async fn row_any<C: GenericClient>(c: &C, name: &str, lock: bool) -> Result<rule
     let Some(row) = c.query_opt(&sql, &[&name]).await.map_err(map_pg)? else {
         return Ok(None);
     };
-    let deleted: bool = row.try_get(10).map_err(map_pg)?;
+    let deleted: bool = row.try_get(11).map_err(map_pg)?;
     Ok(Some((raw_switch(&row)?.into_switch()?, deleted)))
 }
 
@@ -568,6 +569,13 @@ async fn write_switch<C: GenericClient>(c: &C, w: &SwitchWrite) -> Result<AuditE
             rules::one_row(n, &format!("switch {:?}", s.name))?;
         }
     }
+    // Its own statement, so the row's main write stays as every other change has it.
+    c.execute(
+        "UPDATE switches SET resume_request = $2 WHERE name = $1",
+        &[&s.name, &w.resume_request_json()?],
+    )
+    .await
+    .map_err(map_pg)?;
     let entry = append_audit(c, w.audit()).await?;
     if !w.notify.is_empty() {
         let event = w.notification_event()?;

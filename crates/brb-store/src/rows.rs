@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use crate::{Channel, NotificationKind, OutboxItem, Result, StoreError, SwitchEvent, TokenRecord};
 
-pub(crate) const SWITCH_COLUMNS: &str =
-    "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp";
+pub(crate) const SWITCH_COLUMNS: &str = "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp, \
+     resume_request";
 
 pub(crate) const AUDIT_COLUMNS: &str =
     "id, action, switch, from_state, to_state, version, actor, source, reason, remote_addr, at";
@@ -68,6 +68,7 @@ pub(crate) struct RawSwitch {
     pub(crate) source: String,
     pub(crate) reason: Option<String>,
     pub(crate) ramp: Option<String>,
+    pub(crate) resume_request: Option<String>,
 }
 
 impl RawSwitch {
@@ -88,6 +89,12 @@ impl RawSwitch {
                 .map(serde_json::from_str)
                 .transpose()
                 .map_err(|e| corrupt(format!("ramp: {e}")))?,
+            resume_request: self
+                .resume_request
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt(format!("resume_request: {e}")))?,
         })
     }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     Actor, Channel, GuardOp, PreviousSecret, RampControl, Result, StateChange, StoreError,
-    SwitchEvent, TokenPolicy, TokenRecord,
+    SwitchEvent, SwitchOp, TokenPolicy, TokenRecord,
 };
 
 /// A switch row as read under the write lock: the switch and whether it is marked deleted.
@@ -49,6 +49,15 @@ impl SwitchWrite {
         } else {
             SwitchEvent::Changed(self.switch.clone())
         }
+    }
+
+    pub fn resume_request_json(&self) -> Result<Option<String>> {
+        self.switch
+            .resume_request
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("encode resume request: {e}")))
     }
 
     pub fn ramp_json(&self) -> Result<Option<String>> {
@@ -205,6 +214,7 @@ pub(crate) fn create(
             source: actor.source,
             reason: None,
             ramp: None,
+            resume_request: None,
         },
         deleted: false,
         replaces,
@@ -315,11 +325,21 @@ pub(crate) fn set_state(
             current: Box::new(cur),
         });
     }
+    if let Some(op) = &change.request {
+        return resume_request(cur, change, op, now);
+    }
     if let Some(control) = change.control {
         return ramp_control(cur, change, control, now);
     }
     if let Some(op) = change.guard_op {
         return guard_step(cur, change, op, now);
+    }
+    // Only leaving a pause needs a second person; a pause never does.
+    if change.to == SwitchState::Running
+        && cur.state == SwitchState::Paused
+        && change.approval_secs.is_some()
+    {
+        return Err(StoreError::ApprovalRequired(cur.name));
     }
     let ramping = cur.ramp.as_ref().is_some_and(|r| !r.is_over(now));
     let ends_ramp = change.to == SwitchState::Running && change.ramp.is_none() && ramping;
@@ -342,6 +362,8 @@ pub(crate) fn set_state(
         source: change.actor.source,
         reason: change.reason.clone(),
         ramp,
+        // A state change settles any request: a resume did what it asked for.
+        resume_request: None,
         ..cur.clone()
     };
     Ok(StateDecision::Write(SwitchWrite {
@@ -526,6 +548,211 @@ fn guard_step(
     }))
 }
 
+/// The open request with this id, or `NoRequest`.
+fn open_request(cur: &Switch, id: u64) -> Result<Box<brb_api::ResumeRequest>> {
+    match &cur.resume_request {
+        Some(r) if r.id == id => Ok(r.clone()),
+        Some(r) => Err(StoreError::NoRequest(format!(
+            "{:?} has no open resume request {id} (the open one is {})",
+            cur.name, r.id
+        ))),
+        None => Err(StoreError::NoRequest(format!(
+            "{:?} has no open resume request",
+            cur.name
+        ))),
+    }
+}
+
+/// A resume request's life: filed by one operator on a paused switch that needs approval,
+/// replaced only by its own requester (or once it lapsed), approved only by someone else
+/// before it lapses (the switch then resumes as asked), rejected by anyone, lapsed by the
+/// sweeper. Break glass resumes without approval. Each is a version of its own; only the
+/// approval and break glass change the state (and are announced).
+fn resume_request(
+    cur: Switch,
+    change: &StateChange,
+    op: &SwitchOp,
+    now: DateTime<Utc>,
+) -> Result<StateDecision> {
+    let actor = &change.actor;
+    let says = |r: &Option<String>| {
+        r.as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+    };
+    // The switch with its request replaced, at the next version; the state untouched.
+    let mark =
+        |request: Option<Box<brb_api::ResumeRequest>>, action: AuditAction, reason: String| {
+            let switch = Switch {
+                version: cur.version + 1,
+                resume_request: request,
+                ..cur.clone()
+            };
+            StateDecision::Write(SwitchWrite {
+                switch,
+                deleted: false,
+                replaces: Some(cur.version),
+                action,
+                from: Some(cur.state),
+                to: Some(cur.state),
+                reason: Some(reason),
+                actor: actor.clone(),
+                at: now,
+                notify: Vec::new(),
+            })
+        };
+    // The switch resumed, the request settled.
+    let resume = |ramp: Option<brb_api::RampSpec>, reason: String| {
+        let switch = Switch {
+            state: SwitchState::Running,
+            version: cur.version + 1,
+            changed_at: now,
+            changed_by: actor.name.clone(),
+            source: actor.source,
+            reason: Some(reason.clone()),
+            ramp: ramp.map(|r| r.start(now)),
+            resume_request: None,
+            ..cur.clone()
+        };
+        StateDecision::Write(SwitchWrite {
+            switch,
+            deleted: false,
+            replaces: Some(cur.version),
+            action: AuditAction::StateChanged,
+            from: Some(cur.state),
+            to: Some(SwitchState::Running),
+            reason: Some(reason),
+            actor: actor.clone(),
+            at: now,
+            notify: change.notify.clone(),
+        })
+    };
+    match op {
+        SwitchOp::Request { guards } => {
+            let Some(secs) = change.approval_secs else {
+                return Err(StoreError::NoRequest(format!(
+                    "{:?} needs no approval to resume: resume it",
+                    cur.name
+                )));
+            };
+            if cur.state != SwitchState::Paused {
+                return Err(StoreError::NoRequest(format!(
+                    "{:?} is not paused: there is nothing to resume",
+                    cur.name
+                )));
+            }
+            let why = says(&change.reason)
+                .ok_or_else(|| StoreError::Invalid("a resume request needs a reason".into()))?;
+            if let Some(open) = &cur.resume_request
+                && open.requested_by != actor.name
+                && now < open.expires_at
+            {
+                return Err(StoreError::RequestPending {
+                    switch: cur.name.clone(),
+                    by: open.requested_by.clone(),
+                    id: open.id,
+                });
+            }
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+            let request = brb_api::ResumeRequest {
+                id: cur.version + 1,
+                requested_by: actor.name.clone(),
+                source: actor.source,
+                requested_at: now,
+                expires_at: now
+                    + chrono::TimeDelta::try_seconds(secs).unwrap_or(chrono::TimeDelta::MAX),
+                reason: why.clone(),
+                ramp: change.ramp.clone(),
+                guards: guards.clone(),
+            };
+            let what = match &request.ramp {
+                Some(r) => format!(
+                    "resume requested (gradually over {} s): {why}",
+                    r.duration_secs
+                ),
+                None => format!("resume requested (all at once): {why}"),
+            };
+            Ok(mark(
+                Some(Box::new(request)),
+                AuditAction::ResumeRequested,
+                what,
+            ))
+        }
+        SwitchOp::Approve { id } => {
+            let r = open_request(&cur, *id)?;
+            if now >= r.expires_at {
+                return Err(StoreError::RequestExpired {
+                    switch: cur.name.clone(),
+                    id: r.id,
+                    expired_at: r.expires_at,
+                });
+            }
+            if r.requested_by == actor.name {
+                return Err(StoreError::SelfApproval(actor.name.clone()));
+            }
+            let mut reason = format!(
+                "approved by {}; requested by {}: {}",
+                actor.name, r.requested_by, r.reason
+            );
+            if let Some(more) = says(&change.reason) {
+                reason = format!("{reason} ({more})");
+            }
+            Ok(resume(r.ramp, reason))
+        }
+        SwitchOp::Reject { id } => {
+            let r = open_request(&cur, *id)?;
+            let mut reason = format!(
+                "resume request {} by {} rejected by {}",
+                r.id, r.requested_by, actor.name
+            );
+            if let Some(more) = says(&change.reason) {
+                reason = format!("{reason}: {more}");
+            }
+            Ok(mark(None, AuditAction::ResumeRejected, reason))
+        }
+        SwitchOp::Expire { id } => {
+            let r = open_request(&cur, *id)?;
+            if now < r.expires_at {
+                return Err(StoreError::NoRequest(format!(
+                    "resume request {} on {:?} has not lapsed yet",
+                    r.id, cur.name
+                )));
+            }
+            let reason = format!(
+                "resume request {} by {} lapsed unapproved at {}",
+                r.id,
+                r.requested_by,
+                r.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            Ok(mark(None, AuditAction::ResumeExpired, reason))
+        }
+        SwitchOp::Drill => {
+            let what = match says(&change.reason) {
+                Some(r) => format!("fire drill: {r}"),
+                None => "fire drill".to_string(),
+            };
+            Ok(mark(
+                cur.resume_request.clone(),
+                AuditAction::DrillStarted,
+                what,
+            ))
+        }
+        SwitchOp::BreakGlass => {
+            let why = says(&change.reason)
+                .ok_or_else(|| StoreError::Invalid("breaking the glass needs a reason".into()))?;
+            if cur.state == SwitchState::Running {
+                return Ok(StateDecision::Unchanged(cur));
+            }
+            Ok(resume(
+                change.ramp.clone(),
+                format!("BREAK GLASS by {}, without approval: {why}", actor.name),
+            ))
+        }
+    }
+}
+
 /// A new token; `name_taken`: a live token already has its name.
 pub(crate) fn create_token(
     name_taken: bool,
@@ -638,6 +865,7 @@ mod tests {
             source: Source::Api,
             reason: Some("old".into()),
             ramp: None,
+            resume_request: None,
         }
     }
 
@@ -653,6 +881,8 @@ mod tests {
             guard_op: None,
             actor: alice(),
             notify: vec![Channel::Slack, Channel::Webhook("ops".into())],
+            approval_secs: None,
+            request: None,
         }
     }
 
@@ -994,5 +1224,251 @@ mod tests {
         assert!(one_row(1, "switch").is_ok());
         assert!(one_row(0, "switch").is_err());
         assert!(one_row(2, "switch").is_err());
+    }
+
+    fn bob() -> Actor {
+        Actor {
+            name: "bob".into(),
+            source: Source::Web,
+            remote_addr: None,
+        }
+    }
+
+    /// A change on a switch whose resumes need approval (requests lapse after 900 s).
+    fn guarded(by: Actor, op: Option<SwitchOp>, to: SwitchState) -> StateChange {
+        let mut c = change(to);
+        c.actor = by;
+        c.approval_secs = Some(900);
+        c.request = op;
+        c
+    }
+
+    fn decide(row: &Switch, c: &StateChange, at: i64) -> Result<StateDecision> {
+        set_state(Some((row.clone(), false)), c, t(at))
+    }
+
+    fn written(d: Result<StateDecision>) -> SwitchWrite {
+        match d {
+            Ok(StateDecision::Write(w)) => w,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    /// Paused at version 3, with alice's request (ramp steps:10m, one guard) filed at t(10).
+    fn requested() -> Switch {
+        let mut c = guarded(
+            alice(),
+            Some(SwitchOp::Request {
+                guards: vec![serde_json::json!({"series": "db_load", "below": 80})],
+            }),
+            SwitchState::Running,
+        );
+        c.ramp = Some(RampSpec::parse("steps:10m").unwrap());
+        c.reason = Some("  backlog drained  ".into());
+        let w = written(decide(&sw(3, SwitchState::Paused, true), &c, 10));
+        assert_eq!(w.action, AuditAction::ResumeRequested);
+        assert_eq!(
+            w.switch.state,
+            SwitchState::Paused,
+            "a request resumes nothing"
+        );
+        assert_eq!(w.switch.changed_at, t(0), "the pause instant stays");
+        assert!(w.notify.is_empty());
+        w.switch
+    }
+
+    #[test]
+    fn a_pause_never_needs_approval_and_a_paused_switch_needs_it_to_resume() {
+        let running = sw(3, SwitchState::Running, true);
+        let w = written(decide(
+            &running,
+            &guarded(alice(), None, SwitchState::Paused),
+            1,
+        ));
+        assert_eq!(w.switch.state, SwitchState::Paused);
+        let paused = w.switch;
+        assert!(matches!(
+            decide(&paused, &guarded(alice(), None, SwitchState::Running), 2),
+            Err(StoreError::ApprovalRequired(_))
+        ));
+        // A pause of a paused switch with a request open changes nothing (and keeps it).
+        let r = requested();
+        assert!(matches!(
+            decide(&r, &guarded(bob(), None, SwitchState::Paused), 20),
+            Ok(StateDecision::Unchanged(_))
+        ));
+        // Without approval configured, a resume is a resume.
+        let w = written(decide(&paused, &change(SwitchState::Running), 3));
+        assert_eq!(w.switch.state, SwitchState::Running);
+    }
+
+    #[test]
+    fn a_request_is_recorded_with_who_why_ramp_guards_and_its_deadline() {
+        let s = requested();
+        let r = s.resume_request.expect("a request");
+        assert_eq!((r.id, s.version), (4, 4));
+        assert_eq!(r.requested_by, "alice");
+        assert_eq!(r.reason, "backlog drained");
+        assert_eq!(r.requested_at, t(10));
+        assert_eq!(r.expires_at, t(910));
+        assert_eq!(r.ramp, Some(RampSpec::parse("steps:10m").unwrap()));
+        assert_eq!(r.guards.len(), 1);
+    }
+
+    #[test]
+    fn only_another_operator_approves_and_only_in_time() {
+        let s = requested();
+        let approve =
+            |by: Actor, id: u64| guarded(by, Some(SwitchOp::Approve { id }), SwitchState::Running);
+        assert!(matches!(
+            decide(&s, &approve(alice(), 4), 20),
+            Err(StoreError::SelfApproval(n)) if n == "alice"
+        ));
+        assert!(matches!(
+            decide(&s, &approve(bob(), 3), 20),
+            Err(StoreError::NoRequest(_))
+        ));
+        assert!(matches!(
+            decide(&s, &approve(bob(), 4), 910),
+            Err(StoreError::RequestExpired { id: 4, .. })
+        ));
+        let w = written(decide(&s, &approve(bob(), 4), 909));
+        assert_eq!(w.action, AuditAction::StateChanged);
+        assert_eq!(w.switch.state, SwitchState::Running);
+        assert_eq!(w.switch.changed_by, "bob");
+        assert_eq!(w.switch.resume_request, None);
+        let ramp = w.switch.ramp.as_ref().expect("the requested ramp");
+        assert_eq!((ramp.started_at, ramp.duration_secs), (t(909), 600));
+        assert_eq!(
+            w.reason.as_deref(),
+            Some("approved by bob; requested by alice: backlog drained (why)")
+        );
+        assert_eq!(w.notify.len(), 2, "an approval is announced like a resume");
+    }
+
+    #[test]
+    fn someone_elses_open_request_blocks_a_new_one_the_requester_replaces_theirs() {
+        let s = requested();
+        let mut by_bob = guarded(
+            bob(),
+            Some(SwitchOp::Request { guards: vec![] }),
+            SwitchState::Running,
+        );
+        by_bob.reason = Some("me too".into());
+        assert!(matches!(
+            decide(&s, &by_bob, 20),
+            Err(StoreError::RequestPending { id: 4, .. })
+        ));
+        // Once it lapsed, anyone may file.
+        assert_eq!(
+            written(decide(&s, &by_bob, 910))
+                .switch
+                .resume_request
+                .unwrap()
+                .requested_by,
+            "bob"
+        );
+        let mut again = by_bob.clone();
+        again.actor = alice();
+        again.reason = Some("sooner".into());
+        let w = written(decide(&s, &again, 30));
+        let r = w.switch.resume_request.unwrap();
+        assert_eq!((r.id, r.reason.as_str(), r.ramp), (5, "sooner", None));
+        // No reason, no request; not paused or no approval configured: nothing to request.
+        let mut mute = again.clone();
+        mute.reason = Some("  ".into());
+        assert!(matches!(decide(&s, &mute, 30), Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            decide(&sw(3, SwitchState::Running, true), &again, 30),
+            Err(StoreError::NoRequest(_))
+        ));
+        let mut off = again.clone();
+        off.approval_secs = None;
+        assert!(matches!(
+            decide(&s, &off, 30),
+            Err(StoreError::NoRequest(_))
+        ));
+    }
+
+    #[test]
+    fn reject_and_expire_clear_the_request_and_keep_the_pause() {
+        let s = requested();
+        let w = written(decide(
+            &s,
+            &guarded(
+                bob(),
+                Some(SwitchOp::Reject { id: 4 }),
+                SwitchState::Running,
+            ),
+            20,
+        ));
+        assert_eq!(
+            (w.action, w.switch.state, w.switch.resume_request.clone()),
+            (AuditAction::ResumeRejected, SwitchState::Paused, None)
+        );
+        assert!(w.notify.is_empty());
+        let then = guarded(
+            bob(),
+            Some(SwitchOp::Approve { id: 4 }),
+            SwitchState::Running,
+        );
+        assert!(matches!(
+            decide(&w.switch, &then, 21),
+            Err(StoreError::NoRequest(_))
+        ));
+        let expire = guarded(
+            Actor::system(),
+            Some(SwitchOp::Expire { id: 4 }),
+            SwitchState::Running,
+        );
+        assert!(
+            matches!(decide(&s, &expire, 909), Err(StoreError::NoRequest(_))),
+            "not yet"
+        );
+        let w = written(decide(&s, &expire, 910));
+        assert_eq!(
+            (w.action, w.switch.resume_request),
+            (AuditAction::ResumeExpired, None)
+        );
+    }
+
+    #[test]
+    fn a_drill_is_a_new_version_that_changes_nothing_else() {
+        let mut ramping = sw(3, SwitchState::Running, true);
+        ramping.ramp = Some(RampSpec::parse("steps:10m").unwrap().start(t(5)));
+        for row in [ramping, requested(), sw(3, SwitchState::Paused, false)] {
+            let mut c = change(SwitchState::Running);
+            c.request = Some(SwitchOp::Drill);
+            let w = written(decide(&row, &c, 50));
+            assert_eq!(w.action, AuditAction::DrillStarted);
+            assert_eq!(
+                w.switch,
+                Switch {
+                    version: row.version + 1,
+                    ..row.clone()
+                }
+            );
+            assert!(w.notify.is_empty(), "a drill pages no one");
+            assert_eq!(w.reason.as_deref(), Some("fire drill: why"));
+        }
+    }
+
+    #[test]
+    fn break_glass_resumes_without_approval_says_so_and_needs_a_reason() {
+        let s = requested();
+        let mut c = guarded(bob(), Some(SwitchOp::BreakGlass), SwitchState::Running);
+        c.reason = None;
+        assert!(matches!(decide(&s, &c, 20), Err(StoreError::Invalid(_))));
+        c.reason = Some("customers down".into());
+        let w = written(decide(&s, &c, 20));
+        assert_eq!(
+            (w.switch.state, w.switch.resume_request.clone()),
+            (SwitchState::Running, None)
+        );
+        assert_eq!(
+            w.reason.as_deref(),
+            Some("BREAK GLASS by bob, without approval: customers down")
+        );
+        assert_eq!(w.notify.len(), 2);
     }
 }

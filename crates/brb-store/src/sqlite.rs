@@ -211,6 +211,7 @@ fn raw_switch(r: &Row<'_>) -> rusqlite::Result<RawSwitch> {
         source: r.get(7)?,
         reason: r.get(8)?,
         ramp: r.get(9)?,
+        resume_request: r.get(10)?,
     })
 }
 
@@ -306,7 +307,7 @@ fn row_any(c: &Connection, name: &str) -> Result<rules::Row> {
     let sql = format!("SELECT {SWITCH_COLUMNS}, deleted FROM switches WHERE name = ?1");
     let raw = c
         .query_row(&sql, [name], |r| {
-            Ok((raw_switch(r)?, r.get::<_, bool>(10)?))
+            Ok((raw_switch(r)?, r.get::<_, bool>(11)?))
         })
         .optional()
         .map_err(map_err)?;
@@ -424,6 +425,12 @@ fn write_switch(tx: &Connection, w: &SwitchWrite) -> Result<AuditEntry> {
             rules::one_row(n as u64, &format!("switch {:?}", s.name))?;
         }
     }
+    // Its own statement, so the row's main write stays as every other change has it.
+    tx.execute(
+        "UPDATE switches SET resume_request = ?2 WHERE name = ?1",
+        params![s.name, w.resume_request_json()?],
+    )
+    .map_err(map_err)?;
     let entry = append_audit(tx, w.audit())?;
     if !w.notify.is_empty() {
         let event = w.notification_event()?;

@@ -42,6 +42,10 @@ pub struct ChangeArgs {
     #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
         default_missing_value = "60s", value_parser = parse_secs)]
     wait_drained: Option<u64>,
+    /// With resume, admins only: resume a switch that needs approval without it (needs
+    /// --reason; recorded and announced as BREAK GLASS).
+    #[arg(long)]
+    break_glass: bool,
     #[arg(long)]
     json: bool,
 }
@@ -137,7 +141,7 @@ pub enum SwitchCmd {
     Delete { name: String },
 }
 
-fn parse_secs(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<u64, String> {
     brb_api::parse_duration(s).ok_or_else(|| format!("{s:?}: expected e.g. 0, 30m, 1h or 7d"))
 }
 
@@ -154,13 +158,13 @@ fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s).ok_or_else(|| format!("{s:?}: expected viewer, operator or admin"))
 }
 
-async fn primary(client: &Client) -> Result<String> {
+pub(crate) async fn primary(client: &Client) -> Result<String> {
     let info = client.info().await.map_err(explain)?;
     Ok(info.primary_switch)
 }
 
 /// Adds a hint to the errors people hit most.
-fn explain(e: ClientError) -> anyhow::Error {
+pub(crate) fn explain(e: ClientError) -> anyhow::Error {
     use brb_api::ErrorCode as C;
     let hint = match e.code() {
         Some(C::Unauthorized) => {
@@ -302,7 +306,7 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
     };
     let req = SetStateRequest {
         state: to,
-        reason: a.reason,
+        reason: a.reason.clone(),
         source: Some(Source::Cli),
         expected_version: a.expected_version,
         ramp: a.ramp.clone(),
@@ -318,23 +322,45 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
     if a.wait_drained.is_some() && to != SwitchState::Paused {
         bail!("--wait-drained applies to pause only");
     }
-    let s = match client.set_state(&name, &req).await {
+    if a.break_glass && to != SwitchState::Running {
+        bail!("--break-glass applies to resume only");
+    }
+    let sent = if a.break_glass {
+        crate::approval::break_glass(client, &name, a.reason.clone(), a.ramp.clone(), a.json)
+            .await
+            .map_err(ClientErrorOr::Other)
+    } else {
+        client
+            .set_state(&name, &req)
+            .await
+            .map_err(ClientErrorOr::Client)
+    };
+    let s = match sent {
         Ok(s) => s,
-        Err(ClientError::Api {
-            code: brb_api::ErrorCode::VersionConflict,
-            current: Some(cur),
+        Err(ClientErrorOr::Other(e)) => return Err(e),
+        Err(ClientErrorOr::Client(ClientError::Api {
+            code: brb_api::ErrorCode::ApprovalRequired,
             ..
-        }) => {
-            bail!(
-                "{name} changed meanwhile: it is now {} at version {} (by {} via {}); \
-                 nothing was done",
-                cur.state,
-                cur.version,
-                cur.changed_by,
-                cur.source
-            )
+        })) => {
+            return crate::approval::request(client, &name, a.reason, a.ramp, a.json).await;
         }
-        Err(e) => return Err(explain(e)),
+        Err(ClientErrorOr::Client(e)) => match e {
+            ClientError::Api {
+                code: brb_api::ErrorCode::VersionConflict,
+                current: Some(cur),
+                ..
+            } => {
+                bail!(
+                    "{name} changed meanwhile: it is now {} at version {} (by {} via {}); \
+                     nothing was done",
+                    cur.state,
+                    cur.version,
+                    cur.changed_by,
+                    cur.source
+                )
+            }
+            e => return Err(explain(e)),
+        },
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -364,6 +390,12 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
         return wait_drained(client, &s, Duration::from_secs(secs), a.json).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A change's failure: from the server (to look at its code), or already explained.
+enum ClientErrorOr {
+    Client(ClientError),
+    Other(anyhow::Error),
 }
 
 /// Waits until every live worker has seen the pause and none has a job in flight: the point

@@ -11,9 +11,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod adapter;
+mod approval;
 mod bench;
 mod button;
 mod cli;
+mod drill;
 mod server;
 
 #[derive(Parser)]
@@ -74,6 +76,18 @@ enum Cmd {
     Pause(cli::ChangeArgs),
     /// Release the brake: resume a switch (default: the primary one).
     Resume(cli::ChangeArgs),
+    /// Fire drill: ask every watcher of a switch to answer, pausing nothing; report who
+    /// answered and how fast, who did not (exit 3), who is stale.
+    Drill(drill::DrillArgs),
+    /// Approve another operator's request to resume (switches that need approval).
+    Approve(approval::DecideArgs),
+    /// Reject a request to resume: the switch stays paused.
+    Reject(approval::DecideArgs),
+    /// List the open requests to resume.
+    Requests {
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold, continue, extend or abort a gradual release in progress.
     #[command(subcommand)]
     Ramp(cli::RampCmd),
@@ -143,6 +157,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pause(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Paused, a).await,
         Cmd::Resume(a) => cli::change(&connect(&cli.conn)?, brb_api::SwitchState::Running, a).await,
         Cmd::Ramp(r) => cli::ramp(&connect(&cli.conn)?, r).await,
+        Cmd::Drill(a) => drill::run(&connect(&cli.conn)?, a).await,
+        Cmd::Approve(a) => approval::decide(&connect(&cli.conn)?, a, true).await,
+        Cmd::Reject(a) => approval::decide(&connect(&cli.conn)?, a, false).await,
+        Cmd::Requests { json } => approval::list(&connect(&cli.conn)?, json).await,
         Cmd::Watch { switch, json } => cli::watch(&connect(&cli.conn)?, switch, json).await,
         Cmd::Audit {
             switch,

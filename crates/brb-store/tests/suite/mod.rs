@@ -33,6 +33,7 @@ macro_rules! store_contract {
             outbox_dedupes_by_key,
             outbox_pending_before_orders_a_channel,
             adapter_records_are_audit_only,
+            resume_requests_are_stored_with_the_switch_and_settled_by_another_operator,
         );
     };
 }
@@ -88,6 +89,8 @@ pub fn change(switch: &str, to: SwitchState) -> StateChange {
         guard_op: None,
         actor: alice(),
         notify: Vec::new(),
+        approval_secs: None,
+        request: None,
     }
 }
 
@@ -783,5 +786,85 @@ pub async fn outbox_pending_before_orders_a_channel(store: &S) {
             .await
             .unwrap(),
         "given up: no longer pending"
+    );
+}
+
+pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_operator(store: &S) {
+    use brb_store::SwitchOp;
+    seed(store).await;
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    let with_approval = |op: SwitchOp, by: Actor| StateChange {
+        approval_secs: Some(900),
+        request: Some(op),
+        actor: by,
+        ramp: Some(brb_api::RampSpec::preset("steps", 600).unwrap()),
+        ..change("workers", SwitchState::Running)
+    };
+    let plain = StateChange {
+        approval_secs: Some(900),
+        ..change("workers", SwitchState::Running)
+    };
+    assert!(matches!(
+        store.set_state(plain).await,
+        Err(StoreError::ApprovalRequired(_))
+    ));
+    let guard = serde_json::json!({"series": "db_load", "below": 80});
+    let SetOutcome::Changed { switch, entry } = store
+        .set_state(with_approval(
+            SwitchOp::Request {
+                guards: vec![guard.clone()],
+            },
+            alice(),
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a change")
+    };
+    assert_eq!(entry.action, AuditAction::ResumeRequested);
+    let request = switch.resume_request.clone().expect("the request");
+    assert_eq!(
+        (request.id, request.guards.clone()),
+        (switch.version, vec![guard])
+    );
+    // Read back from the row and from the audit snapshot: the same request.
+    let stored = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(stored.resume_request, Some(request.clone()));
+    assert_eq!(stored.state, SwitchState::Paused);
+    let ev = store
+        .events_after_version("workers", switch.version - 1, 10)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&ev[0].event, SwitchEvent::Changed(s) if s.resume_request == Some(request.clone()))
+    );
+    // Its requester cannot approve it; someone else can.
+    assert!(matches!(
+        store
+            .set_state(with_approval(SwitchOp::Approve { id: request.id }, alice()))
+            .await,
+        Err(StoreError::SelfApproval(_))
+    ));
+    let bob = Actor {
+        name: "bob".into(),
+        ..alice()
+    };
+    let SetOutcome::Changed { switch, entry } = store
+        .set_state(with_approval(SwitchOp::Approve { id: request.id }, bob))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a change")
+    };
+    assert_eq!(entry.action, AuditAction::StateChanged);
+    assert_eq!(switch.state, SwitchState::Running);
+    assert_eq!(switch.ramp.as_ref().map(|r| r.duration_secs), Some(600));
+    let stored = store.get_switch("workers").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.resume_request),
+        (SwitchState::Running, None)
     );
 }
