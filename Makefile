@@ -17,7 +17,7 @@ deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench sdk-python
+	@scripts/ensure-packages.sh base test ui desktop desktop-session firmware postgres bench sdk-python
 	@scripts/python-sdk-tests.sh --install-only
 	@scripts/adapter-fixtures.sh bullmq >/dev/null
 
@@ -53,6 +53,7 @@ test: test-deps
 	cd ui && node --test tests/console.e2e.mjs tests/release.e2e.mjs
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
+	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" dbus-run-session -- xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/tray.e2e.mjs
 
 ## Press -> broker paused for `brb adapter rq` and `brb adapter bullmq` (BENCHMARKS.md, "Job systems").
 bench-adapters: test-deps
