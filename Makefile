@@ -66,7 +66,9 @@ package: ui
 ## shows the installed desktop app under Xvfb, purges both and checks nothing is left.
 test-package: package
 	@scripts/ensure-packages.sh desktop
-	scripts/test-package.sh
+	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
+	cd ui && npm ci --no-audit --no-fund
+	TAURI_DRIVER="$(TAURI_DRIVER)" scripts/test-package.sh
 
 ## Press -> broker paused for `brb adapter rq` and `brb adapter bullmq` (BENCHMARKS.md, "Job systems").
 bench-adapters: test-deps

@@ -39,8 +39,9 @@ echo "package: desktop app (Tauri's bundler)"
 # The bundler copies target/release/brb-desktop as it is: without its line tables it is a
 # third of the size, and the installed app needs none (panics still print their message).
 strip --strip-debug "$target/release/brb-desktop"
-# Library dependencies: what dpkg-shlibdeps reads from the binary, plus the tray's
-# libayatana-appindicator, which the tray loads with dlopen (so no tool can see it).
+# Library dependencies: what dpkg-shlibdeps reads from the binary. The bundler adds
+# libwebkit2gtk-4.1-0, libgtk-3-0 and (the app has a tray) libayatana-appindicator3-1 itself,
+# the last one loaded with dlopen, so no tool could read it from the binary.
 shlib=$(cd "$stage" && mkdir -p debian && echo "Source: big-red-button" > debian/control \
   && dpkg-shlibdeps -O "$target/release/brb-desktop" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 [ -n "$shlib" ] || { echo "package: dpkg-shlibdeps found no dependencies for brb-desktop" >&2; exit 1; }
@@ -48,7 +49,8 @@ bundles=deb
 if [ "${BRB_APPIMAGE:-0}" = 1 ]; then bundles=deb,appimage; fi
 node - "$shlib" "$out/tauri.bundle.json" <<'JS'
 const [shlib, path] = process.argv.slice(2);
-const depends = shlib.split(/,\s*/).concat(["libayatana-appindicator3-1"]);
+const added = new Set(["libwebkit2gtk-4.1-0", "libgtk-3-0", "libayatana-appindicator3-1"]);
+const depends = shlib.split(/,\s*/).filter((d) => !added.has(d.split(" ")[0]));
 const config = {
   bundle: {
     active: true,
@@ -68,7 +70,8 @@ JS
 (cd "$root/src-tauri" && CI=true "$root/packaging/node_modules/.bin/tauri" bundle \
   --bundles "$bundles" --config "$out/tauri.bundle.json" --no-sign)
 bundle_dir=$target/release/bundle
-cp "$bundle_dir"/deb/*.deb "$out/"
+# Named as Debian names packages (the bundler uses the product name, with spaces).
+cp "$bundle_dir/deb/Big Red Button_${version}_${arch}.deb" "$out/big-red-button_${version}_${arch}.deb"
 if [ "$bundles" != deb ]; then cp "$bundle_dir"/appimage/*.AppImage "$out/"; fi
 rm "$out/tauri.bundle.json"
 

@@ -67,6 +67,13 @@ step "user $user, /var/lib/brb and /etc/brb/brb.toml as the unit needs them"
 printf 'BRB_LISTEN=127.0.0.1:0\nBRB_LOG_FORMAT=human\n' > "$envfile"
 chown "root:$group" "$envfile"
 chmod 0640 "$envfile"
+# systemd (PID 1, with every capability) grants LimitNOFILE whatever this shell's hard limit
+# is; a container without CAP_SYS_RESOURCE cannot raise it past its own. Then the server runs
+# with the hard limit it has, and the test says so.
+if ! prlimit --nofile="$nofile:$nofile" true 2>/dev/null; then
+  step "note: this machine cannot raise the file limit to $nofile (hard limit $(ulimit -Hn), no CAP_SYS_RESOURCE); using $(ulimit -Hn)"
+  nofile=$(ulimit -Hn)
+fi
 step "starting: $exec_start (as $user, LimitNOFILE=$nofile, UMask=$umask_value)"
 # What systemd would do, short of namespaces: the unit's user and group, no capabilities at
 # all, no new privileges, its working directory, umask, file limit and environment file.
@@ -108,7 +115,9 @@ desktop_file=$(grep -E '^/usr/share/applications/.+\.desktop$' "$work/files" | h
 grep -q "^Exec=$(basename "$app")" "$desktop_file" || fail "$desktop_file does not start $(basename "$app")"
 # The app keeps its settings in the user's config dir: give it a home of its own.
 mkdir -p "$work/home"
-(cd "$root/ui" && HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" BRB_URL="$url" \
+driver=${TAURI_DRIVER:-$(command -v tauri-driver || echo "$HOME/.cargo/bin/tauri-driver")}
+[ -x "$driver" ] || fail "no tauri-driver at $driver (make test-package installs it)"
+(cd "$root/ui" && TAURI_DRIVER="$driver" HOME="$work/home" XDG_CONFIG_HOME="$work/home/.config" BRB_URL="$url" \
   BRB_TOKEN="$(cat "$token_file")" BRB_LOG=warn \
   xvfb-run -a -s '-screen 0 1280x900x24' node tests/installed-app.mjs "$app") || fail "the installed desktop app"
 
