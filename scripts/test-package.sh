@@ -105,7 +105,8 @@ token_file=/var/lib/brb/admin-token
 status=$(BRB_TOKEN_FILE=$token_file /usr/bin/brb status --url "$url")
 echo "$status" | grep -q "workers" || fail "brb status said: $status"
 BRB_TOKEN_FILE=$token_file /usr/bin/brb pause --url "$url" --wait 0 --reason "package test" > /dev/null
-BRB_TOKEN_FILE=$token_file /usr/bin/brb status --url "$url" --json | grep -q '"paused"' || fail "the pause did not stick"
+after=$(BRB_TOKEN_FILE=$token_file /usr/bin/brb status --url "$url" --json)
+echo "$after" | grep -q '"paused"' || fail "the pause did not stick: $after"
 step "the server answers at $url; the installed CLI paused it"
 
 app=$(grep -E '^/usr/bin/[^/]+$' "$work/files" | grep -v '^/usr/bin/brb$' | head -1)
