@@ -11,13 +11,13 @@ TAURI_DRIVER ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/tauri-driver
 CARGO_DENY ?= $(or $(CARGO_HOME),$(HOME)/.cargo)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 
-.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench soak bench-sdk bench-jobs-python bench-adapters
+.PHONY: run test deps test-deps build ui check fmt clean firmware fuzz supply-chain audit-online bench soak bench-sdk bench-jobs-python bench-adapters package test-package
 
 deps:
 	@scripts/ensure-packages.sh base ui desktop
 
 test-deps:
-	@scripts/ensure-packages.sh base test ui desktop firmware postgres bench sdk-python
+	@scripts/ensure-packages.sh base test ui desktop desktop-session firmware postgres bench sdk-python
 	@scripts/python-sdk-tests.sh --install-only
 	@scripts/adapter-fixtures.sh bullmq >/dev/null
 
@@ -54,6 +54,22 @@ test: test-deps
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop-connect.e2e.mjs
+	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" dbus-run-session -- xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/tray.e2e.mjs
+
+## Linux release artifacts in target/package/ (docs/packaging.md): the server and CLI as a .deb
+## (systemd unit, brb user) and a tarball, the desktop app's .deb by Tauri's bundler (the CLI
+## pinned in packaging/package-lock.json; AppImage too with BRB_APPIMAGE=1), SHA256SUMS.
+package: ui
+	$(CARGO) build --release -p brb -p brb-desktop-app --locked
+	packaging/package.sh
+
+## Installs both .deb packages on this machine (root), starts the server as its unit would,
+## shows the installed desktop app under Xvfb, purges both and checks nothing is left.
+test-package: package
+	@scripts/ensure-packages.sh desktop
+	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
+	cd ui && npm ci --no-audit --no-fund
+	TAURI_DRIVER="$(TAURI_DRIVER)" scripts/test-package.sh
 
 ## Press -> broker paused for `brb adapter rq` and `brb adapter bullmq` (BENCHMARKS.md, "Job systems").
 bench-adapters: test-deps

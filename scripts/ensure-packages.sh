@@ -24,6 +24,9 @@ declare -A PKG_GROUPS=(
   # The desktop app (Tauri 2) and its WebDriver tests under Xvfb; dbus, gnome-keyring and
   # libsecret-tools (secret-tool) for the keychain test against a real Secret Service.
   [desktop]="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev webkit2gtk-driver xvfb xauth imagemagick dbus gnome-keyring libsecret-tools"
+  # The tray, notification and shortcut e2e (ui/tests/tray.e2e.mjs): a private D-Bus session,
+  # a real notification server, a key typed into the X server, Python's D-Bus for the panel.
+  [desktop-session]="dbus-daemon dunst xdotool python3-dbus python3-gi"
   # A real PostgreSQL for the store suite and the multi-replica tests. Only the server binaries
   # are needed: the tests run a private cluster (initdb + pg_ctl on a loopback port in a temp
   # dir), never the system service.

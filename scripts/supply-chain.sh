@@ -39,3 +39,4 @@ echo "cargo deny (advisory database: RustSec $upstream_commit of $upstream_date)
 cargo fetch --locked --quiet
 "$CARGO_DENY" --frozen --workspace check advisories bans licenses sources
 node scripts/npm-supply-chain.mjs
+node scripts/npm-supply-chain.mjs packaging
