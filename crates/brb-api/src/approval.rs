@@ -5,10 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{RampSpec, Source, claimed_source, claimed_source_schema};
+use crate::{GuardSpec, RampSpec, Source, claimed_source, claimed_source_schema};
 
-/// Most guards a request may carry.
-pub const MAX_REQUEST_GUARDS: usize = 4;
+/// Most guards a request may carry (as many as a resume).
+pub const MAX_REQUEST_GUARDS: usize = crate::MAX_GUARDS;
 
 /// A resume waiting for a second operator, carried by the paused switch until it is approved,
 /// rejected, replaced, or lapses.
@@ -27,10 +27,9 @@ pub struct ResumeRequest {
     /// The release the resume will use when approved (none: all at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampSpec>,
-    /// Health guards for the release, kept as given (JSON objects) and applied with it.
+    /// Health guards for the release, applied with it when approved (a guarded release).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Object>)]
-    pub guards: Vec<serde_json::Value>,
+    pub guards: Vec<GuardSpec>,
 }
 
 /// `POST /api/v1/switches/{name}/resume-requests`.
@@ -43,10 +42,10 @@ pub struct CreateResumeRequest {
     /// Release gradually once approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<RampSpec>,
-    /// At most 4 health guards for the release (JSON objects).
+    /// At most 4 health guards for the release (they need a stepped ramp), as on a resume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Object>, max_items = 4)]
-    pub guards: Vec<serde_json::Value>,
+    #[schema(max_items = 4)]
+    pub guards: Vec<GuardSpec>,
     /// Defaults to `api`.
     #[serde(
         default,

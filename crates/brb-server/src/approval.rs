@@ -73,7 +73,7 @@ fn change(name: String, actor: brb_store::Actor) -> StateChange {
         (status = 404, body = brb_api::ApiErrorBody),
         (status = 409, body = brb_api::ApiErrorBody, description = "`request_pending`: another operator's request is open; `no_request`: the switch needs no approval, or is not paused"),
         (status = 413, body = brb_api::ApiErrorBody),
-        (status = 422, body = brb_api::ApiErrorBody, description = "`invalid_value`: no reason, a bad ramp, more than 4 guards or a guard that is not an object"),
+        (status = 422, body = brb_api::ApiErrorBody, description = "`invalid_value`: no reason, a bad ramp, more than 4 guards, a bad guard, or guards without a stepped ramp"),
         (status = 429, body = brb_api::ApiErrorBody, description = "`rate_limited`: counted with state changes"),
         (status = 503, body = brb_api::ApiErrorBody)),
     security(("bearer" = [])))]
@@ -86,12 +86,10 @@ pub(crate) async fn request_resume(
     caller.require(Role::Operator)?;
     let req: CreateResumeRequest = read_json(b)?;
     caller.check_change(&name, SwitchState::Running)?;
-    if req.guards.len() > brb_api::MAX_REQUEST_GUARDS || req.guards.iter().any(|g| !g.is_object()) {
-        return Err(ApiError::invalid(format!(
-            "guards: at most {} JSON objects",
-            brb_api::MAX_REQUEST_GUARDS
-        )));
-    }
+    // The same rules as a resume's guards, checked now: an approver must never approve a
+    // release that cannot start.
+    brb_api::validate_guards(&req.guards, req.ramp.as_ref())
+        .map_err(|e| ApiError::invalid(format!("guards: {e}")))?;
     let reason = clean_reason(Some(req.reason))
         .ok_or_else(|| ApiError::invalid("reason: say why the switch should resume"))?;
     change_allowed(&state, &caller, &name)?;

@@ -282,7 +282,7 @@ pub struct StateChange {
 pub enum SwitchOp {
     /// File (or, by the same operator, replace) a request to resume with the change's reason
     /// and ramp, and these guards.
-    Request { guards: Vec<serde_json::Value> },
+    Request { guards: Vec<brb_api::GuardSpec> },
     /// Resume as request `id` asked, by another operator, before it lapsed.
     Approve { id: u64 },
     /// Drop request `id`.

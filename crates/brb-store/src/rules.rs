@@ -602,8 +602,18 @@ fn resume_request(
                 notify: Vec::new(),
             })
         };
-    // The switch resumed, the request settled.
-    let resume = |ramp: Option<brb_api::RampSpec>, reason: String| {
+    // The switch resumed, the request settled; with guards, as a guarded release.
+    let resume = |ramp: Option<brb_api::RampSpec>,
+                  guards: Vec<brb_api::GuardSpec>,
+                  reason: String|
+     -> Result<StateDecision> {
+        let ramp = match ramp {
+            Some(r) if !guards.is_empty() => Some(
+                brb_api::Ramp::guarded(&r, guards, now)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            ),
+            r => r.map(|r| r.start(now)),
+        };
         let switch = Switch {
             state: SwitchState::Running,
             version: cur.version + 1,
@@ -611,11 +621,11 @@ fn resume_request(
             changed_by: actor.name.clone(),
             source: actor.source,
             reason: Some(reason.clone()),
-            ramp: ramp.map(|r| r.start(now)),
+            ramp,
             resume_request: None,
             ..cur.clone()
         };
-        StateDecision::Write(SwitchWrite {
+        Ok(StateDecision::Write(SwitchWrite {
             switch,
             deleted: false,
             replaces: Some(cur.version),
@@ -626,7 +636,7 @@ fn resume_request(
             actor: actor.clone(),
             at: now,
             notify: change.notify.clone(),
-        })
+        }))
     };
     match op {
         SwitchOp::Request { guards } => {
@@ -698,7 +708,7 @@ fn resume_request(
             if let Some(more) = says(&change.reason) {
                 reason = format!("{reason} ({more})");
             }
-            Ok(resume(r.ramp, reason))
+            resume(r.ramp, r.guards, reason)
         }
         SwitchOp::Reject { id } => {
             let r = open_request(&cur, *id)?;
@@ -745,10 +755,11 @@ fn resume_request(
             if cur.state == SwitchState::Running {
                 return Ok(StateDecision::Unchanged(cur));
             }
-            Ok(resume(
+            resume(
                 change.ramp.clone(),
+                change.guards.clone(),
                 format!("BREAK GLASS by {}, without approval: {why}", actor.name),
-            ))
+            )
         }
     }
 }
@@ -1259,7 +1270,7 @@ mod tests {
         let mut c = guarded(
             alice(),
             Some(SwitchOp::Request {
-                guards: vec![serde_json::json!({"series": "db_load", "below": 80})],
+                guards: vec![brb_api::GuardSpec::parse("db_load < 80").unwrap()],
             }),
             SwitchState::Running,
         );

@@ -48,6 +48,7 @@ pub async fn request(
     name: &str,
     reason: Option<String>,
     ramp: Option<brb_api::RampSpec>,
+    guards: Vec<brb_api::GuardSpec>,
     json: bool,
 ) -> Result<ExitCode> {
     let reason = reason.unwrap_or_else(|| "asked with `brb resume` (no reason given)".into());
@@ -57,7 +58,7 @@ pub async fn request(
             &CreateResumeRequest {
                 reason,
                 ramp,
-                guards: Vec::new(),
+                guards,
                 source: Some(Source::Cli),
             },
         )

@@ -342,7 +342,8 @@ pub async fn change(client: &Client, to: SwitchState, a: ChangeArgs) -> Result<E
             code: brb_api::ErrorCode::ApprovalRequired,
             ..
         })) => {
-            return crate::approval::request(client, &name, a.reason, a.ramp, a.json).await;
+            return crate::approval::request(client, &name, a.reason, a.ramp, a.guards, a.json)
+                .await;
         }
         Err(ClientErrorOr::Client(e)) => match e {
             ClientError::Api {

@@ -811,7 +811,7 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
         store.set_state(plain).await,
         Err(StoreError::ApprovalRequired(_))
     ));
-    let guard = serde_json::json!({"series": "db_load", "below": 80});
+    let guard = brb_api::GuardSpec::parse("db_load < 80").unwrap();
     let SetOutcome::Changed { switch, entry } = store
         .set_state(with_approval(
             SwitchOp::Request {
