@@ -24,6 +24,13 @@ RULES_OUTSIDE_THE_SCHEMA = [
     ("PUT", "/api/v1/switches/{name}/state", "a guard needs a stepped ramp"),
     ("PUT", "/api/v1/switches/{name}/state", "needs a limit (below and/or above)"),
     ("PUT", "/api/v1/switches/{name}/state", "must be smaller than below"),
+    # A resume request and break glass carry the same ramp and guards as a resume.
+    ("POST", "/api/v1/switches/{name}/resume-requests", "ramp steps must not decrease"),
+    ("POST", "/api/v1/switches/{name}/resume-requests", "a guard needs a ramp"),
+    ("POST", "/api/v1/switches/{name}/resume-requests", "a guard needs a stepped ramp"),
+    ("POST", "/api/v1/switches/{name}/resume-requests", "needs a limit (below and/or above)"),
+    ("POST", "/api/v1/switches/{name}/resume-requests", "must be smaller than below"),
+    ("POST", "/api/v1/switches/{name}/break-glass", "ramp steps must not decrease"),
     ("POST", "/api/v1/switches/{name}/ramp", "by_secs applies only to extend"),
     ("POST", "/api/v1/switches/{name}/ramp", "extend needs by_secs"),
     # Against the release in progress: how much of it is left.

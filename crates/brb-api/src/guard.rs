@@ -50,7 +50,10 @@ pub struct GuardSpec {
     #[schema(minimum = 1, maximum = 300)]
     pub interval_secs: u64,
     /// Failing checks in a row that pause the switch again (1 to 20, default 3).
-    #[serde(default = "default_failure_limit")]
+    #[serde(
+        default = "default_failure_limit",
+        deserialize_with = "crate::ints::u32"
+    )]
     #[schema(minimum = 1, maximum = 20)]
     pub failure_limit: u32,
 }

@@ -95,6 +95,14 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
             "request body is empty; expected JSON",
         ));
     }
+    // Every request body is an object; serde would also fill a struct from an array
+    // (`[null, null]` for a body whose fields are all optional), which the schema forbids.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| {
         // serde_json reports some type errors (a number where an enum goes) as syntax errors;
         // when the body is valid JSON, the value is what is wrong.
