@@ -790,7 +790,7 @@ mod tests {
         assert_eq!(sw.state, SwitchState::Paused);
         assert_eq!(sw.version, 7);
         let e: AuditEntry = serde_json::from_str(
-            r#"{"id":9,"action":"drill_started","switch":"workers","from":"paused","to":"paused",
+            r#"{"id":9,"action":"switch_teleported","switch":"workers","from":"paused","to":"paused",
                 "version":8,"actor":"alice","source":"sentinel","reason":null,
                 "remote_addr":null,"at":"2026-11-30T20:00:00Z"}"#,
         )
