@@ -397,7 +397,9 @@ async fn resume_needs_a_second_operator_and_pause_needs_no_one() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(v["changed_by"], "op-bob");
-    assert_eq!(v["ramp"]["duration_secs"], 600, "{v}");
+    // The ramp Alice asked for, guarded by her guard: a guarded release.
+    assert_eq!(v["ramp"]["guard"]["steps"], json!([0.1, 0.5, 1.0]), "{v}");
+    assert_eq!(v["ramp"]["guard"]["guards"][0]["series"], "db_load", "{v}");
     assert!(v.get("resume_request").is_none(), "{v}");
     // Ramping: every pause passes.
     everyone_pauses(&api, &p, "workers", "while ramping").await;

@@ -1348,8 +1348,14 @@ mod tests {
         assert_eq!(w.switch.state, SwitchState::Running);
         assert_eq!(w.switch.changed_by, "bob");
         assert_eq!(w.switch.resume_request, None);
+        // The requested ramp, guarded by the requested guard: a guarded release from now.
         let ramp = w.switch.ramp.as_ref().expect("the requested ramp");
-        assert_eq!((ramp.started_at, ramp.duration_secs), (t(909), 600));
+        let guard = ramp.guard.as_ref().expect("the request's guard applies");
+        assert_eq!(ramp.started_at, t(909));
+        assert_eq!(
+            guard.guards,
+            vec![brb_api::GuardSpec::parse("db_load < 80").unwrap()]
+        );
         assert_eq!(
             w.reason.as_deref(),
             Some("approved by bob; requested by alice: backlog drained (why)")

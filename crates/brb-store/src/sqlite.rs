@@ -976,7 +976,7 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(recorded, vec![1, 2, 3, 4, 5]);
+        assert_eq!(recorded, vec![1, 2, 3, 4, 5, 6]);
         let tok = token_by_id(&c, "t1").unwrap().unwrap();
         assert!(tok.policy.expires_at.is_some());
     }

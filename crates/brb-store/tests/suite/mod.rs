@@ -861,7 +861,12 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
     };
     assert_eq!(entry.action, AuditAction::StateChanged);
     assert_eq!(switch.state, SwitchState::Running);
-    assert_eq!(switch.ramp.as_ref().map(|r| r.duration_secs), Some(600));
+    // The ramp asked for, guarded by the guard asked for.
+    let ramp = switch.ramp.as_ref().expect("the requested ramp");
+    assert_eq!(
+        ramp.guard.as_ref().map(|g| g.guards.clone()),
+        Some(vec![brb_api::GuardSpec::parse("db_load < 80").unwrap()])
+    );
     let stored = store.get_switch("workers").await.unwrap().unwrap();
     assert_eq!(
         (stored.state, stored.resume_request),
