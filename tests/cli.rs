@@ -62,6 +62,23 @@ fn cli_round_trip() {
         "watch: {line}"
     );
 
+    // A reader that went away (`brb status --json | grep -q paused`) ends the command quietly
+    // (141, as a shell reports SIGPIPE), not with a panic on stderr.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(brb_bin())
+        .args(["status", "--json"])
+        .env("BRB_URL", &server.url)
+        .env("BRB_TOKEN_FILE", tf)
+        .env_remove("BRB_TOKEN")
+        .env("HOME", &home)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     // status --json is machine readable
     let o = cli(&home, &env, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

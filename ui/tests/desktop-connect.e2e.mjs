@@ -9,16 +9,15 @@ import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createServer, connect } from "node:net";
 import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync, statSync } from "node:fs";
-import { tmpdir, homedir } from "node:os";
+import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Builder, By, Key, until } from "selenium-webdriver";
+import { By, Key, until } from "selenium-webdriver";
+import { startDemoServer } from "./harness.mjs";
+import { app, launchApp } from "./desktop-harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
-const brb = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const app = process.env.BRB_DESKTOP_BIN ?? join(root, "target", "debug", "brb-desktop");
-const driverBin = process.env.TAURI_DRIVER ?? join(homedir(), ".cargo", "bin", "tauri-driver");
 const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
 const work = mkdtempSync(join(tmpdir(), "brb-desktop-connect-e2e-"));
 
@@ -43,17 +42,6 @@ async function eventually(f, ms = 20000) {
     if (Date.now() > end) throw new Error(`timed out; last seen ${JSON.stringify(lastText)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-async function freePort() {
-  const srv = createServer();
-  await new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", resolve);
-  });
-  const { port } = srv.address();
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 /**
@@ -154,44 +142,11 @@ async function slowProxy(target) {
   };
 }
 
-/** Starts tauri-driver with `env` (the app inherits it) and opens the app. */
+/** Starts tauri-driver with `env` (the app inherits it) and opens the app, stopped at the end. */
 async function launch(env) {
-  const port = await freePort();
-  const nativePort = await freePort();
-  const driverProc = spawn(driverBin, ["--port", String(port), "--native-port", String(nativePort)], {
-    env: { ...env, BRB_LOG: "info,brb_desktop=debug" },
-    stdio: ["ignore", "ignore", "inherit"],
-    detached: true,
-  });
-  const stop = () => {
-    try {
-      process.kill(-driverProc.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  };
-  cleanups.push(stop);
-  await eventually(async () => {
-    try {
-      await fetch(`http://127.0.0.1:${port}/status`);
-      return true;
-    } catch {
-      return false;
-    }
-  }, 30000);
-  const launchedAt = Date.now();
-  const driver = await new Builder()
-    .usingServer(`http://127.0.0.1:${port}/`)
-    .withCapabilities({ browserName: "wry", "tauri:options": { application: app } })
-    .build();
-  return {
-    driver,
-    launchedAt,
-    async quit() {
-      await driver.quit().catch(() => {});
-      stop();
-    },
-  };
+  const a = await launchApp({ ...env, BRB_LOG: "info,brb_desktop=debug" });
+  cleanups.push(() => void a.quit());
+  return a;
 }
 
 const $ = (driver, id) => driver.findElement(By.css(`[data-testid="${id}"]`));
@@ -221,20 +176,7 @@ before(async () => {
   statSync(app);
   mkdirSync(shots, { recursive: true });
   const dataDir = join(work, "server");
-  server = spawn(brb, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
-    env: { ...process.env, BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c", BRB_LOG: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  url = await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error("server did not start")), 30000);
-    server.stdout.on("data", (d) => {
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
-      if (m) {
-        clearTimeout(t);
-        resolve(m[1]);
-      }
-    });
-  });
+  ({ p: server, url } = await startDemoServer(dataDir, { env: { BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c" } }));
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
   keyring = await startKeyring();
 });

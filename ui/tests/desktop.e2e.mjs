@@ -3,27 +3,24 @@
 // Screenshots go to target/e2e-screenshots/ (or BRB_SCREENSHOT_DIR), never into docs/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync } from "node:fs";
-import { tmpdir, homedir } from "node:os";
+import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Builder, By, until } from "selenium-webdriver";
+import { By, until } from "selenium-webdriver";
+import { startDemoServer } from "./harness.mjs";
+import { app, launchApp } from "./desktop-harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
-const brb = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const app = process.env.BRB_DESKTOP_BIN ?? join(root, "target", "debug", "brb-desktop");
-const driverBin = process.env.TAURI_DRIVER ?? join(homedir(), ".cargo", "bin", "tauri-driver");
 const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
 const dataDir = mkdtempSync(join(tmpdir(), "brb-desktop-e2e-"));
 
 let server;
 let url;
 let token;
-let tauriDriver;
 let driver;
+let quit;
 
 async function api(path, init = {}) {
   const res = await fetch(`${url}/api/v1${path}`, {
@@ -46,74 +43,18 @@ async function eventually(f, ms = 15000) {
   }
 }
 
-// A port nobody listens on, from the OS (bind to port 0, read it, let it go): fixed ports
-// collide with other test runs on the same machine.
-async function freePort() {
-  const srv = createServer();
-  await new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", resolve);
-  });
-  const { port } = srv.address();
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
 before(async () => {
   statSync(app); // fails clearly if the desktop binary was not built
-  server = spawn(brb, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
-    env: { ...process.env, BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c", BRB_LOG: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  url = await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error("server did not start")), 30000);
-    server.stdout.on("data", (d) => {
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
-      if (m) {
-        clearTimeout(t);
-        resolve(m[1]);
-      }
-    });
-  });
+  ({ p: server, url } = await startDemoServer(dataDir, { env: { BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c" } }));
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
   const settings = join(dataDir, "desktop.json");
   writeFileSync(settings, JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: null, notifications: true, button_listener: true }));
-  // Its own process group, so that WebKitWebDriver and the app go with it at the end.
-  const port = await freePort();
-  const nativePort = await freePort();
-  tauriDriver = spawn(driverBin, ["--port", String(port), "--native-port", String(nativePort)], {
-    env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
-    stdio: ["ignore", "ignore", "inherit"],
-    detached: true,
-  });
-  const driverExit = new Promise((_, reject) => tauriDriver.on("exit", (code) => reject(new Error(`tauri-driver exited ${code}`))));
-  driverExit.catch(() => {});
-  // Ready when it answers HTTP at all (any status).
-  await Promise.race([
-    eventually(async () => {
-      try {
-        await fetch(`http://127.0.0.1:${port}/status`);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 30000),
-    driverExit,
-  ]);
-  driver = await new Builder()
-    .usingServer(`http://127.0.0.1:${port}/`)
-    .withCapabilities({ browserName: "wry", "tauri:options": { application: app } })
-    .build();
+  ({ driver, quit } = await launchApp({ ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" }));
   mkdirSync(shots, { recursive: true });
 });
 
 after(async () => {
-  await driver?.quit().catch(() => {});
-  try {
-    process.kill(-tauriDriver.pid, "SIGKILL");
-  } catch {
-    // already gone
-  }
+  await quit?.();
   server?.kill("SIGKILL");
 });
 

@@ -5,18 +5,10 @@
 // against the limit, and whether the release holds (no data), advances, or was paused again.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { adminToken, apiClient, launchChromium, shots, startDemoServer, switchBecomes as becomes, tempDataDir } from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, "..", "..");
-const bin = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e-screenshots");
-const dataDir = mkdtempSync(join(tmpdir(), "brb-guard-e2e-"));
+const dataDir = tempDataDir("brb-guard-e2e-");
 
 let server;
 let url;
@@ -26,31 +18,11 @@ let page;
 let pushing = null;
 let pushTimer = null;
 
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, ["server", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
-      env: { ...process.env, BRB_LOG: "warn" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    const timer = setTimeout(() => reject(new Error("server did not start")), 30000);
-    p.stdout.on("data", (d) => {
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
-      if (m) {
-        clearTimeout(timer);
-        resolve({ p, url: m[1] });
-      }
-    });
-    p.on("exit", (code) => reject(new Error(`server exited ${code}`)));
-  });
-}
+/** Without the demo: the test pushes the guarded series itself. */
+const startServer = () => startDemoServer(dataDir, { demo: false });
 
-async function api(path, init = {}) {
-  const res = await fetch(`${url}/api/v1${path}`, {
-    ...init,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", ...(init.headers ?? {}) },
-  });
-  return { status: res.status, body: await res.json() };
-}
+/** The API beside the page (set once the server is up). */
+let api;
 
 const sw = async () => (await api("/switches/workers")).body;
 
@@ -62,26 +34,14 @@ function pushLoop() {
   }, 250);
 }
 
-async function switchBecomes(pred, what, ms = 20000) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await sw();
-    if (pred(last)) return last;
-    if (Date.now() > end) throw new Error(`${what}: the switch is ${JSON.stringify(last)}`);
-    await page.waitForTimeout(50);
-  }
-}
+const switchBecomes = (pred, what, ms = 20000) => becomes(api, pred, what, { ms });
 
 before(async () => {
   ({ p: server, url } = await startServer());
-  token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  token = adminToken(dataDir);
+  api = apiClient(url, token);
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  mkdirSync(shots, { recursive: true });
   await page.goto(`${url}/#token=${token}`);
   await page.getByTestId("toggle").waitFor({ timeout: 20000 });
   pushLoop();

@@ -16,12 +16,13 @@ export const shots = process.env.BRB_SCREENSHOT_DIR ?? join(root, "target", "e2e
 export const tempDataDir = (prefix) => mkdtempSync(join(tmpdir(), prefix));
 
 /**
- * Starts `brb server --demo` on `listen` (default: a free loopback port) and resolves when it
- * says where it listens: `{ p, url }`. Staging colours, so screenshots never look like production.
+ * Starts `brb server --demo` (or without the demo: `demo: false`) on `listen` (default: a free
+ * loopback port) and resolves when it says where it listens: `{ p, url }`. Staging colours, so
+ * screenshots never look like production.
  */
-export function startDemoServer(dataDir, { listen = "127.0.0.1:0", args = [], env = {} } = {}) {
+export function startDemoServer(dataDir, { listen = "127.0.0.1:0", demo = true, args = [], env = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const p = spawn(bin, ["server", "--demo", "--listen", listen, "--data-dir", dataDir, ...args], {
+    const p = spawn(bin, ["server", ...(demo ? ["--demo"] : []), "--listen", listen, "--data-dir", dataDir, ...args], {
       env: { ...process.env, BRB_ENVIRONMENT: "staging", BRB_ENVIRONMENT_COLOR: "#f57c00", BRB_LOG: "warn", ...env },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -58,4 +59,18 @@ export function apiClient(url, token) {
     });
     return { status: res.status, body: await res.json() };
   };
+}
+
+/**
+ * Waits until `GET /switches/{name}` satisfies `pred` (the page acted through the control
+ * plane) and returns it; fails with what the switch was.
+ */
+export async function switchBecomes(api, pred, what, { name = "workers", ms = 10000 } = {}) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const last = (await api(`/switches/${name}`)).body;
+    if (pred(last)) return last;
+    if (Date.now() > end) throw new Error(`${what}: the switch is ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { adminToken, apiClient, launchChromium, shots, startDemoServer, tempDataDir } from "./harness.mjs";
+import { adminToken, apiClient, launchChromium, shots, startDemoServer, switchBecomes as becomes, tempDataDir } from "./harness.mjs";
 
 const dataDir = tempDataDir("brb-release-e2e-");
 
@@ -22,18 +22,8 @@ const startServer = () => startDemoServer(dataDir);
 let api;
 
 const sw = async () => (await api("/switches/workers")).body;
+const switchBecomes = (pred, what, ms) => becomes(api, pred, what, { ms });
 
-/** Waits until the control plane's switch satisfies `pred` (the page acted through it). */
-async function switchBecomes(pred, what, ms = 10000) {
-  const end = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await sw();
-    if (pred(last)) return last;
-    if (Date.now() > end) throw new Error(`${what}: the switch is ${JSON.stringify(last)}`);
-    await page.waitForTimeout(50);
-  }
-}
 
 before(async () => {
   ({ p: server, url } = await startServer());

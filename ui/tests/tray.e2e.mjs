@@ -16,19 +16,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 import { mkdtempSync, readFileSync, writeFileSync, statSync } from "node:fs";
-import { tmpdir, homedir } from "node:os";
+import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Builder, By, until } from "selenium-webdriver";
+import { By, until } from "selenium-webdriver";
+import { startDemoServer } from "./harness.mjs";
+import { app, launchApp } from "./desktop-harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, "..", "..");
-const brb = process.env.BRB_BIN ?? join(root, "target", "debug", "brb");
-const app = process.env.BRB_DESKTOP_BIN ?? join(root, "target", "debug", "brb-desktop");
-const driverBin = process.env.TAURI_DRIVER ?? join(homedir(), ".cargo", "bin", "tauri-driver");
 const dataDir = mkdtempSync(join(tmpdir(), "brb-tray-e2e-"));
 // Debian's Python, where python3-dbus and python3-gi live (a pyenv shim may come first on PATH).
 const python = process.env.BRB_SYSTEM_PYTHON ?? "/usr/bin/python3";
@@ -39,8 +36,8 @@ let url;
 let token;
 let host;
 let dunst;
-let tauriDriver;
 let driver;
+let quit;
 const children = [];
 
 async function api(path, init = {}) {
@@ -64,17 +61,6 @@ async function eventually(f, ms = 15000) {
     if (Date.now() > end) throw new Error(`timed out; last saw ${JSON.stringify(lastSeen)}`);
     await new Promise((r) => setTimeout(r, 200));
   }
-}
-
-async function freePort() {
-  const srv = createServer();
-  await new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", resolve);
-  });
-  const { port } = srv.address();
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 // The tray host: one JSON line per command, answers matched by id; unprompted events queued.
@@ -149,60 +135,21 @@ before(async () => {
   children.push(dunst);
   await eventually(async () => (await host.call("has_owner", { name: "org.freedesktop.Notifications" })).owned);
 
-  server = spawn(brb, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
-    env: { ...process.env, BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c", BRB_LOG: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  let p;
+  ({ p, url } = await startDemoServer(dataDir, { env: { BRB_ENVIRONMENT: "production", BRB_ENVIRONMENT_COLOR: "#b71c1c" } }));
+  server = p;
   children.push(server);
-  url = await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error("server did not start")), 30000);
-    server.stdout.on("data", (d) => {
-      const m = /listening on (http:\/\/[\d.:]+)/.exec(String(d));
-      if (m) {
-        clearTimeout(t);
-        resolve(m[1]);
-      }
-    });
-  });
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
   const settings = join(dataDir, "desktop.json");
   writeFileSync(
     settings,
     JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: SHORTCUT, shortcut_action: "pause", notifications: true }),
   );
-  const port = await freePort();
-  const nativePort = await freePort();
-  tauriDriver = spawn(driverBin, ["--port", String(port), "--native-port", String(nativePort)], {
-    env: { ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" },
-    stdio: ["ignore", "ignore", "inherit"],
-    detached: true,
-  });
-  const driverExit = new Promise((_, reject) => tauriDriver.on("exit", (code) => reject(new Error(`tauri-driver exited ${code}`))));
-  driverExit.catch(() => {});
-  await Promise.race([
-    eventually(async () => {
-      try {
-        await fetch(`http://127.0.0.1:${port}/status`);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 30000),
-    driverExit,
-  ]);
-  driver = await new Builder()
-    .usingServer(`http://127.0.0.1:${port}/`)
-    .withCapabilities({ browserName: "wry", "tauri:options": { application: app } })
-    .build();
+  ({ driver, quit } = await launchApp({ ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" }));
 });
 
 after(async () => {
-  await driver?.quit().catch(() => {});
-  try {
-    process.kill(-tauriDriver.pid, "SIGKILL");
-  } catch {
-    // already gone
-  }
+  await quit?.();
   for (const c of children) c.kill("SIGKILL");
 });
 

@@ -10,6 +10,32 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+/// `println!` for this binary's output: when whoever reads it went away (`brb status --json |
+/// grep -q paused`, `| head`), the command ends quietly with 141 (128 + SIGPIPE, what a shell
+/// reports for a tool killed by it) instead of panicking as std's `println!` does. Rust ignores
+/// SIGPIPE, and restoring it would let a closed socket kill `brb server`. Defined before the
+/// modules so that theirs is this one.
+macro_rules! println {
+    () => {
+        $crate::stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// One line to stdout; see `println!` above.
+fn stdout_line(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        panic!("failed printing to stdout: {e}");
+    }
+}
+
 mod adapter;
 mod approval;
 mod bench;
