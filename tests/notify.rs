@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brb_api::{Notification, NotificationList, SetStateRequest, Source, SwitchState};
+use brb_api::{Notification, SetStateRequest, Source, SwitchState};
+use brb_e2e::calls::{describe_workers, outbox, set_workers};
 use brb_e2e::{InProcess, eventually, wait_for};
 use brb_server::config::{Secret, SlackConfig, SwitchConfig, WebhookConfig};
 use serde_json::Value;
@@ -144,36 +145,8 @@ fn with_receivers(r: &Recorder) -> impl FnOnce(&mut brb_server::Config) + '_ {
 
 async fn toggle(s: &InProcess, state: SwitchState, reason: &str) -> (brb_api::Switch, Duration) {
     let t = Instant::now();
-    let sw = s
-        .client()
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state,
-                reason: Some(reason.into()),
-                source: Some(Source::Desktop),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let sw = set_workers(s, state, reason).await;
     (sw, t.elapsed())
-}
-
-/// The outbox as `GET /api/v1/notifications` shows it (newest first).
-async fn outbox(s: &InProcess) -> Vec<Notification> {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1/notifications", s.url))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap()
-        .json::<NotificationList>()
-        .await
-        .unwrap()
-        .notifications
 }
 
 /// Waits until the outbox holds `n` notifications, every one delivered: after that nothing
@@ -631,17 +604,7 @@ async fn reminders_are_not_repeated_after_a_description_edit() {
         (!reminders(&outbox(&s).await).is_empty()).then_some(())
     })
     .await;
-    let edited = s
-        .client()
-        .update_switch(
-            "workers",
-            &brb_api::UpdateSwitchRequest {
-                description: "edited while paused".into(),
-                source: None,
-            },
-        )
-        .await
-        .unwrap();
+    let edited = describe_workers(&s, "edited while paused").await;
     assert!(edited.version > paused.version);
     assert_eq!(edited.changed_at, paused.changed_at, "still the same pause");
     // Wait for reminder 2 (due two intervals after the pause): by then a repeated reminder 1
