@@ -5,38 +5,11 @@
 
 use std::time::Duration;
 
+use brb_e2e::calls::{
+    create_switch, error_code as code, get_switch as get, mint_token as token, state_of,
+};
 use brb_e2e::{Api, ServerProc, cli, wait_for};
 use serde_json::{Value, json};
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
-}
-
-/// A token of `role` named `name`, optionally scoped; returns its secret.
-async fn token(api: &Api, admin: &str, name: &str, role: &str, scope: Option<Value>) -> String {
-    let mut body = json!({ "name": name, "role": role });
-    if let Some(s) = scope {
-        body["scope"] = s;
-    }
-    let (s, v) = api.call("POST", "/tokens", admin, Some(body)).await;
-    assert_eq!(s, 201, "{v}");
-    v["secret"].as_str().expect("a secret").to_string()
-}
-
-async fn create_switch(api: &Api, admin: &str, name: &str) {
-    let (s, v) = api
-        .call("POST", "/switches", admin, Some(json!({ "name": name })))
-        .await;
-    assert_eq!(s, 201, "{v}");
-}
-
-async fn state_of(api: &Api, admin: &str, name: &str) -> String {
-    let (s, v) = api
-        .call("GET", &format!("/switches/{name}"), admin, None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v["state"].as_str().unwrap_or_default().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_is_never_rate_limited_from_any_entry_point() {
@@ -224,14 +197,6 @@ async fn start(dir: &std::path::Path) -> (ServerProc, Api, People) {
     (server, api, people)
 }
 
-async fn get(api: &Api, who: &str, name: &str) -> Value {
-    let (s, v) = api
-        .call("GET", &format!("/switches/{name}"), who, None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v
-}
-
 async fn put_state(api: &Api, who: &str, name: &str, to: &str) -> (u16, Value) {
     api.call(
         "PUT",
@@ -260,6 +225,11 @@ async fn decide(api: &Api, who: &str, name: &str, id: u64, verb: &str) -> (u16, 
         Some(json!({})),
     )
     .await
+}
+
+async fn break_glass(api: &Api, who: &str, body: Value) -> (u16, Value) {
+    api.call("POST", "/switches/workers/break-glass", who, Some(body))
+        .await
 }
 
 /// Every token allowed to pause pauses, and the answer is 200 with the switch paused.
@@ -406,41 +376,13 @@ async fn resume_needs_a_second_operator_and_pause_needs_no_one() {
 
     // Break glass: admins only, with a reason.
     let glass = |reason: &str| json!({ "reason": reason, "source": "cli" });
-    let (s, v) = api
-        .call(
-            "POST",
-            "/switches/workers/break-glass",
-            &p.alice,
-            Some(glass("now")),
-        )
-        .await;
+    let (s, v) = break_glass(&api, &p.alice, glass("now")).await;
     assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
-    let (s, v) = api
-        .call(
-            "POST",
-            "/switches/workers/break-glass",
-            &p.admin,
-            Some(glass(" ")),
-        )
-        .await;
+    let (s, v) = break_glass(&api, &p.admin, glass(" ")).await;
     assert_eq!((s, code(&v)), (422, "invalid_value"), "{v}");
-    let (s, v) = api
-        .call(
-            "POST",
-            "/switches/workers/break-glass",
-            &p.admin,
-            Some(json!({})),
-        )
-        .await;
+    let (s, v) = break_glass(&api, &p.admin, json!({})).await;
     assert_eq!((s, code(&v)), (422, "invalid_value"), "{v}");
-    let (s, v) = api
-        .call(
-            "POST",
-            "/switches/workers/break-glass",
-            &p.admin,
-            Some(glass("checkout is down")),
-        )
-        .await;
+    let (s, v) = break_glass(&api, &p.admin, glass("checkout is down")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "running");
     assert!(

@@ -94,6 +94,14 @@ fn chaos_checkers_know_nothing_of_io_or_product_crates() {
 }
 
 #[test]
+fn resp_codec_knows_nothing_of_io_or_product_crates() {
+    assert_none(
+        "brb-resp",
+        &["tokio", "brb-api", "brb-client", "brb-adapter", "brb-bench"],
+    );
+}
+
+#[test]
 fn store_knows_nothing_of_http() {
     assert_none(
         "brb-store",
@@ -321,6 +329,7 @@ fn the_stream_core_and_the_store_rules_do_no_io_and_read_no_clock() {
         "crates/brb-chaos/src/violation.rs",
         "crates/brb-chaos/src/weak.rs",
         "crates/brb-chaos/src/wgl.rs",
+        "crates/brb-resp/src/lib.rs",
     ] {
         let src = non_test_source(path);
         for f in [

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use brb_chaos::history::{
@@ -178,6 +178,16 @@ struct Cluster {
     bug: Option<&'static str>,
     procs: Vec<Mutex<Option<ServerProc>>>,
     pids: Vec<AtomicU32>,
+    /// Whether a fault on the database (stopped, or shut down) is in effect, and how many have
+    /// begun; `database_up` is signalled on each heal. A replica restart waits for it.
+    database: Mutex<DatabaseFaults>,
+    database_up: Condvar,
+}
+
+#[derive(Default)]
+struct DatabaseFaults {
+    down: bool,
+    begun: u64,
 }
 
 impl Cluster {
@@ -189,7 +199,8 @@ impl Cluster {
         self.dir.join(format!("skew-r{i}"))
     }
 
-    /// Starts replica `i`, retrying while it cannot (its database may be down at that moment).
+    /// Starts replica `i`. A replica cannot start while its database is stopped or shut down,
+    /// which the schedule allows at that moment: the start waits for that fault's heal.
     fn start(&self, i: u8) {
         let data = self.dir.join(format!("r{i}"));
         std::fs::create_dir_all(&data).unwrap();
@@ -218,18 +229,58 @@ impl Cluster {
         let listen = format!("{}:{PORT}", replica_addr(i));
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
+            let begun = self.wait_database_up(deadline, i);
             match ServerProc::try_start_wrapped(&wrap, &data, &listen, &env) {
                 Ok(p) => {
                     self.pids[i as usize].store(p.child.id(), Ordering::SeqCst);
                     *self.procs[i as usize].lock().unwrap() = Some(p);
                     return;
                 }
-                // Its database may be down or cut off right now: the schedule allows that.
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(500))
-                }
-                Err(e) => panic!("replica r{i} did not start again within 90 s: {e}"),
+                // A database fault began during the attempt: wait for its heal, then again.
+                Err(_) if self.database.lock().unwrap().begun != begun => {}
+                // Its own partition from the database cannot be in effect (one fault at a time
+                // per replica), so nothing the schedule did explains this.
+                Err(e) => panic!("replica r{i} did not start while its database was up: {e}"),
             }
+        }
+    }
+
+    /// Waits until no database fault is in effect; returns how many had begun by then.
+    fn wait_database_up(&self, deadline: Instant, i: u8) -> u64 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (d, wait) = self
+            .database_up
+            .wait_timeout_while(self.database.lock().unwrap(), left, |d| d.down)
+            .unwrap();
+        assert!(
+            !wait.timed_out(),
+            "replica r{i}: its database was still down after 90 s"
+        );
+        d.begun
+    }
+
+    /// Whether PostgreSQL accepts connections (`pg_isready`: not while it starts or recovers).
+    fn pg_accepting(&self) -> bool {
+        let Ok(bin) = brb_pgtest::bin_dir() else {
+            return false;
+        };
+        std::process::Command::new(bin.join("pg_isready"))
+            .args(["-h", PG_ADDR, "-p", &self.pg.port.to_string(), "-t", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Marks a database fault as begun (before it acts) or healed (once the database answers
+    /// again).
+    fn database_down(&self, down: bool) {
+        let mut d = self.database.lock().unwrap();
+        d.down = down;
+        if down {
+            d.begun += 1;
+        } else {
+            self.database_up.notify_all();
         }
     }
 
@@ -266,6 +317,7 @@ impl Cluster {
                 "stopped".into()
             }
             Fault::StopPg => {
+                self.database_down(true);
                 self.signal_pg(libc::SIGSTOP);
                 "stopped".into()
             }
@@ -283,10 +335,13 @@ impl Cluster {
                 .cut(CLIENT_ADDR, &replica_addr(replica))
                 .err()
                 .unwrap_or_else(|| "cut".into()),
-            Fault::PgImmediate => match self.pg.stop_immediate() {
-                Ok(()) => "pg_ctl stop -m immediate".into(),
-                Err(e) => e,
-            },
+            Fault::PgImmediate => {
+                self.database_down(true);
+                match self.pg.stop_immediate() {
+                    Ok(()) => "pg_ctl stop -m immediate".into(),
+                    Err(e) => e,
+                }
+            }
             Fault::Skew { replica, secs } => {
                 std::fs::write(self.skew_file(replica), format!("{secs:+}\n")).unwrap();
                 format!("clock {secs:+} s")
@@ -299,7 +354,10 @@ impl Cluster {
         match f {
             Fault::Kill { replica } => self.start(replica),
             Fault::Stop { replica } => self.signal_replica(replica, libc::SIGCONT),
-            Fault::StopPg => self.signal_pg(libc::SIGCONT),
+            Fault::StopPg => {
+                self.signal_pg(libc::SIGCONT);
+                self.database_down(false);
+            }
             Fault::PartitionPg { replica } => {
                 let _ = self
                     .topo
@@ -315,18 +373,21 @@ impl Cluster {
                     .heal(CLIENT_ADDR, &replica_addr(replica));
             }
             Fault::PgImmediate => {
-                // A start that timed out under load may still have brought the server up:
-                // ask, rather than start a second one on the same directory.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !self.pg.running() {
-                    if let Err(e) = self.pg.try_start_again() {
-                        assert!(
-                            Instant::now() < deadline,
-                            "PostgreSQL did not start again: {e}"
-                        );
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
+                // `pg_ctl start -w` returns once the server accepts connections. One that timed
+                // out under load may still be coming up: wait for it, rather than start a
+                // second one on the same directory.
+                if let Err(e) = self.pg.try_start_again() {
+                    assert!(self.pg.running(), "PostgreSQL did not start again: {e}");
                 }
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !self.pg_accepting() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "PostgreSQL did not accept connections within 120 s of its restart"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                self.database_down(false);
             }
             Fault::Skew { replica, .. } => {
                 std::fs::write(self.skew_file(replica), "+0\n").unwrap();
@@ -738,6 +799,8 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
         bug: spec.bug,
         procs: (0..REPLICAS).map(|_| Mutex::new(None)).collect(),
         pids: (0..REPLICAS).map(|_| AtomicU32::new(0)).collect(),
+        database: Mutex::default(),
+        database_up: Condvar::new(),
     });
     // Started together on an empty database: migrations and seeding must not race.
     let starts: Vec<_> = (0..REPLICAS)

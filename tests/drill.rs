@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use brb_client::{Gate, GateConfig, Transport};
+use brb_e2e::calls::{get_switch, mint_token};
 use brb_e2e::{Api, ServerProc, cli, wait_for};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn gate(url: &str, token: &str, id: &str) -> Gate {
     let mut c = GateConfig::new(&[url], Some(token.to_string()), "workers");
@@ -34,8 +35,23 @@ async fn report(api: &Api, token: &str, id: &str, version: u64) {
     assert!(s == 200 || s == 204, "{s} {v}");
 }
 
-async fn switch(api: &Api, token: &str) -> Value {
-    api.call("GET", "/switches/workers", token, None).await.1
+/// Waits until the server lists worker `id` as stale.
+async fn turns_stale(api: &Api, token: &str, id: &str) {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{id} turns stale"),
+        || async {
+            let (_, c) = api
+                .call("GET", "/switches/workers/workers", token, None)
+                .await;
+            c["workers"]
+                .as_array()?
+                .iter()
+                .any(|w| w["worker_id"] == id && w["stale"] == true)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,30 +113,11 @@ async fn a_drill_is_answered_by_every_gate_reports_who_did_not_and_pauses_nothin
             }
         })
     };
-    wait_for(Duration::from_secs(10), "gone turns stale", || async {
-        let (_, c) = api
-            .call("GET", "/switches/workers/workers", &admin, None)
-            .await;
-        c["workers"]
-            .as_array()?
-            .iter()
-            .any(|w| w["worker_id"] == "gone" && w["stale"] == true)
-            .then_some(())
-    })
-    .await;
+    turns_stale(&api, &admin, "gone").await;
     let fractions: Vec<f64> = gates.iter().map(Gate::admitted_fraction).collect();
 
     // A viewer cannot drill.
-    let (s, v) = api
-        .call(
-            "POST",
-            "/tokens",
-            &admin,
-            Some(json!({ "name": "dash", "role": "viewer" })),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let viewer = v["secret"].as_str().unwrap().to_string();
+    let viewer = mint_token(&api, &admin, "dash", "viewer", None).await;
     let (s, v) = api
         .call("POST", "/switches/workers/drill", &viewer, Some(json!({})))
         .await;
@@ -177,7 +174,7 @@ async fn a_drill_is_answered_by_every_gate_reports_who_did_not_and_pauses_nothin
     assert_eq!(r["complete"], false);
 
     // Nothing paused, nothing else changed.
-    let after = switch(&api, &admin).await;
+    let after = get_switch(&api, &admin, "workers").await;
     assert_eq!(after["version"], version);
     for k in ["state", "ramp", "changed_at", "changed_by", "reason"] {
         assert_eq!(after[k], before[k], "{k} changed: {after}");
@@ -223,17 +220,7 @@ async fn a_drill_is_answered_by_every_gate_reports_who_did_not_and_pauses_nothin
     stop_tx.send(()).unwrap();
     stuck.await.unwrap();
     // With every live worker answering, the CLI exits 0 (`stuck` is forgotten as stale first).
-    wait_for(Duration::from_secs(10), "stuck turns stale", || async {
-        let (_, c) = api
-            .call("GET", "/switches/workers/workers", &admin, None)
-            .await;
-        c["workers"]
-            .as_array()?
-            .iter()
-            .any(|w| w["worker_id"] == "stuck" && w["stale"] == true)
-            .then_some(())
-    })
-    .await;
+    turns_stale(&api, &admin, "stuck").await;
     let o = cli(
         &home,
         &[
@@ -269,7 +256,7 @@ async fn a_drill_on_a_paused_switch_keeps_it_paused() {
     let g = gate(&server.url, &admin, "g");
     assert!(g.ready(Duration::from_secs(10)).await);
     assert!(!g.is_open());
-    let before = switch(&api, &admin).await;
+    let before = get_switch(&api, &admin, "workers").await;
     let (s, d) = api
         .call("POST", "/switches/workers/drill", &admin, Some(json!({})))
         .await;
@@ -284,7 +271,7 @@ async fn a_drill_on_a_paused_switch_keeps_it_paused() {
     assert_eq!(r["answered"][0]["worker_id"], "g", "{r}");
     assert!(!g.is_open(), "a drill opened a paused gate");
     assert_eq!(g.version(), version);
-    let after = switch(&api, &admin).await;
+    let after = get_switch(&api, &admin, "workers").await;
     for k in ["state", "changed_at", "changed_by", "reason"] {
         assert_eq!(after[k], before[k], "{k} changed: {after}");
     }

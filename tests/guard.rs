@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use brb_e2e::calls::get_switch;
 use brb_e2e::{Api, ServerProc, SseStream, wait_for};
 use serde_json::{Value, json};
 
@@ -83,10 +84,6 @@ fn push_db_load(
     })
 }
 
-async fn switch(api: &Api, token: &str) -> Value {
-    api.call("GET", "/switches/workers", token, None).await.1
-}
-
 async fn audit(api: &Api, token: &str) -> Vec<Value> {
     let (s, v) = api.call("GET", "/audit?limit=100", token, None).await;
     assert_eq!(s, 200, "{v}");
@@ -126,7 +123,7 @@ async fn guarded_release_advances_while_the_guard_holds() {
     assert_eq!(st["checks"][0]["condition"], "db_load < 80");
     // It ends fully released, with no ramp left.
     let done = wait_for(LIMIT, "the guarded release to finish", || async {
-        let s = switch(&api, &token).await;
+        let s = get_switch(&api, &token, "workers").await;
         (s["state"] == "running" && s["ramp"].is_null()).then_some(s)
     })
     .await;
@@ -197,7 +194,7 @@ async fn no_data_holds_the_step_and_says_so() {
         st["reason"], "holding at step 1/4 (10%): no series named db_load",
         "{st}"
     );
-    let now = switch(&api, &token).await;
+    let now = get_switch(&api, &token, "workers").await;
     assert_eq!(
         (now["state"].as_str(), now["version"].as_u64()),
         (Some("running"), Some(version)),
@@ -207,7 +204,7 @@ async fn no_data_holds_the_step_and_says_so() {
     let value = Arc::new(Mutex::new(Some(10.0)));
     let pusher = push_db_load(&api, &token, value);
     wait_for(LIMIT, "the next step once data returns", || async {
-        let s = switch(&api, &token).await;
+        let s = get_switch(&api, &token, "workers").await;
         (s["ramp"]["guard"]["step"] == 1).then_some(())
     })
     .await;
@@ -250,7 +247,7 @@ async fn failing_guard_repauses_and_tells_everyone() {
     )
     .await;
     let sw = wait_for(LIMIT, "the guard to pause again", || async {
-        let s = switch(&api, &token).await;
+        let s = get_switch(&api, &token, "workers").await;
         (s["state"] == "paused" && s["changed_by"] == "guard").then_some(s)
     })
     .await;
@@ -327,7 +324,7 @@ async fn a_guard_needs_a_stepped_ramp() {
         );
     }
     assert_eq!(
-        switch(&api, &token).await["state"],
+        get_switch(&api, &token, "workers").await["state"],
         "paused",
         "nothing changed"
     );
@@ -367,7 +364,7 @@ async fn the_cli_resumes_with_guards() {
     );
     let (ok, out) = run(&["resume", "--ramp", "linear:5m", "--guard", "db_load < 80"]);
     assert!(!ok && out.contains("a guard needs a stepped ramp"), "{out}");
-    assert_eq!(switch(&api, &token).await["state"], "paused");
+    assert_eq!(get_switch(&api, &token, "workers").await["state"], "paused");
     let (ok, out) = run(&[
         "resume",
         "--ramp",
@@ -380,7 +377,7 @@ async fn the_cli_resumes_with_guards() {
         "0",
     ]);
     assert!(ok, "{out}");
-    let sw = switch(&api, &token).await;
+    let sw = get_switch(&api, &token, "workers").await;
     let g = &sw["ramp"]["guard"];
     assert_eq!(
         g["guards"][0],

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brb_api::{
-    DeliveryStatus, Notification, NotificationList, SetStateRequest, Source, SwitchState,
-};
+use brb_api::{DeliveryStatus, Notification, SetStateRequest, Source, SwitchState};
+use brb_e2e::calls::{describe_workers, outbox, set_workers as set};
 use brb_e2e::{InProcess, ServerProc, wait_for};
 use brb_server::config::{GrafanaConfig, PagerDutyConfig, Secret, SlackConfig};
 use serde_json::{Value, json};
@@ -251,36 +250,6 @@ fn configure(r: &Receiver, slack: Option<&Receiver>) -> impl FnOnce(&mut brb_ser
     }
 }
 
-async fn set(s: &InProcess, state: SwitchState, reason: &str) -> brb_api::Switch {
-    s.client()
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state,
-                reason: Some(reason.into()),
-                source: Some(Source::Desktop),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap()
-}
-
-async fn outbox(s: &InProcess) -> Vec<Notification> {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1/notifications", s.url))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap()
-        .json::<NotificationList>()
-        .await
-        .unwrap()
-        .notifications
-}
-
 /// Waits until every notification of `channel` has settled (delivered or given up) and there
 /// are `n` of them.
 async fn settled(s: &InProcess, channel: &str, n: usize) -> Vec<Notification> {
@@ -322,16 +291,7 @@ async fn pagerduty_triggers_on_pause_and_resolves_on_resume() {
     let paused = set(&s, SwitchState::Paused, "db on fire").await;
     // While paused: a description edit (a new version, the same pause) and a reminder (which
     // goes to Slack, never to PagerDuty).
-    s.client()
-        .update_switch(
-            "workers",
-            &brb_api::UpdateSwitchRequest {
-                description: "edited while paused".into(),
-                source: None,
-            },
-        )
-        .await
-        .unwrap();
+    describe_workers(&s, "edited while paused").await;
     wait_for(Duration::from_secs(10), "a Slack reminder", || async {
         slack
             .hits("/slack")

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brb_api::{Notification, NotificationList, SetStateRequest, Source, SwitchState};
+use brb_api::{Notification, SetStateRequest, Source, SwitchState};
+use brb_e2e::calls::{describe_workers, outbox, set_workers};
 use brb_e2e::{InProcess, eventually, wait_for};
 use brb_server::config::{Secret, SlackConfig, SwitchConfig, WebhookConfig};
 use serde_json::Value;
@@ -144,36 +145,8 @@ fn with_receivers(r: &Recorder) -> impl FnOnce(&mut brb_server::Config) + '_ {
 
 async fn toggle(s: &InProcess, state: SwitchState, reason: &str) -> (brb_api::Switch, Duration) {
     let t = Instant::now();
-    let sw = s
-        .client()
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state,
-                reason: Some(reason.into()),
-                source: Some(Source::Desktop),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let sw = set_workers(s, state, reason).await;
     (sw, t.elapsed())
-}
-
-/// The outbox as `GET /api/v1/notifications` shows it (newest first).
-async fn outbox(s: &InProcess) -> Vec<Notification> {
-    reqwest::Client::new()
-        .get(format!("{}/api/v1/notifications", s.url))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap()
-        .json::<NotificationList>()
-        .await
-        .unwrap()
-        .notifications
 }
 
 /// Waits until the outbox holds `n` notifications, every one delivered: after that nothing
@@ -631,17 +604,7 @@ async fn reminders_are_not_repeated_after_a_description_edit() {
         (!reminders(&outbox(&s).await).is_empty()).then_some(())
     })
     .await;
-    let edited = s
-        .client()
-        .update_switch(
-            "workers",
-            &brb_api::UpdateSwitchRequest {
-                description: "edited while paused".into(),
-                source: None,
-            },
-        )
-        .await
-        .unwrap();
+    let edited = describe_workers(&s, "edited while paused").await;
     assert!(edited.version > paused.version);
     assert_eq!(edited.changed_at, paused.changed_at, "still the same pause");
     // Wait for reminder 2 (due two intervals after the pause): by then a repeated reminder 1
@@ -677,25 +640,45 @@ async fn a_drill_while_paused_does_not_repeat_a_reminder() {
     .await;
     let (paused, _) = toggle(&s, SwitchState::Paused, "slow db").await;
     let c = s.client();
-    let workers_reminders = |o: &[Notification]| {
+    let reminder_times = |o: &[Notification]| {
         o.iter()
             .filter(|x| x.kind == "reminder" && x.switch == "workers" && x.channel == "slack")
-            .count()
+            .map(|x| x.created_at)
+            .collect::<Vec<_>>()
     };
-    // A drill every 300 ms for 3 s: each is a new version of the paused switch.
-    for _ in 0..10 {
-        c.drill("workers", &brb_api::DrillRequest::default())
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // A drill before the first reminder and right after each of the first three: each is a
+    // new version of the paused switch. A reminder repeated per version would be queued at
+    // the loop's next look (every 250 ms), before the next one is due a second later; so
+    // once reminder k is queued, at most k were queued before reminder k+1 was due.
+    c.drill("workers", &brb_api::DrillRequest::default())
+        .await
+        .unwrap();
+    let due = |n: i64| paused.changed_at + chrono::TimeDelta::seconds(n);
+    for k in 1..=4 {
+        let o = wait_for(
+            Duration::from_secs(10),
+            &format!("reminder {k}"),
+            || async {
+                let o = outbox(&s).await;
+                reminder_times(&o).iter().any(|t| *t >= due(k)).then_some(o)
+            },
+        )
+        .await;
+        let before_next = reminder_times(&o)
+            .into_iter()
+            .filter(|t| *t < due(k + 1))
+            .count();
+        assert!(
+            before_next <= k as usize,
+            "{before_next} reminders queued before reminder {} was due: one was repeated per \
+             version: {o:#?}",
+            k + 1
+        );
+        if k < 4 {
+            c.drill("workers", &brb_api::DrillRequest::default())
+                .await
+                .unwrap();
+        }
     }
-    let o = outbox(&s).await;
-    let elapsed = (chrono::Utc::now() - paused.changed_at).num_milliseconds();
-    let n = workers_reminders(&o);
-    assert!(n >= 1, "no reminder at all: {o:#?}");
-    assert!(
-        (n as i64) * 1000 <= elapsed,
-        "{n} reminders in {elapsed} ms: one was repeated per version"
-    );
     s.stop().await;
 }

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brb_api::{SetStateRequest, Source, SwitchState};
+use brb_api::{Source, SwitchState};
+use brb_e2e::calls::set_workers;
 use brb_e2e::{InProcess, wait_for};
 use brb_server::config::{Secret, SlackConfig};
 use serde_json::{Value, json};
@@ -77,20 +78,7 @@ fn configure(r: &Receiver, signing: bool) -> impl FnOnce(&mut brb_server::Config
 }
 
 async fn pause(s: &InProcess, reason: &str) -> brb_api::Switch {
-    s.client()
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state: SwitchState::Paused,
-                reason: Some(reason.into()),
-                source: Some(Source::Desktop),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap()
+    set_workers(s, SwitchState::Paused, reason).await
 }
 
 /// The buttons of the newest Slack message announcing `state`.

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use brb_api::{CreateTokenRequest, Role, TokenScope};
+use brb_e2e::calls::error_code as code;
 use brb_e2e::{Api, ServerProc, SseStream, cli, metric, wait_for};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -65,10 +66,6 @@ fn is_version(ev: &brb_client::sse::Event, version: u64) -> bool {
     ev.event == "switch"
         && serde_json::from_str::<Value>(&ev.data)
             .is_ok_and(|v| v["version"].as_u64() == Some(version))
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
 }
 
 async fn create(

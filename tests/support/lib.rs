@@ -3,6 +3,7 @@
 //!
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
+pub mod calls;
 pub mod netns;
 pub mod sdk;
 

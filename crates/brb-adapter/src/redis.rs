@@ -1,22 +1,20 @@
 //! A minimal Redis client: one connection, one command at a time, RESP2, every round trip
 //! under a timeout. The adapters need a handful of commands (`SET`, `DEL`, `HGET`, `HSET`,
-//! `EVAL`...), and a client of our own keeps the dependency graph as it is; the codec is the
-//! same shape as `brb-bench`'s (bytes in, values out, no I/O in the parser).
+//! `EVAL`...), and a client of our own keeps the dependency graph as it is; the codec (bytes
+//! in, values out, no I/O) is `brb-resp`, shared with `brb-bench`.
 //!
 //! `redis://[user:password@]host[:port][/db]` is understood; `rediss://` (TLS) is refused with
 //! a clear error rather than silently sent in clear text.
 
 use std::time::Duration;
 
+pub use brb_resp::Value;
+use brb_resp::{MAX_BULK, RespError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long one round trip (or the connect) may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Nested arrays deeper than this are refused rather than recursed into.
-const MAX_DEPTH: usize = 8;
-/// A reply larger than this is refused (the adapters read flags and small numbers).
-const MAX_REPLY: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -135,112 +133,6 @@ impl RedisUrl {
     }
 }
 
-/// One RESP value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Value {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    /// `None`: the null bulk string.
-    Bulk(Option<Vec<u8>>),
-    /// `None`: the null array.
-    Array(Option<Vec<Value>>),
-}
-
-impl Value {
-    /// A bulk string as text (`None` for null or another type).
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::Simple(s) => Some(s.clone()),
-            Value::Int(i) => Some(i.to_string()),
-            _ => None,
-        }
-    }
-}
-
-/// A command as an array of bulk strings.
-pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Parses one value from the front of `buf`: `Ok(Some((value, bytes used)))`, or `Ok(None)`
-/// when more bytes are needed.
-pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, &'static str> {
-    parse_at(buf, 0)
-}
-
-fn parse_at(buf: &[u8], depth: usize) -> Result<Option<(Value, usize)>, &'static str> {
-    if depth > MAX_DEPTH {
-        return Err("nested too deep");
-    }
-    let Some(&kind) = buf.first() else {
-        return Ok(None);
-    };
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let head = &buf[1..end];
-    let used = end + 2;
-    let text = || String::from_utf8_lossy(head).into_owned();
-    let int = || -> Result<i64, &'static str> {
-        std::str::from_utf8(head)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad integer")
-    };
-    match kind {
-        b'+' => Ok(Some((Value::Simple(text()), used))),
-        b'-' => Ok(Some((Value::Error(text()), used))),
-        b':' => Ok(Some((Value::Int(int()?), used))),
-        b'$' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((Value::Bulk(None), used)));
-            }
-            let n = n as usize;
-            if n > MAX_REPLY {
-                return Err("bulk string too large");
-            }
-            if buf.len() < used + n + 2 {
-                return Ok(None);
-            }
-            if &buf[used + n..used + n + 2] != b"\r\n" {
-                return Err("bulk string not followed by CRLF");
-            }
-            Ok(Some((
-                Value::Bulk(Some(buf[used..used + n].to_vec())),
-                used + n + 2,
-            )))
-        }
-        b'*' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((Value::Array(None), used)));
-            }
-            let mut items = Vec::with_capacity((n as usize).min(64));
-            let mut at = used;
-            for _ in 0..n {
-                match parse_at(&buf[at..], depth + 1)? {
-                    Some((v, u)) => {
-                        items.push(v);
-                        at += u;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Value::Array(Some(items)), at)))
-        }
-        _ => Err("unknown type byte"),
-    }
-}
-
 /// One connection, authenticated and on its database.
 pub struct Conn {
     stream: TcpStream,
@@ -317,24 +209,24 @@ impl Conn {
             source,
         };
         self.stream
-            .write_all(&encode(args))
+            .write_all(&brb_resp::command(args))
             .await
             .map_err(|e| io(&self.addr, e))?;
         loop {
-            match parse(&self.buf) {
+            match brb_resp::parse(&self.buf) {
                 Ok(Some((v, used))) => {
                     self.buf.drain(..used);
                     return Ok(v);
                 }
                 Ok(None) => {}
-                Err(why) => {
+                Err(RespError::Invalid(why)) => {
                     return Err(RedisError::Protocol {
                         addr: self.addr.clone(),
                         why,
                     });
                 }
             }
-            if self.buf.len() > MAX_REPLY + 64 {
+            if self.buf.len() > MAX_BULK + 64 {
                 return Err(RedisError::Protocol {
                     addr: self.addr.clone(),
                     why: "reply too large",
@@ -384,26 +276,5 @@ mod tests {
         }
         let e = RedisUrl::parse("redis://u:hunter2@h:x").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn codec() {
-        assert_eq!(
-            encode(&[b"SET", b"k", b"1"]),
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n".to_vec()
-        );
-        assert_eq!(parse(b"+OK\r\n"), Ok(Some((Value::Simple("OK".into()), 5))));
-        assert_eq!(parse(b"$-1\r\n"), Ok(Some((Value::Bulk(None), 5))));
-        assert_eq!(parse(b"$3\r\nab"), Ok(None));
-        assert_eq!(
-            parse(b"*2\r\n:1\r\n$1\r\nx\r\n"),
-            Ok(Some((
-                Value::Array(Some(vec![Value::Int(1), Value::Bulk(Some(b"x".to_vec()))])),
-                15
-            )))
-        );
-        assert!(parse(b"?\r\n").is_err());
-        assert!(parse(b"$3\r\nabcd\r\n").is_err());
-        assert!(parse(format!("${}\r\n", MAX_REPLY + 1).as_bytes()).is_err());
     }
 }

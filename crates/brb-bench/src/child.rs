@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brb_client::{Gate, GateConfig, Transport};
+use brb_resp as resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::clock::{Anchor, mono_ns, raise_nofile};
 use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild};
-use crate::{BenchError, http, resp};
+use crate::{BenchError, http};
 
 /// Watchers started together before waiting for them: more at once only overflows the
 /// server's accept backlog and turns into SYN retries a second later.

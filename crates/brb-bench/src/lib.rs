@@ -20,7 +20,6 @@ pub mod clock;
 pub mod http;
 pub mod proto;
 pub mod report;
-pub mod resp;
 mod run;
 pub mod soak;
 pub mod stats;

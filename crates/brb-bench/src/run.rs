@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use brb_api::{PRIMARY_SWITCH, Switch, SwitchState};
 use brb_client::Client;
+use brb_resp as resp;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -16,7 +17,7 @@ use crate::clock::{mono_ns, raise_nofile};
 use crate::proto::{AttemptStats, FromChild, ToChild};
 use crate::report::{Baseline, Cpu, Machine, Memory, Reads, Report, Run, Storm, StormDiag};
 use crate::stats::{spread, summarize};
-use crate::{BenchArgs, BenchError, resp};
+use crate::{BenchArgs, BenchError};
 
 type Result<T, E = BenchError> = std::result::Result<T, E>;
 

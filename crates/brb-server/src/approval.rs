@@ -121,16 +121,8 @@ pub(crate) async fn approve(
     p: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     b: Body,
 ) -> ApiResult<Json<Switch>> {
-    let (name, id) = name_and_id(p).await?;
-    caller.require(Role::Operator)?;
-    let req: DecideResumeRequest = read_json(b)?;
-    caller.check_change(&name, SwitchState::Running)?;
-    change_allowed(&state, &caller, &name)?;
-    let mut c = change(name, actor(&caller, req.source));
-    c.reason = clean_reason(req.reason);
-    c.request = Some(SwitchOp::Approve { id });
-    let (s, _) = state.commit(SetState(c)).await?;
-    Ok(Json(s))
+    let approve = |id| SwitchOp::Approve { id };
+    decide(approve, SwitchState::Running, state, caller, p, b).await
 }
 
 #[utoipa::path(post, path = "/api/v1/switches/{name}/resume-requests/{id}/reject", tag = "approval",
@@ -152,15 +144,29 @@ pub(crate) async fn reject(
     p: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     b: Body,
 ) -> ApiResult<Json<Switch>> {
+    // Rejecting keeps the switch paused: a pause-only token may do it.
+    let reject = |id| SwitchOp::Reject { id };
+    decide(reject, SwitchState::Paused, state, caller, p, b).await
+}
+
+/// Approve and reject: the same checks, with the caller's scope checked as a change `to`
+/// that state, and one commit of `op(id)`.
+async fn decide(
+    op: fn(u64) -> SwitchOp,
+    to: SwitchState,
+    state: AppState,
+    caller: Caller,
+    p: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    b: Body,
+) -> ApiResult<Json<Switch>> {
     let (name, id) = name_and_id(p).await?;
     caller.require(Role::Operator)?;
     let req: DecideResumeRequest = read_json(b)?;
-    // Rejecting keeps the switch paused: a pause-only token may do it.
-    caller.check_change(&name, SwitchState::Paused)?;
+    caller.check_change(&name, to)?;
     change_allowed(&state, &caller, &name)?;
     let mut c = change(name, actor(&caller, req.source));
     c.reason = clean_reason(req.reason);
-    c.request = Some(SwitchOp::Reject { id });
+    c.request = Some(op(id));
     let (s, _) = state.commit(SetState(c)).await?;
     Ok(Json(s))
 }

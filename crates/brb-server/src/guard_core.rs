@@ -368,6 +368,18 @@ mod tests {
     }
 
     /// Ticks every second from `from` to `to` with a fixed answer per guard.
+    /// A `< 80` check answering `answers` (second, value), and 0 (a pass) at other seconds.
+    fn below_80(answers: &[(i64, f64)]) -> impl FnMut(&GuardSpec, i64) -> Check + '_ {
+        move |_, s| {
+            let v = answers.iter().find(|(at, _)| *at == s).map_or(0.0, |a| a.1);
+            if v < 80.0 {
+                Check::Pass(v)
+            } else {
+                Check::Fail(v)
+            }
+        }
+    }
+
     fn run(
         r: &mut GuardRun,
         from: i64,
@@ -423,14 +435,7 @@ mod tests {
         let mut r = GuardRun::new(&sw).unwrap();
         // Fail, fail, pass, fail, fail: never three in a row, never a pass at the dwell's end.
         let answers = [(10, 90.0), (20, 91.0), (30, 50.0), (40, 92.0), (50, 93.0)];
-        let v = run(&mut r, 0, 55, |_, s| {
-            let v = answers.iter().find(|(at, _)| *at == s).map_or(0.0, |a| a.1);
-            if v < 80.0 {
-                Check::Pass(v)
-            } else {
-                Check::Fail(v)
-            }
-        });
+        let v = run(&mut r, 0, 55, below_80(&answers));
         // The pass at 30 coincides with the dwell's end: it advances then. Run it again
         // with the fail at 30 so the dwell ends on a failure.
         assert!(
@@ -439,14 +444,7 @@ mod tests {
         );
         let mut r = GuardRun::new(&sw).unwrap();
         let answers = [(10, 50.0), (20, 90.0), (30, 91.0), (40, 50.0), (50, 90.0)];
-        let v = run(&mut r, 0, 55, |_, s| {
-            let v = answers.iter().find(|(at, _)| *at == s).map_or(0.0, |a| a.1);
-            if v < 80.0 {
-                Check::Pass(v)
-            } else {
-                Check::Fail(v)
-            }
-        });
+        let v = run(&mut r, 0, 55, below_80(&answers));
         assert!(
             matches!(v.as_slice(), [(40, Verdict::Advance { .. })]),
             "{v:?}"

@@ -104,18 +104,9 @@ pub fn pagerduty_dedup_key(environment: &str, switch: &str, pause_at: DateTime<U
     format!("{head}{tail}")
 }
 
+/// PagerDuty's summary: the Grafana annotation's line, cut to PagerDuty's limit.
 fn summary(s: &Switch, ctx: &Ctx) -> String {
-    let text = format!(
-        "[{}] {} by {} from {}{}",
-        ctx.environment,
-        templates::title(s),
-        s.changed_by,
-        templates::source_label(s.source),
-        s.reason
-            .as_deref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default()
-    );
+    let text = grafana_text(s, ctx);
     if text.chars().count() <= MAX_SUMMARY {
         return text;
     }

@@ -1,8 +1,18 @@
-//! Just enough of the Redis protocol (RESP2) for the pub/sub baseline: encoding commands and
-//! an incremental parser for what comes back (subscribe confirmations, messages, replies).
+//! Just enough of the Redis protocol (RESP2) for the two crates that speak it: encoding a
+//! command, and an incremental parser for what comes back. No I/O: bytes in, values out.
 //!
-//! The baseline's subscribers are written the same way as our gates' stream reader (bytes in,
-//! values out, no I/O in the parser), so the two sides of the comparison do comparable work.
+//! A crate of its own so that the two share one codec without either depending on the
+//! other: `brb-adapter` (a job system's pause flag, one command at a time) and `brb-bench`
+//! (the pub/sub baseline's subscribers). Not a Redis client crate: that would do more than
+//! both need and grow the dependency graph, and the baseline's subscribers, written like our
+//! gates' stream reader, do comparable work on both sides of the benchmark's comparison.
+
+/// Nested arrays deeper than this are refused rather than recursed into.
+const MAX_DEPTH: usize = 8;
+
+/// A bulk string longer than this is refused: the adapters read flags and small numbers, the
+/// baseline a switch's JSON.
+pub const MAX_BULK: usize = 1 << 20;
 
 /// One RESP value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +24,18 @@ pub enum Value {
     Bulk(Option<Vec<u8>>),
     /// `None`: the null array. RESP3 pushes (`>`) parse as arrays too.
     Array(Option<Vec<Value>>),
+}
+
+impl Value {
+    /// A bulk string, simple string or integer as text (`None` for null or another type).
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::Simple(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,9 +54,6 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
-
-/// Nested arrays deeper than this are refused rather than recursed into.
-const MAX_DEPTH: usize = 8;
 
 /// Parses one value from the front of `buf`: `Ok(Some((value, bytes used)))`, or `Ok(None)`
 /// when more bytes are needed.
@@ -76,6 +95,9 @@ fn parse_at(buf: &[u8], depth: usize) -> Result<Option<(Value, usize)>, RespErro
                 return Ok(Some((Value::Bulk(None), used)));
             }
             let n = n as usize;
+            if n > MAX_BULK {
+                return Err(RespError::Invalid("bulk string too large"));
+            }
             if buf.len() < used + n + 2 {
                 return Ok(None);
             }
@@ -134,6 +156,10 @@ mod tests {
             command(&[b"PUBLISH", b"ch", b"hi"]),
             b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec()
         );
+        assert_eq!(
+            command(&[b"SET", b"k", b"1"]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n".to_vec()
+        );
     }
 
     #[test]
@@ -148,6 +174,14 @@ mod tests {
             Some((Value::Error("ERR no".into()), 9))
         );
         assert_eq!(parse(b"$-1\r\n").unwrap(), Some((Value::Bulk(None), 5)));
+        assert_eq!(parse(b"*-1\r\n").unwrap(), Some((Value::Array(None), 5)));
+        assert_eq!(
+            parse(b"*2\r\n:1\r\n$1\r\nx\r\n").unwrap(),
+            Some((
+                Value::Array(Some(vec![Value::Int(1), Value::Bulk(Some(b"x".to_vec()))])),
+                15
+            ))
+        );
         let msg = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n:1\r\n";
         let (v, used) = parse(msg).unwrap().unwrap();
         assert_eq!(message_payload(&v), Some(&b"hello"[..]));
@@ -155,11 +189,28 @@ mod tests {
         let sub = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
         let (v, _) = parse(sub).unwrap().unwrap();
         assert_eq!(message_payload(&v), None);
+        // A RESP3 push reads as an array.
+        let (v, _) = parse(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(message_payload(&v), Some(&b"hi"[..]));
         // A binary payload with CRLF inside is taken by its length, not its content.
         let (v, _) = parse(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$4\r\na\r\nb\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(message_payload(&v), Some(&b"a\r\nb"[..]));
+    }
+
+    #[test]
+    fn text_of_values() {
+        assert_eq!(
+            Value::Bulk(Some(b"7".to_vec())).text().as_deref(),
+            Some("7")
+        );
+        assert_eq!(Value::Simple("OK".into()).text().as_deref(), Some("OK"));
+        assert_eq!(Value::Int(-2).text().as_deref(), Some("-2"));
+        assert_eq!(Value::Bulk(None).text(), None);
+        assert_eq!(Value::Error("ERR".into()).text(), None);
     }
 
     #[test]
@@ -178,5 +229,10 @@ mod tests {
         assert!(parse(b"$2\r\nabcd\r\n").is_err());
         let deep = "*1\r\n".repeat(20) + ":1\r\n";
         assert!(parse(deep.as_bytes()).is_err());
+        // Refused from its header, before any of it has arrived.
+        assert_eq!(
+            parse(format!("${}\r\n", MAX_BULK + 1).as_bytes()),
+            Err(RespError::Invalid("bulk string too large"))
+        );
     }
 }
