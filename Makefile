@@ -154,13 +154,19 @@ clean:
 ## network namespaces, faults from a printed seed, the history checked for linearizability, then
 ## a deliberately broken build that must be caught. A random seed unless SEED=…; SEED=…
 ## CHAOS_SECS=… reproduce a schedule.
-## `make test` runs the same test with seed 0x18 for 60 s.
+## `make test` runs the same test with seed 0x18 for 60 s, then the SQLite variant for 20 s.
+## VARIANT=sqlite: one server on SQLite on a disk of its own that fills up (kill -9, SIGSTOP,
+## full disk). NO_NETNS=1: loopback and the test's own TCP proxy instead of network namespaces
+## (the fallback where none can be made).
 CHAOS_SECS ?= 600
 SEED ?=
+VARIANT ?= pg
+NO_NETNS ?=
 .PHONY: chaos
 chaos:
 	@scripts/ensure-packages.sh base test postgres
 	$(CARGO) build -p brb --locked
 	seed="$(SEED)"; [ -n "$$seed" ] || seed=0x$$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n'); \
-	BRB_CHAOS_SEED=$$seed BRB_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p brb-e2e --test chaos \
+	BRB_CHAOS_SEED=$$seed BRB_CHAOS_SECS=$(CHAOS_SECS) BRB_CHAOS_VARIANT=$(VARIANT) \
+	  BRB_CHAOS_NO_NETNS=$(NO_NETNS) $(CARGO) test -p brb-e2e --test chaos \
 	  --locked -- --nocapture

@@ -4,13 +4,26 @@
 //! shutdown, ±5 min clock skew through libfaketime). Operators, readers, raw SSE watchers, SDK
 //! gates and a webhook receiver record what they did and saw; `brb_chaos` checks the history:
 //! writes and probes linearizable as a versioned compare-and-set register, hub reads and
-//! watchers against the documented weaker model, one notification per change.
+//! watchers against the documented weaker model (read-your-writes, bounded staleness), one
+//! notification per change.
+//!
+//! Where no network namespace can be made (or with `BRB_CHAOS_NO_NETNS=1`), everything runs on
+//! loopback and the partitions go through a fault-injecting TCP proxy of the test's own
+//! (`brb_e2e::proxy`: one per client → replica and replica → PostgreSQL link; a partition
+//! holds the traffic, resets it, or delays it).
+//!
+//! The SQLite variant (`BRB_CHAOS_VARIANT=sqlite`, `make chaos VARIANT=sqlite`): one server on
+//! SQLite whose data dir is a 32 MiB ext4 disk of the test's own (a loop device), the same
+//! clients and checker, and the faults that apply: the disk filled to the last byte and freed,
+//! SIGSTOP/SIGCONT, kill -9 and restart. Writes refused while the disk is full must be 503s
+//! that changed nothing, and writes must be acknowledged again within 5 s of the free.
 //!
 //! One `#[test]`, its runs in sequence (never two clusters at once on a shared machine):
 //! 1. the run: seed `BRB_CHAOS_SEED` (default 0x18), `BRB_CHAOS_SECS` seconds (default 60);
 //!    `make chaos SEED=… CHAOS_SECS=…` reproduces a schedule;
 //! 2. a deliberately broken build (`BRB_CHAOS_BUG=skip_version_check`, debug builds only) for
-//!    20 s: the checker must report the lost updates.
+//!    20 s: the checker must report the lost updates;
+//! 3. without `BRB_CHAOS_VARIANT` (as in `make test`), the SQLite variant for 20 s.
 //!
 //! On a violation the history, the fault schedule, the seed and the logs go to
 //! `target/chaos/seed<hex>-<time>/` (also on a pass with `CHAOS_KEEP=1`).
@@ -20,30 +33,33 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brb_chaos::history::{
-    self, AuditRow, Delivery, GateObs, History, HubRead, Initial, Op, OpKind, Outcome, St,
+    self, AuditRow, Delivery, GateObs, History, HubRead, Initial, Op, OpKind, Outage, Outcome, St,
     WatchEvent, Window,
 };
-use brb_chaos::schedule::{self, Fault, FaultEvent, Mode};
+use brb_chaos::schedule::{self, Fault, FaultEvent, Mode, ProxyCut};
 use brb_client::{Client, EventScope, Gate, GateConfig, StreamItem, Transport};
 use brb_e2e::ServerProc;
+use brb_e2e::disk::Disk;
 use brb_e2e::netns::{self, CLIENT_ADDR, PG_ADDR, Topology, replica_addr};
+use brb_e2e::proxy::{Cut, Proxy};
 use brb_pgtest::{PgCluster, PgOptions};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 
 const ADMIN: &str = "chaos-test-admin-token";
 const KEYS: [&str; 2] = ["workers", "chaos2"];
-const REPLICAS: u8 = 3;
 const PORT: u16 = 7070;
 /// After the heal, every watcher and gate reaches the final version within this.
 const CONVERGE: Duration = Duration::from_secs(5);
 /// The outbox lease: a delivery may be repeated within it after a fault hit its claimant.
 const LEASE: Duration = Duration::from_secs(30);
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// The SQLite variant's disk: big enough for a 10-minute run's audit, small enough to fill fast.
+const DISK_MIB: u32 = 32;
 
 /// The recorder's clock: nanoseconds since the run began, monotonic, the test process's own.
 #[derive(Clone, Copy)]
@@ -54,11 +70,43 @@ impl Clock {
     }
 }
 
+/// How the nodes reach each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetMode {
+    /// One network namespace per node, partitions with nftables.
+    Netns,
+    /// Loopback, partitions through the test's own TCP proxies.
+    Proxy,
+    /// Loopback, no partitions (the SQLite variant: one node).
+    Loopback,
+}
+
+impl NetMode {
+    fn name(self) -> &'static str {
+        match self {
+            NetMode::Netns => "netns",
+            NetMode::Proxy => "proxy",
+            NetMode::Loopback => "loopback",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct RunSpec {
     seed: u64,
     secs: u64,
     bug: Option<&'static str>,
+    mode: Mode,
+    net: NetMode,
+}
+
+impl RunSpec {
+    fn replicas(&self) -> u8 {
+        match self.mode {
+            Mode::Pg => 3,
+            Mode::Sqlite => 1,
+        }
+    }
 }
 
 /// What a fault did, when.
@@ -75,32 +123,59 @@ struct Applied {
 struct Report {
     violations: Vec<brb_chaos::Violation>,
     summary: String,
+    /// Writes refused with 503 ("nothing was changed").
+    refused_503: usize,
+    disk_fulls: usize,
 }
 
 #[test]
 fn chaos_histories_are_linearizable_and_a_broken_build_is_caught() {
-    if let Err(e) = netns::available() {
-        panic!("the chaos test needs network namespaces and nftables (run as root): {e}");
-    }
     assert!(
         Path::new(FAKETIME_LIB).exists(),
         "{FAKETIME_LIB} is missing: run `scripts/ensure-packages.sh test` (libfaketime)"
     );
-    let seed = std::env::var("BRB_CHAOS_SEED")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+    let env = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
+    let seed = env("BRB_CHAOS_SEED")
         .map(|s| parse_seed(&s))
         .unwrap_or(0x18);
-    let secs = std::env::var("BRB_CHAOS_SECS")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+    let secs = env("BRB_CHAOS_SECS")
         .map(|s| s.parse().expect("BRB_CHAOS_SECS: seconds"))
         .unwrap_or(60);
+    let variant = env("BRB_CHAOS_VARIANT");
+    let net = if env("BRB_CHAOS_NO_NETNS").is_some_and(|v| v != "0") {
+        println!("chaos: BRB_CHAOS_NO_NETNS is set: partitions go through the test's TCP proxy");
+        NetMode::Proxy
+    } else {
+        match netns::available() {
+            Ok(()) => NetMode::Netns,
+            Err(e) => {
+                println!(
+                    "chaos: no network namespaces here ({e}): partitions go through the test's TCP proxy"
+                );
+                NetMode::Proxy
+            }
+        }
+    };
 
+    match variant.as_deref() {
+        Some("sqlite") => sqlite_run(seed, secs),
+        Some("pg") | None => {
+            pg_runs(seed, secs, net);
+            if variant.is_none() {
+                sqlite_run(0x18, 20);
+            }
+        }
+        Some(o) => panic!("BRB_CHAOS_VARIANT={o}: pg or sqlite"),
+    }
+}
+
+fn pg_runs(seed: u64, secs: u64, net: NetMode) {
     let r = run(RunSpec {
         seed,
         secs,
         bug: None,
+        mode: Mode::Pg,
+        net,
     });
     println!("{}", r.summary);
     if !r.violations.is_empty() {
@@ -116,6 +191,8 @@ fn chaos_histories_are_linearizable_and_a_broken_build_is_caught() {
         seed: seed ^ 0xb06,
         secs: 20,
         bug: Some("skip_version_check"),
+        mode: Mode::Pg,
+        net,
     });
     println!("broken build: {}", b.summary);
     let kinds: Vec<String> = b.violations.iter().map(|v| v.kind()).collect();
@@ -123,6 +200,33 @@ fn chaos_histories_are_linearizable_and_a_broken_build_is_caught() {
         kinds.iter().any(|k| k == "lost_update"),
         "the checker did not catch the skipped version check: {kinds:?}"
     );
+}
+
+/// One server on SQLite on a small disk of its own, which the faults fill and free.
+fn sqlite_run(seed: u64, secs: u64) {
+    let r = run(RunSpec {
+        seed,
+        secs,
+        bug: None,
+        mode: Mode::Sqlite,
+        net: NetMode::Loopback,
+    });
+    println!("{}", r.summary);
+    if !r.violations.is_empty() {
+        panic!(
+            "{} violations, first: {}",
+            r.violations.len(),
+            r.violations[0]
+        );
+    }
+    // The disk did fill under the server: some write was refused because of it.
+    if r.disk_fulls > 0 {
+        assert!(
+            r.refused_503 > 0,
+            "{} full-disk faults and not one write refused: the fault did not bite",
+            r.disk_fulls
+        );
+    }
 }
 
 fn parse_seed(s: &str) -> u64 {
@@ -134,21 +238,30 @@ fn parse_seed(s: &str) -> u64 {
 }
 
 /// One run: builds the network on this thread, the cluster and the clients on a thread inside
-/// the clients' namespace, and tears everything down even when that thread panics.
+/// the clients' namespace (with namespaces), and tears everything down even when that thread
+/// panics.
 fn run(spec: RunSpec) -> Report {
     println!(
-        "chaos: seed={:#x} secs={} mode=pg net=netns{}",
+        "chaos: seed={:#x} secs={} mode={} net={}{}",
         spec.seed,
         spec.secs,
+        match spec.mode {
+            Mode::Pg => "pg",
+            Mode::Sqlite => "sqlite",
+        },
+        spec.net.name(),
         spec.bug.map(|b| format!(" bug={b}")).unwrap_or_default()
     );
-    let topo = Arc::new(Mutex::new(Topology::new(REPLICAS)));
+    let topo =
+        (spec.net == NetMode::Netns).then(|| Arc::new(Mutex::new(Topology::new(spec.replicas()))));
     let t2 = topo.clone();
     let res = std::thread::spawn(move || {
-        t2.lock()
-            .unwrap()
-            .enter("cl")
-            .expect("enter the clients' namespace");
+        if let Some(t) = &t2 {
+            t.lock()
+                .unwrap()
+                .enter("cl")
+                .expect("enter the clients' namespace");
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
@@ -168,43 +281,70 @@ fn run(spec: RunSpec) -> Report {
     }
 }
 
-/// The cluster: PostgreSQL and the replicas, each in its namespace, and the fault actions.
-struct Cluster {
-    topo: Arc<Mutex<Topology>>,
-    pg: PgCluster,
-    db: String,
-    dir: PathBuf,
-    config: PathBuf,
-    bug: Option<&'static str>,
-    procs: Vec<Mutex<Option<ServerProc>>>,
-    pids: Vec<AtomicU32>,
-    /// Whether a fault on the database (stopped, or shut down) is in effect, and how many have
-    /// begun; `database_up` is signalled on each heal. A replica restart waits for it.
-    database: Mutex<DatabaseFaults>,
-    database_up: Condvar,
+/// How the clients and the replicas are wired.
+enum Net {
+    Netns(Arc<Mutex<Topology>>),
+    /// Per replica: the clients' way in, and its way to PostgreSQL.
+    Proxy {
+        clients: Vec<Proxy>,
+        pg: Vec<Proxy>,
+    },
+    Loopback,
 }
 
-#[derive(Default)]
-struct DatabaseFaults {
-    down: bool,
-    begun: u64,
+/// The cluster: the database (PostgreSQL, or SQLite on its own disk), the replicas, and the
+/// fault actions.
+struct Cluster {
+    spec: RunSpec,
+    net: Net,
+    pg: Option<PgCluster>,
+    /// Each replica's `BRB_DATABASE_URL` (through its proxy in proxy mode); none on SQLite.
+    db: Vec<String>,
+    dir: PathBuf,
+    data: Vec<PathBuf>,
+    /// Where replica `i` listens, and where the clients reach it.
+    listen: Vec<String>,
+    urls: Arc<Vec<String>>,
+    config: PathBuf,
+    procs: Vec<Mutex<Option<ServerProc>>>,
+    pids: Vec<AtomicU32>,
+    /// The SQLite variant's disk; dropped (unmounted) after the processes are gone.
+    disk: Option<Disk>,
+}
+
+/// A free loopback port (for a replica that must come back on the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 impl Cluster {
-    fn url(i: u8) -> String {
-        format!("http://{}:{PORT}", replica_addr(i))
+    fn n(&self) -> u8 {
+        self.spec.replicas()
     }
 
     fn skew_file(&self, i: u8) -> PathBuf {
         self.dir.join(format!("skew-r{i}"))
     }
 
-    /// Starts replica `i`. A replica cannot start while its database is stopped or shut down,
-    /// which the schedule allows at that moment: the start waits for that fault's heal.
+    fn topo(&self) -> Option<&Arc<Mutex<Topology>>> {
+        match &self.net {
+            Net::Netns(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Starts replica `i`, retrying while it cannot (its database may be down, or its disk
+    /// full, at that moment).
     fn start(&self, i: u8) {
-        let data = self.dir.join(format!("r{i}"));
-        std::fs::create_dir_all(&data).unwrap();
-        let wrap = self.topo.lock().unwrap().wrap(&format!("r{i}"));
+        let data = &self.data[i as usize];
+        std::fs::create_dir_all(data).unwrap();
+        let wrap = self
+            .topo()
+            .map(|t| t.lock().unwrap().wrap(&format!("r{i}")))
+            .unwrap_or_default();
         let skew = self.skew_file(i);
         if !skew.exists() {
             std::fs::write(&skew, "+0\n").unwrap();
@@ -212,7 +352,6 @@ impl Cluster {
         let skew = skew.display().to_string();
         let config = self.config.display().to_string();
         let mut env: Vec<(&str, &str)> = vec![
-            ("BRB_DATABASE_URL", &self.db),
             ("BRB_ADMIN_TOKEN", ADMIN),
             ("BRB_INSECURE_HTTP", "1"),
             ("BRB_CONFIG", &config),
@@ -223,64 +362,27 @@ impl Cluster {
             ("FAKETIME_CACHE_DURATION", "1"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ];
-        if let Some(b) = self.bug {
+        if let Some(db) = self.db.get(i as usize) {
+            env.push(("BRB_DATABASE_URL", db));
+        }
+        if let Some(b) = self.spec.bug {
             env.push(("BRB_CHAOS_BUG", b));
         }
-        let listen = format!("{}:{PORT}", replica_addr(i));
+        let listen = &self.listen[i as usize];
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let begun = self.wait_database_up(deadline, i);
-            match ServerProc::try_start_wrapped(&wrap, &data, &listen, &env) {
+            match ServerProc::try_start_wrapped(&wrap, data, listen, &env) {
                 Ok(p) => {
                     self.pids[i as usize].store(p.child.id(), Ordering::SeqCst);
                     *self.procs[i as usize].lock().unwrap() = Some(p);
                     return;
                 }
-                // A database fault began during the attempt: wait for its heal, then again.
-                Err(_) if self.database.lock().unwrap().begun != begun => {}
-                // Its own partition from the database cannot be in effect (one fault at a time
-                // per replica), so nothing the schedule did explains this.
-                Err(e) => panic!("replica r{i} did not start while its database was up: {e}"),
+                // Its database may be down or cut off right now: the schedule allows that.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(e) => panic!("replica r{i} did not start again within 90 s: {e}"),
             }
-        }
-    }
-
-    /// Waits until no database fault is in effect; returns how many had begun by then.
-    fn wait_database_up(&self, deadline: Instant, i: u8) -> u64 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (d, wait) = self
-            .database_up
-            .wait_timeout_while(self.database.lock().unwrap(), left, |d| d.down)
-            .unwrap();
-        assert!(
-            !wait.timed_out(),
-            "replica r{i}: its database was still down after 90 s"
-        );
-        d.begun
-    }
-
-    /// Whether PostgreSQL accepts connections (`pg_isready`: not while it starts or recovers).
-    fn pg_accepting(&self) -> bool {
-        let Ok(bin) = brb_pgtest::bin_dir() else {
-            return false;
-        };
-        std::process::Command::new(bin.join("pg_isready"))
-            .args(["-h", PG_ADDR, "-p", &self.pg.port.to_string(), "-t", "2"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// Marks a database fault as begun (before it acts) or healed (once the database answers
-    /// again).
-    fn database_down(&self, down: bool) {
-        let mut d = self.database.lock().unwrap();
-        d.down = down;
-        if down {
-            d.begun += 1;
-        } else {
-            self.database_up.notify_all();
         }
     }
 
@@ -298,16 +400,82 @@ impl Cluster {
         }
     }
 
+    /// Every PostgreSQL process: the namespace's, or the postmaster and its children.
+    fn pg_pids(&self) -> Vec<i32> {
+        if let Some(t) = self.topo() {
+            return netns::pids(&t.lock().unwrap().ns("pg"));
+        }
+        let Some(pg) = &self.pg else {
+            return Vec::new();
+        };
+        let pm = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        let Some(pm) = pm else {
+            return Vec::new();
+        };
+        let mut out = vec![pm];
+        if let Ok(kids) = std::fs::read_to_string(format!("/proc/{pm}/task/{pm}/children")) {
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        out
+    }
+
     fn signal_pg(&self, sig: libc::c_int) {
-        let ns = self.topo.lock().unwrap().ns("pg");
-        for pid in netns::pids(&ns) {
+        // The postmaster first on stop (no new backends), last on continue.
+        let mut pids = self.pg_pids();
+        if sig == libc::SIGCONT {
+            pids.reverse();
+        }
+        for pid in pids {
             brb_e2e::signal(pid, sig);
         }
     }
 
+    fn cut(&self, a: &str, b: &str, proxy: Option<&Proxy>, how: ProxyCut) -> String {
+        match (&self.net, proxy) {
+            (Net::Netns(t), _) => t
+                .lock()
+                .unwrap()
+                .cut(a, b)
+                .err()
+                .unwrap_or_else(|| "cut".into()),
+            (_, Some(p)) => {
+                p.set(match how {
+                    ProxyCut::Blackhole => Cut::Blackhole,
+                    ProxyCut::Refuse => Cut::Refuse,
+                    ProxyCut::Delay { ms } => Cut::Delay(Duration::from_millis(ms)),
+                });
+                format!("proxy {how:?}")
+            }
+            _ => "no link to cut".into(),
+        }
+    }
+
+    fn mend(&self, a: &str, b: &str, proxy: Option<&Proxy>) {
+        match (&self.net, proxy) {
+            (Net::Netns(t), _) => {
+                let _ = t.lock().unwrap().heal(a, b);
+            }
+            (_, Some(p)) => p.set(Cut::Pass),
+            _ => {}
+        }
+    }
+
+    fn proxies(&self, replica: u8) -> (Option<&Proxy>, Option<&Proxy>) {
+        match &self.net {
+            Net::Proxy { clients, pg } => (clients.get(replica as usize), pg.get(replica as usize)),
+            _ => (None, None),
+        }
+    }
+
     /// Applies a fault; returns a note for the log.
-    fn apply(&self, f: Fault) -> String {
-        match f {
+    fn apply(&self, ev: &FaultEvent) -> String {
+        let how = schedule::proxy_cut(self.spec.seed, ev.id);
+        match ev.fault {
             Fault::Kill { replica } => {
                 self.kill(replica);
                 "killed".into()
@@ -317,36 +485,42 @@ impl Cluster {
                 "stopped".into()
             }
             Fault::StopPg => {
-                self.database_down(true);
                 self.signal_pg(libc::SIGSTOP);
                 "stopped".into()
             }
-            Fault::PartitionPg { replica } => self
-                .topo
-                .lock()
-                .unwrap()
-                .cut(&replica_addr(replica), PG_ADDR)
-                .err()
-                .unwrap_or_else(|| "cut".into()),
-            Fault::PartitionClients { replica } => self
-                .topo
-                .lock()
-                .unwrap()
-                .cut(CLIENT_ADDR, &replica_addr(replica))
-                .err()
-                .unwrap_or_else(|| "cut".into()),
-            Fault::PgImmediate => {
-                self.database_down(true);
-                match self.pg.stop_immediate() {
-                    Ok(()) => "pg_ctl stop -m immediate".into(),
-                    Err(e) => e,
-                }
-            }
+            Fault::PartitionPg { replica } => self.cut(
+                &replica_addr(replica),
+                PG_ADDR,
+                self.proxies(replica).1,
+                how,
+            ),
+            Fault::PartitionClients { replica } => self.cut(
+                CLIENT_ADDR,
+                &replica_addr(replica),
+                self.proxies(replica).0,
+                how,
+            ),
+            Fault::PgImmediate => match self.pg.as_ref().map(|pg| pg.stop_immediate()) {
+                Some(Ok(())) => "pg_ctl stop -m immediate".into(),
+                Some(Err(e)) => e,
+                None => "no PostgreSQL".into(),
+            },
             Fault::Skew { replica, secs } => {
                 std::fs::write(self.skew_file(replica), format!("{secs:+}\n")).unwrap();
                 format!("clock {secs:+} s")
             }
-            Fault::DiskFull => "not in pg mode".into(),
+            Fault::DiskFull => match &self.disk {
+                Some(d) => {
+                    let t = Instant::now();
+                    let f = d.fill();
+                    format!(
+                        "filled ({} bytes in {} ms)",
+                        std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                        t.elapsed().as_millis()
+                    )
+                }
+                None => "no disk of its own".into(),
+            },
         }
     }
 
@@ -354,53 +528,65 @@ impl Cluster {
         match f {
             Fault::Kill { replica } => self.start(replica),
             Fault::Stop { replica } => self.signal_replica(replica, libc::SIGCONT),
-            Fault::StopPg => {
-                self.signal_pg(libc::SIGCONT);
-                self.database_down(false);
-            }
+            Fault::StopPg => self.signal_pg(libc::SIGCONT),
             Fault::PartitionPg { replica } => {
-                let _ = self
-                    .topo
-                    .lock()
-                    .unwrap()
-                    .heal(&replica_addr(replica), PG_ADDR);
+                self.mend(&replica_addr(replica), PG_ADDR, self.proxies(replica).1)
             }
             Fault::PartitionClients { replica } => {
-                let _ = self
-                    .topo
-                    .lock()
-                    .unwrap()
-                    .heal(CLIENT_ADDR, &replica_addr(replica));
+                self.mend(CLIENT_ADDR, &replica_addr(replica), self.proxies(replica).0)
             }
             Fault::PgImmediate => {
-                // `pg_ctl start -w` returns once the server accepts connections. One that timed
-                // out under load may still be coming up: wait for it, rather than start a
-                // second one on the same directory.
-                if let Err(e) = self.pg.try_start_again() {
-                    assert!(self.pg.running(), "PostgreSQL did not start again: {e}");
-                }
+                let Some(pg) = &self.pg else { return };
+                // A start that timed out under load may still have brought the server up:
+                // ask, rather than start a second one on the same directory.
                 let deadline = Instant::now() + Duration::from_secs(120);
-                while !self.pg_accepting() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "PostgreSQL did not accept connections within 120 s of its restart"
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
+                while !pg.running() {
+                    if let Err(e) = pg.try_start_again() {
+                        assert!(
+                            Instant::now() < deadline,
+                            "PostgreSQL did not start again: {e}"
+                        );
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
                 }
-                self.database_down(false);
             }
             Fault::Skew { replica, .. } => {
                 std::fs::write(self.skew_file(replica), "+0\n").unwrap();
             }
-            Fault::DiskFull => {}
+            Fault::DiskFull => {
+                if let Some(d) = &self.disk {
+                    d.free();
+                }
+            }
+        }
+    }
+
+    /// Nothing left cut after the schedule.
+    fn heal_all(&self) {
+        match &self.net {
+            Net::Netns(t) => {
+                let _ = t.lock().unwrap().heal_all();
+            }
+            Net::Proxy { clients, pg } => {
+                for p in clients.iter().chain(pg) {
+                    p.set(Cut::Pass);
+                }
+            }
+            Net::Loopback => {}
+        }
+        if let Some(d) = &self.disk {
+            d.free();
         }
     }
 
     fn logs(&self) -> Vec<(String, String)> {
-        let mut out = vec![("postgres.log".to_string(), self.pg.log())];
-        for i in 0..REPLICAS {
-            let data = self.dir.join(format!("r{i}"));
-            let log = data.with_extension(format!("stderr-{}.log", std::process::id()));
+        let mut out = Vec::new();
+        if let Some(pg) = &self.pg {
+            out.push(("postgres.log".to_string(), pg.log()));
+        }
+        for i in 0..self.n() {
+            let log =
+                self.data[i as usize].with_extension(format!("stderr-{}.log", std::process::id()));
             out.push((
                 format!("r{i}.log"),
                 std::fs::read_to_string(log).unwrap_or_default(),
@@ -414,7 +600,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Nothing may stay stopped: a stopped process survives SIGKILL until continued.
         self.signal_pg(libc::SIGCONT);
-        for i in 0..REPLICAS {
+        for i in 0..self.n() {
             self.signal_replica(i, libc::SIGCONT);
             self.kill(i);
         }
@@ -448,12 +634,15 @@ struct SwitchView {
 }
 
 /// One operation: one plain request to exactly one replica, its outcome as the client saw it.
+/// `definite_503`: a 503 saying "nothing was changed" is a refusal (SQLite: one process, the
+/// transaction rolled back); with PostgreSQL a 503 may hide a commit whose answer was lost.
 async fn do_op(
     http: &reqwest::Client,
-    replica: u8,
+    base: &str,
     key: &str,
     kind: OpKind,
     reason: &str,
+    definite_503: bool,
 ) -> Outcome {
     let (state, expected) = match kind {
         OpKind::Cas { expected, to } => (to, Some(expected)),
@@ -465,10 +654,7 @@ async fn do_op(
         body["expected_version"] = e.into();
     }
     let res = http
-        .put(format!(
-            "{}/api/v1/switches/{key}/state",
-            Cluster::url(replica)
-        ))
+        .put(format!("{base}/api/v1/switches/{key}/state"))
         .bearer_auth(ADMIN)
         .json(&body)
         .send()
@@ -522,6 +708,17 @@ async fn do_op(
                 _ => Outcome::Fail { status, code },
             }
         }
+        503 if definite_503
+            && serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .is_some_and(|m| m.contains("nothing was changed")) =>
+        {
+            Outcome::Fail {
+                status,
+                code: "unavailable".into(),
+            }
+        }
         // 503 may have committed (README); every 5xx is unknown.
         500.. => Outcome::Unknown {
             why: format!("{status}"),
@@ -557,13 +754,15 @@ async fn operator(
     ids: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     initial: HashMap<String, u64>,
+    cl: Arc<Cluster>,
 ) {
     let http = http(Duration::from_secs(5));
+    let definite_503 = cl.spec.mode == Mode::Sqlite;
     let mut rng = Lcg(seed ^ (u64::from(client) << 32));
     let mut seen = initial;
     while !stop.load(Ordering::SeqCst) {
         let key = KEYS[rng.next(2) as usize];
-        let replica = rng.next(u64::from(REPLICAS)) as u8;
+        let replica = rng.next(u64::from(cl.n())) as u8;
         let to = if rng.next(2) == 0 {
             St::Paused
         } else {
@@ -578,9 +777,21 @@ async fn operator(
             _ => OpKind::Probe,
         };
         let id = ids.fetch_add(1, Ordering::SeqCst);
+        let pid = cl.pids[replica as usize].load(Ordering::SeqCst);
         let inv = clock.ns();
-        let outcome = do_op(&http, replica, key, kind, &history::reason(seed, id)).await;
+        let outcome = do_op(
+            &http,
+            &cl.urls[replica as usize],
+            key,
+            kind,
+            &history::reason(seed, id),
+            definite_503,
+        )
+        .await;
         let ret = clock.ns();
+        // Attributed to one incarnation only when no restart happened around it.
+        let pid =
+            (pid != 0 && cl.pids[replica as usize].load(Ordering::SeqCst) == pid).then_some(pid);
         if let Outcome::Ok { version, .. } | Outcome::Conflict { version, .. } = outcome {
             let s = seen.get_mut(key).unwrap();
             *s = (*s).max(version);
@@ -592,6 +803,7 @@ async fn operator(
             key: key.into(),
             kind,
             replica,
+            pid,
             inv,
             ret: (!unknown).then_some(ret),
             outcome,
@@ -605,11 +817,14 @@ async fn reader(client: u32, clock: Clock, rec: Arc<Rec>, cl: Arc<Cluster>, stop
     let mut rng = Lcg(u64::from(client) * 7919);
     while !stop.load(Ordering::SeqCst) {
         let key = KEYS[rng.next(2) as usize];
-        let replica = rng.next(u64::from(REPLICAS)) as u8;
+        let replica = rng.next(u64::from(cl.n())) as u8;
         let pid = cl.pids[replica as usize].load(Ordering::SeqCst);
         let inv = clock.ns();
         let res = http
-            .get(format!("{}/api/v1/switches/{key}", Cluster::url(replica)))
+            .get(format!(
+                "{}/api/v1/switches/{key}",
+                cl.urls[replica as usize]
+            ))
             .bearer_auth(ADMIN)
             .send()
             .await;
@@ -647,11 +862,10 @@ fn watcher(
     first: u8,
     clock: Clock,
     rec: Arc<Rec>,
+    all: Arc<Vec<String>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let urls: Vec<String> = (0..REPLICAS)
-            .map(|k| Cluster::url((first + k) % REPLICAS))
-            .collect();
+        let urls = rotated(&all, first);
         let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
         let c = Client::with_tls(&refs, Some(ADMIN.to_string()), &insecure()).unwrap();
         let mut last: Option<String> = None;
@@ -704,10 +918,16 @@ fn insecure() -> brb_client::TlsOptions {
     }
 }
 
-fn gate(n: u32, key: &'static str, first: u8) -> Gate {
-    let urls: Vec<String> = (0..REPLICAS)
-        .map(|k| Cluster::url((first + k) % REPLICAS))
-        .collect();
+/// The replicas' URLs starting with `first`.
+fn rotated(all: &[String], first: u8) -> Vec<String> {
+    let n = all.len();
+    (0..n)
+        .map(|k| all[(first as usize + k) % n].clone())
+        .collect()
+}
+
+fn gate(n: u32, key: &'static str, first: u8, all: &[String]) -> Gate {
+    let urls = rotated(all, first);
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     let mut c = GateConfig::new(&refs, Some(ADMIN.to_string()), key);
     c.worker_id = format!("chaos-gate-{n}");
@@ -721,7 +941,7 @@ fn gate(n: u32, key: &'static str, first: u8) -> Gate {
 }
 
 /// The webhook receiver (in the clients' namespace): every `switch.changed` delivery.
-async fn receiver(clock: Clock, rec: Arc<Rec>) -> SocketAddr {
+async fn receiver(clock: Clock, rec: Arc<Rec>, host: &str) -> SocketAddr {
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let rec = rec.clone();
         async move {
@@ -757,7 +977,7 @@ async fn receiver(clock: Clock, rec: Arc<Rec>) -> SocketAddr {
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind(format!("{CLIENT_ADDR}:0"))
+    let listener = tokio::net::TcpListener::bind(format!("{host}:0"))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
@@ -769,41 +989,112 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
+async fn cluster_run(spec: RunSpec, topo: Option<Arc<Mutex<Topology>>>) -> Report {
     let clock = Clock(Instant::now());
     let rec = Arc::new(Rec::default());
     let dir = tempfile::tempdir().unwrap();
-    let hook = receiver(clock, rec.clone()).await;
+    let n = spec.replicas();
+    let host = match spec.net {
+        NetMode::Netns => CLIENT_ADDR,
+        _ => "127.0.0.1",
+    };
+    let hook = receiver(clock, rec.clone(), host).await;
     let config = dir.path().join("brb.toml");
     std::fs::write(
         &config,
         format!("[[notify.webhooks]]\nname = \"chaos\"\nurl = \"http://{hook}/hook\"\n"),
     )
     .unwrap();
-    let pg_wrap = topo.lock().unwrap().wrap("pg");
-    let pg = blocking(move || {
-        PgCluster::start_with(PgOptions {
-            host: PG_ADDR.into(),
-            port: Some(5432),
-            wrap: pg_wrap,
-        })
-    })
-    .await;
-    let db = tokio::task::block_in_place(|| pg.database("chaos"));
+    let mut pg = None;
+    let mut db = Vec::new();
+    let mut disk = None;
+    let mut data: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let listen: Vec<String>;
+    let net = match spec.mode {
+        Mode::Sqlite => {
+            // The data dir is the mount itself, so the server's log (next to it) stays off
+            // the disk that fills.
+            let d = Disk::new(&dir.path().join("disk"), DISK_MIB).unwrap_or_else(|e| {
+                panic!("the SQLite variant mounts a disk of its own (root, loop devices): {e}")
+            });
+            data = vec![d.dir().to_path_buf()];
+            disk = Some(d);
+            listen = vec![format!("127.0.0.1:{}", free_port())];
+            Net::Loopback
+        }
+        Mode::Pg => {
+            let opts = match &topo {
+                Some(t) => PgOptions {
+                    host: PG_ADDR.into(),
+                    port: Some(5432),
+                    wrap: t.lock().unwrap().wrap("pg"),
+                },
+                None => PgOptions::default(),
+            };
+            let cluster = blocking(move || PgCluster::start_with(opts)).await;
+            let url = tokio::task::block_in_place(|| cluster.database("chaos"));
+            let net = match &topo {
+                Some(t) => {
+                    db = vec![url; n as usize];
+                    listen = (0..n)
+                        .map(|i| format!("{}:{PORT}", replica_addr(i)))
+                        .collect();
+                    Net::Netns(t.clone())
+                }
+                None => {
+                    // Each replica reaches PostgreSQL through a proxy of its own, and the
+                    // clients reach each replica through another.
+                    let pg_addr: SocketAddr =
+                        format!("127.0.0.1:{}", cluster.port).parse().unwrap();
+                    let mut pg_proxies = Vec::new();
+                    let mut client_proxies = Vec::new();
+                    let mut l = Vec::new();
+                    for _ in 0..n {
+                        let pp = Proxy::start(pg_addr).await.unwrap();
+                        db.push(url.replace(
+                            &format!("127.0.0.1:{}", cluster.port),
+                            &pp.addr().to_string(),
+                        ));
+                        pg_proxies.push(pp);
+                        let addr: SocketAddr =
+                            format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                        client_proxies.push(Proxy::start(addr).await.unwrap());
+                        l.push(addr.to_string());
+                    }
+                    listen = l;
+                    Net::Proxy {
+                        clients: client_proxies,
+                        pg: pg_proxies,
+                    }
+                }
+            };
+            pg = Some(cluster);
+            net
+        }
+    };
+    let urls: Vec<String> = match &net {
+        Net::Proxy { clients, .. } => clients
+            .iter()
+            .map(|p| format!("http://{}", p.addr()))
+            .collect(),
+        _ => listen.iter().map(|l| format!("http://{l}")).collect(),
+    };
     let cl = Arc::new(Cluster {
-        topo: topo.clone(),
+        spec,
+        net,
         pg,
         db,
         dir: dir.path().to_path_buf(),
+        data,
+        listen,
+        urls: Arc::new(urls),
         config,
-        bug: spec.bug,
-        procs: (0..REPLICAS).map(|_| Mutex::new(None)).collect(),
-        pids: (0..REPLICAS).map(|_| AtomicU32::new(0)).collect(),
-        database: Mutex::default(),
-        database_up: Condvar::new(),
+        procs: (0..n).map(|_| Mutex::new(None)).collect(),
+        pids: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        disk,
     });
     // Started together on an empty database: migrations and seeding must not race.
-    let starts: Vec<_> = (0..REPLICAS)
+    let starts: Vec<_> = (0..n)
         .map(|i| {
             let cl = cl.clone();
             tokio::task::spawn_blocking(move || cl.start(i))
@@ -814,7 +1105,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     }
     let setup = http(Duration::from_secs(10));
     let res = setup
-        .post(format!("{}/api/v1/switches", Cluster::url(0)))
+        .post(format!("{}/api/v1/switches", cl.urls[0]))
         .bearer_auth(ADMIN)
         .json(&serde_json::json!({ "name": KEYS[1], "description": "chaos" }))
         .send()
@@ -829,7 +1120,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     let mut initial = Vec::new();
     for key in KEYS {
         let s: SwitchView = setup
-            .get(format!("{}/api/v1/switches/{key}", Cluster::url(0)))
+            .get(format!("{}/api/v1/switches/{key}", cl.urls[0]))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -850,8 +1141,16 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     for (k, key) in KEYS.iter().enumerate() {
         for j in 0..2u32 {
             let n = k as u32 * 2 + j;
-            watchers.push(watcher(n, key, (n % 3) as u8, clock, rec.clone()));
-            gates.push((n, key, gate(n, key, ((n + 1) % 3) as u8)));
+            let reps = u32::from(cl.n());
+            watchers.push(watcher(
+                n,
+                key,
+                (n % reps) as u8,
+                clock,
+                rec.clone(),
+                cl.urls.clone(),
+            ));
+            gates.push((n, key, gate(n, key, ((n + 1) % reps) as u8, &cl.urls)));
         }
     }
     let stop_gates = Arc::new(AtomicBool::new(false));
@@ -879,7 +1178,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     };
 
     // The workload and the faults.
-    let schedule = schedule::generate(spec.seed, spec.secs, Mode::Pg, REPLICAS);
+    let schedule = schedule::generate(spec.seed, spec.secs, spec.mode, cl.n());
     let stop = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(AtomicU64::new(1));
     let init_versions: HashMap<String, u64> =
@@ -894,6 +1193,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
             ids.clone(),
             stop.clone(),
             init_versions.clone(),
+            cl.clone(),
         )));
     }
     for c in 0..2 {
@@ -927,7 +1227,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
             let _busy = lock.lock().await;
             let applied_ns = clock.ns();
             let c2 = cl.clone();
-            let note = blocking(move || c2.apply(ev.fault)).await;
+            let note = blocking(move || c2.apply(&ev)).await;
             tokio::time::sleep(Duration::from_millis(ev.dur_ms)).await;
             let c2 = cl.clone();
             blocking(move || c2.heal(ev.fault)).await;
@@ -948,9 +1248,16 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
         t.await.unwrap();
     }
     let healed_ns = clock.ns();
+    // A heal that overran the schedule (a slow restart) still gets its clients afterwards:
+    // writes must resume after a free, and the checker can only see that while they run.
+    let tail = Duration::from_nanos(healed_ns) + Duration::from_secs(6);
+    let run_end = Duration::from_nanos(start_ns) + Duration::from_secs(spec.secs);
+    if tail > run_end {
+        tokio::time::sleep(tail.saturating_sub(Duration::from_nanos(clock.ns()))).await;
+    }
     {
         // Belt and braces: nothing left cut after the schedule.
-        let _ = topo.lock().unwrap().heal_all();
+        cl.heal_all();
     }
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -958,7 +1265,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     }
 
     // The audit, read through a replica once everything has healed.
-    let audit = read_audit(&setup, spec.seed, &initial).await;
+    let audit = read_audit(&setup, &cl.urls[0], spec.seed, &initial).await;
     // Wait (a condition, bounded) for every observer to reach the final version and for every
     // change's notification; the checker then judges how long it took.
     let finals: HashMap<String, u64> = initial
@@ -1007,6 +1314,46 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
             to: a.healed_ns + LEASE.as_nanos() as u64,
         })
         .collect();
+    // What kept a replica from following the store (partitions of a client link do not: the
+    // replica still hears the database). A replica stopped or cut off from the database may
+    // hold the global write lock in an open transaction: every replica's writes, and the
+    // catch-up reads queued behind them, then wait for it (a stall). A killed replica's
+    // connections close at once and release it.
+    let outages: Vec<Outage> = applied
+        .iter()
+        .filter_map(|a| {
+            let replica = match a.fault {
+                Fault::Kill { replica }
+                | Fault::Stop { replica }
+                | Fault::PartitionPg { replica } => Some(replica),
+                Fault::StopPg | Fault::PgImmediate => None,
+                Fault::PartitionClients { .. } | Fault::Skew { .. } | Fault::DiskFull => {
+                    return None;
+                }
+            };
+            Some(Outage {
+                replica,
+                from: a.applied_ns,
+                to: a.healed_ns,
+            })
+        })
+        .collect();
+    let stalls: Vec<Window> = applied
+        .iter()
+        .filter(|a| matches!(a.fault, Fault::Stop { .. } | Fault::PartitionPg { .. }))
+        .map(|a| Window {
+            from: a.applied_ns,
+            to: a.healed_ns,
+        })
+        .collect();
+    let disk_full: Vec<Window> = applied
+        .iter()
+        .filter(|a| a.fault == Fault::DiskFull)
+        .map(|a| Window {
+            from: a.applied_ns,
+            to: a.healed_ns,
+        })
+        .collect();
     let mut ops = std::mem::take(&mut *rec.ops.lock().unwrap());
     ops.sort_by_key(|o| o.id);
     let h = History {
@@ -1019,6 +1366,9 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
         deliveries: std::mem::take(&mut *rec.deliveries.lock().unwrap()),
         redelivery_windows: windows,
         healed_at: Some(healed_ns),
+        outages,
+        stalls,
+        disk_full,
     };
     let violations = brb_chaos::check_all(&h, CONVERGE.as_nanos() as u64);
     let summary = summary(
@@ -1042,10 +1392,7 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
             &cl.logs(),
         );
         println!("chaos: artifacts in {}", dir.display());
-        println!(
-            "chaos: reproduce the schedule with `make chaos SEED={:#x} CHAOS_SECS={}`",
-            spec.seed, spec.secs
-        );
+        println!("chaos: reproduce the schedule with `{}`", repro(&spec));
         for v in violations.iter().take(20) {
             println!("chaos: violation {v}");
         }
@@ -1054,19 +1401,29 @@ async fn cluster_run(spec: RunSpec, topo: Arc<Mutex<Topology>>) -> Report {
     Report {
         violations,
         summary,
+        refused_503: h
+            .ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Fail { status: 503, .. }))
+            .count(),
+        disk_fulls: applied
+            .iter()
+            .filter(|a| a.fault == Fault::DiskFull)
+            .count(),
     }
 }
 
-async fn read_audit(http: &reqwest::Client, seed: u64, initial: &[Initial]) -> Vec<AuditRow> {
+async fn read_audit(
+    http: &reqwest::Client,
+    base: &str,
+    seed: u64,
+    initial: &[Initial],
+) -> Vec<AuditRow> {
     let mut rows = Vec::new();
     for init in initial {
         let mut before: Option<u64> = None;
         'pages: loop {
-            let mut url = format!(
-                "{}/api/v1/audit?switch={}&limit=500",
-                Cluster::url(0),
-                init.key
-            );
+            let mut url = format!("{base}/api/v1/audit?switch={}&limit=500", init.key);
             if let Some(b) = before {
                 url.push_str(&format!("&before={b}"));
             }
@@ -1136,9 +1493,16 @@ fn summary(
         .filter(|o| matches!(o.outcome, Outcome::Unknown { .. }))
         .filter(|o| h.audit.iter().any(|r| r.op == Some(o.id)))
         .count();
+    let refused_503 = count(|o| matches!(o, Outcome::Fail { status: 503, .. }));
+    let cov = brb_chaos::weak::coverage(h);
     format!(
-        "chaos: seed={:#x} {} s, {} faults ({}), {} ops checked ({} ok, {} conflict, {} fail, {} unknown of which {} committed), {} changes, {} hub reads, {} watcher events, {} gate observations, {} webhook deliveries; observers converged: {converged}, all changes notified: {delivered}; {} violations",
+        "chaos: seed={:#x} mode={} net={} {} s, {} faults ({}), {} ops checked ({} ok, {} conflict, {} fail ({refused_503} of them 503 \"nothing was changed\"), {} unknown of which {} committed), {} changes, {} hub reads ({} held to read-your-writes, {} to bounded staleness), {} disk frees held to resumed writes, {} watcher events, {} gate observations, {} webhook deliveries; observers converged: {converged}, all changes notified: {delivered}; {} violations",
         spec.seed,
+        match spec.mode {
+            Mode::Pg => "pg",
+            Mode::Sqlite => "sqlite",
+        },
+        spec.net.name(),
         spec.secs,
         applied.len(),
         kinds.join(", "),
@@ -1150,10 +1514,31 @@ fn summary(
         unknown_committed,
         changes,
         h.hub_reads.len(),
+        cov.read_your_writes,
+        cov.bounded_staleness,
+        cov.disk_frees,
         h.watch.len(),
         h.gates.len(),
         h.deliveries.len(),
         violations.len(),
+    )
+}
+
+/// The command that runs the same schedule again.
+fn repro(spec: &RunSpec) -> String {
+    format!(
+        "make chaos SEED={:#x} CHAOS_SECS={} VARIANT={}{}",
+        spec.seed,
+        spec.secs,
+        match spec.mode {
+            Mode::Pg => "pg",
+            Mode::Sqlite => "sqlite",
+        },
+        if spec.net == NetMode::Proxy {
+            " NO_NETNS=1"
+        } else {
+            ""
+        }
     )
 }
 
@@ -1178,8 +1563,13 @@ fn write_artifacts(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let dir = target.join("chaos").join(format!(
-        "seed{:#x}-{stamp}{}",
+        "seed{:#x}-{stamp}-{}-{}{}",
         spec.seed,
+        match spec.mode {
+            Mode::Pg => "pg",
+            Mode::Sqlite => "sqlite",
+        },
+        spec.net.name(),
         spec.bug.map(|b| format!("-{b}")).unwrap_or_default()
     ));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1194,6 +1584,9 @@ fn write_artifacts(
     w("initial.jsonl", history::to_jsonl(&h.initial));
     w("audit.jsonl", history::to_jsonl(&h.audit));
     w("hub_reads.jsonl", history::to_jsonl(&h.hub_reads));
+    w("outages.jsonl", history::to_jsonl(&h.outages));
+    w("stalls.jsonl", history::to_jsonl(&h.stalls));
+    w("disk_full.jsonl", history::to_jsonl(&h.disk_full));
     w("watch.jsonl", history::to_jsonl(&h.watch));
     w("gates.jsonl", history::to_jsonl(&h.gates));
     w("notifications.jsonl", history::to_jsonl(&h.deliveries));
@@ -1205,8 +1598,8 @@ fn write_artifacts(
     w(
         "repro.sh",
         format!(
-            "#!/bin/sh\n# The same fault schedule (client timing is real time and differs).\nmake chaos SEED={:#x} CHAOS_SECS={}\n",
-            spec.seed, spec.secs
+            "#!/bin/sh\n# The same fault schedule (client timing is real time and differs).\n{}\n",
+            repro(spec)
         ),
     );
     for (name, text) in logs {

@@ -4,7 +4,9 @@
 //! The binary is `target/debug/brb` (built by `make test` before the tests run), or `$BRB_BIN`.
 
 pub mod calls;
+pub mod disk;
 pub mod netns;
+pub mod proxy;
 pub mod sdk;
 
 use std::collections::VecDeque;

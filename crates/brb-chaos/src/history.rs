@@ -58,8 +58,12 @@ pub struct Op {
     pub key: String,
     #[serde(flatten)]
     pub kind: OpKind,
-    /// Which replica answered (index), for the report only.
+    /// Which replica answered (index).
     pub replica: u8,
+    /// The process incarnation (pid) that answered, when the recorder knows it did not change
+    /// around the request: read-your-writes is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub inv: u64,
     /// `None` for [`Outcome::Unknown`]: the operation may take effect at any later time.
     pub ret: Option<u64>,
@@ -172,6 +176,34 @@ pub struct History {
     pub redelivery_windows: Vec<Window>,
     /// When the last fault healed; the convergence bound is measured from here.
     pub healed_at: Option<u64>,
+    /// When faults kept a replica (or the database, and so every replica) from following the
+    /// store: the bounded-staleness and read-your-writes checks excuse reads near them.
+    #[serde(default)]
+    pub outages: Vec<Outage>,
+    /// When a replica that may hold the global write lock in an open transaction was stopped
+    /// or cut off: every replica's writes, and the catch-up reads queued behind them, may wait.
+    #[serde(default)]
+    pub stalls: Vec<Window>,
+    /// When the server's disk was full (SQLite variant): writes must resume once it is freed.
+    #[serde(default)]
+    pub disk_full: Vec<Window>,
+}
+
+/// A fault that kept `replica` (`None`: the database, hence every replica) from following the
+/// store between `from` and `to`: killed, stopped, cut off from the database, or the database
+/// itself stopped or restarting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    pub replica: Option<u8>,
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Outage {
+    /// Whether it touches `replica` anywhere in `[from, to]`.
+    pub fn hits(&self, replica: u8, from: u64, to: u64) -> bool {
+        self.replica.is_none_or(|r| r == replica) && self.from <= to && from <= self.to
+    }
 }
 
 /// The `reason` a chaos write carries, so that the audit names the operation that made each
@@ -238,6 +270,7 @@ mod tests {
                     to: St::Paused,
                 },
                 replica: 1,
+                pid: Some(4711),
                 inv: 10,
                 ret: Some(20),
                 outcome: Outcome::Ok {
@@ -251,6 +284,7 @@ mod tests {
                 key: "workers".into(),
                 kind: OpKind::Probe,
                 replica: 0,
+                pid: None,
                 inv: 30,
                 ret: None,
                 outcome: Outcome::Unknown {

@@ -148,6 +148,35 @@ pub fn generate(seed: u64, secs: u64, mode: Mode, replicas: u8) -> Vec<FaultEven
     out
 }
 
+/// How the harness's own TCP proxy (its fallback where no network namespace can be made) cuts
+/// a link for a partition fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cut", rename_all = "snake_case")]
+pub enum ProxyCut {
+    /// Stop forwarding and hold the connections: the peers hear nothing (as with dropped
+    /// packets), and what they sent arrives after the heal.
+    Blackhole,
+    /// Reset the open connections and every new one at once.
+    Refuse,
+    /// Forward each chunk `ms` late.
+    Delay { ms: u64 },
+}
+
+/// The cut for fault `id` of a run with `seed`: drawn from a stream of its own, so that a seed's
+/// schedule is the same whichever network the run has.
+pub fn proxy_cut(seed: u64, id: u32) -> ProxyCut {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(u64::from(id) + 1);
+    let mut d = Draw(rng);
+    match d.range(0, 3) {
+        0 | 1 => ProxyCut::Blackhole,
+        2 => ProxyCut::Refuse,
+        _ => ProxyCut::Delay {
+            ms: d.range(200, 2000),
+        },
+    }
+}
+
 fn pick(d: &mut Draw, mode: Mode, replicas: u8) -> Fault {
     let r = d.range(0, u64::from(replicas.max(1)) - 1) as u8;
     match mode {
@@ -228,6 +257,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn proxy_cuts_are_reproducible_and_of_every_kind() {
+        let a: Vec<ProxyCut> = (0..40).map(|id| proxy_cut(0x18, id)).collect();
+        let b: Vec<ProxyCut> = (0..40).map(|id| proxy_cut(0x18, id)).collect();
+        assert_eq!(a, b);
+        assert!(a.contains(&ProxyCut::Blackhole));
+        assert!(a.contains(&ProxyCut::Refuse));
+        assert!(
+            a.iter()
+                .any(|c| matches!(c, ProxyCut::Delay { ms } if (200..=2000).contains(ms)))
+        );
     }
 
     #[test]

@@ -96,6 +96,30 @@ pub enum Violation {
         from: u64,
         to: u64,
     },
+    /// A replica acknowledged a write of `acked`, and a later read from the same process
+    /// showed an older version (read-your-writes).
+    ReadYourWrites {
+        client: u32,
+        replica: u8,
+        pid: u32,
+        key: String,
+        op: u64,
+        acked: u64,
+        saw: u64,
+    },
+    /// A hub read of a replica that had been healthy for a while missed a write that had
+    /// completed more than the staleness bound before the read began.
+    StaleBeyondBound {
+        client: u32,
+        replica: u8,
+        key: String,
+        saw: u64,
+        want: u64,
+        /// How long before the read began the missed write had completed.
+        behind_ms: u64,
+    },
+    /// After the full disk was freed, no write was acknowledged within the bound.
+    WritesNotResumed { freed_ms: u64, within_ms: u64 },
     /// A watcher's versions did not strictly increase, or skipped one without a resync.
     WatcherOrder {
         watcher: u32,

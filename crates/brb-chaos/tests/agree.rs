@@ -121,6 +121,7 @@ fn execute(steps: &[Step]) -> History {
             key: KEYS[s.key].into(),
             kind,
             replica: 0,
+            pid: None,
             inv: point.saturating_sub(s.before),
             ret,
             outcome,

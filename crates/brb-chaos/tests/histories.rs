@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use brb_chaos::history::{
-    AuditRow, Delivery, GateObs, History, HubRead, Initial, Op, OpKind, Outcome, St, WatchEvent,
-    Window,
+    AuditRow, Delivery, GateObs, History, HubRead, Initial, Op, OpKind, Outage, Outcome, St,
+    WatchEvent, Window,
 };
 use brb_chaos::register::{check_model, resolve};
 use brb_chaos::wgl::{self, Verdict};
@@ -34,6 +34,7 @@ fn op(id: u64, kind: OpKind, inv: u64, ret: Option<u64>, outcome: Outcome) -> Op
         key: K.into(),
         kind,
         replica: 0,
+        pid: None,
         inv,
         ret,
         outcome,
@@ -453,4 +454,200 @@ fn one_notification_per_change_with_duplicates_only_inside_a_fault_window() {
     assert!(weak_kinds(&h).is_empty());
     h.deliveries.clear();
     assert_eq!(weak_kinds(&h), ["notification_missing"]);
+}
+
+// ---------------------------------------------------------------- read-your-writes, staleness
+
+const S: u64 = 1_000_000_000;
+
+/// Version 5 (paused) written through replica 0, process 10, in [1 s, 1.1 s]; every audit
+/// version notified.
+fn acked_on_replica_0() -> History {
+    let mut h = h();
+    let mut w = op(1, put(P), S, Some(S + S / 10), ok(5, P));
+    w.pid = Some(10);
+    h.ops = vec![w];
+    h.audit = vec![row(5, P, 1)];
+    h.deliveries = vec![Delivery {
+        t: 2 * S,
+        delivery: "1".into(),
+        key: K.into(),
+        version: 5,
+    }];
+    h
+}
+
+#[test]
+fn read_your_writes_on_the_acknowledging_process() {
+    let mut h = acked_on_replica_0();
+    // Reads that began before the answer, or on another replica, may still show 4.
+    h.hub_reads = vec![
+        hub(1, 0, 10, S + S / 20, S + S / 5, 4, R),
+        hub(2, 1, 11, S + S / 5, S + S / 4, 4, R),
+    ];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    // The process that answered "5", asked afterwards, shows 4: rejected.
+    h.hub_reads.push(hub(3, 0, 10, S + S / 5, S + S / 4, 4, R));
+    assert_eq!(weak_kinds(&h), ["read_your_writes"]);
+    let v = weak::check(&h, 5 * S);
+    assert!(
+        matches!(
+            &v[0],
+            Violation::ReadYourWrites {
+                op: 1,
+                acked: 5,
+                saw: 4,
+                replica: 0,
+                pid: 10,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    // Unless the database failed during the write (it may be acknowledged before published).
+    h.outages = vec![Outage {
+        replica: None,
+        from: S + S / 20,
+        to: S + S / 2,
+    }];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    // An outage of another replica excuses nothing.
+    h.outages = vec![Outage {
+        replica: Some(2),
+        from: 0,
+        to: 3 * S,
+    }];
+    assert_eq!(weak_kinds(&h), ["read_your_writes"]);
+    // A write without a known process is not held to it.
+    h.outages.clear();
+    h.ops[0].pid = None;
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+}
+
+#[test]
+fn bounded_staleness_on_a_healthy_replica() {
+    let mut h = acked_on_replica_0();
+    let done = S + S / 10;
+    let bound = weak::STALENESS_NS;
+    // Replica 1 still shows 4 just inside the bound: allowed.
+    h.hub_reads = vec![hub(1, 1, 11, done + bound - 1, done + bound + S / 10, 4, R)];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    assert_eq!(weak::coverage(&h).bounded_staleness, 0);
+    // Past it: rejected.
+    h.hub_reads = vec![hub(1, 1, 11, done + bound + 1, done + bound + S / 10, 4, R)];
+    assert_eq!(weak_kinds(&h), ["stale_beyond_bound"]);
+    let v = weak::check(&h, 5 * S);
+    assert!(
+        matches!(
+            &v[0],
+            Violation::StaleBeyondBound {
+                replica: 1,
+                saw: 4,
+                want: 5,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    // The same read showing 5 is what the bound demands.
+    h.hub_reads[0].version = 5;
+    h.hub_reads[0].state = P;
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    assert_eq!(weak::coverage(&h).bounded_staleness, 1);
+    h.hub_reads[0].version = 4;
+    h.hub_reads[0].state = R;
+    // Excused: replica 1 was cut off from the database less than the recovery time before.
+    let read_inv = done + bound + weak::RECOVERY_NS + S;
+    h.hub_reads[0].inv = read_inv;
+    h.hub_reads[0].ret = read_inv + S / 10;
+    assert_eq!(weak_kinds(&h), ["stale_beyond_bound"]);
+    let cut = |replica| Outage {
+        replica,
+        from: 0,
+        to: read_inv - bound - weak::RECOVERY_NS + 1,
+    };
+    h.outages = vec![cut(Some(1))];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    // ... or the database was down (every replica).
+    h.outages = vec![cut(None)];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    // ... but not by an outage of another replica, nor one long enough ago.
+    h.outages = vec![cut(Some(2))];
+    assert_eq!(weak_kinds(&h), ["stale_beyond_bound"]);
+    // A stall (another replica stopped inside a transaction) excuses the read only while it
+    // overlaps the bound's window.
+    h.stalls = vec![Window {
+        from: read_inv - bound - S,
+        to: read_inv - bound + 1,
+    }];
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    h.stalls = vec![Window {
+        from: read_inv - bound - S,
+        to: read_inv - bound - 1,
+    }];
+    assert_eq!(weak_kinds(&h), ["stale_beyond_bound"]);
+    h.stalls.clear();
+    h.outages = vec![Outage {
+        replica: Some(1),
+        from: 0,
+        to: read_inv - bound - weak::RECOVERY_NS - 1,
+    }];
+    assert_eq!(weak_kinds(&h), ["stale_beyond_bound"]);
+}
+
+fn probe_at(id: u64, t: u64) -> Op {
+    op(id, OpKind::Probe, t, Some(t + S / 100), conflict(5, P))
+}
+
+#[test]
+fn writes_resume_after_the_full_disk_is_freed() {
+    // The disk is full in [1 s, 2 s]; version 5 was written before, 6 after the free.
+    let mut h = h();
+    h.disk_full = vec![Window { from: S, to: 2 * S }];
+    let w5 = op(1, put(P), S / 2, Some(S / 2 + 1), ok(5, P));
+    let w6 = op(2, put(R), 2 * S + S / 2, Some(3 * S), ok(6, R));
+    h.ops = vec![w5, w6, probe_at(3, 20 * S)];
+    h.ops[2].outcome = conflict(6, R);
+    h.audit = vec![row(5, P, 1), row(6, R, 2)];
+    h.deliveries = [5, 6]
+        .iter()
+        .map(|&v| Delivery {
+            t: 10 * S,
+            delivery: v.to_string(),
+            key: K.into(),
+            version: v,
+        })
+        .collect();
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    assert_eq!(weak::coverage(&h).disk_frees, 1);
+    // Nothing acknowledged within the bound after the free: rejected.
+    h.ops[1].inv = 2 * S + weak::WRITES_RESUME_NS;
+    h.ops[1].ret = Some(2 * S + weak::WRITES_RESUME_NS + 1);
+    assert_eq!(weak_kinds(&h), ["writes_not_resumed"]);
+    // A refused write does not count.
+    h.ops[1].inv = 2 * S + S / 4;
+    h.ops[1].ret = Some(2 * S + S / 2);
+    h.ops[1].outcome = Outcome::Fail {
+        status: 503,
+        code: "unavailable".into(),
+    };
+    h.audit.pop();
+    h.deliveries.pop();
+    h.ops[2].outcome = conflict(5, P);
+    assert_eq!(weak_kinds(&h), ["writes_not_resumed"]);
+    // A server stopped over the free starts the window when it is back; a fault inside the
+    // window excuses it.
+    h.outages = vec![Outage {
+        replica: Some(0),
+        from: S + S / 2,
+        to: 4 * S,
+    }];
+    assert_eq!(weak_kinds(&h), ["writes_not_resumed"]);
+    h.outages.push(Outage {
+        replica: Some(0),
+        from: 5 * S,
+        to: 6 * S,
+    });
+    assert!(weak_kinds(&h).is_empty(), "{:?}", weak_kinds(&h));
+    assert_eq!(weak::coverage(&h).disk_frees, 0);
 }
