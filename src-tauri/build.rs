@@ -20,6 +20,11 @@ const COMMANDS: &[&str] = &[
     "brb_save_profile",
     "brb_use_profile",
     "brb_painted",
+    "brb_request_resume",
+    "brb_decide_resume",
+    "brb_break_glass",
+    "brb_drill",
+    "brb_drill_report",
 ];
 
 fn main() {

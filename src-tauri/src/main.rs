@@ -214,6 +214,60 @@ async fn brb_ramp(
     Ok(client(&state).await?.ramp_control(&name, &req).await?)
 }
 
+/// Files a resume request on a switch whose resumes need a second operator.
+#[tauri::command]
+async fn brb_request_resume(
+    state: S<'_>,
+    name: String,
+    req: brb_api::CreateResumeRequest,
+) -> Result<Switch, UiError> {
+    Ok(client(&state).await?.request_resume(&name, &req).await?)
+}
+
+/// Approves (`approve`) or rejects another operator's resume request.
+#[tauri::command]
+async fn brb_decide_resume(
+    state: S<'_>,
+    name: String,
+    id: u64,
+    approve: bool,
+    req: brb_api::DecideResumeRequest,
+) -> Result<Switch, UiError> {
+    Ok(client(&state)
+        .await?
+        .decide_resume(&name, id, approve, &req)
+        .await?)
+}
+
+/// An admin's resume without approval (the control plane refuses anyone else).
+#[tauri::command]
+async fn brb_break_glass(
+    state: S<'_>,
+    name: String,
+    req: brb_api::BreakGlassRequest,
+) -> Result<Switch, UiError> {
+    Ok(client(&state).await?.break_glass(&name, &req).await?)
+}
+
+/// Starts a fire drill: a new version with nothing changed; nothing pauses.
+#[tauri::command]
+async fn brb_drill(
+    state: S<'_>,
+    name: String,
+    req: brb_api::DrillRequest,
+) -> Result<brb_api::DrillStarted, UiError> {
+    Ok(client(&state).await?.drill(&name, &req).await?)
+}
+
+#[tauri::command]
+async fn brb_drill_report(
+    state: S<'_>,
+    name: String,
+    version: u64,
+) -> Result<brb_api::DrillReport, UiError> {
+    Ok(client(&state).await?.drill_report(&name, version).await?)
+}
+
 /// What the tray menu's toggle item does (and what a test calls through the webview).
 #[tauri::command]
 async fn brb_tray_toggle(
@@ -826,7 +880,12 @@ fn main() {
             brb_test_connection,
             brb_save_profile,
             brb_use_profile,
-            brb_painted
+            brb_painted,
+            brb_request_resume,
+            brb_decide_resume,
+            brb_break_glass,
+            brb_drill,
+            brb_drill_report
         ])
         .on_window_event(|window, event| {
             // Closing the window keeps the app in the tray: the brake stays one click away.

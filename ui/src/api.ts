@@ -93,6 +93,8 @@ export interface Switch {
   source: Source;
   reason: string | null;
   ramp: Ramp | null;
+  /** A resume waiting for a second operator (only while paused, on a switch that needs one). */
+  resume_request?: ResumeRequest | null;
 }
 
 export interface SetStateRequest {
@@ -158,6 +160,8 @@ export interface ServerInfo {
   caller: { name: string; role: "viewer" | "operator" | "admin" };
   /** The series that measures the primary switch's backlog (default `queue_depth`). */
   backlog_series?: string;
+  /** Switches whose resumes need another operator's approval (absent: none). */
+  approvals?: ApprovalRule[];
 }
 
 export interface ApiErrorBody {
@@ -173,4 +177,86 @@ export class BackendError extends Error {
   ) {
     super(message);
   }
+}
+
+// Resume approval and fire drills (crates/brb-api/src/approval.rs, drill.rs).
+
+/** A switch whose resumes need a second operator, and how long a request stays open. */
+export interface ApprovalRule {
+  switch: string;
+  request_secs: number;
+}
+
+export interface ResumeRequest {
+  /** The version that recorded it: approve and reject name it. */
+  id: number;
+  /** Token name of the operator who asked. */
+  requested_by: string;
+  source: Source;
+  requested_at: string;
+  expires_at: string;
+  reason: string;
+  ramp?: RampSpec | null;
+  guards?: GuardSpec[];
+}
+
+/** `POST /api/v1/switches/{name}/resume-requests`. */
+export interface CreateResumeRequest {
+  reason: string;
+  ramp?: RampSpec;
+  guards?: GuardSpec[];
+  source?: Source;
+}
+
+/** `POST …/resume-requests/{id}/approve` and `…/reject`. */
+export interface DecideResumeRequest {
+  reason?: string;
+  source?: Source;
+}
+
+/** `POST /api/v1/switches/{name}/break-glass` (admins). */
+export interface BreakGlassRequest {
+  reason: string;
+  ramp?: RampSpec;
+  source?: Source;
+}
+
+/** `POST /api/v1/switches/{name}/drill`. */
+export interface DrillRequest {
+  reason?: string;
+  source?: Source;
+}
+
+export interface DrillStarted {
+  switch: string;
+  version: number;
+  started_at: string;
+}
+
+export interface WorkerInfo {
+  worker_id: string;
+  status: "running" | "draining" | "paused";
+  observed_version: number;
+  in_flight: number;
+  processed_total: number;
+  last_seen: string;
+  stale: boolean;
+  remote_addr: string | null;
+  error?: string | null;
+}
+
+/** `GET /api/v1/switches/{name}/drills/{version}`. */
+export interface DrillReport {
+  switch: string;
+  version: number;
+  started_at: string;
+  /** Fastest first. */
+  answered: { worker_id: string; ms: number }[];
+  p50_ms: number | null;
+  p99_ms: number | null;
+  max_ms: number | null;
+  missing: WorkerInfo[];
+  stale: WorkerInfo[];
+  complete: boolean;
+  unacknowledged: { window_secs: number; readers: number; served_current: number };
 }

@@ -3,6 +3,12 @@
 
 import type {
   AuditEntry,
+  BreakGlassRequest,
+  CreateResumeRequest,
+  DecideResumeRequest,
+  DrillReport,
+  DrillRequest,
+  DrillStarted,
   GuardStatus,
   RampControlRequest,
   SampleTick,
@@ -42,6 +48,15 @@ export interface Backend {
   audit(limit: number, switchName?: string): Promise<AuditEntry[]>;
   workers(name: string): Promise<WorkerCounts>;
   series(sinceUnix: number): Promise<Series[]>;
+  /** Files a resume request on a switch whose resumes need a second operator. */
+  requestResume(name: string, req: CreateResumeRequest): Promise<Switch>;
+  /** Approves (`approve`) or rejects the open request `id`. */
+  decideResume(name: string, id: number, approve: boolean, req: DecideResumeRequest): Promise<Switch>;
+  /** Admins: resume without approval (recorded loudly). */
+  breakGlass(name: string, req: BreakGlassRequest): Promise<Switch>;
+  /** Starts a fire drill (nothing pauses); its report is `drillReport(name, version)`. */
+  drill(name: string, req: DrillRequest): Promise<DrillStarted>;
+  drillReport(name: string, version: number): Promise<DrillReport>;
   /** Desktop only: the tray (or another quick path) asks for the resume dialog. */
   onResumeRequest?(cb: () => void): void;
   /**

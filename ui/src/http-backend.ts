@@ -4,6 +4,12 @@ import {
   BackendError,
   type ApiErrorBody,
   type AuditEntry,
+  type BreakGlassRequest,
+  type CreateResumeRequest,
+  type DecideResumeRequest,
+  type DrillReport,
+  type DrillRequest,
+  type DrillStarted,
   type RampControlRequest,
   type Series,
   type ServerInfo,
@@ -75,6 +81,27 @@ export class HttpBackend implements Backend {
 
   rampControl(name: string, req: RampControlRequest) {
     return this.call<Switch>("POST", `/switches/${encodeURIComponent(name)}/ramp`, req);
+  }
+
+  requestResume(name: string, req: CreateResumeRequest) {
+    return this.call<Switch>("POST", `/switches/${encodeURIComponent(name)}/resume-requests`, req);
+  }
+
+  decideResume(name: string, id: number, approve: boolean, req: DecideResumeRequest) {
+    const verb = approve ? "approve" : "reject";
+    return this.call<Switch>("POST", `/switches/${encodeURIComponent(name)}/resume-requests/${id}/${verb}`, req);
+  }
+
+  breakGlass(name: string, req: BreakGlassRequest) {
+    return this.call<Switch>("POST", `/switches/${encodeURIComponent(name)}/break-glass`, req);
+  }
+
+  drill(name: string, req: DrillRequest) {
+    return this.call<DrillStarted>("POST", `/switches/${encodeURIComponent(name)}/drill`, req);
+  }
+
+  drillReport(name: string, version: number) {
+    return this.call<DrillReport>("GET", `/switches/${encodeURIComponent(name)}/drills/${version}`);
   }
 
   async audit(limit: number, switchName?: string) {

@@ -132,12 +132,20 @@ export function resumeForm(
   form: HTMLFormElement,
   m: Model,
   now: number,
-  go: (ramp: RampSpec | undefined, guards: GuardSpec[]) => void,
+  go: (ramp: RampSpec | undefined, guards: GuardSpec[], reason?: string) => void,
   cancel: () => void,
+  approval: { notice: string; pendingBy: string | null } | null = null,
 ): HTMLElement {
   // The duration is checked here, with a message that says what is allowed, instead of the
   // browser's bubble (which a submit by Enter on a radio would show far from the field).
   form.noValidate = true;
+  // Said before anyone presses: on such a switch a resume only files a request.
+  if (approval) {
+    form.append(h("p", { class: "approval-notice", "data-testid": "approval-notice" }, approval.notice));
+    if (approval.pendingBy) {
+      form.append(h("p", { class: "approval-notice" }, `${approval.pendingBy} has a request open (shown under the button): approve or reject it there.`));
+    }
+  }
   form.append(h("p", { class: "backlog", "data-testid": "backlog" }, backlogLine(m, now / 1000)));
   const minutes = h("input", {
     type: "number",
@@ -175,7 +183,10 @@ export function resumeForm(
       h("span", { class: "hint" }, "steps only while it holds; pauses again if it keeps failing"),
     ),
   );
-  form.append(fieldset, problem);
+  // A request needs a reason: the approver decides on it.
+  const why = h("textarea", { id: "request-reason", rows: "2", placeholder: "e.g. queue drained, db at 30%", "data-testid": "request-reason-input" });
+  if (approval) form.append(fieldset, h("label", { for: "request-reason" }, "Why? (the approver decides on it; required)"), why, problem);
+  else form.append(fieldset, problem);
   const confirm = h("button", { type: "submit", class: "go", "data-testid": "confirm-release" });
   const choice = (): Choice => (radios.find((r) => r.checked)?.value as Choice) ?? "steps";
   const label = () => {
@@ -183,7 +194,8 @@ export function resumeForm(
     const mins = parseMinutes(minutes.value);
     minutes.disabled = c === "now";
     confirm.className = c === "now" ? "danger" : "go";
-    confirm.textContent = c === "now" ? "Release everything now" : typeof mins === "number" ? `Release gradually over ${mins} min` : "Release gradually";
+    const how = c === "now" ? "everything now" : typeof mins === "number" ? `gradually over ${mins} min` : "gradually";
+    confirm.textContent = approval ? `Request resume: ${how === "everything now" ? "everything at once" : how}` : `Release ${how}`;
     // A complaint about the duration goes once the duration is fixed (or no longer used).
     if (c === "now" || typeof mins === "number") problem.classList.add("hidden");
   };
@@ -211,7 +223,13 @@ export function resumeForm(
       }
       guards.push(g);
     }
-    go(releaseSpec(c, mins), guards);
+    if (approval && !why.value.trim()) {
+      problem.textContent = "Say why: the approver decides on it.";
+      problem.classList.remove("hidden");
+      why.focus();
+      return;
+    }
+    go(releaseSpec(c, mins), guards, approval ? why.value.trim() : undefined);
   });
   const no = h("button", { type: "button", value: "cancel", "data-testid": "cancel" }, "Cancel");
   no.addEventListener("click", (e) => {

@@ -6,6 +6,12 @@ import { listen } from "@tauri-apps/api/event";
 import {
   BackendError,
   type AuditEntry,
+  type BreakGlassRequest,
+  type CreateResumeRequest,
+  type DecideResumeRequest,
+  type DrillReport,
+  type DrillRequest,
+  type DrillStarted,
   type RampControlRequest,
   type Series,
   type ServerInfo,
@@ -67,6 +73,21 @@ export class TauriBackend implements Backend, ProfileStore {
   }
   rampControl(name: string, req: RampControlRequest) {
     return call<Switch>("brb_ramp", { name, req });
+  }
+  requestResume(name: string, req: CreateResumeRequest) {
+    return call<Switch>("brb_request_resume", { name, req });
+  }
+  decideResume(name: string, id: number, approve: boolean, req: DecideResumeRequest) {
+    return call<Switch>("brb_decide_resume", { name, id, approve, req });
+  }
+  breakGlass(name: string, req: BreakGlassRequest) {
+    return call<Switch>("brb_break_glass", { name, req });
+  }
+  drill(name: string, req: DrillRequest) {
+    return call<DrillStarted>("brb_drill", { name, req });
+  }
+  drillReport(name: string, version: number) {
+    return call<DrillReport>("brb_drill_report", { name, version });
   }
   audit(limit: number, switchName?: string) {
     return call<AuditEntry[]>("brb_audit", { limit, switch: switchName ?? null });

@@ -10,6 +10,9 @@ import { h } from "./dom";
 import { EXTEND_SECS, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
 import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
+import { ApprovalPanel } from "./approval-panel";
+import { approvalNotice, approvalSecs } from "./approvals";
+import { DrillPanel } from "./drill-panel";
 
 /** How long a press waits for the control plane before it says so. */
 export const PRESS_TIMEOUT_MS = 5_000;
@@ -59,6 +62,11 @@ export class App {
   private auditEl = h("tbody", { "data-testid": "audit" });
   private dialog = h("dialog", { class: "confirm", "data-testid": "confirm" });
   private graphs = new Map<string, Graph>();
+  /** Open resume requests (under the button) and the fire drill (in the lower half). */
+  private requests!: ApprovalPanel;
+  private drill!: DrillPanel;
+  /** Switches a 409 `approval_required` revealed (a control plane older than `approvals`). */
+  private approvalLearned = new Set<string>();
   private windowSecs = 300;
   private watchAfterRelease = false;
 
@@ -69,6 +77,16 @@ export class App {
     private refresh: () => Promise<void>,
   ) {
     this.root = mount;
+    const host = {
+      model,
+      backend,
+      dialog: this.dialog,
+      refresh,
+      render: () => this.render(),
+      focusHome: () => this.toggle.focus(),
+    };
+    this.requests = new ApprovalPanel(host);
+    this.drill = new DrillPanel(host);
     this.build();
   }
 
@@ -117,6 +135,7 @@ export class App {
           this.lateEl,
           this.stateLine,
           this.ackEl,
+          this.requests.el,
           this.rampEl,
           this.buttonEl,
           this.errorBox,
@@ -132,6 +151,7 @@ export class App {
             h("h2", {}, "Audit log"),
             h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
           ),
+          this.drill.el,
         ),
       ),
       this.dialog,
@@ -187,15 +207,20 @@ export class App {
       });
       buttons.append(go);
     } else {
+      const secs = approvalSecs(this.model.info, sw.name);
+      const needs = secs !== null || this.approvalLearned.has(sw.name);
+      const other = sw.resume_request && sw.resume_request.requested_by !== this.model.info?.caller.name ? sw.resume_request.requested_by : null;
       const first = resumeForm(
         form,
         this.model,
         Date.now(),
-        (ramp, guards) => {
+        (ramp, guards, why) => {
           this.dialog.close();
-          void this.change(sw, "running", undefined, ramp, guards);
+          if (needs) void this.fileRequest(sw, why ?? "", ramp, guards);
+          else void this.change(sw, "running", undefined, ramp, guards);
         },
         () => this.dialog.close(),
+        needs ? { notice: approvalNotice(secs), pendingBy: other } : null,
       );
       this.dialog.replaceChildren(form);
       this.dialog.showModal();
@@ -241,7 +266,14 @@ export class App {
     } catch (e) {
       this.model.pending = null;
       const err = e instanceof BackendError ? e : new BackendError("internal", String(e));
-      this.model.error = { code: err.code, message: err.message };
+      // A control plane that did not say (in `/info`) that this switch needs approval: the
+      // next dialog files a request; say so instead of the bare refusal.
+      const needsApproval = err.code === "approval_required";
+      if (needsApproval) this.approvalLearned.add(sw.name);
+      this.model.error = {
+        code: err.code,
+        message: needsApproval ? "this switch needs a second operator: press again to file a resume request with your reason" : err.message,
+      };
       if (err.code === "timeout" || err.code === "unreachable") {
         // It may still be applied when the control plane wakes up: remember it, so that the
         // change (its answer, or the event of it) is shown as this press, applied late.
@@ -326,6 +358,8 @@ export class App {
       this.buttonEl.textContent = m.button;
       this.buttonEl.classList.remove("hidden");
     }
+    this.requests.render(now, down);
+    this.drill.render(now, down);
     this.renderGraphs(now);
     this.renderOthers(down);
     this.renderAudit();
@@ -364,7 +398,7 @@ export class App {
       : down
         ? lastKnown
         : p.state === "paused"
-          ? "press to resume"
+          ? approvalSecs(this.model.info, p.name) === null ? "press to resume" : "press to ask to resume"
           : "press to pause";
     // Rebuilt only when its words or shape change: replacing the nodes under a pointer on every
     // tick can swallow a click that lands between its press and its release.
@@ -416,6 +450,26 @@ export class App {
   askResume() {
     const sw = primary(this.model);
     if (sw && sw.state === "paused" && !this.dialog.open) this.askConfirm(sw);
+  }
+
+  /** On a switch that needs approval a resume is a request: recorded, the switch stays paused. */
+  private async fileRequest(sw: Switch, reason: string, ramp: RampSpec | undefined, guards: GuardSpec[]) {
+    this.model.error = null;
+    try {
+      const updated = await this.backend.requestResume(sw.name, {
+        reason,
+        ramp,
+        ...(guards.length ? { guards } : {}),
+        source: this.backend.source,
+      });
+      const cur = this.model.switches.get(sw.name);
+      if (!cur || cur.version <= updated.version) this.model.switches.set(sw.name, updated);
+      await this.refresh();
+    } catch (e) {
+      const err = e instanceof BackendError ? e : new BackendError("internal", String(e));
+      this.model.error = { code: err.code, message: `the resume request was not filed: ${err.message}` };
+    }
+    this.render();
   }
 
   private async rampAction(name: string, action: RampAction) {
@@ -486,6 +540,7 @@ export class App {
       if (cur && cur.version === p.version && cur.total > 0 && cur.acknowledged === cur.total) {
         text += ` All ${cur.total} workers acknowledged.`;
       }
+      if (p.state === "paused" && p.resume_request) text += ` ${p.resume_request.requested_by} asked to resume; it needs a second operator.`;
     }
     if (this.model.pending) text = this.model.pending.to === "paused" ? "Pausing…" : "Resuming…";
     if (this.model.error) text += ` Not done: ${this.model.error.message}.`;

@@ -108,3 +108,12 @@ pub struct PendingResume {
     pub version: u64,
     pub request: ResumeRequest,
 }
+
+/// A switch whose resumes need a second operator, as `GET /api/v1/info` lists it: the console
+/// says so in its resume dialog, before anyone presses, and files a request instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalRule {
+    pub switch: String,
+    /// How long a resume request stays open (`expire`), in seconds.
+    pub request_secs: u64,
+}

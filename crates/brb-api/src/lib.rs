@@ -23,8 +23,8 @@ mod series;
 mod workers;
 
 pub use approval::{
-    BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, MAX_REQUEST_GUARDS, PendingResume,
-    ResumeRequest, ResumeRequestList,
+    ApprovalRule, BreakGlassRequest, CreateResumeRequest, DecideResumeRequest, MAX_REQUEST_GUARDS,
+    PendingResume, ResumeRequest, ResumeRequestList,
 };
 pub use drill::{DrillAnswer, DrillReport, DrillRequest, DrillStarted, nearest_rank};
 pub use error::{ApiErrorBody, ErrorCode, ErrorDetail};
@@ -638,6 +638,10 @@ pub struct ServerInfo {
     /// default `queue_depth`): what the console's resume dialog shows before a release.
     #[serde(default)]
     pub backlog_series: String,
+    /// The switches this token may see whose resumes need another operator's approval
+    /// (`[switches.approval]`); absent when none do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -258,6 +258,18 @@ pub(crate) async fn openapi() -> Response {
     security(("bearer" = [])))]
 pub(crate) async fn info(State(state): State<AppState>, caller: Caller) -> Json<ServerInfo> {
     let cfg = state.config();
+    // Said before a resume, so nobody learns it from a refusal.
+    let approvals = std::iter::once(cfg.primary.name.as_str())
+        .chain(cfg.switches.iter().map(|s| s.name.as_str()))
+        .filter(|name| caller.check_switch(name).is_ok())
+        .filter_map(|name| {
+            cfg.approval_secs(name)
+                .map(|request_secs| brb_api::ApprovalRule {
+                    switch: name.to_string(),
+                    request_secs,
+                })
+        })
+        .collect();
     Json(ServerInfo {
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         environment: brb_api::Environment {
@@ -270,6 +282,7 @@ pub(crate) async fn info(State(state): State<AppState>, caller: Caller) -> Json<
             role: caller.role,
         },
         backlog_series: cfg.primary.backlog_series.clone(),
+        approvals,
     })
 }
 

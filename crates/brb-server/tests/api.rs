@@ -490,6 +490,58 @@ async fn config_declared_switches_exist_on_start() {
     assert_eq!(info["environment"]["name"], "production");
 }
 
+/// The console must say before a resume that it will only file a request: `/info` names the
+/// switches whose resumes need approval (those the token may see), with the request's lifetime.
+#[tokio::test]
+async fn info_names_the_switches_whose_resumes_need_approval() {
+    let s = TestServer::start_with(|c| {
+        c.primary.approval = brb_server::config::ApprovalConfig {
+            resume: 1,
+            expire: "10m".into(),
+        };
+        for name in ["kill-search", "kill-mail"] {
+            c.switches.push(brb_server::config::SwitchConfig {
+                name: name.into(),
+                description: name.into(),
+                remind: false,
+                approval: brb_server::config::ApprovalConfig {
+                    resume: u8::from(name == "kill-mail"),
+                    expire: "30s".into(),
+                },
+            });
+        }
+    })
+    .await;
+    let (st, info) = s.get(&s.admin, "/info").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        info["approvals"],
+        json!([{"switch": "workers", "request_secs": 600},
+               {"switch": "kill-mail", "request_secs": 30}])
+    );
+    // A token scoped to one switch hears only of that one.
+    let r = s
+        .http
+        .post(s.api("/tokens"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"name": "search-bot", "role": "operator",
+            "scope": {"switches": ["kill-search"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let scoped = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, info) = s.get(&scoped, "/info").await;
+    assert!(info.get("approvals").is_none(), "{info}");
+    // Without approvals configured the field is absent.
+    let plain = TestServer::start().await;
+    let (_, info) = plain.get(&plain.admin, "/info").await;
+    assert!(info.get("approvals").is_none(), "{info}");
+}
+
 #[tokio::test]
 async fn tokens_lifecycle() {
     let s = TestServer::start().await;
