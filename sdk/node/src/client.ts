@@ -14,7 +14,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { ApiError, BrbError, duration, errorFromAnswer } from "./errors.js";
 import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs, type ChunkSink, type ResponseHead } from "./http1.js";
-import { SseParser, type SseEvent, type SseSink } from "./sse.js";
+import { FrameMemo, SseParser, type SseEvent, type SseSink } from "./sse.js";
 import type { Target, TlsMaterial } from "./config.js";
 
 export const USER_AGENT = "brb-node/0.1.0";
@@ -256,6 +256,8 @@ const enum Phase {
 // callback synchronously, and nothing keeps a view of it past the call (the SSE parser copies
 // a partial line), so no stream needs a buffer of its own.
 const SHARED_READ = Buffer.allocUnsafe(64 * 1024);
+// The decoding of the last frame, for every stream of the process (see FrameMemo).
+const FRAMES = new FrameMemo();
 
 /**
  * An event stream on a socket of its own: writes the GET, reads the head, then feeds the body
@@ -438,7 +440,7 @@ export class EventStream implements ChunkSink, SseSink {
   #payload(b: Uint8Array, start: number, end: number): void {
     if (this.#phase === Phase.Stream) {
       if (end > start) this.#handler.onStreamBytes();
-      this.#sse!.feed(b, start, end, this);
+      FRAMES.feed(this.#sse!, b, start, end, this);
     } else if (this.#phase === Phase.ErrorBody) {
       const have = this.#buf!.length;
       if (have < MAX_ERROR_BODY) {

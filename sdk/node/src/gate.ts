@@ -88,6 +88,25 @@ function sweep(): void {
   for (const g of live) tickGate(g, tickNo);
 }
 
+// Streams being opened at once in this process, at most: a thousand gates started together
+// otherwise hold a thousand half-open connections' objects (sockets, connect and write requests,
+// pending promises) at the same time, all of which survive V8's young-generation collections
+// of the burst and grow the young generation for good (measured: BENCHMARKS.md, "SDK
+// fan-out"). Past the bound a stream waits its turn; a turn ends when the stream is answered
+// or ended, or one sweep after it started (a control plane that accepts and never answers
+// must not hold the others back for the answer timeout).
+const MAX_OPENING = 32;
+let opening = 0;
+const openQueue: Gate[] = [];
+let startStream: (g: Gate) => void;
+
+function admitOpening(): void {
+  while (opening < MAX_OPENING && openQueue.length > 0) {
+    opening++;
+    startStream(openQueue.shift()!);
+  }
+}
+
 /** Forwards one stream's callbacks to its gate (the gate's own methods stay private). */
 class Handler implements StreamHandler {
   readonly #gate: Gate;
@@ -200,6 +219,11 @@ export class Gate extends EventEmitter {
   #streamBase = "";
   #streamHeard = false;
   #streamDone: ((o: Outcome) => void) | null = null;
+  /** The URL of a stream waiting for its turn to open (see MAX_OPENING). */
+  #toOpen: Target | null = null;
+  /** Whether this gate's stream holds one of the process's opening turns, and since which sweep. */
+  #turn = false;
+  #turnTick = 0;
   #unknownLogged = false;
   /** The sweep by which the stream must have answered (0: none). */
   #deadlineTick = 0;
@@ -240,6 +264,7 @@ export class Gate extends EventEmitter {
     };
     streamEvent = (g, ev) => g.#onEvent(ev);
     streamEnd = (g, err) => g.#onStreamEnd(err);
+    startStream = (g) => g.#openStream();
   }
 
   /** Starts following the switch at once. Throws BrbError `config` for a setting it refuses. */
@@ -421,6 +446,16 @@ export class Gate extends EventEmitter {
         sweeper = null;
       }
       const why = new BrbError("closed", "the gate is closed");
+      const q = openQueue.indexOf(this);
+      if (q >= 0) {
+        // Waiting for its turn: no stream to end, the attempt ends here.
+        openQueue.splice(q, 1);
+        this.#toOpen = null;
+        const done = this.#streamDone;
+        this.#streamDone = null;
+        done?.({ heard: false, kind: "closed" });
+      }
+      this.#endTurn();
       this.#stream?.destroy(why);
       this.#poll?.abort(why);
       this.#report?.abort(why);
@@ -488,33 +523,36 @@ export class Gate extends EventEmitter {
 
   /** Applies a `switch` event's data. Garbage is logged and changes nothing. */
   #applyEvent(data: string): void {
-    let v: unknown;
+    let sw: SwitchDoc;
     try {
-      v = JSON.parse(data);
+      sw = decodeSwitchEvent(data);
     } catch (e) {
-      this.#log("warn", `ignoring an unreadable switch event (${(e as Error).message}); the state stays as it was`);
+      const what = e instanceof SyntaxError ? "switch event" : "switch";
+      this.#log("warn", `ignoring an unreadable ${what} (${(e as Error).message}); the state stays as it was`);
       return;
     }
-    this.#apply(v);
+    this.#applyDoc(sw);
   }
 
   #apply(v: unknown): void {
-    let sw: Record<string, unknown>;
-    let ramp: ParsedRamp | null;
+    let sw: SwitchDoc;
     try {
-      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new TypeError("not a JSON object");
-      sw = v as Record<string, unknown>;
-      if (sw.name !== this.#cfg.switch) throw new TypeError(`it names switch ${JSON.stringify(sw.name)}`);
-      if (sw.state !== "running" && sw.state !== "paused") throw new TypeError(`unknown state ${JSON.stringify(sw.state)}`);
-      if (typeof sw.version !== "number" || !Number.isSafeInteger(sw.version) || sw.version < 0) {
-        throw new TypeError(`version ${JSON.stringify(sw.version)} is not a version`);
-      }
-      ramp = parseRamp(sw.ramp);
+      sw = checkSwitch(v);
     } catch (e) {
       this.#log("warn", `ignoring an unreadable switch (${(e as Error).message}); the state stays as it was`);
       return;
     }
-    const version = sw.version as number;
+    this.#applyDoc(sw);
+  }
+
+  /** Applies a checked switch (shared between gates: read, never changed). */
+  #applyDoc(sw: SwitchDoc): void {
+    if (sw.name !== this.#cfg.switch) {
+      this.#log("warn", `ignoring an unreadable switch (it names switch ${JSON.stringify(sw.name)}); the state stays as it was`);
+      return;
+    }
+    const ramp = sw.ramp;
+    const version = sw.version;
     if (version < this.#version && this.#known !== KNOWN_NONE && !this.#trustNext) {
       if (this.#logs("debug")) this.#log("debug", `ignoring version ${version}, older than ${this.#version} (a lagging replica)`);
       return;
@@ -526,8 +564,8 @@ export class Gate extends EventEmitter {
     this.#ramp = ramp;
     if (versionChanged) this.#lastChangeUs = nowUs();
     this.#version = version;
-    this.#changedBy = typeof sw.changed_by === "string" ? sw.changed_by : null;
-    this.#source = typeof sw.source === "string" ? sw.source : null;
+    this.#changedBy = sw.changedBy;
+    this.#source = sw.source;
     const prev = this.#known;
     this.#known = k;
     this.#lastContactMs = Date.now();
@@ -750,21 +788,52 @@ export class Gate extends EventEmitter {
       this.#unknownLogged = false;
       this.#streamDone = resolve;
       this.#streamBase = t.base;
-      this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
-      const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
-      this.#stream = new EventStream(
-        t,
-        this.#cfg.tls,
-        `/api/v1/switches/${enc(this.#cfg.switch)}/events`,
-        this.#token,
-        lastId,
-        new Handler(this),
-      );
+      this.#toOpen = t;
+      if (opening < MAX_OPENING && openQueue.length === 0) {
+        opening++;
+        this.#openStream();
+      } else {
+        openQueue.push(this);
+      }
     });
+  }
+
+  /** Opens the stream to `#toOpen`, holding one of the process's opening turns. */
+  #openStream(): void {
+    const t = this.#toOpen;
+    this.#toOpen = null;
+    this.#turn = true;
+    this.#turnTick = tickNo;
+    if (!t || this.#closed) {
+      this.#endTurn();
+      const done = this.#streamDone;
+      this.#streamDone = null;
+      done?.({ heard: false, kind: "closed" });
+      return;
+    }
+    this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
+    const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
+    this.#stream = new EventStream(
+      t,
+      this.#cfg.tls,
+      `/api/v1/switches/${enc(this.#cfg.switch)}/events`,
+      this.#token,
+      lastId,
+      new Handler(this),
+    );
+  }
+
+  /** Gives the opening turn back (idempotent) and lets the next waiting stream open. */
+  #endTurn(): void {
+    if (!this.#turn) return;
+    this.#turn = false;
+    opening--;
+    admitOpening();
   }
 
   #onStreamOpen(): void {
     this.#lastByteTick = tickNo;
+    this.#endTurn();
   }
 
   #onEvent(ev: SseEvent): void {
@@ -802,6 +871,7 @@ export class Gate extends EventEmitter {
   }
 
   #onStreamEnd(err: BrbError | null): void {
+    this.#endTurn();
     const done = this.#streamDone;
     this.#stream = null;
     this.#streamDone = null;
@@ -939,6 +1009,7 @@ export class Gate extends EventEmitter {
   }
 
   #tick(now: number): void {
+    if (this.#turn && now > this.#turnTick) this.#endTurn();
     const s = this.#stream;
     if (s) {
       if (!s.answered) {
@@ -989,6 +1060,49 @@ export class Gate extends EventEmitter {
     if (this.#token && m.includes(this.#token)) m = m.split(this.#token).join("<token>");
     l[level](m);
   }
+}
+
+/** A switch as the control plane sent it, checked; shared by the gates that read it, never changed. */
+interface SwitchDoc {
+  readonly name: unknown;
+  readonly state: SwitchState;
+  readonly version: number;
+  readonly ramp: ParsedRamp | null;
+  readonly changedBy: string | null;
+  readonly source: string | null;
+}
+
+/** Checks a decoded switch (whatever its name: each gate compares that). Throws TypeError. */
+function checkSwitch(v: unknown): SwitchDoc {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new TypeError("not a JSON object");
+  const sw = v as Record<string, unknown>;
+  if (sw.state !== "running" && sw.state !== "paused") throw new TypeError(`unknown state ${JSON.stringify(sw.state)}`);
+  if (typeof sw.version !== "number" || !Number.isSafeInteger(sw.version) || sw.version < 0) {
+    throw new TypeError(`version ${JSON.stringify(sw.version)} is not a version`);
+  }
+  return {
+    name: sw.name,
+    state: sw.state,
+    version: sw.version,
+    ramp: parseRamp(sw.ramp),
+    changedBy: typeof sw.changed_by === "string" ? sw.changed_by : null,
+    source: typeof sw.source === "string" ? sw.source : null,
+  };
+}
+
+// The last `switch` event's data and its checked switch. The streams of a process hand their
+// gates the same event objects for the same frame (FrameMemo), so one JSON.parse serves every
+// gate of the process; a failure is not remembered (each gate logs its own line).
+let lastSwitchData: string | null = null;
+let lastSwitchDoc: SwitchDoc | null = null;
+
+/** A `switch` event's data, checked: SyntaxError for JSON that is not, TypeError for a bad switch. */
+function decodeSwitchEvent(data: string): SwitchDoc {
+  if (lastSwitchDoc !== null && data === lastSwitchData) return lastSwitchDoc;
+  const doc = checkSwitch(JSON.parse(data));
+  lastSwitchData = data;
+  lastSwitchDoc = doc;
+  return doc;
 }
 
 function classify(e: unknown): Outcome {

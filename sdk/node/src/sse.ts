@@ -79,6 +79,16 @@ export class SseParser {
     return this.#lastId;
   }
 
+  /** Nothing buffered, no event half-read: the next byte starts a line of a new event. */
+  get idle(): boolean {
+    return this.#partial === null && !this.#afterCr && !this.#hasData && this.#event === "";
+  }
+
+  /** What reading a FrameMemo's frame does to an idle parser: the id the frame set. */
+  resume(lastId: string | null): void {
+    if (lastId !== null) this.#lastId = lastId;
+  }
+
   /**
    * Feeds `buf[start, end)`; calls `sink.onSseEvent` for each event completed. Throws SseLineTooLong
    * (and drops the line) when a line grows past MAX_LINE.
@@ -188,5 +198,59 @@ export class SseParser {
     this.#data = "";
     this.#hasData = false;
     sink.onSseEvent(ev);
+  }
+}
+
+/** Collects a parser's events into a list (the memo's own decoding). */
+class Collect implements SseSink {
+  events: SseEvent[] = [];
+  onSseEvent(ev: SseEvent): void {
+    this.events.push(ev);
+  }
+}
+
+/**
+ * The decoding of the last frame, shared by the streams of a process. A press reaches every gate
+ * of a process on one switch with the same bytes: the first stream decodes them, the others
+ * compare bytes and get the same event objects (which nobody may change), so a delivery to a
+ * thousand gates makes one string and one JSON document instead of a thousand (garbage that,
+ * surviving in the gates, grew V8's young generation press after press). A frame is remembered
+ * only when decoding it does not depend on what came before: read by an idle parser, leaving it
+ * idle, every event carrying an id the frame itself set, no `retry:`. Anything else is decoded
+ * by the stream's own parser.
+ */
+export class FrameMemo {
+  #bytes: Buffer | null = null;
+  #events: SseEvent[] = [];
+  #id: string | null = null;
+
+  /** As `parser.feed(buf, start, end, sink)`, answered from the last frame when it is the same. */
+  feed(parser: SseParser, buf: Uint8Array, start: number, end: number, sink: SseSink): void {
+    if (!parser.idle) {
+      parser.feed(buf, start, end, sink);
+      return;
+    }
+    const m = this.#bytes;
+    // Buffer#compare with ranges: no view of `buf` is made for the comparison.
+    if (m === null || m.length !== end - start || m.compare(buf, start, end) !== 0) {
+      const fresh = new SseParser();
+      const got = new Collect();
+      try {
+        fresh.feed(buf, start, end, got);
+      } catch {
+        parser.feed(buf, start, end, sink); // the stream's own parser says what is wrong
+        return;
+      }
+      if (!fresh.idle || fresh.retryMs !== null || got.events.some((e) => e.id === null)) {
+        parser.feed(buf, start, end, sink);
+        return;
+      }
+      this.#bytes = Buffer.from(buf.subarray(start, end));
+      this.#events = got.events;
+      this.#id = fresh.lastEventId;
+    }
+    parser.resume(this.#id);
+    const evs = this.#events;
+    for (let i = 0; i < evs.length; i++) sink.onSseEvent(evs[i]!);
   }
 }

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { inspect } from "node:util";
 import { after, describe, test } from "node:test";
 import { ChunkedDecoder, HttpProtocolError, parseHead, retryAfterMs } from "../src/http1.js";
-import { SseLineTooLong, SseParser, type SseEvent } from "../src/sse.js";
+import { FrameMemo, SseLineTooLong, SseParser, type SseEvent } from "../src/sse.js";
 import { backoffMs, BrbError, Gate, parseRamp, rampFraction } from "../src/index.js";
 import { resolveConfig } from "../src/config.js";
 
@@ -51,6 +51,65 @@ describe("SSE parser", () => {
     const none = { onSseEvent: () => {} };
     p.feed(big, 0, big.length, none);
     assert.throws(() => p.feed(big, 0, big.length, none), SseLineTooLong);
+  });
+});
+
+describe("shared decoding of a frame (FrameMemo)", () => {
+  // A press reaches every gate of a process with the same bytes.
+  const FRAME = Buffer.from('event: switch\nid: 7\ndata: {"a":1}\n\n');
+  const feed = (m: FrameMemo, p: SseParser, b: Uint8Array, s = 0, e = b.length): SseEvent[] => {
+    const out: SseEvent[] = [];
+    m.feed(p, b, s, e, { onSseEvent: (ev) => out.push(ev) });
+    return out;
+  };
+
+  test("parsers given the same frame share its events; each keeps the id it set", () => {
+    const m = new FrameMemo();
+    const a = new SseParser();
+    const b = new SseParser();
+    const ea = feed(m, a, FRAME);
+    // Equal bytes at an offset of another buffer (a read buffer holds more than the frame).
+    const other = Buffer.concat([Buffer.from("xx"), FRAME, Buffer.from("yy")]);
+    const eb = feed(m, b, other, 2, 2 + FRAME.length);
+    assert.deepEqual(ea, [{ event: "switch", id: "7", data: '{"a":1}' }]);
+    assert.equal(eb[0], ea[0], "the second parser is answered with the same event object");
+    assert.ok(b.idle);
+    assert.deepEqual(feed(m, b, Buffer.from("data: next\n\n")), [{ event: "message", id: "7", data: "next" }]);
+  });
+
+  test("a parser in the middle of an event decodes the frame on its own", () => {
+    const m = new FrameMemo();
+    feed(m, new SseParser(), FRAME);
+    const b = new SseParser();
+    assert.deepEqual(feed(m, b, Buffer.from("data: before\n")), []);
+    assert.ok(!b.idle);
+    assert.deepEqual(feed(m, b, FRAME), [{ event: "switch", id: "7", data: 'before\n{"a":1}' }]);
+  });
+
+  test("a frame without an id of its own, half a frame and a retry are not shared", () => {
+    const m = new FrameMemo();
+    const noId = Buffer.from("event: switch\ndata: x\n\n");
+    const a = new SseParser();
+    const b = new SseParser();
+    feed(m, a, Buffer.from("id: 3\n\n"));
+    feed(m, b, Buffer.from("id: 9\n\n"));
+    assert.deepEqual(feed(m, a, noId), [{ event: "switch", id: "3", data: "x" }]);
+    assert.deepEqual(feed(m, b, noId), [{ event: "switch", id: "9", data: "x" }]);
+
+    const c = new SseParser();
+    assert.deepEqual(feed(m, c, FRAME, 0, 10), []);
+    assert.deepEqual(feed(m, c, FRAME, 10), [{ event: "switch", id: "7", data: '{"a":1}' }]);
+    const d = new SseParser();
+    assert.deepEqual(feed(m, d, FRAME, 0, 10), [], "half a frame is never answered from the memo");
+    assert.ok(!d.idle);
+
+    const retry = Buffer.from("retry: 50\nid: 8\ndata: r\n\n");
+    const e = new SseParser();
+    feed(m, e, retry);
+    assert.equal(e.retryMs, 50);
+    const f = new SseParser();
+    feed(m, f, retry);
+    assert.equal(f.retryMs, 50, "each parser reads its own retry");
   });
 });
 

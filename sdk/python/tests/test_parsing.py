@@ -193,3 +193,39 @@ def test_memo_remembers_a_decoded_switch_not_a_failure_and_each_gate_checks_the_
     assert check_name(sw, "workers").version == 4
     with pytest.raises(BadSwitch, match="a switch named 'workers', not 'other'"):
         check_name(sw, "other")
+
+
+def test_dechunker_says_when_a_read_was_one_whole_chunk() -> None:
+    # What lets the stream reader hand the same frame to every stream that read the same chunk.
+    from brb_client._hub import Dechunker
+
+    d = Dechunker()
+    assert d.idle()
+    assert d.feed(b"5\r\nhello\r\n") == b"hello" and d.last_whole and d.idle()
+    assert d.feed(b"5\r\nwor") == b"wor" and not d.last_whole and not d.idle()
+    assert d.feed(b"ld\r\n") == b"ld" and not d.last_whole and d.idle()
+    assert d.feed(b"2\r\nab\r\n1\r\nc\r\n") == b"abc" and not d.last_whole, "two chunks are not one"
+
+
+def test_a_delivery_leaves_no_new_container_in_the_gate() -> None:
+    # A thousand gates of one process each keeping a fresh tuple (or list, or dict) per delivery
+    # filled the collector's oldest generation press after press, until a full collection of
+    # tens of milliseconds landed in the middle of a press. What a delivery stores must be
+    # shared (the decoded switch) or atomic (ints, floats, strings).
+    import gc
+
+    from brb_client import Gate
+    from brb_client._switch import decode_switch
+
+    g = Gate(GateConfig(urls=["http://127.0.0.1:9"], switch="workers", token="t", reports=False, send_samples=False))
+    try:
+        g._apply(decode_switch(switch_json("running", 1)))
+        for v in (2, 3):
+            before = dict(vars(g))
+            g._apply(decode_switch(switch_json("paused" if v % 2 else "running", v)))
+            changed = {k: x for k, x in vars(g).items() if before.get(k) is not x}
+            assert changed, "the delivery changed the gate"
+            assert not [k for k, x in changed.items() if gc.is_tracked(x)], changed
+        assert g.last_change() is not None and g.last_change()[0] == 3
+    finally:
+        g.close(timeout=2.0)

@@ -38,8 +38,15 @@ class Dechunker:
         self._left = 0
         self._state = "size"  # size | data | crlf | done
         self.ended = False
+        # Whether the last feed was exactly one whole chunk (the fast path below).
+        self.last_whole = False
+
+    def idle(self) -> bool:
+        """Between chunks with nothing buffered: the next byte starts a chunk-size line."""
+        return not self._buf and self._state == "size" and not self.ended
 
     def feed(self, data: bytes) -> bytes:
+        self.last_whole = False
         if not self._buf and self._state == "size" and not self.ended:
             # The usual case: whole chunks in one read. Sliced without copying into a buffer.
             i = data.find(b"\r\n")
@@ -49,6 +56,7 @@ class Dechunker:
                 except ValueError:
                     n = -1
                 if n > 0 and len(data) == i + 2 + n + 2 and data.endswith(b"\r\n"):
+                    self.last_whole = True
                     return data[i + 2 : i + 2 + n]
         buf = self._buf
         buf += data
@@ -114,6 +122,9 @@ class Stream:
         self.on_end = on_end
         self.last = time.monotonic()
         self.fd = -1
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        # `done.is_set()` as a plain read for the reader's per-delivery path.
+        self.finished = False
         self.done = threading.Event()
         self.result: Any = None
 
@@ -143,6 +154,13 @@ class Hub:
         self._streams: Dict[int, Stream] = {}
         # Decoding shared by the streams' consumers, which run on this hub's thread only.
         self.memo = Memo()
+        # The last whole chunk read (size line, frame, CRLF) and its frame: a press reaches the
+        # streams of a process with the same bytes, so the others skip the de-chunking and hand
+        # on the same frame object (the memo then compares by identity first).
+        self._raw: Optional[bytes] = None
+        self._frame = b""
+        # When the current batch of ready streams was polled: their bytes came then.
+        self._now = time.monotonic()
         threading.Thread(target=self._run, name="brb-streams", daemon=True).start()
 
     def attach(self, s: Stream) -> None:
@@ -156,7 +174,9 @@ class Hub:
         next_sweep = time.monotonic() + 0.25
         while True:
             try:
-                for key, _ in self._sel.select(0.25):
+                ready = self._sel.select(0.25)
+                self._now = time.monotonic()
+                for key, _ in ready:
                     if key.data is None:
                         self._take_incoming()
                     else:
@@ -182,6 +202,7 @@ class Hub:
                 self._sel.register(s.sock, selectors.EVENT_READ, s)
             except (OSError, ValueError) as e:  # closed meanwhile (the gate stopped)
                 s.result = s.on_end("error", e)
+                s.finished = True
                 s.done.set()
                 continue
             s.fd = s.sock.fileno()
@@ -194,7 +215,7 @@ class Hub:
             self._readable(s)
 
     def _readable(self, s: Stream) -> None:
-        while not s.done.is_set():
+        while not s.finished:
             try:
                 data = s.sock.recv(65536)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -210,15 +231,22 @@ class Hub:
             # One read per readiness unless more is surely there: the selector is level-
             # triggered and says again if the socket has more; TLS may hold decrypted bytes
             # it would not signal.
-            if len(data) < 65536 and not (isinstance(s.sock, ssl.SSLSocket) and s.sock.pending()):
+            if len(data) < 65536 and not (s.tls and s.sock.pending()):
                 return
 
     def _feed(self, s: Stream, data: bytes) -> bool:
         """True when the stream ended."""
-        s.last = time.monotonic()
+        s.last = self._now
         try:
-            if s.dechunker is not None:
-                data = s.dechunker.feed(data)
+            d = s.dechunker
+            if d is not None:
+                if data == self._raw and d.idle():
+                    data = self._frame
+                else:
+                    frame = d.feed(data)
+                    if d.last_whole:
+                        self._raw, self._frame = data, frame
+                    data = frame
             result = s.consumer(data) if data else None
             if result is None and s.dechunker is not None and s.dechunker.ended:
                 result = s.on_end("eof", None)
@@ -242,4 +270,5 @@ class Hub:
         if self._streams.get(s.fd) is s:
             del self._streams[s.fd]
         s.result = result
+        s.finished = True
         s.done.set()

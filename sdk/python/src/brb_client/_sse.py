@@ -123,9 +123,10 @@ class Memo:
     def feed(self, parser: Parser, chunk: bytes) -> List[Event]:
         """The events of ``chunk`` for ``parser``, as ``parser.feed(chunk)`` returns them (the
         caller must not change them: other parsers get the same objects)."""
-        if not parser.idle():
+        # Parser.idle() inline: this runs for every delivery to every gate.
+        if parser._buf or parser._after_cr or parser._data or parser._event:
             return parser.feed(chunk)
-        if chunk == self._bytes:
+        if chunk is self._bytes or chunk == self._bytes:
             parser.resume(self._id)
             return self._events
         fresh = Parser()
