@@ -170,3 +170,13 @@ chaos:
 	BRB_CHAOS_SEED=$$seed BRB_CHAOS_SECS=$(CHAOS_SECS) BRB_CHAOS_VARIANT=$(VARIANT) \
 	  BRB_CHAOS_NO_NETNS=$(NO_NETNS) $(CARGO) test -p brb-e2e --test chaos \
 	  --locked -- --nocapture
+
+## The outcomes of a release after a pause on the real demo (tests/guard_demo.rs, also run by
+## `make test`): a pause recovers, resume at once relapses, a guarded release does not, a
+## release too fast is paused again by its guard. Writes each run's series to
+## docs/guard-curves/e2e-*.csv and prints them.
+.PHONY: guard-curves
+guard-curves:
+	$(CARGO) build -p brb --locked
+	BRB_GUARD_CURVES=$(CURDIR)/docs/guard-curves $(CARGO) test -p brb-e2e --test guard_demo \
+	  --locked -- --nocapture

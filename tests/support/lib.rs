@@ -70,10 +70,26 @@ impl ServerProc {
         Self::try_start_wrapped(wrap, data_dir, listen, extra_env).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// As [`ServerProc::start`], with more arguments after `brb server` (e.g. `--demo`).
+    pub fn start_args(data_dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> ServerProc {
+        Self::try_start_args(&[], args, data_dir, "127.0.0.1:0", extra_env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// As [`ServerProc::start_wrapped`]; a server that exits or stays silent is an error, not
     /// a panic (a restart under faults may find its database unreachable and try again).
     pub fn try_start_wrapped(
         wrap: &[String],
+        data_dir: &Path,
+        listen: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<ServerProc, String> {
+        Self::try_start_args(wrap, &[], data_dir, listen, extra_env)
+    }
+
+    fn try_start_args(
+        wrap: &[String],
+        args: &[&str],
         data_dir: &Path,
         listen: &str,
         extra_env: &[(&str, &str)],
@@ -94,6 +110,7 @@ impl ServerProc {
         };
         cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env_remove("BRB_ADMIN_TOKEN")
             .env_remove("BRB_CONFIG")
             .env("BRB_LOG", "info")

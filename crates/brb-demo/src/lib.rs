@@ -1,7 +1,8 @@
 //! The demo workload that `brb server --demo` (and so `make run`) starts, so a new user sees
 //! the whole story on one laptop: press the button and watch the database breathe.
 //!
-//! - **Producers** add jobs to a queue in bursts (a slow swell plus random spikes).
+//! - **Producers** add jobs to a queue in bursts (a slow swell plus random spikes; `steady`,
+//!   `brb server --demo --demo-steady`, keeps them at the average rate for reproducible runs).
 //! - **Workers** take jobs through the real SDK: each one is a [`brb_client::Gate`] with its
 //!   own event stream and reports over real HTTP, exactly as an external worker would. They
 //!   are the only code path that touches the queue, so pausing the switch really stops work.
@@ -47,6 +48,11 @@ pub struct DemoConfig {
     /// A query slower than this fails after holding its connection this long, and its job
     /// goes back to the queue (the producer retries it).
     pub job_timeout: Duration,
+    /// Arrivals at the average rate (with their jitter): no slow swell, no random bursts. For
+    /// runs that must be reproducible (`brb server --demo --demo-steady`, the end-to-end tests
+    /// of a release): the swell's phase depends on when the demo started and a burst lands
+    /// anywhere, and either changes what a step of a release sees.
+    pub steady: bool,
 }
 
 impl DemoConfig {
@@ -62,6 +68,7 @@ impl DemoConfig {
             // Tips only at 38 or more queries at once (93 ms with all 40): a burst of 2.5× the
             // average rate is served at about 30, the whole fleet on a backlog is not.
             job_timeout: Duration::from_millis(80),
+            steady: false,
         }
     }
 }
@@ -143,24 +150,32 @@ async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let start = tokio::time::Instant::now();
+    let mut last = start;
     let mut carry = 0.0;
-    let mut burst_left = 0u32;
+    let mut burst_until = f64::NEG_INFINITY;
     loop {
         tokio::time::sleep(tick).await;
-        let t = start.elapsed().as_secs_f64();
-        // A slow swell (period ~2 min) between 60% and 140% of the average rate...
-        let mut rate = cfg.arrival_rate * (1.0 + 0.4 * (t / 20.0).sin());
-        // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
-        if burst_left == 0 && rand::random::<f64>() < 0.0002 {
-            burst_left = 500;
-        }
-        if burst_left > 0 {
-            burst_left -= 1;
-            rate *= 2.5;
+        let now = tokio::time::Instant::now();
+        // Jobs for the time that really passed, not for the tick asked for: a busy machine
+        // wakes this loop late, and counting ticks would lower the arrival rate with its load.
+        let dt = now.duration_since(last).as_secs_f64();
+        last = now;
+        let t = now.duration_since(start).as_secs_f64();
+        let mut rate = cfg.arrival_rate;
+        if !cfg.steady {
+            // A slow swell (period ~2 min) between 60% and 140% of the average rate...
+            rate *= 1.0 + 0.4 * (t / 20.0).sin();
+            // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
+            if t >= burst_until && rand::random::<f64>() < 0.02 * dt {
+                burst_until = t + 5.0;
+            }
+            if t < burst_until {
+                rate *= 2.5;
+            }
         }
         let jitter = 0.8 + 0.4 * rand::random::<f64>();
         // Fractions of a job carry over to the next tick, so the average rate holds.
-        carry += rate * tick.as_secs_f64() * jitter;
+        carry += rate * dt * jitter;
         let n = carry.floor();
         carry -= n;
         sim.queue.fetch_add(n as u64, Ordering::AcqRel);

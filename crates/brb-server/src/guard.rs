@@ -22,7 +22,7 @@ use chrono::Utc;
 use crate::AppState;
 use crate::commit::SetState;
 use crate::error::ApiError;
-use crate::guard_core::{GuardRun, Verdict, measure};
+use crate::guard_core::{Check, GuardRun, Verdict, measure};
 
 /// How often the evaluator looks (checks themselves run at each guard's interval).
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
@@ -64,8 +64,12 @@ pub(crate) async fn run(state: AppState) {
                 continue;
             };
             let now_sec = now.timestamp();
+            let first = run.first_point_sec();
             let verdict = run.on_tick(now, |g| {
-                let since = now_sec - g.interval_secs as i64 + 1;
+                let since = (now_sec - g.interval_secs as i64 + 1).max(first);
+                if since > now_sec {
+                    return Check::NoData(format!("no point of {} from this step yet", g.series));
+                }
                 measure(
                     g,
                     &state.series().query(Some(&g.series), since, now_sec),

@@ -3,7 +3,8 @@
 //!
 //! One [`GuardRun`] follows one step of a guarded release (one switch version). Each guard is
 //! checked every `interval_secs`, first one interval after the step began, over the last
-//! `interval_secs` seconds of its series ([`measure`]):
+//! `interval_secs` seconds of its series ([`measure`]), points from the step's first two
+//! seconds left out ([`GuardRun::first_point_sec`]):
 //! * **Pass** resets the guard's failure count; **Fail** adds one; **NoData** does neither.
 //! * The step advances once its dwell (`step_secs`) has passed and every guard's last check on
 //!   this step was a pass. On the last step (100%) the same rule ends the release: the guards
@@ -121,6 +122,16 @@ impl GuardRun {
     /// The switch version this run follows: a new version needs a new run.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The first unix second whose points may count for this step. A point is stamped with
+    /// the second it arrived in, and a pusher sends what it measured over the period before
+    /// (the demo averages each second): a point stamped in the step's first second, or in the
+    /// next, may describe the step before. Checks measure only points from here on, so a step
+    /// never advances, nor a release finishes, on the previous step's load; until there is
+    /// such a point a check has no data and the step holds.
+    pub fn first_point_sec(&self) -> i64 {
+        self.guard.step_started_at.timestamp() + 2
     }
 
     fn dwell_ends_at(&self) -> DateTime<Utc> {

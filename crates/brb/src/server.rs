@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// database, publishing jobs_per_second, queue_depth and db_load.
     #[arg(long)]
     demo: bool,
+    /// With --demo: jobs arrive at the demo's average rate, without its slow swell and random
+    /// bursts, so that runs are reproducible (the end-to-end tests of a release use it).
+    #[arg(long, requires = "demo")]
+    demo_steady: bool,
 }
 
 /// `insecure_http`: the global `--insecure-http` flag (plain HTTP beyond loopback allowed).
@@ -162,7 +166,8 @@ pub async fn run(args: ServerArgs, insecure_http: bool) -> Result<()> {
         } else {
             format!("http://{addr}")
         };
-        let cfg = brb_demo::DemoConfig::new(&local, &token, &config.primary.name);
+        let mut cfg = brb_demo::DemoConfig::new(&local, &token, &config.primary.name);
+        cfg.steady = args.demo_steady;
         say!(
             "  demo:        {} workers on switch {:?}; press the button and watch the graphs",
             cfg.workers,
