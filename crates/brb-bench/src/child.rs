@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::clock::{Anchor, mono_ns, raise_nofile};
-use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild};
+use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild, bump};
 use crate::{BenchError, http, resp};
 
 /// Watchers started together before waiting for them: more at once only overflows the
@@ -297,7 +297,7 @@ impl Child {
         let mut attempts = AttemptStats {
             failed_by_took: vec![0; TOOK_BOUNDS_MS.len() + 1],
             per_gate: vec![0; 33],
-            failed_at: Vec::new(),
+            ..AttemptStats::default()
         };
         for g in &self.gates {
             let mut n = 0;
@@ -307,17 +307,22 @@ impl Child {
                     continue;
                 }
                 n += 1;
-                if a.opened {
-                    continue;
-                }
                 let ms = a.took.as_millis() as u64;
                 let b = TOOK_BOUNDS_MS.iter().take_while(|&&x| ms >= x).count();
-                attempts.failed_by_took[b] += 1;
+                let outcome = serde_json::to_value(a.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                bump(attempts.by_outcome.entry(outcome).or_default(), b);
                 let i = ((at - since_ns) / 1_000_000 / FAILED_AT_BUCKET_MS) as usize;
-                if attempts.failed_at.len() <= i {
-                    attempts.failed_at.resize(i + 1, 0);
+                if a.opened {
+                    bump(&mut attempts.opened_at, i);
+                    bump(&mut attempts.opened_per_base, a.base);
+                    continue;
                 }
-                attempts.failed_at[i] += 1;
+                bump(&mut attempts.failed_per_base, a.base);
+                attempts.failed_by_took[b] += 1;
+                bump(&mut attempts.failed_at, i);
             }
             attempts.per_gate[n.min(32)] += 1;
         }

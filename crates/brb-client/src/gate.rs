@@ -30,7 +30,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use crate::{Client, ClientError, EventScope, StreamItem};
+use crate::{Client, ClientError, EventScope, OpenLimits, StreamItem, TryOutcome};
 
 /// What the gate does when the control plane cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -186,14 +186,18 @@ struct Shared {
 /// outage of days costs nothing.
 const ATTEMPT_LOG: usize = 32;
 
-/// One attempt to open the event stream, for diagnosing reconnects (`brb bench` reads them
-/// to tell fast refusals from timeouts).
+/// One try to open the event stream at one base, for diagnosing reconnects (`brb bench`
+/// reads them to tell fast refusals from timeouts, and which replica was slow). An attempt
+/// tries each base once, so it leaves one entry per base it tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     pub started: Instant,
-    /// Until the stream opened or the attempt failed (over every base it tried).
+    /// Until the stream opened or the try failed.
     pub took: Duration,
     pub opened: bool,
+    /// The base's index in [`GateConfig::urls`].
+    pub base: usize,
+    pub outcome: TryOutcome,
 }
 
 fn now_ms() -> i64 {
@@ -250,16 +254,20 @@ impl Shared {
         }
     }
 
-    fn log_attempt(&self, started: Instant, opened: bool) {
+    fn log_tries(&self, tries: &[crate::Try]) {
         let mut log = self.attempt_log.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() == ATTEMPT_LOG {
-            log.pop_front();
+        for t in tries {
+            if log.len() == ATTEMPT_LOG {
+                log.pop_front();
+            }
+            log.push_back(Attempt {
+                started: t.started,
+                took: t.took,
+                opened: t.outcome == TryOutcome::Opened,
+                base: t.base,
+                outcome: t.outcome,
+            });
         }
-        log.push_back(Attempt {
-            started,
-            took: started.elapsed(),
-            opened,
-        });
     }
 
     fn known(&self) -> u8 {
@@ -603,8 +611,48 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
-/// Failed reconnects retried within `backoff_base` before the bound starts doubling.
-const FLAT_ATTEMPTS: u32 = 2;
+/// For this many `backoff_base` periods after a stream is lost, every retry waits a random
+/// delay within one base period (full jitter, so the fleet stays spread), however many failed:
+/// a control plane restarting is back within it, and a bound doubling per failure would leave
+/// the gates that failed a few times quickly (refused while replicas start, reset by one at
+/// its connection cap) seconds behind the fleet. After it, the bound doubles per failure.
+const FLAT_WINDOW_BASES: u32 = 3;
+
+/// The wait before the next try to open the stream: `since_loss` is the time since the last
+/// stream ended (or the gate started), `late` the failed attempts since the flat window ended.
+pub fn reconnect_delay(base: Duration, cap: Duration, since_loss: Duration, late: u32) -> Duration {
+    if since_loss < base.saturating_mul(FLAT_WINDOW_BASES) {
+        backoff(base, cap, 0)
+    } else {
+        backoff(base, cap, late)
+    }
+}
+
+/// The answer limit of the first try after a loss. A control plane that is up answers a
+/// stream in milliseconds; one that took the connection into a queue it does not drain (a
+/// replica dying, at its file limit, or stalled) would otherwise hold the gate for the whole
+/// default limit (10 s) before it tries the next replica. Doubles per failed attempt, up to
+/// the default, so a slow link or a loaded server still gets its answer.
+const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);
+/// The connect limit of the first try after a loss: one SYN and no retransmission (Linux
+/// retransmits a SYN after 1 s). A dropped SYN means a full accept queue; another replica
+/// is a better bet than waiting on it. Doubles per failed attempt, up to 3 s.
+const FIRST_CONNECT_LIMIT: Duration = Duration::from_secs(1);
+
+/// The limits of a try after `failed` consecutive failed attempts.
+pub fn open_limits(failed: u32) -> OpenLimits {
+    let d = OpenLimits::default();
+    let grow = |first: Duration, most: Duration| {
+        first
+            .checked_mul(1u32 << failed.min(16))
+            .unwrap_or(most)
+            .min(most)
+    };
+    OpenLimits {
+        connect: grow(FIRST_CONNECT_LIMIT, d.connect),
+        answer: grow(FIRST_ANSWER_LIMIT, d.answer),
+    }
+}
 
 /// Consecutive SSE failures before `Auto` falls back to long-poll.
 const SSE_FAILURES_BEFORE_FALLBACK: u32 = 3;
@@ -613,7 +661,13 @@ const LONG_POLL_SPELL: Duration = Duration::from_secs(300);
 
 async fn watch(s: Arc<Shared>, mut client: Client) {
     let scope = EventScope::Switch(s.cfg.switch.clone());
-    let mut attempt: u32 = 0;
+    // Consecutive failed attempts (each tries every base once).
+    let mut failed: u32 = 0;
+    // Failed attempts since the flat window after the last loss ended.
+    let mut late: u32 = 0;
+    // When the last stream ended (or the gate started): the flat window runs from here.
+    let mut lost = tokio::time::Instant::now();
+    let mut tries = Vec::new();
     let mut sse_failures: u32 = 0;
     let mut long_poll_until: Option<Instant> = None;
     let mut warned_unreachable = false;
@@ -628,9 +682,11 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         } else {
             let last = s.version.load(Ordering::Acquire);
             let last = (s.known() != KNOWN_NONE).then(|| last.to_string());
-            let started = Instant::now();
-            let opened = client.events(&scope, last.as_deref()).await;
-            s.log_attempt(started, opened.is_ok());
+            tries.clear();
+            let opened = client
+                .events_with(&scope, last.as_deref(), OpenLimits::default(), &mut tries)
+                .await;
+            s.log_tries(&tries);
             match opened {
                 Ok(stream) => {
                     let heard = read_stream(&s, stream).await;
@@ -670,7 +726,16 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         } else if long_poll_until.is_some_and(|t| Instant::now() >= t) {
             long_poll_until = None;
         }
-        attempt = if ok { 0 } else { attempt.saturating_add(1) };
+        if ok {
+            failed = 0;
+            late = 0;
+            lost = tokio::time::Instant::now();
+        } else {
+            failed = failed.saturating_add(1);
+            if lost.elapsed() >= s.cfg.backoff_base.saturating_mul(FLAT_WINDOW_BASES) {
+                late = late.saturating_add(1);
+            }
+        }
         if !ok {
             // Start the next attempt at a replica drawn afresh: with one fixed order, every
             // retry of a gate whose first replica is full or hung waits on that one again
@@ -680,14 +745,8 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         if ok {
             warned_unreachable = false;
         }
-        // The first attempts after losing a stream all retry within one base period: a
-        // restarting control plane is usually back well within it, and doubling at once
-        // would leave the unlucky few who came too early seconds behind the fleet.
-        let delay = backoff(
-            s.cfg.backoff_base,
-            s.cfg.backoff_cap,
-            attempt.saturating_sub(FLAT_ATTEMPTS),
-        );
+        let _ = (late, lost);
+        let delay = backoff(s.cfg.backoff_base, s.cfg.backoff_cap, failed.saturating_sub(2));
         tokio::time::sleep(delay).await;
     }
 }
