@@ -14,9 +14,12 @@
 //! When the control plane cannot be reached the gate keeps the last known state
 //! ([`FailurePolicy::KeepLastKnown`], the default: a pause is never silently undone by a network
 //! problem), or fails open or closed after a grace period, as configured. Reconnects use
-//! exponential backoff with full jitter, so a fleet does not reconnect in the same millisecond
-//! after a control-plane restart (the first few attempts stay within one base period, so a
-//! quick restart has the whole fleet back within about a second).
+//! full jitter, so a fleet does not reconnect in the same millisecond after a control-plane
+//! restart: for three base periods after a stream is lost every retry waits within one base
+//! period, so a quick restart has the whole fleet back within about a second; after that the
+//! bound doubles per failed attempt. The first tries after a loss give each replica 1 s to
+//! take the connection and 2 s to answer (doubling per failed attempt, up to 3 s and 10 s), so
+//! a replica that takes connections but does not answer costs seconds, not ten.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -70,7 +73,8 @@ pub struct GateConfig {
     /// Heartbeat report interval (a report also goes out at once on every observed change).
     pub report_interval: Duration,
     pub transport: Transport,
-    /// First reconnect delay bound; doubles per failed attempt up to `backoff_cap`.
+    /// Reconnect delay bound for three such periods after a stream is lost; after that it
+    /// doubles per failed attempt up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// A connected stream that sends nothing (not even a keep-alive) for this long is dead.
@@ -684,7 +688,7 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
             let last = (s.known() != KNOWN_NONE).then(|| last.to_string());
             tries.clear();
             let opened = client
-                .events_with(&scope, last.as_deref(), OpenLimits::default(), &mut tries)
+                .events_with(&scope, last.as_deref(), open_limits(failed), &mut tries)
                 .await;
             s.log_tries(&tries);
             match opened {
@@ -745,8 +749,12 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         if ok {
             warned_unreachable = false;
         }
-        let _ = (late, lost);
-        let delay = backoff(s.cfg.backoff_base, s.cfg.backoff_cap, failed.saturating_sub(2));
+        let delay = reconnect_delay(
+            s.cfg.backoff_base,
+            s.cfg.backoff_cap,
+            lost.elapsed(),
+            late,
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -1002,6 +1010,95 @@ mod tests {
             (v.state, v.version, v.source),
             (SwitchState::Paused, 9, Source::Other)
         );
+    }
+
+    /// The first tries after a loss give a replica that took the connection but does not
+    /// answer 2 s, then 4 s..., not the default 10 s each: two mute replicas cost the gate
+    /// 2 + 2 s, a delay (past the flat window by then: within two base periods), then
+    /// 4 + 4 s (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn the_first_tries_after_a_loss_give_up_on_a_mute_replica_within_seconds() {
+        // Listeners that never accept: the kernel completes the handshake and queues the
+        // connection, the request goes out, no answer ever comes.
+        let mute: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let urls: Vec<String> = mute
+            .iter()
+            .map(|l| format!("http://{}", l.local_addr().unwrap()))
+            .collect();
+        let mut cfg = GateConfig::new(&urls, None, "workers");
+        cfg.transport = Transport::Sse;
+        cfg.reports = false;
+        cfg.send_samples = false;
+        let t0 = tokio::time::Instant::now();
+        let gate = Gate::start(cfg).unwrap();
+        while gate.attempts().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = t0.elapsed();
+        let tries = gate.attempts();
+        assert!(
+            tries.iter().all(|a| a.outcome == TryOutcome::NoAnswer && !a.opened),
+            "{tries:?}"
+        );
+        assert_ne!(tries[0].base, tries[1].base, "an attempt tries each replica");
+        // 2 + 2 s, a delay of at most 2 s, then 4 + 4 s.
+        assert!(
+            (Duration::from_secs(12)..=Duration::from_millis(14_050)).contains(&took),
+            "four tries took {took:?}"
+        );
+        drop(gate);
+        drop(mute);
+    }
+
+    #[test]
+    fn open_limits_start_short_and_grow_to_the_defaults() {
+        let d = OpenLimits::default();
+        let l: Vec<OpenLimits> = (0..6).map(open_limits).collect();
+        assert_eq!(
+            (l[0].connect, l[0].answer),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(
+            (l[1].connect, l[1].answer),
+            (Duration::from_secs(2), Duration::from_secs(4))
+        );
+        assert_eq!((l[3].connect, l[3].answer), (d.connect, d.answer));
+        assert_eq!(open_limits(u32::MAX), d);
+    }
+
+    /// While the loss is recent every retry waits within one base period however many failed
+    /// (full jitter: spread, never a fixed step); after the window the bound doubles per
+    /// failure since.
+    #[test]
+    fn retries_stay_within_one_base_period_for_the_window_after_a_loss() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(30);
+        let window = base * FLAT_WINDOW_BASES;
+        let mut seen = std::collections::HashSet::new();
+        for late in [0, 1, 5, 30] {
+            for since in [Duration::ZERO, base, window - Duration::from_millis(1)] {
+                for _ in 0..50 {
+                    let d = reconnect_delay(base, cap, since, late);
+                    assert!(d <= base, "{d:?} after {since:?}, {late} late failures");
+                    seen.insert(d.as_micros());
+                }
+            }
+        }
+        assert!(seen.len() > 100, "full jitter spreads the delays");
+        let longest = |late| {
+            (0..400)
+                .map(|_| reconnect_delay(base, cap, window, late))
+                .max()
+                .unwrap()
+        };
+        let after_three = longest(3);
+        assert!(
+            after_three > base * 4 && after_three <= base * 8,
+            "{after_three:?}"
+        );
+        assert!(longest(30) <= cap);
     }
 
     #[test]
