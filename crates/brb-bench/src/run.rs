@@ -560,7 +560,9 @@ fn log_statements(env: &[(String, String)], on: bool) -> bool {
 fn count_statements(pg: &brb_pgtest::PgCluster) -> u64 {
     pg.log()
         .lines()
-        .filter(|l| l.contains("duration: ") && (l.contains(" execute ") || l.contains(" statement: ")))
+        .filter(|l| {
+            l.contains("duration: ") && (l.contains(" execute ") || l.contains(" statement: "))
+        })
         .count() as u64
 }
 
