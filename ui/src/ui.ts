@@ -2,12 +2,12 @@
 
 import { BackendError, type GuardSpec, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
-import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, rampText, sourceLabel } from "./format";
+import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, sourceLabel } from "./format";
 import { Graph, type GuardLimit } from "./graphs";
 import { type Model, lastResume, noteSwitch, primary, seriesKey, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
 import { h } from "./dom";
-import { EXTEND_SECS, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
+import { EXTEND_SECS, auditRamp, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
 import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
 
@@ -585,16 +585,16 @@ export class App {
   private renderAudit() {
     const entries = this.model.audit.slice(0, 30);
     // Rebuilt only when the log changed: a table re-made every second loses text selection.
-    const sig = entries.map((e) => e.id).join(",") + `|${this.model.ramps.size}`;
+    const sig = entries.map((e) => e.id).join(",");
     if (this.auditEl.dataset.sig === sig) return;
     this.auditEl.dataset.sig = sig;
     this.auditEl.replaceChildren(
       ...entries.map((e) => {
         const change = e.action === "state_changed" ? `${e.from} → ${e.to}` : e.action.replace(/_/g, " ");
+        // Each entry carries the ramp of its version (servers before that: "–", unknown).
         let ramp = "";
-        if (e.action === "state_changed" && e.to === "running" && e.switch) {
-          const r = this.model.ramps.get(`${e.switch}@${e.version}`);
-          ramp = r ? rampText(r) : r === null ? "at once" : "–";
+        if ((e.action === "state_changed" && e.to === "running") || e.action === "ramp_changed") {
+          ramp = e.ramp ? auditRamp(e.ramp) : e.ramp === null ? "at once" : "–";
         }
         return h(
           "tr",
