@@ -9,7 +9,7 @@ import { markers, pausedIntervals, visibleRange } from "./pauses";
 import { h } from "./dom";
 import { EXTEND_SECS, auditRamp, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
-import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
+import { type StateLook, faviconUrl, inkOn, stateKind, stateLook } from "./states";
 
 /** How long a press waits for the control plane before it says so. */
 export const PRESS_TIMEOUT_MS = 5_000;
@@ -130,7 +130,8 @@ export class App {
             "div",
             { class: "audit-panel" },
             h("h2", {}, "Audit log"),
-            h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
+            // A scrolling region is reachable by keyboard (it scrolls sideways on a phone).
+            h("div", { class: "table-scroll", tabindex: "0", role: "region", "aria-label": "Audit log entries" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
           ),
         ),
       ),
@@ -278,6 +279,7 @@ export class App {
     if (m.info) {
       this.env.textContent = `${m.info.environment.name.toUpperCase()} · Big Red Button`;
       this.env.style.background = m.info.environment.color;
+      this.env.style.color = inkOn(m.info.environment.color);
     }
     // Connection banner: dark with hazard stripes and a grey "unknown" mark, never a red bar
     // that could pass for a red environment header.
