@@ -50,7 +50,7 @@ test: test-deps
 	scripts/schemathesis.sh
 	scripts/python-sdk-tests.sh
 	$(CARGO) test --workspace --all-targets --locked
-	cd ui && node --test tests/console.e2e.mjs tests/release.e2e.mjs tests/guard.e2e.mjs tests/approval.e2e.mjs
+	cd ui && node --test tests/console.e2e.mjs tests/release.e2e.mjs tests/guard.e2e.mjs tests/approval.e2e.mjs tests/a11y.e2e.mjs
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop-connect.e2e.mjs

@@ -19,6 +19,7 @@ const COMMANDS: &[&str] = &[
     "brb_test_connection",
     "brb_save_profile",
     "brb_use_profile",
+    "brb_delete_profile",
     "brb_painted",
     "brb_request_resume",
     "brb_decide_resume",

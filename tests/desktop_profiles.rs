@@ -224,3 +224,81 @@ fn bad_profiles_are_refused_with_the_field_named() {
         .is_ok()
     );
 }
+
+/// The desktop app names the environment in a notification from the control plane's own
+/// answer, whether or not its window has asked anything yet: `forward_events` reads the info
+/// before the stream opens, so a change right after start-up is "[staging] Workers PAUSED",
+/// neither an empty "[]" nor the profile's own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_is_announced_with_the_environment_before_the_window_asks() {
+    use brb_api::{SetStateRequest, Source, SwitchState};
+    use brb_desktop::{Announcer, Forwarded, forward_events};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"), &[("BRB_ENVIRONMENT", "staging")]);
+    let client = Client::new(&[server.url.as_str()], Some(server.admin_token())).unwrap();
+    let profile = Profile {
+        name: "my-laptop".into(),
+        urls: vec![server.url.clone()],
+        token: None,
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        insecure_http: false,
+        color: None,
+        from_env: false,
+    };
+    let mut announcer = Announcer::new(Some(&profile));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tokio::spawn(forward_events(client.clone(), move |f| {
+        let _ = tx.send(f);
+    }));
+    // Until the stream's first event (the state as it is): what came before it.
+    let mut before_first = Vec::new();
+    loop {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the stream's first event within 20 s")
+            .expect("forwarding runs");
+        assert_eq!(
+            announcer.take(&f),
+            None,
+            "the first state seen is not a change"
+        );
+        if matches!(&f, Forwarded::Event(e, _) if e == "switch") {
+            break;
+        }
+        before_first.push(f);
+    }
+    assert!(
+        before_first
+            .iter()
+            .any(|f| matches!(f, Forwarded::Info(i) if i.environment.name == "staging")),
+        "the info came before the first event: {before_first:?}"
+    );
+    client
+        .set_state(
+            "workers",
+            &SetStateRequest {
+                state: SwitchState::Paused,
+                reason: Some("db on fire".into()),
+                source: Some(Source::Cli),
+                expected_version: None,
+                ramp: None,
+                guards: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let (title, body) = loop {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the change is forwarded within 20 s")
+            .expect("forwarding runs");
+        if let Some(n) = announcer.take(&f) {
+            break n;
+        }
+    };
+    forward.abort();
+    assert_eq!(title, "[staging] Workers PAUSED");
+    assert_eq!(body, "by admin from cli: db on fire");
+}

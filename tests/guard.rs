@@ -392,5 +392,29 @@ async fn the_cli_resumes_with_guards() {
             .contains("guarded release at 10% (step 1/4), guard db_load < 80, queue_depth < 500"),
         "{out}"
     );
+    // `brb audit` says how each release was made, guards included; a plain ramp too.
+    let (ok, out) = run(&["audit", "--limit", "1"]);
+    println!("brb audit: {out}");
+    assert!(
+        ok && out.contains(
+            "paused -> running ",
+        ) && out.contains(
+            "[ramp: guarded 10% -> 25% -> 50% -> 100% (200s a step), at step 1/4, guard db_load < 80, queue_depth < 500]"
+        ),
+        "{out}"
+    );
+    pause(&api, &token).await;
+    let (ok, out) = run(&["resume", "--ramp", "linear:5m", "--wait", "0"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["audit", "--limit", "3"]);
+    println!("brb audit: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        ok && lines.len() == 3
+            && lines[0].contains("[ramp: 5% -> 100% linearly over 300s]")
+            && !lines[1].contains("[ramp:")
+            && lines[2].contains("[ramp: guarded"),
+        "{out}"
+    );
     drop(server);
 }

@@ -113,11 +113,11 @@ struct AppState {
     keychain_problem: Mutex<Option<String>>,
     /// The active profile's event forwarding and button listener, stopped on a switch.
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The last state of each switch seen on the event stream (for notifications and tray).
-    seen: Mutex<std::collections::HashMap<String, Switch>>,
+    /// The active profile's environment name and the last state of each switch seen on the
+    /// event stream: what notifications say.
+    announcer: Mutex<brb_desktop::Announcer>,
     connection: Mutex<&'static str>,
     primary: Mutex<Option<String>>,
-    environment: Mutex<String>,
     tray: Mutex<Option<Tray>>,
     /// The office button listener's status text, when it runs.
     button: Mutex<Option<String>>,
@@ -155,7 +155,7 @@ async fn client(s: &AppState) -> Result<Client, UiError> {
 async fn brb_info(state: S<'_>) -> Result<ServerInfo, UiError> {
     let info = client(&state).await?.info().await?;
     *lock(&state.primary) = Some(info.primary_switch.clone());
-    *state.environment.lock().unwrap_or_else(|e| e.into_inner()) = info.environment.name.clone();
+    lock(&state.announcer).set_environment(&info.environment.name);
     Ok(info)
 }
 
@@ -363,6 +363,9 @@ fn show_main(app: &AppHandle) {
 }
 
 fn on_forwarded(app: &AppHandle, state: &AppState, f: Forwarded) {
+    // The info comes before the stream's first event: a change names its environment even
+    // before the window has asked anything.
+    let announce = lock(&state.announcer).take(&f);
     match f {
         Forwarded::Status(s) => {
             *state.connection.lock().unwrap_or_else(|e| e.into_inner()) = s;
@@ -371,30 +374,21 @@ fn on_forwarded(app: &AppHandle, state: &AppState, f: Forwarded) {
                 update_tray(app, state, None);
             }
         }
+        Forwarded::Info(info) => {
+            *lock(&state.primary) = Some(info.primary_switch.clone());
+        }
         Forwarded::Event(event, data) => {
+            if lock(&state.settings).notifications
+                && let Some((title, body)) = announce
+                && let Err(e) = app.notification().builder().title(title).body(body).show()
+            {
+                tracing::warn!(error = %e, "OS notification not shown");
+            }
             if event == brb_api::events::SWITCH
                 && let Ok(sw) = serde_json::from_str::<Switch>(&data)
+                && sw.primary
             {
-                let prev = state
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(sw.name.clone(), sw.clone());
-                let env = state
-                    .environment
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let notify = lock(&state.settings).notifications;
-                if notify
-                    && let Some((title, body)) = brb_desktop::notification(prev.as_ref(), &sw, &env)
-                    && let Err(e) = app.notification().builder().title(title).body(body).show()
-                {
-                    tracing::warn!(error = %e, "OS notification not shown");
-                }
-                if sw.primary {
-                    update_tray(app, state, Some(&sw));
-                }
+                update_tray(app, state, Some(&sw));
             }
             #[derive(Serialize, Clone)]
             struct Payload {
@@ -703,6 +697,58 @@ fn brb_use_profile(app: AppHandle, state: S<'_>, name: String) -> Result<(), UiE
     switch_profile(&app, &state, &name)
 }
 
+/// Deletes a profile from the connect screen: from the settings file, then its token from the
+/// keychain. Deleting the active profile connects to the first one left (or shows the connect
+/// screen). Answers why the token is still in the keychain, when it could not be removed.
+#[tauri::command]
+async fn brb_delete_profile(
+    app: AppHandle,
+    state: S<'_>,
+    name: String,
+) -> Result<Option<String>, UiError> {
+    let st = Arc::clone(state.inner());
+    let who = name.clone();
+    let deleted = tauri::async_runtime::spawn_blocking(move || {
+        let settings = lock(&st.settings).clone();
+        brb_desktop::profiles::delete_profile(&settings, &st.settings_path, &OsKeychain, &who)
+    })
+    .await
+    .map_err(|e| UiError {
+        code: "internal".into(),
+        message: e.to_string(),
+        current: None,
+    })??;
+    match &deleted.keychain_left {
+        None => {
+            tracing::info!(profile = %name, source = "desktop", "profile deleted with its keychain entry")
+        }
+        Some(e) => {
+            tracing::warn!(profile = %name, error = %e, source = "desktop", "profile deleted; its keychain entry was not removed")
+        }
+    }
+    *lock(&state.settings) = deleted.settings;
+    if deleted.was_active {
+        activate(&app, &state);
+        // The window starts again on the profile now active (none: the connect screen).
+        let active = lock(&state.settings)
+            .active_profile()
+            .map(|p| p.name.clone());
+        let _ = app.emit("brb://profile", active.unwrap_or_default());
+    } else {
+        // Still connected to the same control plane: the menu loses the profile, the icon
+        // keeps the state it showed.
+        refresh_tray(&app, &state);
+        let primary = lock(&state.primary).clone();
+        let last = primary.and_then(|p| lock(&state.announcer).last(&p).cloned());
+        if *lock(&state.connection) == "open"
+            && let Some(sw) = last
+        {
+            update_tray(&app, &state, Some(&sw));
+        }
+    }
+    Ok(deleted.keychain_left)
+}
+
 fn switch_profile(app: &AppHandle, state: &Arc<AppState>, name: &str) -> Result<(), UiError> {
     let next = {
         let settings = lock(&state.settings);
@@ -727,8 +773,8 @@ fn activate(app: &AppHandle, state: &Arc<AppState>) {
     }
     state.conn.send_replace(Conn::Starting);
     *lock(&state.primary) = None;
-    *lock(&state.environment) = String::new();
-    lock(&state.seen).clear();
+    let announcer = brb_desktop::Announcer::new(lock(&state.settings).active_profile());
+    *lock(&state.announcer) = announcer;
     *lock(&state.connection) = "connecting";
     refresh_tray(app, state);
     let (app, st) = (app.clone(), Arc::clone(state));
@@ -820,10 +866,9 @@ fn main() {
         settings_path: path,
         keychain_problem: Mutex::new(None),
         tasks: Mutex::default(),
-        seen: Mutex::default(),
+        announcer: Mutex::new(brb_desktop::Announcer::new(settings.active_profile())),
         connection: Mutex::new("connecting"),
         primary: Mutex::new(None),
-        environment: Mutex::new(String::new()),
         tray: Mutex::new(None),
         button: Mutex::new(None),
         first_paint_ms: Mutex::new(None),
@@ -880,6 +925,7 @@ fn main() {
             brb_test_connection,
             brb_save_profile,
             brb_use_profile,
+            brb_delete_profile,
             brb_painted,
             brb_request_resume,
             brb_decide_resume,

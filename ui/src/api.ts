@@ -118,6 +118,8 @@ export interface AuditEntry {
   reason: string | null;
   remote_addr: string | null;
   at: string;
+  /** The switch's ramp right after this entry (null: none); absent from older servers. */
+  ramp?: Ramp | null;
 }
 
 export interface ChangeAck {

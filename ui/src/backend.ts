@@ -115,6 +115,11 @@ export interface ProfileStore {
   /** Saves, makes it the active profile and connects; answers where the token went. */
   saveProfile(draft: ProfileDraft, replacing: string | null): Promise<ProfileView["token"]>;
   useProfile(name: string): Promise<void>;
+  /**
+   * Deletes a profile and its token in the keychain; answers why the token is still there
+   * when the keychain would not remove it (null: removed).
+   */
+  deleteProfile(name: string): Promise<string | null>;
   /** Called when the active profile changes (from the tray too): the window starts again. */
   onProfileChange(cb: () => void): void;
   /** Reports the first painted frame; answers ms since the process started. */

@@ -98,6 +98,9 @@ export function showConnect(
     cancel.addEventListener("click", () => opts.onCancel?.());
     buttons.append(cancel);
   }
+  // Deleting asks once more, naming what goes: the profile and its token in the keychain.
+  const removal = e && e.token.kind !== "environment" ? deleteControls(e, store, (m) => fail(m)) : null;
+  if (removal) buttons.append(removal.button);
   const notice = keychainNotice(answer, e);
   const form = h(
     "form",
@@ -121,6 +124,7 @@ export function showConnect(
     error,
     results,
     buttons,
+    ...(removal ? [removal.confirm] : []),
   );
   const draft = (): ProfileDraft => ({
     name: name.value,
@@ -183,6 +187,49 @@ export function showConnect(
   });
   mount.replaceChildren(form);
   (e ? urls : name).focus();
+}
+
+/**
+ * "Delete profile" and its confirmation. After the deletion the window starts again (on the
+ * profile now active, or the connect screen); a token the keychain would not remove is said
+ * first, and the window starts again when the person has read it.
+ */
+function deleteControls(p: ProfileView, store: ProfileStore, fail: (message: string) => void) {
+  const button = h("button", { type: "button", class: "delete", "data-testid": "delete-profile" }, "Delete profile");
+  const yes = h("button", { type: "button", class: "delete", "data-testid": "confirm-delete-profile" }, `Delete ${p.name}`);
+  const no = h("button", { type: "button", "data-testid": "keep-profile" }, "Keep it");
+  const where = p.token.kind === "keychain" ? "its token is removed from the OS keychain" : "its token goes with it";
+  const confirm = h(
+    "div",
+    { class: "confirm-delete hidden", "data-testid": "delete-confirm", role: "group", "aria-label": `Delete profile ${p.name}` },
+    h("p", {}, `Delete the profile ${p.name}? ${where}; the control plane is not touched.`),
+    yes,
+    no,
+  );
+  button.addEventListener("click", () => {
+    confirm.classList.remove("hidden");
+    no.focus();
+  });
+  no.addEventListener("click", () => {
+    confirm.classList.add("hidden");
+    button.focus();
+  });
+  yes.addEventListener("click", () => {
+    yes.disabled = true;
+    store
+      .deleteProfile(p.name)
+      .then((left) => {
+        if (!left) return location.reload();
+        fail(`The profile ${p.name} is deleted, but its token is still in the OS keychain: ${left}`);
+        confirm.replaceChildren(h("button", { type: "button", "data-testid": "deleted-continue" }, "Continue"));
+        confirm.querySelector("button")?.addEventListener("click", () => location.reload());
+      })
+      .catch((err: { message?: string }) => {
+        yes.disabled = false;
+        fail(err.message ?? String(err));
+      });
+  });
+  return { button, confirm };
 }
 
 /** The switcher above the console: colour, profile list, Edit, Add. */

@@ -1,6 +1,6 @@
 // The UI's state and the pure functions that update it from API answers and live events.
 
-import type { AuditEntry, GuardStatus, Ramp, Series, ServerInfo, Switch, WorkerCounts } from "./api";
+import type { AuditEntry, GuardStatus, Series, ServerInfo, Switch, WorkerCounts } from "./api";
 import type { ConnectionStatus, LiveEvent } from "./backend";
 
 /** One series at one-second resolution, at most an hour. */
@@ -35,8 +35,6 @@ export interface Model {
    */
   unconfirmed: Unconfirmed | null;
   late: (Unconfirmed & { appliedAt: string; version: number }) | null;
-  /** The ramp of each version seen (`switch@version`), for the audit table's details. */
-  ramps: Map<string, Ramp | null>;
   /** A change sent and not yet acknowledged. */
   pending: { switch: string; to: "paused" | "running" } | null;
   error: { code: string; message: string } | null;
@@ -76,7 +74,6 @@ export function emptyModel(): Model {
     lastKnown: null,
     unconfirmed: null,
     late: null,
-    ramps: new Map(),
     pending: null,
     error: null,
     button: null,
@@ -198,12 +195,11 @@ export function applyEvent(m: Model, e: LiveEvent): boolean {
 }
 
 /**
- * Notes a switch as seen: its ramp (for the audit), and whether it is a timed-out press of
- * ours that the control plane applied after all (same target, made after it was sent, by the
- * same caller from the same source, with the same reason).
+ * Notes a switch as seen: whether it is a timed-out press of ours that the control plane
+ * applied after all (same target, made after it was sent, by the same caller from the same
+ * source, with the same reason).
  */
 export function noteSwitch(m: Model, sw: Switch) {
-  m.ramps.set(`${sw.name}@${sw.version}`, sw.ramp);
   const u = m.unconfirmed;
   if (!u || u.switch !== sw.name || sw.version <= u.fromVersion) return;
   const ours =

@@ -3,9 +3,9 @@
 // (hold, continue, extend, abort). Releasing everything at once is what brings the spike back,
 // so it is offered last and never focused.
 
-import type { GuardSpec, GuardStatus, RampAction, RampGuard, RampSpec, Switch } from "./api";
+import type { GuardSpec, GuardStatus, Ramp, RampAction, RampGuard, RampSpec, Switch } from "./api";
 import { h } from "./dom";
-import { admittedFraction, duration } from "./format";
+import { admittedFraction, duration, rampText } from "./format";
 import type { Model } from "./model";
 
 /** The default release, the same as the server's (`RampSpec::default_release`). */
@@ -93,6 +93,22 @@ export function parseGuard(raw: string): GuardSpec | string {
 export function guardCondition(g: GuardSpec): string {
   if (g.above !== undefined && g.below !== undefined) return `${g.above} < ${g.series} < ${g.below}`;
   return g.below !== undefined ? `${g.series} < ${g.below}` : `${g.series} > ${g.above}`;
+}
+
+/**
+ * A release as the audit log shows it (from the entry's own `ramp`, so a release made before
+ * the page loaded reads the same): the plan, a guarded release's steps, step and guards, or
+ * the hold it was put on.
+ */
+export function auditRamp(r: Ramp): string {
+  const pct = (f: number) => `${Math.round(f * 100)}%`;
+  const g = r.guard;
+  if (g) {
+    const conds = g.guards.map(guardCondition).join(", ");
+    return `guarded ${g.steps.map(pct).join(" → ")}, ${duration(g.step_secs * 1000)} a step · at step ${g.step + 1}/${g.steps.length} · guard ${conds}`;
+  }
+  if (r.held) return `held at ${pct(r.held.fraction)}`;
+  return rampText(r);
 }
 
 const fmtValue = (v: number) => (Math.round(v * 10) / 10).toLocaleString("en-US");

@@ -115,3 +115,25 @@ export function deltaE(a: string, b: string, deuteranope = false): number {
   const [l2, a2, b2] = lab(conv(b));
   return Math.hypot(l1 - l2, a1 - a2, b1 - b2);
 }
+
+/** WCAG relative luminance of `#rrggbb` (null when it is not that form). */
+function luminance(hex: string): number | null {
+  const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex.trim());
+  if (!m) return null;
+  const [r, g, b] = m.slice(1).map((c) => {
+    const v = parseInt(c, 16) / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+
+/**
+ * The text colour for the environment's header on its configured colour (any colour an
+ * operator picks, e.g. staging's orange, where white reads at 2.7:1): black or white, whichever
+ * contrasts more. Colours that are not `#rrggbb` keep white.
+ */
+export function inkOn(background: string): string {
+  const l = luminance(background);
+  if (l === null) return "#ffffff";
+  return (1.05 / (l + 0.05)) >= ((l + 0.05) / 0.05) ? "#ffffff" : "#000000";
+}

@@ -55,6 +55,9 @@ export class TauriBackend implements Backend, ProfileStore {
   useProfile(name: string) {
     return call<void>("brb_use_profile", { name });
   }
+  deleteProfile(name: string) {
+    return call<string | null>("brb_delete_profile", { name });
+  }
   onProfileChange(cb: () => void) {
     void listen<string>("brb://profile", () => cb());
   }

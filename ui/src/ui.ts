@@ -2,14 +2,14 @@
 
 import { BackendError, type GuardSpec, type RampAction, type RampSpec, type Switch, type SwitchState } from "./api";
 import type { Backend } from "./backend";
-import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, rampText, sourceLabel } from "./format";
+import { ackLine, admittedFraction, auditWhen, changeLine, clock, duration, sourceLabel } from "./format";
 import { Graph, type GuardLimit } from "./graphs";
 import { type Model, lastResume, noteSwitch, primary, seriesKey, unreachable } from "./model";
 import { markers, pausedIntervals, visibleRange } from "./pauses";
 import { h } from "./dom";
-import { EXTEND_SECS, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
+import { EXTEND_SECS, auditRamp, guardCondition, guardLine, rampPanel, resumeForm } from "./release";
 import { seriesMeta } from "./series-meta";
-import { type StateLook, faviconUrl, stateKind, stateLook } from "./states";
+import { type StateLook, faviconUrl, inkOn, stateKind, stateLook } from "./states";
 import { ApprovalPanel } from "./approval-panel";
 import { approvalNotice, approvalSecs } from "./approvals";
 import { DrillPanel } from "./drill-panel";
@@ -149,7 +149,8 @@ export class App {
             "div",
             { class: "audit-panel" },
             h("h2", {}, "Audit log"),
-            h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
+            // A scrolling region is reachable by keyboard (it scrolls sideways on a phone).
+            h("div", { class: "table-scroll", tabindex: "0", role: "region", "aria-label": "Audit log entries" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Switch"), h("th", {}, "Change"), h("th", {}, "Ramp"), h("th", {}, "Who"), h("th", {}, "From"), h("th", {}, "Why"))), this.auditEl)),
           ),
           this.drill.el,
         ),
@@ -310,6 +311,7 @@ export class App {
     if (m.info) {
       this.env.textContent = `${m.info.environment.name.toUpperCase()} · Big Red Button`;
       this.env.style.background = m.info.environment.color;
+      this.env.style.color = inkOn(m.info.environment.color);
     }
     // Connection banner: dark with hazard stripes and a grey "unknown" mark, never a red bar
     // that could pass for a red environment header.
@@ -640,16 +642,16 @@ export class App {
   private renderAudit() {
     const entries = this.model.audit.slice(0, 30);
     // Rebuilt only when the log changed: a table re-made every second loses text selection.
-    const sig = entries.map((e) => e.id).join(",") + `|${this.model.ramps.size}`;
+    const sig = entries.map((e) => e.id).join(",");
     if (this.auditEl.dataset.sig === sig) return;
     this.auditEl.dataset.sig = sig;
     this.auditEl.replaceChildren(
       ...entries.map((e) => {
         const change = e.action === "state_changed" ? `${e.from} → ${e.to}` : e.action.replace(/_/g, " ");
+        // Each entry carries the ramp of its version (servers before that: "–", unknown).
         let ramp = "";
-        if (e.action === "state_changed" && e.to === "running" && e.switch) {
-          const r = this.model.ramps.get(`${e.switch}@${e.version}`);
-          ramp = r ? rampText(r) : r === null ? "at once" : "–";
+        if ((e.action === "state_changed" && e.to === "running") || e.action === "ramp_changed") {
+          ramp = e.ramp ? auditRamp(e.ramp) : e.ramp === null ? "at once" : "–";
         }
         return h(
           "tr",

@@ -1,8 +1,8 @@
-// Desktop end-to-end for the connect screen, named profiles, tokens in the OS keychain and the
-// first frame: the real Tauri binary under Xvfb (tauri-driver + WebKitWebDriver), a real
-// `brb server --demo`, and a real Secret Service: a private D-Bus session bus with
-// gnome-keyring-daemon on it, its keyring in a temporary directory, unlocked with a test
-// password, checked from outside with `secret-tool`. Run under xvfb-run (make test does).
+// Desktop end-to-end for the connect screen, named profiles (deleting one takes its keychain
+// entry too), tokens in the OS keychain and the first frame: the real Tauri binary under Xvfb
+// (tauri-driver + WebKitWebDriver), a real `brb server --demo`, and a real Secret Service: a
+// private D-Bus session bus with gnome-keyring-daemon on it, its keyring in a temporary
+// directory, unlocked with a test password, checked from outside with `secret-tool`. Run under xvfb-run (make test does).
 // Screenshots go to target/e2e-screenshots/ (or BRB_SCREENSHOT_DIR).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -285,6 +285,27 @@ test("first run: the connect screen says which step failed, keeps what was typed
     await (await driver.findElement(By.css('[data-testid="profile-select"] option[value="staging"]'))).click();
     await eventually(() => JSON.parse(readFileSync(settings, "utf8")).active === 0);
     await eventually(async () => (await present(driver, "profile-select")) && (await (await $(driver, "profile-select")).getAttribute("value")) === "staging");
+    await eventually(async () => (await present(driver, "toggle")) && /WORKERS/.test(await text(driver, "toggle")));
+
+    // Deleting the active profile: asked once more, then gone from the file, the keychain and
+    // the switcher; the window starts again on the profile left, whose token stays.
+    await (await $(driver, "edit-profile")).click();
+    await driver.wait(until.elementLocated(By.css('[data-testid="delete-profile"]')), 5000);
+    await (await $(driver, "delete-profile")).click();
+    await eventually(async () => /Delete the profile staging\? its token is removed from the OS keychain/.test(await text(driver, "delete-confirm")));
+    assert.equal(keychainToken(keyring.env, "staging"), token, "nothing is deleted before the confirmation");
+    assert.equal(JSON.parse(readFileSync(settings, "utf8")).profiles.length, 2);
+    await (await $(driver, "confirm-delete-profile")).click();
+    await eventually(() => {
+      const saved = JSON.parse(readFileSync(settings, "utf8"));
+      lastText = JSON.stringify(saved);
+      return saved.profiles.length === 1 && saved.profiles[0].name === "production" && saved.active === 0;
+    });
+    await eventually(() => keychainToken(keyring.env, "staging") === null);
+    assert.equal(keychainToken(keyring.env, "production"), token, "the other profile's token stays");
+    await eventually(async () => (await present(driver, "profile-select")) && (await (await $(driver, "profile-select")).getAttribute("value")) === "production");
+    const left = await driver.findElements(By.css('[data-testid="profile-select"] option'));
+    assert.deepEqual(await Promise.all(left.map((o) => o.getAttribute("value"))), ["production"]);
     await eventually(async () => (await present(driver, "toggle")) && /WORKERS/.test(await text(driver, "toggle")));
   } finally {
     await quit();

@@ -93,6 +93,14 @@ test("a guarded release holds without data, advances while the guard passes, and
   assert.match(await page.locator('figure[data-series="db_load"] [data-testid="graph-text"]').textContent(), /Limit line: guard db_load < 80 · advancing/);
   await page.screenshot({ path: join(shots, "console-guard-advancing.png") });
 
+  // A page opened after the release reads how it was made from the audit entry itself: the
+  // steps, the time per step and the guard, not "–" for a change it did not see happen.
+  const late = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await late.goto(`${url}/#token=${token}`);
+  const row = late.getByTestId("audit").locator("tr", { hasText: "paused → running" }).first();
+  await row.getByText("guarded 10% → 25% → 50% → 100%, 20 s a step · at step 1/4 · guard db_load < 80").waitFor({ timeout: 10000 });
+  await late.close();
+
   // The guard fails twice in a row: the switch is paused again, by the guard, and the page says so.
   pushing = 97;
   await text.getByText(/now 97 \(failing, 1 of 2\) · holding/).waitFor({ timeout: 10000 }).catch(() => {});

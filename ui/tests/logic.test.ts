@@ -3,7 +3,7 @@ import type { AuditEntry, Switch, WorkerCounts } from "../src/api";
 import { ackLine, admittedFraction, auditWhen, changeLine, duration, rampText } from "../src/format";
 import { appendSample, applyEvent, applySnapshot, emptyModel, lastResume, loadSeries, noteSwitch, seriesKey, setConnection, unreachable } from "../src/model";
 import { formatValue, gaps, seriesMeta, withGaps } from "../src/series-meta";
-import { STATE_COLORS, type StateKind, deltaE, faviconUrl, simulateDeuteranopia, stateKind, stateLook } from "../src/states";
+import { STATE_COLORS, type StateKind, deltaE, faviconUrl, inkOn, simulateDeuteranopia, stateKind, stateLook } from "../src/states";
 import { dispatch } from "../src/http-backend";
 import { markers, pausedIntervals, visibleRange } from "../src/pauses";
 import { SseParser } from "../src/sse";
@@ -310,5 +310,15 @@ describe("audit words", () => {
     expect(auditWhen("2026-11-28T12:00:05Z", "Europe/Paris")).toMatch(/^2026-11-28 13:00:05 (CET|GMT\+1)$/);
     expect(rampText({ kind: "steps", fractions: [0.1, 0.25, 0.5, 1], duration_secs: 600 })).toBe("10% → 25% → 50% → 100% over 10 min");
     expect(rampText({ kind: "linear", from: 0.05, duration_secs: 300 })).toBe("5% → 100% linearly over 5 min");
+  });
+});
+
+describe("the environment header's text", () => {
+  it("is black or white, whichever reads on the configured colour", () => {
+    expect(inkOn("#f57c00")).toBe("#000000"); // staging orange: white would be 2.7:1
+    expect(inkOn("#b71c1c")).toBe("#ffffff"); // production red
+    expect(inkOn("#FFEB3B")).toBe("#000000");
+    expect(inkOn("#1565c0")).toBe("#ffffff");
+    expect(inkOn("rebeccapurple")).toBe("#ffffff");
   });
 });

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Switch } from "../src/api";
 import { admittedFraction } from "../src/format";
 import { appendSample, emptyModel } from "../src/model";
-import { backlogLine, guardLine, parseGuard, parseMinutes, releaseSpec } from "../src/release";
+import { auditRamp, backlogLine, guardLine, parseGuard, parseMinutes, releaseSpec } from "../src/release";
 
 describe("the release choices", () => {
   it("default to the stepped ramp and take a custom duration", () => {
@@ -74,5 +74,18 @@ describe("the guard of a release", () => {
     );
     const nodata = guardLine(g, st("holding", null, "no_data", "holding at step 2/4 (25%): no series named db_load"));
     expect(nodata).toEqual({ phase: "holding", text: "Guarded release at 25% (step 2/4), guard db_load < 80: no data · holding: no series named db_load" });
+  });
+});
+
+describe("the audit's ramp column", () => {
+  const at = "2026-11-28T12:00:00Z";
+  it("spells out a plan, a hold and a guarded release with its guards", () => {
+    expect(auditRamp({ started_at: at, duration_secs: 600, kind: "steps", fractions: [0.1, 0.25, 0.5, 1] })).toBe("10% → 25% → 50% → 100% over 10 min");
+    expect(auditRamp({ started_at: at, duration_secs: 86400, kind: "steps", fractions: [0.25, 1], held: { fraction: 0.25, since: at, remaining_secs: 300, then: { kind: "steps", fractions: [0.25, 0.5, 1] } } })).toBe("held at 25%");
+    const guard = { guards: [{ series: "db_load", below: 80 }, { series: "queue_depth", below: 500 }], steps: [0.1, 0.25, 0.5, 1], step: 1, step_secs: 200, step_started_at: at };
+    const held = { fraction: 0.25, since: at, remaining_secs: 400, then: { kind: "steps" as const, fractions: [0.25, 0.5, 1] } };
+    expect(auditRamp({ started_at: at, duration_secs: 86400, kind: "steps", fractions: [0.25, 1], held, guard })).toBe(
+      "guarded 10% → 25% → 50% → 100%, 3 min a step · at step 2/4 · guard db_load < 80, queue_depth < 500",
+    );
   });
 });

@@ -4,7 +4,9 @@
 //
 // - The tray: Tauri's tray on Linux is libayatana-appindicator, a StatusNotifierItem with a
 //   com.canonical.dbusmenu menu. `tray_host.py` is the panel: it owns the
-//   StatusNotifierWatcher, reads the menu with GetLayout and clicks with Event("clicked").
+//   StatusNotifierWatcher, reads the menu with GetLayout (the Profile submenu and its check
+//   marks too), clicks with Event("clicked"), and reads the icon's pixels as a panel gets them
+//   (IconPixmap, or the PNG file IconName names).
 // - Notifications: dunst (Debian's) owns org.freedesktop.Notifications; the test reads what
 //   it received through dunst's own D-Bus interface (closed, then its history).
 // - The shortcut: xdotool types the key combination into the X server, where the app holds a
@@ -34,19 +36,26 @@ const SHORTCUT = "CommandOrControl+Shift+F12";
 let server;
 let url;
 let token;
+// A second control plane, for the tray's Profile submenu.
+let stagingUrl;
+let stagingToken;
+let settings;
+const E2E_COLOR = "#1565c0";
+const STAGING_COLOR = "#f9a825";
 let host;
 let dunst;
 let driver;
 let quit;
 const children = [];
 
-async function api(path, init = {}) {
-  const res = await fetch(`${url}/api/v1${path}`, {
+async function call(base, tok, path, init = {}) {
+  const res = await fetch(`${base}/api/v1${path}`, {
     ...init,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    headers: { authorization: `Bearer ${tok}`, "content-type": "application/json" },
   });
   return { status: res.status, body: await res.json() };
 }
+const api = (path, init) => call(url, token, path, init);
 
 const primary = async () => (await api("/switches/workers")).body;
 
@@ -140,10 +149,24 @@ before(async () => {
   server = p;
   children.push(server);
   token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
-  const settings = join(dataDir, "desktop.json");
+  const stagingDir = join(dataDir, "staging");
+  let staging;
+  ({ p: staging, url: stagingUrl } = await startDemoServer(stagingDir, { demo: false, env: { BRB_ENVIRONMENT: "staging" } }));
+  children.push(staging);
+  stagingToken = readFileSync(join(stagingDir, "admin-token"), "utf8").trim();
+  settings = join(dataDir, "desktop.json");
   writeFileSync(
     settings,
-    JSON.stringify({ profiles: [{ name: "e2e", urls: [url], token }], active: 0, shortcut: SHORTCUT, shortcut_action: "pause", notifications: true }),
+    JSON.stringify({
+      profiles: [
+        { name: "e2e", urls: [url], token, color: E2E_COLOR },
+        { name: "staging", urls: [stagingUrl], token: stagingToken, color: STAGING_COLOR },
+      ],
+      active: 0,
+      shortcut: SHORTCUT,
+      shortcut_action: "pause",
+      notifications: true,
+    }),
   );
   ({ driver, quit } = await launchApp({ ...process.env, BRB_DESKTOP_SETTINGS: settings, BRB_LOG: "warn" }));
 });
@@ -154,8 +177,7 @@ after(async () => {
 });
 
 test("the app's tray registers with the panel's StatusNotifierWatcher and its menu says the state", async () => {
-  // As a person would, start once the window shows the state: the app learns the
-  // environment's name (which notifications carry) from the window's first request.
+  // As a person would, start once the window shows the state.
   const toggle = await driver.wait(until.elementLocated(By.css('[data-testid="toggle"]')), 20000);
   await eventually(async () => {
     lastSeen = await toggle.getText();
@@ -261,4 +283,78 @@ test("the global shortcut pauses from the keyboard and never resumes", async () 
   const after = await primary();
   assert.equal(after.state, "paused");
   assert.equal(after.version, paused.version);
+});
+
+// Where a panel's pixels are read: the icon's body (the state: a red, green or grey disc) and
+// the band along its bottom third (the environment's colour, `mark_environment`).
+const BODY = [16, 8];
+const BAND = [16, 28];
+const iconsDir = join(here, "..", "..", "src-tauri", "icons");
+const rgba = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).concat(255);
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+/** The tray icon's body and band colours as the panel gets them (IconPixmap, or the file it names). */
+async function iconColours() {
+  const i = await host.call("icon", { at: [BODY, BAND] });
+  lastSeen = i;
+  return { source: i.source, body: i.pixels[0], band: i.pixels[1] };
+}
+
+/** The body colour of the app's own icon for a state, read from the PNG it ships. */
+async function stateColour(state) {
+  return (await host.call("png", { path: join(iconsDir, `tray-${state}.png`), at: [BODY] })).pixels[0];
+}
+
+async function iconShows(body, band) {
+  return eventually(async () => {
+    const c = await iconColours();
+    return same(c.body, body) && same(c.band, band) ? c : null;
+  });
+}
+
+/** The Profile submenu: [label, checked] per profile. */
+async function profiles() {
+  const { items } = await host.call("menu");
+  lastSeen = items.filter((i) => i.parent === "Profile").map((i) => [i.label, i.checked]);
+  return lastSeen;
+}
+
+test("the tray icon shows the state in its body and the environment's colour as a band along its bottom", async () => {
+  const [red, green] = [await stateColour("paused"), await stateColour("running")];
+  assert.notDeepEqual(red, green);
+  // Paused by the shortcut above: red, with the e2e profile's blue band.
+  assert.equal((await primary()).state, "paused");
+  const shown = await iconShows(red, rgba(E2E_COLOR));
+  console.log(`# the tray host read the icon from the item's ${shown.source}`);
+  const res = await api("/switches/workers/state", { method: "PUT", body: JSON.stringify({ state: "running", source: "cli", reason: "e2e: the icon follows" }) });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  await iconShows(green, rgba(E2E_COLOR));
+});
+
+test("the tray's Profile submenu lists the profiles, and choosing one moves the app, its icon and its pause to that control plane", async () => {
+  assert.deepEqual(await profiles(), [
+    ["e2e", true],
+    ["staging", false],
+  ]);
+  const production = await primary();
+  await host.call("click", { label: "staging", parent: "Profile" });
+  await eventually(() => JSON.parse(readFileSync(settings, "utf8")).active === 1);
+  // The app rebuilds its menu on a switch: a read that meets the rebuild is read again.
+  await eventually(async () => same(await profiles().catch(() => null), [["e2e", false], ["staging", true]]));
+  // Staging's amber band, and the state of staging's control plane (running) in the body.
+  await iconShows(await stateColour("running"), rgba(STAGING_COLOR));
+  await eventually(async () => {
+    const m = await menu();
+    return m.some(([l]) => l === "Workers running") && m.some(([l, on]) => l === "Pause workers" && on);
+  });
+  // The tray now acts on staging: its pause lands there, and production is left alone.
+  await host.call("click", { label: "Pause workers" });
+  const paused = await eventually(async () => {
+    lastSeen = (await call(stagingUrl, stagingToken, "/switches/workers")).body;
+    return lastSeen.state === "paused" ? lastSeen : null;
+  }, 10000);
+  assert.equal(paused.source, "tray");
+  assert.equal((await primary()).version, production.version, "production was not touched");
+  await iconShows(await stateColour("paused"), rgba(STAGING_COLOR));
+  await eventually(async () => (await notifications()).find((n) => n.summary === "[staging] Workers PAUSED"));
 });

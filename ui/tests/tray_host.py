@@ -13,6 +13,12 @@ commands from the test as JSON lines on stdin, answering JSON lines on stdout:
   {"id": 2, "cmd": "click", "label": "..."}  -> {"id": 2, "clicked": {"id": 7, "label": "..."}}
   {"id": 3, "cmd": "notifications"}          -> {"id": 3, "notifications": [{"summary": ...}]}
   {"id": 4, "cmd": "has_owner", "name": ...} -> {"id": 4, "owned": true}
+  {"id": 5, "cmd": "icon", "at": [[x, y], ...]}
+      -> {"id": 5, "source": "pixmap" | "file", "width": 32, "height": 32, "pixels": [[r, g, b, a], ...]}
+  {"id": 6, "cmd": "png", "path": ..., "at": [[x, y], ...]} -> the same, from a PNG file
+
+Menu items carry "parent" (the label of the submenu they are in, "" at the top) and, for
+check items, "checked". "click" takes an optional "parent" to pick among equal labels.
 
 and, unprompted, {"event": "registered", "service": ..., "path": ...} when an item registers.
 Errors come back as {"id": n, "error": "..."}. Needs python3-dbus and python3-gi (Debian).
@@ -20,8 +26,10 @@ Errors come back as {"id": n, "error": "..."}. Needs python3-dbus and python3-gi
 
 import json
 import os
+import struct
 import sys
 import time
+import zlib
 
 import dbus
 import dbus.service
@@ -58,6 +66,97 @@ def plain(v):
             return {"bytes": len(v)}
         return [plain(x) for x in v]
     return v
+
+
+def read_png(path):
+    """(width, height, rows of RGBA tuples) of a non-interlaced PNG: what a panel loads when an
+    item names its icon by file (standard library only; colour types 0, 2, 3, 4, 6; 16-bit
+    samples are cut to 8)."""
+    data = open(path, "rb").read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise RuntimeError(f"{path} is not a PNG")
+    pos, idat, palette, trns = 8, b"", [], b""
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, chunk = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            width, height, depth, ctype, _c, _f, interlace = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"PLTE":
+            palette = [tuple(chunk[i : i + 3]) for i in range(0, len(chunk), 3)]
+        elif kind == b"tRNS":
+            trns = chunk
+        elif kind == b"IDAT":
+            idat += chunk
+    if interlace:
+        raise RuntimeError(f"{path}: interlaced PNGs are not read here")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    bits = depth * channels
+    stride = (width * bits + 7) // 8
+    bpp = max(1, bits // 8)
+    raw = zlib.decompress(idat)
+    prev = bytearray(stride)
+    rows = []
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 0xFF
+        prev = line
+        if depth == 16:
+            samples = list(line[0::2])  # the high byte of each sample
+        elif depth < 8:
+            per = 8 // depth
+            samples = [(line[x // per] >> (8 - depth * (x % per + 1))) & ((1 << depth) - 1) for x in range(width)]
+        else:
+            samples = list(line)
+        row = []
+        for x in range(width):
+            if ctype == 3:
+                i = samples[x]
+                r, g, b = palette[i]
+                row.append((r, g, b, trns[i] if i < len(trns) else 255))
+            elif ctype == 0:
+                v = samples[x] * 255 // ((1 << depth) - 1)
+                row.append((v, v, v, 255))
+            elif ctype == 4:
+                row.append((samples[2 * x], samples[2 * x], samples[2 * x], samples[2 * x + 1]))
+            elif ctype == 2:
+                row.append((*samples[3 * x : 3 * x + 3], 255))
+            else:
+                row.append(tuple(samples[4 * x : 4 * x + 4]))
+        rows.append(row)
+    return width, height, rows
+
+
+def pixmap_rows(pixmaps):
+    """The largest of an item's IconPixmap (a(iiay), ARGB32 in network byte order) as RGBA rows."""
+    width, height, argb = max(((int(w), int(h), bytes(d)) for w, h, d in pixmaps), key=lambda p: p[0] * p[1])
+    rows = []
+    for y in range(height):
+        row = []
+        for x in range(width):
+            a, r, g, b = argb[(y * width + x) * 4 : (y * width + x) * 4 + 4]
+            row.append((r, g, b, a))
+        rows.append(row)
+    return width, height, rows
+
+
+def sampled(source, width, height, rows, at):
+    return {"source": source, "width": width, "height": height, "pixels": [list(rows[y][x]) for x, y in at]}
 
 
 class Watcher(dbus.service.Object):
@@ -140,22 +239,25 @@ class Host:
         _revision, root = menu.GetLayout(dbus.Int32(0), dbus.Int32(-1), dbus.Array([], signature="s"))
         items = []
 
-        def walk(node):
+        def walk(node, parent):
             item_id, p, children = node
+            label = str(p.get("label", ""))
             if int(item_id) != 0:
-                items.append(
-                    {
-                        "id": int(item_id),
-                        "label": str(p.get("label", "")),
-                        "enabled": bool(p.get("enabled", True)),
-                        "visible": bool(p.get("visible", True)),
-                        "type": str(p.get("type", "standard")),
-                    }
-                )
+                item = {
+                    "id": int(item_id),
+                    "label": label,
+                    "enabled": bool(p.get("enabled", True)),
+                    "visible": bool(p.get("visible", True)),
+                    "type": str(p.get("type", "standard")),
+                    "parent": parent,
+                }
+                if str(p.get("toggle-type", "")) == "checkmark":
+                    item["checked"] = int(p.get("toggle-state", 0)) == 1
+                items.append(item)
             for c in children:
-                walk(c)
+                walk(c, label if int(item_id) != 0 else "")
 
-        walk(root)
+        walk(root, "")
         keep = ("Id", "Title", "Status", "IconName", "IconThemePath", "ToolTip", "Menu")
         return menu, items, {k: plain(props[k]) for k in keep if k in props}
 
@@ -165,13 +267,31 @@ class Host:
             return {"items": items, "item": item}
         if req["cmd"] == "click":
             menu, items, _item = self.layout()
-            hits = [i for i in items if i["label"] == req["label"]]
+            hits = [i for i in items if i["label"] == req["label"] and req.get("parent", i["parent"]) == i["parent"]]
             if len(hits) != 1:
                 raise RuntimeError(f"{len(hits)} menu entries labelled {req['label']!r}: {items}")
             hit = hits[0]
             # The call a panel makes when the entry is clicked.
             menu.Event(dbus.Int32(hit["id"]), "clicked", dbus.Int32(0, variant_level=1), dbus.UInt32(int(time.time()) & 0xFFFFFFFF))
             return {"clicked": hit}
+        if req["cmd"] == "icon":
+            # What a panel draws: the item's IconPixmap when it sends pixels, else the file its
+            # IconName names (absolute, or in IconThemePath), which is how libayatana-appindicator
+            # hands over an application's own icon.
+            service, path = self.item()
+            props = dbus.Interface(self.bus.get_object(service, path), PROPS).GetAll(ITEM)
+            at = [tuple(p) for p in req["at"]]
+            pixmaps = props.get("IconPixmap", [])
+            if len(pixmaps) > 0:
+                return sampled("pixmap", *pixmap_rows(pixmaps), at)
+            name, theme = str(props.get("IconName", "")), str(props.get("IconThemePath", ""))
+            candidates = [name] if name.startswith("/") else [os.path.join(theme, name + ext) for ext in (".png", "")]
+            found = [c for c in candidates if os.path.isfile(c)]
+            if not found:
+                raise RuntimeError(f"no IconPixmap and no icon file for IconName {name!r} in {theme!r}")
+            return sampled("file", *read_png(found[0]), at)
+        if req["cmd"] == "png":
+            return sampled("file", *read_png(req["path"]), [tuple(p) for p in req["at"]])
         if req["cmd"] == "has_owner":
             return {"owned": bool(self.bus.name_has_owner(req["name"]))}
         if req["cmd"] == "notifications":

@@ -466,6 +466,12 @@ pub struct AuditEntry {
     /// Network address the request came from, when it came over the network.
     pub remote_addr: Option<String>,
     pub at: DateTime<Utc>,
+    /// The switch's release right after this entry, from the audit's snapshot of that
+    /// version: the ramp a resume started (with its `guard` on a health-guarded release), or
+    /// what a ramp change left. Null when the switch had no ramp then, and on entries without
+    /// a snapshot (tokens, adapter records, deletions); absent from servers before it.
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
 }
 
 /// `GET /api/v1/audit` answer: newest first. `next_before` pages further back.

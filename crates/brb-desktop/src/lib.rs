@@ -337,9 +337,14 @@ pub fn notification(
     } else {
         format!("Switch {}", new.name)
     };
+    // No name known: no empty "[]" before the words that matter.
+    let env = match environment.trim() {
+        "" => String::new(),
+        e => format!("[{e}] "),
+    };
     let title = match new.state {
-        SwitchState::Paused => format!("[{environment}] {what} PAUSED"),
-        SwitchState::Running => format!("[{environment}] {what} resumed"),
+        SwitchState::Paused => format!("{env}{what} PAUSED"),
+        SwitchState::Running => format!("{env}{what} resumed"),
     };
     let who = match new.source {
         // The control plane paused a guarded release again: say so, not "by guard from guard".
@@ -360,8 +365,70 @@ pub fn notification(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Forwarded {
     Status(&'static str),
+    /// The control plane's `GET /api/v1/info` (its environment's name, the primary switch),
+    /// read before its first event stream opens, so that the first change announced already
+    /// names the environment, whether or not the window has asked anything yet.
+    Info(Box<brb_api::ServerInfo>),
     /// An SSE event, passed on as is: `(event name, JSON data)`.
     Event(String, String),
+}
+
+/// Words the OS notifications for one profile: the environment's name, the last state seen
+/// of each switch (the first state seen is not a change).
+#[derive(Debug, Default)]
+pub struct Announcer {
+    /// The control plane's own name for its environment, once its info has been read.
+    environment: String,
+    /// Until then: the profile's name, which the person gave this control plane on the connect
+    /// screen. Empty for a profile made from `BRB_URL` (its name, "default", names nothing).
+    profile: String,
+    seen: std::collections::HashMap<String, Switch>,
+}
+
+impl Announcer {
+    pub fn new(profile: Option<&Profile>) -> Announcer {
+        Announcer {
+            profile: profile
+                .filter(|p| !p.from_env)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            ..Announcer::default()
+        }
+    }
+
+    /// The name notifications put in brackets (empty: none known, no brackets).
+    pub fn environment(&self) -> &str {
+        if self.environment.trim().is_empty() {
+            &self.profile
+        } else {
+            &self.environment
+        }
+    }
+
+    /// The last state seen of a switch.
+    pub fn last(&self, switch: &str) -> Option<&Switch> {
+        self.seen.get(switch)
+    }
+
+    pub fn set_environment(&mut self, name: &str) {
+        self.environment = name.to_string();
+    }
+
+    /// Takes what the forwarding loop reported; answers the notification it calls for.
+    pub fn take(&mut self, f: &Forwarded) -> Option<(String, String)> {
+        match f {
+            Forwarded::Info(info) => {
+                self.set_environment(&info.environment.name);
+                None
+            }
+            Forwarded::Event(event, data) if event == brb_api::events::SWITCH => {
+                let sw = serde_json::from_str::<Switch>(data).ok()?;
+                let prev = self.seen.insert(sw.name.clone(), sw.clone());
+                notification(prev.as_ref(), &sw, self.environment())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How long the all-switches stream may be silent before it counts as dead. The server sends a
@@ -375,8 +442,22 @@ pub const STREAM_SILENCE: Duration = Duration::from_secs(5);
 pub async fn forward_events(client: Client, sink: impl Fn(Forwarded) + Send + Sync) {
     let mut last: Option<String> = None;
     let mut attempt = 0u32;
+    let mut info_known = false;
     loop {
         sink(Forwarded::Status("connecting"));
+        if !info_known {
+            // Before the stream: its first change must find the environment's name known. A
+            // control plane that does not answer this in time is tried again on the next
+            // round; the stream is not held back for it.
+            match tokio::time::timeout(STREAM_SILENCE, client.info()).await {
+                Ok(Ok(info)) => {
+                    info_known = true;
+                    sink(Forwarded::Info(Box::new(info)));
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "control plane info unavailable"),
+                Err(_) => tracing::debug!("control plane info timed out"),
+            }
+        }
         match client.events(&EventScope::All, last.as_deref()).await {
             Ok(stream) => {
                 sink(Forwarded::Status("open"));
@@ -559,6 +640,57 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("brb_env_secret"), "{text}");
         assert!(Settings::load(&path).unwrap().profiles.is_empty());
+    }
+
+    #[test]
+    fn a_notification_names_the_environment_or_leaves_the_brackets_out() {
+        let a = sw(1, SwitchState::Running);
+        let b = sw(2, SwitchState::Paused);
+        let (title, _) = notification(Some(&a), &b, "").unwrap();
+        assert_eq!(title, "Workers PAUSED");
+        let (title, _) = notification(Some(&a), &b, "  ").unwrap();
+        assert_eq!(title, "Workers PAUSED");
+        let event =
+            |s: &Switch| Forwarded::Event("switch".into(), serde_json::to_string(s).unwrap());
+        let profile = |name: &str, from_env: bool| Profile {
+            name: name.into(),
+            urls: vec!["http://127.0.0.1:1".into()],
+            token: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure_http: false,
+            color: None,
+            from_env,
+        };
+        // Before the control plane's info: the profile's name; a profile from BRB_URL has none.
+        let mut named = Announcer::new(Some(&profile("laptop-prod", false)));
+        assert_eq!(
+            named.take(&event(&a)),
+            None,
+            "the first state seen is not a change"
+        );
+        assert_eq!(
+            named.take(&event(&b)).unwrap().0,
+            "[laptop-prod] Workers PAUSED"
+        );
+        let mut unnamed = Announcer::new(Some(&profile("default", true)));
+        unnamed.take(&event(&a));
+        assert_eq!(unnamed.take(&event(&b)).unwrap().0, "Workers PAUSED");
+        // Once the info is in, the control plane's own name.
+        let info: brb_api::ServerInfo = serde_json::from_value(serde_json::json!({
+            "server_version": "0", "environment": {"name": "production", "color": "#b71c1c"},
+            "primary_switch": "workers", "caller": {"name": "alice", "role": "operator"}
+        }))
+        .unwrap();
+        assert_eq!(unnamed.take(&Forwarded::Info(Box::new(info))), None);
+        assert_eq!(
+            unnamed
+                .take(&event(&sw(3, SwitchState::Running)))
+                .unwrap()
+                .0,
+            "[production] Workers resumed"
+        );
     }
 
     #[test]

@@ -349,3 +349,168 @@ pub fn use_profile(settings: &Settings, path: &Path, name: &str) -> Result<Setti
     next.save(path)?;
     Ok(next)
 }
+
+/// What deleting a profile did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted {
+    pub settings: Settings,
+    /// The deleted profile was the active one: the app connects to what is active now (the
+    /// first profile left, or the connect screen when none is).
+    pub was_active: bool,
+    /// Why its token is still in the keychain, when the keychain refused to remove it (the
+    /// profile is gone all the same; the entry is an unused leftover the person is told about).
+    pub keychain_left: Option<String>,
+}
+
+/// Deletes a profile: first from the settings file (atomically; on failure nothing changed),
+/// then its token from the keychain, so a token is never removed while a profile names it.
+/// A profile made from `BRB_URL` for this run is not in the file and cannot be deleted here.
+pub fn delete_profile(
+    settings: &Settings,
+    path: &Path,
+    secrets: &dyn Secrets,
+    name: &str,
+) -> Result<Deleted, DesktopError> {
+    let i = settings
+        .profiles
+        .iter()
+        .position(|p| p.name == name)
+        .ok_or_else(|| invalid(format!("no profile named \"{name}\"")))?;
+    if settings.profiles[i].from_env {
+        return Err(invalid(format!(
+            "\"{name}\" comes from BRB_URL for this run only; unset BRB_URL to drop it"
+        )));
+    }
+    let mut next = settings.clone();
+    let removed = next.profiles.remove(i);
+    let was_active = settings.active == i;
+    next.active = if settings.active > i {
+        settings.active - 1
+    } else if was_active {
+        0
+    } else {
+        settings.active
+    };
+    next.save(path)?;
+    let keychain_left = match secrets.delete(&removed.name) {
+        Ok(()) => None,
+        // Its token was in the file (no keychain when it was saved): nothing was left there.
+        Err(_) if removed.token.is_some() => None,
+        Err(e) => Some(e.to_string()),
+    };
+    Ok(Deleted {
+        settings: next,
+        was_active,
+        keychain_left,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keychain in memory that can be told to fail: what the order of writes is checked on
+    /// (the real Secret Service is exercised by ui/tests/desktop-connect.e2e.mjs).
+    #[derive(Default)]
+    struct Memory {
+        tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+        refuse_delete: bool,
+    }
+
+    impl Secrets for Memory {
+        fn get(&self, profile: &str) -> Result<Option<String>, KeychainError> {
+            Ok(self.tokens.lock().unwrap().get(profile).cloned())
+        }
+        fn set(&self, profile: &str, token: &str) -> Result<(), KeychainError> {
+            self.tokens
+                .lock()
+                .unwrap()
+                .insert(profile.into(), token.into());
+            Ok(())
+        }
+        fn delete(&self, profile: &str) -> Result<(), KeychainError> {
+            if self.refuse_delete {
+                return Err(KeychainError::Failed("locked".into()));
+            }
+            self.tokens.lock().unwrap().remove(profile);
+            Ok(())
+        }
+    }
+
+    fn profile(name: &str) -> Profile {
+        Profile {
+            name: name.into(),
+            urls: vec!["http://127.0.0.1:7070".into()],
+            token: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure_http: false,
+            color: None,
+            from_env: false,
+        }
+    }
+
+    #[test]
+    fn deleting_a_profile_removes_it_from_the_file_and_its_token_from_the_keychain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("desktop.json");
+        let keychain = Memory::default();
+        let mut s = Settings::default();
+        for n in ["staging", "production", "dr"] {
+            s.profiles.push(profile(n));
+            keychain.set(n, &format!("brb_{n}_secret")).unwrap();
+        }
+        s.active = 2;
+        s.save(&path).unwrap();
+        // Not the active one: the active profile stays active.
+        let d = delete_profile(&s, &path, &keychain, "staging").unwrap();
+        assert!(!d.was_active);
+        assert_eq!(d.keychain_left, None);
+        assert_eq!(d.settings.active_profile().unwrap().name, "dr");
+        assert_eq!(Settings::load(&path).unwrap(), d.settings);
+        assert_eq!(keychain.get("staging").unwrap(), None);
+        assert_eq!(
+            keychain.get("dr").unwrap().as_deref(),
+            Some("brb_dr_secret")
+        );
+        // The active one: the first left becomes active.
+        let d = delete_profile(&d.settings, &path, &keychain, "dr").unwrap();
+        assert!(d.was_active);
+        assert_eq!(d.settings.active_profile().unwrap().name, "production");
+        // A keychain that refuses: the profile is gone, and the leftover is reported.
+        let refusing = Memory {
+            refuse_delete: true,
+            ..Memory::default()
+        };
+        refusing.set("production", "brb_production_secret").unwrap();
+        let d = delete_profile(&d.settings, &path, &refusing, "production").unwrap();
+        assert!(d.settings.profiles.is_empty());
+        assert!(d.keychain_left.unwrap().contains("locked"));
+        assert!(Settings::load(&path).unwrap().profiles.is_empty());
+        // Unknown names and this run's BRB_URL profile are refused, and nothing is written.
+        assert!(delete_profile(&d.settings, &path, &keychain, "nope").is_err());
+        let env =
+            Settings::default().with_env(|k| (k == "BRB_URL").then(|| "http://127.0.0.1:1".into()));
+        let e = delete_profile(&env, &path, &keychain, "default").unwrap_err();
+        assert!(e.to_string().contains("BRB_URL"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_file_write_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: the write fails.
+        let path = dir.path().join("desktop.json");
+        std::fs::create_dir(&path).unwrap();
+        let keychain = Memory::default();
+        let mut s = Settings::default();
+        s.profiles.push(profile("staging"));
+        keychain.set("staging", "brb_staging_secret").unwrap();
+        assert!(delete_profile(&s, &path, &keychain, "staging").is_err());
+        assert_eq!(
+            keychain.get("staging").unwrap().as_deref(),
+            Some("brb_staging_secret"),
+            "the token stays while the file may still name the profile"
+        );
+    }
+}

@@ -389,6 +389,7 @@ fn raw_audit(r: &Row) -> Result<RawAudit> {
         reason: r.try_get(8).map_err(map_pg)?,
         remote_addr: r.try_get(9).map_err(map_pg)?,
         at: r.try_get(10).map_err(map_pg)?,
+        snapshot: r.try_get(11).map_err(map_pg)?,
     })
 }
 
@@ -497,19 +498,7 @@ async fn append_audit<C: GenericClient>(c: &C, a: NewAudit<'_>) -> Result<AuditE
         .await
         .map_err(map_pg)?;
     let id: i64 = row.try_get(0).map_err(map_pg)?;
-    Ok(AuditEntry {
-        id: id as u64,
-        action: a.action,
-        switch: a.switch.map(str::to_string),
-        from: a.from,
-        to: a.to,
-        version: a.version,
-        actor: a.actor.name.clone(),
-        source: a.actor.source,
-        reason: a.reason.map(str::to_string),
-        remote_addr: a.actor.remote_addr.clone(),
-        at: a.at,
-    })
+    Ok(a.entry(id as u64))
 }
 
 /// Applies a switch change the rules decided: the row, its audit entry, its notifications,

@@ -4,7 +4,7 @@
 //! ramp, the token policy and the audit snapshot), so one decoding serves both; each backend
 //! only fills the raw structs from its own row type.
 
-use brb_api::{AuditAction, AuditEntry, Role, Source, Switch, SwitchState};
+use brb_api::{AuditAction, AuditEntry, Ramp, Role, Source, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 
 use crate::{Channel, NotificationKind, OutboxItem, Result, StoreError, SwitchEvent, TokenRecord};
@@ -12,8 +12,8 @@ use crate::{Channel, NotificationKind, OutboxItem, Result, StoreError, SwitchEve
 pub(crate) const SWITCH_COLUMNS: &str = "name, description, is_primary, state, version, changed_at, changed_by, source, reason, ramp, \
      resume_request";
 
-pub(crate) const AUDIT_COLUMNS: &str =
-    "id, action, switch, from_state, to_state, version, actor, source, reason, remote_addr, at";
+pub(crate) const AUDIT_COLUMNS: &str = "id, action, switch, from_state, to_state, version, actor, source, reason, remote_addr, at, \
+     snapshot";
 
 /// The token columns, in the order `RawToken` reads them.
 pub(crate) const TOKEN_COLUMNS: &str =
@@ -111,10 +111,53 @@ pub(crate) struct RawAudit {
     pub(crate) reason: Option<String>,
     pub(crate) remote_addr: Option<String>,
     pub(crate) at: i64,
+    pub(crate) snapshot: Option<String>,
+}
+
+/// The only part of a snapshot an audit entry shows: the ramp (a deleted switch's snapshot
+/// has none). Decoding just this skips the rest of the switch.
+#[derive(serde::Deserialize)]
+struct SnapshotRamp {
+    #[serde(default)]
+    ramp: Option<Ramp>,
+}
+
+/// The ramp of the switch at an audit row's version, from its snapshot.
+fn snapshot_ramp(id: i64, snapshot: Option<&str>) -> Result<Option<Ramp>> {
+    let Some(text) = snapshot else {
+        return Ok(None);
+    };
+    serde_json::from_str::<SnapshotRamp>(text)
+        .map(|s| s.ramp)
+        .map_err(|e| corrupt(format!("audit {id} snapshot: {e}")))
+}
+
+impl crate::rules::NewAudit<'_> {
+    /// The entry this row reads back as, once the backend has its id.
+    pub(crate) fn entry(&self, id: u64) -> AuditEntry {
+        AuditEntry {
+            id,
+            action: self.action,
+            switch: self.switch.map(str::to_string),
+            from: self.from,
+            to: self.to,
+            version: self.version,
+            actor: self.actor.name.clone(),
+            source: self.actor.source,
+            reason: self.reason.map(str::to_string),
+            remote_addr: self.actor.remote_addr.clone(),
+            at: self.at,
+            ramp: match &self.snapshot {
+                Some(SwitchEvent::Changed(s)) => s.ramp.clone(),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl RawAudit {
     pub(crate) fn into_entry(self) -> Result<AuditEntry> {
+        let ramp = snapshot_ramp(self.id, self.snapshot.as_deref())?;
         Ok(AuditEntry {
             id: u64::try_from(self.id).map_err(|_| corrupt("audit id".into()))?,
             action: AuditAction::parse(&self.action)
@@ -131,6 +174,7 @@ impl RawAudit {
             reason: self.reason,
             remote_addr: self.remote_addr,
             at: from_micros(self.at)?,
+            ramp,
         })
     }
 }

@@ -228,6 +228,7 @@ fn raw_audit(r: &Row<'_>) -> rusqlite::Result<RawAudit> {
         reason: r.get(8)?,
         remote_addr: r.get(9)?,
         at: r.get(10)?,
+        snapshot: r.get(11)?,
     })
 }
 
@@ -358,19 +359,7 @@ fn append_audit(tx: &Connection, a: NewAudit<'_>) -> Result<AuditEntry> {
     )
     .map_err(map_err)?;
     let id = tx.last_insert_rowid();
-    Ok(AuditEntry {
-        id: id as u64,
-        action: a.action,
-        switch: a.switch.map(str::to_string),
-        from: a.from,
-        to: a.to,
-        version: a.version,
-        actor: a.actor.name.clone(),
-        source: a.actor.source,
-        reason: a.reason.map(str::to_string),
-        remote_addr: a.actor.remote_addr.clone(),
-        at: a.at,
-    })
+    Ok(a.entry(id as u64))
 }
 
 /// Applies a switch change the rules decided: the row, its audit entry, its notifications.

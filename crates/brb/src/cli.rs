@@ -685,7 +685,7 @@ pub async fn audit(
             (a, _, _) => a.as_str().replace('_', " "),
         };
         println!(
-            "#{:<5} {} {:<16} {:<22} v{:<4} by {} via {}{}{}",
+            "#{:<5} {} {:<16} {:<22} v{:<4} by {} via {}{}{}{}",
             e.id,
             e.at.format("%Y-%m-%dT%H:%M:%SZ"),
             e.switch.as_deref().unwrap_or("-"),
@@ -699,6 +699,14 @@ pub async fn audit(
                 .as_deref()
                 .map(|a| format!(" from {a}"))
                 .unwrap_or_default(),
+            e.ramp
+                .as_ref()
+                .filter(|_| matches!(
+                    e.action,
+                    brb_api::AuditAction::StateChanged | brb_api::AuditAction::RampChanged
+                ))
+                .map(|r| format!(" [ramp: {}]", ramp_plan(r)))
+                .unwrap_or_default(),
             e.reason
                 .as_deref()
                 .map(|r| format!(": {}", quoted(r)))
@@ -706,6 +714,36 @@ pub async fn audit(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A release as the audit shows it: the plan a resume started, a guarded release's steps,
+/// step and guards, or the hold it was put on.
+fn ramp_plan(r: &brb_api::Ramp) -> String {
+    let pct = |f: &f64| format!("{:.0}%", f * 100.0);
+    if let Some(g) = &r.guard {
+        let steps: Vec<String> = g.steps.iter().map(pct).collect();
+        let conds: Vec<String> = g.guards.iter().map(|g| g.to_string()).collect();
+        return format!(
+            "guarded {} ({}s a step), at step {}/{}, guard {}",
+            steps.join(" -> "),
+            g.step_secs,
+            g.step + 1,
+            g.steps.len(),
+            conds.join(", ")
+        );
+    }
+    if let Some(h) = &r.held {
+        return format!("held at {}", pct(&h.fraction));
+    }
+    match &r.shape {
+        brb_api::RampShape::Steps { fractions } => {
+            let steps: Vec<String> = fractions.iter().map(pct).collect();
+            format!("{} over {}s", steps.join(" -> "), r.duration_secs)
+        }
+        brb_api::RampShape::Linear { from } => {
+            format!("{} -> 100% linearly over {}s", pct(from), r.duration_secs)
+        }
+    }
 }
 
 pub async fn token(client: &Client, cmd: TokenCmd) -> Result<ExitCode> {

@@ -34,6 +34,7 @@ macro_rules! store_contract {
             outbox_pending_before_orders_a_channel,
             adapter_records_are_audit_only,
             resume_requests_are_stored_with_the_switch_and_settled_by_another_operator,
+            audit_entries_carry_the_ramp_of_their_version,
         );
     };
 }
@@ -872,4 +873,105 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
         (stored.state, stored.resume_request),
         (SwitchState::Running, None)
     );
+}
+
+/// Each audit entry reads back with the ramp its snapshot holds: a plain release, a guarded
+/// one (with its guard), a hold, and none on a pause or a token entry. The audit table and
+/// `brb audit` show releases made before anyone was looking from this.
+pub async fn audit_entries_carry_the_ramp_of_their_version(store: &S) {
+    use brb_store::RampControl;
+    seed(store).await;
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    let mut plain = change("workers", SwitchState::Running);
+    plain.ramp = Some(brb_api::RampSpec::preset("steps", 600).unwrap());
+    let SetOutcome::Changed { switch, entry } = store.set_state(plain).await.unwrap() else {
+        panic!("expected a change")
+    };
+    let plain_ramp = switch.ramp.clone().expect("a ramp");
+    // What the write answers and what the log reads back agree.
+    assert_eq!(entry.ramp.as_ref(), Some(&plain_ramp));
+    let SetOutcome::Changed { switch, .. } = store
+        .set_state(StateChange {
+            control: Some(RampControl {
+                action: brb_api::RampAction::Hold,
+                by_secs: 0,
+            }),
+            ..change("workers", SwitchState::Running)
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a hold is a change")
+    };
+    let held = switch.ramp.clone().expect("a held ramp");
+    assert!(held.held.is_some());
+    store
+        .set_state(change("workers", SwitchState::Paused))
+        .await
+        .unwrap();
+    let guard = brb_api::GuardSpec::parse("db_load < 80").unwrap();
+    let mut guarded = change("workers", SwitchState::Running);
+    guarded.ramp = Some(brb_api::RampSpec::preset("steps", 600).unwrap());
+    guarded.guards = vec![guard.clone()];
+    let SetOutcome::Changed { switch, .. } = store.set_state(guarded).await.unwrap() else {
+        panic!("expected a change")
+    };
+    let guarded_ramp = switch.ramp.clone().expect("a guarded ramp");
+    let viewer = TokenRecord {
+        id: "view01".into(),
+        name: "ci-bot".into(),
+        role: Role::Viewer,
+        secret_hash: vec![7; 32],
+        created_at: chrono::Utc::now(),
+        revoked_at: None,
+        policy: Default::default(),
+        last_used_at: None,
+        last_used_addr: None,
+    };
+    store.create_token(viewer, alice()).await.unwrap();
+    let log = store
+        .audit(AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = log
+        .iter()
+        .map(|e| (e.action, e.to, e.ramp.clone()))
+        .collect();
+    assert_eq!(
+        got[..6],
+        [
+            (AuditAction::TokenCreated, None, None),
+            (
+                AuditAction::StateChanged,
+                Some(SwitchState::Running),
+                Some(guarded_ramp.clone())
+            ),
+            (AuditAction::StateChanged, Some(SwitchState::Paused), None),
+            (
+                AuditAction::RampChanged,
+                Some(SwitchState::Running),
+                Some(held)
+            ),
+            (
+                AuditAction::StateChanged,
+                Some(SwitchState::Running),
+                Some(plain_ramp)
+            ),
+            (AuditAction::StateChanged, Some(SwitchState::Paused), None),
+        ]
+    );
+    assert_eq!(
+        guarded_ramp.guard.map(|g| g.guards),
+        Some(vec![guard]),
+        "the guard is part of the entry's ramp"
+    );
+    // The switch's own history reads the same snapshots.
+    let hist = store.switch_history_after("workers", 0, 10).await.unwrap();
+    assert_eq!(hist.last().and_then(|e| e.ramp.clone()), log[1].ramp);
 }
