@@ -417,6 +417,7 @@ mod tests {
             here_on_pause: false,
             command: "/bigred".into(),
             interactive: false,
+            approval: Default::default(),
         }
     }
 
