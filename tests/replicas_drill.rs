@@ -196,6 +196,18 @@ url = "http://{}/hook"
         );
     }
     assert_eq!(starts.len(), 1, "one start for every replica: {starts:?}");
+    // The same answer times whichever replica is asked: each worker's first report of the
+    // drill, shared by its replica (not its latest heartbeat, which keeps moving).
+    let agreed = wait_for(Duration::from_secs(20), "the replicas agree", || async {
+        let mut seen = Vec::new();
+        for u in &urls {
+            let (_, r) = call(u, "GET", &format!("/switches/workers/drills/{v}"), None).await;
+            seen.push(r["answered"].clone());
+        }
+        seen.iter().all(|a| *a == seen[0]).then(|| seen[0].clone())
+    })
+    .await;
+    println!("answers on every replica: {agreed}");
     assert_eq!(
         starts.into_iter().next().unwrap(),
         started["started_at"].as_str().unwrap()
