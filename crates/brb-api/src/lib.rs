@@ -681,7 +681,8 @@ pub struct Notification {
     pub id: u64,
     /// `slack`, `webhook:<name>`, `pagerduty` or `grafana`.
     pub channel: String,
-    /// `change` or `reminder`.
+    /// `change`, `reminder`, or a resume request's: `resume_requested`, `resume_approved`,
+    /// `resume_rejected`, `resume_expired`, `break_glass`.
     pub kind: String,
     pub switch: String,
     /// The switch version the notification is about.

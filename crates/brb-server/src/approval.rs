@@ -93,12 +93,51 @@ pub(crate) async fn request_resume(
     let reason = clean_reason(Some(req.reason))
         .ok_or_else(|| ApiError::invalid("reason: say why the switch should resume"))?;
     change_allowed(&state, &caller, &name)?;
-    let mut c = change(name, actor(&caller, req.source));
-    c.reason = Some(reason);
-    c.ramp = req.ramp;
-    c.request = Some(SwitchOp::Request { guards: req.guards });
-    let (s, _) = state.commit(SetState(c)).await?;
+    let s = file_request(
+        &state,
+        name,
+        actor(&caller, req.source),
+        reason,
+        req.ramp,
+        req.guards,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(s)))
+}
+
+/// Files (or replaces) `actor`'s request to resume `name`: the API's and Slack's "Resume…"
+/// on a switch that needs approval. The caller checked the role, scope and guards.
+pub(crate) async fn file_request(
+    state: &AppState,
+    name: String,
+    actor: brb_store::Actor,
+    reason: String,
+    ramp: Option<brb_api::RampSpec>,
+    guards: Vec<brb_api::GuardSpec>,
+) -> ApiResult<Switch> {
+    let mut c = change(name, actor);
+    c.reason = Some(reason);
+    c.ramp = ramp;
+    c.request = Some(SwitchOp::Request { guards });
+    let (s, _) = state.commit(SetState(c)).await?;
+    Ok(s)
+}
+
+/// Approves (`SwitchOp::Approve`) or rejects request `id` on `name` as `actor`: the one path
+/// for the API and Slack's buttons. The rule refuses the requester's own approval, a lapsed
+/// request and a settled one.
+pub(crate) async fn decide_request(
+    state: &AppState,
+    name: String,
+    op: SwitchOp,
+    actor: brb_store::Actor,
+    reason: Option<String>,
+) -> ApiResult<Switch> {
+    let mut c = change(name, actor);
+    c.reason = clean_reason(reason);
+    c.request = Some(op);
+    let (s, _) = state.commit(SetState(c)).await?;
+    Ok(s)
 }
 
 #[utoipa::path(post, path = "/api/v1/switches/{name}/resume-requests/{id}/approve", tag = "approval",
@@ -164,10 +203,7 @@ async fn decide(
     let req: DecideResumeRequest = read_json(b)?;
     caller.check_change(&name, to)?;
     change_allowed(&state, &caller, &name)?;
-    let mut c = change(name, actor(&caller, req.source));
-    c.reason = clean_reason(req.reason);
-    c.request = Some(op(id));
-    let (s, _) = state.commit(SetState(c)).await?;
+    let s = decide_request(&state, name, op(id), actor(&caller, req.source), req.reason).await?;
     Ok(Json(s))
 }
 
@@ -230,24 +266,37 @@ pub(crate) async fn list_requests(
     Ok(Json(ResumeRequestList { requests }))
 }
 
-/// Lapses requests whose time is up, once a second. Every replica runs it; the rule refuses
-/// a request that is no longer open, so only one lapse is recorded. Approval checks the
-/// deadline itself, so a sweeper that is late never lets a lapsed request through.
+/// The open requests whose time is up at `now`: `(switch, version, request id)`.
+fn lapsed<'a>(
+    switches: impl IntoIterator<Item = &'a Switch>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, u64, u64)> {
+    switches
+        .into_iter()
+        .filter_map(|s| {
+            let r = s.resume_request.as_ref().filter(|r| now >= r.expires_at)?;
+            Some((s.name.clone(), s.version, r.id))
+        })
+        .collect()
+}
+
+/// Lapses requests whose time is up, twice a second. Every replica runs it; each lapse is
+/// one write at the version the sweeper read (`expected_version`) that the rule refuses once
+/// the request is no longer open, so only one lapse is recorded, and its announcement (written
+/// with it, in the outbox) goes out once. Approval checks the deadline itself, so a sweeper
+/// that is late never lets a lapsed request through.
 pub(crate) async fn sweep(state: AppState) {
     let mut shutdown = state.shutdown_signal();
     loop {
-        let now = chrono::Utc::now();
-        for s in state.hub().list() {
-            let Some(r) = s.resume_request.as_ref().filter(|r| now >= r.expires_at) else {
-                continue;
-            };
-            let mut c = change(s.name.clone(), brb_store::Actor::system());
-            c.expected_version = Some(s.version);
-            c.request = Some(SwitchOp::Expire { id: r.id });
+        let switches = state.hub().list();
+        for (name, version, id) in lapsed(switches.iter().map(|s| &**s), chrono::Utc::now()) {
+            let mut c = change(name.clone(), brb_store::Actor::system());
+            c.expected_version = Some(version);
+            c.request = Some(SwitchOp::Expire { id });
             match state.commit(SetState(c)).await {
-                Ok(_) => tracing::info!(switch = %s.name, actor = "system", source = "system",
-                    request = r.id, "resume request lapsed"),
-                Err(e) => tracing::debug!(switch = %s.name, error = %e.message,
+                Ok(_) => tracing::info!(switch = %name, actor = "system", source = "system",
+                    request = id, "resume request lapsed"),
+                Err(e) => tracing::debug!(switch = %name, error = %e.message,
                     "resume request not lapsed (settled meanwhile, or the store refused)"),
             }
         }
@@ -255,5 +304,59 @@ pub(crate) async fn sweep(state: AppState) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone, Utc};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    fn paused(name: &str, version: u64, expires: Option<i64>) -> Switch {
+        Switch {
+            name: name.into(),
+            description: String::new(),
+            primary: false,
+            state: SwitchState::Paused,
+            version,
+            changed_at: t(0),
+            changed_by: "alice".into(),
+            source: brb_api::Source::Api,
+            reason: None,
+            ramp: None,
+            resume_request: expires.map(|e| {
+                Box::new(brb_api::ResumeRequest {
+                    id: version,
+                    requested_by: "alice".into(),
+                    source: brb_api::Source::Api,
+                    requested_at: t(0),
+                    expires_at: t(e),
+                    reason: "drained".into(),
+                    ramp: None,
+                    guards: Vec::new(),
+                })
+            }),
+        }
+    }
+
+    /// On a fake clock: a request lapses at its deadline, not a moment before, and only open
+    /// requests are swept.
+    #[test]
+    fn requests_lapse_at_their_deadline() {
+        let all = [
+            paused("a", 4, Some(900)),
+            paused("b", 7, Some(60)),
+            paused("c", 2, None),
+        ];
+        assert!(lapsed(&all, t(59)).is_empty());
+        assert_eq!(lapsed(&all, t(60)), vec![("b".to_string(), 7, 7)]);
+        assert_eq!(
+            lapsed(&all, t(900)),
+            vec![("a".to_string(), 4, 4), ("b".to_string(), 7, 7)]
+        );
     }
 }

@@ -142,11 +142,24 @@ impl AppState {
             return false;
         }
         // A state change (or a ramp ended) of an existing switch starts acknowledgement
-        // timing; creations and description edits do not.
-        if let Some(s) = changed
-            && prev.is_some_and(|p| p.state != s.state || p.ramp != s.ramp)
-        {
-            self.workers().on_change(&s);
+        // timing; creations, description edits and resume requests do not. A version with
+        // nothing else changed is a fire drill (the only write that changes nothing but the
+        // version): every replica records who answers it, in its shared worker records, so
+        // any replica can report the drill. The replica that started it times it from the
+        // drill's start; the others from when they heard of it, until the report reads the
+        // start from the audit log.
+        if let (Some(s), Some(p)) = (changed, prev) {
+            if p.state != s.state || p.ramp != s.ramp {
+                self.workers().on_change(&s);
+            } else if s.version == p.version + 1
+                && *p
+                    == (Switch {
+                        version: p.version,
+                        ..s.clone()
+                    })
+            {
+                self.workers().on_drill(&s, Utc::now());
+            }
         }
         true
     }
@@ -183,7 +196,9 @@ impl AppState {
     }
 }
 
-/// A state change (pause, resume, ramp). Out: the switch, and whether it changed.
+/// A state change (pause, resume, ramp), or an operation on a resume request, or a drill.
+/// Out: the switch, and whether its state or release changed (false for a no-op, and for the
+/// versions that change neither: requests, rejections, lapses, drills).
 pub(crate) struct SetState(pub StateChange);
 
 impl Op for SetState {
@@ -229,6 +244,13 @@ impl Op for SetState {
         let switch = change.switch.clone();
         match store.set_state(change).await {
             Ok(SetOutcome::Changed { switch: s, entry }) => {
+                // Out's flag says the state or the release changed: a resume request, its
+                // rejection or lapse, and a drill are versions of their own that change neither,
+                // and must not start acknowledgement timing or count as toggles.
+                let moved = matches!(
+                    entry.action,
+                    brb_api::AuditAction::StateChanged | brb_api::AuditAction::RampChanged
+                );
                 tracing::info!(
                     switch = %s.name,
                     actor = %actor.name,
@@ -245,7 +267,7 @@ impl Op for SetState {
                     audit_id: entry.id,
                     event: SwitchEvent::Changed(s.clone()),
                 };
-                Ok(((s, true), Publish::Change(ev)))
+                Ok(((s, moved), Publish::Change(ev)))
             }
             Ok(SetOutcome::Unchanged(s)) => {
                 tracing::debug!(switch = %s.name, actor = %actor.name, source = %actor.source,
@@ -439,6 +461,22 @@ impl Reads {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.0.events_after_version(switch, after, limit).await
+    }
+
+    /// The audit entry that made `version` of `switch` (what it was, who, when).
+    pub async fn entry_of_version(
+        &self,
+        switch: &str,
+        version: u64,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        let entries = self
+            .0
+            .switch_history_after(switch, version.saturating_sub(1), 1)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .next()
+            .filter(|e| e.version == Some(version)))
     }
 
     pub async fn events_after_id(

@@ -1,6 +1,12 @@
 //! Fire drills over HTTP: `POST /api/v1/switches/{name}/drill` commits a new version with
 //! nothing else changed (rule in `brb-store`'s `rules.rs`, audit `drill_started`), and
 //! `GET …/drills/{version}` reports, from the worker registry, who answered and how fast.
+//!
+//! With replicas, every replica records when its own workers first reported the drill's
+//! version (`Workers::on_drill`, started when the replica publishes the drill) and shares
+//! those instants in its worker records (`replica_workers`); the report takes the drill's
+//! start from its audit entry. So any replica reports every watcher, whichever replica the
+//! watcher is connected to and whichever replica started the drill.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -57,6 +63,12 @@ pub(crate) async fn start(
         guard_op: None,
     };
     let (s, _) = state.commit(SetState(change)).await?;
+    // The start every replica's report uses is the audit entry's; this process's own clock
+    // before the commit only if that cannot be read back now.
+    let started_at = match state.reads().entry_of_version(&s.name, s.version).await {
+        Ok(Some(e)) => e.at,
+        _ => started_at,
+    };
     state.workers().on_drill(&s, started_at);
     Ok((
         StatusCode::CREATED,
@@ -75,7 +87,8 @@ pub(crate) async fn start(
         (status = 200, body = DrillReport, description = "Who answered (with the time from the drill's start to their first report of its version) and the p50/p99/max, who has not (with their last report), who is stale. Ask again until `complete` or your timeout"),
         (status = 400, body = brb_api::ApiErrorBody), (status = 401, body = brb_api::ApiErrorBody),
         (status = 403, body = brb_api::ApiErrorBody),
-        (status = 404, body = brb_api::ApiErrorBody, description = "No such switch, or no drill at that version known to this replica (the replica that started it times it)")),
+        (status = 404, body = brb_api::ApiErrorBody, description = "No such switch, or that version is not a drill"),
+        (status = 503, body = brb_api::ApiErrorBody, description = "The audit log cannot be read now")),
     security(("bearer" = [])))]
 pub(crate) async fn report(
     State(state): State<AppState>,
@@ -95,16 +108,35 @@ pub(crate) async fn report(
         .hub()
         .get(&name)
         .ok_or_else(|| ApiError::switch_not_found(&name))?;
-    let (started_at, acks) = state.workers().acks_of(&name, version).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no drill of {name:?} at version {version} is known here"),
-        )
-    })?;
+    // The drill's start, as recorded by whichever replica started it.
+    let entry = state
+        .reads()
+        .entry_of_version(&name, version)
+        .await?
+        .filter(|e| e.action == brb_api::AuditAction::DrillStarted)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("version {version} of {name:?} is not a drill"),
+            )
+        })?;
+    let started_at = entry.at;
+    let mut acks = state.workers().answers(&name, version);
     let counts = state.workers().counts(&sw, true);
+    // A live worker at or past the drill whose first report of it nobody recorded (its replica
+    // restarted, or heard of the drill late) did answer: its last report is the latest it can
+    // have done so.
+    for w in counts.workers.iter().filter(|w| !w.stale) {
+        if w.observed_version >= version {
+            acks.entry(w.worker_id.clone()).or_insert(w.last_seen);
+        }
+    }
     let mut answered: Vec<DrillAnswer> = acks
         .into_iter()
-        .map(|(worker_id, ms)| DrillAnswer { worker_id, ms })
+        .map(|(worker_id, at)| DrillAnswer {
+            worker_id,
+            ms: (at - started_at).num_milliseconds().max(0) as u64,
+        })
         .collect();
     answered.sort_by(|a, b| a.ms.cmp(&b.ms).then_with(|| a.worker_id.cmp(&b.worker_id)));
     let (stale, live): (Vec<_>, Vec<_>) = counts.workers.into_iter().partition(|w| w.stale);

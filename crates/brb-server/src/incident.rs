@@ -408,6 +408,7 @@ mod tests {
             here_on_pause: false,
             command: "/bigred".into(),
             interactive: false,
+            approval: Default::default(),
         }
     }
 

@@ -7,6 +7,10 @@
 //! whatever was not delivered. Each webhook delivery carries its outbox id
 //! (`X-BRB-Delivery`) so receivers can drop the rare duplicate (a crash between sending and
 //! recording).
+//!
+//! A resume request's versions carry their own kind (filed, approved, rejected, lapsed, break
+//! glass); their messages need the audit entry of the version and the request it settled,
+//! read at delivery (`news`), so the outbox row stays the switch after the change.
 
 use std::time::Duration;
 
@@ -39,6 +43,45 @@ pub fn ctx(state: &AppState) -> Ctx {
             .and_then(|s| s.command.clone())
             .unwrap_or_else(|| "/bigred".into()),
         interactive: slack.is_some_and(|s| s.signing_secret.is_some()),
+        approval: std::iter::once(&cfg.primary.name)
+            .chain(cfg.switches.iter().map(|s| &s.name))
+            .filter(|n| cfg.approval_secs(n).is_some())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// What a resume request's announcement needs from the audit log: the entry of its version
+/// and the request it settled (from the version before). Read at delivery, like the incident
+/// tools' pause instant, so the outbox row stays the switch as it was after the change.
+async fn news(state: &AppState, item: &OutboxItem) -> Result<templates::News, Failure> {
+    let ev = &item.event;
+    let read = |e: brb_store::StoreError| Failure::from(format!("cannot read the audit log: {e}"));
+    match item.kind {
+        NotificationKind::Change | NotificationKind::Reminder => Ok(templates::News::default()),
+        NotificationKind::ResumeRequested => Ok(templates::News {
+            entry: None,
+            request: ev.resume_request.as_deref().cloned(),
+        }),
+        _ => {
+            let entry = state
+                .reads()
+                .entry_of_version(&ev.name, ev.version)
+                .await
+                .map_err(read)?;
+            let before = state
+                .reads()
+                .events_after_version(&ev.name, ev.version.saturating_sub(2), 1)
+                .await
+                .map_err(read)?;
+            let request = match before.first().map(|e| &e.event) {
+                Some(brb_store::SwitchEvent::Changed(prev)) if prev.version + 1 == ev.version => {
+                    prev.resume_request.as_deref().cloned()
+                }
+                _ => None,
+            };
+            Ok(templates::News { entry, request })
+        }
     }
 }
 
@@ -109,7 +152,6 @@ async fn deliver(
     let ctx = ctx(state);
     let now = Utc::now();
     let cfg = state.config();
-    let reminder = item.kind == NotificationKind::Reminder;
     // After a 429 without Retry-After: PagerDuty asks for minutes; the configured longest
     // wait caps it.
     let throttle_floor = Duration::from_secs(cfg.notify.retry_max_secs.clamp(1, 120));
@@ -121,11 +163,8 @@ async fn deliver(
                 .as_ref()
                 .and_then(|s| s.webhook_url.as_ref())
                 .ok_or("Slack is no longer configured")?;
-            let body = if reminder {
-                templates::slack_reminder(&item.event, &ctx, now)
-            } else {
-                templates::slack_change(&item.event, &ctx)
-            };
+            let news = news(state, item).await?;
+            let body = templates::slack_message(item.kind, &item.event, &news, &ctx, now);
             let res = http
                 .post(url.expose())
                 .json(&body)
@@ -135,8 +174,9 @@ async fn deliver(
             return Ok(check(res).await?);
         }
         Channel::PagerDuty | Channel::Grafana => {
-            if reminder {
-                // Never enqueued for them (`Config::reminder_channels`); nothing to say.
+            if !item.kind.is_state_change() {
+                // Reminders and resume requests are never enqueued for them
+                // (`Config::reminder_channels`, the request rules); nothing to say.
                 return Ok(());
             }
             let Some(phase) = incident::phase(state, item).await? else {
@@ -175,20 +215,20 @@ async fn deliver(
             .iter()
             .find(|w| &w.name == name)
             .ok_or_else(|| format!("webhook {name:?} is no longer configured"))?;
-        let body = serde_json::to_vec(&templates::webhook_body(reminder, &item.event, &ctx, now))
-            .map_err(|e| Failure::from(e.to_string()))?;
+        let news = news(state, item).await?;
+        let body = serde_json::to_vec(&templates::webhook_body(
+            item.kind,
+            &item.event,
+            &news,
+            &ctx,
+            now,
+        ))
+        .map_err(|e| Failure::from(e.to_string()))?;
         let ts = now.timestamp();
         let mut rb = http
             .post(&hook.url)
             .header("content-type", "application/json")
-            .header(
-                "x-brb-event",
-                if reminder {
-                    "switch.reminder"
-                } else {
-                    "switch.changed"
-                },
-            )
+            .header("x-brb-event", templates::webhook_event(item.kind))
             .header("x-brb-delivery", item.id.to_string())
             .header("x-brb-timestamp", ts.to_string());
         if let Some(secret) = &hook.secret {

@@ -1,7 +1,11 @@
 //! The Slack slash command (`/bigred`): status and "where is the button" for everyone, pause
 //! and resume for the Slack users the config maps to an operator. And the buttons: a press on
 //! a pause message's "Resume…" (after Slack's confirmation dialog) arrives at
-//! `/api/v1/slack/interactions` and releases gradually, for the same mapped users.
+//! `/api/v1/slack/interactions` and releases gradually, for the same mapped users; where the
+//! switch needs approval it files a resume request instead, and "Approve resume" / "Reject"
+//! (on the pause message and on the request's announcement) decide the open request through
+//! the same path as the API (`approval::decide_request`): the requester cannot approve their
+//! own.
 //!
 //! Slack signs each request (v0: HMAC-SHA256 over `v0:{timestamp}:{raw body}` with the app's
 //! signing secret); a request with a missing or wrong signature, or a timestamp more than five
@@ -360,8 +364,16 @@ pub(crate) async fn interaction(
                 url,
             ));
         }
-        // APPROVAL HOOK (issue #17 part 3): the "Approve resume" button's action_id gets its
-        // arm here once resume approvals exist (approve as `actor`, never the requester).
+        templates::ACTION_APPROVE | templates::ACTION_REJECT => {
+            let approve = action.action_id == templates::ACTION_APPROVE;
+            tokio::spawn(press_decide(
+                state.clone(),
+                actor,
+                action.value.clone(),
+                approve,
+                url,
+            ));
+        }
         other => {
             tracing::warn!(action = %other, actor = %actor.name, source = "slack",
                 "unknown Slack button");
@@ -415,6 +427,41 @@ async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<
         )));
         return;
     }
+    if state.config().approval_secs(&cur.name).is_some() {
+        // A second operator must agree: the press asks for the same gradual release.
+        let filed = crate::approval::file_request(
+            &state,
+            cur.name.clone(),
+            actor.clone(),
+            "requested from Slack (the Resume… button)".into(),
+            Some(brb_api::RampSpec::default_release()),
+            Vec::new(),
+        )
+        .await;
+        match filed {
+            Ok(s) => {
+                let id = s.resume_request.as_ref().map_or(0, |r| r.id);
+                let until = s
+                    .resume_request
+                    .as_ref()
+                    .map(|r| r.expires_at.format("%H:%M:%S UTC").to_string())
+                    .unwrap_or_default();
+                tracing::info!(switch = %s.name, actor = %actor.name, source = "slack",
+                    request = id, "resume requested from a Slack button");
+                answer(templates::slack_ephemeral(format!(
+                    "Resuming `{}` needs another operator's approval: your request {id} is \
+                     filed. It resumes gradually once someone else approves it, before {until}.",
+                    s.name
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(switch = %cur.name, actor = %actor.name, source = "slack",
+                    error = %e.message, "resume request from Slack not filed");
+                answer(templates::slash_error(&e.message));
+            }
+        }
+        return;
+    }
     let change = StateChange {
         switch: cur.name.clone(),
         to: SwitchState::Running,
@@ -442,6 +489,99 @@ async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<
         Err(e) => {
             tracing::warn!(switch = %cur.name, actor = %actor.name, source = "slack",
                 error = %e.message, "Resume… press not applied");
+            answer(templates::slash_error(&e.message));
+        }
+    }
+}
+
+/// A press on "Approve resume" or "Reject": decides the request open on the pause the message
+/// is about (the one it names, on a request's announcement), as the API would for `actor`.
+/// The requester's own approval is refused with a message only they see.
+async fn press_decide(
+    state: AppState,
+    actor: Actor,
+    value: String,
+    approve: bool,
+    url: Option<reqwest::Url>,
+) {
+    let ctx = ctx(&state);
+    let answer = |body: Value| {
+        if let Some(u) = url.clone() {
+            tokio::spawn(respond(u, body));
+        }
+    };
+    let verb = if approve { "approve" } else { "reject" };
+    let Ok(button) = serde_json::from_str::<templates::DecideButton>(&value) else {
+        tracing::warn!(actor = %actor.name, source = "slack", "unreadable {verb} button value");
+        answer(templates::slack_ephemeral(
+            "That button could not be read. Nothing was changed.".into(),
+        ));
+        return;
+    };
+    let Some(cur) = state.hub().get(&button.switch) else {
+        answer(templates::slack_ephemeral(format!(
+            "Switch `{}` does not exist any more. Nothing was changed.",
+            button.switch
+        )));
+        return;
+    };
+    if cur.state != SwitchState::Paused || cur.changed_at.timestamp_millis() != button.paused_at_ms
+    {
+        answer(templates::slack_ephemeral(format!(
+            "This pause is over: `{}` is {} since {} ({} from {}). Nothing was changed.",
+            cur.name,
+            cur.state,
+            cur.changed_at.format("%H:%M:%S UTC"),
+            cur.changed_by,
+            templates::source_label(cur.source)
+        )));
+        return;
+    }
+    let open = cur.resume_request.as_deref().cloned();
+    let Some(r) = open.filter(|r| button.request_id.is_none_or(|id| id == r.id)) else {
+        answer(templates::slack_ephemeral(format!(
+            "There is no open request to resume `{}`{}: it was approved, rejected or replaced, \
+             or it lapsed. Nothing was changed.",
+            cur.name,
+            button
+                .request_id
+                .map(|id| format!(" with id {id}"))
+                .unwrap_or_default()
+        )));
+        return;
+    };
+    if approve && r.requested_by == actor.name {
+        tracing::warn!(switch = %cur.name, actor = %actor.name, source = "slack", request = r.id,
+            "self-approval from Slack refused");
+        answer(templates::slack_ephemeral(format!(
+            "You ({}) filed this request to resume `{}`: another operator must approve it. \
+             Nothing was changed.",
+            actor.name, cur.name
+        )));
+        return;
+    }
+    let op = if approve {
+        brb_store::SwitchOp::Approve { id: r.id }
+    } else {
+        brb_store::SwitchOp::Reject { id: r.id }
+    };
+    match crate::approval::decide_request(&state, cur.name.clone(), op, actor.clone(), None).await {
+        Ok(s) if approve => {
+            tracing::info!(switch = %s.name, actor = %actor.name, source = "slack",
+                request = r.id, version = s.version, "resume request approved from Slack");
+            answer(templates::slack_decided(&s, &r, true, &ctx));
+            if let Some(u) = url.clone() {
+                tokio::spawn(follow_up(state.clone(), s, u));
+            }
+        }
+        Ok(s) => {
+            tracing::info!(switch = %s.name, actor = %actor.name, source = "slack",
+                request = r.id, "resume request rejected from Slack");
+            answer(templates::slack_decided(&s, &r, false, &ctx));
+        }
+        Err(e) => {
+            tracing::warn!(switch = %cur.name, actor = %actor.name, source = "slack",
+                request = r.id, error = %e.message, "Slack {verb} not applied");
             answer(templates::slash_error(&e.message));
         }
     }

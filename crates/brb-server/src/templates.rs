@@ -1,10 +1,12 @@
 //! Every message text the control plane sends to people, in one place: Slack messages on a
-//! change and as reminders, the slash command's answers, and the generic webhook body.
+//! change and as reminders, on a resume request's life (filed, approved, rejected, lapsed,
+//! overridden by break glass), the slash command's answers, and the generic webhook body.
 //!
 //! Each message answers the questions an engineer has in a crisis: what changed, who did it,
 //! from where, why, since when, where to look, and how to undo it.
 
-use brb_api::{Source, Switch, SwitchState, WorkerCounts};
+use brb_api::{AuditEntry, ResumeRequest, Source, Switch, SwitchState, WorkerCounts};
+use brb_store::NotificationKind;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -21,10 +23,40 @@ pub struct Ctx {
     /// Slack delivers button presses to us (a signing secret is configured): pause messages
     /// carry a "Resume…" button. Without it a press would go nowhere, so there is none.
     pub interactive: bool,
+    /// The switches whose resumes need another operator's approval: their pause messages
+    /// carry "Approve resume" and "Reject", and "Resume…" files a request.
+    pub approval: std::collections::BTreeSet<String>,
+}
+
+/// What a resume request's announcement needs besides the switch, read from the audit log
+/// at delivery time (`notify.rs`): the entry of the announced version (who rejected, what
+/// lapsed), and the request the version settled (from the version before).
+#[derive(Debug, Clone, Default)]
+pub struct News {
+    pub entry: Option<AuditEntry>,
+    /// The request filed (for `resume_requested`), or the one approved, rejected, lapsed or
+    /// dropped by break glass.
+    pub request: Option<ResumeRequest>,
 }
 
 /// `action_id` of the "Resume…" button on a pause message.
 pub const ACTION_RESUME: &str = "brb_resume";
+/// `action_id` of "Approve resume" (pause messages and request announcements of switches that
+/// need approval).
+pub const ACTION_APPROVE: &str = "brb_approve";
+/// `action_id` of "Reject" next to it.
+pub const ACTION_REJECT: &str = "brb_reject";
+
+/// What "Approve resume" and "Reject" say: the switch, the pause they belong to, and the
+/// request when the message announces one. A pause message's buttons name no request: a press
+/// decides the request open at that moment, if it was filed during that pause.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecideButton {
+    pub switch: String,
+    pub paused_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+}
 
 /// What a "Resume…" button says about the pause it belongs to: the switch and the pause
 /// instant (`changed_at` while paused), so a press on an old message never resumes a later
@@ -49,32 +81,142 @@ fn default_release_words() -> String {
     format!("{steps} over {} min", r.duration_secs / 60)
 }
 
+/// Slack's limits on a confirm dialog: title 100 characters, text 300.
+fn cut(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut c: String = text.chars().take(max - 1).collect();
+    c.push('…');
+    c
+}
+
+/// Slack's confirmation dialog of a button.
+fn confirm(title: String, text: String, yes: &str, style: &str) -> Value {
+    json!({
+        "title": {"type": "plain_text", "text": cut(title, 100)},
+        "text": {"type": "mrkdwn", "text": cut(text, 300)},
+        "confirm": {"type": "plain_text", "text": yes},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+        "style": style,
+    })
+}
+
 /// The "Resume…" button of a pause message, with Slack's confirmation dialog (the release is
-/// gradual, never all at once: the confirm button says so).
-pub fn resume_button(s: &Switch) -> Value {
+/// gradual, never all at once: the confirm button says so). Where the switch needs approval,
+/// the press files a request for that release instead, and the dialog says so.
+pub fn resume_button(s: &Switch, approval: bool) -> Value {
     let value = serde_json::to_string(&ResumeButton {
         switch: s.name.clone(),
         paused_at_ms: s.changed_at.timestamp_millis(),
     })
     .unwrap_or_default();
-    let title: String = format!("Resume {}?", s.name).chars().take(100).collect();
+    let dialog = if approval {
+        confirm(
+            format!("Ask to resume {}?", s.name),
+            format!(
+                "Resuming `{}` needs another operator's approval: this files a request under \
+                 your name to release the work gradually ({}). Nothing resumes until someone \
+                 else approves it.",
+                s.name,
+                default_release_words()
+            ),
+            "Request resume",
+            "primary",
+        )
+    } else {
+        confirm(
+            format!("Resume {}?", s.name),
+            format!(
+                "Releases the work gradually ({}), recorded under your name. Releasing \
+                 everything at once is not offered here: use the console for that.",
+                default_release_words()
+            ),
+            "Resume gradually",
+            "primary",
+        )
+    };
     json!({
         "type": "button",
         "action_id": ACTION_RESUME,
         "text": {"type": "plain_text", "text": "Resume…"},
         "value": value,
         "style": "primary",
-        "confirm": {
-            "title": {"type": "plain_text", "text": title},
-            "text": {"type": "mrkdwn", "text": format!(
-                "Releases the work gradually ({}), recorded under your name. Releasing \
-                 everything at once is not offered here: use the console for that.",
-                default_release_words())},
-            "confirm": {"type": "plain_text", "text": "Resume gradually"},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-            "style": "primary",
-        },
+        "confirm": dialog,
     })
+}
+
+/// How a requested release reads: "gradually (10% → 100% over 10 min), guard db_load < 80".
+pub fn release_words(ramp: Option<&brb_api::RampSpec>, guards: &[brb_api::GuardSpec]) -> String {
+    let mut w = match ramp {
+        None => "all at once".to_string(),
+        Some(r) => {
+            let how = match &r.shape {
+                brb_api::RampShape::Steps { fractions } => fractions
+                    .iter()
+                    .map(|f| format!("{}%", (f * 100.0).round()))
+                    .collect::<Vec<_>>()
+                    .join(" → "),
+                _ => "linearly".to_string(),
+            };
+            format!(
+                "gradually ({how} over {})",
+                duration_words(chrono::Duration::seconds(r.duration_secs as i64))
+            )
+        }
+    };
+    if !guards.is_empty() {
+        let g: Vec<String> = guards.iter().map(|g| g.to_string()).collect();
+        w.push_str(&format!(", guarded by {}", g.join(" and ")));
+    }
+    w
+}
+
+/// "Approve resume" and "Reject" for the pause `s` is in, naming `request` when known.
+pub fn decide_buttons(s: &Switch, request: Option<&ResumeRequest>) -> [Value; 2] {
+    let value = serde_json::to_string(&DecideButton {
+        switch: s.name.clone(),
+        paused_at_ms: s.changed_at.timestamp_millis(),
+        request_id: request.map(|r| r.id),
+    })
+    .unwrap_or_default();
+    let what = match request {
+        Some(r) => format!(
+            "Resumes `{}` as {} asked: {}. Recorded under your name; you cannot approve your \
+             own request.",
+            s.name,
+            r.requested_by,
+            release_words(r.ramp.as_ref(), &r.guards)
+        ),
+        None => format!(
+            "Resumes `{}` as its open resume request asks (another operator's: you cannot \
+             approve your own). Recorded under your name.",
+            s.name
+        ),
+    };
+    [
+        json!({
+            "type": "button",
+            "action_id": ACTION_APPROVE,
+            "text": {"type": "plain_text", "text": "Approve resume"},
+            "value": value,
+            "style": "primary",
+            "confirm": confirm(format!("Approve resuming {}?", s.name), what,
+                "Approve resume", "primary"),
+        }),
+        json!({
+            "type": "button",
+            "action_id": ACTION_REJECT,
+            "text": {"type": "plain_text", "text": "Reject"},
+            "value": value,
+            "style": "danger",
+            "confirm": confirm(
+                format!("Reject the request to resume {}?", s.name),
+                format!("`{}` stays paused; the request is dropped, recorded under your name.",
+                    s.name),
+                "Reject", "danger"),
+        }),
+    ]
 }
 
 const RED: &str = "#d32f2f";
@@ -189,13 +331,164 @@ fn actions(s: &Switch, ctx: &Ctx) -> Vec<Value> {
         "text": {"type": "plain_text", "text": "Open the console"},
         "url": ctx.console_url})];
     if s.state == SwitchState::Paused && ctx.interactive {
-        out.push(resume_button(s));
-        // APPROVAL HOOK (issue #17 part 3, resume approval): where a switch requires approval,
-        // a pending resume request's message gets an "Approve resume" button here (its own
-        // action_id, value naming the request), dispatched in `slack::interaction`. It is
-        // deliberately absent until approvals exist.
+        let approval = ctx.approval.contains(&s.name);
+        out.push(resume_button(s, approval));
+        // Where resumes need approval, the pause message also decides the request filed
+        // during this pause (dispatched in `slack::interaction`).
+        if approval {
+            out.extend(decide_buttons(s, s.resume_request.as_deref()));
+        }
     }
     out
+}
+
+const AMBER: &str = "#f9a825";
+
+/// A resume request filed: who, why, which release and guards, until when; with "Approve
+/// resume" and "Reject" when Slack can deliver presses.
+pub fn slack_request(s: &Switch, r: &ResumeRequest, ctx: &Ctx) -> Value {
+    let release = release_words(r.ramp.as_ref(), &r.guards);
+    let text = format!(
+        "[{}] {} asks to resume `{}` {release}: {}. Another operator must approve it before {}.",
+        ctx.environment,
+        r.requested_by,
+        s.name,
+        r.reason,
+        r.expires_at.format("%H:%M:%S UTC")
+    );
+    let mut actions: Vec<Value> = Vec::new();
+    if ctx.interactive {
+        actions.extend(decide_buttons(s, Some(r)));
+    }
+    actions.push(json!({"type": "button",
+        "text": {"type": "plain_text", "text": "Open the console"},
+        "url": ctx.console_url}));
+    json!({
+        "text": text,
+        "attachments": [{
+            "color": AMBER,
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text",
+                    "text": format!("[{}] Resume requested: {}", ctx.environment, s.name)}},
+                {"type": "section", "fields": [
+                    {"type": "mrkdwn", "text": format!("*Switch*\n`{}` — {}", s.name, s.description)},
+                    {"type": "mrkdwn", "text": format!("*Requested by*\n{} from {}",
+                        r.requested_by, source_label(r.source))},
+                    {"type": "mrkdwn", "text": format!("*Release*\n{release}")},
+                    {"type": "mrkdwn", "text": format!("*Expires*\n<!date^{}^{{time_secs}}|{}>",
+                        r.expires_at.timestamp(), r.expires_at.format("%Y-%m-%d %H:%M:%S UTC"))},
+                    {"type": "mrkdwn", "text": format!("*Reason*\n{}", r.reason)},
+                ]},
+                {"type": "actions", "elements": actions},
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "Another operator approves with `brb approve {}`, the console or the button; \
+                     anyone rejects with `brb reject {}`. {} cannot approve their own request.",
+                    s.name, s.name, r.requested_by)}]},
+            ]
+        }]
+    })
+}
+
+/// A request rejected or lapsed: the switch stays paused. The audit entry's reason names the
+/// request, its requester and who rejected it (or when it lapsed).
+pub fn slack_request_closed(s: &Switch, entry: &AuditEntry, ctx: &Ctx) -> Value {
+    let what = entry.reason.clone().unwrap_or_default();
+    let text = format!("[{}] `{}` stays paused: {what}.", ctx.environment, s.name);
+    json!({
+        "text": text,
+        "attachments": [{
+            "color": RED,
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                {"type": "context", "elements": [{"type": "mrkdwn",
+                    "text": format!("{} <{}|Open the console>", undo(s, ctx), ctx.console_url)}]},
+            ]
+        }]
+    })
+}
+
+/// An approved request's resume: the change message, headed by who approved whose request.
+pub fn slack_approved(s: &Switch, r: Option<&ResumeRequest>, ctx: &Ctx) -> Value {
+    let mut v = slack_change(s, ctx);
+    let who = match r {
+        Some(r) => format!(
+            "approved by {} (requested by {})",
+            s.changed_by, r.requested_by
+        ),
+        None => format!("approved by {}", s.changed_by),
+    };
+    v["text"] = json!(format!("[{}] Resume {who}: {}", ctx.environment, title(s)));
+    v["attachments"][0]["blocks"][0]["text"]["text"] =
+        json!(format!("[{}] Resume {who}", ctx.environment));
+    v
+}
+
+/// Break glass: the resume message, loud (always `@here`, red, the words BREAK GLASS first),
+/// since it skipped the second operator.
+pub fn slack_break_glass(s: &Switch, dropped: Option<&ResumeRequest>, ctx: &Ctx) -> Value {
+    let mut v = slack_change(s, ctx);
+    let mut text = format!(
+        "<!here> :rotating_light: [{}] BREAK GLASS: {} by {} WITHOUT APPROVAL{}",
+        ctx.environment,
+        title(s),
+        s.changed_by,
+        s.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    if let Some(r) = dropped {
+        text.push_str(&format!(
+            "; the open request {} by {} was dropped",
+            r.id, r.requested_by
+        ));
+    }
+    v["text"] = json!(text);
+    v["attachments"][0]["color"] = json!(RED);
+    v["attachments"][0]["blocks"][0]["text"]["text"] = json!(format!(
+        ":rotating_light: [{}] BREAK GLASS: {} without approval",
+        ctx.environment, s.name
+    ));
+    v
+}
+
+/// The Slack message of an outbox notification.
+pub fn slack_message(
+    kind: NotificationKind,
+    s: &Switch,
+    news: &News,
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+) -> Value {
+    match kind {
+        NotificationKind::Reminder => slack_reminder(s, ctx, now),
+        NotificationKind::Change => slack_change(s, ctx),
+        NotificationKind::ResumeApproved => slack_approved(s, news.request.as_ref(), ctx),
+        NotificationKind::BreakGlass => slack_break_glass(s, news.request.as_ref(), ctx),
+        NotificationKind::ResumeRequested => match &news.request {
+            Some(r) => slack_request(s, r, ctx),
+            None => slack_change(s, ctx),
+        },
+        NotificationKind::ResumeRejected | NotificationKind::ResumeExpired => match &news.entry {
+            Some(e) => slack_request_closed(s, e, ctx),
+            None => slack_change(s, ctx),
+        },
+    }
+}
+
+/// The webhook event name (`X-BRB-Event` and the body's `type`). An approval and break glass
+/// are resumes, so they stay `switch.changed` (a receiver that follows the state sees every
+/// change) and say how in `approval`.
+pub fn webhook_event(kind: NotificationKind) -> &'static str {
+    match kind {
+        NotificationKind::Reminder => "switch.reminder",
+        NotificationKind::ResumeRequested => "switch.resume_requested",
+        NotificationKind::ResumeRejected => "switch.resume_rejected",
+        NotificationKind::ResumeExpired => "switch.resume_expired",
+        NotificationKind::Change
+        | NotificationKind::ResumeApproved
+        | NotificationKind::BreakGlass => "switch.changed",
+    }
 }
 
 /// What the pause message becomes after a press on "Resume…" (sent through the press's
@@ -214,6 +507,33 @@ pub fn slack_pressed(s: &Switch, changed: bool, ctx: &Ctx) -> Value {
             ctx.environment, s.name, s.state
         )
     };
+    json!({
+        "replace_original": true,
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": undo(s, ctx)}]},
+        ],
+    })
+}
+
+/// The answer to "Approve resume" (the message becomes the outcome, its buttons gone: the
+/// pause is over) or "Reject" (only the presser sees it; the message keeps its buttons, and
+/// the channel hears of the rejection through the outbox).
+pub fn slack_decided(s: &Switch, r: &ResumeRequest, approved: bool, ctx: &Ctx) -> Value {
+    if !approved {
+        return slack_ephemeral(format!(
+            "You rejected request {} by {}: `{}` stays paused.",
+            r.id, r.requested_by, s.name
+        ));
+    }
+    let text = format!(
+        "[{}] Resume approved by {} (requested by {}): {}",
+        ctx.environment,
+        s.changed_by,
+        r.requested_by,
+        title(s)
+    );
     json!({
         "replace_original": true,
         "text": text,
@@ -263,23 +583,76 @@ pub fn slack_reminder(s: &Switch, ctx: &Ctx, now: DateTime<Utc>) -> Value {
 }
 
 /// The generic webhook body: the change as data.
-pub fn webhook_body(reminder: bool, s: &Switch, ctx: &Ctx, now: DateTime<Utc>) -> Value {
+pub fn webhook_body(
+    kind: NotificationKind,
+    s: &Switch,
+    news: &News,
+    ctx: &Ctx,
+    now: DateTime<Utc>,
+) -> Value {
     let mut v = json!({
-        "type": if reminder { "switch.reminder" } else { "switch.changed" },
+        "type": webhook_event(kind),
         "environment": ctx.environment,
         "console_url": ctx.console_url,
         "switch": s,
     });
-    if reminder {
-        v["text"] = json!(reminder_text(s, now));
-        v["paused_for_secs"] = json!((now - s.changed_at).num_seconds().max(0));
-    } else {
-        v["text"] = json!(format!(
-            "{} by {} from {}",
-            title(s),
-            s.changed_by,
-            source_label(s.source)
-        ));
+    let changed = format!(
+        "{} by {} from {}",
+        title(s),
+        s.changed_by,
+        source_label(s.source)
+    );
+    let entry_reason = || {
+        news.entry
+            .as_ref()
+            .and_then(|e| e.reason.clone())
+            .unwrap_or_default()
+    };
+    match kind {
+        NotificationKind::Reminder => {
+            v["text"] = json!(reminder_text(s, now));
+            v["paused_for_secs"] = json!((now - s.changed_at).num_seconds().max(0));
+        }
+        NotificationKind::Change => v["text"] = json!(changed),
+        NotificationKind::ResumeRequested => {
+            if let Some(r) = &news.request {
+                v["text"] = json!(format!(
+                    "{} asks to resume {} {}: {} (expires {})",
+                    r.requested_by,
+                    s.name,
+                    release_words(r.ramp.as_ref(), &r.guards),
+                    r.reason,
+                    r.expires_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
+            v["request"] = json!(news.request);
+        }
+        NotificationKind::ResumeRejected => {
+            v["text"] = json!(entry_reason());
+            v["request"] = json!(news.request);
+            v["rejected_by"] = json!(news.entry.as_ref().map(|e| e.actor.clone()));
+        }
+        NotificationKind::ResumeExpired => {
+            v["text"] = json!(entry_reason());
+            v["request"] = json!(news.request);
+        }
+        NotificationKind::ResumeApproved => {
+            v["text"] = json!(format!("resume approved: {changed}"));
+            v["approval"] = json!({
+                "outcome": "approved",
+                "approved_by": s.changed_by,
+                "request": news.request,
+            });
+        }
+        NotificationKind::BreakGlass => {
+            v["text"] = json!(format!("BREAK GLASS, resumed without approval: {changed}"));
+            v["approval"] = json!({
+                "outcome": "break_glass",
+                "by": s.changed_by,
+                "dropped_request": news.request,
+            });
+        }
     }
     v
 }
@@ -491,6 +864,7 @@ mod tests {
             office_button_location: Some("next to the coffee machine".into()),
             here_on_pause: true,
             command: "/bigred".into(),
+            approval: Default::default(),
         }
     }
 

@@ -15,7 +15,9 @@
 //! With several replicas, each keeps the workers that report to it and, about once a second,
 //! exchanges an [`export`](Workers::export) of them through the store (`propagate.rs`); the
 //! others' workers are held as a remote set and merged into [`counts`](Workers::counts), the
-//! fresher report winning when a worker moved between replicas.
+//! fresher report winning when a worker moved between replicas. Each export carries, per
+//! tracked drill, when the worker first reported it, so a drill started anywhere is reported
+//! in full by any replica ([`answers`](Workers::answers)).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -45,8 +47,17 @@ struct Track {
     version: u64,
     state: SwitchState,
     changed_at: DateTime<Utc>,
-    /// worker id → milliseconds from the change to its first report at or past this version.
-    acks: HashMap<String, u64>,
+    /// worker id → its first report at or past this version (this replica's clock). Kept as
+    /// an instant, not a duration, so a drill's start can be set after the reports arrived.
+    acks: HashMap<String, DateTime<Utc>>,
+    /// A fire drill: its answers' instants are shared (`SharedWorker::acked_at`).
+    drill: bool,
+}
+
+impl Track {
+    fn ms(&self, at: DateTime<Utc>) -> u64 {
+        (at - self.changed_at).num_milliseconds().max(0) as u64
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +82,11 @@ pub struct SharedWorker {
     pub error: Option<String>,
     /// `(version, ms)`: how long after each tracked change this worker acknowledged it.
     pub acks: Vec<(u64, u64)>,
+    /// `(version, instant)`: when this worker first reported each tracked drill, on its
+    /// replica's clock (drills only: they are rare, and this doubles an entry's size). A
+    /// drill's report reads these whichever replica answers it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked_at: Vec<(u64, DateTime<Utc>)>,
 }
 
 pub struct Workers {
@@ -123,11 +139,12 @@ impl Workers {
             state: s.state,
             changed_at: s.changed_at,
             acks: HashMap::new(),
+            drill: false,
         };
         // Workers already at or past it (they raced ahead through another replica) count at 0.
         for (id, w) in &per.workers {
             if w.observed_version >= s.version {
-                track.acks.insert(id.clone(), 0);
+                track.acks.insert(id.clone(), s.changed_at);
             }
         }
         per.changes.push_front(track);
@@ -137,22 +154,28 @@ impl Workers {
 
     /// A fire drill was committed (version `s.version`, started at `at`): time its
     /// acknowledgements from `at`, not from `changed_at` (which stays the last state change).
-    /// A worker that already reported the version is timed by that report.
+    /// Called when this replica publishes the drill (with the time it heard of it) and again by
+    /// the replica that started it (with the start): the answers already recorded are kept,
+    /// only the start moves. A worker that already reported the version when the drill was
+    /// first heard of is timed by its last report.
     pub fn on_drill(&self, s: &Switch, at: DateTime<Utc>) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let per = map.entry(s.name.clone()).or_default();
-        // The commit's own bookkeeping may have started timing it from `changed_at`: redo it.
-        per.changes.retain(|t| t.version != s.version);
+        if let Some(t) = per.changes.iter_mut().find(|t| t.version == s.version) {
+            t.changed_at = at;
+            per.dirty = true;
+            return;
+        }
         let mut track = Track {
             version: s.version,
             state: s.state,
             changed_at: at,
             acks: HashMap::new(),
+            drill: true,
         };
         for (id, w) in &per.workers {
             if w.observed_version >= s.version {
-                let ms = (w.last_seen - at).num_milliseconds().max(0) as u64;
-                track.acks.insert(id.clone(), ms);
+                track.acks.insert(id.clone(), w.last_seen);
             }
         }
         // Newest first, as `on_change` keeps them.
@@ -166,29 +189,24 @@ impl Workers {
         per.dirty = true;
     }
 
-    /// When this replica started timing `version` of `switch`, and how long each worker took to
-    /// report it (this replica's workers, and the others' as their replicas timed them).
-    pub fn acks_of(
-        &self,
-        switch: &str,
-        version: u64,
-    ) -> Option<(DateTime<Utc>, HashMap<String, u64>)> {
+    /// When each worker first reported `version` of `switch`: this replica's workers, and the
+    /// other replicas' from their shared records (this replica's own report wins for a worker
+    /// that moved here).
+    pub fn answers(&self, switch: &str, version: u64) -> HashMap<String, DateTime<Utc>> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let t = map
-            .get(switch)?
-            .changes
-            .iter()
-            .find(|t| t.version == version)?;
-        let mut acks = t.acks.clone();
-        let started = t.changed_at;
+        let mut acks = map
+            .get(switch)
+            .and_then(|per| per.changes.iter().find(|t| t.version == version))
+            .map(|t| t.acks.clone())
+            .unwrap_or_default();
         drop(map);
         let remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
         for w in remote.get(switch).into_iter().flat_map(|m| m.values()) {
-            if let Some((_, ms)) = w.acks.iter().find(|(v, _)| *v == version) {
-                acks.entry(w.worker_id.clone()).or_insert(*ms);
+            if let Some((_, at)) = w.acked_at.iter().find(|(v, _)| *v == version) {
+                acks.entry(w.worker_id.clone()).or_insert(*at);
             }
         }
-        Some((started, acks))
+        acks
     }
 
     pub fn report(&self, r: WorkerReport, remote_addr: Option<String>, now: DateTime<Utc>) {
@@ -205,8 +223,7 @@ impl Workers {
         };
         for t in per.changes.iter_mut() {
             if r.observed_version >= t.version && !t.acks.contains_key(&r.worker_id) {
-                let ms = (now - t.changed_at).num_milliseconds().max(0) as u64;
-                t.acks.insert(r.worker_id.clone(), ms);
+                t.acks.insert(r.worker_id.clone(), now);
             }
         }
         per.workers.insert(
@@ -269,7 +286,13 @@ impl Workers {
                     acks: per
                         .changes
                         .iter()
-                        .filter_map(|t| t.acks.get(id).map(|ms| (t.version, *ms)))
+                        .filter_map(|t| t.acks.get(id).map(|at| (t.version, t.ms(*at))))
+                        .collect(),
+                    acked_at: per
+                        .changes
+                        .iter()
+                        .filter(|t| t.drill)
+                        .filter_map(|t| t.acks.get(id).map(|at| (t.version, *at)))
                         .collect(),
                 });
             }
@@ -360,6 +383,7 @@ impl Workers {
                     stale: w.stale,
                     error: w.error.as_deref(),
                     remote_acks: None,
+                    remote_acked_at: None,
                 };
                 (id, v)
             })
@@ -386,6 +410,7 @@ impl Workers {
                         stale: now - w.last_seen > self.stale_after,
                         error: w.error.as_deref(),
                         remote_acks: Some(&w.acks),
+                        remote_acked_at: Some(&w.acked_at),
                     },
                 );
             }
@@ -411,12 +436,19 @@ impl Workers {
             let acked: Vec<u64> = live
                 .iter()
                 .filter(|w| w.observed_version >= t.version)
-                .map(|w| match w.remote_acks {
-                    Some(acks) => acks
-                        .iter()
-                        .find(|(v, _)| *v == t.version)
-                        .map_or(0, |(_, ms)| *ms),
-                    None => t.acks.get(w.id).copied().unwrap_or(0),
+                .map(|w| match (w.remote_acks, w.remote_acked_at) {
+                    // From this replica's start of the change (a drill's start may be known
+                    // here only), else as the other replica timed it (an older replica).
+                    (Some(acks), at) => at
+                        .and_then(|a| a.iter().find(|(v, _)| *v == t.version))
+                        .map(|(_, at)| t.ms(*at))
+                        .or_else(|| {
+                            acks.iter()
+                                .find(|(v, _)| *v == t.version)
+                                .map(|(_, ms)| *ms)
+                        })
+                        .unwrap_or(0),
+                    (None, _) => t.acks.get(w.id).map_or(0, |at| t.ms(*at)),
                 })
                 .collect();
             let total = live.len() as u32;
@@ -486,6 +518,8 @@ struct View<'a> {
     error: Option<&'a str>,
     /// For a worker of another replica: its acknowledgement times.
     remote_acks: Option<&'a Vec<(u64, u64)>>,
+    /// And when it first reported each version.
+    remote_acked_at: Option<&'a Vec<(u64, DateTime<Utc>)>>,
 }
 
 #[cfg(test)]
@@ -582,6 +616,34 @@ mod tests {
         assert_eq!((cur.acknowledged, cur.total), (2, 2));
         assert_eq!(cur.last_ack_ms, Some(70));
         assert_eq!(c.workers.len(), 2);
+    }
+
+    #[test]
+    fn a_drill_is_answered_on_every_replica_and_its_start_can_come_later() {
+        let here = Workers::new(Duration::from_secs(15), Duration::from_secs(300));
+        let there = Workers::new(Duration::from_secs(15), Duration::from_secs(300));
+        let t0 = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        let s5 = sw(5, SwitchState::Running, t0 - chrono::Duration::hours(1));
+        // Each replica heard of the drill when it published it; "there" a little later.
+        here.on_drill(&s5, t0 + ms(2));
+        there.on_drill(&s5, t0 + ms(9));
+        here.report(rep("a", 5, WorkerStatus::Running), None, t0 + ms(30));
+        there.report(rep("b", 5, WorkerStatus::Running), None, t0 + ms(50));
+        // The start, learned afterwards: the answers keep their instants.
+        here.on_drill(&s5, t0);
+        here.set_remote(there.export());
+        let got = here.answers("workers", 5);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["a"], t0 + ms(30));
+        assert_eq!(
+            got["b"],
+            t0 + ms(50),
+            "the other replica's worker, by its instant"
+        );
+        let c = here.counts(&s5, false);
+        assert_eq!(c.current.unwrap().last_ack_ms, Some(50));
+        assert!(here.answers("workers", 4).is_empty());
     }
 
     #[test]

@@ -161,6 +161,12 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Slack and webhooks: where people (and their bots) read about a switch. Incident tools
+    /// hear of pauses and resumes only; reminders and resume requests go to these.
+    pub fn is_chat(&self) -> bool {
+        matches!(self, Channel::Slack | Channel::Webhook(_))
+    }
+
     /// `slack`, `webhook:<name>`, `pagerduty` or `grafana`, as stored and shown.
     pub fn parse(s: &str) -> Option<Channel> {
         match s {
@@ -193,22 +199,54 @@ pub enum NotificationKind {
     Change,
     /// A switch is still paused.
     Reminder,
+    /// Someone asked to resume a switch that needs approval (the event carries the request).
+    ResumeRequested,
+    /// Another operator approved a resume request: a resume (incident tools close on it).
+    ResumeApproved,
+    /// A resume request was rejected; the switch stays paused.
+    ResumeRejected,
+    /// A resume request lapsed unapproved; the switch stays paused.
+    ResumeExpired,
+    /// An admin resumed without approval: a resume, announced loudly.
+    BreakGlass,
 }
 
 impl NotificationKind {
+    pub const ALL: [NotificationKind; 7] = [
+        NotificationKind::Change,
+        NotificationKind::Reminder,
+        NotificationKind::ResumeRequested,
+        NotificationKind::ResumeApproved,
+        NotificationKind::ResumeRejected,
+        NotificationKind::ResumeExpired,
+        NotificationKind::BreakGlass,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NotificationKind::Change => "change",
             NotificationKind::Reminder => "reminder",
+            NotificationKind::ResumeRequested => "resume_requested",
+            NotificationKind::ResumeApproved => "resume_approved",
+            NotificationKind::ResumeRejected => "resume_rejected",
+            NotificationKind::ResumeExpired => "resume_expired",
+            NotificationKind::BreakGlass => "break_glass",
         }
     }
 
     pub fn parse(s: &str) -> Option<NotificationKind> {
-        match s {
-            "change" => Some(NotificationKind::Change),
-            "reminder" => Some(NotificationKind::Reminder),
-            _ => None,
-        }
+        NotificationKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the switch's state changed with it (a pause or a resume): what incident tools
+    /// hear of.
+    pub fn is_state_change(self) -> bool {
+        matches!(
+            self,
+            NotificationKind::Change
+                | NotificationKind::ResumeApproved
+                | NotificationKind::BreakGlass
+        )
     }
 }
 
@@ -632,9 +670,10 @@ mod tests {
         }
         assert_eq!(Channel::parse("webhook:"), None);
         assert_eq!(Channel::parse("email"), None);
-        for k in [NotificationKind::Change, NotificationKind::Reminder] {
+        for k in NotificationKind::ALL {
             assert_eq!(NotificationKind::parse(k.as_str()), Some(k));
         }
+        assert_eq!(NotificationKind::parse("drill"), None);
     }
 
     #[test]

@@ -43,8 +43,8 @@ use crate::rows::{
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
-    Actor, AuditQuery, Channel, FeedEvent, NewNotification, NotificationKind, Outage, OutboxItem,
-    Result, SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
+    Actor, AuditQuery, Channel, FeedEvent, NewNotification, Outage, OutboxItem, Result, SetOutcome,
+    StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
 
 /// The database's clock in microseconds, as SQL. A row's due time is written on it (and the
@@ -578,7 +578,7 @@ async fn write_switch<C: GenericClient>(c: &C, w: &SwitchWrite) -> Result<AuditE
                 &[
                     &rules::change_key(entry.id, channel),
                     &channel.to_string(),
-                    &NotificationKind::Change.as_str(),
+                    &w.kind.as_str(),
                     &event,
                     &micros(w.at),
                 ],

@@ -13,8 +13,8 @@ use brb_api::{AuditAction, DeletedSwitch, Switch, SwitchState};
 use chrono::{DateTime, Utc};
 
 use crate::{
-    Actor, Channel, GuardOp, PreviousSecret, RampControl, Result, StateChange, StoreError,
-    SwitchEvent, SwitchOp, TokenPolicy, TokenRecord,
+    Actor, Channel, GuardOp, NotificationKind, PreviousSecret, RampControl, Result, StateChange,
+    StoreError, SwitchEvent, SwitchOp, TokenPolicy, TokenRecord,
 };
 
 /// A switch row as read under the write lock: the switch and whether it is marked deleted.
@@ -36,6 +36,8 @@ pub(crate) struct SwitchWrite {
     pub at: DateTime<Utc>,
     /// Notifications of this change, written in its transaction.
     pub notify: Vec<Channel>,
+    /// What those notifications say.
+    pub kind: NotificationKind,
 }
 
 impl SwitchWrite {
@@ -225,6 +227,7 @@ pub(crate) fn create(
         actor: actor.clone(),
         at: now,
         notify: Vec::new(),
+        kind: NotificationKind::Change,
     })
 }
 
@@ -269,6 +272,7 @@ pub(crate) fn describe(
         actor: actor.clone(),
         at: now,
         notify: Vec::new(),
+        kind: NotificationKind::Change,
     })
 }
 
@@ -297,6 +301,7 @@ pub(crate) fn delete(
         actor: actor.clone(),
         at: now,
         notify: Vec::new(),
+        kind: NotificationKind::Change,
     })
 }
 
@@ -377,6 +382,7 @@ pub(crate) fn set_state(
         actor: change.actor.clone(),
         at: now,
         notify: change.notify.clone(),
+        kind: NotificationKind::Change,
     }))
 }
 
@@ -486,6 +492,7 @@ fn ramp_control(
         actor: change.actor.clone(),
         at: now,
         notify: change.notify.clone(),
+        kind: NotificationKind::Change,
     }))
 }
 
@@ -545,6 +552,7 @@ fn guard_step(
         actor: change.actor.clone(),
         at: now,
         notify: Vec::new(),
+        kind: NotificationKind::Change,
     }))
 }
 
@@ -567,7 +575,9 @@ fn open_request(cur: &Switch, id: u64) -> Result<Box<brb_api::ResumeRequest>> {
 /// replaced only by its own requester (or once it lapsed), approved only by someone else
 /// before it lapses (the switch then resumes as asked), rejected by anyone, lapsed by the
 /// sweeper. Break glass resumes without approval. Each is a version of its own; only the
-/// approval and break glass change the state (and are announced).
+/// approval and break glass change the state. Each is announced with its own kind: the
+/// request, the rejection and the lapse to the chat channels only (the switch stays paused),
+/// the approval and break glass everywhere (they are resumes). A drill is announced nowhere.
 fn resume_request(
     cur: Switch,
     change: &StateChange,
@@ -581,31 +591,48 @@ fn resume_request(
             .filter(|r| !r.is_empty())
             .map(str::to_string)
     };
+    // Requests, rejections and lapses are told to the chat channels (Slack, webhooks): people
+    // must see them to approve in time. Incident tools hear of pauses and resumes only.
+    let chat: Vec<Channel> = change
+        .notify
+        .iter()
+        .filter(|c| c.is_chat())
+        .cloned()
+        .collect();
     // The switch with its request replaced, at the next version; the state untouched.
-    let mark =
-        |request: Option<Box<brb_api::ResumeRequest>>, action: AuditAction, reason: String| {
-            let switch = Switch {
-                version: cur.version + 1,
-                resume_request: request,
-                ..cur.clone()
-            };
-            StateDecision::Write(SwitchWrite {
-                switch,
-                deleted: false,
-                replaces: Some(cur.version),
-                action,
-                from: Some(cur.state),
-                to: Some(cur.state),
-                reason: Some(reason),
-                actor: actor.clone(),
-                at: now,
-                notify: Vec::new(),
-            })
+    let mark = |request: Option<Box<brb_api::ResumeRequest>>,
+                action: AuditAction,
+                reason: String,
+                kind: Option<NotificationKind>| {
+        let switch = Switch {
+            version: cur.version + 1,
+            resume_request: request,
+            ..cur.clone()
         };
-    // The switch resumed, the request settled; with guards, as a guarded release.
+        StateDecision::Write(SwitchWrite {
+            switch,
+            deleted: false,
+            replaces: Some(cur.version),
+            action,
+            from: Some(cur.state),
+            to: Some(cur.state),
+            reason: Some(reason),
+            actor: actor.clone(),
+            at: now,
+            notify: if kind.is_some() {
+                chat.clone()
+            } else {
+                Vec::new()
+            },
+            kind: kind.unwrap_or(NotificationKind::Change),
+        })
+    };
+    // The switch resumed, the request settled; with guards, as a guarded release. Announced on
+    // every channel (a resume closes the incident), as `kind`.
     let resume = |ramp: Option<brb_api::RampSpec>,
                   guards: Vec<brb_api::GuardSpec>,
-                  reason: String|
+                  reason: String,
+                  kind: NotificationKind|
      -> Result<StateDecision> {
         let ramp = match ramp {
             Some(r) if !guards.is_empty() => Some(
@@ -636,6 +663,7 @@ fn resume_request(
             actor: actor.clone(),
             at: now,
             notify: change.notify.clone(),
+            kind,
         }))
     };
     match op {
@@ -687,6 +715,7 @@ fn resume_request(
                 Some(Box::new(request)),
                 AuditAction::ResumeRequested,
                 what,
+                Some(NotificationKind::ResumeRequested),
             ))
         }
         SwitchOp::Approve { id } => {
@@ -708,7 +737,7 @@ fn resume_request(
             if let Some(more) = says(&change.reason) {
                 reason = format!("{reason} ({more})");
             }
-            resume(r.ramp, r.guards, reason)
+            resume(r.ramp, r.guards, reason, NotificationKind::ResumeApproved)
         }
         SwitchOp::Reject { id } => {
             let r = open_request(&cur, *id)?;
@@ -719,7 +748,12 @@ fn resume_request(
             if let Some(more) = says(&change.reason) {
                 reason = format!("{reason}: {more}");
             }
-            Ok(mark(None, AuditAction::ResumeRejected, reason))
+            Ok(mark(
+                None,
+                AuditAction::ResumeRejected,
+                reason,
+                Some(NotificationKind::ResumeRejected),
+            ))
         }
         SwitchOp::Expire { id } => {
             let r = open_request(&cur, *id)?;
@@ -736,7 +770,12 @@ fn resume_request(
                 r.expires_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
-            Ok(mark(None, AuditAction::ResumeExpired, reason))
+            Ok(mark(
+                None,
+                AuditAction::ResumeExpired,
+                reason,
+                Some(NotificationKind::ResumeExpired),
+            ))
         }
         SwitchOp::Drill => {
             let what = match says(&change.reason) {
@@ -747,6 +786,7 @@ fn resume_request(
                 cur.resume_request.clone(),
                 AuditAction::DrillStarted,
                 what,
+                None,
             ))
         }
         SwitchOp::BreakGlass => {
@@ -759,6 +799,7 @@ fn resume_request(
                 change.ramp.clone(),
                 change.guards.clone(),
                 format!("BREAK GLASS by {}, without approval: {why}", actor.name),
+                NotificationKind::BreakGlass,
             )
         }
     }
@@ -1276,6 +1317,7 @@ mod tests {
         );
         c.ramp = Some(RampSpec::parse("steps:10m").unwrap());
         c.reason = Some("  backlog drained  ".into());
+        c.notify.push(Channel::PagerDuty);
         let w = written(decide(&sw(3, SwitchState::Paused, true), &c, 10));
         assert_eq!(w.action, AuditAction::ResumeRequested);
         assert_eq!(
@@ -1284,7 +1326,12 @@ mod tests {
             "a request resumes nothing"
         );
         assert_eq!(w.switch.changed_at, t(0), "the pause instant stays");
-        assert!(w.notify.is_empty());
+        assert_eq!(w.kind, NotificationKind::ResumeRequested);
+        assert_eq!(
+            w.notify,
+            vec![Channel::Slack, Channel::Webhook("ops".into())],
+            "told to the chat channels, not to incident tools"
+        );
         w.switch
     }
 
@@ -1361,6 +1408,7 @@ mod tests {
             Some("approved by bob; requested by alice: backlog drained (why)")
         );
         assert_eq!(w.notify.len(), 2, "an approval is announced like a resume");
+        assert_eq!(w.kind, NotificationKind::ResumeApproved);
     }
 
     #[test]
@@ -1423,7 +1471,10 @@ mod tests {
             (w.action, w.switch.state, w.switch.resume_request.clone()),
             (AuditAction::ResumeRejected, SwitchState::Paused, None)
         );
-        assert!(w.notify.is_empty());
+        assert_eq!(
+            (w.kind, w.notify.len()),
+            (NotificationKind::ResumeRejected, 2)
+        );
         let then = guarded(
             bob(),
             Some(SwitchOp::Approve { id: 4 }),
@@ -1444,9 +1495,20 @@ mod tests {
         );
         let w = written(decide(&s, &expire, 910));
         assert_eq!(
-            (w.action, w.switch.resume_request),
+            (w.action, w.switch.resume_request.clone()),
             (AuditAction::ResumeExpired, None)
         );
+        assert_eq!(
+            (w.kind, w.notify.len()),
+            (NotificationKind::ResumeExpired, 2)
+        );
+        // The lapse is announced by the one write that clears the request: a second sweeper
+        // (another replica, a late tick) reading the cleared switch is refused, so it writes
+        // no second announcement.
+        assert!(matches!(
+            decide(&w.switch, &expire, 911),
+            Err(StoreError::NoRequest(_))
+        ));
     }
 
     #[test]
@@ -1487,5 +1549,6 @@ mod tests {
             Some("BREAK GLASS by bob, without approval: customers down")
         );
         assert_eq!(w.notify.len(), 2);
+        assert_eq!(w.kind, NotificationKind::BreakGlass);
     }
 }

@@ -21,8 +21,8 @@ use crate::rows::{
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
-    Actor, AuditQuery, Channel, NewNotification, NotificationKind, Outage, OutboxItem, Result,
-    SetOutcome, StateChange, Store, StoreError, StoredEvent, TokenRecord,
+    Actor, AuditQuery, Channel, NewNotification, Outage, OutboxItem, Result, SetOutcome,
+    StateChange, Store, StoreError, StoredEvent, TokenRecord,
 };
 
 pub struct SqliteStore {
@@ -431,7 +431,7 @@ fn write_switch(tx: &Connection, w: &SwitchWrite) -> Result<AuditEntry> {
                 params![
                     rules::change_key(entry.id, channel),
                     channel.to_string(),
-                    NotificationKind::Change.as_str(),
+                    w.kind.as_str(),
                     event,
                     micros(w.at)
                 ],

@@ -802,6 +802,7 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
         request: Some(op),
         actor: by,
         ramp: Some(brb_api::RampSpec::preset("steps", 600).unwrap()),
+        notify: vec![Channel::Slack, Channel::PagerDuty],
         ..change("workers", SwitchState::Running)
     };
     let plain = StateChange {
@@ -872,6 +873,36 @@ pub async fn resume_requests_are_stored_with_the_switch_and_settled_by_another_o
     assert_eq!(
         (stored.state, stored.resume_request),
         (SwitchState::Running, None)
+    );
+    // Each is announced with its own kind, in its transaction: the request to the chat
+    // channels only, the approval (a resume) everywhere.
+    let mut told: Vec<(String, NotificationKind, u64)> = store
+        .outbox_recent(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.channel.to_string(), n.kind, n.event.version))
+        .collect();
+    told.sort_by_key(|(c, _, v)| (*v, c.clone()));
+    assert_eq!(
+        told,
+        vec![
+            (
+                "slack".to_string(),
+                NotificationKind::ResumeRequested,
+                request.id
+            ),
+            (
+                "pagerduty".to_string(),
+                NotificationKind::ResumeApproved,
+                switch.version
+            ),
+            (
+                "slack".to_string(),
+                NotificationKind::ResumeApproved,
+                switch.version
+            ),
+        ]
     );
 }
 
