@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brb_client::{Client, Gate, GateConfig, Transport};
+use brb_client::{Gate, GateConfig, Transport};
 use brb_resp as resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::clock::{Anchor, mono_ns, raise_nofile};
-use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild, bump};
+use crate::proto::{AttemptStats, FAILED_AT_BUCKET_MS, FromChild, TOOK_BOUNDS_MS, ToChild};
 use crate::{BenchError, http};
 
 /// Watchers started together before waiting for them: more at once only overflows the
@@ -157,13 +157,6 @@ impl Child {
     ) -> Result<FromChild, BenchError> {
         let mut failed = 0;
         let pid = std::process::id();
-        // Gates that do not report share one client: building two HTTP clients per gate cost
-        // ~9 ms of CPU each and made connecting 50,000 gates take minutes, and their event
-        // streams over plain HTTP open their own connections either way (`direct.rs`).
-        // Reporting gates (the soak) keep their own, as workers in their own processes do.
-        let shared = (!reports)
-            .then(|| Client::new(urls, Some(token.to_string())))
-            .transpose()?;
         for start in (0..count).step_by(START_BATCH) {
             let mut batch = Vec::new();
             for i in start..(start + START_BATCH).min(count) {
@@ -172,10 +165,7 @@ impl Child {
                 cfg.transport = Transport::Sse;
                 cfg.send_samples = reports;
                 cfg.reports = reports;
-                batch.push(match &shared {
-                    Some(c) => Gate::start_on(cfg, c.clone())?,
-                    None => Gate::start(cfg)?,
-                });
+                batch.push(Gate::start(cfg)?);
             }
             for g in &batch {
                 if !g.ready(Duration::from_secs(60)).await {
@@ -308,7 +298,7 @@ impl Child {
         let mut attempts = AttemptStats {
             failed_by_took: vec![0; TOOK_BOUNDS_MS.len() + 1],
             per_gate: vec![0; 33],
-            ..AttemptStats::default()
+            failed_at: Vec::new(),
         };
         for g in &self.gates {
             let mut n = 0;
@@ -318,22 +308,17 @@ impl Child {
                     continue;
                 }
                 n += 1;
-                let ms = a.took.as_millis() as u64;
-                let b = TOOK_BOUNDS_MS.iter().take_while(|&&x| ms >= x).count();
-                let outcome = serde_json::to_value(a.outcome)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                bump(attempts.by_outcome.entry(outcome).or_default(), b);
-                let i = ((at - since_ns) / 1_000_000 / FAILED_AT_BUCKET_MS) as usize;
                 if a.opened {
-                    bump(&mut attempts.opened_at, i);
-                    bump(&mut attempts.opened_per_base, a.base);
                     continue;
                 }
-                bump(&mut attempts.failed_per_base, a.base);
+                let ms = a.took.as_millis() as u64;
+                let b = TOOK_BOUNDS_MS.iter().take_while(|&&x| ms >= x).count();
                 attempts.failed_by_took[b] += 1;
-                bump(&mut attempts.failed_at, i);
+                let i = ((at - since_ns) / 1_000_000 / FAILED_AT_BUCKET_MS) as usize;
+                if attempts.failed_at.len() <= i {
+                    attempts.failed_at.resize(i + 1, 0);
+                }
+                attempts.failed_at[i] += 1;
             }
             attempts.per_gate[n.min(32)] += 1;
         }

@@ -88,10 +88,6 @@ pub struct BenchArgs {
     /// Skip the reconnect storm (kill -9 and restart of the control plane).
     #[arg(long)]
     pub skip_storm: bool,
-    /// In the storm, kill the replicas one after another (each waited for) instead of all at
-    /// once: how the benchmark did it before 2026-12-01, for comparing with older figures.
-    #[arg(long)]
-    pub kill_one_by_one: bool,
     /// At most this many watchers per child process (the open-files limit is per process).
     #[arg(long, default_value_t = 8000)]
     pub per_process: usize,

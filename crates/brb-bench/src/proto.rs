@@ -79,10 +79,8 @@ pub enum FromChild {
 }
 
 /// Bounds (ms, exclusive) of the `failed_by_took` buckets; the last bucket is everything longer.
-/// 1.1 s sits above the SDK's first connect limit (1 s), 2.1 s above its first answer limit
-/// (2 s), 3.5 s above its longest connect limit (3 s), 10.5 s above its longest answer
-/// limit (10 s).
-pub const TOOK_BOUNDS_MS: [u64; 7] = [10, 100, 1100, 2100, 3500, 5000, 10_500];
+/// 3.5 s sits above the SDK's connect timeout (3 s), 10.5 s above its answer timeout (10 s).
+pub const TOOK_BOUNDS_MS: [u64; 5] = [10, 100, 1000, 3500, 10_500];
 /// Width of the `failed_at` buckets.
 pub const FAILED_AT_BUCKET_MS: u64 = 250;
 
@@ -95,18 +93,6 @@ pub struct AttemptStats {
     pub per_gate: Vec<u64>,
     /// Failed attempts by when they started after `since_ns`, in [`FAILED_AT_BUCKET_MS`].
     pub failed_at: Vec<u64>,
-    /// Tries that opened the stream, by when they started after `since_ns`.
-    #[serde(default)]
-    pub opened_at: Vec<u64>,
-    /// Tries by how they ended (`brb_client::TryOutcome`, snake case), each by how long it
-    /// took (buckets of [`TOOK_BOUNDS_MS`]).
-    #[serde(default)]
-    pub by_outcome: std::collections::BTreeMap<String, Vec<u64>>,
-    /// Tries per replica (index of its URL): opened, then failed.
-    #[serde(default)]
-    pub opened_per_base: Vec<u64>,
-    #[serde(default)]
-    pub failed_per_base: Vec<u64>,
 }
 
 impl AttemptStats {
@@ -115,21 +101,7 @@ impl AttemptStats {
         add_into(&mut self.failed_by_took, &o.failed_by_took);
         add_into(&mut self.per_gate, &o.per_gate);
         add_into(&mut self.failed_at, &o.failed_at);
-        add_into(&mut self.opened_at, &o.opened_at);
-        add_into(&mut self.opened_per_base, &o.opened_per_base);
-        add_into(&mut self.failed_per_base, &o.failed_per_base);
-        for (k, v) in &o.by_outcome {
-            add_into(self.by_outcome.entry(k.clone()).or_default(), v);
-        }
     }
-}
-
-/// Adds one at `i`, growing `v` as needed.
-pub fn bump(v: &mut Vec<u64>, i: usize) {
-    if v.len() <= i {
-        v.resize(i + 1, 0);
-    }
-    v[i] += 1;
 }
 
 fn add_into(a: &mut Vec<u64>, b: &[u64]) {

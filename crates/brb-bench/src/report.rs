@@ -107,20 +107,6 @@ pub struct StormDiag {
     /// CPU (user + system) of the new server processes, from their start to the last reconnect.
     pub server_cpu_ms: f64,
     pub attempts: crate::proto::AttemptStats,
-    /// From sending the kills to the last old process gone.
-    #[serde(default)]
-    pub kill_ms: f64,
-    /// Per replica, each second: CPU ms used in it, and its accept queue's length.
-    #[serde(default)]
-    pub cpu_ms_1s: Vec<Vec<u64>>,
-    #[serde(default)]
-    pub accept_queue_1s: Vec<Vec<u64>>,
-    /// CPU of the watcher processes over the storm.
-    #[serde(default)]
-    pub watchers_cpu_ms: f64,
-    /// Statements PostgreSQL ran from the kill to the last reconnect (replicas on PostgreSQL).
-    #[serde(default)]
-    pub pg_statements: Option<u64>,
 }
 
 impl StormDiag {
@@ -147,59 +133,15 @@ impl StormDiag {
             .map(|(k, n)| format!("{k}: {n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let series = |v: &[Vec<u64>]| {
-            v.iter()
-                .map(|s| format!("[{}]", join(s)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let outcomes = a
-            .by_outcome
-            .iter()
-            .map(|(k, v)| {
-                let total: u64 = v.iter().sum();
-                let by = bounds
-                    .iter()
-                    .zip(v)
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(b, n)| format!("{b}: {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("{k} {total} ({by})")
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
         vec![
             format!(
-                "storm: old replicas killed in {:.0} ms; replicas listening after {} ms; server CPU {:.0} ms, watchers CPU {:.0} ms; PostgreSQL statements {}",
-                self.kill_ms,
+                "storm: replicas listening after {} ms; server CPU {:.0} ms",
                 self.listening_ms
                     .iter()
                     .map(|m| format!("{m:.0}"))
                     .collect::<Vec<_>>()
                     .join(" / "),
-                self.server_cpu_ms,
-                self.watchers_cpu_ms,
-                self.pg_statements
-                    .map_or_else(|| "not counted".to_string(), |n| n.to_string())
-            ),
-            format!(
-                "storm: CPU ms per replica each second: {}",
-                series(&self.cpu_ms_1s)
-            ),
-            format!(
-                "storm: accept queue per replica each second: {}",
-                series(&self.accept_queue_1s)
-            ),
-            format!("storm: stream tries by outcome, by duration in ms: {outcomes}"),
-            format!(
-                "storm: tries per replica: opened {}, failed {}",
-                join(&a.opened_per_base),
-                join(&a.failed_per_base)
-            ),
-            format!(
-                "storm: opening tries per 250 ms after the kill: {}",
-                join(&a.opened_at)
+                self.server_cpu_ms
             ),
             format!(
                 "storm: reconnects per 250 ms after listening: {}",

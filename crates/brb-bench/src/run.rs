@@ -337,7 +337,7 @@ async fn fanout(
     let storm = if args.skip_storm {
         None
     } else {
-        Some(storm(fleet, &mut children, args.kill_one_by_one).await?)
+        Some(storm(fleet, &mut children).await?)
     };
     for c in children {
         c.quit().await;
@@ -363,26 +363,16 @@ async fn fanout(
 
 /// `kill -9` of every control-plane process with the gates connected, a restart on the same
 /// addresses, and the time until every gate is connected again.
-async fn storm(
-    fleet: &mut Fleet,
-    children: &mut [ChildProc],
-    kill_one_by_one: bool,
-) -> Result<Storm> {
+async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
     let net0 = netstat();
     let accept_failed0 = count_in_log(&fleet.log, "accept failed");
-    let pg_statements0 = match &fleet.pg {
-        Some(pg) => log_statements(&fleet.env, true).then(|| count_statements(pg)),
-        None => None,
-    };
-    let watchers_cpu0 = children_cpu_us(children);
     let t_kill = mono_ns();
-    fleet.kill9(kill_one_by_one).await;
+    fleet.kill9().await;
     let t_restart = mono_ns();
     let listening_ns = fleet.start_again().await?;
     let t_listening = mono_ns();
     let pids: Vec<u32> = fleet.servers.iter().filter_map(|s| s.child.id()).collect();
-    let ports: Vec<u16> = fleet.servers.iter().map(|s| s.listen.port()).collect();
-    let sampler = FdSampler::start(pids.clone(), ports);
+    let sampler = FdSampler::start(pids.clone());
     let orders = vec![
         ToChild::Reconnected {
             since_ns: t_kill,
@@ -410,17 +400,7 @@ async fn storm(
             other => return Err(unexpected(&other)),
         }
     }
-    let watchers_cpu_ms = children_cpu_us(children).saturating_sub(watchers_cpu0) as f64 / 1e3;
-    let pg_statements = match (&fleet.pg, pg_statements0) {
-        (Some(pg), Some(before)) => {
-            let n = count_statements(pg).saturating_sub(before);
-            log_statements(&fleet.env, false);
-            Some(n)
-        }
-        _ => None,
-    };
-    let sampled = sampler.stop().await;
-    let (fds_max, fds_series) = (sampled.fds_max, sampled.fds_1s);
+    let (fds_max, fds_series) = sampler.stop().await;
     let last = t_ns.iter().copied().max().unwrap_or(t_listening);
     let ms = |from: u64| last.saturating_sub(from) as f64 / 1e6;
     let mut reconnects_250ms = Vec::new();
@@ -451,11 +431,6 @@ async fn storm(
         accept_failed: count_in_log(&fleet.log, "accept failed").saturating_sub(accept_failed0),
         server_cpu_ms: pids.iter().map(|&p| cpu_us(Some(p))).sum::<u64>() as f64 / 1e3,
         attempts,
-        kill_ms: t_restart.saturating_sub(t_kill) as f64 / 1e6,
-        cpu_ms_1s: sampled.cpu_ms_1s,
-        accept_queue_1s: sampled.queue_1s,
-        watchers_cpu_ms,
-        pg_statements,
     };
     let s = Storm {
         reconnected: t_ns.len(),
@@ -529,135 +504,42 @@ fn open_fds(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Turns PostgreSQL's logging of every statement on or off (`log_min_duration_statement`),
-/// so that a storm can count the statements it cost. True when it worked.
-fn log_statements(env: &[(String, String)], on: bool) -> bool {
-    let Some(url) = env
-        .iter()
-        .find(|(k, _)| k == "BRB_DATABASE_URL")
-        .map(|(_, v)| v)
-    else {
-        return false;
-    };
-    let Ok(bin) = brb_pgtest::bin_dir() else {
-        return false;
-    };
-    let set = if on {
-        "ALTER SYSTEM SET log_min_duration_statement = 0"
-    } else {
-        "ALTER SYSTEM RESET log_min_duration_statement"
-    };
-    std::process::Command::new(bin.join("psql"))
-        .arg(url)
-        .args(["-qAt", "-c", set, "-c", "SELECT pg_reload_conf()"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Statements PostgreSQL logged so far (each simple query or execution of a prepared one).
-fn count_statements(pg: &brb_pgtest::PgCluster) -> u64 {
-    pg.log()
-        .lines()
-        .filter(|l| {
-            l.contains("duration: ") && (l.contains(" execute ") || l.contains(" statement: "))
-        })
-        .count() as u64
-}
-
-/// What the sampler saw.
-#[derive(Default)]
-struct Sampled {
-    fds_max: Vec<u64>,
-    /// Per replica, once a second: open files, CPU ms in that second, accept queue length.
-    fds_1s: Vec<Vec<u64>>,
-    cpu_ms_1s: Vec<Vec<u64>>,
-    queue_1s: Vec<Vec<u64>>,
-}
-
 /// Counts each server's open files every 250 ms while a storm runs (the peak shows a replica
-/// at its open-files limit), and once a second its CPU and the length of its accept queue
-/// (connections the kernel completed that the server has not accepted yet).
+/// at its open-files limit).
 struct FdSampler {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Sampled>,
+    task: tokio::task::JoinHandle<(Vec<u64>, Vec<Vec<u64>>)>,
 }
 
 impl FdSampler {
-    fn start(pids: Vec<u32>, ports: Vec<u16>) -> FdSampler {
+    fn start(pids: Vec<u32>) -> FdSampler {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let n = pids.len();
-            let mut out = Sampled {
-                fds_max: vec![0; n],
-                fds_1s: vec![Vec::new(); n],
-                cpu_ms_1s: vec![Vec::new(); n],
-                queue_1s: vec![Vec::new(); n],
-            };
-            let mut cpu_before: Vec<u64> = pids.iter().map(|&p| cpu_us(Some(p))).collect();
+            let mut max = vec![0; pids.len()];
+            let mut series = vec![Vec::new(); pids.len()];
             let mut tick = tokio::time::interval(Duration::from_millis(250));
-            for k in 0u64.. {
+            for n in 0u64.. {
                 tokio::select! {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
-                let queues = (k % 4 == 0).then(|| accept_queues(&ports));
                 for (i, &p) in pids.iter().enumerate() {
                     let c = open_fds(p);
-                    out.fds_max[i] = out.fds_max[i].max(c);
-                    if let Some(q) = &queues {
-                        out.fds_1s[i].push(c);
-                        let cpu = cpu_us(Some(p));
-                        out.cpu_ms_1s[i].push(cpu.saturating_sub(cpu_before[i]) / 1000);
-                        cpu_before[i] = cpu;
-                        out.queue_1s[i].push(q[i]);
+                    max[i] = max[i].max(c);
+                    if n % 4 == 0 {
+                        series[i].push(c);
                     }
                 }
             }
-            out
+            (max, series)
         });
         FdSampler { stop, task }
     }
 
-    async fn stop(self) -> Sampled {
+    async fn stop(self) -> (Vec<u64>, Vec<Vec<u64>>) {
         let _ = self.stop.send(());
         self.task.await.unwrap_or_default()
     }
-}
-
-/// The accept queue length of the IPv4 listener on each port (`/proc/net/tcp` lists
-/// listening sockets first, with the queue in `rx_queue`; only that head of the file is read).
-fn accept_queues(ports: &[u16]) -> Vec<u64> {
-    use std::io::Read as _;
-    let mut out = vec![0; ports.len()];
-    let Ok(f) = std::fs::File::open("/proc/net/tcp") else {
-        return out;
-    };
-    let mut text = String::new();
-    let _ = f.take(512 * 1024).read_to_string(&mut text);
-    for l in text.lines().skip(1) {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (Some(local), Some(st), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
-            continue;
-        };
-        if *st != "0A" {
-            break;
-        }
-        let port = local
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        let rx = queues
-            .split_once(':')
-            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
-        if let (Some(port), Some(rx)) = (port, rx)
-            && let Some(i) = ports.iter().position(|&p| p == port)
-        {
-            out[i] = rx;
-        }
-    }
-    out
 }
 
 fn unexpected(a: &FromChild) -> BenchError {
@@ -856,7 +738,7 @@ struct Fleet {
     admin: Client,
     viewer_token: String,
     store: String,
-    pg: Option<brb_pgtest::PgCluster>,
+    _pg: Option<brb_pgtest::PgCluster>,
 }
 
 impl Fleet {
@@ -922,7 +804,7 @@ impl Fleet {
             admin,
             viewer_token,
             store,
-            pg,
+            _pg: pg,
         })
     }
 
@@ -934,21 +816,9 @@ impl Fleet {
         self.servers.iter().map(|s| cpu_us(s.child.id())).sum()
     }
 
-    /// Kills every server at once, then waits for them all: a process holding thousands of
-    /// connections takes a second or more to die, and killed one after another the watchers
-    /// of the first move to the next, still alive, and are cut off again.
-    async fn kill9(&mut self, one_by_one: bool) {
-        if one_by_one {
-            for s in &mut self.servers {
-                let _ = s.child.kill().await;
-            }
-            return;
-        }
+    async fn kill9(&mut self) {
         for s in &mut self.servers {
-            let _ = s.child.start_kill();
-        }
-        for s in &mut self.servers {
-            let _ = s.child.wait().await;
+            let _ = s.child.kill().await;
         }
     }
 
@@ -979,7 +849,7 @@ impl Fleet {
     /// A clean restart (SIGTERM, then start on the same addresses), or after `kill -9`.
     async fn restart(&mut self, kill: bool) -> Result<()> {
         if kill {
-            self.kill9(false).await;
+            self.kill9().await;
         } else {
             for s in &mut self.servers {
                 s.terminate().await;

@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 
 use crate::chunked::ChunkDecoder;
 use crate::sse::Parser;
-use crate::{ClientError, Result, StreamItem, TryOutcome};
+use crate::{ClientError, Result, StreamItem};
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// Longest error body read (an error answer is small JSON).
@@ -82,23 +83,16 @@ pub(crate) enum Opened {
     Refused(u16, Vec<u8>),
 }
 
-/// Why opening failed, with the error to report: the gate and `brb bench` tell a refused
-/// connection from a connect that timed out and from a connection dropped before its answer.
-pub(crate) type Failed = (TryOutcome, ClientError);
-
-/// Sends `GET {prefix}{path}` and reads the answer's head; the TCP connect may take
-/// `connect_timeout` (the caller bounds the whole).
+/// Sends `GET {prefix}{path}` and reads the answer's head.
 pub(crate) async fn open(
     t: &Target,
     path: &str,
     token: Option<&str>,
     last_event_id: Option<&str>,
-    connect_timeout: Duration,
-) -> std::result::Result<Opened, Failed> {
+) -> Result<Opened> {
     let unreachable = |what: &str, e: &dyn std::fmt::Display| {
         ClientError::Unreachable(format!("http://{}: {what}: {e}", t.authority))
     };
-    let dropped = |e: ClientError| (TryOutcome::Dropped, e);
     let mut head = format!(
         "GET {}{path} HTTP/1.1\r\nhost: {}\r\nuser-agent: brb-client/{}\r\naccept: text/event-stream\r\n",
         t.prefix,
@@ -111,29 +105,21 @@ pub(crate) async fn open(
     ] {
         if let Some(v) = value {
             if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                return Err((
-                    TryOutcome::Refused,
-                    ClientError::Config(format!(
-                        "the {name} header would contain a control character"
-                    )),
-                ));
+                return Err(ClientError::Config(format!(
+                    "the {name} header would contain a control character"
+                )));
             }
             head.push_str(&format!("{name}: {v}\r\n"));
         }
     }
     head.push_str("\r\n");
     let tcp = tokio::time::timeout(
-        connect_timeout,
+        CONNECT_TIMEOUT,
         TcpStream::connect((t.host.as_str(), t.port)),
     )
     .await
-    .map_err(|_| {
-        (
-            TryOutcome::ConnectTimeout,
-            unreachable("connecting", &"timed out"),
-        )
-    })?
-    .map_err(|e| (TryOutcome::Refused, unreachable("connecting", &e)))?;
+    .map_err(|_| unreachable("connecting", &"timed out"))?
+    .map_err(|e| unreachable("connecting", &e))?;
     let _ = tcp.set_nodelay(true);
     // A peer that vanished without a FIN (a cable, a crashed VM) is noticed eventually even
     // by a reader with no timeout of its own.
@@ -151,22 +137,18 @@ pub(crate) async fn open(
     s.tcp
         .write_all(head.as_bytes())
         .await
-        .map_err(|e| dropped(unreachable("sending the request", &e)))?;
-    let answered = |e: ClientError| (TryOutcome::Answered, e);
+        .map_err(|e| unreachable("sending the request", &e))?;
     let (status, body) = loop {
-        if let Some(h) = parse_head(&s.buf).map_err(|m| answered(s.protocol(m)))? {
+        if let Some(h) = parse_head(&s.buf).map_err(|m| s.protocol(m))? {
             s.buf.advance(h.len);
             break (h.status, h.body);
         }
         if s.buf.len() > MAX_HEAD {
-            return Err(answered(s.protocol("the answer's head is too long".into())));
+            return Err(s.protocol("the answer's head is too long".into()));
         }
-        s.fill().await.map_err(dropped)?;
+        s.fill().await?;
         if s.ended {
-            return Err(dropped(unreachable(
-                "reading the answer",
-                &"connection closed",
-            )));
+            return Err(unreachable("reading the answer", &"connection closed"));
         }
     };
     s.body = body;
@@ -176,12 +158,11 @@ pub(crate) async fn open(
     // The error body, as far as it comes (its framing, or until close), for the message.
     let mut out = Vec::new();
     loop {
-        s.decode_into(&mut out)
-            .map_err(|m| answered(s.protocol(m)))?;
+        s.decode_into(&mut out).map_err(|m| s.protocol(m))?;
         if s.body.done() || out.len() > MAX_ERROR_BODY || s.ended {
             break;
         }
-        s.fill().await.map_err(answered)?;
+        s.fill().await?;
     }
     Ok(Opened::Refused(status, out))
 }
@@ -436,17 +417,14 @@ mod tests {
         )
     }
 
-    const SECS_3: Duration = Duration::from_secs(3);
-
     #[tokio::test]
     async fn an_event_in_the_same_segment_as_the_head_is_not_held_back() {
         let (t, req) = serve_once(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1e\r\nevent: switch\nid: 3\ndata: {}\n\n\r\n",
         )
         .await;
-        let Opened::Stream(mut s) = open(&t, "/api/v1/events", Some("tok"), Some("2"), SECS_3)
+        let Opened::Stream(mut s) = open(&t, "/api/v1/events", Some("tok"), Some("2"))
             .await
-            .map_err(|(_, e)| e)
             .unwrap()
         else {
             panic!("refused");
@@ -478,11 +456,7 @@ mod tests {
             b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 7\r\nconnection: close\r\n\r\n{\"a\":1}",
         )
         .await;
-        match open(&t, "/x", None, None, SECS_3)
-            .await
-            .map_err(|(_, e)| e)
-            .unwrap()
-        {
+        match open(&t, "/x", None, None).await.unwrap() {
             Opened::Refused(status, body) => {
                 assert_eq!((status, body.as_slice()), (401, &b"{\"a\":1}"[..]))
             }
@@ -493,10 +467,7 @@ mod tests {
     #[tokio::test]
     async fn control_characters_in_headers_are_refused_before_sending() {
         let t = target_with("http://127.0.0.1:9", false).unwrap();
-        let (_, e) = open(&t, "/x", Some("a\r\nx: y"), None, SECS_3)
-            .await
-            .err()
-            .unwrap();
+        let e = open(&t, "/x", Some("a\r\nx: y"), None).await.err().unwrap();
         assert!(matches!(e, ClientError::Config(_)), "{e:?}");
     }
 

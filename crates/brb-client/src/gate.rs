@@ -14,12 +14,9 @@
 //! When the control plane cannot be reached the gate keeps the last known state
 //! ([`FailurePolicy::KeepLastKnown`], the default: a pause is never silently undone by a network
 //! problem), or fails open or closed after a grace period, as configured. Reconnects use
-//! full jitter, so a fleet does not reconnect in the same millisecond after a control-plane
-//! restart: for three base periods after a stream is lost every retry waits within one base
-//! period, so a quick restart has the whole fleet back within about a second; after that the
-//! bound doubles per failed attempt. The first tries after a loss give each replica 1 s to
-//! take the connection and 2 s to answer (doubling per failed attempt, up to 3 s and 10 s), so
-//! a replica that takes connections but does not answer costs seconds, not ten.
+//! exponential backoff with full jitter, so a fleet does not reconnect in the same millisecond
+//! after a control-plane restart (the first few attempts stay within one base period, so a
+//! quick restart has the whole fleet back within about a second).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -33,7 +30,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use crate::{Client, ClientError, EventScope, OpenLimits, StreamItem, TryOutcome};
+use crate::{Client, ClientError, EventScope, StreamItem};
 
 /// What the gate does when the control plane cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,8 +70,7 @@ pub struct GateConfig {
     /// Heartbeat report interval (a report also goes out at once on every observed change).
     pub report_interval: Duration,
     pub transport: Transport,
-    /// Reconnect delay bound for three such periods after a stream is lost; after that it
-    /// doubles per failed attempt up to `backoff_cap`.
+    /// First reconnect delay bound; doubles per failed attempt up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// A connected stream that sends nothing (not even a keep-alive) for this long is dead.
@@ -190,18 +186,14 @@ struct Shared {
 /// outage of days costs nothing.
 const ATTEMPT_LOG: usize = 32;
 
-/// One try to open the event stream at one base, for diagnosing reconnects (`brb bench`
-/// reads them to tell fast refusals from timeouts, and which replica was slow). An attempt
-/// tries each base once, so it leaves one entry per base it tried.
+/// One attempt to open the event stream, for diagnosing reconnects (`brb bench` reads them
+/// to tell fast refusals from timeouts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     pub started: Instant,
-    /// Until the stream opened or the try failed.
+    /// Until the stream opened or the attempt failed (over every base it tried).
     pub took: Duration,
     pub opened: bool,
-    /// The base's index in [`GateConfig::urls`].
-    pub base: usize,
-    pub outcome: TryOutcome,
 }
 
 fn now_ms() -> i64 {
@@ -258,20 +250,16 @@ impl Shared {
         }
     }
 
-    fn log_tries(&self, tries: &[crate::Try]) {
+    fn log_attempt(&self, started: Instant, opened: bool) {
         let mut log = self.attempt_log.lock().unwrap_or_else(|e| e.into_inner());
-        for t in tries {
-            if log.len() == ATTEMPT_LOG {
-                log.pop_front();
-            }
-            log.push_back(Attempt {
-                started: t.started,
-                took: t.took,
-                opened: t.outcome == TryOutcome::Opened,
-                base: t.base,
-                outcome: t.outcome,
-            });
+        if log.len() == ATTEMPT_LOG {
+            log.pop_front();
         }
+        log.push_back(Attempt {
+            started,
+            took: started.elapsed(),
+            opened,
+        });
     }
 
     fn known(&self) -> u8 {
@@ -403,26 +391,12 @@ impl Drop for Permit {
 impl Gate {
     /// Starts following the switch. Must be called inside a tokio runtime.
     pub fn start(cfg: GateConfig) -> Result<Gate, ClientError> {
-        let client = Client::with_tls(&cfg.urls, cfg.token.clone(), &cfg.tls)?;
-        Gate::start_on(cfg, client)
-    }
-
-    /// [`Gate::start`] on a client already made from `cfg.urls`, `cfg.token` and `cfg.tls`:
-    /// a process holding many gates (`brb bench` holds thousands) shares one client's
-    /// connection pools and TLS setup instead of building two HTTP clients per gate
-    /// (milliseconds of CPU and most of a gate's memory each). Must be called inside a tokio
-    /// runtime.
-    pub fn start_on(cfg: GateConfig, client: Client) -> Result<Gate, ClientError> {
         if cfg.max_concurrency == 0 {
             return Err(ClientError::Config(
                 "max_concurrency must be at least 1".into(),
             ));
         }
-        if client.base_urls().len() != cfg.urls.len() {
-            return Err(ClientError::Config(
-                "the client must be made from the gate's URLs".into(),
-            ));
-        }
+        let client = Client::with_tls(&cfg.urls, cfg.token.clone(), &cfg.tls)?;
         let client = client.rotated(rand::random::<u32>() as usize);
         let now = Instant::now();
         let shared = Arc::new(Shared {
@@ -629,48 +603,8 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
-/// For this many `backoff_base` periods after a stream is lost, every retry waits a random
-/// delay within one base period (full jitter, so the fleet stays spread), however many failed:
-/// a control plane restarting is back within it, and a bound doubling per failure would leave
-/// the gates that failed a few times quickly (refused while replicas start, reset by one at
-/// its connection cap) seconds behind the fleet. After it, the bound doubles per failure.
-const FLAT_WINDOW_BASES: u32 = 3;
-
-/// The wait before the next try to open the stream: `since_loss` is the time since the last
-/// stream ended (or the gate started), `late` the failed attempts since the flat window ended.
-pub fn reconnect_delay(base: Duration, cap: Duration, since_loss: Duration, late: u32) -> Duration {
-    if since_loss < base.saturating_mul(FLAT_WINDOW_BASES) {
-        backoff(base, cap, 0)
-    } else {
-        backoff(base, cap, late)
-    }
-}
-
-/// The answer limit of the first try after a loss. A control plane that is up answers a
-/// stream in milliseconds; one that took the connection into a queue it does not drain (a
-/// replica dying, at its file limit, or stalled) would otherwise hold the gate for the whole
-/// default limit (10 s) before it tries the next replica. Doubles per failed attempt, up to
-/// the default, so a slow link or a loaded server still gets its answer.
-const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(2);
-/// The connect limit of the first try after a loss: one SYN and no retransmission (Linux
-/// retransmits a SYN after 1 s). A dropped SYN means a full accept queue; another replica
-/// is a better bet than waiting on it. Doubles per failed attempt, up to 3 s.
-const FIRST_CONNECT_LIMIT: Duration = Duration::from_secs(1);
-
-/// The limits of a try after `failed` consecutive failed attempts.
-pub fn open_limits(failed: u32) -> OpenLimits {
-    let d = OpenLimits::default();
-    let grow = |first: Duration, most: Duration| {
-        first
-            .checked_mul(1u32 << failed.min(16))
-            .unwrap_or(most)
-            .min(most)
-    };
-    OpenLimits {
-        connect: grow(FIRST_CONNECT_LIMIT, d.connect),
-        answer: grow(FIRST_ANSWER_LIMIT, d.answer),
-    }
-}
+/// Failed reconnects retried within `backoff_base` before the bound starts doubling.
+const FLAT_ATTEMPTS: u32 = 2;
 
 /// Consecutive SSE failures before `Auto` falls back to long-poll.
 const SSE_FAILURES_BEFORE_FALLBACK: u32 = 3;
@@ -679,13 +613,7 @@ const LONG_POLL_SPELL: Duration = Duration::from_secs(300);
 
 async fn watch(s: Arc<Shared>, mut client: Client) {
     let scope = EventScope::Switch(s.cfg.switch.clone());
-    // Consecutive failed attempts (each tries every base once).
-    let mut failed: u32 = 0;
-    // Failed attempts since the flat window after the last loss ended.
-    let mut late: u32 = 0;
-    // When the last stream ended (or the gate started): the flat window runs from here.
-    let mut lost = tokio::time::Instant::now();
-    let mut tries = Vec::new();
+    let mut attempt: u32 = 0;
     let mut sse_failures: u32 = 0;
     let mut long_poll_until: Option<Instant> = None;
     let mut warned_unreachable = false;
@@ -700,11 +628,9 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         } else {
             let last = s.version.load(Ordering::Acquire);
             let last = (s.known() != KNOWN_NONE).then(|| last.to_string());
-            tries.clear();
-            let opened = client
-                .events_with(&scope, last.as_deref(), open_limits(failed), &mut tries)
-                .await;
-            s.log_tries(&tries);
+            let started = Instant::now();
+            let opened = client.events(&scope, last.as_deref()).await;
+            s.log_attempt(started, opened.is_ok());
             match opened {
                 Ok(stream) => {
                     let heard = read_stream(&s, stream).await;
@@ -744,16 +670,7 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         } else if long_poll_until.is_some_and(|t| Instant::now() >= t) {
             long_poll_until = None;
         }
-        if ok {
-            failed = 0;
-            late = 0;
-            lost = tokio::time::Instant::now();
-        } else {
-            failed = failed.saturating_add(1);
-            if lost.elapsed() >= s.cfg.backoff_base.saturating_mul(FLAT_WINDOW_BASES) {
-                late = late.saturating_add(1);
-            }
-        }
+        attempt = if ok { 0 } else { attempt.saturating_add(1) };
         if !ok {
             // Start the next attempt at a replica drawn afresh: with one fixed order, every
             // retry of a gate whose first replica is full or hung waits on that one again
@@ -763,7 +680,14 @@ async fn watch(s: Arc<Shared>, mut client: Client) {
         if ok {
             warned_unreachable = false;
         }
-        let delay = reconnect_delay(s.cfg.backoff_base, s.cfg.backoff_cap, lost.elapsed(), late);
+        // The first attempts after losing a stream all retry within one base period: a
+        // restarting control plane is usually back well within it, and doubling at once
+        // would leave the unlucky few who came too early seconds behind the fleet.
+        let delay = backoff(
+            s.cfg.backoff_base,
+            s.cfg.backoff_cap,
+            attempt.saturating_sub(FLAT_ATTEMPTS),
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -1019,100 +943,6 @@ mod tests {
             (v.state, v.version, v.source),
             (SwitchState::Paused, 9, Source::Other)
         );
-    }
-
-    /// The first tries after a loss give a replica that took the connection but does not
-    /// answer 2 s, then 4 s..., not the default 10 s each: two mute replicas cost the gate
-    /// 2 + 2 s, a delay (past the flat window by then: within two base periods), then
-    /// 4 + 4 s (paused clock).
-    #[tokio::test(start_paused = true)]
-    async fn the_first_tries_after_a_loss_give_up_on_a_mute_replica_within_seconds() {
-        // Listeners that never accept: the kernel completes the handshake and queues the
-        // connection, the request goes out, no answer ever comes.
-        let mute: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let urls: Vec<String> = mute
-            .iter()
-            .map(|l| format!("http://{}", l.local_addr().unwrap()))
-            .collect();
-        let mut cfg = GateConfig::new(&urls, None, "workers");
-        cfg.transport = Transport::Sse;
-        cfg.reports = false;
-        cfg.send_samples = false;
-        let t0 = tokio::time::Instant::now();
-        let gate = Gate::start(cfg).unwrap();
-        while gate.attempts().len() < 4 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let took = t0.elapsed();
-        let tries = gate.attempts();
-        assert!(
-            tries
-                .iter()
-                .all(|a| a.outcome == TryOutcome::NoAnswer && !a.opened),
-            "{tries:?}"
-        );
-        assert_ne!(
-            tries[0].base, tries[1].base,
-            "an attempt tries each replica"
-        );
-        // 2 + 2 s, a delay of at most 2 s, then 4 + 4 s.
-        assert!(
-            (Duration::from_secs(12)..=Duration::from_millis(14_050)).contains(&took),
-            "four tries took {took:?}"
-        );
-        drop(gate);
-        drop(mute);
-    }
-
-    #[test]
-    fn open_limits_start_short_and_grow_to_the_defaults() {
-        let d = OpenLimits::default();
-        let l: Vec<OpenLimits> = (0..6).map(open_limits).collect();
-        assert_eq!(
-            (l[0].connect, l[0].answer),
-            (Duration::from_secs(1), Duration::from_secs(2))
-        );
-        assert_eq!(
-            (l[1].connect, l[1].answer),
-            (Duration::from_secs(2), Duration::from_secs(4))
-        );
-        assert_eq!((l[3].connect, l[3].answer), (d.connect, d.answer));
-        assert_eq!(open_limits(u32::MAX), d);
-    }
-
-    /// While the loss is recent every retry waits within one base period however many failed
-    /// (full jitter: spread, never a fixed step); after the window the bound doubles per
-    /// failure since.
-    #[test]
-    fn retries_stay_within_one_base_period_for_the_window_after_a_loss() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(30);
-        let window = base * FLAT_WINDOW_BASES;
-        let mut seen = std::collections::HashSet::new();
-        for late in [0, 1, 5, 30] {
-            for since in [Duration::ZERO, base, window - Duration::from_millis(1)] {
-                for _ in 0..50 {
-                    let d = reconnect_delay(base, cap, since, late);
-                    assert!(d <= base, "{d:?} after {since:?}, {late} late failures");
-                    seen.insert(d.as_micros());
-                }
-            }
-        }
-        assert!(seen.len() > 100, "full jitter spreads the delays");
-        let longest = |late| {
-            (0..400)
-                .map(|_| reconnect_delay(base, cap, window, late))
-                .max()
-                .unwrap()
-        };
-        let after_three = longest(3);
-        assert!(
-            after_three > base * 4 && after_three <= base * 8,
-            "{after_three:?}"
-        );
-        assert!(longest(30) <= cap);
     }
 
     #[test]

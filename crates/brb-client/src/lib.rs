@@ -59,59 +59,8 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// How long an event-stream request may wait for the answer's headers (by default).
+/// How long an event-stream request may wait for the answer's headers.
 const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the TCP connect of a directly read event stream may take (by default).
-const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Time limits for opening an event stream at one base URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenLimits {
-    /// The TCP connect of a plain-HTTP stream read directly (TLS and proxied streams keep the
-    /// client's own 3 s connect timeout, bounded by `answer` anyway).
-    pub connect: Duration,
-    /// Until the answer's head, the connect included.
-    pub answer: Duration,
-}
-
-impl Default for OpenLimits {
-    fn default() -> Self {
-        OpenLimits {
-            connect: STREAM_CONNECT_TIMEOUT,
-            answer: STREAM_ANSWER_TIMEOUT,
-        }
-    }
-}
-
-/// How one try at opening an event stream at one base URL ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TryOutcome {
-    /// The answer's head said 2xx: the stream is open.
-    Opened,
-    /// The connection failed at once (refused: nothing listens there).
-    Refused,
-    /// No connection within the connect limit (SYNs dropped or unanswered).
-    ConnectTimeout,
-    /// Connected, then closed or reset before the answer's head (a server at its connection
-    /// cap resets at once, a dying one closes).
-    Dropped,
-    /// Connected, but no answer's head within the answer limit (a server that does not
-    /// accept, or is too busy to answer).
-    NoAnswer,
-    /// The server answered with an error status, or with something that is not our API.
-    Answered,
-}
-
-/// One try at opening an event stream at one base URL ([`Client::events_with`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Try {
-    /// The base's index in the URLs the client was made with (whatever the rotation).
-    pub base: usize,
-    pub started: std::time::Instant,
-    pub took: Duration,
-    pub outcome: TryOutcome,
-}
 
 /// What an event stream yields.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,8 +83,6 @@ pub struct Client {
     /// For event streams: no overall timeout, TCP keep-alive on.
     stream_http: reqwest::Client,
     bases: Vec<String>,
-    /// Each base's index in the URLs given to the constructor (`rotated` moves both).
-    order: Vec<usize>,
     token: Option<String>,
 }
 
@@ -289,7 +236,6 @@ impl Client {
         Ok(Client {
             http,
             stream_http,
-            order: (0..bases.len()).collect(),
             bases,
             token,
         })
@@ -305,7 +251,6 @@ impl Client {
         let mut c = self.clone();
         let len = c.bases.len();
         c.bases.rotate_left(n % len);
-        c.order.rotate_left(n % len);
         c
     }
 
@@ -603,51 +548,22 @@ impl Client {
         scope: &EventScope,
         last_event_id: Option<&str>,
     ) -> Result<impl Stream<Item = Result<StreamItem>> + Send + 'static + use<>> {
-        self.events_with(scope, last_event_id, OpenLimits::default(), &mut Vec::new())
-            .await
-    }
-
-    /// [`Client::events`] with the time limits of each base's try given, and each try noted
-    /// in `tries` (the worker gate shortens the limits right after losing a stream).
-    pub async fn events_with(
-        &self,
-        scope: &EventScope,
-        last_event_id: Option<&str>,
-        limits: OpenLimits,
-        tries: &mut Vec<Try>,
-    ) -> Result<impl Stream<Item = Result<StreamItem>> + Send + 'static + use<>> {
         let path = match scope {
             EventScope::Switch(name) => format!("/switches/{}/events", enc(name)),
             EventScope::All => "/events".to_string(),
         };
         let mut last_err = String::new();
-        for (base, &index) in self.bases.iter().zip(&self.order) {
-            let started = std::time::Instant::now();
-            let mut note = |outcome| {
-                tries.push(Try {
-                    base: index,
-                    started,
-                    took: started.elapsed(),
-                    outcome,
-                })
-            };
+        for base in &self.bases {
             // Plain HTTP without a proxy: read in the caller's task (see `direct.rs`).
             if let Some(t) = direct::target(base) {
                 let full = format!("{}{path}", brb_api::API_PREFIX);
                 let opened = tokio::time::timeout(
-                    limits.answer,
-                    direct::open(
-                        &t,
-                        &full,
-                        self.token.as_deref(),
-                        last_event_id,
-                        limits.connect,
-                    ),
+                    STREAM_ANSWER_TIMEOUT,
+                    direct::open(&t, &full, self.token.as_deref(), last_event_id),
                 )
                 .await;
                 match opened {
                     Ok(Ok(direct::Opened::Stream(s))) => {
-                        note(TryOutcome::Opened);
                         // Boxed so that the stream stays `Unpin`, as callers may rely on.
                         let stream =
                             Box::pin(futures_util::stream::unfold(s, |mut s| async move {
@@ -657,25 +573,21 @@ impl Client {
                         return Ok(futures_util::future::Either::Left(stream));
                     }
                     Ok(Ok(direct::Opened::Refused(status, body))) => {
-                        note(TryOutcome::Answered);
                         return Err(error_from(base, status, &body));
                     }
-                    Ok(Err((_, e @ ClientError::Config(_)))) => return Err(e),
+                    Ok(Err(e @ ClientError::Config(_))) => return Err(e),
                     // An unreachable peer's message already says so; wrapping its Display
                     // again would read "cannot reach the control plane: cannot reach...".
-                    Ok(Err((outcome, ClientError::Unreachable(m)))) => {
-                        note(outcome);
+                    Ok(Err(ClientError::Unreachable(m))) => {
                         last_err = m;
                         continue;
                     }
-                    Ok(Err((outcome, e))) => {
-                        note(outcome);
+                    Ok(Err(e)) => {
                         last_err = e.to_string();
                         continue;
                     }
                     Err(_) => {
-                        note(TryOutcome::NoAnswer);
-                        last_err = no_stream_answer(base, limits.answer);
+                        last_err = no_stream_answer(base);
                         continue;
                     }
                 }
@@ -689,28 +601,17 @@ impl Client {
             // No overall timeout on a stream, but its answer must start: a server that took
             // the connection into its accept queue and never accepted it (out of file
             // descriptors) would otherwise hold the watcher forever.
-            let res = match tokio::time::timeout(limits.answer, rb.send()).await {
+            let res = match tokio::time::timeout(STREAM_ANSWER_TIMEOUT, rb.send()).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    note(match (e.is_connect(), e.is_timeout()) {
-                        (true, true) => TryOutcome::ConnectTimeout,
-                        (true, false) => TryOutcome::Refused,
-                        _ => TryOutcome::Dropped,
-                    });
                     last_err = format!("{base}: {}", describe(&e));
                     continue;
                 }
                 Err(_) => {
-                    note(TryOutcome::NoAnswer);
-                    last_err = no_stream_answer(base, limits.answer);
+                    last_err = no_stream_answer(base);
                     continue;
                 }
             };
-            note(if res.status().is_success() {
-                TryOutcome::Opened
-            } else {
-                TryOutcome::Answered
-            });
             if !res.status().is_success() {
                 return Err(decode::<serde_json::Value>(base, res)
                     .await
@@ -746,10 +647,10 @@ impl Client {
     }
 }
 
-fn no_stream_answer(base: &str, limit: Duration) -> String {
+fn no_stream_answer(base: &str) -> String {
     format!(
-        "{base}: no answer to the event-stream request within {} ms",
-        limit.as_millis()
+        "{base}: no answer to the event-stream request within {}s",
+        STREAM_ANSWER_TIMEOUT.as_secs()
     )
 }
 
@@ -893,55 +794,6 @@ mod tests {
         let c = Client::new(&["http://127.0.0.1:1"], None).unwrap();
         let e = c.switches().await.unwrap_err();
         assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
-    }
-
-    /// Each base gets the limits given, and each try is noted with its base and outcome
-    /// (paused clock: two mute bases cost exactly twice the answer limit).
-    #[tokio::test(start_paused = true)]
-    async fn events_with_applies_the_limits_to_each_base_and_notes_each_try() {
-        let mute: Vec<std::net::TcpListener> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let urls: Vec<String> = mute
-            .iter()
-            .map(|l| format!("http://{}", l.local_addr().unwrap()))
-            .collect();
-        // Rotated: the base indices still name the URLs as given.
-        let c = Client::new(&urls, None).unwrap().rotated(1);
-        let limits = OpenLimits {
-            connect: Duration::from_millis(500),
-            answer: Duration::from_millis(1500),
-        };
-        let mut tries = Vec::new();
-        let t = tokio::time::Instant::now();
-        let e = c
-            .events_with(&EventScope::All, None, limits, &mut tries)
-            .await
-            .err()
-            .expect("no stream from mute servers");
-        let took = t.elapsed();
-        assert!(
-            (Duration::from_millis(3000)..Duration::from_millis(3050)).contains(&took),
-            "{took:?}"
-        );
-        assert!(e.to_string().contains("within 1500 ms"), "{e}");
-        assert_eq!(
-            tries
-                .iter()
-                .map(|t| (t.base, t.outcome))
-                .collect::<Vec<_>>(),
-            vec![(1, TryOutcome::NoAnswer), (0, TryOutcome::NoAnswer)]
-        );
-        // Nothing listening: refused at once, noted as such.
-        drop(mute);
-        tries.clear();
-        let _ = c
-            .events_with(&EventScope::All, None, limits, &mut tries)
-            .await;
-        assert!(
-            tries.iter().all(|t| t.outcome == TryOutcome::Refused),
-            "{tries:?}"
-        );
     }
 
     #[tokio::test]

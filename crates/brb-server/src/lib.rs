@@ -88,8 +88,6 @@ struct Inner {
     shutting_down: std::sync::atomic::AtomicBool,
     /// The fan-out writer threads for plain-TCP switch streams, started with the first stream.
     fanout: std::sync::OnceLock<Option<fanout::Fanout>>,
-    /// Replays read from the store, shared by the streams that ask for the same one (`sse.rs`).
-    replays: sse::Replays,
     /// The store's change feed when several replicas share it (PostgreSQL); taken by the
     /// propagation task. `None` for SQLite, where this process makes every change.
     feed: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<FeedEvent>>>,
@@ -148,7 +146,6 @@ impl AppState {
                 shutdown: watch::channel(false).0,
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
                 fanout: std::sync::OnceLock::new(),
-                replays: sse::Replays::default(),
                 feed: std::sync::Mutex::new(feed),
                 shared,
                 resync: tokio::sync::Notify::new(),
@@ -364,10 +361,6 @@ impl AppState {
 
     /// The fan-out writer threads (`fanout.rs`), started on first use; `None` if they could not
     /// be started (streams then keep a task each, as over TLS).
-    pub(crate) fn replays(&self) -> &sse::Replays {
-        &self.inner.replays
-    }
-
     pub(crate) fn fanout(&self) -> Option<&fanout::Fanout> {
         self.inner
             .fanout

@@ -54,7 +54,6 @@ pub struct Metrics {
     sse_watchers: AtomicI64,
     long_polls: AtomicI64,
     auth_failures: AtomicU64,
-    replay_reads: AtomicU64,
     requests: Mutex<BTreeMap<(&'static str, String, u16), Histogram>>,
 }
 
@@ -83,11 +82,6 @@ impl Metrics {
 
     pub fn auth_failure(&self) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one read of the store for event streams' replays (however many streams share it).
-    pub fn replay_read(&self) {
-        self.replay_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn sse_watcher(self: &Arc<Self>) -> GaugeGuard {
@@ -168,15 +162,6 @@ impl Metrics {
             out,
             "brb_auth_failures_total {}",
             self.auth_failures.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP brb_stream_replay_reads_total Store reads for event-stream replays (a read shared by many streams counts once).\n",
-        );
-        out.push_str("# TYPE brb_stream_replay_reads_total counter\n");
-        let _ = writeln!(
-            out,
-            "brb_stream_replay_reads_total {}",
-            self.replay_reads.load(Ordering::Relaxed)
         );
         out.push_str(
             "# HELP brb_http_request_duration_seconds Time to the response head, by route.\n",

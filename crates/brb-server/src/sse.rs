@@ -103,17 +103,13 @@ pub async fn open(
     let fetched = match crate::subscription::need(&scope, last_event_id, &image, shared) {
         Need::Nothing => Fetched::Nothing,
         Need::History { after, limit } => {
-            let key = ReplayKey {
-                scope: match &scope {
-                    Scope::One(name) => Some(Arc::clone(name)),
-                    Scope::All => None,
-                },
-                after,
-                limit,
-                hub_at: image.last_audit_id,
+            let store = state.reads();
+            let res = match &scope {
+                Scope::One(name) => store.events_after_version(name, after, limit).await,
+                Scope::All => store.events_after_id(after, limit).await,
             };
-            match state.replays().history(&state, key).await {
-                Ok(events) => Fetched::History(events.as_ref().clone()),
+            match res {
+                Ok(events) => Fetched::History(events),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the history to replay; sending the current state");
                     Fetched::Failed
@@ -121,7 +117,6 @@ pub async fn open(
             }
         }
         Need::Ahead(id) => {
-            state.metrics().replay_read();
             let store = state.reads();
             let res = match &scope {
                 Scope::One(name) => store
@@ -191,83 +186,6 @@ pub async fn open(
     // Ask reverse proxies (nginx) not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
-}
-
-/// Which replay a stream asks the store for. `hub_at` is the hub's last audit id when the
-/// stream opened: committed events never change, but a switch deleted and created again
-/// reuses its versions, and that takes audit ids, so the same key is always the same answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ReplayKey {
-    /// `None`: the all-switches stream (ids are audit ids).
-    scope: Option<Arc<str>>,
-    after: u64,
-    limit: u32,
-    hub_at: u64,
-}
-
-type ReplayRead = futures_util::future::Shared<
-    futures_util::future::BoxFuture<'static, Result<Arc<Vec<brb_store::StoredEvent>>, String>>,
->;
-
-/// Replays most recently read from the store, shared by every stream that asks for the same
-/// one. After a restart during which a switch changed, every watcher resumes with the same
-/// `Last-Event-ID` and needs the same few events: one read for all of them, instead of one
-/// each through the pool's few connections (tens of thousands of reads queued behind each
-/// other, on the database the brake protects). A read in flight is joined, not repeated; a
-/// failed one is shared by those waiting on it (each sends the current state, as on any
-/// failed read) and forgotten, so the next stream reads again.
-#[derive(Default)]
-pub(crate) struct Replays {
-    reads: Mutex<std::collections::HashMap<ReplayKey, ReplayRead>>,
-}
-
-/// Replays kept at most; past it only those at the hub's current position stay.
-const REPLAYS_KEPT: usize = 16;
-
-impl Replays {
-    async fn history(
-        &self,
-        state: &AppState,
-        key: ReplayKey,
-    ) -> Result<Arc<Vec<brb_store::StoredEvent>>, String> {
-        use futures_util::FutureExt as _;
-        let read = {
-            let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
-            if reads.len() >= REPLAYS_KEPT && !reads.contains_key(&key) {
-                reads.retain(|k, _| k.hub_at == key.hub_at);
-                if reads.len() >= REPLAYS_KEPT {
-                    reads.clear();
-                }
-            }
-            reads
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let (state, key) = (state.clone(), key.clone());
-                    async move {
-                        state.metrics().replay_read();
-                        let store = state.reads();
-                        let res = match &key.scope {
-                            Some(name) => {
-                                store.events_after_version(name, key.after, key.limit).await
-                            }
-                            None => store.events_after_id(key.after, key.limit).await,
-                        };
-                        res.map(Arc::new).map_err(|e| e.to_string())
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        let res = read.await;
-        if res.is_err() {
-            self.reads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-        }
-        res
-    }
 }
 
 /// A stream run by its own task: it waits on the broadcast and the core's keep-alive deadline
