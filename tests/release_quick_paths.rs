@@ -428,3 +428,42 @@ fn brb_ramp_holds_continues_extends_and_aborts_a_release() {
         "{err}"
     );
 }
+
+/// On a switch whose resumes need a second operator, a typed `/bigred resume …` files the
+/// request it describes (ramp and guard as typed) and says so; nothing resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_resume_on_an_approval_switch_files_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = InProcess::start(dir.path(), |c| {
+        c.primary.approval = brb_server::config::ApprovalConfig {
+            resume: 1,
+            expire: "15m".into(),
+        };
+        c.notify.slack = Some(SlackConfig {
+            signing_secret: Some(Secret(SECRET.into())),
+            operators: [("U0ALICE".to_string(), "alice".to_string())].into(),
+            command: Some("/bigred".into()),
+            ..SlackConfig::default()
+        });
+    })
+    .await;
+    let c = s.client();
+    slash(&s, "pause db on fire", "").await;
+    let v = slash(&s, "resume steps:5m --guard db_load < 80", "").await;
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("needs another operator's approval") && text.contains("is filed"),
+        "{v}"
+    );
+    let sw = c.switch("workers").await.unwrap();
+    assert_eq!(
+        sw.state,
+        SwitchState::Paused,
+        "nothing resumes without approval"
+    );
+    let req = sw.resume_request.expect("the command filed a request");
+    assert_eq!(req.requested_by, "alice");
+    assert_eq!(req.ramp.as_ref().map(|r| r.duration_secs), Some(300));
+    assert_eq!(req.guards.len(), 1, "{:?}", req.guards);
+    s.stop().await;
+}

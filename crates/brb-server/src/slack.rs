@@ -209,6 +209,36 @@ pub(crate) async fn command(
                     Err(e) => return Ok(Json(templates::slash_error(&e.to_string()))),
                 }
             };
+            let actor = Actor {
+                name: name.clone(),
+                source: Source::Slack,
+                remote_addr: remote.map(|a| a.ip().to_string()),
+            };
+            if to == SwitchState::Running && state.config().approval_secs(&primary).is_some() {
+                // A second operator must agree: the command files the request it describes
+                // (ramp and guards as typed), as `brb resume` does, rather than failing.
+                let why = format!("requested from Slack by @{}", cmd.user_name);
+                return match crate::approval::file_request(
+                    &state, primary, actor, why, ramp, guards,
+                )
+                .await
+                {
+                    Ok(s) => {
+                        let (id, until) = s.resume_request.as_ref().map_or_else(
+                            || (0, String::new()),
+                            |r| (r.id, r.expires_at.format("%H:%M:%S UTC").to_string()),
+                        );
+                        tracing::info!(switch = %s.name, actor = %name, source = "slack",
+                            request = id, "resume requested from the Slack command");
+                        Ok(Json(templates::slack_ephemeral(format!(
+                            "Resuming `{}` needs another operator's approval: your request {id} \
+                             is filed. It is applied once someone else approves it, before {until}.",
+                            s.name
+                        ))))
+                    }
+                    Err(e) => Ok(Json(templates::slash_error(&e.message))),
+                };
+            }
             let change = StateChange {
                 switch: primary,
                 to,
@@ -218,11 +248,7 @@ pub(crate) async fn command(
                 control: None,
                 guards,
                 guard_op: None,
-                actor: Actor {
-                    name: name.clone(),
-                    source: Source::Slack,
-                    remote_addr: remote.map(|a| a.ip().to_string()),
-                },
+                actor,
                 notify: Vec::new(),
                 approval_secs: None,
                 request: None,
