@@ -382,6 +382,9 @@ pub struct NewNotification {
 
 /// What [`Store::set_state`] did.
 #[derive(Debug, Clone, PartialEq)]
+// Built once per committed change and moved straight to the caller: boxing the entry would
+// add an allocation to every write for no saving (it is never stored in a collection).
+#[allow(clippy::large_enum_variant)]
 pub enum SetOutcome {
     /// The state changed: committed, with its audit entry.
     Changed { switch: Switch, entry: AuditEntry },
