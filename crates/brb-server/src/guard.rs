@@ -63,18 +63,17 @@ pub(crate) async fn run(state: AppState) {
             let Some(run) = runs.get_mut(&sw.name) else {
                 continue;
             };
-            let now_sec = now.timestamp();
+            // Checks read complete seconds only: the current second's point may not have
+            // arrived yet (a producer pushing once a second), and with `interval=1s` a window
+            // ending now would hold on "no data" whenever the check ran early in a second.
+            let end = now.timestamp() - 1;
             let first = run.first_point_sec();
             let verdict = run.on_tick(now, |g| {
-                let since = (now_sec - g.interval_secs as i64 + 1).max(first);
-                if since > now_sec {
+                let since = (end - g.interval_secs as i64 + 1).max(first);
+                if since > end {
                     return Check::NoData(format!("no point of {} from this step yet", g.series));
                 }
-                measure(
-                    g,
-                    &state.series().query(Some(&g.series), since, now_sec),
-                    now_sec,
-                )
+                measure(g, &state.series().query(Some(&g.series), since, end), end)
             });
             if verdict == Verdict::Nothing {
                 continue;
