@@ -3,7 +3,8 @@
 //!
 //! One [`GuardRun`] follows one step of a guarded release (one switch version). Each guard is
 //! checked every `interval_secs`, first one interval after the step began, over the last
-//! `interval_secs` seconds of its series ([`measure`]), points from the step's first two
+//! `interval_secs` complete seconds of its series ([`measure`]; the evaluator in `guard.rs`
+//! leaves out the second in progress), points from the step's first two
 //! seconds left out ([`GuardRun::first_point_sec`]):
 //! * **Pass** resets the guard's failure count; **Fail** adds one; **NoData** does neither.
 //! * The step advances once its dwell (`step_secs`) has passed and every guard's last check on
