@@ -259,6 +259,17 @@ const SHARED_READ = Buffer.allocUnsafe(64 * 1024);
 // The decoding of the last frame, for every stream of the process (see FrameMemo).
 const FRAMES = new FrameMemo();
 
+// The stream a socket carries. The socket's listeners are functions shared by every stream of
+// the process, which find their stream through the socket they are called on, instead of a
+// closure of each kind per stream (measured: BENCHMARKS.md, "Node memory per watcher").
+const STREAM = Symbol("brb.eventStream");
+type StreamSocket = net.Socket & { [STREAM]?: EventStream };
+let onSocketConnect: (this: StreamSocket) => void;
+let onSocketData: (this: StreamSocket, b: Buffer) => void;
+let onSocketRead: (this: StreamSocket, n: number, b: Uint8Array) => boolean;
+let onSocketError: (this: StreamSocket, e: NodeJS.ErrnoException) => void;
+let onSocketEof: (this: StreamSocket) => void;
+
 /**
  * An event stream on a socket of its own: writes the GET, reads the head, then feeds the body
  * (chunked or until close) to the SSE parser. Deadlines are the owner's: it calls `destroy`.
@@ -276,6 +287,33 @@ export class EventStream implements ChunkSink, SseSink {
   #chunked: ChunkedDecoder | null = null;
   #left = -1; // content-length left, -1: until close / chunked
   #sse: SseParser | null = null;
+
+  static {
+    onSocketConnect = function () {
+      const s = this[STREAM];
+      if (s) s.#connected();
+    };
+    onSocketData = function (b) {
+      const s = this[STREAM];
+      if (s) s.#bytes(b, 0, b.length);
+    };
+    // node:net calls `onread.callback` on the socket (`socket[kBufferCb](n, buf)`).
+    onSocketRead = function (n, b) {
+      const s = this[STREAM];
+      if (s) s.#bytes(b, 0, n);
+      return true;
+    };
+    onSocketError = function (e) {
+      const s = this[STREAM];
+      if (!s) return;
+      const what = s.#phase === Phase.Connecting ? "connecting" : "event stream broke";
+      s.#end(new BrbError("unreachable", `${s.#target.base}: ${what}: ${describeSocketError(e)}`));
+    };
+    onSocketEof = function () {
+      const s = this[STREAM];
+      if (s) s.#eof();
+    };
+  }
 
   constructor(
     target: Target,
@@ -296,10 +334,8 @@ export class EventStream implements ChunkSink, SseSink {
     this.#request += "\r\n";
   }
 
-  // The socket's listeners are made here, apart from the constructor's locals: closures share
-  // their scope, and the request text would otherwise live as long as the stream.
   #open(target: Target, tlsMaterial: TlsMaterial): net.Socket {
-    let socket: net.Socket;
+    let socket: StreamSocket;
     if (target.secure) {
       const s = tls.connect({
         host: target.host,
@@ -310,30 +346,24 @@ export class EventStream implements ChunkSink, SseSink {
         key: tlsMaterial.key,
         ALPNProtocols: ["http/1.1"],
       });
-      s.on("data", (b: Buffer) => this.#bytes(b, 0, b.length));
-      s.once("secureConnect", () => this.#connected());
+      s.on("data", onSocketData);
+      // `on`, not `once`: the event comes once per socket, and `once` wraps each listener.
+      s.on("secureConnect", onSocketConnect);
       socket = s;
     } else {
       const s = net.connect({
         host: target.host,
         port: target.port,
-        onread: {
-          buffer: SHARED_READ,
-          callback: (n: number, b: Uint8Array) => {
-            this.#bytes(b, 0, n);
-            return true;
-          },
-        },
+        onread: { buffer: SHARED_READ, callback: onSocketRead as (n: number, b: Uint8Array) => boolean },
       });
-      s.once("connect", () => this.#connected());
+      s.on("connect", onSocketConnect);
       socket = s;
     }
-    socket.on("error", (e: NodeJS.ErrnoException) => {
-      const what = this.#phase === Phase.Connecting ? "connecting" : "event stream broke";
-      this.#end(new BrbError("unreachable", `${this.#target.base}: ${what}: ${describeSocketError(e)}`));
-    });
-    socket.on("end", () => this.#eof());
-    socket.on("close", () => this.#eof());
+    // Set before any event: node:net emits connect, data and errors asynchronously.
+    socket[STREAM] = this;
+    socket.on("error", onSocketError);
+    socket.on("end", onSocketEof);
+    socket.on("close", onSocketEof);
     return socket;
   }
 

@@ -17,7 +17,9 @@
 //
 // Per-gate cost is kept small because a process may hold a thousand gates: one socket for the
 // stream, no timer of its own at rest (one sweeper for every gate of the process checks
-// deadlines, heartbeats and grace periods), and request pools shared between gates.
+// deadlines, heartbeats and grace periods), no pending promise or async frame of its own while
+// the stream is open (the watch loop runs as callbacks; a call that waits makes one waiter),
+// and request pools shared between gates.
 
 import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
@@ -66,6 +68,11 @@ const RELOG_MS = 60_000;
 const SWEEP_MS = 250;
 const SAMPLE_TICKS = 4; // a second
 
+/** The longest delay node:timers takes as it is. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const isKnown = (g: Gate): boolean => g.state !== null;
+const isOpen = (g: Gate): boolean => g.isOpen();
+
 /** Milliseconds as whole sweeper ticks (at least one). */
 const ticks = (ms: number): number => Math.max(1, Math.ceil(ms / SWEEP_MS));
 
@@ -82,6 +89,9 @@ let streamOpen: (g: Gate) => void;
 let streamBytes: (g: Gate) => void;
 let streamEvent: (g: Gate, ev: SseEvent) => void;
 let streamEnd: (g: Gate, err: BrbError | null) => void;
+let addWaiter: (g: Gate, w: Waiter) => void;
+let dropWaiter: (g: Gate, w: Waiter) => void;
+let waiterTimer: (w: Waiter) => void;
 
 function sweep(): void {
   tickNo++;
@@ -124,6 +134,106 @@ class Handler implements StreamHandler {
   }
   onStreamEnd(err: BrbError | null): void {
     streamEnd(this.#gate, err);
+  }
+}
+
+/**
+ * A call waiting on a gate (`ready`, `waitOpen`, `acquire`): woken by the gate's #notify (a
+ * change, a release, close), by its deadline, or by its signal. An object per waiting call and no
+ * closure of its own (its timer gets it as the argument, its signal as a listener object): a
+ * thousand gates awaited together (a fleet's `ready()`) hold a promise and one of these each,
+ * not two async frames, their promises and four closures.
+ */
+class Waiter {
+  readonly #gate: Gate;
+  /** What it waits for; null: the next wake-up (acquire's loop checks for itself). */
+  readonly #cond: ((g: Gate) => boolean) | null;
+  /** performance.now() ms; Infinity: none. */
+  readonly #deadline: number;
+  readonly #signal: AbortSignal | undefined;
+  readonly #resolve: (v: boolean) => void;
+  readonly #reject: (e: unknown) => void;
+  #timer: NodeJS.Timeout | null = null;
+  #settled = false;
+
+  private constructor(
+    gate: Gate,
+    cond: ((g: Gate) => boolean) | null,
+    deadline: number,
+    signal: AbortSignal | undefined,
+    resolve: (v: boolean) => void,
+    reject: (e: unknown) => void,
+  ) {
+    this.#gate = gate;
+    this.#cond = cond;
+    this.#deadline = deadline;
+    this.#signal = signal;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  static start(gate: Gate, cond: ((g: Gate) => boolean) | null, deadline: number, signal: AbortSignal | undefined): Promise<boolean> {
+    let w!: Waiter;
+    const p = new Promise<boolean>((resolve, reject) => {
+      w = new Waiter(gate, cond, deadline, signal, resolve, reject);
+    });
+    signal?.addEventListener("abort", w, { once: true });
+    w.#arm();
+    addWaiter(gate, w);
+    return p;
+  }
+
+  /** The gate changed (its list of waiters is emptied first): done, or wait on. */
+  wake(): void {
+    if (this.#settled) return;
+    const cond = this.#cond;
+    if (cond === null || cond(this.#gate)) this.#done(true);
+    else if (this.#gate.closed) this.#fail(new BrbError("closed", "the gate is closed"));
+    else if (performance.now() >= this.#deadline) this.#done(false);
+    else addWaiter(this.#gate, this);
+  }
+
+  /** The signal aborted. */
+  handleEvent(): void {
+    this.#fail(this.#signal!.reason);
+  }
+
+  #arm(): void {
+    if (!Number.isFinite(this.#deadline)) return;
+    // node:timers fire at once past 2^31 − 1 ms: a longer wait takes several turns. Whole ms:
+    // timers of one duration share one list in node:timers (waiters started together, one list).
+    const ms = Math.min(MAX_TIMER_MS, Math.max(0, Math.ceil(this.#deadline - performance.now())));
+    this.#timer = setTimeout(waiterTimer, ms, this);
+  }
+
+  static {
+    waiterTimer = (w) => {
+      w.#timer = null;
+      if (w.#settled) return;
+      const cond = w.#cond;
+      if (cond !== null && cond(w.#gate)) w.#done(true);
+      else if (cond === null || performance.now() >= w.#deadline) w.#done(cond === null);
+      else w.#arm();
+    };
+  }
+
+  #done(ok: boolean): void {
+    if (this.#end()) this.#resolve(ok);
+  }
+
+  #fail(err: unknown): void {
+    if (this.#end()) this.#reject(err);
+  }
+
+  /** Stops waiting; false when it had already. */
+  #end(): boolean {
+    if (this.#settled) return false;
+    this.#settled = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#signal?.removeEventListener("abort", this);
+    dropWaiter(this.#gate, this);
+    return true;
   }
 }
 
@@ -207,7 +317,7 @@ export class Gate extends EventEmitter {
   #processed = 0;
   /** When each job slot is free again (performance.now ms; Infinity while a job holds it). */
   readonly #slots: number[];
-  #waiters: Array<() => void> | null = null;
+  #waiters: Waiter[] | null = null;
 
   #connects = 0;
   #connectTimes: number[] = [];
@@ -218,7 +328,10 @@ export class Gate extends EventEmitter {
   /** The base URL of the current stream, for messages. */
   #streamBase = "";
   #streamHeard = false;
-  #streamDone: ((o: Outcome) => void) | null = null;
+  /** An SSE attempt's stream is opening or open: its end decides what comes next (#streamEnded). */
+  #streamPending = false;
+  /** How many URLs the current SSE attempt has tried (from #urlIndex on). */
+  #sseTried = 0;
   /** The URL of a stream waiting for its turn to open (see MAX_OPENING). */
   #toOpen: Target | null = null;
   /** Whether this gate's stream holds one of the process's opening turns, and since which sweep. */
@@ -230,9 +343,20 @@ export class Gate extends EventEmitter {
   /** The sweep during which the stream last sent bytes. */
   #lastByteTick = 0;
   #poll: Pending | null = null;
+  /** The backoff between two attempts (set only while the watch loop sleeps). */
   #sleepTimer: NodeJS.Timeout | null = null;
-  #sleepDone: (() => void) | null = null;
-  readonly #watching: Promise<void>;
+  // The watch loop's state. The loop runs as callbacks (a stream's end, the backoff's timer, a
+  // long-poll spell's answer), so a gate holds no async frame or pending promise for it while
+  // its stream is open (~1 KiB per gate: BENCHMARKS.md, "Node memory per watcher").
+  #attempt = 0;
+  #sseFailures = 0;
+  #longPollUntil = 0;
+  /** The current attempt is a spell of long-poll. */
+  #polling = false;
+  /** The loop has ended (closed, or failed); close() waits for it. */
+  #stopped = false;
+  #stoppedWait: Promise<void> | null = null;
+  #onStopped: (() => void) | null = null;
 
   #report: Pending | null = null;
   #reportDirty = false;
@@ -265,6 +389,16 @@ export class Gate extends EventEmitter {
     streamEvent = (g, ev) => g.#onEvent(ev);
     streamEnd = (g, err) => g.#onStreamEnd(err);
     startStream = (g) => g.#openStream();
+    addWaiter = (g, w) => {
+      // A literal holds exactly its elements; `push` onto [] reserves room for 17.
+      if (g.#waiters) g.#waiters.push(w);
+      else g.#waiters = [w];
+    };
+    dropWaiter = (g, w) => {
+      const l = g.#waiters;
+      const i = l ? l.indexOf(w) : -1;
+      if (i >= 0) l!.splice(i, 1);
+    };
   }
 
   /** Starts following the switch at once. Throws BrbError `config` for a setting it refuses. */
@@ -279,9 +413,7 @@ export class Gate extends EventEmitter {
     this.#nextReportTick = tickNo + this.#reportTicks();
     live.add(this);
     if (!sweeper) sweeper = setInterval(sweep, SWEEP_MS);
-    this.#watching = this.#watch().catch((e: unknown) => {
-      this.#log("error", `the gate's watch loop failed: ${e instanceof Error ? e.message : String(e)}`);
-    });
+    this.#next();
   }
 
   /** Whether the switch lets work through now. No I/O: call it before every job. */
@@ -367,16 +499,16 @@ export class Gate extends EventEmitter {
   }
 
   /** Waits until the gate has heard from the control plane once. False on timeout. */
-  async ready(opts: WaitOptions = {}): Promise<boolean> {
-    return this.#until(() => this.#known !== KNOWN_NONE, opts);
+  ready(opts: WaitOptions = {}): Promise<boolean> {
+    return this.#until(isKnown, opts);
   }
 
   /**
    * Waits until the switch lets work through: true once open, false when `timeoutMs` ran out.
    * Rejects with the signal's reason when aborted, and with BrbError `closed` when the gate is.
    */
-  async waitOpen(opts: WaitOptions = {}): Promise<boolean> {
-    return this.#until(() => this.#open, opts);
+  waitOpen(opts: WaitOptions = {}): Promise<boolean> {
+    return this.#until(isOpen, opts);
   }
 
   /**
@@ -451,26 +583,28 @@ export class Gate extends EventEmitter {
         // Waiting for its turn: no stream to end, the attempt ends here.
         openQueue.splice(q, 1);
         this.#toOpen = null;
-        const done = this.#streamDone;
-        this.#streamDone = null;
-        done?.({ heard: false, kind: "closed" });
+        this.#streamEnded({ heard: false, kind: "closed" });
       }
       this.#endTurn();
+      // An open stream or a long-poll ends the loop as it ends; a sleeping loop ends here.
       this.#stream?.destroy(why);
       this.#poll?.abort(why);
       this.#report?.abort(why);
       this.#sample?.abort(why);
-      if (this.#sleepTimer) clearTimeout(this.#sleepTimer);
-      this.#sleepDone?.();
+      if (this.#sleepTimer) {
+        clearTimeout(this.#sleepTimer);
+        this.#sleepTimer = null;
+        this.#stop();
+      }
       this.#notify();
-      await this.#watching;
+      await this.#whenStopped();
       releasePools(this.#pools);
       if (this.#connected) {
         this.#connected = false;
         this.emit("disconnected", null);
       }
     }
-    await this.#watching;
+    await this.#whenStopped();
   }
 
   // ---- deciding ----
@@ -588,7 +722,9 @@ export class Gate extends EventEmitter {
       this.#lostAtMs = 0;
       if (!was) {
         this.#connects++;
-        this.#connectTimes.push(Date.now());
+        // The first one as a literal (exactly one element; `push` onto [] reserves room for 17).
+        if (this.#connectTimes.length === 0) this.#connectTimes = [Date.now()];
+        else this.#connectTimes.push(Date.now());
         if (this.#connectTimes.length > 1000) this.#connectTimes.splice(0, this.#connectTimes.length - 1000);
         if (this.#lastError) {
           this.#log("info", `connected to the control plane again (version ${this.#version})`);
@@ -626,89 +762,101 @@ export class Gate extends EventEmitter {
     const w = this.#waiters;
     if (!w) return;
     this.#waiters = null;
-    for (const f of w) f();
+    for (const x of w) x.wake();
   }
 
   /** Resolves on the next change or release, after `ms`, or rejects when aborted. */
-  #wait(ms: number, signal: AbortSignal | undefined): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | null = null;
-      const done = () => {
-        if (timer) clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        if (timer) clearTimeout(timer);
-        const w = this.#waiters;
-        if (w) {
-          const i = w.indexOf(done);
-          if (i >= 0) w.splice(i, 1);
-        }
-        reject(signal!.reason);
-      };
-      if (signal) {
-        if (signal.aborted) {
-          reject(signal.reason);
-          return;
-        }
-        signal.addEventListener("abort", onAbort, { once: true });
-      }
-      (this.#waiters ??= []).push(done);
-      if (Number.isFinite(ms)) timer = setTimeout(done, Math.max(0, ms));
-    });
+  #wait(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return Waiter.start(this, null, performance.now() + ms, signal);
   }
 
-  async #until(cond: () => boolean, opts: WaitOptions): Promise<boolean> {
-    opts.signal?.throwIfAborted();
+  /** Resolves true once `cond(gate)` holds, false at the deadline; rejects when aborted or closed. */
+  #until(cond: (g: Gate) => boolean, opts: WaitOptions): Promise<boolean> {
+    const signal = opts.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (cond(this)) return Promise.resolve(true);
+    if (this.#closed) return Promise.reject(new BrbError("closed", "the gate is closed"));
     const deadline = opts.timeoutMs === undefined ? Infinity : performance.now() + opts.timeoutMs;
-    for (;;) {
-      if (cond()) return true;
-      if (this.#closed) throw new BrbError("closed", "the gate is closed");
-      const left = deadline - performance.now();
-      if (left <= 0) return false;
-      await this.#wait(left, opts.signal);
-    }
+    if (deadline - performance.now() <= 0) return Promise.resolve(false);
+    return Waiter.start(this, cond, deadline, signal);
   }
 
   // ---- the stream ----
 
-  async #watch(): Promise<void> {
-    const cfg = this.#cfg;
-    let attempt = 0;
-    let sseFailures = 0;
-    let longPollUntil = 0;
-    while (!this.#closed) {
-      const useLongPoll = cfg.transport === "long_poll" || (cfg.transport === "auto" && Date.now() < longPollUntil);
-      const r = useLongPoll ? await this.#longPoll(cfg.transport === "auto" ? longPollUntil : Infinity) : await this.#sse();
-      if (this.#closed) break;
-      this.#setConnected(false, r.error ?? null);
-      if (!useLongPoll && cfg.transport === "auto") {
-        if (r.heard) sseFailures = 0;
-        else if (r.kind === "refused" || r.kind === "rate_limited") sseFailures++;
+  // The watch loop: an attempt (SSE on each URL in turn from the current one, or a spell of
+  // long-poll) ends in #attemptEnded, which sleeps the backoff on a timer and starts the next.
+  // Each step is entered from a callback; a step that throws (a listener of the gate's events
+  // that throws, a socket option node refuses) ends the loop with a log line, as the loop's
+  // rejected promise did when it was an async function.
+
+  /** Starts the next attempt, unless the gate is closed. */
+  #next(): void {
+    if (this.#closed) {
+      this.#stop();
+      return;
+    }
+    try {
+      const cfg = this.#cfg;
+      this.#polling = cfg.transport === "long_poll" || (cfg.transport === "auto" && Date.now() < this.#longPollUntil);
+      if (this.#polling) {
+        this.#longPoll(cfg.transport === "auto" ? this.#longPollUntil : Infinity).then(
+          (r) => this.#attemptEnded(r),
+          (e: unknown) => this.#fail(e),
+        );
+        return;
       }
-      if (cfg.transport === "auto" && longPollUntil === 0 && sseFailures >= SSE_FAILURES_BEFORE_FALLBACK) {
-        this.#log("warn", "the event stream keeps failing (a proxy that refuses or buffers it?); falling back to long-poll");
-        longPollUntil = Date.now() + cfg.longPollSpellMs;
-        sseFailures = 0;
-      } else if (longPollUntil !== 0 && Date.now() >= longPollUntil) {
-        longPollUntil = 0;
-        this.#log("info", "trying the event stream again after a spell of long-poll");
+      this.#sseTried = 0;
+      this.#streamFrom(cfg.targets[this.#urlIndex]!);
+    } catch (e) {
+      this.#fail(e);
+    }
+  }
+
+  /** The stream on one URL ended: the next URL while they are unreachable, else the attempt's end. */
+  #streamEnded(r: Outcome): void {
+    if (!this.#streamPending) return;
+    this.#streamPending = false;
+    if (!r.heard) {
+      // This replica failed: the next attempt (or the next URL now) starts at the next one.
+      const n = this.#cfg.targets.length;
+      this.#urlIndex = (this.#urlIndex + 1) % n;
+      if (r.kind === "unreachable" && ++this.#sseTried < n && !this.#closed) {
+        try {
+          this.#log("debug", `${r.error?.message ?? "unreachable"}; trying the next URL`);
+          this.#streamFrom(this.#cfg.targets[this.#urlIndex]!);
+        } catch (e) {
+          this.#fail(e);
+        }
+        return;
       }
-      attempt = r.heard ? 0 : attempt + 1;
-      let delay = backoffMs(cfg.backoffBaseMs, cfg.backoffCapMs, Math.max(0, attempt - FLAT_ATTEMPTS));
-      if (r.kind === "auth" || r.kind === "not_found") {
-        // Retrying soon would not change the answer: the longest interval at once (half to all
-        // of the cap, never less than a few seconds), still spread, never a storm.
-        const long = Math.max(cfg.backoffCapMs, REFUSED_RETRY_MIN_MS);
-        delay = long / 2 + (Math.random() * long) / 2;
-      } else if (r.kind === "rate_limited") {
-        const ra = Math.min(r.retryAfterMs ?? 0, 3_600_000);
-        delay = Math.max(delay, ra + Math.random() * cfg.backoffBaseMs);
-      }
-      if (r.error && !r.heard) this.#problem(r, delay);
-      await this.#sleep(delay);
-      if (r.kind === "auth" && this.#cfg.tokenFile) {
+    }
+    this.#attemptEnded(r);
+  }
+
+  /** An attempt ended: the gate is disconnected; the next attempt after the backoff. */
+  #attemptEnded(r: Outcome): void {
+    if (this.#closed) {
+      this.#stop();
+      return;
+    }
+    let delay: number;
+    try {
+      delay = this.#backoffAfter(r);
+    } catch (e) {
+      this.#fail(e);
+      return;
+    }
+    if (this.#closed) {
+      // Closed by a listener of `disconnected`.
+      this.#stop();
+      return;
+    }
+    const reread = r.kind === "auth";
+    // Not unref'd: a worker waiting while paused must not see its process exit under it.
+    this.#sleepTimer = setTimeout(() => {
+      this.#sleepTimer = null;
+      if (reread && this.#cfg.tokenFile && !this.#closed) {
         // The token may have been rotated in its file meanwhile.
         try {
           this.#token = readTokenFile(this.#cfg.tokenFile);
@@ -716,7 +864,60 @@ export class Gate extends EventEmitter {
           this.#log("error", (e as Error).message);
         }
       }
+      this.#next();
+    }, delay);
+  }
+
+  /** What an attempt's end changes (connection, fallback to long-poll), and the backoff before the next. */
+  #backoffAfter(r: Outcome): number {
+    const cfg = this.#cfg;
+    this.#setConnected(false, r.error ?? null);
+    if (!this.#polling && cfg.transport === "auto") {
+      if (r.heard) this.#sseFailures = 0;
+      else if (r.kind === "refused" || r.kind === "rate_limited") this.#sseFailures++;
     }
+    if (cfg.transport === "auto" && this.#longPollUntil === 0 && this.#sseFailures >= SSE_FAILURES_BEFORE_FALLBACK) {
+      this.#log("warn", "the event stream keeps failing (a proxy that refuses or buffers it?); falling back to long-poll");
+      this.#longPollUntil = Date.now() + cfg.longPollSpellMs;
+      this.#sseFailures = 0;
+    } else if (this.#longPollUntil !== 0 && Date.now() >= this.#longPollUntil) {
+      this.#longPollUntil = 0;
+      this.#log("info", "trying the event stream again after a spell of long-poll");
+    }
+    this.#attempt = r.heard ? 0 : this.#attempt + 1;
+    let delay = backoffMs(cfg.backoffBaseMs, cfg.backoffCapMs, Math.max(0, this.#attempt - FLAT_ATTEMPTS));
+    if (r.kind === "auth" || r.kind === "not_found") {
+      // Retrying soon would not change the answer: the longest interval at once (half to all
+      // of the cap, never less than a few seconds), still spread, never a storm.
+      const long = Math.max(cfg.backoffCapMs, REFUSED_RETRY_MIN_MS);
+      delay = long / 2 + (Math.random() * long) / 2;
+    } else if (r.kind === "rate_limited") {
+      const ra = Math.min(r.retryAfterMs ?? 0, 3_600_000);
+      delay = Math.max(delay, ra + Math.random() * cfg.backoffBaseMs);
+    }
+    if (r.error && !r.heard) this.#problem(r, delay);
+    return delay;
+  }
+
+  #fail(e: unknown): void {
+    this.#log("error", `the gate's watch loop failed: ${e instanceof Error ? e.message : String(e)}`);
+    this.#stop();
+  }
+
+  #stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const f = this.#onStopped;
+    this.#onStopped = null;
+    f?.();
+  }
+
+  /** Resolves once the watch loop has ended (a promise is made only for whoever waits). */
+  #whenStopped(): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    return (this.#stoppedWait ??= new Promise<void>((resolve) => {
+      this.#onStopped = resolve;
+    }));
   }
 
   /** Logs a failed attempt: at its level when new (or once a minute), else at debug. */
@@ -752,50 +953,19 @@ export class Gate extends EventEmitter {
     }
   }
 
-  #sleep(ms: number): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      this.#sleepDone = () => {
-        this.#sleepTimer = null;
-        this.#sleepDone = null;
-        resolve();
-      };
-      // Not unref'd: a worker waiting while paused must not see its process exit under it.
-      this.#sleepTimer = setTimeout(this.#sleepDone, ms);
-    });
-  }
-
-  /** One SSE attempt: each URL in turn from the current one, until one answers. */
-  async #sse(): Promise<Outcome> {
-    const n = this.#cfg.targets.length;
-    let last: Outcome = { heard: false, kind: "unreachable" };
-    for (let k = 0; k < n && !this.#closed; k++) {
-      const t = this.#cfg.targets[this.#urlIndex]!;
-      const r = await this.#streamFrom(t);
-      if (r.heard) return r;
-      // This replica failed: the next attempt (or the next URL now) starts at the next one.
-      this.#urlIndex = (this.#urlIndex + 1) % n;
-      last = r;
-      if (r.kind !== "unreachable") return r;
-      if (k + 1 < n) this.#log("debug", `${r.error?.message ?? "unreachable"}; trying the next URL`);
+  /** Opens a stream to `t`, now or when an opening turn is free (see MAX_OPENING). */
+  #streamFrom(t: Target): void {
+    this.#streamHeard = false;
+    this.#unknownLogged = false;
+    this.#streamPending = true;
+    this.#streamBase = t.base;
+    this.#toOpen = t;
+    if (opening < MAX_OPENING && openQueue.length === 0) {
+      opening++;
+      this.#openStream();
+    } else {
+      openQueue.push(this);
     }
-    return last;
-  }
-
-  #streamFrom(t: Target): Promise<Outcome> {
-    return new Promise<Outcome>((resolve) => {
-      this.#streamHeard = false;
-      this.#unknownLogged = false;
-      this.#streamDone = resolve;
-      this.#streamBase = t.base;
-      this.#toOpen = t;
-      if (opening < MAX_OPENING && openQueue.length === 0) {
-        opening++;
-        this.#openStream();
-      } else {
-        openQueue.push(this);
-      }
-    });
   }
 
   /** Opens the stream to `#toOpen`, holding one of the process's opening turns. */
@@ -806,21 +976,27 @@ export class Gate extends EventEmitter {
     this.#turnTick = tickNo;
     if (!t || this.#closed) {
       this.#endTurn();
-      const done = this.#streamDone;
-      this.#streamDone = null;
-      done?.({ heard: false, kind: "closed" });
+      this.#streamEnded({ heard: false, kind: "closed" });
       return;
     }
     this.#deadlineTick = tickNo + ticks(this.#cfg.answerTimeoutMs) + 1;
     const lastId = this.#known !== KNOWN_NONE ? String(this.#version) : null;
-    this.#stream = new EventStream(
-      t,
-      this.#cfg.tls,
-      `/api/v1/switches/${enc(this.#cfg.switch)}/events`,
-      this.#token,
-      lastId,
-      new Handler(this),
-    );
+    try {
+      this.#stream = new EventStream(
+        t,
+        this.#cfg.tls,
+        `/api/v1/switches/${enc(this.#cfg.switch)}/events`,
+        this.#token,
+        lastId,
+        new Handler(this),
+      );
+    } catch (e) {
+      // Node refused to open it (TLS material it cannot load): the loop ends, logged.
+      this.#deadlineTick = 0;
+      this.#streamPending = false;
+      this.#endTurn();
+      this.#fail(e);
+    }
   }
 
   /** Gives the opening turn back (idempotent) and lets the next waiting stream open. */
@@ -872,21 +1048,19 @@ export class Gate extends EventEmitter {
 
   #onStreamEnd(err: BrbError | null): void {
     this.#endTurn();
-    const done = this.#streamDone;
     this.#stream = null;
-    this.#streamDone = null;
     this.#deadlineTick = 0;
-    if (!done) return;
+    if (!this.#streamPending) return;
     if (this.#closed) {
-      done({ heard: this.#streamHeard, kind: "closed" });
+      this.#streamEnded({ heard: this.#streamHeard, kind: "closed" });
       return;
     }
     if (this.#streamHeard) {
       if (err) this.#log("debug", `event stream ended: ${err.message}`);
-      done({ heard: true, kind: "ok", error: err });
+      this.#streamEnded({ heard: true, kind: "ok", error: err });
       return;
     }
-    done(classify(err ?? new BrbError("protocol", "the event stream ended before anything was sent on it")));
+    this.#streamEnded(classify(err ?? new BrbError("protocol", "the event stream ended before anything was sent on it")));
   }
 
   /** Long-polls until an error, or until `untilMs` (Unix ms), when the stream is to be tried again. */
