@@ -5,8 +5,12 @@
 //! the `PUT` to the instant each gate applied it (the SDK's own record, answered by
 //! `fleet_seen` in Unix µs; same machine, same clock). Memory per watcher is the driver's
 //! `VmRSS` after the fleet connected minus before it started, over N; and again after the
-//! presses, which is what a long-lived fleet carries rather than the connection burst's peak
-//! (a garbage-collected runtime's young generation, grown by the burst, shrinks later).
+//! presses. "Before" is taken after one warm-up gate was started, seen open and stopped, so
+//! that what every process pays once (the runtime's code pages and first allocations for an
+//! HTTP stream) is not spread over the N; the figure from a cold baseline is printed beside it
+//! (`cold`), so the fixed part stays visible. The figure after the presses is what a
+//! long-lived fleet carries rather than the connection burst's peak (a garbage-collected
+//! runtime's young generation, grown by the burst, shrinks later).
 //!
 //! ```sh
 //! make bench-sdk BENCH_SDK_ARGS="--watchers 1000 --presses 20 --sdks rust,python"
@@ -108,6 +112,8 @@ enum Outcome {
         rss_per_watcher: f64,
         /// The same, after the last press.
         rss_per_watcher_after: f64,
+        /// After the fleet connected, from the baseline before the warm-up gate.
+        rss_per_watcher_cold: f64,
         ready_secs: f64,
     },
     Unsupported(String),
@@ -145,6 +151,7 @@ struct Summary {
     ratios: Vec<f64>,
     rss_connected: Vec<f64>,
     rss_after: Vec<f64>,
+    rss_cold: Vec<f64>,
     deliveries: usize,
     missing: u64,
     unsupported: Option<String>,
@@ -169,6 +176,7 @@ fn summarize(names: &[String], rounds: &[Vec<(String, Outcome)>]) -> Vec<(String
                             missing,
                             rss_per_watcher,
                             rss_per_watcher_after,
+                            rss_per_watcher_cold,
                             ..
                         } => {
                             s.p99_ms.push(*p99_ms);
@@ -177,6 +185,7 @@ fn summarize(names: &[String], rounds: &[Vec<(String, Outcome)>]) -> Vec<(String
                             }
                             s.rss_connected.push(*rss_per_watcher);
                             s.rss_after.push(*rss_per_watcher_after);
+                            s.rss_cold.push(*rss_per_watcher_cold);
                             s.deliveries += deliveries;
                             s.missing += missing;
                         }
@@ -220,7 +229,7 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
         .spawn(&dir.path().join("driver.stderr"), &BTreeMap::new())
         .map_err(|e| anyhow!(e))?;
     let t = Duration::from_secs(30);
-    let before = driver.call(json!({"op": "rss"}), t).await;
+    let cold = driver.call(json!({"op": "rss"}), t).await;
     let config = json!({
         "urls": [server.url],
         "token": token,
@@ -229,6 +238,8 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
         "transport": "sse",
         "reports": false,
     });
+    warm_up(&mut driver, &config, t).await?;
+    let before = driver.call(json!({"op": "rss"}), t).await;
     let t0 = Instant::now();
     let id = driver
         .send(json!({"op": "fleet_start", "count": a.watchers, "config": config}))
@@ -270,6 +281,7 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
     };
     let after = driver.call(json!({"op": "rss"}), t).await;
     let rss_per_watcher = per_watcher(&before, &after);
+    let rss_per_watcher_cold = per_watcher(&cold, &after);
     let mut lat_ms = Vec::new();
     let mut press_max_ms = Vec::new();
     let mut missing = 0;
@@ -328,8 +340,25 @@ async fn bench_one(spec: &SdkSpec, a: &Args) -> Result<Outcome> {
         missing,
         rss_per_watcher,
         rss_per_watcher_after,
+        rss_per_watcher_cold,
         ready_secs,
     })
+}
+
+/// One gate started, seen open and stopped, so that the baseline already holds what the
+/// process pays once for its first stream.
+async fn warm_up(driver: &mut Driver, config: &Value, t: Duration) -> Result<()> {
+    for cmd in [
+        json!({"op": "start", "gate": "warm-up", "config": config}),
+        json!({"op": "wait_open", "gate": "warm-up", "timeout_ms": 20_000}),
+        json!({"op": "stop", "gate": "warm-up"}),
+    ] {
+        let answer = driver.call(cmd.clone(), t).await.map_err(|e| anyhow!(e))?;
+        if answer.get("ok") != Some(&Value::Bool(true)) {
+            bail!("warm-up {cmd}: {answer}");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -413,22 +442,22 @@ async fn main() -> Result<()> {
     if a.rounds > 1 {
         md.push_str(&format!(
             "Over the {} rounds (each ratio is to the Rust row of the same round; memory per watcher, median and range):\n\n\
-             | SDK | median p99 | median of p99 / Rust's | ratio range | memory connected | memory after the presses | deliveries (missing) |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             | SDK | median p99 | median of p99 / Rust's | ratio range | memory connected | memory after the presses | memory connected, cold baseline | deliveries (missing) |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             a.rounds
         ));
         let kib = |b: f64| format!("{:.1}", b / 1024.0);
         for (name, s) in &summary {
             if let Some(e) = &s.unsupported {
                 md.push_str(&format!(
-                    "| {name} | – | – | – | – | – | – (driver: {e}) |\n"
+                    "| {name} | – | – | – | – | – | – | – (driver: {e}) |\n"
                 ));
                 js_summary.push(json!({"sdk": name, "unsupported": e}));
                 continue;
             }
             let ratio = median(&s.ratios);
             md.push_str(&format!(
-                "| {name} | {:.1} ms | {} | {} | {} KiB ({}) | {} KiB ({}) | {} ({}) |\n",
+                "| {name} | {:.1} ms | {} | {} | {} KiB ({}) | {} KiB ({}) | {} KiB ({}) | {} ({}) |\n",
                 median(&s.p99_ms),
                 if ratio.is_nan() {
                     "–".into()
@@ -440,6 +469,8 @@ async fn main() -> Result<()> {
                 fmt_range(&s.rss_connected, kib),
                 kib(median(&s.rss_after)),
                 fmt_range(&s.rss_after, kib),
+                kib(median(&s.rss_cold)),
+                fmt_range(&s.rss_cold, kib),
                 s.deliveries,
                 s.missing
             ));
@@ -449,6 +480,8 @@ async fn main() -> Result<()> {
                 "median_rss_per_watcher_after_bytes": median(&s.rss_after),
                 "rss_per_watcher_bytes": s.rss_connected,
                 "rss_per_watcher_after_bytes": s.rss_after,
+                "median_rss_per_watcher_cold_bytes": median(&s.rss_cold),
+                "rss_per_watcher_cold_bytes": s.rss_cold,
                 "deliveries": s.deliveries, "missing": s.missing}));
         }
     }
@@ -474,7 +507,7 @@ fn round_table(results: &[(String, Outcome)]) -> (String, Vec<Value>) {
         _ => None,
     });
     let mut md = String::from(
-        "| SDK | press → paused p50 | p99 | max | deliveries (missing) | p99 vs Rust | memory per watcher (connected → after the presses) | all connected in |\n\
+        "| SDK | press → paused p50 | p99 | max | deliveries (missing) | p99 vs Rust | memory per watcher (connected → after the presses; cold) | all connected in |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     let mut js = Vec::new();
@@ -489,21 +522,24 @@ fn round_table(results: &[(String, Outcome)]) -> (String, Vec<Value>) {
                 missing,
                 rss_per_watcher,
                 rss_per_watcher_after,
+                rss_per_watcher_cold,
                 ready_secs,
             } => {
                 let ratio = rust_p99
                     .map(|r| format!("{:.2}×", p99_ms / r))
                     .unwrap_or_else(|| "–".into());
                 md.push_str(&format!(
-                    "| {name} | {p50_ms:.1} ms | {p99_ms:.1} ms | {max_ms:.1} ms | {deliveries} ({missing}) | {ratio} | {:.1} → {:.1} KiB | {ready_secs:.1} s |\n",
+                    "| {name} | {p50_ms:.1} ms | {p99_ms:.1} ms | {max_ms:.1} ms | {deliveries} ({missing}) | {ratio} | {:.1} → {:.1} KiB; {:.1} | {ready_secs:.1} s |\n",
                     rss_per_watcher / 1024.0,
-                    rss_per_watcher_after / 1024.0
+                    rss_per_watcher_after / 1024.0,
+                    rss_per_watcher_cold / 1024.0
                 ));
                 js.push(
                     json!({"sdk": name, "p50_ms": p50_ms, "p99_ms": p99_ms, "max_ms": max_ms,
                     "press_max_ms": press_max_ms, "deliveries": deliveries, "missing": missing,
                     "rss_per_watcher_bytes": rss_per_watcher,
-                    "rss_per_watcher_after_bytes": rss_per_watcher_after, "ready_secs": ready_secs}),
+                    "rss_per_watcher_after_bytes": rss_per_watcher_after,
+                    "rss_per_watcher_cold_bytes": rss_per_watcher_cold, "ready_secs": ready_secs}),
                 );
             }
             Outcome::Unsupported(e) => {
@@ -531,6 +567,7 @@ mod tests {
             missing: 0,
             rss_per_watcher: rss,
             rss_per_watcher_after: rss * 2.0,
+            rss_per_watcher_cold: rss * 3.0,
             ready_secs: 0.1,
         }
     }
@@ -584,6 +621,7 @@ mod tests {
         assert_eq!(median(&py.p99_ms), 30.0);
         assert_eq!(median(&py.rss_connected), 31.0);
         assert_eq!(median(&py.rss_after), 62.0);
+        assert_eq!(median(&py.rss_cold), 93.0);
         assert_eq!((py.deliveries, py.missing), (30, 0));
         assert_eq!(s[0].1.ratios, vec![1.0, 1.0, 1.0]);
     }
