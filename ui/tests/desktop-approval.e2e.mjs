@@ -16,7 +16,7 @@ import { mkdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { By } from "selenium-webdriver";
 import { adminToken, apiClient, root, shots, startDemoServer, switchBecomes as becomes, tempDataDir } from "./harness.mjs";
-import { app, launchApp } from "./desktop-harness.mjs";
+import { app, eventually as waitFor, launchApp } from "./desktop-harness.mjs";
 
 const work = tempDataDir("brb-desktop-approval-e2e-");
 const dataDir = join(work, "server");
@@ -86,23 +86,7 @@ function startGate(secret) {
 // What the window showed last, so that a timeout says what the app showed instead.
 let lastSeen = null;
 
-/** Waits for `f` to return something truthy; a page reloading under it (a profile switch) is retried. */
-async function eventually(f, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    let v;
-    try {
-      v = await f();
-    } catch (e) {
-      // The page reloads on a profile switch: what was read or clicked during it is gone.
-      if (!["StaleElementReferenceError", "NoSuchElementError", "JavascriptError", "WebDriverError"].includes(e?.name)) throw e;
-      lastSeen = `${e.name}: ${e.message}`;
-    }
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out; the app last showed ${JSON.stringify(lastSeen)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const eventually = (f, ms = 20000) => waitFor(f, { ms, seen: () => lastSeen });
 
 /** Everything the test reads from the window, in one round trip. */
 async function look() {
