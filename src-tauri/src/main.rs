@@ -215,9 +215,9 @@ async fn brb_ramp(
 }
 
 /// The approval and drill commands: one call on the active profile's client about switch
-/// `name`, its answer or its error in the UI's words. A refusal is also logged with the switch
-/// and what was asked: these are decisions people make from this app, and the window shows
-/// only the last error.
+/// `name`, its answer or its error in the UI's words. An error (a refusal, no answer) is also
+/// logged with the switch and what was asked: these are decisions people make from this app,
+/// and the window shows only the last error.
 async fn on_switch<T>(
     state: &AppState,
     action: &'static str,
