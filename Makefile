@@ -54,6 +54,7 @@ test: test-deps
 	test -x "$(TAURI_DRIVER)" || $(CARGO) install tauri-driver --version '^2' --locked
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop.e2e.mjs
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop-connect.e2e.mjs
+	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/desktop-approval.e2e.mjs
 	cd ui && TAURI_DRIVER="$(TAURI_DRIVER)" dbus-run-session -- xvfb-run -a -s '-screen 0 1280x900x24' node --test tests/tray.e2e.mjs
 
 ## Linux release artifacts in target/package/ (docs/packaging.md): the server and CLI as a .deb

@@ -214,6 +214,23 @@ async fn brb_ramp(
     Ok(client(&state).await?.ramp_control(&name, &req).await?)
 }
 
+/// The approval and drill commands: one call on the active profile's client about switch
+/// `name`, its answer or its error in the UI's words. An error (a refusal, no answer) is also
+/// logged with the switch and what was asked: these are decisions people make from this app,
+/// and the window shows only the last error.
+async fn on_switch<T>(
+    state: &AppState,
+    action: &'static str,
+    name: &str,
+    call: impl AsyncFnOnce(Client) -> Result<T, ClientError>,
+) -> Result<T, UiError> {
+    let answer = call(client(state).await?).await.map_err(UiError::from);
+    if let Err(e) = &answer {
+        tracing::warn!(switch = name, action, code = %e.code, error = %e.message, source = "desktop", "not done");
+    }
+    answer
+}
+
 /// Files a resume request on a switch whose resumes need a second operator.
 #[tauri::command]
 async fn brb_request_resume(
@@ -221,10 +238,14 @@ async fn brb_request_resume(
     name: String,
     req: brb_api::CreateResumeRequest,
 ) -> Result<Switch, UiError> {
-    Ok(client(&state).await?.request_resume(&name, &req).await?)
+    on_switch(&state, "request resume", &name, async |c| {
+        c.request_resume(&name, &req).await
+    })
+    .await
 }
 
-/// Approves (`approve`) or rejects another operator's resume request.
+/// Approves (`approve`) or rejects another operator's resume request (the requester's own
+/// rejection is a withdrawal).
 #[tauri::command]
 async fn brb_decide_resume(
     state: S<'_>,
@@ -233,10 +254,15 @@ async fn brb_decide_resume(
     approve: bool,
     req: brb_api::DecideResumeRequest,
 ) -> Result<Switch, UiError> {
-    Ok(client(&state)
-        .await?
-        .decide_resume(&name, id, approve, &req)
-        .await?)
+    let action = if approve {
+        "approve resume"
+    } else {
+        "reject resume"
+    };
+    on_switch(&state, action, &name, async |c| {
+        c.decide_resume(&name, id, approve, &req).await
+    })
+    .await
 }
 
 /// An admin's resume without approval (the control plane refuses anyone else).
@@ -246,7 +272,10 @@ async fn brb_break_glass(
     name: String,
     req: brb_api::BreakGlassRequest,
 ) -> Result<Switch, UiError> {
-    Ok(client(&state).await?.break_glass(&name, &req).await?)
+    on_switch(&state, "break glass", &name, async |c| {
+        c.break_glass(&name, &req).await
+    })
+    .await
 }
 
 /// Starts a fire drill: a new version with nothing changed; nothing pauses.
@@ -256,16 +285,23 @@ async fn brb_drill(
     name: String,
     req: brb_api::DrillRequest,
 ) -> Result<brb_api::DrillStarted, UiError> {
-    Ok(client(&state).await?.drill(&name, &req).await?)
+    on_switch(&state, "start drill", &name, async |c| {
+        c.drill(&name, &req).await
+    })
+    .await
 }
 
+/// Who answered the drill started as `version`, how fast, who did not, who is stale.
 #[tauri::command]
 async fn brb_drill_report(
     state: S<'_>,
     name: String,
     version: u64,
 ) -> Result<brb_api::DrillReport, UiError> {
-    Ok(client(&state).await?.drill_report(&name, version).await?)
+    on_switch(&state, "read drill report", &name, async |c| {
+        c.drill_report(&name, version).await
+    })
+    .await
 }
 
 /// What the tray menu's toggle item does (and what a test calls through the webview).

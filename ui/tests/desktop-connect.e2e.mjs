@@ -14,7 +14,7 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { By, Key, until } from "selenium-webdriver";
 import { startDemoServer } from "./harness.mjs";
-import { app, launchApp } from "./desktop-harness.mjs";
+import { app, eventually as waitFor, launchApp } from "./desktop-harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
@@ -28,21 +28,7 @@ let keyring; // { env, stop }
 const cleanups = [];
 
 let lastText = null;
-async function eventually(f, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    let v;
-    try {
-      v = await f();
-    } catch (e) {
-      // The page reloads after a save or a switch: an element read during the reload is gone.
-      if (e?.name !== "StaleElementReferenceError" && e?.name !== "NoSuchElementError") throw e;
-    }
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out; last seen ${JSON.stringify(lastText)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const eventually = (f, ms = 20000) => waitFor(f, { ms, seen: () => lastText });
 
 /**
  * A private session bus: its environment, and a stop function. Its own configuration has no

@@ -72,3 +72,28 @@ export async function launchApp(env) {
     },
   };
 }
+
+/** What a read or a click can meet while the window reloads (after a save or a profile switch). */
+const RELOADING = ["StaleElementReferenceError", "NoSuchElementError", "JavascriptError", "WebDriverError"];
+
+/**
+ * Waits until `f` returns something truthy, for at most `ms`; a read that met the window
+ * reloading is tried again. A timeout says what `seen()` returns (what the app last showed).
+ */
+export async function eventually(f, { ms = 20000, seen = () => null } = {}) {
+  const end = Date.now() + ms;
+  let failed = "";
+  for (;;) {
+    let v;
+    try {
+      v = await f();
+      failed = "";
+    } catch (e) {
+      if (!RELOADING.includes(e?.name)) throw e;
+      failed = ` (the last read failed: ${e.name}: ${e.message})`;
+    }
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out; the app last showed ${JSON.stringify(seen())}${failed}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
