@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brb_api::{Source, SwitchState};
+use brb_e2e::calls::{slack_payload_form, slack_signed};
 use brb_e2e::{InProcess, wait_for};
 use brb_server::config::{
     ApprovalConfig, PagerDutyConfig, Secret, SlackConfig, SwitchConfig, WebhookConfig,
@@ -545,25 +546,13 @@ fn press_body(user: &str, action_id: &str, value: &str, response_url: &str) -> S
             "action_ts": "1764531201.000200"
         }]
     });
-    reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
-        .unwrap()
-        .query()
-        .unwrap()
-        .to_string()
+    slack_payload_form(&payload)
 }
 
 async fn press(s: &InProcess, body: &str) -> u16 {
     let ts = chrono::Utc::now().timestamp();
-    let sig = brb_server::slack::sign(SECRET, ts, body.as_bytes());
-    reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/interactions", s.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header("x-slack-signature", sig)
-        .body(body.to_string())
-        .send()
+    slack_signed(&s.url, "/api/v1/slack/interactions", body, SECRET, ts)
         .await
-        .unwrap()
         .status()
         .as_u16()
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brb_api::{DeliveryStatus, Notification, SetStateRequest, Source, SwitchState};
-use brb_e2e::calls::{describe_workers, outbox, set_workers as set};
+use brb_e2e::calls::{
+    describe_workers, outbox, set_workers as set, slack_payload_form, slack_signed,
+};
 use brb_e2e::{InProcess, ServerProc, wait_for};
 use brb_server::config::{GrafanaConfig, PagerDutyConfig, Secret, SlackConfig};
 use serde_json::{Value, json};
@@ -683,24 +685,16 @@ tags = ["brb"]
         "response_url": r.url("/response"),
         "actions": [{"action_id": "brb_resume", "type": "button", "value": value}],
     });
-    let body = reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
-        .unwrap()
-        .query()
-        .unwrap()
-        .to_string();
+    let body = slack_payload_form(&payload);
     let ts = chrono::Utc::now().timestamp();
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/interactions", server.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header(
-            "x-slack-signature",
-            brb_server::slack::sign("e2e-signing-secret", ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let res = slack_signed(
+        &server.url,
+        "/api/v1/slack/interactions",
+        &body,
+        "e2e-signing-secret",
+        ts,
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let resumed = c
         .wait_switch("workers", paused.version, Duration::from_secs(10))
