@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brb_api::{DeliveryStatus, Notification, SetStateRequest, Source, SwitchState};
+use brb_api::{DeliveryStatus, Notification, Source, SwitchState};
 use brb_e2e::calls::{
-    describe_workers, outbox, set_workers as set, slack_payload_form, slack_signed,
+    describe_workers, outbox, set_workers as set, set_workers_via, slack_payload_form, slack_signed,
 };
 use brb_e2e::{InProcess, ServerProc, wait_for};
 use brb_server::config::{GrafanaConfig, PagerDutyConfig, Secret, SlackConfig};
@@ -637,20 +637,7 @@ tags = ["brb"]
         ],
     );
     let c = server.client();
-    let paused = c
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state: SwitchState::Paused,
-                reason: Some("db on fire".into()),
-                source: Some(Source::Cli),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let paused = set_workers_via(&c, SwitchState::Paused, "db on fire", Source::Cli).await;
     let value = wait_for(Duration::from_secs(20), "the pause everywhere", || async {
         let slack = r.hits("/slack");
         let button = slack.iter().find_map(|h| {

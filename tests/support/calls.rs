@@ -58,13 +58,24 @@ pub async fn mint_token(
 
 /// Sets `workers` to `state` as the desktop app would, with `reason`.
 pub async fn set_workers(s: &InProcess, state: SwitchState, reason: &str) -> Switch {
-    s.client()
+    set_workers_via(&s.client(), state, reason, Source::Desktop).await
+}
+
+/// Sets `workers` to `state` through `client` (of any server: in-process or the binary) as
+/// `source` would, with `reason`, no ramp and no version check; the change must be accepted.
+pub async fn set_workers_via(
+    client: &brb_client::Client,
+    state: SwitchState,
+    reason: &str,
+    source: Source,
+) -> Switch {
+    client
         .set_state(
             "workers",
             &SetStateRequest {
                 state,
                 reason: Some(reason.into()),
-                source: Some(Source::Desktop),
+                source: Some(source),
                 expected_version: None,
                 ramp: None,
                 guards: Vec::new(),
