@@ -422,6 +422,114 @@ async fn resume_needs_a_second_operator_and_pause_needs_no_one() {
     assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
 }
 
+/// The refusal a token allowed only to pause gets on the resume side: 403 `out_of_scope`, and a
+/// message saying the token may only pause.
+fn only_pauses(s: u16, v: &Value, what: &str) {
+    assert_eq!((s, code(v)), (403, "out_of_scope"), "{what}: {v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("may only pause"), "{what} says why: {v}");
+}
+
+/// Issue #17, part 3, for a token allowed only to pause (the office button's kind): its pause
+/// goes through at once whatever is going on (running, a request open, a release ramping),
+/// and every way to resume is refused with a clear error, whatever its role: filing a request,
+/// approving one, breaking the glass. The scope refuses, not the role: the token here is an
+/// admin's. Rejecting a request keeps the switch paused, so such a token may reject
+/// (`approval::reject`); that, too, is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_only_token_pauses_at_once_and_is_refused_every_way_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, api, p) = start(dir.path()).await;
+    let brake = token(
+        &api,
+        &p.admin,
+        "admin-brake",
+        "admin",
+        Some(json!({ "switches": ["workers"], "pause_only": true })),
+    )
+    .await;
+
+    // Running: the pause is immediate, nobody is asked.
+    let (s, v) = put_state(&api, &brake, "workers", "paused").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+    assert_eq!(v["changed_by"], "admin-brake", "{v}");
+    let paused_version = v["version"].as_u64().unwrap();
+
+    // Filing a request to resume.
+    let ask = json!({ "reason": "backlog drained" });
+    for (who, t) in [("admin-brake", &brake), ("office-button", &p.button)] {
+        let (s, v) = request(&api, t, "workers", ask.clone()).await;
+        only_pauses(s, &v, &format!("{who} filing a request"));
+    }
+    // Alice files one; approving it.
+    let (s, v) = request(&api, &p.alice, "workers", ask.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["resume_request"]["id"].as_u64().unwrap();
+    let filed_version = v["version"].as_u64().unwrap();
+    for (who, t) in [("admin-brake", &brake), ("office-button", &p.button)] {
+        let (s, v) = decide(&api, t, "workers", id, "approve").await;
+        only_pauses(s, &v, &format!("{who} approving"));
+    }
+    // Breaking the glass (an admin's action: the admin-brake token has the role).
+    let (s, v) = break_glass(&api, &brake, json!({ "reason": "customers down" })).await;
+    only_pauses(s, &v, "admin-brake breaking the glass");
+    // None of it changed anything: paused, Alice's request open, no new version.
+    let sw = get(&api, &p.viewer, "workers").await;
+    assert_eq!(sw["state"], "paused", "{sw}");
+    assert_eq!(sw["version"], filed_version, "{sw}");
+    assert_eq!(sw["resume_request"]["id"], id, "{sw}");
+    assert!(filed_version > paused_version);
+
+    // With a request open, its pause still passes at once and leaves the request alone.
+    let (s, v) = put_state(&api, &brake, "workers", "paused").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+    assert_eq!(v["resume_request"]["id"], id, "{v}");
+    // Rejecting keeps the switch paused: allowed.
+    let (s, v) = decide(&api, &brake, "workers", id, "reject").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+    assert!(v.get("resume_request").is_none(), "{v}");
+
+    // A release approved by two operators is ramping: the pause stops it at once.
+    let (s, v) = request(
+        &api,
+        &p.alice,
+        "workers",
+        json!({ "reason": "really drained",
+            "ramp": { "kind": "steps", "fractions": [0.1, 0.5, 1.0], "duration_secs": 600 } }),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["resume_request"]["id"].as_u64().unwrap();
+    let (s, v) = decide(&api, &p.bob, "workers", id, "approve").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
+    assert!(v["ramp"].is_object(), "ramping: {v}");
+    let (s, v) = put_state(&api, &brake, "workers", "paused").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+    assert!(v["ramp"].is_null(), "the release is stopped: {v}");
+    // And it still cannot resume by itself.
+    let (s, v) = put_state(&api, &brake, "workers", "running").await;
+    only_pauses(s, &v, "admin-brake resuming");
+
+    // The audit names it on its pauses and its rejection, on nothing else.
+    let (s, v) = api
+        .call("GET", "/audit?switch=workers&limit=100", &p.admin, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mine: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|e| e["actor"] == "admin-brake")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mine,
+        ["state_changed", "resume_rejected", "state_changed"],
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unapproved_request_lapses_and_cannot_be_approved_afterwards() {
     let dir = tempfile::tempdir().unwrap();

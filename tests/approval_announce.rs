@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brb_api::{Source, SwitchState};
+use brb_e2e::calls::{slack_payload_form, slack_signed};
 use brb_e2e::{InProcess, wait_for};
 use brb_server::config::{
     ApprovalConfig, PagerDutyConfig, Secret, SlackConfig, SwitchConfig, WebhookConfig,
@@ -80,6 +81,45 @@ impl Receiver {
             .into_iter()
             .filter(|(h, _)| h.get("x-brb-event").map(String::as_str) == Some(event))
             .collect()
+    }
+
+    /// Waits up to 10 s for the first webhook delivery of `event` whose body `pick` accepts;
+    /// panics naming `what`.
+    async fn hook(
+        &self,
+        what: &str,
+        event: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> (BTreeMap<String, String>, Value) {
+        self.hook_within(Duration::from_secs(10), what, event, pick)
+            .await
+    }
+
+    async fn hook_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        event: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> (BTreeMap<String, String>, Value) {
+        wait_for(limit, what, || async {
+            self.hooks(event).into_iter().find(|(_, b)| pick(b))
+        })
+        .await
+    }
+
+    /// Waits up to 10 s for the first Slack message `pick` accepts; panics naming `what`.
+    async fn slack(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        wait_for(Duration::from_secs(10), what, || async {
+            self.at("/slack").into_iter().map(|(_, v)| v).find(&pick)
+        })
+        .await
+    }
+
+    /// Waits for the first Slack message whose text contains `needle`.
+    async fn slack_saying(&self, what: &str, needle: &str) -> Value {
+        self.slack(what, |m| m["text"].as_str().unwrap_or("").contains(needle))
+            .await
     }
 }
 
@@ -224,10 +264,9 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     assert_eq!(st, 201, "{v}");
     let req = v["resume_request"].clone();
     let id1 = req["id"].as_u64().unwrap();
-    let (h, hook) = wait_for(Duration::from_secs(10), "the request's webhook", || async {
-        r.hooks("switch.resume_requested").into_iter().next()
-    })
-    .await;
+    let (h, hook) = r
+        .hook("the request's webhook", "switch.resume_requested", |_| true)
+        .await;
     assert!(signature_ok(&h), "signed like every delivery");
     assert_eq!(h["content-type"], "application/json");
     assert!(h["x-brb-delivery"].parse::<u64>().is_ok());
@@ -247,17 +286,9 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     ] {
         assert!(text.contains(needle), "{needle:?} in {text}");
     }
-    let slack = wait_for(
-        Duration::from_secs(10),
-        "the request's Slack message",
-        || async {
-            r.at("/slack")
-                .into_iter()
-                .map(|(_, v)| v)
-                .find(|m| m["text"].as_str().unwrap_or("").contains("asks to resume"))
-        },
-    )
-    .await;
+    let slack = r
+        .slack_saying("the request's Slack message", "asks to resume")
+        .await;
     let text = slack["text"].as_str().unwrap();
     assert!(
         text.starts_with("[production] op-alice asks to resume `workers` gradually"),
@@ -322,12 +353,11 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let (_, hook) = wait_for(
-        Duration::from_secs(10),
-        "the rejection's webhook",
-        || async { r.hooks("switch.resume_rejected").into_iter().next() },
-    )
-    .await;
+    let (_, hook) = r
+        .hook("the rejection's webhook", "switch.resume_rejected", |_| {
+            true
+        })
+        .await;
     assert_eq!(hook["rejected_by"], "op-bob");
     assert_eq!(hook["request"]["id"], id1);
     assert_eq!(hook["request"]["requested_by"], "op-alice");
@@ -335,17 +365,9 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
         hook["text"],
         format!("resume request {id1} by op-alice rejected by op-bob: not yet")
     );
-    let slack = wait_for(
-        Duration::from_secs(10),
-        "the rejection on Slack",
-        || async {
-            r.at("/slack")
-                .into_iter()
-                .map(|(_, v)| v)
-                .find(|m| m["text"].as_str().unwrap_or("").contains("rejected by"))
-        },
-    )
-    .await;
+    let slack = r
+        .slack_saying("the rejection on Slack", "rejected by")
+        .await;
     assert_eq!(
         slack["text"],
         format!(
@@ -375,16 +397,11 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     .await;
     assert_eq!(st, 200, "{v}");
     let approved_version = v["version"].as_u64().unwrap();
-    let (h, hook) = wait_for(
-        Duration::from_secs(10),
-        "the approval's webhook",
-        || async {
-            r.hooks("switch.changed")
-                .into_iter()
-                .find(|(_, b)| b["approval"].is_object())
-        },
-    )
-    .await;
+    let (h, hook) = r
+        .hook("the approval's webhook", "switch.changed", |b| {
+            b["approval"].is_object()
+        })
+        .await;
     assert!(signature_ok(&h));
     assert_eq!(hook["type"], "switch.changed");
     assert_eq!(hook["switch"]["state"], "running");
@@ -393,15 +410,12 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     assert_eq!(hook["approval"]["approved_by"], "op-bob");
     assert_eq!(hook["approval"]["request"]["id"], id2);
     assert_eq!(hook["approval"]["request"]["requested_by"], "op-alice");
-    let slack = wait_for(Duration::from_secs(10), "the approval on Slack", || async {
-        r.at("/slack").into_iter().map(|(_, v)| v).find(|m| {
-            m["text"]
-                .as_str()
-                .unwrap_or("")
-                .contains("Resume approved by op-bob (requested by op-alice)")
-        })
-    })
-    .await;
+    let slack = r
+        .slack_saying(
+            "the approval on Slack",
+            "Resume approved by op-bob (requested by op-alice)",
+        )
+        .await;
     assert_eq!(slack["attachments"][0]["color"], "#2e7d32");
 
     // Break glass: loud on Slack (always @here), `approval.outcome` on webhooks.
@@ -415,12 +429,11 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let (_, hook) = wait_for(Duration::from_secs(10), "break glass's webhook", || async {
-        r.hooks("switch.changed")
-            .into_iter()
-            .find(|(_, b)| b["approval"]["outcome"] == "break_glass")
-    })
-    .await;
+    let (_, hook) = r
+        .hook("break glass's webhook", "switch.changed", |b| {
+            b["approval"]["outcome"] == "break_glass"
+        })
+        .await;
     assert_eq!(hook["approval"]["by"], "admin");
     assert!(
         hook["text"]
@@ -429,13 +442,7 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
             .starts_with("BREAK GLASS, resumed without approval:"),
         "{hook}"
     );
-    let slack = wait_for(Duration::from_secs(10), "break glass on Slack", || async {
-        r.at("/slack")
-            .into_iter()
-            .map(|(_, v)| v)
-            .find(|m| m["text"].as_str().unwrap_or("").contains("BREAK GLASS"))
-    })
-    .await;
+    let slack = r.slack_saying("break glass on Slack", "BREAK GLASS").await;
     let text = slack["text"].as_str().unwrap();
     assert!(
         text.starts_with("<!here> :rotating_light: [production] BREAK GLASS:")
@@ -458,10 +465,15 @@ async fn every_step_of_a_request_is_announced_once_on_slack_and_webhooks_and_onl
     .await;
     assert_eq!(st, 201, "{v}");
     let id3 = v["resume_request"]["id"].as_u64().unwrap();
-    let (_, hook) = wait_for(Duration::from_secs(15), "the lapse's webhook", || async {
-        r.hooks("switch.resume_expired").into_iter().next()
-    })
-    .await;
+    // A lapse waits for the expiry (1 s) and a sweep: a longer limit.
+    let (_, hook) = r
+        .hook_within(
+            Duration::from_secs(15),
+            "the lapse's webhook",
+            "switch.resume_expired",
+            |_| true,
+        )
+        .await;
     assert_eq!(hook["request"]["id"], id3);
     assert!(
         hook["text"].as_str().unwrap().starts_with(&format!(
@@ -545,27 +557,23 @@ fn press_body(user: &str, action_id: &str, value: &str, response_url: &str) -> S
             "action_ts": "1764531201.000200"
         }]
     });
-    reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
-        .unwrap()
-        .query()
-        .unwrap()
-        .to_string()
+    slack_payload_form(&payload)
 }
 
-async fn press(s: &InProcess, body: &str) -> u16 {
+/// `user` presses `button` (an element of a message's actions) of a message whose answers go
+/// to `response_url`; the press must be acknowledged (200).
+async fn press(s: &InProcess, user: &str, button: &Value, response_url: &str) {
+    let body = press_body(
+        user,
+        button["action_id"].as_str().unwrap(),
+        button["value"].as_str().unwrap(),
+        response_url,
+    );
     let ts = chrono::Utc::now().timestamp();
-    let sig = brb_server::slack::sign(SECRET, ts, body.as_bytes());
-    reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/interactions", s.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header("x-slack-signature", sig)
-        .body(body.to_string())
-        .send()
+    let status = slack_signed(&s.url, "/api/v1/slack/interactions", &body, SECRET, ts)
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .status();
+    assert_eq!(status, 200, "a press is acknowledged at once");
 }
 
 fn pause_ms(paused: &Value) -> i64 {
@@ -655,24 +663,12 @@ async fn slack_files_approves_and_rejects_requests_as_the_api_does_never_the_req
     assert_eq!(reject["confirm"]["style"], "danger");
 
     // Approve with nothing filed yet: said so, nothing changes.
-    let by_bob = press_body(
-        "U0BOB",
-        "brb_approve",
-        approve["value"].as_str().unwrap(),
-        &response,
-    );
-    assert_eq!(press(&s, &by_bob).await, 200);
+    press(&s, "U0BOB", &approve, &response).await;
     let none = answer(&r, "no open request").await;
     assert_eq!(none["response_type"], "ephemeral");
 
     // Alice's Resume… files a request (the default gradual release), nothing resumes.
-    let by_alice = press_body(
-        "U0ALICE",
-        "brb_resume",
-        resume["value"].as_str().unwrap(),
-        &response,
-    );
-    assert_eq!(press(&s, &by_alice).await, 200);
+    press(&s, "U0ALICE", &resume, &response).await;
     let filed = answer(&r, "your request").await;
     assert_eq!(filed["replace_original"], false);
     let sw = s.client().switch("workers").await.unwrap();
@@ -685,13 +681,7 @@ async fn slack_files_approves_and_rejects_requests_as_the_api_does_never_the_req
     assert_eq!(req.ramp.as_ref().map(|r| r.duration_secs), Some(600));
 
     // Her own approval is refused, only she sees why, and nothing changes.
-    let self_approve = press_body(
-        "U0ALICE",
-        "brb_approve",
-        approve["value"].as_str().unwrap(),
-        &response,
-    );
-    assert_eq!(press(&s, &self_approve).await, 200);
+    press(&s, "U0ALICE", &approve, &response).await;
     let refused = answer(&r, "another operator must approve it").await;
     assert_eq!(refused["response_type"], "ephemeral");
     assert_eq!(refused["replace_original"], false);
@@ -703,7 +693,7 @@ async fn slack_files_approves_and_rejects_requests_as_the_api_does_never_the_req
 
     // Bob approves from the pause message: the API's path, so the request's ramp starts,
     // recorded as bob from Slack naming both; the message becomes the outcome.
-    assert_eq!(press(&s, &by_bob).await, 200);
+    press(&s, "U0BOB", &approve, &response).await;
     let resumed = s
         .client()
         .wait_switch("workers", sw.version, Duration::from_secs(10))
@@ -728,26 +718,17 @@ async fn slack_files_approves_and_rejects_requests_as_the_api_does_never_the_req
     let again = pause(&s, "workers").await;
     let elements = pause_buttons(&r, pause_ms(&again)).await;
     let resume = button(&elements, "brb_resume");
-    let by_alice = press_body(
-        "U0ALICE",
-        "brb_resume",
-        resume["value"].as_str().unwrap(),
-        &response,
-    );
-    assert_eq!(press(&s, &by_alice).await, 200);
+    press(&s, "U0ALICE", &resume, &response).await;
     let sw = s
         .client()
         .wait_switch("workers", resumed.version + 1, Duration::from_secs(10))
         .await
         .unwrap();
     let id = sw.resume_request.as_ref().expect("filed").id;
-    let announced = wait_for(Duration::from_secs(10), "the request's message", || async {
-        r.at("/slack")
-            .into_iter()
-            .map(|(_, v)| v)
-            .find(|m| m.to_string().contains(&format!("\\\"request_id\\\":{id}")))
-    })
-    .await;
+    let mark = format!("\\\"request_id\\\":{id}");
+    let announced = r
+        .slack("the request's message", |m| m.to_string().contains(&mark))
+        .await;
     let actions = announced["attachments"][0]["blocks"]
         .as_array()
         .unwrap()
@@ -758,13 +739,7 @@ async fn slack_files_approves_and_rejects_requests_as_the_api_does_never_the_req
         .unwrap()
         .clone();
     let reject = button(&actions, "brb_reject");
-    let by_bob = press_body(
-        "U0BOB",
-        "brb_reject",
-        reject["value"].as_str().unwrap(),
-        &response,
-    );
-    assert_eq!(press(&s, &by_bob).await, 200);
+    press(&s, "U0BOB", &reject, &response).await;
     let rejected = answer(&r, &format!("You rejected request {id} by op-alice")).await;
     assert_eq!(rejected["response_type"], "ephemeral");
     let sw = s

@@ -231,8 +231,9 @@ fn bad_profiles_are_refused_with_the_field_named() {
 /// neither an empty "[]" nor the profile's own name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_change_is_announced_with_the_environment_before_the_window_asks() {
-    use brb_api::{SetStateRequest, Source, SwitchState};
+    use brb_api::{Source, SwitchState};
     use brb_desktop::{Announcer, Forwarded, forward_events};
+    use brb_e2e::calls::set_workers_via;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data"), &[("BRB_ENVIRONMENT", "staging")]);
     let client = Client::new(&[server.url.as_str()], Some(server.admin_token())).unwrap();
@@ -275,20 +276,7 @@ async fn the_first_change_is_announced_with_the_environment_before_the_window_as
             .any(|f| matches!(f, Forwarded::Info(i) if i.environment.name == "staging")),
         "the info came before the first event: {before_first:?}"
     );
-    client
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state: SwitchState::Paused,
-                reason: Some("db on fire".into()),
-                source: Some(Source::Cli),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    set_workers_via(&client, SwitchState::Paused, "db on fire", Source::Cli).await;
     let (title, body) = loop {
         let f = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
             .await

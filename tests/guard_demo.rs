@@ -29,16 +29,19 @@
 //! (`make guard-curves` writes them to `docs/guard-curves/`).
 #![allow(clippy::unwrap_used)]
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use brb_e2e::{Api, ServerProc};
+use brb_e2e::{Api, ServerProc, poll_for};
 use serde_json::Value;
 
 /// The longest any one wait may take on a loaded machine; each normally takes seconds.
 const LIMIT: Duration = Duration::from_secs(45);
+/// How often a wait looks: four times a second, as the demo publishes once a second.
+const POLL: Duration = Duration::from_millis(250);
 /// The database has recovered when its load is under this (percent of capacity).
 const RECOVERED: f64 = 5.0;
 const SERIES: [&str; 4] = ["db_load", "queue_depth", "jobs_per_second", "jobs_failed"];
@@ -132,18 +135,12 @@ impl Demo {
         F: FnMut(&'a Demo) -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let t = Instant::now();
-        loop {
-            if let Some(v) = f(self).await {
-                return v;
-            }
-            assert!(
-                t.elapsed() < LIMIT,
+        poll_for(LIMIT, POLL, || f(self)).await.unwrap_or_else(|| {
+            panic!(
                 "{what}: not within {LIMIT:?}; the server's log:\n{}",
                 self.server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            )
+        })
     }
 
     /// Runs the `brb` CLI as a person at this machine would (the URL and the admin token in
@@ -319,25 +316,31 @@ const RELAPSE_SECS: usize = 6;
 
 /// What the guard said while a release ran: each distinct (phase, step, reason) of
 /// `GET /switches/workers/guard`, in order.
+/// (Shared, not `&mut`: a wait's closure looks on each poll.)
 #[derive(Default)]
-struct GuardLog(Vec<Value>);
+struct GuardLog(RefCell<Vec<Value>>);
 
 impl GuardLog {
-    async fn look(&mut self, demo: &Demo) {
+    async fn look(&self, demo: &Demo) {
         let (s, st) = demo.get("/switches/workers/guard").await;
         if s != 200 {
             return;
         }
         let key = |v: &Value| (v["phase"].clone(), v["step"].clone(), v["reason"].clone());
-        if self.0.last().map(key) != Some(key(&st)) {
+        let mut seen = self.0.borrow_mut();
+        if seen.last().map(key) != Some(key(&st)) {
             println!(
                 "  guard: {} step {} {}",
                 st["phase"],
                 st["step"],
                 st["reason"].as_str().unwrap_or("")
             );
-            self.0.push(st);
+            seen.push(st);
         }
+    }
+
+    fn seen(self) -> Vec<Value> {
+        self.0.into_inner()
     }
 }
 
@@ -378,9 +381,9 @@ fn a_guarded_release_drains_the_backlog_without_a_relapse() {
             "{sw}"
         );
         let resumed_at = changed_at(&sw);
-        let mut log = GuardLog::default();
-        let t = Instant::now();
-        let done = loop {
+        let log = GuardLog::default();
+        let last = RefCell::new(Value::Null);
+        let done = poll_for(LIMIT, POLL, || async {
             log.look(&demo).await;
             let sw = demo.switch().await;
             if sw["state"] == "paused" {
@@ -390,12 +393,12 @@ fn a_guarded_release_drains_the_backlog_without_a_relapse() {
                     demo.table(resumed_at).await
                 );
             }
-            if sw["state"] == "running" && sw["ramp"].is_null() {
-                break sw;
-            }
-            assert!(t.elapsed() < LIMIT, "the guarded release did not end: {sw}");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+            let ended = sw["state"] == "running" && sw["ramp"].is_null();
+            *last.borrow_mut() = sw.clone();
+            ended.then_some(sw)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the guarded release did not end: {}", last.borrow()));
         let finished_at = changed_at(&done);
         assert_eq!(done["changed_by"], "guard", "{done}");
         // Watch full release a little longer: the database stays well.
@@ -446,7 +449,8 @@ fn a_guarded_release_drains_the_backlog_without_a_relapse() {
             assert!(v < 80.0, "{s}");
         }
         // Where the load neared the limit, a failing check held the step (if it did).
-        let holds: Vec<&Value> = log.0.iter().filter(|s| s["phase"] == "holding").collect();
+        let seen = log.seen();
+        let holds: Vec<&Value> = seen.iter().filter(|s| s["phase"] == "holding").collect();
         println!("held {} time(s)", holds.len());
         demo.write_curves("guarded").await;
     });
@@ -481,21 +485,21 @@ fn a_release_too_fast_for_the_backlog_is_paused_again_by_its_guard() {
         ])
         .await;
         let resumed_at = changed_at(&demo.switch().await);
-        let mut log = GuardLog::default();
-        let t = Instant::now();
-        let tripped = loop {
+        let log = GuardLog::default();
+        let last = RefCell::new(Value::Null);
+        let tripped = poll_for(LIMIT, POLL, || async {
             log.look(&demo).await;
             let sw = demo.switch().await;
-            if sw["state"] == "paused" {
-                break sw;
-            }
             if sw["state"] == "running" && sw["ramp"].is_null() {
                 print_rows(&demo.table(resumed_at).await, resumed_at);
                 panic!("the release ended without the guard pausing: {sw}");
             }
-            assert!(t.elapsed() < LIMIT, "the guard did not pause: {sw}");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+            let paused = sw["state"] == "paused";
+            *last.borrow_mut() = sw.clone();
+            paused.then_some(sw)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the guard did not pause: {}", last.borrow()));
         log.look(&demo).await;
         let tripped_at = changed_at(&tripped);
         let rows = demo.table(resumed_at).await;
@@ -544,7 +548,7 @@ fn a_release_too_fast_for_the_backlog_is_paused_again_by_its_guard() {
             (Some("guard"), Some("guard"), Some(reason)),
             "{entry}"
         );
-        assert_eq!(log.0.last().unwrap()["phase"], "tripped");
+        assert_eq!(log.seen().last().unwrap()["phase"], "tripped");
         // The guard's pause works as a press does: the database recovers.
         let load = demo
             .until(

@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brb_api::{DeliveryStatus, Notification, SetStateRequest, Source, SwitchState};
-use brb_e2e::calls::{describe_workers, outbox, set_workers as set};
+use brb_api::{DeliveryStatus, Notification, Source, SwitchState};
+use brb_e2e::calls::{
+    describe_workers, outbox, set_workers as set, set_workers_via, slack_payload_form, slack_signed,
+};
 use brb_e2e::{InProcess, ServerProc, wait_for};
 use brb_server::config::{GrafanaConfig, PagerDutyConfig, Secret, SlackConfig};
 use serde_json::{Value, json};
@@ -635,20 +637,7 @@ tags = ["brb"]
         ],
     );
     let c = server.client();
-    let paused = c
-        .set_state(
-            "workers",
-            &SetStateRequest {
-                state: SwitchState::Paused,
-                reason: Some("db on fire".into()),
-                source: Some(Source::Cli),
-                expected_version: None,
-                ramp: None,
-                guards: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let paused = set_workers_via(&c, SwitchState::Paused, "db on fire", Source::Cli).await;
     let value = wait_for(Duration::from_secs(20), "the pause everywhere", || async {
         let slack = r.hits("/slack");
         let button = slack.iter().find_map(|h| {
@@ -683,24 +672,16 @@ tags = ["brb"]
         "response_url": r.url("/response"),
         "actions": [{"action_id": "brb_resume", "type": "button", "value": value}],
     });
-    let body = reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
-        .unwrap()
-        .query()
-        .unwrap()
-        .to_string();
+    let body = slack_payload_form(&payload);
     let ts = chrono::Utc::now().timestamp();
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/interactions", server.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header(
-            "x-slack-signature",
-            brb_server::slack::sign("e2e-signing-secret", ts, body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let res = slack_signed(
+        &server.url,
+        "/api/v1/slack/interactions",
+        &body,
+        "e2e-signing-secret",
+        ts,
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let resumed = c
         .wait_switch("workers", paused.version, Duration::from_secs(10))

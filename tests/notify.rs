@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brb_api::{Notification, SetStateRequest, Source, SwitchState};
-use brb_e2e::calls::{describe_workers, outbox, set_workers};
+use brb_e2e::calls::{describe_workers, outbox, set_workers, slack_post, slack_signed};
 use brb_e2e::{InProcess, eventually, wait_for};
 use brb_server::config::{Secret, SlackConfig, SwitchConfig, WebhookConfig};
 use serde_json::Value;
@@ -363,23 +363,16 @@ async fn undelivered_notifications_survive_a_restart() {
     s.stop().await;
 }
 
+const COMMANDS: &str = "/api/v1/slack/commands";
+
 async fn slash(s: &InProcess, body: &str, secret: &str, ts: i64) -> (u16, Value) {
-    let sig = brb_server::slack::sign(secret, ts, body.as_bytes());
-    slash_raw(s, body, &ts.to_string(), &sig).await
+    let r = slack_signed(&s.url, COMMANDS, body, secret, ts).await;
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 async fn slash_raw(s: &InProcess, body: &str, ts: &str, sig: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/commands", s.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts)
-        .header("x-slack-signature", sig)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    let r = slack_post(&s.url, COMMANDS, body, ts, sig).await;
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use brb_e2e::brb_bin;
+use brb_e2e::{brb_bin, poll_for};
 use serde_json::Value;
 
 const README_URL: &str = "http://127.0.0.1:7070";
@@ -164,32 +164,38 @@ struct Api {
 
 impl Api {
     fn get(&self, path: &str) -> Value {
-        self.rt.block_on(async {
-            self.http
-                .get(format!("{}/api/v1{path}", self.url))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
+        self.rt.block_on(self.fetch(path))
     }
 
-    fn until<T>(&self, what: &str, mut f: impl FnMut(&Api) -> Option<T>) -> T {
-        let t = Instant::now();
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            assert!(t.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    async fn fetch(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
-    fn db_load(&self, since: i64) -> Vec<(i64, f64)> {
-        points(&self.get(&format!("/metrics/series?name=db_load&since={since}")))
+    /// Polls `f` four times a second (the demo publishes once a second) until it yields
+    /// `Some`, or fails naming `what` after [`LIMIT`].
+    fn until<'a, T, Fut>(&'a self, what: &str, mut f: impl FnMut(&'a Api) -> Fut) -> T
+    where
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        self.rt
+            .block_on(poll_for(LIMIT, Duration::from_millis(250), || f(self)))
+            .unwrap_or_else(|| panic!("{what}: not within {LIMIT:?}"))
+    }
+
+    async fn db_load(&self, since: i64) -> Vec<(i64, f64)> {
+        points(
+            &self
+                .fetch(&format!("/metrics/series?name=db_load&since={since}"))
+                .await,
+        )
     }
 }
 
@@ -276,8 +282,8 @@ fn the_readme_walkthrough_works_as_written_after_make_run() {
             .to_string(),
     };
     // The reader starts once the console shows the fleet running.
-    api.until("40 demo workers running", |a| {
-        (a.get("/switches/workers/workers")["running"] == 40).then_some(())
+    api.until("40 demo workers running", |a| async move {
+        (a.fetch("/switches/workers/workers").await["running"] == 40).then_some(())
     });
 
     let mut sh = Shell::start(
@@ -296,8 +302,12 @@ fn the_readme_walkthrough_works_as_written_after_make_run() {
             assert!(out.contains("40/40 workers acknowledged"), "{out}");
             // The reader watches the database recover before going on.
             let at = changed_at(&api.get("/switches/workers"));
-            api.until("the database recovering after the press", |a| {
-                a.db_load(at + 2).iter().any(|p| p.1 < 5.0).then_some(())
+            api.until("the database recovering after the press", |a| async move {
+                a.db_load(at + 2)
+                    .await
+                    .iter()
+                    .any(|p| p.1 < 5.0)
+                    .then_some(())
             });
         } else if c.contains("/metrics/series?name=db_load") {
             seen.insert("recovered");
@@ -314,8 +324,8 @@ fn the_readme_walkthrough_works_as_written_after_make_run() {
             let sw = api.get("/switches/workers");
             assert_eq!(sw["ramp"]["guard"]["guards"][0]["below"], 80.0, "{sw}");
             // The reader gives the guard its first check (ten seconds).
-            api.until("the guard's first check", |a| {
-                let st = a.get("/switches/workers/guard");
+            api.until("the guard's first check", |a| async move {
+                let st = a.fetch("/switches/workers/guard").await;
                 (st["checks"][0]["outcome"] != "pending" && st["checks"][0]["outcome"].is_string())
                     .then_some(())
             });

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brb_api::{SwitchState, WorkerReport, WorkerStatus};
+use brb_e2e::calls::slack_signed;
 use brb_e2e::{InProcess, ServerProc, cli, eventually};
 use brb_server::config::{Secret, SlackConfig};
 use serde_json::Value;
@@ -104,16 +105,7 @@ async fn slash(s: &InProcess, text: &str, response_url: &str) -> Value {
         urlencode(response_url)
     );
     let ts = chrono::Utc::now().timestamp();
-    let sig = brb_server::slack::sign(SECRET, ts, body.as_bytes());
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/commands", s.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header("x-slack-signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = slack_signed(&s.url, "/api/v1/slack/commands", &body, SECRET, ts).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brb_api::{Source, SwitchState};
-use brb_e2e::calls::set_workers;
+use brb_e2e::calls::{set_workers, slack_payload_form, slack_post, slack_signed};
 use brb_e2e::{InProcess, wait_for};
 use brb_server::config::{Secret, SlackConfig};
 use serde_json::{Value, json};
@@ -126,32 +126,21 @@ fn press_body(user: &str, username: &str, value: &str, response_url: &str) -> St
             "action_ts": "1764531201.000200"
         }]
     });
-    let encoded: String =
-        reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
-            .unwrap()
-            .query()
-            .unwrap()
-            .to_string();
-    encoded
+    slack_payload_form(&payload)
 }
+
+const INTERACTIONS: &str = "/api/v1/slack/interactions";
 
 async fn post(s: &InProcess, body: &str, ts: &str, sig: &str) -> (u16, Duration) {
     let t = Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/slack/interactions", s.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", ts)
-        .header("x-slack-signature", sig)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = slack_post(&s.url, INTERACTIONS, body, ts, sig).await;
     (r.status().as_u16(), t.elapsed())
 }
 
 async fn press(s: &InProcess, body: &str, secret: &str, ts: i64) -> (u16, Duration) {
-    let sig = brb_server::slack::sign(secret, ts, body.as_bytes());
-    post(s, body, &ts.to_string(), &sig).await
+    let t = Instant::now();
+    let r = slack_signed(&s.url, INTERACTIONS, body, secret, ts).await;
+    (r.status().as_u16(), t.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! Calls several suites make the same way: a switch, a new token or switch over the JSON API
 //! ([`Api`]), a change of `workers` and the outbox of an in-process server ([`InProcess`]), an
-//! error body's code. Each asserts that the call succeeded, so a test reads as what it checks.
+//! error body's code, a request to Slack's endpoints signed like Slack signs it. Each asserts
+//! that the call succeeded (the Slack ones that the server answered: their status is what the
+//! tests check), so a test reads as what it checks.
 
 use brb_api::{Notification, NotificationList, SetStateRequest, Source, Switch, SwitchState};
 use serde_json::{Value, json};
@@ -56,13 +58,24 @@ pub async fn mint_token(
 
 /// Sets `workers` to `state` as the desktop app would, with `reason`.
 pub async fn set_workers(s: &InProcess, state: SwitchState, reason: &str) -> Switch {
-    s.client()
+    set_workers_via(&s.client(), state, reason, Source::Desktop).await
+}
+
+/// Sets `workers` to `state` through `client` (of any server: in-process or the binary) as
+/// `source` would, with `reason`, no ramp and no version check; the change must be accepted.
+pub async fn set_workers_via(
+    client: &brb_client::Client,
+    state: SwitchState,
+    reason: &str,
+    source: Source,
+) -> Switch {
+    client
         .set_state(
             "workers",
             &SetStateRequest {
                 state,
                 reason: Some(reason.into()),
-                source: Some(Source::Desktop),
+                source: Some(source),
                 expected_version: None,
                 ramp: None,
                 guards: Vec::new(),
@@ -98,4 +111,46 @@ pub async fn outbox(s: &InProcess) -> Vec<Notification> {
         .await
         .expect("a notification list")
         .notifications
+}
+
+/// POSTs a form `body` to Slack's endpoint `path` (`/api/v1/slack/commands` or
+/// `/api/v1/slack/interactions`) of the server at `base`, with the v0 headers exactly as given
+/// (empty ones included), so a test can send a tampered or unsigned request.
+pub async fn slack_post(
+    base: &str,
+    path: &str,
+    body: &str,
+    ts: &str,
+    sig: &str,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+/// The same request signed like Slack signs it (v0) with `secret` at unix time `ts`.
+pub async fn slack_signed(
+    base: &str,
+    path: &str,
+    body: &str,
+    secret: &str,
+    ts: i64,
+) -> reqwest::Response {
+    let sig = brb_server::slack::sign(secret, ts, body.as_bytes());
+    slack_post(base, path, body, &ts.to_string(), &sig).await
+}
+
+/// The form body Slack sends for an interaction: `payload=` and the JSON, URL-encoded.
+pub fn slack_payload_form(payload: &Value) -> String {
+    reqwest::Url::parse_with_params("http://x/", &[("payload", payload.to_string())])
+        .expect("a URL")
+        .query()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -333,17 +333,35 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 
 /// Polls the async `f` every 20 ms until it yields `Some` or `timeout` passes; panics naming
 /// `what` then. For conditions that need a request to observe (a status, a counter).
-pub async fn wait_for<T, Fut>(timeout: Duration, what: &str, mut f: impl FnMut() -> Fut) -> T
+pub async fn wait_for<T, Fut>(timeout: Duration, what: &str, f: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    poll_for(timeout, Duration::from_millis(20), f)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {timeout:?}"))
+}
+
+/// Polls the async `f` every `every` until it yields `Some`; `None` once `timeout` has passed.
+/// For a caller that polls slower than [`wait_for`] (a series published once a second, where
+/// faster only loads the machine) or says more when it gives up (a server's log).
+pub async fn poll_for<T, Fut>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Fut,
+) -> Option<T>
 where
     Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f().await {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -416,34 +416,59 @@ pub(crate) async fn interaction(
     Ok(ok)
 }
 
-/// A press on "Resume…": releases the pause the message was about with the default gradual
-/// ramp (never at once), unless that pause is over; reports to the message either way.
-async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<reqwest::Url>) {
-    let ctx = ctx(&state);
-    let answer = |body: Value| {
+/// What the buttons of a pause message say about the pause they belong to.
+trait PauseButton: serde::de::DeserializeOwned {
+    /// The switch and the pause instant (`changed_at` while paused).
+    fn pause(&self) -> (&str, i64);
+}
+
+impl PauseButton for templates::ResumeButton {
+    fn pause(&self) -> (&str, i64) {
+        (&self.switch, self.paused_at_ms)
+    }
+}
+
+impl PauseButton for templates::DecideButton {
+    fn pause(&self) -> (&str, i64) {
+        (&self.switch, self.paused_at_ms)
+    }
+}
+
+/// Answers a press through its `response_url` (when Slack gave one) without waiting: the
+/// press has been acknowledged already, Slack takes delayed answers there.
+fn answerer(url: Option<reqwest::Url>) -> impl Fn(Value) {
+    move |body: Value| {
         if let Some(u) = url.clone() {
             tokio::spawn(respond(u, body));
         }
-    };
-    let Ok(button) = serde_json::from_str::<templates::ResumeButton>(&value) else {
-        tracing::warn!(actor = %actor.name, source = "slack", "unreadable Resume… button value");
-        answer(templates::slack_ephemeral(
+    }
+}
+
+/// What every press on a pause message's buttons checks first: the button's value can be
+/// read, its switch still exists, and the pause it belongs to is still on (a press on an old
+/// message never acts on a later pause). `Err` is the answer for the presser: nothing changed.
+fn pressed_pause<B: PauseButton>(
+    state: &AppState,
+    actor: &Actor,
+    what: &str,
+    value: &str,
+) -> Result<(B, std::sync::Arc<brb_api::Switch>), Value> {
+    let Ok(button) = serde_json::from_str::<B>(value) else {
+        tracing::warn!(actor = %actor.name, source = "slack", "unreadable {what} button value");
+        return Err(templates::slack_ephemeral(
             "That button could not be read. Nothing was changed.".into(),
         ));
-        return;
     };
-    let Some(cur) = state.hub().get(&button.switch) else {
-        answer(templates::slack_ephemeral(format!(
-            "Switch `{}` does not exist any more. Nothing was changed.",
-            button.switch
+    let (switch, paused_at_ms) = button.pause();
+    let Some(cur) = state.hub().get(switch) else {
+        return Err(templates::slack_ephemeral(format!(
+            "Switch `{switch}` does not exist any more. Nothing was changed."
         )));
-        return;
     };
-    if cur.state != SwitchState::Paused || cur.changed_at.timestamp_millis() != button.paused_at_ms
-    {
+    if cur.state != SwitchState::Paused || cur.changed_at.timestamp_millis() != paused_at_ms {
         tracing::info!(switch = %cur.name, actor = %actor.name, source = "slack",
-            "Resume… pressed on a pause that is over; nothing changed");
-        answer(templates::slack_ephemeral(format!(
+            "{what} pressed on a pause that is over; nothing changed");
+        return Err(templates::slack_ephemeral(format!(
             "This pause is over: `{}` is {} since {} ({} from {}). Nothing was changed.",
             cur.name,
             cur.state,
@@ -451,8 +476,20 @@ async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<
             cur.changed_by,
             templates::source_label(cur.source)
         )));
-        return;
     }
+    Ok((button, cur))
+}
+
+/// A press on "Resume…": releases the pause the message was about with the default gradual
+/// ramp (never at once), unless that pause is over; reports to the message either way.
+async fn press_resume(state: AppState, actor: Actor, value: String, url: Option<reqwest::Url>) {
+    let ctx = ctx(&state);
+    let answer = answerer(url.clone());
+    let (_, cur) = match pressed_pause::<templates::ResumeButton>(&state, &actor, "Resume…", &value)
+    {
+        Ok(pressed) => pressed,
+        Err(body) => return answer(body),
+    };
     if state.config().approval_secs(&cur.name).is_some() {
         // A second operator must agree: the press asks for the same gradual release.
         let filed = crate::approval::file_request(
@@ -531,38 +568,13 @@ async fn press_decide(
     url: Option<reqwest::Url>,
 ) {
     let ctx = ctx(&state);
-    let answer = |body: Value| {
-        if let Some(u) = url.clone() {
-            tokio::spawn(respond(u, body));
-        }
-    };
+    let answer = answerer(url.clone());
     let verb = if approve { "approve" } else { "reject" };
-    let Ok(button) = serde_json::from_str::<templates::DecideButton>(&value) else {
-        tracing::warn!(actor = %actor.name, source = "slack", "unreadable {verb} button value");
-        answer(templates::slack_ephemeral(
-            "That button could not be read. Nothing was changed.".into(),
-        ));
-        return;
-    };
-    let Some(cur) = state.hub().get(&button.switch) else {
-        answer(templates::slack_ephemeral(format!(
-            "Switch `{}` does not exist any more. Nothing was changed.",
-            button.switch
-        )));
-        return;
-    };
-    if cur.state != SwitchState::Paused || cur.changed_at.timestamp_millis() != button.paused_at_ms
+    let (button, cur) = match pressed_pause::<templates::DecideButton>(&state, &actor, verb, &value)
     {
-        answer(templates::slack_ephemeral(format!(
-            "This pause is over: `{}` is {} since {} ({} from {}). Nothing was changed.",
-            cur.name,
-            cur.state,
-            cur.changed_at.format("%H:%M:%S UTC"),
-            cur.changed_by,
-            templates::source_label(cur.source)
-        )));
-        return;
-    }
+        Ok(pressed) => pressed,
+        Err(body) => return answer(body),
+    };
     let open = cur.resume_request.as_deref().cloned();
     let Some(r) = open.filter(|r| button.request_id.is_none_or(|id| id == r.id)) else {
         answer(templates::slack_ephemeral(format!(

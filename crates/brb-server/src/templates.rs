@@ -67,17 +67,24 @@ pub struct ResumeButton {
     pub paused_at_ms: i64,
 }
 
+/// A stepped ramp's steps as people read them ("10% → 50% → 100%"); `None` for other shapes.
+fn steps_words(shape: &brb_api::RampShape) -> Option<String> {
+    match shape {
+        brb_api::RampShape::Steps { fractions } => Some(
+            fractions
+                .iter()
+                .map(|f| format!("{}%", (f * 100.0).round()))
+                .collect::<Vec<_>>()
+                .join(" → "),
+        ),
+        _ => None,
+    }
+}
+
 /// The words for the default release, as the confirm dialog shows it.
 fn default_release_words() -> String {
     let r = brb_api::RampSpec::default_release();
-    let steps = match &r.shape {
-        brb_api::RampShape::Steps { fractions } => fractions
-            .iter()
-            .map(|f| format!("{}%", (f * 100.0).round()))
-            .collect::<Vec<_>>()
-            .join(" → "),
-        _ => "linear".to_string(),
-    };
+    let steps = steps_words(&r.shape).unwrap_or_else(|| "linear".to_string());
     format!("{steps} over {} min", r.duration_secs / 60)
 }
 
@@ -89,6 +96,19 @@ fn cut(text: String, max: usize) -> String {
     let mut c: String = text.chars().take(max - 1).collect();
     c.push('…');
     c
+}
+
+/// A Slack button pressed back to `/api/v1/slack/interactions`: `action_id` says which,
+/// `value` which pause (and request), behind Slack's confirmation dialog `confirm`.
+fn button(action_id: &str, text: &str, value: &str, style: &str, confirm: Value) -> Value {
+    json!({
+        "type": "button",
+        "action_id": action_id,
+        "text": {"type": "plain_text", "text": text},
+        "value": value,
+        "style": style,
+        "confirm": confirm,
+    })
 }
 
 /// Slack's confirmation dialog of a button.
@@ -136,14 +156,7 @@ pub fn resume_button(s: &Switch, approval: bool) -> Value {
             "primary",
         )
     };
-    json!({
-        "type": "button",
-        "action_id": ACTION_RESUME,
-        "text": {"type": "plain_text", "text": "Resume…"},
-        "value": value,
-        "style": "primary",
-        "confirm": dialog,
-    })
+    button(ACTION_RESUME, "Resume…", &value, "primary", dialog)
 }
 
 /// How a requested release reads: "gradually (10% → 100% over 10 min), guard db_load < 80".
@@ -151,14 +164,7 @@ pub fn release_words(ramp: Option<&brb_api::RampSpec>, guards: &[brb_api::GuardS
     let mut w = match ramp {
         None => "all at once".to_string(),
         Some(r) => {
-            let how = match &r.shape {
-                brb_api::RampShape::Steps { fractions } => fractions
-                    .iter()
-                    .map(|f| format!("{}%", (f * 100.0).round()))
-                    .collect::<Vec<_>>()
-                    .join(" → "),
-                _ => "linearly".to_string(),
-            };
+            let how = steps_words(&r.shape).unwrap_or_else(|| "linearly".to_string());
             format!(
                 "gradually ({how} over {})",
                 duration_words(chrono::Duration::seconds(r.duration_secs as i64))
@@ -195,27 +201,33 @@ pub fn decide_buttons(s: &Switch, request: Option<&ResumeRequest>) -> [Value; 2]
         ),
     };
     [
-        json!({
-            "type": "button",
-            "action_id": ACTION_APPROVE,
-            "text": {"type": "plain_text", "text": "Approve resume"},
-            "value": value,
-            "style": "primary",
-            "confirm": confirm(format!("Approve resuming {}?", s.name), what,
-                "Approve resume", "primary"),
-        }),
-        json!({
-            "type": "button",
-            "action_id": ACTION_REJECT,
-            "text": {"type": "plain_text", "text": "Reject"},
-            "value": value,
-            "style": "danger",
-            "confirm": confirm(
+        button(
+            ACTION_APPROVE,
+            "Approve resume",
+            &value,
+            "primary",
+            confirm(
+                format!("Approve resuming {}?", s.name),
+                what,
+                "Approve resume",
+                "primary",
+            ),
+        ),
+        button(
+            ACTION_REJECT,
+            "Reject",
+            &value,
+            "danger",
+            confirm(
                 format!("Reject the request to resume {}?", s.name),
-                format!("`{}` stays paused; the request is dropped, recorded under your name.",
-                    s.name),
-                "Reject", "danger"),
-        }),
+                format!(
+                    "`{}` stays paused; the request is dropped, recorded under your name.",
+                    s.name
+                ),
+                "Reject",
+                "danger",
+            ),
+        ),
     ]
 }
 
@@ -507,6 +519,12 @@ pub fn slack_pressed(s: &Switch, changed: bool, ctx: &Ctx) -> Value {
             ctx.environment, s.name, s.state
         )
     };
+    replacing(text, s, ctx)
+}
+
+/// What a message becomes after a press decided its pause: `text`, and how to undo it; no
+/// button left to press.
+fn replacing(text: String, s: &Switch, ctx: &Ctx) -> Value {
     json!({
         "replace_original": true,
         "text": text,
@@ -534,14 +552,7 @@ pub fn slack_decided(s: &Switch, r: &ResumeRequest, approved: bool, ctx: &Ctx) -
         r.requested_by,
         title(s)
     );
-    json!({
-        "replace_original": true,
-        "text": text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": undo(s, ctx)}]},
-        ],
-    })
+    replacing(text, s, ctx)
 }
 
 /// An answer only the presser sees, leaving the message as it is.
