@@ -1009,7 +1009,7 @@ fn main() {
             tauri::async_runtime::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_secs(3)).await;
                 if !SHOWN_AT_START.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    tracing::warn!("the page did not begin to load within 3 s; showing the window anyway");
+                    tracing::warn!("the page had not loaded within 3 s; showing the window anyway");
                     show_main(&late);
                 }
             });
