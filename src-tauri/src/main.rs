@@ -612,16 +612,25 @@ fn since_process_start(main_started: std::time::Instant) -> u64 {
 
 static MAIN_STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// Whether the hidden-at-start window has been shown (at its page's first load, or later).
+static SHOWN_AT_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The webview calls this once its first frame ("connecting…" or the connect screen) is on
-/// screen; the figure is logged and answered (the start-up e2e prints it).
+/// screen; the figure is logged and answered (the start-up e2e prints it). `page_ms` is the
+/// page's own clock at that frame (ms since its navigation began): the log splits the figure
+/// into the time before the page and the page's own.
 #[tauri::command]
-fn brb_painted(state: S<'_>) -> u64 {
+fn brb_painted(state: S<'_>, page_ms: Option<f64>) -> u64 {
     let mut first = lock(&state.first_paint_ms);
     if let Some(ms) = *first {
         return ms;
     }
     let ms = since_process_start(*MAIN_STARTED.get_or_init(std::time::Instant::now));
-    tracing::info!(ms, "first frame painted");
+    tracing::info!(
+        ms,
+        page_ms = page_ms.map(|p| p.round() as u64),
+        "first frame painted"
+    );
     *first = Some(ms);
     ms
 }
@@ -871,8 +880,31 @@ fn activate(app: &AppHandle, state: &Arc<AppState>) {
     });
 }
 
+/// Where there is no GPU, WebKit and GDK paint without OpenGL (`brb_desktop::rendering`: on
+/// Mesa's software GL, compositing costs the first frame ~150 ms of CPU). Answers why, for the
+/// log.
+#[allow(unsafe_code)]
+fn paint_without_gl_where_no_gpu() -> Option<&'static str> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let plan = brb_desktop::rendering::without_gpu(
+        std::env::var_os("WEBKIT_DISABLE_COMPOSITING_MODE").as_deref(),
+        std::env::var_os("GDK_GL").as_deref(),
+        std::path::Path::new("/dev/dri"),
+    )?;
+    for (k, v) in &plan.set {
+        // SAFETY: called first in `main`, before any thread exists: nothing can read the
+        // environment while it changes (why `set_var` is unsafe). GTK and WebKit read it
+        // later, on this thread, and the WebKit processes inherit it.
+        unsafe { std::env::set_var(k, v) };
+    }
+    Some(plan.why)
+}
+
 fn main() {
     MAIN_STARTED.get_or_init(std::time::Instant::now);
+    let rendering = paint_without_gl_where_no_gpu();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BRB_LOG")
@@ -883,6 +915,12 @@ fn main() {
         .try_init();
     let started = *MAIN_STARTED.get_or_init(std::time::Instant::now);
     tracing::debug!(ms = since_process_start(started), "start-up: main");
+    if let Some(why) = rendering {
+        tracing::info!(
+            source = "desktop",
+            "{why}: WEBKIT_DISABLE_COMPOSITING_MODE=1 (GDK_GL=disable unless set)"
+        );
+    }
     let path = std::env::var_os("BRB_DESKTOP_SETTINGS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(Settings::default_path);
@@ -945,6 +983,15 @@ fn main() {
                 })
                 .build(),
         )
+        // Registered last: its set-up runs after GTK's and the other plugins' (the log's split).
+        .plugin(
+            tauri::plugin::Builder::<tauri::Wry, ()>::new("start-up-mark")
+                .setup(move |_, _| {
+                    tracing::debug!(ms = since_process_start(started), "start-up: GTK and plugins set up");
+                    Ok(())
+                })
+                .build(),
+        )
         .manage(Arc::clone(&state))
         .invoke_handler(tauri::generate_handler![
             brb_info,
@@ -976,9 +1023,32 @@ fn main() {
                 let _ = window.hide();
             }
         })
+        .on_page_load(move |webview, page| {
+            // Once per load: the start-up log's split between the webview and the page.
+            tracing::debug!(ms = since_process_start(started), event = ?page.event(), "start-up: page load");
+            // The window is made hidden and shown once its page has loaded: a window exposed
+            // earlier makes WebKit's UI thread wait (up to 500 ms) for a web process still
+            // starting, and the page's own requests, served on that thread, wait behind it
+            // (BENCHMARKS.md, "Desktop start-up"). Only the first load: a reload must not pop
+            // up a window the user closed to the tray.
+            if page.event() == tauri::webview::PageLoadEvent::Finished
+                && !SHOWN_AT_START.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let _ = webview.window().show();
+            }
+        })
         .setup(move |app| {
             tracing::debug!(ms = since_process_start(started), "start-up: window set up");
             let handle = app.handle().clone();
+            // Should the page never begin to load, the window still comes up.
+            let late = handle.clone();
+            tauri::async_runtime::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                if !SHOWN_AT_START.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!("the page had not loaded within 3 s; showing the window anyway");
+                    show_main(&late);
+                }
+            });
             if let Err(e) = build_tray(&handle, Arc::clone(&state)) {
                 tracing::warn!(error = %e, "no tray icon");
             }
@@ -1001,6 +1071,7 @@ fn main() {
                 }
             }
             activate(&handle, &state);
+            tracing::debug!(ms = since_process_start(started), "start-up: tray, shortcut and autostart set up");
             Ok(())
         })
         .run(tauri::generate_context!());

@@ -122,6 +122,7 @@ export interface ProfileStore {
   deleteProfile(name: string): Promise<string | null>;
   /** Called when the active profile changes (from the tray too): the window starts again. */
   onProfileChange(cb: () => void): void;
-  /** Reports the first painted frame; answers ms since the process started. */
-  painted(): Promise<number>;
+  /** Reports the first painted frame (`pageMs`: the page's clock then); answers ms since the
+   * process started. */
+  painted(pageMs: number): Promise<number>;
 }

@@ -61,8 +61,8 @@ export class TauriBackend implements Backend, ProfileStore {
   onProfileChange(cb: () => void) {
     void listen<string>("brb://profile", () => cb());
   }
-  painted() {
-    return call<number>("brb_painted");
+  painted(pageMs: number) {
+    return call<number>("brb_painted", { pageMs });
   }
 
   info() {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub mod keychain;
 pub mod probe;
 pub mod profiles;
+pub mod rendering;
 
 pub use keychain::{KeychainError, OsKeychain, Secrets};
 
