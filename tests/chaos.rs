@@ -463,9 +463,11 @@ impl Cluster {
                         "replica r{i} did not start, and no fault of the schedule kept it from \
                          starting: {e}"
                     );
+                    // The server's last word (its log ends the error) says which fault it was.
+                    let last = e.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
                     println!(
                         "chaos: replica r{i} did not start while {} fault(s) could keep servers \
-                         from starting; it tries again after the next heal",
+                         from starting ({last}); it tries again after the next heal",
                         after.active.max(1)
                     );
                     self.wait_heal(i, after);
