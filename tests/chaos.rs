@@ -18,6 +18,11 @@
 //! SIGSTOP/SIGCONT, kill -9 and restart. Writes refused while the disk is full must be 503s
 //! that changed nothing, and writes must be acknowledged again within 5 s of the free.
 //!
+//! A killed replica is started again when its fault heals, and the heal ends once it answers
+//! `/healthz`. A start that fails while a fault keeps servers from starting (PostgreSQL stopped
+//! or shut down, another replica holding the write lock, the SQLite disk full) waits for the
+//! heal and tries again; a start that fails with no such fault in effect fails the run.
+//!
 //! One `#[test]`, its runs in sequence (never two clusters at once on a shared machine):
 //! 1. the run: seed `BRB_CHAOS_SEED` (default 0x18), `BRB_CHAOS_SECS` seconds (default 60);
 //!    `make chaos SEED=… CHAOS_SECS=…` reproduces a schedule;
@@ -33,7 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use brb_chaos::history::{
@@ -310,14 +315,82 @@ struct Cluster {
     pids: Vec<AtomicU32>,
     /// The SQLite variant's disk; dropped (unmounted) after the processes are gone.
     disk: Option<Disk>,
+    /// The faults in effect that keep servers from starting; `healed` is signalled on each
+    /// heal, which a failed restart waits for.
+    blockers: Mutex<Blockers>,
+    healed: Condvar,
 }
 
-/// A free loopback port (for a replica that must come back on the same address).
+/// Faults in effect that keep a server from starting, and how many such faults have begun or
+/// healed so far: its database stopped or shut down; another replica stopped or cut off from
+/// the database, which may hold the global write lock in an open transaction (a start seeds its
+/// switches under that lock); its disk full (SQLite).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Blockers {
+    active: u32,
+    begun: u64,
+    healed: u64,
+}
+
+/// Waits until the server just started answers `/healthz` on its own address (not through a
+/// proxy, which a client partition may hold); an error if it exits or stays silent first.
+fn serving(p: &mut ServerProc, listen: &str) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let limit = Duration::from_secs(30);
+    let t = Instant::now();
+    let healthy = || -> bool {
+        let Ok(addr) = listen.parse::<SocketAddr>() else {
+            return false;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: chaos\r\n\r\n")
+            .is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.split_whitespace().nth(1) == Some("200")
+    };
+    loop {
+        if healthy() {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = p.child.try_wait() {
+            return Err(format!(
+                "it exited ({st}) before answering; its log:\n{}",
+                p.log()
+            ));
+        }
+        if t.elapsed() > limit {
+            let _ = p.child.kill();
+            return Err(format!(
+                "it did not answer /healthz within {limit:?}; its log:\n{}",
+                p.log()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free loopback port for a server that must come back on the same address after a kill or
+/// a shutdown: below the ephemeral range, so that no outgoing connection (a run makes
+/// thousands) can take it while the server is down.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(10_000).max(1);
+    // Spread by process, so that two runs at once rarely try the same ports.
+    let start = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(NEXT.fetch_add(1, Ordering::SeqCst));
+    (0..span)
+        .map(|k| (10_000 + (start.wrapping_add(k) % span)) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .unwrap_or_else(|| panic!("no free loopback port below {low}"))
 }
 
 impl Cluster {
@@ -336,8 +409,12 @@ impl Cluster {
         }
     }
 
-    /// Starts replica `i`, retrying while it cannot (its database may be down, or its disk
-    /// full, at that moment).
+    /// Starts replica `i` and waits until it answers `/healthz`. A server cannot start while
+    /// its database is stopped or shut down or another replica holds the write lock, and may
+    /// not while its disk is full; the schedule allows all of these at that moment
+    /// ([`Blockers`]). A start that fails while such a fault is in effect (or while one begins
+    /// or heals) waits for the heal, then tries again; one that fails with none in effect is a
+    /// failure of the run, with the server's log.
     fn start(&self, i: u8) {
         let data = &self.data[i as usize];
         std::fs::create_dir_all(data).unwrap();
@@ -369,21 +446,88 @@ impl Cluster {
             env.push(("BRB_CHAOS_BUG", b));
         }
         let listen = &self.listen[i as usize];
-        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            match ServerProc::try_start_wrapped(&wrap, data, listen, &env) {
+            let before = self.blockers();
+            let started = ServerProc::try_start_wrapped(&wrap, data, listen, &env)
+                .and_then(|mut p| serving(&mut p, listen).map(|()| p));
+            match started {
                 Ok(p) => {
                     self.pids[i as usize].store(p.child.id(), Ordering::SeqCst);
                     *self.procs[i as usize].lock().unwrap() = Some(p);
                     return;
                 }
-                // Its database may be down or cut off right now: the schedule allows that.
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(500))
+                Err(e) => {
+                    let after = self.blockers();
+                    assert!(
+                        before.active > 0 || after != before,
+                        "replica r{i} did not start, and no fault of the schedule kept it from \
+                         starting: {e}"
+                    );
+                    // The server's last word (its log ends the error) says which fault it was.
+                    let last = e.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    println!(
+                        "chaos: replica r{i} did not start while {} fault(s) could keep servers \
+                         from starting ({last}); it tries again after the next heal",
+                        after.active.max(1)
+                    );
+                    self.wait_heal(i, after);
                 }
-                Err(e) => panic!("replica r{i} did not start again within 90 s: {e}"),
             }
         }
+    }
+
+    fn blockers(&self) -> Blockers {
+        *self.blockers.lock().unwrap()
+    }
+
+    /// A fault that keeps servers from starting begins (before it acts) or has healed.
+    fn block(&self, on: bool) {
+        let mut b = self.blockers.lock().unwrap();
+        if on {
+            b.active += 1;
+            b.begun += 1;
+        } else {
+            b.active = b.active.saturating_sub(1);
+            b.healed += 1;
+            self.healed.notify_all();
+        }
+    }
+
+    /// After a start failed with `seen`: waits until none of those faults is in effect, or one
+    /// of them has healed (which one kept the start from succeeding is not known; other lanes
+    /// of the schedule may keep other such faults going the whole time).
+    fn wait_heal(&self, i: u8, seen: Blockers) {
+        // Such faults last at most 20 s (schedule.rs), a PostgreSQL restart under load longer.
+        let limit = Duration::from_secs(120);
+        let (guard, wait) = self
+            .healed
+            .wait_timeout_while(self.blockers.lock().unwrap(), limit, |b| {
+                b.active > 0 && b.healed == seen.healed
+            })
+            .unwrap();
+        drop(guard);
+        assert!(
+            !wait.timed_out(),
+            "replica r{i}: no fault that could keep it from starting healed within {limit:?}"
+        );
+    }
+
+    /// Whether PostgreSQL accepts connections (`pg_isready`: not while it starts or recovers).
+    fn pg_accepting(&self, pg: &PgCluster) -> bool {
+        let Ok(bin) = brb_pgtest::bin_dir() else {
+            return false;
+        };
+        let host = if self.topo().is_some() {
+            PG_ADDR
+        } else {
+            "127.0.0.1"
+        };
+        std::process::Command::new(bin.join("pg_isready"))
+            .args(["-h", host, "-p", &pg.port.to_string(), "-t", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     fn kill(&self, i: u8) {
@@ -481,36 +625,45 @@ impl Cluster {
                 "killed".into()
             }
             Fault::Stop { replica } => {
+                self.block(true);
                 self.signal_replica(replica, libc::SIGSTOP);
                 "stopped".into()
             }
             Fault::StopPg => {
+                self.block(true);
                 self.signal_pg(libc::SIGSTOP);
                 "stopped".into()
             }
-            Fault::PartitionPg { replica } => self.cut(
-                &replica_addr(replica),
-                PG_ADDR,
-                self.proxies(replica).1,
-                how,
-            ),
+            Fault::PartitionPg { replica } => {
+                self.block(true);
+                self.cut(
+                    &replica_addr(replica),
+                    PG_ADDR,
+                    self.proxies(replica).1,
+                    how,
+                )
+            }
             Fault::PartitionClients { replica } => self.cut(
                 CLIENT_ADDR,
                 &replica_addr(replica),
                 self.proxies(replica).0,
                 how,
             ),
-            Fault::PgImmediate => match self.pg.as_ref().map(|pg| pg.stop_immediate()) {
-                Some(Ok(())) => "pg_ctl stop -m immediate".into(),
-                Some(Err(e)) => e,
-                None => "no PostgreSQL".into(),
-            },
+            Fault::PgImmediate => {
+                self.block(true);
+                match self.pg.as_ref().map(|pg| pg.stop_immediate()) {
+                    Some(Ok(())) => "pg_ctl stop -m immediate".into(),
+                    Some(Err(e)) => e,
+                    None => "no PostgreSQL".into(),
+                }
+            }
             Fault::Skew { replica, secs } => {
                 std::fs::write(self.skew_file(replica), format!("{secs:+}\n")).unwrap();
                 format!("clock {secs:+} s")
             }
             Fault::DiskFull => match &self.disk {
                 Some(d) => {
+                    self.block(true);
                     let t = Instant::now();
                     let f = d.fill();
                     format!(
@@ -527,28 +680,42 @@ impl Cluster {
     fn heal(&self, f: Fault) {
         match f {
             Fault::Kill { replica } => self.start(replica),
-            Fault::Stop { replica } => self.signal_replica(replica, libc::SIGCONT),
-            Fault::StopPg => self.signal_pg(libc::SIGCONT),
+            Fault::Stop { replica } => {
+                self.signal_replica(replica, libc::SIGCONT);
+                self.block(false);
+            }
+            Fault::StopPg => {
+                self.signal_pg(libc::SIGCONT);
+                self.block(false);
+            }
             Fault::PartitionPg { replica } => {
-                self.mend(&replica_addr(replica), PG_ADDR, self.proxies(replica).1)
+                self.mend(&replica_addr(replica), PG_ADDR, self.proxies(replica).1);
+                self.block(false);
             }
             Fault::PartitionClients { replica } => {
                 self.mend(CLIENT_ADDR, &replica_addr(replica), self.proxies(replica).0)
             }
             Fault::PgImmediate => {
-                let Some(pg) = &self.pg else { return };
-                // A start that timed out under load may still have brought the server up:
-                // ask, rather than start a second one on the same directory.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !pg.running() {
-                    if let Err(e) = pg.try_start_again() {
-                        assert!(
-                            Instant::now() < deadline,
-                            "PostgreSQL did not start again: {e}"
-                        );
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
+                let Some(pg) = &self.pg else {
+                    self.block(false);
+                    return;
+                };
+                // `pg_ctl start -w` returns once the server accepts connections. One that timed
+                // out under load may still be coming up: wait for it to accept, rather than
+                // start a second one on the same directory.
+                if let Err(e) = pg.try_start_again() {
+                    assert!(pg.running(), "PostgreSQL did not start again: {e}");
                 }
+                let limit = Duration::from_secs(120);
+                let t = Instant::now();
+                while !self.pg_accepting(pg) {
+                    assert!(
+                        t.elapsed() < limit,
+                        "PostgreSQL did not accept connections within {limit:?} of its restart"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                self.block(false);
             }
             Fault::Skew { replica, .. } => {
                 std::fs::write(self.skew_file(replica), "+0\n").unwrap();
@@ -556,6 +723,7 @@ impl Cluster {
             Fault::DiskFull => {
                 if let Some(d) = &self.disk {
                     d.free();
+                    self.block(false);
                 }
             }
         }
@@ -1029,7 +1197,10 @@ async fn cluster_run(spec: RunSpec, topo: Option<Arc<Mutex<Topology>>>) -> Repor
                     port: Some(5432),
                     wrap: t.lock().unwrap().wrap("pg"),
                 },
-                None => PgOptions::default(),
+                None => PgOptions {
+                    port: Some(free_port()),
+                    ..PgOptions::default()
+                },
             };
             let cluster = blocking(move || PgCluster::start_with(opts)).await;
             let url = tokio::task::block_in_place(|| cluster.database("chaos"));
@@ -1092,6 +1263,8 @@ async fn cluster_run(spec: RunSpec, topo: Option<Arc<Mutex<Topology>>>) -> Repor
         procs: (0..n).map(|_| Mutex::new(None)).collect(),
         pids: (0..n).map(|_| AtomicU32::new(0)).collect(),
         disk,
+        blockers: Mutex::default(),
+        healed: Condvar::new(),
     });
     // Started together on an empty database: migrations and seeding must not race.
     let starts: Vec<_> = (0..n)

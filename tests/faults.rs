@@ -9,110 +9,25 @@
 //! (`notify.rs`), the button's cable pulled and re-plugged (`button_sim.rs`), a PostgreSQL restart
 //! under replicas (`replicas.rs`).
 //!
-//! The data dir is a real tmpfs of a few MiB mounted for the test (the suite runs as root, as
-//! `make test` does: it installs packages).
+//! The data dir is a 16 MiB ext4 disk of the test's own on a loop device (`brb_e2e::disk`, the
+//! same as the chaos test's SQLite variant; the suite runs as root, as `make test` does: it
+//! installs packages).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use brb_e2e::ServerProc;
+use brb_e2e::disk::Disk;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
-/// A small ext4 file system in a file, on a loop device: it can fill up, and it can be made to
-/// fail the way a dying disk does (`abort`: ext4 turns read-only under open files).
-struct Disk {
-    img: PathBuf,
-    dir: PathBuf,
-}
-
-impl Disk {
-    fn new(dir: &Path, size_mib: u32) -> Disk {
-        assert!(
-            is_root(),
-            "this fault test mounts a file system and needs root (make test runs as root)"
-        );
-        let img = dir.with_extension("img");
-        let f = std::fs::File::create(&img).unwrap();
-        f.set_len(u64::from(size_mib) << 20).unwrap();
-        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-        std::fs::create_dir_all(dir).unwrap();
-        let d = Disk {
-            img,
-            dir: dir.to_path_buf(),
-        };
-        d.mount();
-        d
-    }
-
-    fn mount(&self) {
-        run(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                self.img.to_str().unwrap(),
-                self.dir.to_str().unwrap(),
-            ],
-        );
-    }
-
-    /// The disk fails: from now on every write gets EROFS, reads still work.
-    fn abort(&self) {
-        run(
-            "mount",
-            &["-o", "remount,abort", self.dir.to_str().unwrap()],
-        );
-    }
-
-    /// After the process holding files is gone: unmount, repair the journal, mount again.
-    fn repair(&self) {
-        run("umount", &[self.dir.to_str().unwrap()]);
-        let _ = Command::new("e2fsck").args(["-fy"]).arg(&self.img).output();
-        self.mount();
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Fills the file system holding `dir` to the last byte.
-fn fill(dir: &Path) -> PathBuf {
-    let filler = dir.join("filler");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k", "status=none"])
-        .arg(format!("of={}", filler.display()))
-        .status()
-        .unwrap();
-    // dd stops at ENOSPC; top up byte-sized leftovers too.
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&filler)
-        .unwrap();
-    while f.write_all(&[0u8; 512]).and_then(|()| f.sync_all()).is_ok() {}
-    filler
+/// The test's own small ext4 disk (`brb_e2e::disk`), mounted on `dir`.
+fn disk(dir: &Path) -> Disk {
+    Disk::new(dir, 16).unwrap_or_else(|e| {
+        panic!("this fault test mounts a file system and needs root (make test runs as root): {e}")
+    })
 }
 
 struct Api {
@@ -177,9 +92,9 @@ async fn refused(api: &Api, cause: &str, version_before: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_and_read_only_data_dir_refuse_writes_cleanly_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Disk::new(&dir.path().join("mnt"), 16);
+    let fs = disk(&dir.path().join("mnt"));
     // The data dir is the mount itself, so the server log (next to it) stays off the full disk.
-    let data = fs.dir.clone();
+    let data = fs.dir().to_path_buf();
     let server = ServerProc::start(&data, &[]);
     let api = Api {
         http: reqwest::Client::new(),
@@ -208,14 +123,14 @@ async fn disk_full_and_read_only_data_dir_refuse_writes_cleanly_and_lose_nothing
     watcher.next().await.unwrap().unwrap();
 
     // 1. The disk is full.
-    let filler = fill(&fs.dir);
+    fs.fill();
     refused(&api, "disk holding the database is full", v).await;
     refused(&api, "disk holding the database is full", v).await;
     let (s, _) = api.get("/audit?limit=5").await;
     assert_eq!(s, 200);
     assert!(server.log().contains("store unavailable"));
     // Space comes back: writes work again, without a restart.
-    std::fs::remove_file(&filler).unwrap();
+    fs.free();
     let (s, b, _) = api.set("paused", "space is back").await;
     assert_eq!(s, 200, "{b}");
     acked.push(b["version"].as_u64().unwrap());
@@ -236,7 +151,7 @@ async fn disk_full_and_read_only_data_dir_refuse_writes_cleanly_and_lose_nothing
     }
 
     // 2. The disk fails read-only under the running server (ext4 aborts, as on I/O errors).
-    fs.abort();
+    fs.abort().unwrap();
     refused(&api, "read-only", v).await;
     refused(&api, "read-only", v).await;
     let (s, _) = api.get("/switches").await;
@@ -251,7 +166,7 @@ async fn disk_full_and_read_only_data_dir_refuse_writes_cleanly_and_lose_nothing
     // 3. A hard stop, the disk repaired, a restart: the file is intact and nothing
     //    acknowledged is lost.
     server.kill9();
-    fs.repair();
+    fs.repair().unwrap();
 
     let out = Command::new("sqlite3")
         .arg(data.join("brb.db"))
@@ -295,9 +210,9 @@ async fn disk_full_and_read_only_data_dir_refuse_writes_cleanly_and_lose_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_log_disk_costs_log_lines_not_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Disk::new(&dir.path().join("mnt"), 16);
+    let fs = disk(&dir.path().join("mnt"));
     // ServerProc writes the server's stderr next to the data dir: here, on the small disk.
-    let data = fs.dir.join("data");
+    let data = fs.dir().join("data");
     let mut server = ServerProc::start(&data, &[("BRB_LOG", "debug")]);
     let api = Api {
         http: reqwest::Client::new(),
@@ -307,7 +222,7 @@ async fn a_full_log_disk_costs_log_lines_not_requests() {
     let (s, b, _) = api.set("paused", "before").await;
     assert_eq!(s, 200, "{b}");
     let v = b["version"].as_u64().unwrap();
-    fill(&fs.dir);
+    fs.fill();
     for i in 0..6 {
         let (s, b, _) = api
             .set(

@@ -1,5 +1,7 @@
-//! A small disk of the test's own: an ext4 file system in a file, mounted through a loop device,
-//! that can be filled to the last byte and freed again (the chaos test's full-disk fault).
+//! A small disk of the test's own: an ext4 file system in a file, mounted through a loop device.
+//! It can be filled to the last byte and freed again (the chaos test's full-disk fault,
+//! `tests/faults.rs`), and made to fail the way a dying disk does, then repaired
+//! (`tests/faults.rs`).
 //!
 //! Needs root (mount). The image lives beside the mount point; [`Disk`]'s `Drop` unmounts it
 //! lazily, so a panicking test leaves nothing mounted.
@@ -21,19 +23,46 @@ impl Disk {
             .map_err(|e| format!("{}: {e}", img.display()))?;
         run("mkfs.ext4", &["-q", "-F", &img.display().to_string()])?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let disk = Disk {
+            dir: dir.to_path_buf(),
+            img,
+        };
+        disk.mount()?;
+        Ok(disk)
+    }
+
+    fn mount(&self) -> Result<(), String> {
         run(
             "mount",
             &[
                 "-o",
                 "loop",
-                &img.display().to_string(),
-                &dir.display().to_string(),
+                &self.img.display().to_string(),
+                &self.dir.display().to_string(),
             ],
-        )?;
-        Ok(Disk {
-            dir: dir.to_path_buf(),
-            img,
-        })
+        )
+    }
+
+    /// The disk fails: from now on every write gets EROFS, reads still work (ext4 aborts its
+    /// journal and turns read-only under open files, as on I/O errors).
+    pub fn abort(&self) -> Result<(), String> {
+        run(
+            "mount",
+            &["-o", "remount,abort", &self.dir.display().to_string()],
+        )
+    }
+
+    /// After [`Disk::abort`], once no process holds files on it: unmounts, repairs the journal
+    /// and mounts it again.
+    pub fn repair(&self) -> Result<(), String> {
+        run("umount", &[&self.dir.display().to_string()])?;
+        // Not `run`: e2fsck exits non-zero when it fixed something, which is the point here.
+        let _ = Command::new("e2fsck")
+            .arg("-fy")
+            .arg(&self.img)
+            .output()
+            .map_err(|e| format!("e2fsck: {e}"))?;
+        self.mount()
     }
 
     pub fn dir(&self) -> &Path {
