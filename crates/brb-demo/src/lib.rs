@@ -231,7 +231,7 @@ impl Sim {
             let tenth = self.model.tenth(admitted, arriving);
             self.second.add(&tenth, self.model.config());
             self.tenths += 1;
-            if self.tenths % per_sec == 0 {
+            if self.tenths.is_multiple_of(per_sec) {
                 self.second.queue_depth = self.model.queue();
                 let sec = self.first_sec + (self.tenths / per_sec) as i64 - 1;
                 done.push((sec, std::mem::take(&mut self.second)));
