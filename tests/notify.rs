@@ -363,6 +363,86 @@ async fn undelivered_notifications_survive_a_restart() {
     s.stop().await;
 }
 
+/// A rolling upgrade: a newer binary wrote outbox rows of a kind this one does not know, ahead
+/// of the changes this one then announces. They are left for a replica that knows the kind
+/// (never attempted, failed or dropped, not even leased) and the announcements behind them are
+/// delivered as if they were not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_newer_kind_wait_for_a_newer_replica_and_hold_up_nothing() {
+    let r = Recorder::reserve();
+    r.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = InProcess::start(dir.path(), with_receivers(&r)).await;
+    let db = s.config.db_path();
+    let event = serde_json::to_string(&s.client().switch("workers").await.unwrap()).unwrap();
+    let written = chrono::Utc::now().timestamp_micros();
+    let read = |sql: &'static str| {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            let mut stmt = c.prepare(sql).unwrap();
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+        })
+    };
+    {
+        let (db, event) = (db.clone(), event.clone());
+        tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            for ch in ["slack", "webhook:ops"] {
+                c.execute(
+                    "INSERT INTO outbox (dedupe_key, channel, kind, event, created_at,
+                                         next_attempt_at)
+                     VALUES (?1, ?2, 'resume_teleported', ?3, ?4, ?4)",
+                    rusqlite::params![format!("newer:{ch}"), ch, event, written],
+                )
+                .unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    toggle(&s, SwitchState::Paused, "db at 100% CPU").await;
+    toggle(&s, SwitchState::Running, "recovered").await;
+    let delivered = all_delivered(&s, 4, Duration::from_secs(10)).await;
+    assert_eq!(r.hits("/slack").len(), 2, "one message per change");
+    assert_eq!(r.hits("/hook").len(), 2);
+    assert!(
+        r.json("/hook")
+            .iter()
+            .all(|b| b["type"] == "switch.changed")
+    );
+    let left = read(
+        "SELECT id, attempts, delivered_at, failed, next_attempt_at FROM outbox
+         WHERE kind = 'resume_teleported' ORDER BY id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    let first_delivered = delivered.iter().map(|n| n.id as i64).min().unwrap();
+    for (id, attempts, delivered_at, failed, next) in left {
+        assert!(id < first_delivered, "ahead of the delivered rows");
+        assert_eq!(
+            (attempts, delivered_at, failed, next),
+            (0, None, false, written),
+            "left as written, not even leased"
+        );
+    }
+    s.stop().await;
+}
+
 const COMMANDS: &str = "/api/v1/slack/commands";
 
 async fn slash(s: &InProcess, body: &str, secret: &str, ts: i64) -> (u16, Value) {

@@ -3,32 +3,41 @@
 //!
 //! - **Producers** add jobs to a queue in bursts (a slow swell plus random spikes; `steady`,
 //!   `brb server --demo --demo-steady`, keeps them at the average rate for reproducible runs).
-//! - **Workers** take jobs through the real SDK: each one is a [`brb_client::Gate`] with its
-//!   own event stream and reports over real HTTP, exactly as an external worker would. They
-//!   are the only code path that touches the queue, so pausing the switch really stops work.
-//! - **The database** is simulated: each job holds a connection for a latency that grows
-//!   steeply once concurrency passes its capacity, so a full fleet drowns it and a ramped
-//!   release does not.
+//! - **Workers** are 40 real SDK gates ([`brb_client::Gate`]), each with its own event stream
+//!   and reports over real HTTP, exactly as an external worker's: they acknowledge pauses and
+//!   show in the console's fleet. What the fleet works on is what the gates admit
+//!   ([`Gate::admitted_fraction`]: 0 while paused, the ramp's step while ramping, the same
+//!   fraction `Gate::acquire`'s duty cycle lets through), read every tenth of a second; it is
+//!   the only input that lets work reach the database, so pausing the switch really stops work.
+//! - **The database** is simulated ([`model`]): each query holds a connection for a latency
+//!   that grows steeply once concurrency passes its capacity, so a full fleet drowns it and a
+//!   ramped release does not.
 //! - **Timeouts and retries** make the overload outlive its trigger (a metastable failure, the
-//!   story the product comes from): a job whose query would take longer than `job_timeout`
-//!   holds its connection that long, fails, and goes back to the queue to be retried. With the
-//!   whole fleet on a backlog every job times out: nothing completes, the backlog only grows,
+//!   story the product comes from): a query that would take longer than `job_timeout` holds its
+//!   connection that long, fails, and its job goes back to the queue to be retried. With the
+//!   whole fleet on a backlog every query times out: nothing completes, the backlog only grows,
 //!   and the database stays overloaded until someone pauses. Released gradually, the backlog
 //!   drains at a concurrency the database can take, and full release finds it empty.
 //!
-//! Once a second the demo publishes `jobs_per_second`, `jobs_failed` (timed out, retried),
-//! `queue_depth`, `db_load` (percent of capacity) and `db_latency_ms` through the metrics API.
-//! It lives in its own crate because it is a client of the control plane, not part of it.
-//! [`model`] is the same database as a deterministic fluid model, for tests and the README's
-//! curves.
+//! The queue and the database run in simulated time, stepped a tenth of a second at a time in
+//! step with the wall clock (a late wake-up runs the tenths it missed): a busy machine changes
+//! how late the demo publishes, never what it publishes. (Jobs as tasks that sleep their
+//! latency would tie the database to the machine: on a loaded one, late wake-ups hold
+//! connections longer and fewer jobs get done, and the same release overloads the database on
+//! one machine and not on another.)
+//!
+//! Once a simulated second the demo publishes `jobs_per_second`, `jobs_failed` (timed out,
+//! retried), `queue_depth`, `db_load` (percent of capacity) and `db_latency_ms` (the average
+//! query time) through the metrics API, each stamped with the second it describes. It lives in its
+//! own crate because it is a client of the control plane, not part of it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use brb_api::{Sample, SampleKind};
 use brb_client::{Client, Gate, GateConfig};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use model::{Model, ModelConfig, STEPS_PER_SEC, Second};
 
 pub mod model;
 
@@ -73,51 +82,21 @@ impl DemoConfig {
     }
 }
 
-/// Shared counters of the simulation.
-#[derive(Default)]
-pub struct Sim {
-    pub queue: AtomicU64,
-    pub active: AtomicUsize,
-    pub done: AtomicU64,
-    /// Jobs that timed out and were queued again.
-    pub failed: AtomicU64,
-    /// Workers whose gate has answered once: the producer waits for the fleet, since a backlog
-    /// built while the gates connect would meet the whole fleet at once and tip the database.
-    ready: AtomicUsize,
-    /// Sum of job latencies in µs since the last publish, and how many.
-    lat_sum_us: AtomicU64,
-    lat_n: AtomicU64,
-}
+/// How far the simulation may fall behind the wall clock before it skips ahead instead of
+/// catching up (a process stopped for minutes): the series accept a minute ahead and an hour
+/// back, and a demo that was stopped resumes from now.
+const MAX_BEHIND: Duration = Duration::from_secs(60);
 
-impl Sim {
-    fn take_job(&self) -> bool {
-        self.queue
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_sub(1))
-            .is_ok()
-    }
-
-    /// Latency of a job started now: flat up to half of capacity, then climbing steeply, so
-    /// that past capacity more concurrency buys less throughput (about 650 jobs/s at best,
-    /// 430 with all 40 workers piling in).
-    pub fn latency(&self, cfg: &DemoConfig) -> Duration {
-        let active = self.active.load(Ordering::Acquire) as f64;
-        cfg.base_latency
-            .mul_f64(model::latency_factor(active / cfg.db_capacity))
-    }
-}
-
-/// Runs until `shutdown` turns true. Returns the simulation's counters for inspection.
-pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) -> Arc<Sim> {
-    let sim = Arc::new(Sim::default());
+/// Runs until `shutdown` turns true.
+pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) {
     let client = match Client::new(&[cfg.url.as_str()], Some(cfg.token.clone())) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "demo cannot start");
-            return sim;
+            return;
         }
     };
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(produce(cfg.clone(), Arc::clone(&sim))));
+    let mut gates = Vec::new();
     for i in 0..cfg.workers {
         let mut gc = GateConfig::new(&[cfg.url.as_str()], Some(cfg.token.clone()), &cfg.switch);
         gc.worker_id = format!("demo-worker-{i:02}");
@@ -126,155 +105,218 @@ pub async fn run(cfg: DemoConfig, mut shutdown: watch::Receiver<bool>) -> Arc<Si
         gc.send_samples = false;
         gc.report_interval = Duration::from_secs(3);
         match Gate::start(gc) {
-            Ok(gate) => tasks.push(tokio::spawn(work(cfg.clone(), gate, Arc::clone(&sim)))),
+            Ok(gate) => gates.push(gate),
             Err(e) => tracing::error!(error = %e, "demo worker cannot start"),
         }
     }
-    tasks.push(tokio::spawn(publish(cfg.clone(), client, Arc::clone(&sim))));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tasks = [
+        tokio::spawn(publish(client, rx)),
+        tokio::spawn(simulate(cfg.clone(), gates, tx)),
+    ];
     tracing::info!(workers = cfg.workers, switch = %cfg.switch, "demo workload running");
     let _ = shutdown.wait_for(|s| *s).await;
     for t in tasks {
         t.abort();
     }
-    sim
 }
 
-async fn produce(cfg: DemoConfig, sim: Arc<Sim>) {
-    // Jobs arrive every 10 ms, not in 100 ms batches: a batch would be taken by that many idle
-    // workers at the same instant, a spike of concurrency no real arrival process makes.
-    let tick = Duration::from_millis(10);
-    let waiting = tokio::time::Instant::now();
-    while sim.ready.load(Ordering::Acquire) < cfg.workers
-        && waiting.elapsed() < Duration::from_secs(20)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// A small deterministic generator (xorshift64*) for the arrivals' jitter and bursts: a
+/// simulation is a function of its seed and of what the fleet admitted, tenth by tenth, so two
+/// runs of it agree however late their ticks came.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
     }
-    let start = tokio::time::Instant::now();
-    let mut last = start;
-    let mut carry = 0.0;
-    let mut burst_until = f64::NEG_INFINITY;
-    loop {
-        tokio::time::sleep(tick).await;
-        let now = tokio::time::Instant::now();
-        // Jobs for the time that really passed, not for the tick asked for: a busy machine
-        // wakes this loop late, and counting ticks would lower the arrival rate with its load.
-        let dt = now.duration_since(last).as_secs_f64();
-        last = now;
-        let t = now.duration_since(start).as_secs_f64();
-        let mut rate = cfg.arrival_rate;
-        if !cfg.steady {
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The producers' arrivals, a tenth of a second at a time.
+struct Arrivals {
+    rate: f64,
+    steady: bool,
+    burst_until: f64,
+    /// Fractions of a job carry over to the next tenth, so the average rate holds.
+    carry: f64,
+    rng: Rng,
+}
+
+impl Arrivals {
+    fn new(cfg: &DemoConfig, seed: u64) -> Arrivals {
+        Arrivals {
+            rate: cfg.arrival_rate,
+            steady: cfg.steady,
+            burst_until: f64::NEG_INFINITY,
+            carry: 0.0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// Whole jobs arriving in the tenth that starts `t` simulated seconds in.
+    fn tenth(&mut self, t: f64) -> f64 {
+        let dt = 1.0 / f64::from(STEPS_PER_SEC);
+        let mut rate = self.rate;
+        if !self.steady {
             // A slow swell (period ~2 min) between 60% and 140% of the average rate...
             rate *= 1.0 + 0.4 * (t / 20.0).sin();
             // ...with a rare burst of 2.5× traffic for five seconds (about one a minute).
-            if t >= burst_until && rand::random::<f64>() < 0.02 * dt {
-                burst_until = t + 5.0;
+            if t >= self.burst_until && self.rng.next_f64() < 0.02 * dt {
+                self.burst_until = t + 5.0;
             }
-            if t < burst_until {
+            if t < self.burst_until {
                 rate *= 2.5;
             }
         }
-        let jitter = 0.8 + 0.4 * rand::random::<f64>();
-        // Fractions of a job carry over to the next tick, so the average rate holds.
-        carry += rate * dt * jitter;
-        let n = carry.floor();
-        carry -= n;
-        sim.queue.fetch_add(n as u64, Ordering::AcqRel);
+        let jitter = 0.8 + 0.4 * self.rng.next_f64();
+        self.carry += rate * dt * jitter;
+        let n = self.carry.floor();
+        self.carry -= n;
+        n
     }
 }
 
-async fn work(cfg: DemoConfig, gate: Gate, sim: Arc<Sim>) {
-    let mut first = true;
-    loop {
-        let permit = gate.acquire().await;
-        if std::mem::take(&mut first) {
-            sim.ready.fetch_add(1, Ordering::AcqRel);
+/// The simulation without a clock: the queue and the database, advanced to the tenths due.
+struct Sim {
+    model: Model,
+    arrivals: Arrivals,
+    /// Tenths run since the start.
+    tenths: u64,
+    /// The second being filled.
+    second: Second,
+    /// The unix second the simulation's first second is.
+    first_sec: i64,
+}
+
+impl Sim {
+    fn new(cfg: &DemoConfig, seed: u64, first_sec: i64) -> Sim {
+        Sim {
+            model: Model::new(ModelConfig::from(cfg)),
+            arrivals: Arrivals::new(cfg, seed),
+            tenths: 0,
+            second: Second::default(),
+            first_sec,
         }
-        if !sim.take_job() {
-            permit.abandon();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
+    }
+
+    /// Runs the tenths up to `due` (counted from the start) with `admitted` of the fleet
+    /// working, and returns the seconds that finished, each with its unix second. A late
+    /// caller runs more tenths at once, and gets what an early one would have.
+    fn run_until(&mut self, due: u64, admitted: f64) -> Vec<(i64, Second)> {
+        let per_sec = u64::from(STEPS_PER_SEC);
+        let behind = due.saturating_sub(self.tenths);
+        if behind > MAX_BEHIND.as_secs() * per_sec {
+            // Skip whole seconds, so the second being filled stays aligned.
+            let skip = (behind / per_sec) * per_sec;
+            tracing::warn!(
+                skipped_secs = skip / per_sec,
+                "the demo fell behind the clock; its simulation skips ahead"
+            );
+            self.tenths += skip;
         }
-        sim.active.fetch_add(1, Ordering::AcqRel);
-        let lat = sim.latency(&cfg);
-        if lat > cfg.job_timeout {
-            // The query times out: the connection was held all along, the job is retried.
-            tokio::time::sleep(cfg.job_timeout).await;
-            sim.active.fetch_sub(1, Ordering::AcqRel);
-            sim.failed.fetch_add(1, Ordering::AcqRel);
-            sim.queue.fetch_add(1, Ordering::AcqRel);
-            drop(permit);
-            continue;
+        let mut done = Vec::new();
+        while self.tenths < due {
+            let t = self.tenths as f64 / f64::from(STEPS_PER_SEC);
+            let arriving = self.arrivals.tenth(t);
+            let tenth = self.model.tenth(admitted, arriving);
+            self.second.add(&tenth, self.model.config());
+            self.tenths += 1;
+            if self.tenths.is_multiple_of(per_sec) {
+                self.second.queue_depth = self.model.queue();
+                let sec = self.first_sec + (self.tenths / per_sec) as i64 - 1;
+                done.push((sec, std::mem::take(&mut self.second)));
+            }
         }
-        tokio::time::sleep(lat).await;
-        sim.active.fetch_sub(1, Ordering::AcqRel);
-        sim.done.fetch_add(1, Ordering::AcqRel);
-        sim.lat_sum_us
-            .fetch_add(lat.as_micros() as u64, Ordering::Relaxed);
-        sim.lat_n.fetch_add(1, Ordering::Relaxed);
-        drop(permit);
+        done
     }
 }
 
-async fn publish(cfg: DemoConfig, client: Client, sim: Arc<Sim>) {
-    let mut done_sent = sim.done.load(Ordering::Acquire);
-    let mut failed_sent = sim.failed.load(Ordering::Acquire);
-    let mut load_sum = 0.0;
-    let mut load_n = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+/// Steps the simulation in step with the wall clock and hands each finished second to `out`.
+async fn simulate(cfg: DemoConfig, gates: Vec<Gate>, out: mpsc::UnboundedSender<Vec<Sample>>) {
+    // Wait for the fleet: a backlog built while the gates connect would meet the whole fleet
+    // at once and tip the database.
+    let waiting = tokio::time::Instant::now();
+    while gates.iter().any(|g| g.version() == 0) && waiting.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Start on a whole second, so that each simulated second is one second of the series.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    tokio::time::sleep(
+        Duration::from_secs(1).saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos()))),
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    let mut sim = Sim::new(&cfg, rand::random(), now.as_secs() as i64 + 1);
+    let step = Duration::from_secs(1) / STEPS_PER_SEC;
+    let workers = cfg.workers.max(1) as f64;
+    let mut tick = tokio::time::interval(step);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        load_sum += sim.active.load(Ordering::Acquire) as f64 / cfg.db_capacity * 100.0;
-        load_n += 1;
-        if load_n < 10 {
-            continue;
-        }
-        let done = sim.done.load(Ordering::Acquire);
-        let failed = sim.failed.load(Ordering::Acquire);
-        let lat_n = sim.lat_n.swap(0, Ordering::AcqRel);
-        let lat_sum = sim.lat_sum_us.swap(0, Ordering::AcqRel);
-        let mut samples = vec![
-            gauge("queue_depth", sim.queue.load(Ordering::Acquire) as f64),
-            gauge(
-                "db_load",
-                (load_sum / f64::from(load_n) * 10.0).round() / 10.0,
-            ),
-            Sample {
-                name: "jobs_per_second".into(),
-                value: (done - done_sent) as f64,
-                kind: SampleKind::Counter,
-                labels: Default::default(),
-                ts: None,
-            },
-            Sample {
-                name: "jobs_failed".into(),
-                value: (failed - failed_sent) as f64,
-                kind: SampleKind::Counter,
-                labels: Default::default(),
-                ts: None,
-            },
-        ];
-        if lat_n > 0 {
-            samples.push(gauge(
-                "db_latency_ms",
-                (lat_sum as f64 / lat_n as f64 / 100.0).round() / 10.0,
-            ));
-        }
-        load_sum = 0.0;
-        load_n = 0;
-        match client.push_samples(samples).await {
-            Ok(_) => (done_sent, failed_sent) = (done, failed),
-            Err(e) => tracing::warn!(error = %e, "demo could not publish samples"),
+        let due = (start.elapsed().as_nanos() / step.as_nanos()) as u64;
+        // What the fleet admits now, for every tenth this tick runs.
+        let admitted = gates.iter().map(Gate::admitted_fraction).sum::<f64>() / workers;
+        for (sec, second) in sim.run_until(due, admitted) {
+            if out.send(samples(sec, &second)).is_err() {
+                return;
+            }
         }
     }
 }
 
-fn gauge(name: &str, value: f64) -> Sample {
+/// One simulated second as samples, stamped with the unix second it describes.
+fn samples(sec: i64, s: &Second) -> Vec<Sample> {
+    let one = |v: f64| (v * 10.0).round() / 10.0;
+    let mut out = vec![
+        sample("queue_depth", SampleKind::Gauge, s.queue_depth.round(), sec),
+        sample("db_load", SampleKind::Gauge, one(s.db_load), sec),
+        sample(
+            "jobs_per_second",
+            SampleKind::Counter,
+            one(s.jobs_per_second),
+            sec,
+        ),
+        sample("jobs_failed", SampleKind::Counter, one(s.jobs_failed), sec),
+    ];
+    // Latency is of queries: a second without any has none.
+    if s.busy_tenths > 0 {
+        out.push(sample(
+            "db_latency_ms",
+            SampleKind::Gauge,
+            one(s.db_latency_ms),
+            sec,
+        ));
+    }
+    out
+}
+
+async fn publish(client: Client, mut rx: mpsc::UnboundedReceiver<Vec<Sample>>) {
+    while let Some(samples) = rx.recv().await {
+        if let Err(e) = client.push_samples(samples).await {
+            tracing::warn!(error = %e, "demo could not publish samples");
+        }
+    }
+}
+
+fn sample(name: &str, kind: SampleKind, value: f64, sec: i64) -> Sample {
     Sample {
         name: name.into(),
         value,
-        kind: SampleKind::Gauge,
+        kind,
         labels: Default::default(),
-        ts: None,
+        ts: Some(sec as f64),
     }
 }
 
@@ -283,22 +325,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn latency_climbs_past_half_capacity() {
-        let cfg = DemoConfig::new("http://x", "t", "workers");
-        let sim = Sim::default();
-        let idle = sim.latency(&cfg);
-        sim.active.store(12, Ordering::Release);
-        assert_eq!(sim.latency(&cfg), idle, "flat up to half capacity");
-        sim.active.store(40, Ordering::Release);
-        assert!(sim.latency(&cfg) > idle * 3, "drowning past capacity");
+    fn arrivals_keep_the_average_rate_in_whole_jobs() {
+        let cfg = DemoConfig {
+            steady: true,
+            ..DemoConfig::new("http://x", "t", "w")
+        };
+        let mut a = Arrivals::new(&cfg, 7);
+        let tenths: Vec<f64> = (0..600).map(|i| a.tenth(f64::from(i) / 10.0)).collect();
+        assert!(tenths.iter().all(|n| n.fract() == 0.0), "whole jobs");
+        let per_sec = tenths.iter().sum::<f64>() / 60.0;
+        assert!((per_sec - 220.0).abs() < 10.0, "{per_sec} jobs/s");
+    }
+
+    /// What a loaded machine does to the demo: its ticks come late and irregularly. The
+    /// seconds it publishes are the same as on an idle machine's punctual ticks.
+    #[test]
+    fn late_ticks_change_nothing_the_simulation_publishes() {
+        let cfg = DemoConfig::new("http://x", "t", "w");
+        // What the fleet admits over two minutes: running, paused, released at once.
+        let admitted = |tenth: u64| match tenth {
+            0..300 => 1.0,
+            300..900 => 0.0,
+            _ => 1.0,
+        };
+        let mut punctual = Sim::new(&cfg, 42, 1_800_000_000);
+        let on_time: Vec<(i64, Second)> = (1..=1200)
+            .flat_map(|due| punctual.run_until(due, admitted(due - 1)))
+            .collect();
+        // Late by up to 0.9 s at a time; the admitted fraction changes at whole seconds, where
+        // a tick lands in both runs.
+        let mut busy = Sim::new(&cfg, 42, 1_800_000_000);
+        let mut late = Vec::new();
+        let mut due = 0;
+        for jump in [3u64, 7, 1, 9, 10, 2, 8].iter().cycle() {
+            let next = (due + jump).min(1200);
+            let next = if next / 10 != due / 10 {
+                next / 10 * 10
+            } else {
+                next
+            };
+            let next = next.max(due + 1);
+            late.extend(busy.run_until(next, admitted(due)));
+            due = next;
+            if due == 1200 {
+                break;
+            }
+        }
+        assert_eq!(on_time.len(), 120);
+        assert_eq!(late, on_time);
+        // And the story is there: recovering while paused, a relapse after.
+        assert!(on_time[60].1.db_load < 5.0, "{:?}", on_time[60]);
+        assert!(on_time[119].1.db_load > 160.0, "{:?}", on_time[119]);
     }
 
     #[test]
-    fn queue_never_goes_negative() {
-        let sim = Sim::default();
-        assert!(!sim.take_job());
-        sim.queue.store(1, Ordering::Release);
-        assert!(sim.take_job());
-        assert!(!sim.take_job());
+    fn a_second_is_stamped_with_the_second_it_describes() {
+        let s = Second {
+            admitted: 1.0,
+            queue_depth: 12.4,
+            db_load: 166.66,
+            jobs_per_second: 0.0,
+            jobs_failed: 500.0,
+            db_latency_ms: 80.0,
+            busy_tenths: 10,
+        };
+        let out = samples(1_800_000_000, &s);
+        assert!(out.iter().all(|x| x.ts == Some(1_800_000_000.0)));
+        let v = |n: &str| out.iter().find(|x| x.name == n).map(|x| x.value);
+        assert_eq!(v("db_load"), Some(166.7));
+        assert_eq!(v("queue_depth"), Some(12.0));
+        let idle = samples(1, &Second::default());
+        assert_eq!(idle.iter().find(|x| x.name == "db_latency_ms"), None);
     }
 }

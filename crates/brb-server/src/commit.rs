@@ -547,6 +547,10 @@ impl Bookkeeping {
         self.0.outbox_claim(now, lease, limit).await
     }
 
+    pub(crate) async fn outbox_unknown_kinds(&self) -> Result<Vec<String>, StoreError> {
+        self.0.outbox_unknown_kinds().await
+    }
+
     pub(crate) async fn outbox_delivered(
         &self,
         id: u64,

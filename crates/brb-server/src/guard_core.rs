@@ -125,12 +125,12 @@ impl GuardRun {
         self.version
     }
 
-    /// The first unix second whose points may count for this step. A point is stamped with
-    /// the second it arrived in, and a pusher sends what it measured over the period before
-    /// (the demo averages each second): a point stamped in the step's first second, or in the
-    /// next, may describe the step before. Checks measure only points from here on, so a step
-    /// never advances, nor a release finishes, on the previous step's load; until there is
-    /// such a point a check has no data and the step holds.
+    /// The first unix second whose points may count for this step. A point pushed without
+    /// `ts` is stamped with the second it arrived in, and a pusher sends what it measured over
+    /// the period before (an average of each second): a point stamped in the step's first
+    /// second, or in the next, may describe the step before. Checks measure only points from
+    /// here on, so a step never advances, nor a release finishes, on the previous step's load;
+    /// until there is such a point a check has no data and the step holds.
     pub fn first_point_sec(&self) -> i64 {
         self.guard.step_started_at.timestamp() + 2
     }

@@ -11,6 +11,11 @@
 //! A resume request's versions carry their own kind (filed, approved, rejected, lapsed, break
 //! glass); their messages need the audit entry of the version and the request it settled,
 //! read at delivery (`news`), so the outbox row stays the switch after the change.
+//!
+//! Replicas of different versions share one outbox during a rolling upgrade, so a row may be
+//! of a kind added after this binary was built. Such a row is left for a replica that knows it:
+//! the store never claims it here (never attempted, failed or dropped), the rows behind it are
+//! delivered as usual, and this loop names each such kind once in a WARN.
 
 use std::time::Duration;
 
@@ -30,6 +35,22 @@ const LEASE: Duration = Duration::from_secs(30);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After this long, stop trying and mark it failed.
 const GIVE_UP_AFTER: chrono::Duration = chrono::Duration::hours(24);
+/// How often the loop looks for rows of kinds it does not know (to name them in the log).
+const UNKNOWN_LOOK_EVERY: Duration = Duration::from_secs(10);
+
+/// Kinds of outbox rows this binary cannot deliver that it has already named: each is named
+/// once per process, not at every look.
+#[derive(Debug, Default)]
+pub(crate) struct UnknownKinds(std::collections::BTreeSet<String>);
+
+impl UnknownKinds {
+    /// Of the kinds seen now, those not named before.
+    pub(crate) fn new_ones(&mut self, seen: Vec<String>) -> Vec<String> {
+        seen.into_iter()
+            .filter(|k| self.0.insert(k.clone()))
+            .collect()
+    }
+}
 
 pub fn ctx(state: &AppState) -> Ctx {
     let cfg = state.config();
@@ -285,7 +306,22 @@ pub async fn run(state: AppState) {
         }
     };
     let mut shutdown = state.shutdown_signal();
+    let mut unknown = UnknownKinds::default();
+    let mut next_look = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_look {
+            next_look = tokio::time::Instant::now() + UNKNOWN_LOOK_EVERY;
+            match state.bookkeeping().outbox_unknown_kinds().await {
+                Ok(kinds) => {
+                    for kind in unknown.new_ones(kinds) {
+                        tracing::warn!(%kind, "outbox rows of a kind this binary does not know \
+                            (written by a newer one) are left for a replica that knows it; the \
+                            rows behind them are delivered");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+            }
+        }
         let now = state.bookkeeping().now().await;
         match state.bookkeeping().outbox_claim(now, LEASE, 20).await {
             Ok(items) if !items.is_empty() => {
@@ -406,6 +442,18 @@ pub fn due_reminders(since: DateTime<Utc>, now: DateTime<Utc>, every: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_unknown_kind_is_named_once() {
+        let mut u = UnknownKinds::default();
+        assert_eq!(u.new_ones(vec!["a".into()]), vec!["a".to_string()]);
+        assert!(u.new_ones(vec!["a".into()]).is_empty(), "named before");
+        assert_eq!(
+            u.new_ones(vec!["a".into(), "b".into()]),
+            vec!["b".to_string()]
+        );
+        assert!(u.new_ones(Vec::new()).is_empty());
+    }
 
     #[test]
     fn signature_is_hmac_of_timestamp_and_body() {

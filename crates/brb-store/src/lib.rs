@@ -610,7 +610,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` undelivered notifications that are due, leasing them for `lease`
     /// (their next attempt moves past the lease, so another claimer skips them; if the claimer
-    /// dies, they come due again when the lease ends).
+    /// dies, they come due again when the lease ends). Only kinds this binary knows are claimed:
+    /// a newer binary's rows are left, untouched, for a replica that can deliver them.
     async fn outbox_claim(
         &self,
         now: DateTime<Utc>,
@@ -619,6 +620,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OutboxItem>>;
 
     async fn outbox_delivered(&self, id: u64, at: DateTime<Utc>) -> Result<()>;
+
+    /// Kinds of undelivered, not given-up rows that this binary does not know (written by a
+    /// newer binary during a rolling upgrade), sorted. `outbox_claim` and `outbox_recent` pass
+    /// such rows by; this says they are there.
+    async fn outbox_unknown_kinds(&self) -> Result<Vec<String>>;
 
     /// Records a failed attempt; `next` `None` means give up.
     async fn outbox_failed(
@@ -629,7 +635,7 @@ pub trait Store: Send + Sync + 'static {
         next: Option<DateTime<Utc>>,
     ) -> Result<()>;
 
-    /// The most recent notifications, newest first.
+    /// The most recent notifications of the kinds this binary knows, newest first.
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>>;
 
     /// Whether a notification older than `id` on `channel` is still neither delivered nor
@@ -677,6 +683,25 @@ mod tests {
             assert_eq!(NotificationKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(NotificationKind::parse("drill"), None);
+    }
+
+    #[test]
+    fn kind_names_are_sql_safe() {
+        use super::NotificationKind;
+        // `rows::known_kinds_sql` puts them into statements as literals.
+        for k in NotificationKind::ALL {
+            assert!(
+                k.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{k}"
+            );
+        }
+        assert_eq!(
+            crate::rows::known_kinds_sql(),
+            "'change', 'reminder', 'resume_requested', 'resume_approved', 'resume_rejected', \
+             'resume_expired', 'break_glass'"
+        );
     }
 
     #[test]

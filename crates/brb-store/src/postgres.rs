@@ -39,7 +39,7 @@ use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 use crate::migrations::MIGRATIONS;
 use crate::rows::{
     AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawOutbox, RawSwitch, RawToken, SWITCH_COLUMNS,
-    TOKEN_COLUMNS, decode_event, encode_event, from_micros, micros,
+    TOKEN_COLUMNS, decode_event, encode_event, from_micros, known_kinds_sql, micros,
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
@@ -959,9 +959,11 @@ impl Store for PgStore {
             "UPDATE outbox SET next_attempt_at = $1
              WHERE id IN (SELECT id FROM outbox
                           WHERE delivered_at IS NULL AND NOT failed AND next_attempt_at <= $2
+                            AND kind IN ({})
                           ORDER BY id LIMIT $3
                           FOR UPDATE SKIP LOCKED)
-             RETURNING {OUTBOX_COLUMNS}"
+             RETURNING {OUTBOX_COLUMNS}",
+            known_kinds_sql()
         );
         let rows = c
             .query(&sql, &[&micros(until), &micros(now), &i64::from(limit)])
@@ -970,6 +972,20 @@ impl Store for PgStore {
         let mut items = outbox_rows(&rows)?;
         items.sort_by_key(|i| i.id);
         Ok(items)
+    }
+
+    async fn outbox_unknown_kinds(&self) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let sql = format!(
+            "SELECT DISTINCT kind FROM outbox
+             WHERE delivered_at IS NULL AND NOT failed AND kind NOT IN ({})
+             ORDER BY kind",
+            known_kinds_sql()
+        );
+        let rows = c.query(&sql, &[]).await.map_err(map_pg)?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(map_pg))
+            .collect()
     }
 
     async fn outbox_delivered(&self, id: u64, at: DateTime<Utc>) -> Result<()> {
@@ -1022,7 +1038,10 @@ impl Store for PgStore {
 
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>> {
         let c = self.client().await?;
-        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT $1");
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE kind IN ({}) ORDER BY id DESC LIMIT $1",
+            known_kinds_sql()
+        );
         let rows = c.query(&sql, &[&i64::from(limit)]).await.map_err(map_pg)?;
         outbox_rows(&rows)
     }

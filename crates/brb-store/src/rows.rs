@@ -22,6 +22,19 @@ pub(crate) const TOKEN_COLUMNS: &str =
 pub(crate) const OUTBOX_COLUMNS: &str = "id, channel, kind, event, created_at, attempts, \
      next_attempt_at, last_attempt_at, delivered_at, failed, last_error";
 
+/// The outbox kinds this binary can deliver, as an SQL list (`'change', 'reminder', …`).
+/// Claims and listings read only these, so a row a newer binary wrote (a kind added after this
+/// one was built) is never claimed, failed or dropped here: it waits for a replica that knows
+/// it, and the rows behind it are claimed as if it were not there. The names are fixed
+/// identifiers (`kind_names_are_sql_safe`), so they go into the statement as literals.
+pub(crate) fn known_kinds_sql() -> String {
+    NotificationKind::ALL
+        .iter()
+        .map(|k| format!("'{}'", k.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use crate::migrations::{MIGRATIONS, sqlite_renumbered};
 use crate::rows::{
     AUDIT_COLUMNS, OUTBOX_COLUMNS, RawAudit, RawOutbox, RawSwitch, RawToken, SWITCH_COLUMNS,
-    TOKEN_COLUMNS, decode_event, encode_event, micros,
+    TOKEN_COLUMNS, decode_event, encode_event, known_kinds_sql, micros,
 };
 use crate::rules::{self, NewAudit, StateDecision, SwitchWrite, TokenWrite};
 use crate::{
@@ -816,8 +816,10 @@ impl Store for SqliteStore {
                 "UPDATE outbox SET next_attempt_at = ?1
                  WHERE id IN (SELECT id FROM outbox
                               WHERE delivered_at IS NULL AND failed = 0 AND next_attempt_at <= ?2
+                                AND kind IN ({})
                               ORDER BY id LIMIT ?3)
-                 RETURNING {OUTBOX_COLUMNS}"
+                 RETURNING {OUTBOX_COLUMNS}",
+                known_kinds_sql()
             );
             let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
             let mut items = collect_outbox(
@@ -826,6 +828,27 @@ impl Store for SqliteStore {
             )?;
             items.sort_by_key(|i| i.id);
             Ok(items)
+        })
+        .await
+    }
+
+    async fn outbox_unknown_kinds(&self) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT DISTINCT kind FROM outbox
+                 WHERE delivered_at IS NULL AND failed = 0 AND kind NOT IN ({})
+                 ORDER BY kind",
+                known_kinds_sql()
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(map_err)?;
+            let mut kinds = Vec::new();
+            for row in rows {
+                kinds.push(row.map_err(map_err)?);
+            }
+            Ok(kinds)
         })
         .await
     }
@@ -883,7 +906,11 @@ impl Store for SqliteStore {
 
     async fn outbox_recent(&self, limit: u32) -> Result<Vec<OutboxItem>> {
         self.read(move |c| {
-            let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?1");
+            let sql = format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE kind IN ({})
+                 ORDER BY id DESC LIMIT ?1",
+                known_kinds_sql()
+            );
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
             collect_outbox(&mut stmt, params![i64::from(limit)])
         })

@@ -37,6 +37,24 @@ macro_rules! pg_suite {
 suite::store_contract!(pg_suite);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_of_an_unknown_kind_wait() {
+    let (url, store) = open("outbox_unknown_kind").await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let client = &client;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        suite::outbox_rows_of_an_unknown_kind_wait(&store, |sql| async move {
+            client.batch_execute(sql).await.unwrap();
+        }),
+    )
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_reconnect() {
     let (url, store) = open("survives_reconnect").await;
     suite::pause_primary(&store).await;

@@ -37,3 +37,22 @@ async fn survives_reopen() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
     suite::primary_is_paused(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_of_an_unknown_kind_wait() {
+    let (dir, store) = open();
+    let path = dir.path().join("brb.db");
+    suite::outbox_rows_of_an_unknown_kind_wait(&store, |sql| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                c.execute(sql, []).unwrap();
+            })
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}

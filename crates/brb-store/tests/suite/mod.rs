@@ -722,6 +722,76 @@ pub async fn outbox_dedupes_by_key(store: &S) {
     assert_eq!(store.outbox_recent(10).await.unwrap().len(), 2);
 }
 
+/// Rows of a kind this binary does not know (a newer binary wrote them during a rolling
+/// upgrade) are left for a replica that knows them: never claimed here, so never attempted,
+/// failed or dropped, and the rows behind them are claimed as if they were not there. Not a
+/// `store_contract!` case: writing such a row takes SQL of the backend's own, `exec`; each
+/// backend's test file runs it.
+pub async fn outbox_rows_of_an_unknown_kind_wait<F, Fut>(store: &S, exec: F)
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::time::Duration;
+    seed(store).await;
+    let sw = store.get_switch("workers").await.unwrap().unwrap();
+    let n = |key: &str| brb_store::NewNotification {
+        channel: Channel::Slack,
+        kind: NotificationKind::Reminder,
+        event: sw.clone(),
+        dedupe_key: key.into(),
+    };
+    store
+        .outbox_enqueue(vec![n("newer:1"), n("known:2"), n("known:3")])
+        .await
+        .unwrap();
+    // The oldest row becomes one a newer binary wrote.
+    exec("UPDATE outbox SET kind = 'resume_teleported' WHERE dedupe_key = 'newer:1'").await;
+    assert_eq!(
+        store.outbox_unknown_kinds().await.unwrap(),
+        vec!["resume_teleported".to_string()]
+    );
+    let now = chrono::Utc::now();
+    let lease = Duration::from_secs(30);
+    // A claim of one, with the unknown row first in line, still gets a row it can deliver.
+    let first = store.outbox_claim(now, lease, 1).await.unwrap();
+    let second = store.outbox_claim(now, lease, 10).await.unwrap();
+    assert_eq!((first.len(), second.len()), (1, 1), "{first:?} {second:?}");
+    assert!(first[0].id < second[0].id);
+    for it in first.iter().chain(&second) {
+        assert_eq!(it.kind, NotificationKind::Reminder);
+        store.outbox_delivered(it.id, now).await.unwrap();
+    }
+    // Two days on (past any lease, past the day of retries): never claimed, still pending.
+    let later = now + chrono::Duration::days(2);
+    assert!(
+        store
+            .outbox_claim(later, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.outbox_unknown_kinds().await.unwrap(),
+        vec!["resume_teleported".to_string()]
+    );
+    // The listing shows what this binary can read, and does not fail on the rest.
+    let recent = store.outbox_recent(10).await.unwrap();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+    assert!(recent.iter().all(|r| r.delivered_at.is_some()));
+    // A binary that knows the kind finds the row as it was written: never attempted.
+    exec("UPDATE outbox SET kind = 'reminder' WHERE dedupe_key = 'newer:1'").await;
+    assert!(store.outbox_unknown_kinds().await.unwrap().is_empty());
+    let found = store.outbox_claim(later, lease, 10).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].id < first[0].id, "the oldest row, left in place");
+    assert_eq!(
+        (found[0].attempts, found[0].failed, found[0].delivered_at),
+        (0, false, None)
+    );
+    assert_eq!(found[0].last_error, None);
+}
+
 /// A resume's notification to an incident tool waits for the pause's: older rows of the same
 /// channel count while undelivered (leased or not), not once delivered or given up; other
 /// channels never count.
