@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use brb_api::{RampShape, RampSpec, SetStateRequest, Source, SwitchState, WorkerStatus};
 use brb_client::{Client, FailurePolicy, Gate, GateConfig, Transport};
-use brb_e2e::{InProcess, eventually, wait_for};
+use brb_e2e::{InProcess, eventually, poll_for, wait_for};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -486,6 +486,44 @@ async fn a_long_job_reports_draining_then_paused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(paused, "reported paused once the job finished");
+    s.stop().await;
+}
+
+/// A worker that gives its last slot back unused while paused (it found no job after all) is
+/// drained too, and says so at once rather than at its next report five seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_last_slot_reports_paused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = InProcess::start(dir.path(), |_| {}).await;
+    let token = s.state.tokens().add_ephemeral("w", brb_api::Role::Viewer);
+    let gate = Gate::start(gate_cfg(&s.url, &token, "workers", "idle".into())).unwrap();
+    assert!(gate.ready(Duration::from_secs(10)).await);
+    let slot = gate.acquire().await;
+    let c = &s.client();
+    set(c, "workers", SwitchState::Paused, None).await;
+    let draining = poll_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            let w = c.workers("workers").await.ok()?;
+            (w.draining == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(draining.is_some(), "server sees draining");
+    slot.abandon();
+    // Well under the five-second report interval: only an immediate report gets there.
+    let paused = poll_for(
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || async move {
+            let w = c.workers("workers").await.ok()?;
+            (w.paused == 1 && w.draining == 0).then_some(w)
+        },
+    )
+    .await
+    .expect("reported paused at once after the slot was given back");
+    assert_eq!(paused.workers[0].processed_total, 0, "no job was counted");
     s.stop().await;
 }
 

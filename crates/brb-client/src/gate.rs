@@ -355,30 +355,26 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let s = &self.shared;
-        if self.abandoned {
-            if let Ok(mut slots) = s.slots.lock()
-                && let Some(t) = slots.get_mut(self.slot)
-            {
-                *t = Instant::now();
-            }
-            s.in_flight.fetch_sub(1, Ordering::AcqRel);
-            s.changed.notify_waiters();
-            return;
-        }
-        let took = self.started.elapsed();
-        let f = s.fraction();
-        // Duty cycle: at fraction f the slot rests took·(1−f)/f, so it works f of the time.
-        let rest = if f > 0.0 && f < 1.0 {
-            took.mul_f64((1.0 - f) / f)
+        let free_at = if self.abandoned {
+            Instant::now()
         } else {
-            Duration::ZERO
+            let took = self.started.elapsed();
+            let f = s.fraction();
+            // Duty cycle: at fraction f the slot rests took·(1−f)/f, so it works f of the time.
+            let rest = if f > 0.0 && f < 1.0 {
+                took.mul_f64((1.0 - f) / f)
+            } else {
+                Duration::ZERO
+            };
+            s.processed.fetch_add(1, Ordering::Relaxed);
+            Instant::now() + rest
         };
         if let Ok(mut slots) = s.slots.lock()
             && let Some(t) = slots.get_mut(self.slot)
         {
-            *t = Instant::now() + rest;
+            *t = free_at;
         }
-        s.processed.fetch_add(1, Ordering::Relaxed);
+        // An abandoned last slot drains the worker as much as a finished job does.
         let left = s.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         if left == 0 && !s.open.load(Ordering::Acquire) {
             // Drained: say so at once.
