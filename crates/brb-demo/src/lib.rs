@@ -34,7 +34,7 @@
 use std::time::Duration;
 
 use brb_api::{Sample, SampleKind};
-use brb_client::{Client, Gate, GateConfig};
+use brb_client::{Client, Gate, GateConfig, Permit};
 use tokio::sync::{mpsc, watch};
 
 use model::{Model, ModelConfig, STEPS_PER_SEC, Second};
@@ -196,6 +196,8 @@ struct Sim {
     second: Second,
     /// The unix second the simulation's first second is.
     first_sec: i64,
+    /// Queries running in the last tenth run.
+    active: f64,
 }
 
 impl Sim {
@@ -206,6 +208,7 @@ impl Sim {
             tenths: 0,
             second: Second::default(),
             first_sec,
+            active: 0.0,
         }
     }
 
@@ -229,6 +232,7 @@ impl Sim {
             let t = self.tenths as f64 / f64::from(STEPS_PER_SEC);
             let arriving = self.arrivals.tenth(t);
             let tenth = self.model.tenth(admitted, arriving);
+            self.active = tenth.active;
             self.second.add(&tenth, self.model.config());
             self.tenths += 1;
             if self.tenths.is_multiple_of(per_sec) {
@@ -261,6 +265,7 @@ async fn simulate(cfg: DemoConfig, gates: Vec<Gate>, out: mpsc::UnboundedSender<
     let mut sim = Sim::new(&cfg, rand::random(), now.as_secs() as i64 + 1);
     let step = Duration::from_secs(1) / STEPS_PER_SEC;
     let workers = cfg.workers.max(1) as f64;
+    let mut held: Vec<Option<Permit>> = gates.iter().map(|_| None).collect();
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -272,6 +277,25 @@ async fn simulate(cfg: DemoConfig, gates: Vec<Gate>, out: mpsc::UnboundedSender<
             if out.send(samples(sec, &second)).is_err() {
                 return;
             }
+        }
+        hold(&gates, &mut held, sim.active);
+    }
+}
+
+/// The queries the simulated database runs, held as the fleet's jobs in flight: the first `n`
+/// gates each hold a slot (a demo worker runs one job at a time). The console's "Jobs in
+/// flight" and a pause's "draining" then come from the SDK's reports, as for any worker. A
+/// slot is given back unused (`abandon`): the model counts the jobs done, and an abandoned
+/// slot takes no rest from a ramp's duty cycle, which the model already applies.
+fn hold(gates: &[Gate], held: &mut [Option<Permit>], active: f64) {
+    let n = (active.round().max(0.0) as usize).min(gates.len());
+    for (i, (gate, slot)) in gates.iter().zip(held.iter_mut()).enumerate() {
+        if i < n {
+            if slot.is_none() {
+                *slot = gate.try_acquire();
+            }
+        } else if let Some(p) = slot.take() {
+            p.abandon();
         }
     }
 }
