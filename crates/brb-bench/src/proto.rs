@@ -15,6 +15,10 @@ pub enum ToChild {
         /// Gates report and send samples (the soak); off for pure fan-out.
         #[serde(default)]
         reports: bool,
+        /// The local address the gates connect from (each watcher process its own, as
+        /// workers on different hosts); `None`: the system's choice.
+        #[serde(default)]
+        local_address: Option<std::net::IpAddr>,
     },
     /// Open `count` Redis connections subscribed to `channel`; answer `Ready`.
     Subscribers {
