@@ -890,6 +890,111 @@ mod tests {
 
     use super::*;
 
+    /// A self-signed CA certificate, as PEM.
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Clients built with the same TLS material share one TLS setup (reading the system's
+    /// CA store per client cost ~2.7 ms each, two per `Client`); a CA file whose contents
+    /// changed gets a setup of its own, so a rotated CA is trusted by the next client built.
+    #[test]
+    fn clients_with_the_same_tls_material_share_one_tls_setup() {
+        let same = |a: &rustls::ClientConfig, b: &rustls::ClientConfig| {
+            std::sync::Arc::ptr_eq(&a.client_auth_cert_resolver, &b.client_auth_cert_resolver)
+        };
+        let d = TlsOptions::default();
+        let (a, b) = (d.client_config().unwrap(), d.client_config().unwrap());
+        assert!(
+            same(&a, &b),
+            "two clients with default options built two TLS setups"
+        );
+        assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem("one")).unwrap();
+        let with_ca = TlsOptions {
+            ca_file: Some(ca.clone()),
+            ..TlsOptions::default()
+        };
+        let c1 = with_ca.client_config().unwrap();
+        assert!(
+            !same(&a, &c1),
+            "a CA file must not reuse the setup without it"
+        );
+        assert!(same(&c1, &with_ca.client_config().unwrap()));
+        std::fs::write(&ca, ca_pem("two")).unwrap();
+        let c2 = with_ca.client_config().unwrap();
+        assert!(!same(&c1, &c2), "a changed CA file must get its own setup");
+        // Still clients that work: one built on the shared setup.
+        Client::with_tls(&["https://127.0.0.1:1"], None, &with_ca).unwrap();
+        // A client certificate: a setup that presents it.
+        let leaf = rcgen::generate_simple_self_signed(vec!["worker".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, leaf.cert.pem()).unwrap();
+        std::fs::write(&key, leaf.signing_key.serialize_pem()).unwrap();
+        let mtls = TlsOptions {
+            client_cert: Some(cert),
+            client_key: Some(key.clone()),
+            ..TlsOptions::default()
+        };
+        let m = mtls.client_config().unwrap();
+        assert!(
+            m.client_auth_cert_resolver.has_certs() && !a.client_auth_cert_resolver.has_certs()
+        );
+        std::fs::write(&key, "no key here\n").unwrap();
+        let e = mtls.client_config().unwrap_err();
+        assert!(e.to_string().contains("client certificate/key"), "{e}");
+        // A file with no certificate in it stays an error, however often asked.
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        for _ in 0..2 {
+            let e = with_ca.client_config().unwrap_err();
+            assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        }
+    }
+
+    /// A client with a local address connects from it: the event stream read directly and
+    /// the requests that go through reqwest both arrive from 127.0.0.2.
+    #[tokio::test]
+    async fn connections_come_from_the_local_address_asked_for() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, mut peers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, peer)) = l.accept().await {
+                let _ = tx.send(peer.ip());
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let c =
+            Client::with_local_address(&[url.as_str()], None, &TlsOptions::default(), Some(local))
+                .unwrap();
+        let _ = c.events(&EventScope::All, None).await;
+        assert_eq!(peers.recv().await, Some(local), "the direct event stream");
+        let _ = c.info().await;
+        assert_eq!(peers.recv().await, Some(local), "a request through reqwest");
+        let plain = Client::new(&[url.as_str()], None).unwrap();
+        let _ = plain.events(&EventScope::All, None).await;
+        assert_eq!(
+            peers.recv().await,
+            Some("127.0.0.1".parse().unwrap()),
+            "without one, the system's choice"
+        );
+    }
+
     #[test]
     fn rejects_bad_urls_and_redacts_token() {
         assert!(Client::new::<&str>(&[], None).is_err());
