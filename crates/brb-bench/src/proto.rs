@@ -139,5 +139,23 @@ mod tests {
                 ..
             }
         ));
+        // A coordinator of before the local address talks to a child of after, and back.
+        let old =
+            r#"{"op":"gates","urls":["http://127.0.0.1:1"],"token":"t","switch":"w","count":2}"#;
+        assert!(matches!(
+            serde_json::from_str::<ToChild>(old).unwrap(),
+            ToChild::Gates {
+                local_address: None,
+                ..
+            }
+        ));
+        let new = r#"{"op":"gates","urls":[],"token":"t","switch":"w","count":2,"local_address":"127.0.0.9"}"#;
+        assert!(matches!(
+            serde_json::from_str::<ToChild>(new).unwrap(),
+            ToChild::Gates {
+                local_address: Some(a),
+                ..
+            } if a.to_string() == "127.0.0.9"
+        ));
     }
 }

@@ -1131,4 +1131,25 @@ mod tests {
         assert!(split(123_457, 8000).iter().all(|&c| c <= 8000));
         assert_eq!(split(123_457, 8000).iter().sum::<usize>(), 123_457);
     }
+
+    /// Each watcher process gets a loopback address of its own (a shared one puts every
+    /// process's connections in the same ephemeral-port search), never 127.0.0.1 (the servers'
+    /// and the one-address method's) nor a network or broadcast-looking .0/.255.
+    #[test]
+    fn watcher_processes_connect_from_distinct_loopback_addresses() {
+        let addrs: Vec<_> = (0..1000).map(source_address).collect();
+        let distinct: std::collections::HashSet<_> = addrs.iter().collect();
+        assert_eq!(distinct.len(), addrs.len());
+        for a in &addrs {
+            let std::net::IpAddr::V4(v4) = a else {
+                panic!("{a} is not IPv4");
+            };
+            let o = v4.octets();
+            assert!(
+                v4.is_loopback() && *v4 != std::net::Ipv4Addr::LOCALHOST,
+                "{a}"
+            );
+            assert!(o[3] != 0 && o[3] != 255, "{a}");
+        }
+    }
 }
