@@ -226,8 +226,8 @@ struct TlsMaterial {
 }
 
 /// TLS settings already built in this process, by material. reqwest builds its own for every
-/// client, reading and decoding each PEM file of the system's CA directory: about 2.7 ms of
-/// CPU per client, two per [`Client`], so a process starting 7,000 gates spent 40 s on it
+/// client, reading and decoding every file of the system's CA directory: about 4.5 ms of CPU
+/// per client, two per [`Client`], so 50,000 gates took 228 s of two cores to start
 /// (BENCHMARKS.md, issue #18). A `ClientConfig` is immutable and clones share it, so clients
 /// built from one behave as if each had built its own (each still has its own connections).
 static TLS_CONFIGS: std::sync::Mutex<Vec<(TlsMaterial, rustls::ClientConfig)>> =
@@ -902,7 +902,7 @@ mod tests {
     }
 
     /// Clients built with the same TLS material share one TLS setup (reading the system's
-    /// CA store per client cost ~2.7 ms each, two per `Client`); a CA file whose contents
+    /// CA store per client cost ~4.5 ms each, two per `Client`); a CA file whose contents
     /// changed gets a setup of its own, so a rotated CA is trusted by the next client built.
     #[test]
     fn clients_with_the_same_tls_material_share_one_tls_setup() {
