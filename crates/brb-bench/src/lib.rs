@@ -88,6 +88,16 @@ pub struct BenchArgs {
     /// Skip the reconnect storm (kill -9 and restart of the control plane).
     #[arg(long)]
     pub skip_storm: bool,
+    /// All watcher processes connect from 127.0.0.1. By default each one connects from its
+    /// own loopback address (127.0.0.2, 127.0.0.3, ...), as workers on as many hosts would:
+    /// from one address, 50,000 connections to three ports leave the kernel searching the
+    /// ephemeral ports at every `connect` (BENCHMARKS.md, issue #18).
+    #[arg(long)]
+    pub one_source_address: bool,
+    /// In the reconnect storm, kill the replicas one after another (waiting for each to
+    /// die) instead of all at once.
+    #[arg(long)]
+    pub kill_one_by_one: bool,
     /// At most this many watchers per child process (the open-files limit is per process).
     #[arg(long, default_value_t = 8000)]
     pub per_process: usize,

@@ -15,6 +15,10 @@ pub enum ToChild {
         /// Gates report and send samples (the soak); off for pure fan-out.
         #[serde(default)]
         reports: bool,
+        /// The local address the gates connect from (each watcher process its own, as
+        /// workers on different hosts); `None`: the system's choice.
+        #[serde(default)]
+        local_address: Option<std::net::IpAddr>,
     },
     /// Open `count` Redis connections subscribed to `channel`; answer `Ready`.
     Subscribers {
@@ -134,6 +138,24 @@ mod tests {
                 missing: 0,
                 ..
             }
+        ));
+        // A coordinator of before the local address talks to a child of after, and back.
+        let old =
+            r#"{"op":"gates","urls":["http://127.0.0.1:1"],"token":"t","switch":"w","count":2}"#;
+        assert!(matches!(
+            serde_json::from_str::<ToChild>(old).unwrap(),
+            ToChild::Gates {
+                local_address: None,
+                ..
+            }
+        ));
+        let new = r#"{"op":"gates","urls":[],"token":"t","switch":"w","count":2,"local_address":"127.0.0.9"}"#;
+        assert!(matches!(
+            serde_json::from_str::<ToChild>(new).unwrap(),
+            ToChild::Gates {
+                local_address: Some(a),
+                ..
+            } if a.to_string() == "127.0.0.9"
         ));
     }
 }

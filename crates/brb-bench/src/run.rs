@@ -289,12 +289,14 @@ async fn fanout(
     let mut children = spawn_children(exe, dir, &counts, &format!("gates-{n}")).await?;
     let orders = counts
         .iter()
-        .map(|&count| ToChild::Gates {
+        .enumerate()
+        .map(|(i, &count)| ToChild::Gates {
             urls: fleet.urls.clone(),
             token: fleet.viewer_token.clone(),
             switch: PRIMARY_SWITCH.into(),
             count,
             reports: false,
+            local_address: (!args.one_source_address).then(|| source_address(i)),
         })
         .collect();
     let t = Instant::now();
@@ -337,7 +339,7 @@ async fn fanout(
     let storm = if args.skip_storm {
         None
     } else {
-        Some(storm(fleet, &mut children).await?)
+        Some(storm(fleet, &mut children, args.kill_one_by_one).await?)
     };
     for c in children {
         c.quit().await;
@@ -363,11 +365,15 @@ async fn fanout(
 
 /// `kill -9` of every control-plane process with the gates connected, a restart on the same
 /// addresses, and the time until every gate is connected again.
-async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
+async fn storm(
+    fleet: &mut Fleet,
+    children: &mut [ChildProc],
+    kill_one_by_one: bool,
+) -> Result<Storm> {
     let net0 = netstat();
     let accept_failed0 = count_in_log(&fleet.log, "accept failed");
     let t_kill = mono_ns();
-    fleet.kill9().await;
+    fleet.kill9(kill_one_by_one).await;
     let t_restart = mono_ns();
     let listening_ns = fleet.start_again().await?;
     let t_listening = mono_ns();
@@ -455,6 +461,12 @@ async fn storm(fleet: &mut Fleet, children: &mut [ChildProc]) -> Result<Storm> {
     Ok(s)
 }
 
+/// The loopback address watcher process `i` connects from: 127.0.0.2 onwards (Linux
+/// answers on all of 127.0.0.0/8).
+fn source_address(i: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 0, (2 + i / 250) as u8, (2 + i % 250) as u8).into()
+}
+
 /// TCP counters (`/proc/net/netstat`, `/proc/net/snmp`) that show a listen queue overflowing
 /// or SYNs retransmitted. System-wide: other traffic on the machine counts too (little, next
 /// to a storm's).
@@ -504,7 +516,7 @@ fn open_fds(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Counts each server's open files every 250 ms while a storm runs (the peak shows a replica
+/// Counts each server's open files every second while a storm runs (the peak shows a replica
 /// at its open-files limit).
 struct FdSampler {
     stop: tokio::sync::oneshot::Sender<()>,
@@ -517,8 +529,10 @@ impl FdSampler {
         let task = tokio::spawn(async move {
             let mut max = vec![0; pids.len()];
             let mut series = vec![Vec::new(); pids.len()];
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            for n in 0u64.. {
+            // Once a second: listing 20,000 descriptors of three processes four times a
+            // second took 2 s of CPU from the storm it measures (perf, BENCHMARKS.md).
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
@@ -526,9 +540,7 @@ impl FdSampler {
                 for (i, &p) in pids.iter().enumerate() {
                     let c = open_fds(p);
                     max[i] = max[i].max(c);
-                    if n % 4 == 0 {
-                        series[i].push(c);
-                    }
+                    series[i].push(c);
                 }
             }
             (max, series)
@@ -816,9 +828,22 @@ impl Fleet {
         self.servers.iter().map(|s| cpu_us(s.child.id())).sum()
     }
 
-    async fn kill9(&mut self) {
+    /// `kill -9` of every replica. All at once by default, as a fleet restart or a host
+    /// failure does it: a process with 16,000 connections takes a second or more to die, and
+    /// killed one after another the watchers of the first moved to the others and were cut
+    /// off again.
+    async fn kill9(&mut self, one_by_one: bool) {
+        if one_by_one {
+            for s in &mut self.servers {
+                let _ = s.child.kill().await;
+            }
+            return;
+        }
         for s in &mut self.servers {
-            let _ = s.child.kill().await;
+            let _ = s.child.start_kill();
+        }
+        for s in &mut self.servers {
+            let _ = s.child.wait().await;
         }
     }
 
@@ -849,7 +874,7 @@ impl Fleet {
     /// A clean restart (SIGTERM, then start on the same addresses), or after `kill -9`.
     async fn restart(&mut self, kill: bool) -> Result<()> {
         if kill {
-            self.kill9().await;
+            self.kill9(false).await;
         } else {
             for s in &mut self.servers {
                 s.terminate().await;
@@ -1105,5 +1130,26 @@ mod tests {
         assert_eq!(split(0, 8000), vec![0]);
         assert!(split(123_457, 8000).iter().all(|&c| c <= 8000));
         assert_eq!(split(123_457, 8000).iter().sum::<usize>(), 123_457);
+    }
+
+    /// Each watcher process gets a loopback address of its own (a shared one puts every
+    /// process's connections in the same ephemeral-port search), never 127.0.0.1 (the servers'
+    /// and the one-address method's) nor a network or broadcast-looking .0/.255.
+    #[test]
+    fn watcher_processes_connect_from_distinct_loopback_addresses() {
+        let addrs: Vec<_> = (0..1000).map(source_address).collect();
+        let distinct: std::collections::HashSet<_> = addrs.iter().collect();
+        assert_eq!(distinct.len(), addrs.len());
+        for a in &addrs {
+            let std::net::IpAddr::V4(v4) = a else {
+                panic!("{a} is not IPv4");
+            };
+            let o = v4.octets();
+            assert!(
+                v4.is_loopback() && *v4 != std::net::Ipv4Addr::LOCALHOST,
+                "{a}"
+            );
+            assert!(o[3] != 0 && o[3] != 255, "{a}");
+        }
     }
 }

@@ -89,6 +89,7 @@ pub(crate) async fn open(
     path: &str,
     token: Option<&str>,
     last_event_id: Option<&str>,
+    local: Option<std::net::IpAddr>,
 ) -> Result<Opened> {
     let unreachable = |what: &str, e: &dyn std::fmt::Display| {
         ClientError::Unreachable(format!("http://{}: {what}: {e}", t.authority))
@@ -113,13 +114,10 @@ pub(crate) async fn open(
         }
     }
     head.push_str("\r\n");
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((t.host.as_str(), t.port)),
-    )
-    .await
-    .map_err(|_| unreachable("connecting", &"timed out"))?
-    .map_err(|e| unreachable("connecting", &e))?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect(t, local))
+        .await
+        .map_err(|_| unreachable("connecting", &"timed out"))?
+        .map_err(|e| unreachable("connecting", &e))?;
     let _ = tcp.set_nodelay(true);
     // A peer that vanished without a FIN (a cable, a crashed VM) is noticed eventually even
     // by a reader with no timeout of its own.
@@ -165,6 +163,36 @@ pub(crate) async fn open(
         s.fill().await?;
     }
     Ok(Opened::Refused(status, out))
+}
+
+/// Connects to `t`, from `local` when given (to the target's first address of the same
+/// family).
+async fn connect(t: &Target, local: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect((t.host.as_str(), t.port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((t.host.as_str(), t.port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of {} in the family of {local}", t.host),
+        )
+    }))
 }
 
 /// The answer's status and how its body is framed.
@@ -423,7 +451,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1e\r\nevent: switch\nid: 3\ndata: {}\n\n\r\n",
         )
         .await;
-        let Opened::Stream(mut s) = open(&t, "/api/v1/events", Some("tok"), Some("2"))
+        let Opened::Stream(mut s) = open(&t, "/api/v1/events", Some("tok"), Some("2"), None)
             .await
             .unwrap()
         else {
@@ -456,7 +484,7 @@ mod tests {
             b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 7\r\nconnection: close\r\n\r\n{\"a\":1}",
         )
         .await;
-        match open(&t, "/x", None, None).await.unwrap() {
+        match open(&t, "/x", None, None, None).await.unwrap() {
             Opened::Refused(status, body) => {
                 assert_eq!((status, body.as_slice()), (401, &b"{\"a\":1}"[..]))
             }
@@ -467,7 +495,10 @@ mod tests {
     #[tokio::test]
     async fn control_characters_in_headers_are_refused_before_sending() {
         let t = target_with("http://127.0.0.1:9", false).unwrap();
-        let e = open(&t, "/x", Some("a\r\nx: y"), None).await.err().unwrap();
+        let e = open(&t, "/x", Some("a\r\nx: y"), None, None)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, ClientError::Config(_)), "{e:?}");
     }
 

@@ -83,6 +83,8 @@ pub struct GateConfig {
     /// where nobody reads the acknowledgements (`brb bench` measuring pure fan-out): each
     /// reporting gate holds a second connection to the control plane.
     pub reports: bool,
+    /// Bind outgoing connections to this local address (`None`: the system's choice).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl GateConfig {
@@ -103,6 +105,7 @@ impl GateConfig {
             send_samples: true,
             tls: crate::TlsOptions::default(),
             reports: true,
+            local_address: None,
         }
     }
 }
@@ -392,7 +395,8 @@ impl Gate {
                 "max_concurrency must be at least 1".into(),
             ));
         }
-        let client = Client::with_tls(&cfg.urls, cfg.token.clone(), &cfg.tls)?;
+        let client =
+            Client::with_local_address(&cfg.urls, cfg.token.clone(), &cfg.tls, cfg.local_address)?;
         let client = client.rotated(rand::random::<u32>() as usize);
         let now = Instant::now();
         let shared = Arc::new(Shared {

@@ -84,6 +84,8 @@ pub struct Client {
     stream_http: reqwest::Client,
     bases: Vec<String>,
     token: Option<String>,
+    /// The local address outgoing connections are bound to (`None`: the system's choice).
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Client {
@@ -113,26 +115,17 @@ pub struct TlsOptions {
 }
 
 impl TlsOptions {
-    fn apply(&self, mut b: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
-        b = b
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &self.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| ClientError::Config(format!("CA file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ClientError::Config(format!("CA file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(ClientError::Config(format!(
-                    "CA file {}: no PEM certificate in it",
-                    ca.display()
-                )));
-            }
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        match (&self.client_cert, &self.client_key) {
+    /// The bytes of the files these options name, read now (a rotated CA file or
+    /// certificate is picked up by the next client built).
+    fn material(&self) -> Result<TlsMaterial> {
+        let ca_pem = match &self.ca_file {
+            Some(ca) => Some(
+                std::fs::read(ca)
+                    .map_err(|e| ClientError::Config(format!("CA file {}: {e}", ca.display())))?,
+            ),
+            None => None,
+        };
+        let identity_pem = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => {
                 let mut pem = std::fs::read(cert).map_err(|e| {
                     ClientError::Config(format!("client certificate {}: {e}", cert.display()))
@@ -141,19 +134,119 @@ impl TlsOptions {
                 pem.extend(std::fs::read(key).map_err(|e| {
                     ClientError::Config(format!("client key {}: {e}", key.display()))
                 })?);
-                let id = reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| ClientError::Config(format!("client certificate/key: {e}")))?;
-                b = b.identity(id);
+                Some(pem)
             }
-            (None, None) => {}
+            (None, None) => None,
             _ => {
                 return Err(ClientError::Config(
                     "a client certificate needs both the certificate and the key".into(),
                 ));
             }
-        }
-        Ok(b)
+        };
+        Ok(TlsMaterial {
+            ca_pem,
+            identity_pem,
+        })
     }
+
+    /// The rustls settings for these options: built once per process for each distinct
+    /// material, then shared (see [`TLS_CONFIGS`]).
+    fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let m = self.material()?;
+        let mut kept = TLS_CONFIGS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = kept.iter().find(|(k, _)| *k == m) {
+            return Ok(c.clone());
+        }
+        let c = self.build_config(&m)?;
+        if kept.len() == TLS_CONFIGS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((m, c.clone()));
+        Ok(c)
+    }
+
+    /// What reqwest builds for `use_rustls_tls()` (ring unless the application installed
+    /// another provider; TLS 1.2 and 1.3; the system's CAs plus `ca_file`; ALPN HTTP/1.1).
+    fn build_config(&self, m: &TlsMaterial) -> Result<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        // Native stores often hold a few certificates rustls cannot parse: skip those.
+        roots.add_parsable_certificates(native_roots().iter().cloned());
+        if let (Some(pem), Some(ca)) = (&m.ca_pem, &self.ca_file) {
+            let bad = |e: &dyn std::fmt::Display| {
+                ClientError::Config(format!("CA file {}: {e}", ca.display()))
+            };
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            if certs.is_empty() {
+                return Err(bad(&"no PEM certificate in it"));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| bad(&e))?;
+            }
+        }
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(rustls::ALL_VERSIONS)
+            .map_err(|e| ClientError::Config(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots);
+        let mut config = match &m.identity_pem {
+            Some(pem) => {
+                let bad = |e: &dyn std::fmt::Display| {
+                    ClientError::Config(format!("client certificate/key: {e}"))
+                };
+                let certs = CertificateDer::pem_slice_iter(pem)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad(&e))?;
+                if certs.is_empty() {
+                    return Err(bad(&"no PEM certificate in the certificate file"));
+                }
+                let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| bad(&e))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| bad(&e))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The contents of the files a [`TlsOptions`] names.
+#[derive(PartialEq, Eq)]
+struct TlsMaterial {
+    ca_pem: Option<Vec<u8>>,
+    /// Certificate chain and key, concatenated.
+    identity_pem: Option<Vec<u8>>,
+}
+
+/// TLS settings already built in this process, by material. reqwest builds its own for every
+/// client, reading and decoding every file of the system's CA directory: about 4.5 ms of CPU
+/// per client, two per [`Client`], so 50,000 gates took 228 s of two cores to start
+/// (BENCHMARKS.md, issue #18). A `ClientConfig` is immutable and clones share it, so clients
+/// built from one behave as if each had built its own (each still has its own connections).
+static TLS_CONFIGS: std::sync::Mutex<Vec<(TlsMaterial, rustls::ClientConfig)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Distinct materials kept (a process rotating its CA file would otherwise keep every one).
+const TLS_CONFIGS_KEPT: usize = 4;
+
+/// The operating system's CA certificates, read once per process: a CA installed while the
+/// process runs is trusted from its next start, as with any client built at start-up.
+fn native_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::debug!(error = %e, "reading the system's CA certificates");
+        }
+        loaded.certs
+    })
 }
 
 /// Plain HTTP is for loopback (or explicitly allowed): anything else would send the token in
@@ -205,6 +298,18 @@ impl Client {
         token: Option<String>,
         tls: &TlsOptions,
     ) -> Result<Self> {
+        Self::with_local_address(urls, token, tls, None)
+    }
+
+    /// As [`Client::with_tls`], with every connection bound to `local_address` (a host with
+    /// several addresses; `brb bench` gives each of its watcher processes its own loopback
+    /// address, as workers on different hosts would have).
+    pub fn with_local_address<S: AsRef<str>>(
+        urls: &[S],
+        token: Option<String>,
+        tls: &TlsOptions,
+        local_address: Option<std::net::IpAddr>,
+    ) -> Result<Self> {
         let bases: Vec<String> = urls
             .iter()
             .map(|u| u.as_ref().trim().trim_end_matches('/').to_string())
@@ -216,8 +321,14 @@ impl Client {
         for b in &bases {
             check_scheme(b, tls)?;
         }
-        let http = tls
-            .apply(reqwest::Client::builder())?
+        let tls_config = tls.client_config()?;
+        let builder = || {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls_config.clone())
+                .redirect(reqwest::redirect::Policy::none())
+                .local_address(local_address)
+        };
+        let http = builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
             // The server closes idle keep-alive connections after its header-read timeout
@@ -226,8 +337,7 @@ impl Client {
             .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        let stream_http = tls
-            .apply(reqwest::Client::builder())?
+        let stream_http = builder()
             .connect_timeout(Duration::from_secs(3))
             .tcp_keepalive(Duration::from_secs(15))
             .user_agent(concat!("brb-client/", env!("CARGO_PKG_VERSION")))
@@ -238,6 +348,7 @@ impl Client {
             stream_http,
             bases,
             token,
+            local_address,
         })
     }
 
@@ -559,7 +670,13 @@ impl Client {
                 let full = format!("{}{path}", brb_api::API_PREFIX);
                 let opened = tokio::time::timeout(
                     STREAM_ANSWER_TIMEOUT,
-                    direct::open(&t, &full, self.token.as_deref(), last_event_id),
+                    direct::open(
+                        &t,
+                        &full,
+                        self.token.as_deref(),
+                        last_event_id,
+                        self.local_address,
+                    ),
                 )
                 .await;
                 match opened {
@@ -772,6 +889,111 @@ mod tests {
     }
 
     use super::*;
+
+    /// A self-signed CA certificate, as PEM.
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Clients built with the same TLS material share one TLS setup (reading the system's
+    /// CA store per client cost ~4.5 ms each, two per `Client`); a CA file whose contents
+    /// changed gets a setup of its own, so a rotated CA is trusted by the next client built.
+    #[test]
+    fn clients_with_the_same_tls_material_share_one_tls_setup() {
+        let same = |a: &rustls::ClientConfig, b: &rustls::ClientConfig| {
+            std::sync::Arc::ptr_eq(&a.client_auth_cert_resolver, &b.client_auth_cert_resolver)
+        };
+        let d = TlsOptions::default();
+        let (a, b) = (d.client_config().unwrap(), d.client_config().unwrap());
+        assert!(
+            same(&a, &b),
+            "two clients with default options built two TLS setups"
+        );
+        assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem("one")).unwrap();
+        let with_ca = TlsOptions {
+            ca_file: Some(ca.clone()),
+            ..TlsOptions::default()
+        };
+        let c1 = with_ca.client_config().unwrap();
+        assert!(
+            !same(&a, &c1),
+            "a CA file must not reuse the setup without it"
+        );
+        assert!(same(&c1, &with_ca.client_config().unwrap()));
+        std::fs::write(&ca, ca_pem("two")).unwrap();
+        let c2 = with_ca.client_config().unwrap();
+        assert!(!same(&c1, &c2), "a changed CA file must get its own setup");
+        // Still clients that work: one built on the shared setup.
+        Client::with_tls(&["https://127.0.0.1:1"], None, &with_ca).unwrap();
+        // A client certificate: a setup that presents it.
+        let leaf = rcgen::generate_simple_self_signed(vec!["worker".to_string()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, leaf.cert.pem()).unwrap();
+        std::fs::write(&key, leaf.signing_key.serialize_pem()).unwrap();
+        let mtls = TlsOptions {
+            client_cert: Some(cert),
+            client_key: Some(key.clone()),
+            ..TlsOptions::default()
+        };
+        let m = mtls.client_config().unwrap();
+        assert!(
+            m.client_auth_cert_resolver.has_certs() && !a.client_auth_cert_resolver.has_certs()
+        );
+        std::fs::write(&key, "no key here\n").unwrap();
+        let e = mtls.client_config().unwrap_err();
+        assert!(e.to_string().contains("client certificate/key"), "{e}");
+        // A file with no certificate in it stays an error, however often asked.
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        for _ in 0..2 {
+            let e = with_ca.client_config().unwrap_err();
+            assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        }
+    }
+
+    /// A client with a local address connects from it: the event stream read directly and
+    /// the requests that go through reqwest both arrive from 127.0.0.2.
+    #[tokio::test]
+    async fn connections_come_from_the_local_address_asked_for() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, mut peers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, peer)) = l.accept().await {
+                let _ = tx.send(peer.ip());
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let c =
+            Client::with_local_address(&[url.as_str()], None, &TlsOptions::default(), Some(local))
+                .unwrap();
+        let _ = c.events(&EventScope::All, None).await;
+        assert_eq!(peers.recv().await, Some(local), "the direct event stream");
+        let _ = c.info().await;
+        assert_eq!(peers.recv().await, Some(local), "a request through reqwest");
+        let plain = Client::new(&[url.as_str()], None).unwrap();
+        let _ = plain.events(&EventScope::All, None).await;
+        assert_eq!(
+            peers.recv().await,
+            Some("127.0.0.1".parse().unwrap()),
+            "without one, the system's choice"
+        );
+    }
 
     #[test]
     fn rejects_bad_urls_and_redacts_token() {

@@ -56,6 +56,7 @@ pub async fn soak(args: BenchArgs) -> Result<SoakReport> {
             switch: PRIMARY_SWITCH.into(),
             count: args.soak_watchers,
             reports: true,
+            local_address: None,
         }],
     )
     .await?;
