@@ -387,13 +387,16 @@ test("a period without samples is a gap in the line, not a line across it", asyn
     assert.ok(Date.now() < deadline + 30000, "db_latency_ms was not sampled again after the release");
     await page.waitForTimeout(250);
   }
+  // The gap is this test's pause: from the last point before it to the first after the release.
   const pts = await points();
-  let gap = null;
-  for (let i = 1; i < pts.length; i++) if (pts[i][0] - pts[i - 1][0] >= 6) gap = [pts[i - 1][0], pts[i][0]];
-  assert.ok(gap, `no pause-long gap in db_latency_ms: ${JSON.stringify(pts.slice(-40))}`);
-  await graphsReach(page, gap[1] + 2);
+  const after = pts.findIndex((p) => p[0] > silentFrom);
+  const gap = [silentFrom, pts[after][0]];
+  assert.ok(gap[1] - gap[0] >= 6, `no pause-long gap in db_latency_ms: ${JSON.stringify(pts.slice(-40))}`);
+  // The control looks a few seconds past the release, clear of its change marker (drawn at the
+  // release, where the first sample after the gap is: samples carry the second they describe).
+  await graphsReach(page, gap[1] + 6);
   const fig = page.locator('figure[data-series="db_latency_ms"]');
-  await page.waitForFunction((t) => Number(document.querySelector('figure[data-series="db_latency_ms"]').dataset.last) >= t, gap[1] + 2);
+  await page.waitForFunction((t) => Number(document.querySelector('figure[data-series="db_latency_ms"]').dataset.last) >= t, gap[1] + 6);
   const inColumn = (t) =>
     fig.evaluate((f, t) => {
       const plot = JSON.parse(f.dataset.plot);
@@ -413,10 +416,10 @@ test("a period without samples is a gap in the line, not a line across it", asyn
       return n;
     }, t);
   // The control: where samples exist the line is found; in the middle of the gap, nothing.
-  const lineAt = Math.min(gap[1] + 2, Number(await fig.getAttribute("data-last")));
+  const lineAt = Math.min(gap[1] + 5, Number(await fig.getAttribute("data-last")));
   let control = 0;
-  for (let t = gap[1]; t <= lineAt && control === 0; t++) control += await inColumn(t);
-  assert.ok(control > 0, "the line itself was not found (the pixel check is broken)");
+  for (let t = gap[1] + 3; t <= lineAt && control === 0; t++) control += await inColumn(t);
+  assert.ok(control > 0, `the line itself was not found (the pixel check is broken): ${JSON.stringify({ gap, pts: (await points()).slice(-12) })}`);
   assert.equal(await inColumn((gap[0] + gap[1]) / 2), 0, `a line is drawn across ${gap[0]}..${gap[1]} with no samples`);
 });
 
