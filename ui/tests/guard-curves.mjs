@@ -26,7 +26,7 @@ const outcomes = [
 
 function startServer(dataDir) {
   return new Promise((resolve, reject) => {
-    const p = spawn(bin, ["server", "--demo", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    const p = spawn(bin, ["server", "--demo", "--demo-steady", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
       env: { ...process.env, BRB_LOG: "warn" },
       stdio: ["ignore", "pipe", "inherit"],
     });
