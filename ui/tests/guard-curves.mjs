@@ -48,7 +48,8 @@ const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"],
 });
-for (const o of outcomes) {
+// `ONLY=guarded` records one outcome.
+for (const o of outcomes.filter((o) => !process.env.ONLY || process.env.ONLY === o.name)) {
   const dataDir = mkdtempSync(join(tmpdir(), `brb-curves-${o.name}-`));
   const { p, url } = await startServer(dataDir);
   const token = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
