@@ -119,6 +119,10 @@ struct AppState {
     connection: Mutex<&'static str>,
     primary: Mutex<Option<String>>,
     tray: Mutex<Option<Tray>>,
+    /// The state and environment colour the tray icon was last given. Setting the same icon
+    /// again is not free: each `set_icon` writes a new file, names it to the panel and deletes
+    /// the old one, so a panel reading the old name finds nothing.
+    tray_icon_shown: Mutex<Option<(&'static str, Option<String>)>>,
     /// The office button listener's status text, when it runs.
     button: Mutex<Option<String>>,
     /// Milliseconds from process start to the first frame the webview reported painted.
@@ -362,9 +366,15 @@ fn update_tray(app: &AppHandle, state: &AppState, sw: Option<&Switch>) {
         Some(SwitchState::Running) => (ICON_RUNNING, "Workers running", "Pause workers"),
         None => (ICON_UNKNOWN, "Control plane unreachable", "Pause workers"),
     };
-    if let Ok(img) = environment_icon(bytes, state) {
-        let _ = icon.set_icon(Some(img));
+    let shown = Some((text, active_color(state)));
+    let mut last = lock(&state.tray_icon_shown);
+    if *last != shown
+        && let Ok(img) = environment_icon(bytes, state)
+        && icon.set_icon(Some(img)).is_ok()
+    {
+        *last = shown;
     }
+    drop(last);
     let profile = lock(&state.settings)
         .active_profile()
         .map(|p| format!(" ({})", p.name))
@@ -380,14 +390,20 @@ fn environment_icon(bytes: &[u8], state: &AppState) -> tauri::Result<Image<'stat
     let img = Image::from_bytes(bytes)?;
     let (w, h) = (img.width(), img.height());
     let mut rgba = img.rgba().to_vec();
-    let color = lock(&state.settings)
-        .active_profile()
-        .and_then(|p| p.color.as_deref())
-        .and_then(brb_desktop::parse_color);
-    if let Some(c) = color {
+    if let Some(c) = active_color(state)
+        .as_deref()
+        .and_then(brb_desktop::parse_color)
+    {
         brb_desktop::mark_environment(&mut rgba, w, h, c);
     }
     Ok(Image::new_owned(rgba, w, h))
+}
+
+/// The active profile's environment colour, as written in the settings.
+fn active_color(state: &AppState) -> Option<String> {
+    lock(&state.settings)
+        .active_profile()
+        .and_then(|p| p.color.clone())
 }
 
 fn show_main(app: &AppHandle) {
@@ -529,6 +545,7 @@ fn build_tray(app: &AppHandle, state: Arc<AppState>) -> tauri::Result<()> {
             }
         })
         .build(app)?;
+    *lock(&state.tray_icon_shown) = Some(("Control plane unreachable", active_color(&state)));
     *lock(&state.tray) = Some((icon, label, toggle));
     Ok(())
 }
@@ -944,6 +961,7 @@ fn main() {
         connection: Mutex::new("connecting"),
         primary: Mutex::new(None),
         tray: Mutex::new(None),
+        tray_icon_shown: Mutex::new(None),
         button: Mutex::new(None),
         first_paint_ms: Mutex::new(None),
         generation: std::sync::atomic::AtomicU64::new(0),
@@ -970,11 +988,23 @@ fn main() {
                             let (app, st) = (app.clone(), Arc::clone(&shortcut_state));
                             tauri::async_runtime::spawn(async move {
                                 let res = match (primary_name(&st).await, client(&st).await) {
-                                    (Ok(p), Ok(c)) => brb_desktop::shortcut_pause(&c, &p).await.map_err(UiError::from),
+                                    (Ok(p), Ok(c)) => {
+                                        let before = lock(&st.announcer).last(&p).cloned();
+                                        brb_desktop::shortcut_pause(&c, &p).await.map_err(UiError::from).map(|sw| (before, sw))
+                                    }
                                     (Err(e), _) | (_, Err(e)) => Err(e),
                                 };
                                 match res {
-                                    Ok(sw) => update_tray(&app, &st, Some(&sw)),
+                                    Ok((before, sw)) => {
+                                        let notice = brb_desktop::already_paused(before.as_ref(), &sw, lock(&st.announcer).environment());
+                                        if lock(&st.settings).notifications
+                                            && let Some((title, body)) = notice
+                                            && let Err(e) = app.notification().builder().title(title).body(body).show()
+                                        {
+                                            tracing::warn!(error = %e, "OS notification not shown");
+                                        }
+                                        update_tray(&app, &st, Some(&sw))
+                                    }
                                     Err(e) => tracing::error!(code = %e.code, error = %e.message, source = "desktop", "shortcut pause failed"),
                                 }
                             });

@@ -271,18 +271,29 @@ test("the global shortcut pauses from the keyboard and never resumes", async () 
   assert.equal(paused.source, "desktop");
   assert.equal(paused.reason, "paused with the keyboard shortcut");
   assert.equal(paused.version, before.version + 1);
-  // Pressed again while paused: it stays paused and nothing is written. The app handles a
-  // press by asking the server to pause (a no-op now) and then redrawing the tray icon, which
-  // the panel sees as a new IconName: wait for that, so the check below comes after the press.
-  const icon = (await host.call("menu")).item.IconName;
+  // Pressed again while paused: it stays paused, nothing is written, and the app says so (a
+  // press that changes nothing on screen cannot be told from a missed key).
+  await eventually(async () => same((await iconColours()).body, await stateColour("paused")));
+  const icons = (await host.call("icon_changes")).count;
   await xdotool("key", "ctrl+shift+F12");
-  await eventually(async () => {
-    lastSeen = (await host.call("menu")).item.IconName;
-    return lastSeen !== icon;
-  }, 10000);
+  const notice = await eventually(
+    async () => (await notifications()).find((n) => n.summary === "[production] Workers already PAUSED"),
+    10000,
+  );
+  assert.equal(notice.body, "by admin from desktop: paused with the keyboard shortcut");
   const after = await primary();
   assert.equal(after.state, "paused");
   assert.equal(after.version, paused.version);
+  // Nothing changed, so the tray icon was not set again: each icon set is a new file with the
+  // old one deleted, which a panel still reading the old name finds gone. Resumed from
+  // elsewhere, the icon turns green with one new icon, not two.
+  const res = await api("/switches/workers/state", { method: "PUT", body: JSON.stringify({ state: "running", source: "cli", reason: "e2e: after the second press" }) });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  await eventually(async () => same((await iconColours()).body, await stateColour("running")));
+  assert.equal((await host.call("icon_changes")).count - icons, 1);
+  // The next test starts from the shortcut's pause.
+  await xdotool("key", "ctrl+shift+F12");
+  await eventually(async () => (await primary()).state === "paused");
 });
 
 // Where a panel's pixels are read: the icon's body (the state: a red, green or grey disc) and

@@ -16,6 +16,7 @@ commands from the test as JSON lines on stdin, answering JSON lines on stdout:
   {"id": 5, "cmd": "icon", "at": [[x, y], ...]}
       -> {"id": 5, "source": "pixmap" | "file", "width": 32, "height": 32, "pixels": [[r, g, b, a], ...]}
   {"id": 6, "cmd": "png", "path": ..., "at": [[x, y], ...]} -> the same, from a PNG file
+  {"id": 7, "cmd": "icon_changes"}           -> {"id": 7, "count": 3} (NewIcon signals so far)
 
 Menu items carry "parent" (the label of the submenu they are in, "" at the top) and, for
 check items, "checked". "click" takes an optional "parent" to pick among equal labels.
@@ -217,6 +218,12 @@ class Host:
     def __init__(self, bus, watcher):
         self.bus = bus
         self.watcher = watcher
+        # What a panel redraws on: the item's NewIcon signal, one per icon the app sets.
+        self.new_icons = 0
+        bus.add_signal_receiver(self.on_new_icon, signal_name="NewIcon", dbus_interface=ITEM)
+
+    def on_new_icon(self, *_args):
+        self.new_icons += 1
 
     def item(self):
         if not self.watcher.items:
@@ -288,10 +295,21 @@ class Host:
             candidates = [name] if name.startswith("/") else [os.path.join(theme, name + ext) for ext in (".png", "")]
             found = [c for c in candidates if os.path.isfile(c)]
             if not found:
-                raise RuntimeError(f"no IconPixmap and no icon file for IconName {name!r} in {theme!r}")
+                # The app writes each new icon to a new file and deletes the old one, so a name
+                # read just before a change can point at nothing; a panel reloads on NewIcon.
+                # Say so and let the caller ask again.
+                return {"source": f"missing file {name!r} in {theme!r}", "pixels": [None for _ in at]}
             return sampled("file", *read_png(found[0]), at)
         if req["cmd"] == "png":
             return sampled("file", *read_png(req["path"]), [tuple(p) for p in req["at"]])
+        if req["cmd"] == "icon_changes":
+            # A round trip to the item first: its signals sent before the reply are then in
+            # our queue, and dispatching what is pending counts them.
+            service, path = self.item()
+            dbus.Interface(self.bus.get_object(service, path), PROPS).Get(ITEM, "Status")
+            while GLib.MainContext.default().iteration(False):
+                pass
+            return {"count": self.new_icons}
         if req["cmd"] == "has_owner":
             return {"owned": bool(self.bus.name_has_owner(req["name"]))}
         if req["cmd"] == "notifications":

@@ -333,33 +333,60 @@ pub fn notification(
         return None;
     }
     prev?; // the first state seen is not a change
-    let what = if new.primary {
+    let title = match new.state {
+        SwitchState::Paused => format!("{}{} PAUSED", env_prefix(environment), what(new)),
+        SwitchState::Running => format!("{}{} resumed", env_prefix(environment), what(new)),
+    };
+    Some((title, who_and_why(new)))
+}
+
+/// The notification for a shortcut press that found the switch paused already: without it a
+/// press in a crisis shows nothing at all (the tray is red already), and a person cannot tell
+/// a missed key from a no-op. `before` is the last state the app had seen before the press.
+pub fn already_paused(
+    before: Option<&Switch>,
+    after: &Switch,
+    environment: &str,
+) -> Option<(String, String)> {
+    let before = before?;
+    if before.version != after.version || after.state != SwitchState::Paused {
+        return None;
+    }
+    Some((
+        format!("{}{} already PAUSED", env_prefix(environment), what(after)),
+        who_and_why(after),
+    ))
+}
+
+fn what(sw: &Switch) -> String {
+    if sw.primary {
         "Workers".to_string()
     } else {
-        format!("Switch {}", new.name)
-    };
-    // No name known: no empty "[]" before the words that matter.
-    let env = match environment.trim() {
+        format!("Switch {}", sw.name)
+    }
+}
+
+/// No name known: no empty "[]" before the words that matter.
+fn env_prefix(environment: &str) -> String {
+    match environment.trim() {
         "" => String::new(),
         e => format!("[{e}] "),
-    };
-    let title = match new.state {
-        SwitchState::Paused => format!("{env}{what} PAUSED"),
-        SwitchState::Running => format!("{env}{what} resumed"),
-    };
-    let who = match new.source {
+    }
+}
+
+fn who_and_why(sw: &Switch) -> String {
+    let who = match sw.source {
         // The control plane paused a guarded release again: say so, not "by guard from guard".
         brb_api::Source::Guard => "by its health guard".to_string(),
-        source => format!("by {} from {source}", new.changed_by),
+        source => format!("by {} from {source}", sw.changed_by),
     };
-    let body = format!(
+    format!(
         "{who}{}",
-        new.reason
+        sw.reason
             .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
-    );
-    Some((title, body))
+    )
 }
 
 /// What the forwarding loop reports.
@@ -715,5 +742,21 @@ mod tests {
             body,
             "by its health guard: release aborted at 50%: guard db_load < 80 failed 3 checks in a row at step 3/4 (50%): 97 (limit 80)"
         );
+    }
+
+    #[test]
+    fn a_press_that_finds_the_switch_paused_says_so() {
+        let running = sw(1, SwitchState::Running);
+        let paused = sw(2, SwitchState::Paused);
+        // The press paused it: the change itself is announced, not this.
+        assert_eq!(already_paused(Some(&running), &paused, "prod"), None);
+        // Nothing seen before the press: no claim either way.
+        assert_eq!(already_paused(None, &paused, "prod"), None);
+        let (title, body) = already_paused(Some(&paused), &paused, "prod").unwrap();
+        assert_eq!(title, "[prod] Workers already PAUSED");
+        assert_eq!(body, "by alice from button: db");
+        // Another change landed in between (the answer is newer than what was seen).
+        let later = sw(3, SwitchState::Paused);
+        assert_eq!(already_paused(Some(&paused), &later, ""), None);
     }
 }
